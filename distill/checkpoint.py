@@ -1,0 +1,111 @@
+"""Checkpoints: a typed description of a trained network, saved atomically, loaded without pickle code.
+
+A checkpoint is a plain dict of tensors and JSON-like values (so ``torch.load(weights_only=True)`` can
+read it and a malicious file cannot run code), described by :class:`Checkpoint` and validated once here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import pickle
+import zipfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from distill.models import create_model
+from featstore.atomic import atomic_path
+from featstore.errors import CheckpointError, InputNotFound, OutputExists
+from featstore.store import fsd_version
+
+CHECKPOINT_FORMAT = 1
+KINDS = ("teacher", "student")
+
+
+@dataclass
+class Checkpoint:
+    """What fsd needs to rebuild and trust a trained network."""
+
+    kind: str  # "teacher" | "student"
+    arch: str
+    model_config: dict[str, Any]  # keyword arguments of the registered constructor
+    state_dict: dict[str, torch.Tensor]
+    head_type: str
+    embedding_dim: int
+    num_classes: int
+    dataset: dict[str, Any]  # {spec, split, fingerprint, image_shape}
+    extra: dict[str, Any] = field(default_factory=dict)  # training log, recipe, store provenance
+    format: int = CHECKPOINT_FORMAT
+    fsd_version: str = field(default_factory=fsd_version)
+
+    def build_model(self) -> nn.Module:
+        model = create_model(self.arch, **self.model_config)
+        try:
+            model.load_state_dict(self.state_dict)
+        except RuntimeError as exc:
+            raise CheckpointError(f"checkpoint weights do not fit arch {self.arch!r}: {str(exc).splitlines()[0]}") from None
+        return model.eval()
+
+
+def save_checkpoint(ckpt: Checkpoint, path: str | Path, *, overwrite: bool = False) -> Path:
+    """Write atomically: the file at ``path`` is either the old one or this complete one."""
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise OutputExists(f"{path} already exists (use --overwrite to replace it)")
+    payload = asdict(ckpt)
+    payload["state_dict"] = {k: v.detach().cpu().clone() for k, v in ckpt.state_dict.items()}
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
+    return path
+
+
+def load_checkpoint(path: str | Path, *, kind: str | None = None) -> Checkpoint:
+    """Load with ``weights_only=True``; every failure becomes a :class:`CheckpointError` a user can read."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputNotFound(f"checkpoint {path} does not exist")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else "unsafe content"
+        raise CheckpointError(f"{path} is not a safe fsd checkpoint (refused by weights_only loading: {first})") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as exc:
+        raise CheckpointError(f"{path} is not a readable checkpoint ({type(exc).__name__})") from None
+    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{path} is not an fsd checkpoint (format {CHECKPOINT_FORMAT})")
+    try:
+        ckpt = Checkpoint(**payload)
+    except TypeError as exc:
+        raise CheckpointError(f"{path} is an fsd checkpoint with unexpected fields ({exc})") from None
+    if ckpt.kind not in KINDS:
+        raise CheckpointError(f"{path}: unknown checkpoint kind {ckpt.kind!r}")
+    if kind is not None and ckpt.kind != kind:
+        raise CheckpointError(f"{path} is a {ckpt.kind} checkpoint, a {kind} checkpoint is needed")
+    return ckpt
+
+
+def file_sha256(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def load_teacher_source(path: str | Path):
+    """A teacher checkpoint as the :class:`featstore.extract.TeacherSource` extraction needs."""
+    from featstore.extract import TeacherSource
+
+    ckpt = load_checkpoint(path, kind="teacher")
+    model = ckpt.build_model()
+    head = model.head
+    return TeacherSource(
+        model=model, arch=ckpt.arch, checkpoint_sha256=file_sha256(path), embedding_dim=ckpt.embedding_dim,
+        input_shape=list(ckpt.dataset["image_shape"]), head_type=ckpt.head_type,
+        head_weight=head.weight.detach().cpu().numpy().astype("float32"),
+        head_bias=None if head.bias is None else head.bias.detach().cpu().numpy().astype("float32"),
+        head_scale=getattr(head, "scale", None), head_margin=getattr(head, "margin", None),
+    )

@@ -1,0 +1,76 @@
+"""Backbones with an explicit embedding/head split, built by name.
+
+Every model exposes ``forward_features(x) -> z`` (the embedding the store keeps and the representation
+losses compare) and ``forward_head(z) -> logits``; ``forward`` is their composition. That split is what
+lets fsd attach a teacher's head to a student's embedding. Constructors are registered by name and take
+only the numbers a checkpoint needs to rebuild them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from distill.heads import HEADS
+from featstore.registry import Registry
+
+MODELS: Registry = Registry("model")
+
+
+class ConvNet(nn.Module):
+    """Conv-BN-ReLU stages (max-pool between stages), global average pooling, then a face-model style
+    embedding layer (linear + BN) giving z, and a classifier head on z.
+
+    Works for any input size ≥ 2^(stages-1) pixels thanks to the global pooling.
+    """
+
+    def __init__(self, widths: Sequence[int], embedding_dim: int, num_classes: int, in_channels: int = 1,
+                 head: str = "linear") -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        channels = in_channels
+        for stage, width in enumerate(widths):
+            if stage > 0:
+                layers.append(nn.MaxPool2d(2, ceil_mode=True))
+            layers += [nn.Conv2d(channels, width, 3, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True)]
+            channels = width
+        self.features = nn.Sequential(*layers)
+        self.embed = nn.Sequential(nn.Linear(channels, embedding_dim, bias=False), nn.BatchNorm1d(embedding_dim))
+        self.head = HEADS.get(head)(embedding_dim, num_classes)
+        self.embedding_dim = embedding_dim
+        self.num_classes = num_classes
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        pooled = self.features(x).mean(dim=(2, 3))
+        return self.embed(pooled)
+
+    def forward_head(self, z: torch.Tensor) -> torch.Tensor:
+        return self.head(z)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+
+@MODELS.register("convnet_teacher")
+def convnet_teacher(num_classes: int, in_channels: int = 1, embedding_dim: int = 64, head: str = "linear") -> ConvNet:
+    """The digits teacher: 3 stages of 32/64/128 channels (~0.1 M parameters)."""
+    return ConvNet((32, 64, 128), embedding_dim, num_classes, in_channels, head)
+
+
+@MODELS.register("convnet_student")
+def convnet_student(num_classes: int, in_channels: int = 1, embedding_dim: int = 64, head: str = "linear") -> ConvNet:
+    """The digits student: 2 stages of 8/16 channels (~2 k parameters), ~100× smaller than the teacher."""
+    return ConvNet((8, 16), embedding_dim, num_classes, in_channels, head)
+
+
+def create_model(name: str, **config: Any) -> nn.Module:
+    """Build a registered model; options left as None are dropped so the constructor's defaults survive."""
+    factory = MODELS.get(name)
+    return factory(**{k: v for k, v in config.items() if v is not None})
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

@@ -1,0 +1,59 @@
+"""Embedding dtypes of the store: encode float32 rows for storage, decode them back to float32.
+
+Why a module of its own: numpy and zarr have no bfloat16, and int8 needs a per-row scale, so "the dtype"
+of a store is a small codec rather than a numpy dtype. Readers always get float32.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from featstore.errors import InvalidInput
+
+DTYPES: tuple[str, ...] = ("float16", "float32", "bfloat16", "int8")
+
+# The numpy dtype each store dtype is kept as on disk (bfloat16 as its raw 16-bit pattern).
+STORAGE_DTYPE: dict[str, str] = {"float16": "float16", "float32": "float32", "bfloat16": "uint16", "int8": "int8"}
+
+
+def check_dtype(name: str) -> str:
+    if name not in DTYPES:
+        raise InvalidInput(f"unknown store dtype {name!r}; valid: {', '.join(DTYPES)}")
+    return name
+
+
+def encode(rows: np.ndarray, dtype: str) -> tuple[np.ndarray, np.ndarray | None]:
+    """float32 rows (..., D) → (stored array, per-row scales or None).
+
+    int8 is symmetric per row: scale = max|x| / 127, q = round(x / scale); an all-zero row gets scale 1 so
+    decoding stays finite. bfloat16 rounds to nearest even, as torch does.
+    """
+    rows = np.asarray(rows, dtype=np.float32)
+    if dtype == "float32":
+        return rows, None
+    if dtype == "float16":
+        return rows.astype(np.float16), None
+    if dtype == "bfloat16":
+        bits = torch.from_numpy(np.ascontiguousarray(rows)).to(torch.bfloat16).view(torch.int16)
+        return bits.numpy().view(np.uint16), None
+    if dtype == "int8":
+        peak = np.abs(rows).max(axis=-1)
+        scales = np.where(peak > 0, peak / 127.0, 1.0).astype(np.float32)
+        quantised = np.clip(np.rint(rows / scales[..., None]), -127, 127).astype(np.int8)
+        return quantised, scales
+    raise InvalidInput(f"unknown store dtype {dtype!r}; valid: {', '.join(DTYPES)}")
+
+
+def decode(stored: np.ndarray, dtype: str, scales: np.ndarray | None = None) -> np.ndarray:
+    """Stored array → float32 rows; the inverse of :func:`encode` up to the dtype's rounding."""
+    if dtype in ("float32", "float16"):
+        return np.asarray(stored, dtype=np.float32)
+    if dtype == "bfloat16":
+        bits = torch.from_numpy(np.ascontiguousarray(stored).view(np.int16))
+        return bits.view(torch.bfloat16).to(torch.float32).numpy()
+    if dtype == "int8":
+        if scales is None:
+            raise InvalidInput("an int8 store needs its scales to decode")
+        return stored.astype(np.float32) * np.asarray(scales, dtype=np.float32)[..., None]
+    raise InvalidInput(f"unknown store dtype {dtype!r}; valid: {', '.join(DTYPES)}")

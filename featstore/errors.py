@@ -1,0 +1,44 @@
+"""The one exception hierarchy of fsd.
+
+Every error a user can cause by bad input is an :class:`FsdError`; the CLI turns it into a one-line
+``Error: ...`` and exit code 2. Subclasses also inherit the builtin that fits, so library callers can catch
+``FileNotFoundError`` or ``ValueError`` without knowing fsd's names. The library never imports click.
+It lives in ``featstore`` because ``distill`` depends on ``featstore`` and never the other way round.
+"""
+
+from __future__ import annotations
+
+
+class FsdError(Exception):
+    """Root of every error fsd raises on purpose; the message is what the user reads."""
+
+
+class InvalidInput(FsdError, ValueError):
+    """A value, option or file content that fsd cannot use."""
+
+
+class InputNotFound(FsdError, FileNotFoundError):
+    """A path the user named does not exist."""
+
+
+class OutputExists(FsdError, FileExistsError):
+    """An output path exists and the user did not ask to overwrite it."""
+
+
+class StoreError(FsdError, ValueError):
+    """A feature store that is not a store, is incomplete, or does not belong to the given inputs."""
+
+
+class StoreLocked(StoreError):
+    """Another live process holds the store's writer lock."""
+
+
+class CheckpointError(FsdError, ValueError):
+    """A checkpoint file that is missing, corrupt, unsafe (pickled code) or of the wrong kind."""
+
+
+class UnknownName(FsdError, KeyError):
+    """A name (model, loss, recipe, dataset) that is not registered; the message lists the valid ones."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""

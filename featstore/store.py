@@ -1,0 +1,311 @@
+"""The feature store: a Zarr v3 group holding a teacher's embeddings per (sample, view) — format version 1.
+
+Layout and attributes are those of DESIGN.md §2. This module is the only one that touches zarr arrays:
+callers create, open, write whole chunks, read whole chunks, and mark completion through
+:class:`FeatureStore`. Chunks run along the sample axis only, so a chunk holds every view of its rows and
+one read serves any view choice; ``progress/done`` has one zarr chunk per element so concurrent writers
+never rewrite each other's flags.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import math
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import zarr
+from zarr.codecs import BloscCodec
+
+from featstore import codecs
+from featstore.errors import InputNotFound, OutputExists, StoreError
+
+FORMAT_VERSION = 1
+TARGET_CHUNK_BYTES = 4 * 1024 * 1024  # uncompressed embedding bytes per chunk: "a few MB"
+MIN_CHUNKS_FOR_SHUFFLE = 16  # small stores still get enough chunks for chunk-shuffled streaming
+
+
+def fsd_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("fsd")
+    except PackageNotFoundError:  # running from a source tree that was not installed
+        return "0+unknown"
+
+
+def default_chunk_rows(num_samples: int, num_views: int, dim: int, dtype: str) -> int:
+    """Rows per chunk: about TARGET_CHUNK_BYTES of embeddings, but at least MIN_CHUNKS_FOR_SHUFFLE chunks.
+
+    Why the second rule: the stream shuffles at chunk granularity, so a store of one giant chunk would
+    stream in a fixed order inside its shuffle buffer.
+    """
+    row_bytes = num_views * dim * np.dtype(codecs.STORAGE_DTYPE[dtype]).itemsize
+    by_size = max(1, TARGET_CHUNK_BYTES // row_bytes)
+    by_count = max(1, math.ceil(num_samples / MIN_CHUNKS_FOR_SHUFFLE))
+    return int(max(1, min(by_size, by_count)))
+
+
+def _local_path(url: str) -> Path | None:
+    """The local directory a store URL names, or None for remote/in-memory URLs."""
+    if url.startswith("file://"):
+        return Path(url[len("file://"):])
+    if "://" in url:
+        return None
+    return Path(url)
+
+
+def _zarr_store(url: str) -> Any:
+    """What zarr should open: a LocalStore for local paths (atomic chunk writes), the URL otherwise."""
+    local = _local_path(url)
+    if local is not None:
+        return zarr.storage.LocalStore(local)
+    return url
+
+
+def _compressor(dtype: str) -> BloscCodec:
+    # Bit-shuffle groups the sign/exponent bits of 16-bit floats, which is what makes them compress.
+    shuffle = "bitshuffle" if dtype in ("float16", "bfloat16") else "shuffle"
+    return BloscCodec(cname="zstd", clevel=5, shuffle=shuffle)
+
+
+@dataclass(frozen=True)
+class StoreShape:
+    num_samples: int
+    num_views: int
+    dim: int
+    num_params: int
+    num_classes: int
+
+
+class FeatureStore:
+    """An open store. Obtain one from :func:`create_store` or :func:`open_store`."""
+
+    def __init__(self, url: str, group: zarr.Group) -> None:
+        self.url = url
+        self._group = group
+        self.meta: dict[str, Any] = dict(group.attrs["fsd"])
+        emb = group["embeddings"]
+        self.shape = StoreShape(
+            num_samples=int(emb.shape[0]),
+            num_views=int(emb.shape[1]),
+            dim=int(emb.shape[2]),
+            num_params=int(group["views"].shape[2]),
+            num_classes=int(group["head/weight"].shape[0]),
+        )
+        self.dtype: str = self.meta["dtype"]
+        self.chunk_rows: int = int(self.meta["chunk_rows"])
+
+    # -- geometry ---------------------------------------------------------------------------------------
+    @property
+    def num_chunks(self) -> int:
+        return math.ceil(self.shape.num_samples / self.chunk_rows)
+
+    def chunk_bounds(self, chunk: int) -> tuple[int, int]:
+        start = chunk * self.chunk_rows
+        return start, min(start + self.chunk_rows, self.shape.num_samples)
+
+    @property
+    def complete(self) -> bool:
+        return bool(self.meta.get("complete", False))
+
+    # -- progress ---------------------------------------------------------------------------------------
+    def done_chunks(self) -> np.ndarray:
+        return np.asarray(self._group["progress/done"][:], dtype=bool)
+
+    def missing_chunks(self) -> list[int]:
+        return [int(k) for k in np.flatnonzero(~self.done_chunks())]
+
+    # -- writing ----------------------------------------------------------------------------------------
+    def write_chunk(self, chunk: int, embeddings: np.ndarray, views: np.ndarray) -> None:
+        """Write all rows of one chunk, then mark it done (the flag is written last, so a kill between the
+        two leaves the chunk 'not done' and resume recomputes it)."""
+        start, stop = self.chunk_bounds(chunk)
+        expected = (stop - start, self.shape.num_views, self.shape.dim)
+        if embeddings.shape != expected:
+            raise StoreError(f"chunk {chunk}: embeddings {embeddings.shape}, expected {expected}")
+        stored, scales = codecs.encode(embeddings, self.dtype)
+        self._group["embeddings"][start:stop] = stored
+        if scales is not None:
+            self._group["scales"][start:stop] = scales
+        self._group["views"][start:stop] = views.astype(np.float32)
+        self._group["progress/done"][chunk] = True
+
+    def mark_complete(self) -> None:
+        if not self.done_chunks().all():
+            raise StoreError(f"store {self.url}: cannot mark complete, chunks {self.missing_chunks()} missing")
+        self.meta["complete"] = True
+        self._group.attrs["fsd"] = self.meta
+
+    # -- reading ----------------------------------------------------------------------------------------
+    def read_rows(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(embeddings float32 (n, V, D), labels (n,), views (n, V, P)) for rows [start, stop)."""
+        stored = self._group["embeddings"][start:stop]
+        scales = self._group["scales"][start:stop] if self.dtype == "int8" else None
+        embeddings = codecs.decode(stored, self.dtype, scales)
+        labels = np.asarray(self._group["labels"][start:stop], dtype=np.int64)
+        views = np.asarray(self._group["views"][start:stop], dtype=np.float32)
+        return embeddings, labels, views
+
+    def read_chunk(self, chunk: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        return self.read_rows(*self.chunk_bounds(chunk))
+
+    def labels(self) -> np.ndarray:
+        """All labels (int64, N) — small next to the embeddings, so loading them whole is fine."""
+        return np.asarray(self._group["labels"][:], dtype=np.int64)
+
+    def head_weight(self) -> np.ndarray:
+        return np.asarray(self._group["head/weight"][:], dtype=np.float32)
+
+    def head_bias(self) -> np.ndarray | None:
+        head = self._group["head"]
+        return np.asarray(head["bias"][:], dtype=np.float32) if "bias" in head else None
+
+    # -- sizes ------------------------------------------------------------------------------------------
+    def nbytes_stored(self) -> int:
+        """Compressed bytes of all arrays (what the store costs on disk, metadata excluded)."""
+        return int(sum(arr.nbytes_stored() for _, arr in self._group.arrays()) + sum(
+            arr.nbytes_stored() for name in ("head", "progress") for _, arr in self._group[name].arrays()))
+
+    def nbytes_embeddings(self) -> tuple[int, int]:
+        """(raw float32 bytes, stored bytes) of the embeddings (and int8 scales): the compression story."""
+        raw = self.shape.num_samples * self.shape.num_views * self.shape.dim * 4
+        stored = self._group["embeddings"].nbytes_stored()
+        if self.dtype == "int8":
+            stored += self._group["scales"].nbytes_stored()
+        return raw, int(stored)
+
+    def info(self) -> dict[str, Any]:
+        raw, stored = self.nbytes_embeddings()
+        return {
+            "url": self.url,
+            "shape": {"samples": self.shape.num_samples, "views": self.shape.num_views, "dim": self.shape.dim,
+                      "classes": self.shape.num_classes},
+            "dtype": self.dtype,
+            "chunk_rows": self.chunk_rows,
+            "chunks": {"total": self.num_chunks, "done": int(self.done_chunks().sum())},
+            "complete": self.complete,
+            "bytes_stored": self.nbytes_stored(),
+            "compression_ratio_vs_float32": raw / stored if stored else None,
+            **{key: self.meta.get(key) for key in ("teacher", "head", "dataset", "views", "created",
+                                                   "fsd_version")},
+        }
+
+
+def identity_of(meta: dict[str, Any]) -> dict[str, Any]:
+    """The part of the attributes that must match for a store to be resumed rather than refused."""
+    return {
+        "teacher": meta["teacher"].get("checkpoint_sha256"),
+        "dataset": meta["dataset"].get("fingerprint"),
+        "split": meta["dataset"].get("split"),
+        "views": {k: meta["views"].get(k) for k in ("count", "kind", "seed", "policy")},
+        "dtype": meta["dtype"],
+        "chunk_rows": meta["chunk_rows"],
+    }
+
+
+def store_exists(url: str) -> bool:
+    local = _local_path(url)
+    if local is not None:
+        return local.exists()
+    try:
+        zarr.open_group(_zarr_store(url), mode="r")
+        return True
+    except Exception:  # noqa: BLE001 - any failure to open means "nothing usable there"
+        return False
+
+
+def _open_group(url: str, mode: str) -> zarr.Group:
+    local = _local_path(url)
+    if local is not None and not local.exists():
+        raise InputNotFound(f"store {url} does not exist")
+    try:
+        group = zarr.open_group(_zarr_store(url), mode=mode)
+    except Exception as exc:  # noqa: BLE001 - zarr raises many kinds for "not a group"
+        raise StoreError(f"{url} is not a Zarr feature store ({type(exc).__name__}: {exc})") from None
+    if "fsd" not in group.attrs or "embeddings" not in group:
+        raise StoreError(f"{url} is a Zarr group but not an fsd feature store (no fsd attributes)")
+    fmt = group.attrs["fsd"].get("format")
+    if fmt != FORMAT_VERSION:
+        raise StoreError(f"store {url} has format {fmt!r}; this fsd reads format {FORMAT_VERSION}")
+    return group
+
+
+def open_store(url: str | Path, *, require_complete: bool = True, writable: bool = False) -> FeatureStore:
+    """Open an existing store; refuse an incomplete one unless ``require_complete=False``."""
+    url = str(url)
+    store = FeatureStore(url, _open_group(url, "r+" if writable else "r"))
+    if require_complete and not store.complete:
+        done, total = int(store.done_chunks().sum()), store.num_chunks
+        raise StoreError(f"store {url} is incomplete ({done}/{total} chunks written); "
+                         "re-run the same extract-teacher command to finish it")
+    return store
+
+
+def remove_store(url: str) -> None:
+    """Delete a store — only something that is an fsd store (never an arbitrary directory)."""
+    _open_group(url, "r")  # raises unless it really is an fsd store
+    local = _local_path(url)
+    if local is not None:
+        shutil.rmtree(local)
+    else:
+        zarr.open_group(_zarr_store(url), mode="w")
+
+
+def create_store(
+    url: str | Path,
+    *,
+    shape: StoreShape,
+    dtype: str,
+    chunk_rows: int,
+    labels: np.ndarray,
+    head_weight: np.ndarray,
+    head_bias: np.ndarray | None,
+    meta: dict[str, Any],
+) -> FeatureStore:
+    """Create an empty store (every chunk 'not done', ``complete`` false) with labels and head written.
+
+    ``meta`` carries the ``teacher``, ``head``, ``dataset`` and ``views`` attribute dicts; format, dtype,
+    chunk_rows, creation time and version are added here. Refuses to replace anything that exists.
+    """
+    url = str(url)
+    codecs.check_dtype(dtype)
+    if store_exists(url):
+        raise OutputExists(f"{url} already exists")
+    n, v, d = shape.num_samples, shape.num_views, shape.dim
+    if min(n, v, d, chunk_rows) <= 0:
+        raise StoreError(f"store dimensions must be positive: N={n} V={v} D={d} chunk_rows={chunk_rows}")
+    group = zarr.open_group(_zarr_store(url), mode="w-")
+    group.create_array("embeddings", shape=(n, v, d), chunks=(chunk_rows, v, d),
+                       dtype=codecs.STORAGE_DTYPE[dtype], compressors=_compressor(dtype), fill_value=0)
+    if dtype == "int8":
+        group.create_array("scales", shape=(n, v), chunks=(chunk_rows, v), dtype="float32",
+                           compressors=_compressor("float32"), fill_value=0)
+    group.create_array("labels", shape=(n,), chunks=(chunk_rows,), dtype="int64",
+                       compressors=_compressor("int64"), fill_value=-1)
+    group.create_array("views", shape=(n, v, shape.num_params), chunks=(chunk_rows, v, shape.num_params),
+                       dtype="float32", compressors=_compressor("float32"), fill_value=0)
+    num_chunks = math.ceil(n / chunk_rows)
+    group.create_array("progress/done", shape=(num_chunks,), chunks=(1,), dtype="bool", fill_value=False)
+    group.create_array("head/weight", shape=head_weight.shape, dtype="float32", compressors=None)
+    group["head/weight"][...] = head_weight.astype(np.float32)
+    if head_bias is not None:
+        group.create_array("head/bias", shape=head_bias.shape, dtype="float32", compressors=None)
+        group["head/bias"][...] = head_bias.astype(np.float32)
+    group["labels"][...] = np.asarray(labels, dtype=np.int64)
+    attrs = {
+        "format": FORMAT_VERSION,
+        "complete": False,
+        **meta,
+        "dtype": dtype,
+        "chunk_rows": int(chunk_rows),
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "fsd_version": fsd_version(),
+    }
+    json.dumps(attrs)  # fail here, not half-way, if something is not JSON
+    group.attrs["fsd"] = attrs
+    return FeatureStore(url, group)
