@@ -114,15 +114,14 @@ def test_knn_exclude_self_with_duplicated_rows() -> None:
 
 def test_knn_exclude_self_drops_last_when_self_not_found(monkeypatch: pytest.MonkeyPatch) -> None:
     # Force the branch where FAISS' k+1 results omit the query itself (ties among duplicates): row 0 gets
-    # [2, 1, 3] (no self) -> drop the last -> [2, 1]; row 1 gets [0, 1, 2] -> drop self -> [0, 2].
-    fake_d = np.array([[1.0, 1.0, 1.0], [0.9, 0.8, 0.7]], dtype=np.float32)
-    fake_i = np.array([[2, 1, 3], [0, 1, 2]], dtype=np.int64)
+    # [2, 1, 3] (no self) -> drop the last -> [2, 1]; rows 1..3 contain themselves -> drop that entry.
+    fake_d = np.array([[1.0, 1.0, 1.0], [0.9, 0.8, 0.7], [0.6, 0.5, 0.4], [0.3, 0.2, 0.1]], dtype=np.float32)
+    fake_i = np.array([[2, 1, 3], [0, 1, 2], [2, 0, 1], [0, 1, 3]], dtype=np.int64)
     monkeypatch.setattr(knn, "_search", lambda *a, **kw: (fake_d.copy(), fake_i.copy()))
-    x = np.eye(4, dtype=np.float32)[:2].repeat(1, axis=0)
-    x = np.concatenate([x, x])  # 4 rows; only 2 are queried below via a matching gallery
-    scores, ids = knn_search(x[:2], x[:2], 2, exclude_self=True, use_gpu=False)
-    assert ids.tolist() == [[2, 1], [0, 2]]
-    np.testing.assert_array_equal(scores, [[1.0, 1.0], [0.9, 0.7]])
+    x = np.eye(4, dtype=np.float32)
+    scores, ids = knn_search(x, x, 2, exclude_self=True, use_gpu=False)
+    assert ids.tolist() == [[2, 1], [0, 2], [0, 1], [0, 1]]
+    np.testing.assert_array_equal(scores, np.array([[1.0, 1.0], [0.9, 0.7], [0.5, 0.4], [0.3, 0.2]], np.float32))
 
 
 def test_knn_pads_when_k_exceeds_available() -> None:

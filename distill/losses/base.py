@@ -1,0 +1,64 @@
+"""The loss interface: one batch's tensors in, one scalar out; the registry of losses by name.
+
+Why a single input dataclass: every loss (CE, logit KD, TH-KD, representation losses) is computed from the
+same handful of tensors of one training step, so the trainer builds :class:`DistillInputs` once and each
+registered loss takes what it needs. The trainer therefore never branches on a loss or recipe name.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from featstore.errors import InvalidInput
+from featstore.registry import Registry
+
+LOSSES: Registry = Registry("loss")
+
+
+@dataclass
+class DistillInputs:
+    """Tensors of one step. Teacher tensors come from the store (embedding) and its frozen head (logits)."""
+
+    student_embedding: torch.Tensor  # z_s (B, D)
+    student_logits: torch.Tensor  # g_s(z_s) (B, C)
+    labels: torch.Tensor  # (B,) int64
+    teacher_embedding: torch.Tensor | None = None  # z_t (B, D_t), from the store
+    teacher_logits: torch.Tensor | None = None  # g_t(z_t) (B, C), the stored head on the stored embedding
+    student_logits_th: torch.Tensor | None = None  # g_t(z_s) (B, C): the frozen teacher head on the student
+
+
+class DistillLoss(nn.Module):
+    """Base class: subclasses implement :meth:`compute`; the base checks that needed inputs exist and agree."""
+
+    #: names of the DistillInputs fields the loss reads
+    needs: tuple[str, ...] = ()
+
+    def forward(self, inputs: DistillInputs) -> torch.Tensor:
+        tensors = []
+        for name in self.needs:
+            value = getattr(inputs, name)
+            if value is None:
+                raise InvalidInput(f"loss {type(self).__name__} needs {name}, which this step does not provide")
+            tensors.append(value)
+        batch = {t.shape[0] for t in tensors}
+        if len(batch) > 1:
+            raise InvalidInput(f"loss {type(self).__name__}: batch sizes disagree {sorted(batch)}")
+        return self.compute(inputs)
+
+    def compute(self, inputs: DistillInputs) -> torch.Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+def kl_soft_targets(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Hinton's KD term: KL(softmax(t/T) ‖ softmax(s/T)) summed over classes, × T², averaged over the batch.
+
+    Shared by logit KD and TH-KD, which differ only in which student logits they pass.
+    """
+    if student_logits.shape != teacher_logits.shape:
+        raise InvalidInput(f"KD: student logits {tuple(student_logits.shape)} vs teacher {tuple(teacher_logits.shape)}")
+    log_p_s = torch.log_softmax(student_logits / temperature, dim=1)
+    p_t = torch.softmax(teacher_logits / temperature, dim=1)
+    return torch.nn.functional.kl_div(log_p_s, p_t, reduction="batchmean") * temperature**2

@@ -1,0 +1,26 @@
+"""KDE: embedding distillation by the squared L2 distance of L2-normalised embeddings.
+
+As in the HeadSharingKD code: sum over dimensions *and* over the batch (MSE with reduction "sum") of
+(z_s/‖z_s‖ − z_t/‖z_t‖)², i.e. Σ_i (2 − 2 cos(z_s,i, z_t,i)). Its weight β therefore scales with the
+batch size, which is why the recipes give it small weights.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from distill.losses.base import LOSSES, DistillInputs, DistillLoss
+from featstore.errors import InvalidInput
+
+
+@LOSSES.register("kde")
+class NormalisedEmbeddingL2(DistillLoss):
+    needs = ("student_embedding", "teacher_embedding")
+
+    def compute(self, inputs: DistillInputs) -> torch.Tensor:
+        z_s, z_t = inputs.student_embedding, inputs.teacher_embedding
+        if z_s.shape != z_t.shape:
+            raise InvalidInput(f"kde needs equal embedding shapes, got student {tuple(z_s.shape)} and "
+                               f"teacher {tuple(z_t.shape)}")
+        return (F.normalize(z_s, dim=1) - F.normalize(z_t, dim=1)).pow(2).sum()

@@ -1,0 +1,84 @@
+"""Recipes are data: a name → {loss name: weight}. The criterion is their weighted sum.
+
+Weights follow the HeadSharingKD README (resnet32x4 → resnet8x4) where it gives them (PAPER.md):
+``th-kd`` = 1·CE + 1.5·KD + 0.02·TH. ``kd`` is the same without the TH term so that the two differ only by
+the shared head. KDE's weight is per-sample-sum (see distill/losses/kde.py): 0.1·Σ over a batch of 64 is
+about the scale of the KD term early in training.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from distill.losses.base import LOSSES, DistillInputs
+from featstore.errors import InvalidInput, UnknownName
+
+RECIPES: dict[str, dict[str, float]] = {
+    "vanilla": {"ce": 1.0},
+    "kd": {"ce": 1.0, "kd": 1.5},
+    "kde": {"ce": 1.0, "kd": 1.5, "kde": 0.1},
+    "th-kd": {"ce": 1.0, "kd": 1.5, "th": 0.02},
+    "kde-th": {"ce": 1.0, "kd": 1.5, "kde": 0.1, "th": 0.02},
+}
+
+
+def parse_loss_spec(spec: str) -> dict[str, float]:
+    """``"ce=1,kd=1.5,th=0.02"`` → {"ce": 1.0, "kd": 1.5, "th": 0.02}; names are checked against LOSSES."""
+    weights: dict[str, float] = {}
+    for item in filter(None, (part.strip() for part in spec.split(","))):
+        name, sep, value = item.partition("=")
+        name = name.strip()
+        if not sep:
+            raise InvalidInput(f"--loss item {item!r} is not NAME=WEIGHT")
+        try:
+            weight = float(value)
+        except ValueError:
+            raise InvalidInput(f"--loss weight of {name!r} is not a number: {value!r}") from None
+        if not weight == weight or weight < 0 or weight == float("inf"):
+            raise InvalidInput(f"--loss weight of {name!r} must be finite and ≥ 0, got {value}")
+        LOSSES.get(name)  # raises UnknownName listing the valid losses
+        weights[name] = weight
+    if not weights:
+        raise InvalidInput("--loss is empty; give NAME=WEIGHT pairs, e.g. ce=1,kd=1.5")
+    return weights
+
+
+def resolve_weights(recipe: str, loss_spec: str | None = None) -> dict[str, float]:
+    """The recipe's weights, with ``--loss`` entries overriding or adding terms."""
+    if recipe not in RECIPES:
+        raise UnknownName(f"unknown recipe {recipe!r}; valid: {', '.join(sorted(RECIPES))}")
+    weights = dict(RECIPES[recipe])
+    if loss_spec:
+        weights.update(parse_loss_spec(loss_spec))
+    return {name: w for name, w in weights.items() if w > 0}
+
+
+@dataclass
+class CriterionOutput:
+    total: torch.Tensor
+    terms: dict[str, torch.Tensor]  # unweighted value of each term, for the log
+
+
+class Criterion(nn.Module):
+    """Σ_k w_k · loss_k(inputs) over the recipe's terms."""
+
+    def __init__(self, weights: dict[str, float], temperature: float = 4.0) -> None:
+        super().__init__()
+        self.weights = dict(weights)
+        built = {}
+        for name in weights:
+            factory = LOSSES.get(name)
+            built[name] = factory(temperature=temperature) if "temperature" in factory.__init__.__code__.co_varnames else factory()
+        self.losses = nn.ModuleDict(built)
+
+    def forward(self, inputs: DistillInputs) -> CriterionOutput:
+        terms = {name: loss(inputs) for name, loss in self.losses.items()}
+        total = sum(self.weights[name] * value for name, value in terms.items())
+        return CriterionOutput(total=total, terms=terms)
+
+
+def build_criterion(recipe: str, loss_spec: str | None = None, temperature: float = 4.0) -> Criterion:
+    return Criterion(resolve_weights(recipe, loss_spec), temperature=temperature)

@@ -1,0 +1,118 @@
+"""Streaming reads of a store for training: chunk-shuffled, one stored view per sample, rank-sharded.
+
+Why chunk-shuffled: a compressed store is read efficiently a whole chunk at a time, never row by row, and
+the whole array must never be loaded. So each epoch permutes the chunk order, reads a few chunks into a
+shuffle buffer, shuffles the rows inside it and yields batches; the next group of chunks is read in a
+background thread while the current one is consumed. Every sample appears exactly once per epoch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from featstore.errors import InvalidInput
+from featstore.store import FeatureStore
+
+VIEW_SAMPLING = ("random", "cycle")
+
+
+@dataclass
+class StreamBatch:
+    """One training batch of teacher outputs; rows are store (= dataset) sample indices."""
+
+    indices: np.ndarray  # (B,) int64 sample ids
+    view_ids: np.ndarray  # (B,) int64 which stored view of each sample
+    embeddings: torch.Tensor  # (B, D) float32 teacher embeddings of that view
+    labels: torch.Tensor  # (B,) int64
+    view_params: np.ndarray  # (B, P) float32 parameters to render the same view for the student
+
+
+class StoreStream:
+    """Iterate a complete store in batches; call :meth:`set_epoch` before each epoch.
+
+    ``rank``/``world_size`` shard the chunk list so distributed workers read disjoint chunks;
+    ``view_sampling="random"`` draws a stored view per sample per epoch, ``"cycle"`` takes
+    view (epoch + sample) mod V so every view is used equally often.
+    """
+
+    def __init__(self, store: FeatureStore, batch_size: int, *, seed: int = 0, view_sampling: str = "random",
+                 buffer_chunks: int = 4, rank: int = 0, world_size: int = 1, drop_last: bool = False,
+                 prefetch: bool = True) -> None:
+        if batch_size <= 0:
+            raise InvalidInput(f"batch-size must be positive, got {batch_size}")
+        if view_sampling not in VIEW_SAMPLING:
+            raise InvalidInput(f"unknown view sampling {view_sampling!r}; valid: {', '.join(VIEW_SAMPLING)}")
+        if not 0 <= rank < world_size:
+            raise InvalidInput(f"rank {rank} outside world size {world_size}")
+        self.store = store
+        self.batch_size = batch_size
+        self.seed = seed
+        self.view_sampling = view_sampling
+        self.buffer_chunks = max(1, buffer_chunks)
+        self.rank, self.world_size = rank, world_size
+        self.drop_last = drop_last
+        self.prefetch = prefetch
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def _chunks(self) -> list[int]:
+        rng = np.random.default_rng(np.random.SeedSequence([self.seed, self.epoch, 0]))
+        order = rng.permutation(self.store.num_chunks)
+        return [int(c) for c in order[self.rank::self.world_size]]
+
+    def num_samples(self) -> int:
+        return sum(self.store.chunk_bounds(c)[1] - self.store.chunk_bounds(c)[0] for c in self._chunks())
+
+    def __len__(self) -> int:
+        n = self.num_samples()
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+    def _read_group(self, chunks: list[int]) -> tuple[np.ndarray, ...]:
+        parts = [(np.arange(*self.store.chunk_bounds(c)), *self.store.read_chunk(c)) for c in chunks]
+        return tuple(np.concatenate([p[i] for p in parts]) for i in range(4))
+
+    def __iter__(self) -> Iterator[StreamBatch]:
+        chunks = self._chunks()
+        groups = [chunks[i:i + self.buffer_chunks] for i in range(0, len(chunks), self.buffer_chunks)]
+        rng = np.random.default_rng(np.random.SeedSequence([self.seed, self.epoch, 1]))
+        num_views = self.store.shape.num_views
+        carry: tuple[np.ndarray, ...] | None = None
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            pending = pool.submit(self._read_group, groups[0]) if groups and self.prefetch else None
+            for g, group in enumerate(groups):
+                if self.prefetch:
+                    rows, embeddings, labels, views = pending.result()
+                    if g + 1 < len(groups):
+                        pending = pool.submit(self._read_group, groups[g + 1])
+                else:
+                    rows, embeddings, labels, views = self._read_group(group)
+                if self.view_sampling == "random":
+                    view_ids = rng.integers(0, num_views, size=len(rows))
+                else:
+                    view_ids = (self.epoch + rows) % num_views
+                pick = np.arange(len(rows))
+                selected = (rows, view_ids, embeddings[pick, view_ids], labels, views[pick, view_ids])
+                shuffle = rng.permutation(len(rows))
+                selected = tuple(a[shuffle] for a in selected)
+                if carry is not None:
+                    selected = tuple(np.concatenate([c, s]) for c, s in zip(carry, selected))
+                full = len(selected[0]) // self.batch_size * self.batch_size
+                for start in range(0, full, self.batch_size):
+                    yield self._batch(selected, slice(start, start + self.batch_size))
+                carry = tuple(a[full:] for a in selected)
+        if carry is not None and len(carry[0]) and not self.drop_last:
+            yield self._batch(carry, slice(0, len(carry[0])))
+
+    @staticmethod
+    def _batch(arrays: tuple[np.ndarray, ...], part: slice) -> StreamBatch:
+        rows, view_ids, embeddings, labels, views = (a[part] for a in arrays)
+        return StreamBatch(indices=rows.astype(np.int64), view_ids=view_ids.astype(np.int64),
+                           embeddings=torch.from_numpy(np.ascontiguousarray(embeddings, dtype=np.float32)),
+                           labels=torch.from_numpy(labels.astype(np.int64)), view_params=views)
