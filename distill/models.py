@@ -62,7 +62,7 @@ def convnet_teacher(num_classes: int, in_channels: int = 1, embedding_dim: int =
 
 @MODELS.register("convnet_student")
 def convnet_student(num_classes: int, in_channels: int = 1, embedding_dim: int = 64, head: str = "linear") -> ConvNet:
-    """The digits student: 2 stages of 8/16 channels (~2 k parameters), ~100× smaller than the teacher."""
+    """The digits student: 2 stages of 8/16 channels (~3 k parameters with a 64-d embedding, ~30× smaller)."""
     return ConvNet((8, 16), embedding_dim, num_classes, in_channels, head)
 
 

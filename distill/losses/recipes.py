@@ -8,6 +8,7 @@ about the scale of the KD term early in training.
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 
 import torch
@@ -53,7 +54,10 @@ def resolve_weights(recipe: str, loss_spec: str | None = None) -> dict[str, floa
     weights = dict(RECIPES[recipe])
     if loss_spec:
         weights.update(parse_loss_spec(loss_spec))
-    return {name: w for name, w in weights.items() if w > 0}
+    active = {name: w for name, w in weights.items() if w > 0}
+    if not active:
+        raise InvalidInput(f"recipe {recipe!r} with --loss {loss_spec!r} leaves no loss term with a weight > 0")
+    return active
 
 
 @dataclass
@@ -71,7 +75,8 @@ class Criterion(nn.Module):
         built = {}
         for name in weights:
             factory = LOSSES.get(name)
-            built[name] = factory(temperature=temperature) if "temperature" in factory.__init__.__code__.co_varnames else factory()
+            takes_t = "temperature" in inspect.signature(factory).parameters
+            built[name] = factory(temperature=temperature) if takes_t else factory()
         self.losses = nn.ModuleDict(built)
 
     def forward(self, inputs: DistillInputs) -> CriterionOutput:

@@ -1,0 +1,42 @@
+"""``fsd extract-teacher``: run the teacher once and write (or resume) the feature store."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from cli.options import dataset_option, device_option, dtype_choice, overwrite_option, quiet_option, seed_option, split_option
+from distill.checkpoint import load_teacher_source
+from distill.training import select_device
+from featstore.datasets import load_dataset
+from featstore.extract import extract_teacher
+
+
+@click.command("extract-teacher")
+@click.option("--teacher", type=click.Path(path_type=Path), required=True, help="Teacher checkpoint.")
+@dataset_option()
+@split_option("train")
+@click.option("--out", required=True, metavar="STORE", help="Store path or fsspec URL (e.g. store.zarr).")
+@click.option("--views", type=int, default=1, show_default=True, help="Views per sample (view 0 = identity).")
+@click.option("--dtype", type=dtype_choice, default="float16", show_default=True)
+@click.option("--chunk-rows", type=int, default=None, help="Samples per chunk (default: a few MB per chunk).")
+@click.option("--batch-size", type=int, default=256, show_default=True)
+@seed_option
+@device_option
+@overwrite_option
+@quiet_option
+def command(teacher, dataset, split, out, views, dtype, chunk_rows, batch_size, seed, device, overwrite, quiet):
+    """Embed every (sample, view) with the teacher and write a Zarr feature store.
+
+    Re-running the same command resumes an interrupted extraction (only missing chunks are computed);
+    a store made from another teacher, dataset or view setting is refused unless --overwrite.
+
+    Example: fsd extract-teacher --teacher teacher.pt --dataset digits --out store.zarr --views 2
+    """
+    source = load_teacher_source(teacher)
+    data = load_dataset(dataset, split)
+    summary = extract_teacher(source, data, out, views=views, dtype=dtype, chunk_rows=chunk_rows,
+                              batch_size=batch_size, seed=seed, device=select_device(device),
+                              overwrite=overwrite, progress=not quiet)
+    click.echo(summary.line())

@@ -1,0 +1,49 @@
+"""``fsd train-student``: train a student from a feature store with a distillation recipe."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from cli.options import dataset_option, device_option, overwrite_option, quiet_option, seed_option, split_option
+from distill.losses import RECIPES
+from distill.train_student import StudentConfig, train_student
+from distill.training import OptimConfig
+from featstore.stream import VIEW_SAMPLING
+
+
+@click.command("train-student")
+@click.option("--store", required=True, metavar="STORE", help="Feature store written by extract-teacher.")
+@dataset_option()
+@split_option("train")
+@click.option("--arch", default="convnet_student", show_default=True, help="Registered model name.")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True, help="Checkpoint to write.")
+@click.option("--recipe", default="th-kd", show_default=True, help=f"One of: {', '.join(RECIPES)}.")
+@click.option("--loss", "loss_spec", default=None, metavar="NAME=W,...",
+              help='Override/add loss weights, e.g. "ce=1,kd=1.5,th=0.02".')
+@click.option("--temperature", type=float, default=4.0, show_default=True, help="KD temperature T.")
+@click.option("--epochs", type=int, default=30, show_default=True)
+@click.option("--batch-size", type=int, default=64, show_default=True)
+@click.option("--lr", type=float, default=0.05, show_default=True)
+@click.option("--view-sampling", type=click.Choice(VIEW_SAMPLING), default="random", show_default=True)
+@seed_option
+@device_option
+@overwrite_option
+@quiet_option
+def command(store, dataset, split, arch, out, recipe, loss_spec, temperature, epochs, batch_size, lr, view_sampling,
+            seed, device, overwrite, quiet):
+    """Train a student by streaming teacher embeddings from STORE (the teacher never runs).
+
+    Writes the checkpoint and a JSON training log beside it (STUDENT.log.json).
+
+    Example: fsd train-student --store store.zarr --dataset digits --out student.pt --recipe th-kd
+    """
+    result = train_student(StudentConfig(store=store, dataset=dataset, split=split, arch=arch, out=out, recipe=recipe,
+                                         loss=loss_spec, temperature=temperature, epochs=epochs,
+                                         batch_size=batch_size, optim=OptimConfig(lr=lr), seed=seed,
+                                         view_sampling=view_sampling, device=device, overwrite=overwrite,
+                                         progress=not quiet))
+    test = "n/a" if result.test_accuracy is None else f"{100 * result.test_accuracy:.2f}%"
+    click.echo(f"student {out} [{recipe}]: {result.parameters:,} parameters, test top-1 {test}, "
+               f"{result.seconds:.1f} s; log {result.log_path}")
