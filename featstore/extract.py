@@ -19,8 +19,9 @@ from tqdm import tqdm
 from featstore.codecs import check_dtype
 from featstore.datasets import ImageDataset
 from featstore.errors import InvalidInput, StoreError
-from featstore.store import (FeatureStore, StoreShape, create_store, default_chunk_rows, identity_of, open_store,
-                             remove_store, store_exists)
+from featstore.lock import writer_lock
+from featstore.store import (FeatureStore, StoreShape, local_path, create_store, default_chunk_rows, identity_of,
+                             open_store, remove_store, store_exists)
 from featstore.views import PARAM_NAMES, render_views, sample_views
 
 
@@ -82,6 +83,8 @@ def _store_meta(teacher: TeacherSource, dataset: ImageDataset, views: int, seed:
 
 def _open_for_resume(url: str, wanted: dict[str, Any]) -> FeatureStore:
     store = open_store(url, require_complete=False, writable=True)
+    if wanted["chunk_rows"] is None:  # not given on the command line: resume with the store's own layout
+        wanted = {**wanted, "chunk_rows": store.chunk_rows}
     have = identity_of(store.meta)
     if have != identity_of(wanted):
         differing = sorted(k for k in have if have[k] != identity_of(wanted)[k])
@@ -132,29 +135,30 @@ def extract_teacher(
     started = time.perf_counter()
     device = torch.device(device)
     teacher.model.eval().to(device)
-    rows_per_chunk = chunk_rows or default_chunk_rows(len(dataset), views, teacher.embedding_dim, dtype)
     meta = _store_meta(teacher, dataset, views, seed)
-    wanted = {**meta, "dtype": dtype, "chunk_rows": rows_per_chunk}
+    wanted = {**meta, "dtype": dtype, "chunk_rows": chunk_rows}
 
-    resumed = False
-    if store_exists(url) and overwrite:
-        remove_store(url)
-    if store_exists(url):
-        store = _open_for_resume(url, wanted)
-        resumed = True
-    else:
-        shape = StoreShape(len(dataset), views, teacher.embedding_dim, len(PARAM_NAMES), int(teacher.head_weight.shape[0]))
-        store = create_store(url, shape=shape, dtype=dtype, chunk_rows=rows_per_chunk, labels=dataset.labels,
-                             head_weight=teacher.head_weight, head_bias=teacher.head_bias, meta=meta)
+    with writer_lock(local_path(url)):
+        resumed = False
+        if store_exists(url) and overwrite:
+            remove_store(url)
+        if store_exists(url):
+            store = _open_for_resume(url, wanted)
+            resumed = True
+        else:
+            shape = StoreShape(len(dataset), views, teacher.embedding_dim, len(PARAM_NAMES), int(teacher.head_weight.shape[0]))
+            rows_per_chunk = chunk_rows or default_chunk_rows(len(dataset), views, teacher.embedding_dim, dtype)
+            store = create_store(url, shape=shape, dtype=dtype, chunk_rows=rows_per_chunk, labels=dataset.labels,
+                                 head_weight=teacher.head_weight, head_bias=teacher.head_bias, meta=meta)
 
-    missing = store.missing_chunks()
-    for chunk in tqdm(missing, desc="extract-teacher", unit="chunk", disable=not progress):
-        start, stop = store.chunk_bounds(chunk)
-        rows = np.arange(start, stop)
-        params = sample_views(dataset.view_policy, seed, rows, views)
-        store.write_chunk(chunk, _embed_chunk(teacher, dataset, rows, params, batch_size, device), params)
-    if not store.complete:
-        store.mark_complete()
+        missing = store.missing_chunks()
+        for chunk in tqdm(missing, desc="extract-teacher", unit="chunk", disable=not progress):
+            start, stop = store.chunk_bounds(chunk)
+            rows = np.arange(start, stop)
+            params = sample_views(dataset.view_policy, seed, rows, views)
+            store.write_chunk(chunk, _embed_chunk(teacher, dataset, rows, params, batch_size, device), params)
+        if not store.complete:
+            store.mark_complete()
     raw, stored = store.nbytes_embeddings()
     return ExtractSummary(url=url, samples=store.shape.num_samples, views=views, dim=store.shape.dim,
                           dtype=dtype, chunks_total=store.num_chunks, chunks_computed=len(missing),

@@ -50,7 +50,7 @@ def default_chunk_rows(num_samples: int, num_views: int, dim: int, dtype: str) -
     return int(max(1, min(by_size, by_count)))
 
 
-def _local_path(url: str) -> Path | None:
+def local_path(url: str) -> Path | None:
     """The local directory a store URL names, or None for remote/in-memory URLs."""
     if url.startswith("file://"):
         return Path(url[len("file://"):])
@@ -61,7 +61,7 @@ def _local_path(url: str) -> Path | None:
 
 def _zarr_store(url: str) -> Any:
     """What zarr should open: a LocalStore for local paths (atomic chunk writes), the URL otherwise."""
-    local = _local_path(url)
+    local = local_path(url)
     if local is not None:
         return zarr.storage.LocalStore(local)
     return url
@@ -209,7 +209,7 @@ def identity_of(meta: dict[str, Any]) -> dict[str, Any]:
 
 
 def store_exists(url: str) -> bool:
-    local = _local_path(url)
+    local = local_path(url)
     if local is not None:
         return local.exists()
     try:
@@ -220,7 +220,7 @@ def store_exists(url: str) -> bool:
 
 
 def _open_group(url: str, mode: str) -> zarr.Group:
-    local = _local_path(url)
+    local = local_path(url)
     if local is not None and not local.exists():
         raise InputNotFound(f"store {url} does not exist")
     try:
@@ -249,7 +249,7 @@ def open_store(url: str | Path, *, require_complete: bool = True, writable: bool
 def remove_store(url: str) -> None:
     """Delete a store — only something that is an fsd store (never an arbitrary directory)."""
     _open_group(url, "r")  # raises unless it really is an fsd store
-    local = _local_path(url)
+    local = local_path(url)
     if local is not None:
         shutil.rmtree(local)
     else:

@@ -287,3 +287,73 @@ def test_extract_module_uses_fixed_batches_inside_chunk(teacher, small_digits) -
     c = extract_mod._embed_chunk(teacher, small_digits, rows, params, 5, torch.device("cpu"))
     assert np.array_equal(a, b)
     np.testing.assert_allclose(a, c, rtol=1e-5, atol=1e-6)
+
+
+def test_resume_without_chunk_rows_uses_store_layout(tmp_path, teacher, small_digits) -> None:
+    """Omitting chunk_rows on the re-run resumes with the store's own layout instead of refusing it."""
+    path = tmp_path / "s"
+    run(teacher, small_digits, path, chunk_rows=CHUNK)
+    group = zarr.open_group(str(path), mode="r+")
+    group["progress/done"][2] = False
+    attrs = dict(group.attrs["fsd"])
+    attrs["complete"] = False
+    group.attrs["fsd"] = attrs
+    summary = run(teacher, small_digits, path, chunk_rows=None)
+    assert summary.resumed and summary.chunks_computed == 1 and summary.chunks_total == 8
+    assert open_store(path).chunk_rows == CHUNK and open_store(path).complete
+
+
+# -- the writer lock (<store>.lock next to a local store) ------------------------------------------------
+
+def lock_file(path: Path) -> Path:
+    return path.with_name(path.name + ".lock")
+
+
+def test_lock_released_after_success_and_failure(tmp_path, monkeypatch, teacher, small_digits) -> None:
+    run(teacher, small_digits, tmp_path / "ok")
+    assert not lock_file(tmp_path / "ok").exists()
+
+    def boom(self, chunk, embeddings, views):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(FeatureStore, "write_chunk", boom)
+    with pytest.raises(RuntimeError, match="disk full"):
+        run(teacher, small_digits, tmp_path / "failed")
+    assert not lock_file(tmp_path / "failed").exists()
+
+
+def test_live_lock_refuses_second_writer(tmp_path, teacher, small_digits) -> None:
+    import json
+    import os
+    import socket
+
+    from featstore.errors import StoreLocked
+
+    path = tmp_path / "s"
+    lock = lock_file(path)
+    lock.write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "since": 0}))
+    with pytest.raises(StoreLocked, match=str(os.getpid())):
+        run(teacher, small_digits, path)
+    assert not path.exists()  # nothing was written under someone else's lock
+    assert lock.exists()  # and their lock is left alone
+    lock.write_text("not json")
+    with pytest.raises(StoreLocked, match="unknown process"):
+        run(teacher, small_digits, path)
+    assert lock.read_text() == "not json"
+
+
+def test_stale_lock_of_dead_process_is_taken_over(tmp_path, teacher, small_digits) -> None:
+    import json
+    import socket
+    import subprocess
+    import sys
+
+    child = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                           text=True, check=True)
+    dead_pid = int(child.stdout)
+    path = tmp_path / "s"
+    lock_file(path).write_text(json.dumps({"pid": dead_pid, "host": socket.gethostname(), "since": 0}))
+    with pytest.warns(RuntimeWarning, match="stale lock"):
+        summary = run(teacher, small_digits, path)
+    assert summary.chunks_computed == 8 and open_store(path).complete
+    assert not lock_file(path).exists()
