@@ -46,7 +46,7 @@ def default_chunk_rows(num_samples: int, num_views: int, dim: int, dtype: str) -
     """
     row_bytes = num_views * dim * np.dtype(codecs.STORAGE_DTYPE[dtype]).itemsize
     by_size = max(1, TARGET_CHUNK_BYTES // row_bytes)
-    by_count = max(1, math.ceil(num_samples / MIN_CHUNKS_FOR_SHUFFLE))
+    by_count = max(1, num_samples // MIN_CHUNKS_FOR_SHUFFLE)
     return int(max(1, min(by_size, by_count)))
 
 
@@ -154,6 +154,13 @@ class FeatureStore:
     def read_chunk(self, chunk: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         return self.read_rows(*self.chunk_bounds(chunk))
 
+    def read_scales(self, chunk: int) -> np.ndarray | None:
+        """The int8 per-row scales of one chunk (None for float stores)."""
+        if self.dtype != "int8":
+            return None
+        start, stop = self.chunk_bounds(chunk)
+        return np.asarray(self._group["scales"][start:stop], dtype=np.float32)
+
     def labels(self) -> np.ndarray:
         """All labels (int64, N) — small next to the embeddings, so loading them whole is fine."""
         return np.asarray(self._group["labels"][:], dtype=np.int64)
@@ -253,7 +260,10 @@ def remove_store(url: str) -> None:
     if local is not None:
         shutil.rmtree(local)
     else:
-        zarr.open_group(_zarr_store(url), mode="w")
+        import fsspec
+
+        fs, path = fsspec.core.url_to_fs(url)
+        fs.rm(path, recursive=True)
 
 
 def create_store(

@@ -40,6 +40,9 @@ def _check_chunk(store: FeatureStore, chunk: int, done: bool) -> str | None:
         embeddings, labels, views = store.read_chunk(chunk)
     except Exception as exc:  # noqa: BLE001 - any decode failure is exactly what we report
         return f"unreadable ({type(exc).__name__}: {exc})"
+    scales = store.read_scales(chunk)
+    if scales is not None and not (np.isfinite(scales).all() and (scales > 0).all()):
+        return "int8 scales that are not positive and finite"
     if not np.isfinite(embeddings).all():
         return f"{int((~np.isfinite(embeddings)).sum())} non-finite embedding values"
     bad_labels = (labels < -1) | (labels >= store.shape.num_classes)

@@ -255,9 +255,6 @@ def test_memory_url_extraction(teacher, small_digits, float32_store) -> None:
     assert run(teacher, small_digits, url).chunks_computed == 0
 
 
-@pytest.mark.xfail(reason="BUG: overwrite=True on a non-local URL fails: remove_store leaves an empty zarr "
-                          "group, so store_exists() is still True and _open_for_resume raises StoreError",
-                   strict=True)
 def test_memory_url_overwrite(teacher, make_teacher, small_digits) -> None:
     url = f"memory://fsd-extract-{uuid.uuid4().hex}"
     run(teacher, small_digits, url)

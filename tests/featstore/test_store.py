@@ -250,9 +250,6 @@ def test_default_chunk_rows_tiny_n() -> None:
         assert default_chunk_rows(n, 2, 16, "float16") == 1
 
 
-@pytest.mark.xfail(reason="BUG: default_chunk_rows uses ceil(N/16) rows per chunk, which yields fewer than "
-                          "MIN_CHUNKS_FOR_SHUFFLE chunks (e.g. N=17 -> 2 rows -> 9 chunks; N=100 -> 15)",
-                   strict=True)
 @pytest.mark.parametrize("n", [17, 50, 100])
 def test_default_chunk_rows_at_least_16_chunks(n: int) -> None:
     rows = default_chunk_rows(n, 2, 16, "float16")
@@ -286,9 +283,6 @@ def test_memory_url_round_trip() -> None:
         open_store(url)
 
 
-@pytest.mark.xfail(reason="BUG: remove_store on a non-local URL re-creates an empty zarr group instead of "
-                          "deleting, so store_exists() stays True and the URL cannot be re-created",
-                   strict=True)
 def test_memory_url_removed_store_no_longer_exists() -> None:
     url = f"memory://fsd-test-{uuid.uuid4().hex}"
     d = data()
