@@ -1,4 +1,4 @@
-"""``fsd store info|verify``: inspect a feature store."""
+"""``fsd store info|verify|export``: inspect, check and export a feature store."""
 
 from __future__ import annotations
 
@@ -6,6 +6,9 @@ import json
 
 import click
 
+from pathlib import Path
+
+from featstore.export import export_h5
 from featstore.store import open_store
 from featstore.verify import verify_store
 
@@ -58,3 +61,19 @@ def verify(store: str) -> None:
         click.echo(line)
     if not report.ok:
         raise SystemExit(1)
+
+
+@command.command("export")
+@click.argument("store")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True, help="HDF5 file to write.")
+@click.option("--view", type=int, default=None,
+              help="Export only this view as (N, D) — e.g. --view 0 for `fsd eval --embeddings`.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing --out.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def export(store: str, out: Path, view: int | None, overwrite: bool, quiet: bool) -> None:
+    """Copy STORE's embeddings, labels, views and head into one HDF5 file (written atomically).
+
+    Example: fsd store export store.zarr --out store.h5 --view 0
+    """
+    path = export_h5(store, out, view=view, overwrite=overwrite, progress=not quiet)
+    click.echo(f"exported {store} → {path} ({path.stat().st_size / 1e6:.2f} MB)")

@@ -108,6 +108,56 @@ def _embed_chunk(teacher: TeacherSource, dataset: ImageDataset, rows: np.ndarray
     return out
 
 
+def extract_chunk(store: FeatureStore, chunk: int, teacher: TeacherSource, dataset: ImageDataset, *, seed: int,
+                  batch_size: int, device: torch.device) -> None:
+    """Compute and write one chunk (every view of its rows), then flag it done: the unit of work and of
+    resume, shared by the single-process loop and distributed workers."""
+    start, stop = store.chunk_bounds(chunk)
+    rows = np.arange(start, stop)
+    params = sample_views(dataset.view_policy, seed, rows, store.shape.num_views)
+    store.write_chunk(chunk, _embed_chunk(teacher, dataset, rows, params, batch_size, device), params)
+
+
+def validate_request(teacher: TeacherSource, dataset: ImageDataset, *, views: int, dtype: str,
+                     chunk_rows: int | None, batch_size: int) -> None:
+    """Every argument check, before anything is created or loaded onto a device."""
+    check_dtype(dtype)
+    for name, value in (("views", views), ("batch-size", batch_size)):
+        if value <= 0:
+            raise InvalidInput(f"{name} must be positive, got {value}")
+    if chunk_rows is not None and chunk_rows <= 0:
+        raise InvalidInput(f"chunk-rows must be positive, got {chunk_rows}")
+    if list(teacher.input_shape) != list(dataset.image_shape):
+        raise InvalidInput(f"teacher expects input {teacher.input_shape}, dataset {dataset.spec} gives "
+                           f"{list(dataset.image_shape)}")
+
+
+def open_or_create_store(teacher: TeacherSource, dataset: ImageDataset, url: str, *, views: int, dtype: str,
+                         chunk_rows: int | None, seed: int, overwrite: bool) -> tuple[FeatureStore, bool]:
+    """(store, resumed): the existing store when it was made from the same inputs, a new one otherwise.
+
+    Call it while holding the writer lock. A store made from other inputs is refused unless ``overwrite``.
+    """
+    meta = _store_meta(teacher, dataset, views, seed)
+    if store_exists(url) and overwrite:
+        remove_store(url)
+    if store_exists(url):
+        return _open_for_resume(url, {**meta, "dtype": dtype, "chunk_rows": chunk_rows}), True
+    shape = StoreShape(len(dataset), views, teacher.embedding_dim, len(PARAM_NAMES), int(teacher.head_weight.shape[0]))
+    rows_per_chunk = chunk_rows or default_chunk_rows(len(dataset), views, teacher.embedding_dim, dtype)
+    store = create_store(url, shape=shape, dtype=dtype, chunk_rows=rows_per_chunk, labels=dataset.labels,
+                         head_weight=teacher.head_weight, head_bias=teacher.head_bias, meta=meta)
+    return store, False
+
+
+def summarise(store: FeatureStore, *, computed: int, seconds: float, resumed: bool) -> ExtractSummary:
+    raw, stored = store.nbytes_embeddings()
+    return ExtractSummary(url=store.url, samples=store.shape.num_samples, views=store.shape.num_views,
+                          dim=store.shape.dim, dtype=store.dtype, chunks_total=store.num_chunks,
+                          chunks_computed=computed, bytes_stored=store.nbytes_stored(),
+                          compression_ratio=raw / max(stored, 1), seconds=seconds, resumed=resumed)
+
+
 def extract_teacher(
     teacher: TeacherSource,
     dataset: ImageDataset,
@@ -123,44 +173,16 @@ def extract_teacher(
     progress: bool = True,
 ) -> ExtractSummary:
     """Create (or resume) the store at ``url`` holding ``teacher``'s embeddings of ``dataset``."""
-    check_dtype(dtype)
-    for name, value in (("views", views), ("batch-size", batch_size)):
-        if value <= 0:
-            raise InvalidInput(f"{name} must be positive, got {value}")
-    if chunk_rows is not None and chunk_rows <= 0:
-        raise InvalidInput(f"chunk-rows must be positive, got {chunk_rows}")
-    if list(teacher.input_shape) != list(dataset.image_shape):
-        raise InvalidInput(f"teacher expects input {teacher.input_shape}, dataset {dataset.spec} gives "
-                           f"{list(dataset.image_shape)}")
+    validate_request(teacher, dataset, views=views, dtype=dtype, chunk_rows=chunk_rows, batch_size=batch_size)
     started = time.perf_counter()
     device = torch.device(device)
     teacher.model.eval().to(device)
-    meta = _store_meta(teacher, dataset, views, seed)
-    wanted = {**meta, "dtype": dtype, "chunk_rows": chunk_rows}
-
     with writer_lock(local_path(url)):
-        resumed = False
-        if store_exists(url) and overwrite:
-            remove_store(url)
-        if store_exists(url):
-            store = _open_for_resume(url, wanted)
-            resumed = True
-        else:
-            shape = StoreShape(len(dataset), views, teacher.embedding_dim, len(PARAM_NAMES), int(teacher.head_weight.shape[0]))
-            rows_per_chunk = chunk_rows or default_chunk_rows(len(dataset), views, teacher.embedding_dim, dtype)
-            store = create_store(url, shape=shape, dtype=dtype, chunk_rows=rows_per_chunk, labels=dataset.labels,
-                                 head_weight=teacher.head_weight, head_bias=teacher.head_bias, meta=meta)
-
+        store, resumed = open_or_create_store(teacher, dataset, url, views=views, dtype=dtype,
+                                              chunk_rows=chunk_rows, seed=seed, overwrite=overwrite)
         missing = store.missing_chunks()
         for chunk in tqdm(missing, desc="extract-teacher", unit="chunk", disable=not progress):
-            start, stop = store.chunk_bounds(chunk)
-            rows = np.arange(start, stop)
-            params = sample_views(dataset.view_policy, seed, rows, views)
-            store.write_chunk(chunk, _embed_chunk(teacher, dataset, rows, params, batch_size, device), params)
+            extract_chunk(store, chunk, teacher, dataset, seed=seed, batch_size=batch_size, device=device)
         if not store.complete:
             store.mark_complete()
-    raw, stored = store.nbytes_embeddings()
-    return ExtractSummary(url=url, samples=store.shape.num_samples, views=views, dim=store.shape.dim,
-                          dtype=dtype, chunks_total=store.num_chunks, chunks_computed=len(missing),
-                          bytes_stored=store.nbytes_stored(), compression_ratio=raw / max(stored, 1),
-                          seconds=time.perf_counter() - started, resumed=resumed)
+    return summarise(store, computed=len(missing), seconds=time.perf_counter() - started, resumed=resumed)
