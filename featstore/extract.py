@@ -84,7 +84,7 @@ def _store_meta(teacher: TeacherSource, dataset: ImageDataset, views: int, seed:
 def _open_for_resume(url: str, wanted: dict[str, Any]) -> FeatureStore:
     store = open_store(url, require_complete=False, writable=True)
     if wanted["chunk_rows"] is None:  # not given on the command line: resume with the store's own layout
-        wanted = {**wanted, "chunk_rows": store.chunk_rows}
+        wanted = {**wanted, "chunk_rows": store.inner_chunk_rows}
     have = identity_of(store.meta)
     if have != identity_of(wanted):
         differing = sorted(k for k in have if have[k] != identity_of(wanted)[k])

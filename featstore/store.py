@@ -27,6 +27,15 @@ from featstore.errors import InputNotFound, OutputExists, StoreError
 FORMAT_VERSION = 1
 TARGET_CHUNK_BYTES = 4 * 1024 * 1024  # uncompressed embedding bytes per chunk: "a few MB"
 MIN_CHUNKS_FOR_SHUFFLE = 16  # small stores still get enough chunks for chunk-shuffled streaming
+MAX_UNSHARDED_CHUNKS = 4096  # beyond this many chunks per array, chunks are grouped into shards
+TARGET_SHARDS = 1024  # ... so that each array has at most about this many files
+
+
+def shard_factor(num_samples: int, chunk_rows: int) -> int:
+    """How many chunks one shard holds: 1 (no sharding) up to MAX_UNSHARDED_CHUNKS chunks per array, else
+    enough that an array has at most TARGET_SHARDS shard files. File count stays bounded for any N."""
+    chunks = math.ceil(num_samples / chunk_rows)
+    return 1 if chunks <= MAX_UNSHARDED_CHUNKS else math.ceil(chunks / TARGET_SHARDS)
 
 
 def fsd_version() -> str:
@@ -98,7 +107,10 @@ class FeatureStore:
             num_classes=int(group["head/weight"].shape[0]),
         )
         self.dtype: str = self.meta["dtype"]
+        # The unit of work, of resume and of progress/done: a zarr chunk, or a whole shard when sharded
+        # (a shard is rewritten whole on every write, so two writers must never share one).
         self.chunk_rows: int = int(self.meta["chunk_rows"])
+        self.inner_chunk_rows: int = int((self.meta.get("sharding") or {}).get("inner_chunk_rows", self.chunk_rows))
 
     # -- geometry ---------------------------------------------------------------------------------------
     @property
@@ -194,6 +206,7 @@ class FeatureStore:
                       "classes": self.shape.num_classes},
             "dtype": self.dtype,
             "chunk_rows": self.chunk_rows,
+            "sharding": self.meta.get("sharding"),
             "chunks": {"total": self.num_chunks, "done": int(self.done_chunks().sum())},
             "complete": self.complete,
             "bytes_stored": self.nbytes_stored(),
@@ -211,7 +224,7 @@ def identity_of(meta: dict[str, Any]) -> dict[str, Any]:
         "split": meta["dataset"].get("split"),
         "views": {k: meta["views"].get(k) for k in ("count", "kind", "seed", "policy")},
         "dtype": meta["dtype"],
-        "chunk_rows": meta["chunk_rows"],
+        "chunk_rows": (meta.get("sharding") or {}).get("inner_chunk_rows", meta["chunk_rows"]),
     }
 
 
@@ -273,6 +286,7 @@ def create_store(
     dtype: str,
     chunk_rows: int,
     labels: np.ndarray,
+    shard: int | None = None,
     head_weight: np.ndarray,
     head_bias: np.ndarray | None,
     meta: dict[str, Any],
@@ -281,6 +295,10 @@ def create_store(
 
     ``meta`` carries the ``teacher``, ``head``, ``dataset`` and ``views`` attribute dicts; format, dtype,
     chunk_rows, creation time and version are added here. Refuses to replace anything that exists.
+
+    ``chunk_rows`` is the zarr chunk. ``shard`` chunks are grouped into one shard file (default: the
+    :func:`shard_factor` rule); when sharded, the unit of work recorded as ``chunk_rows`` in the
+    attributes is the shard and ``sharding.inner_chunk_rows`` the chunk inside it.
     """
     url = str(url)
     codecs.check_dtype(dtype)
@@ -289,18 +307,28 @@ def create_store(
     n, v, d = shape.num_samples, shape.num_views, shape.dim
     if min(n, v, d, chunk_rows) <= 0:
         raise StoreError(f"store dimensions must be positive: N={n} V={v} D={d} chunk_rows={chunk_rows}")
+    factor = shard if shard is not None else shard_factor(n, chunk_rows)
+    if factor <= 0:
+        raise StoreError(f"shard factor must be positive, got {factor}")
+    unit_rows = chunk_rows * factor
+
+    def layout(*rest: int) -> dict[str, Any]:
+        if factor == 1:
+            return {"chunks": (chunk_rows, *rest)}
+        return {"chunks": (chunk_rows, *rest), "shards": (unit_rows, *rest)}
+
     group = zarr.open_group(_zarr_store(url), mode="w-")
-    group.create_array("embeddings", shape=(n, v, d), chunks=(chunk_rows, v, d),
+    group.create_array("embeddings", shape=(n, v, d), **layout(v, d),
                        dtype=codecs.STORAGE_DTYPE[dtype], compressors=_compressor(dtype), fill_value=0)
     if dtype == "int8":
-        group.create_array("scales", shape=(n, v), chunks=(chunk_rows, v), dtype="float32",
+        group.create_array("scales", shape=(n, v), **layout(v), dtype="float32",
                            compressors=_compressor("float32"), fill_value=0)
-    group.create_array("labels", shape=(n,), chunks=(chunk_rows,), dtype="int64",
+    group.create_array("labels", shape=(n,), **layout(), dtype="int64",
                        compressors=_compressor("int64"), fill_value=-1)
-    group.create_array("views", shape=(n, v, shape.num_params), chunks=(chunk_rows, v, shape.num_params),
+    group.create_array("views", shape=(n, v, shape.num_params), **layout(v, shape.num_params),
                        dtype="float32", compressors=_compressor("float32"), fill_value=0)
-    num_chunks = math.ceil(n / chunk_rows)
-    group.create_array("progress/done", shape=(num_chunks,), chunks=(1,), dtype="bool", fill_value=False)
+    num_units = math.ceil(n / unit_rows)
+    group.create_array("progress/done", shape=(num_units,), chunks=(1,), dtype="bool", fill_value=False)
     group.create_array("head/weight", shape=head_weight.shape, dtype="float32", compressors=None)
     group["head/weight"][...] = head_weight.astype(np.float32)
     if head_bias is not None:
@@ -312,7 +340,8 @@ def create_store(
         "complete": False,
         **meta,
         "dtype": dtype,
-        "chunk_rows": int(chunk_rows),
+        "chunk_rows": int(unit_rows),
+        "sharding": None if factor == 1 else {"inner_chunk_rows": int(chunk_rows), "chunks_per_shard": int(factor)},
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "fsd_version": fsd_version(),
     }
