@@ -10,6 +10,7 @@ from cli.options import dataset_option, device_option, dtype_choice, overwrite_o
 from distill.checkpoint import load_teacher_source
 from distill.training import select_device
 from featstore.datasets import load_dataset
+from featstore.distributed import extract_teacher_distributed
 from featstore.extract import extract_teacher
 
 
@@ -24,19 +25,32 @@ from featstore.extract import extract_teacher
 @click.option("--batch-size", type=int, default=256, show_default=True)
 @seed_option
 @device_option
+@click.option("--workers", type=int, default=None, metavar="N",
+              help="Extract with a local dask cluster of N worker processes (with --device cuda: default one per GPU).")
+@click.option("--scheduler", default=None, metavar="ADDR",
+              help="Extract on an existing dask cluster (e.g. tcp://host:8786); its workers must see the paths.")
 @overwrite_option
 @quiet_option
-def command(teacher, dataset, split, out, views, dtype, chunk_rows, batch_size, seed, device, overwrite, quiet):
+def command(teacher, dataset, split, out, views, dtype, chunk_rows, batch_size, seed, device, workers, scheduler,
+            overwrite, quiet):
     """Embed every (sample, view) with the teacher and write a Zarr feature store.
 
     Re-running the same command resumes an interrupted extraction (only missing chunks are computed);
     a store made from another teacher, dataset or view setting is refused unless --overwrite.
 
+    With --workers N or --scheduler ADDR the chunks are computed by dask workers (same bytes as a
+    single-process run).
+
     Example: fsd extract-teacher --teacher teacher.pt --dataset digits --out store.zarr --views 2
     """
-    source = load_teacher_source(teacher)
-    data = load_dataset(dataset, split)
-    summary = extract_teacher(source, data, out, views=views, dtype=dtype, chunk_rows=chunk_rows,
-                              batch_size=batch_size, seed=seed, device=select_device(device),
-                              overwrite=overwrite, progress=not quiet)
+    options = dict(views=views, dtype=dtype, chunk_rows=chunk_rows, batch_size=batch_size, seed=seed,
+                   overwrite=overwrite, progress=not quiet)
+    if workers is not None or scheduler is not None:
+        # Workers load the teacher themselves: pass a picklable loader and an absolute path.
+        summary = extract_teacher_distributed((load_teacher_source, str(teacher.absolute())), dataset, split, out,
+                                              device=select_device(device), workers=workers, scheduler=scheduler,
+                                              **options)
+    else:
+        summary = extract_teacher(load_teacher_source(teacher), load_dataset(dataset, split), out,
+                                  device=select_device(device), **options)
     click.echo(summary.line())

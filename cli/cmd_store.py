@@ -10,7 +10,8 @@ from pathlib import Path
 
 from featstore.export import export_h5
 from featstore.store import open_store
-from featstore.verify import verify_store
+from featstore.errors import InvalidInput, StoreError
+from featstore.verify import DEFAULT_LIVE_SAMPLE, verify_live, verify_store
 
 
 @click.group("store")
@@ -49,14 +50,43 @@ def info(store: str, as_json: bool) -> None:
 
 @command.command("verify")
 @click.argument("store")
-def verify(store: str) -> None:
+@click.option("--teacher", "teacher_path", metavar="CKPT", default=None,
+              help="Teacher checkpoint the store was extracted from: also recompute --sample random (sample, view) "
+                   "rows live and compare them with the stored rows.")
+@click.option("--sample", type=int, default=None, metavar="K",
+              help=f"Rows to recompute with --teacher (default {DEFAULT_LIVE_SAMPLE}; all rows when K exceeds N×V).")
+@click.option("--seed", type=int, default=None, help="Seed that picks the --sample rows (default 0).")
+def verify(store: str, teacher_path: str | None, sample: int | None, seed: int | None) -> None:
     """Read every chunk of STORE and check it (readable, finite, labels in range, flagged done).
 
-    Exits 1 and lists the bad chunks when any check fails.
+    With --teacher, K random (sample, view) rows are also recomputed: the stored view parameters must be
+    the ones the store's seed draws, and the teacher's output on the re-rendered view must match the stored
+    row (cosine ≥ 0.99999 float32, 0.9999 float16, 0.999 bfloat16 and int8). The teacher checkpoint's
+    sha256 and the dataset (loaded from the spec and split the store records) must be the store's own.
 
-    Example: fsd store verify store.zarr
+    Exits 1 and lists the bad chunks / failed checks when any check fails.
+
+    Example: fsd store verify store.zarr --teacher teacher.pt --sample 256
     """
+    if teacher_path is None and (sample is not None or seed is not None):
+        raise InvalidInput("--sample and --seed need --teacher (the live check recomputes rows with the teacher)")
+    if sample is not None and sample <= 0:
+        raise InvalidInput(f"--sample must be positive, got {sample}")
+    live_inputs = None
+    if teacher_path is not None:  # every input is loaded (and refused with exit 2) before any checking
+        from distill.checkpoint import load_teacher_source
+        from featstore.datasets import load_dataset
+
+        opened = open_store(store, require_complete=False)
+        recorded = opened.meta.get("dataset", {})
+        if not recorded.get("spec") or not recorded.get("split"):
+            raise StoreError(f"store {store} records no dataset spec/split to recompute rows from")
+        live_inputs = (opened, load_teacher_source(teacher_path), load_dataset(recorded["spec"], recorded["split"]))
     report = verify_store(store)
+    if live_inputs is not None:
+        opened, source, dataset = live_inputs
+        report.live = verify_live(opened, source, dataset, DEFAULT_LIVE_SAMPLE if sample is None else sample,
+                                  0 if seed is None else seed)
     for line in report.lines():
         click.echo(line)
     if not report.ok:

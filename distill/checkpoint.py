@@ -42,7 +42,10 @@ class Checkpoint:
     fsd_version: str = field(default_factory=fsd_version)
 
     def build_model(self) -> nn.Module:
-        model = create_model(self.arch, **self.model_config)
+        try:
+            model = create_model(self.arch, **self.model_config)
+        except (TypeError, ValueError) as exc:
+            raise CheckpointError(f"checkpoint model_config does not fit arch {self.arch!r}: {exc}") from None
         try:
             model.load_state_dict(self.state_dict)
         except RuntimeError as exc:
@@ -80,6 +83,10 @@ def load_checkpoint(path: str | Path, *, kind: str | None = None) -> Checkpoint:
         ckpt = Checkpoint(**payload)
     except TypeError as exc:
         raise CheckpointError(f"{path} is an fsd checkpoint with unexpected fields ({exc})") from None
+    if not isinstance(ckpt.dataset, dict) or not {"spec", "split", "fingerprint", "image_shape"} <= set(ckpt.dataset):
+        raise CheckpointError(f"{path}: checkpoint lacks its dataset description (spec, split, fingerprint, image_shape)")
+    if not isinstance(ckpt.model_config, dict) or not isinstance(ckpt.state_dict, dict):
+        raise CheckpointError(f"{path}: checkpoint model_config/state_dict are malformed")
     if ckpt.kind not in KINDS:
         raise CheckpointError(f"{path}: unknown checkpoint kind {ckpt.kind!r}")
     if kind is not None and ckpt.kind != kind:

@@ -77,8 +77,9 @@ def check_store_matches(store: FeatureStore, dataset: ImageDataset) -> None:
 
 def train_student(config: StudentConfig) -> StudentResult:
     out = Path(config.out)
-    if out.exists() and not config.overwrite:
-        raise OutputExists(f"{out} already exists (use --overwrite to replace it)")
+    for path in (out, log_path_for(out)):
+        if path.exists() and not config.overwrite:
+            raise OutputExists(f"{path} already exists (use --overwrite to replace it)")
     check_positive(epochs=config.epochs, batch_size=config.batch_size, lr=config.optim.lr,
                    temperature=config.temperature)
     criterion = build_criterion(config.recipe, config.loss, config.temperature)  # bad names fail before any work

@@ -56,6 +56,8 @@ def train_teacher(config: TeacherConfig) -> TeacherResult:
     if out.exists() and not config.overwrite:
         raise OutputExists(f"{out} already exists (use --overwrite to replace it)")
     check_positive(epochs=config.epochs, batch_size=config.batch_size, lr=config.optim.lr)
+    if config.embedding_dim is not None:
+        check_positive(embedding_dim=config.embedding_dim)
     started = time.perf_counter()
     device = select_device(config.device)
     generator = seed_everything(config.seed)

@@ -1,17 +1,115 @@
 """Store verification: read every chunk and check what a trainer would otherwise silently trust.
 
-Checks: each chunk decompresses, holds finite embeddings (and positive finite int8 scales), labels lie in
-[-1, num_classes), view parameters are finite, its ``progress/done`` flag is set; the head is finite; the
-shapes agree with the attributes. A chunk that fails is reported by index with the reason.
+Static checks (:func:`verify_store`): each chunk decompresses, holds finite embeddings (and positive finite
+int8 scales), labels lie in [-1, num_classes), view parameters are finite, its ``progress/done`` flag is
+set; the head is finite; the shapes agree with the attributes. A chunk that fails is reported by index
+with the reason.
+
+Live check (:func:`verify_live`): K random (sample, view) rows are recomputed with the teacher and compared
+with the stored (decoded) rows. Each picked row's stored view parameters must equal the ones the store's
+seed draws (``sample_view_params(policy, seed, i, v)``), the view is re-rendered from the *stored*
+parameters, embedded, and the cosine to the stored row must reach the dtype's threshold
+(:data:`LIVE_COSINE_THRESHOLDS`). The teacher's checkpoint sha256, embedding size, input shape and head,
+and the dataset's fingerprint, must be those the store records. featstore never imports distill: the
+caller (the CLI) loads the teacher and passes a :class:`~featstore.extract.TeacherSource` in.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
+import torch
 
+from featstore.datasets import ImageDataset
+from featstore.errors import InvalidInput
+from featstore.extract import TeacherSource
 from featstore.store import FeatureStore, open_store
+from featstore.views import PARAM_NAMES, ViewPolicy, render_views, sample_view_params
+
+# Smallest per-row cosine (live teacher output vs the stored, decoded row) a healthy store must reach.
+# Measured worst rows on digits stores (trained 64-d and random 16-d convnet teachers, every row; see
+# docs/store.md): float32 1 - 1e-14 when extraction and check run on the same CPU, float16 1 - 5e-8,
+# bfloat16 1 - 3e-6, int8 1 - 5e-5. A store extracted on a GPU with TF32 convolutions (PyTorch's default
+# on Ampere and later) and checked on a CPU differs by up to 1 - 1.3e-6 even in float32 (simulated on the
+# trained digits teacher), so float32 gets 1e-5 rather than 1e-6. The others keep 20x or more headroom.
+# A wrong teacher or a one-pixel shift/flip of the view lands far below (median cosine 0.2-0.9 on digits).
+LIVE_COSINE_THRESHOLDS: dict[str, float] = {
+    "float32": 0.99999,
+    "float16": 0.9999,
+    "bfloat16": 0.999,
+    "int8": 0.999,
+}
+DEFAULT_LIVE_SAMPLE = 64
+_LISTED = 5  # how many offending rows a problem line names
+
+
+@dataclass
+class LiveCheck:
+    """The outcome of :func:`verify_live`: per-row cosines of recomputed vs stored rows, and problems."""
+
+    dtype: str
+    threshold: float
+    requested: int
+    rows: np.ndarray = field(default_factory=lambda: np.empty((0, 2), dtype=np.int64))  # (n, 2) (sample, view)
+    cosines: np.ndarray = field(default_factory=lambda: np.empty(0))  # (n,) per compared row
+    max_abs_error: float = float("nan")
+    view_mismatches: list[tuple[int, int]] = field(default_factory=list)  # stored params ≠ seeded params
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def checked(self) -> int:
+        return int(len(self.cosines))
+
+    @property
+    def min_cosine(self) -> float:
+        return float(self.cosines.min()) if self.checked else float("nan")
+
+    @property
+    def mean_cosine(self) -> float:
+        return float(self.cosines.mean()) if self.checked else float("nan")
+
+    @property
+    def low_rows(self) -> list[tuple[int, int, float]]:
+        """(sample, view, cosine) of every compared row below the threshold, worst first."""
+        low = np.flatnonzero(~(self.cosines >= self.threshold))
+        low = low[np.argsort(self.cosines[low], kind="stable")]
+        return [(int(self.rows[k, 0]), int(self.rows[k, 1]), float(self.cosines[k])) for k in low]
+
+    @property
+    def ok(self) -> bool:
+        return self.checked > 0 and not self.problems and not self.view_mismatches and not self.low_rows
+
+    def all_problems(self) -> list[str]:
+        out = list(self.problems)
+        if self.view_mismatches:
+            listed = ", ".join(f"(sample {s}, view {v})" for s, v in self.view_mismatches[:_LISTED])
+            more = "…" if len(self.view_mismatches) > _LISTED else ""
+            out.append(f"view params mismatch: {len(self.view_mismatches)} of {self.requested} rows store view "
+                       f"parameters that differ from the ones the store's seed draws: {listed}{more}")
+        low = self.low_rows
+        if low:
+            listed = ", ".join(f"(sample {s}, view {v}) {c:.6f}" for s, v, c in low[:_LISTED])
+            more = "…" if len(low) > _LISTED else ""
+            out.append(f"{len(low)} of {self.checked} rows below cosine {self.threshold} ({self.dtype}): "
+                       f"{listed}{more}")
+        if self.checked == 0 and not self.problems:
+            out.append("no row could be compared")
+        return out
+
+    def line(self) -> str:
+        verdict = "OK" if self.ok else "FAILED"
+        return (f"live check: {self.checked} rows, cosine min {self.min_cosine:.8f} mean {self.mean_cosine:.8f}, "
+                f"max |Δ| {self.max_abs_error:.3g} ({self.dtype}, pass ≥ {self.threshold}): {verdict}")
+
+    def lines(self) -> list[str]:
+        return [self.line()] + [f"  live problem: {p}" for p in self.all_problems()]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"dtype": self.dtype, "threshold": self.threshold, "requested": self.requested,
+                "checked": self.checked, "min_cosine": self.min_cosine, "mean_cosine": self.mean_cosine,
+                "max_abs_error": self.max_abs_error, "ok": self.ok, "problems": self.all_problems()}
 
 
 @dataclass
@@ -20,15 +118,18 @@ class VerifyReport:
     chunks_checked: int = 0
     bad_chunks: dict[int, str] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)  # store-level problems (attributes, head)
+    live: LiveCheck | None = None  # set when a live check was run (fsd store verify --teacher)
 
     @property
     def ok(self) -> bool:
-        return not self.bad_chunks and not self.problems
+        return not self.bad_chunks and not self.problems and (self.live is None or self.live.ok)
 
     def lines(self) -> list[str]:
         out = [f"store {self.url}: {self.chunks_checked} chunks checked, {len(self.bad_chunks)} bad"]
         out += [f"  problem: {p}" for p in self.problems]
         out += [f"  bad chunk {k}: {why}" for k, why in sorted(self.bad_chunks.items())]
+        if self.live is not None:
+            out += self.live.lines()
         out.append("OK" if self.ok else "FAILED")
         return out
 
@@ -38,9 +139,9 @@ def _check_chunk(store: FeatureStore, chunk: int, done: bool) -> str | None:
         return "not written (progress/done is false)"
     try:
         embeddings, labels, views = store.read_chunk(chunk)
+        scales = store.read_scales(chunk)
     except Exception as exc:  # noqa: BLE001 - any decode failure is exactly what we report
         return f"unreadable ({type(exc).__name__}: {exc})"
-    scales = store.read_scales(chunk)
     if scales is not None and not (np.isfinite(scales).all() and (scales > 0).all()):
         return "int8 scales that are not positive and finite"
     if not np.isfinite(embeddings).all():
@@ -72,3 +173,157 @@ def verify_store(url: str) -> VerifyReport:
         if why:
             report.bad_chunks[chunk] = why
     return report
+
+
+# -- live check ------------------------------------------------------------------------------------------
+
+def _store_policy(store: FeatureStore, dataset: ImageDataset) -> ViewPolicy:
+    """The view policy the store records (the dataset's own when an older store did not record it)."""
+    recorded = store.meta.get("views", {}).get("policy")
+    if not recorded:
+        return dataset.view_policy
+    return ViewPolicy(kind=recorded["kind"], source_size=tuple(recorded["source_size"]), pad=int(recorded["pad"]),
+                      flip_p=float(recorded["flip_p"]), scale=tuple(recorded["scale"]),
+                      ratio=tuple(recorded["ratio"]))
+
+
+def _renderable(params: np.ndarray, policy: ViewPolicy) -> np.ndarray:
+    """Which rows of (n, P) parameters describe a box render_views can cut (finite, integral, inside the
+    padded image, flip 0/1) — a tampered row must be reported, not crash the renderer."""
+    h, w = policy.source_size
+    finite = np.isfinite(params).all(axis=1)
+    p = np.where(np.isfinite(params), params, -1.0)
+    top, left, ch, cw, flip = (p[:, k] for k in range(len(PARAM_NAMES)))
+    integral = (p == np.rint(p)).all(axis=1)
+    inside = ((top >= 0) & (left >= 0) & (ch >= 1) & (cw >= 1)
+              & (top + ch <= h + 2 * policy.pad) & (left + cw <= w + 2 * policy.pad))
+    return finite & integral & inside & np.isin(flip, (0.0, 1.0))
+
+
+def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    a64, b64 = a.astype(np.float64), b.astype(np.float64)
+    na, nb = np.linalg.norm(a64, axis=1), np.linalg.norm(b64, axis=1)
+    dot = (a64 * b64).sum(axis=1)
+    both_zero = (na == 0) & (nb == 0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        cos = np.where(both_zero, 1.0, dot / (na * nb))
+    return np.nan_to_num(cos, nan=-1.0)
+
+
+def _pick_rows(store: FeatureStore, sample: int, seed: int) -> np.ndarray:
+    """K distinct (sample, view) pairs among the chunks flagged done, drawn from ``seed``; sorted."""
+    done = store.done_chunks()
+    candidates = np.concatenate([np.arange(*store.chunk_bounds(k)) for k in np.flatnonzero(done)] or
+                                [np.empty(0, dtype=np.int64)]).astype(np.int64)
+    total = len(candidates) * store.shape.num_views
+    k = min(sample, total)
+    flat = np.sort(np.random.default_rng(seed).choice(total, size=k, replace=False)) if k else np.empty(0, np.int64)
+    return np.stack([candidates[flat // store.shape.num_views], flat % store.shape.num_views], axis=1)
+
+
+def _identity_problems(store: FeatureStore, teacher: TeacherSource, dataset: ImageDataset,
+                       policy: ViewPolicy) -> tuple[list[str], bool]:
+    """(problems, comparable): provenance mismatches, and whether rows can still be compared at all."""
+    problems: list[str] = []
+    comparable = True
+    recorded_teacher = store.meta.get("teacher", {})
+    want_sha = recorded_teacher.get("checkpoint_sha256")
+    if teacher.checkpoint_sha256 != want_sha:
+        problems.append(f"teacher checkpoint sha256 {str(teacher.checkpoint_sha256)[:12]}… is not the store's "
+                        f"{str(want_sha)[:12]}… (the store was extracted from another checkpoint)")
+    if int(teacher.embedding_dim) != store.shape.dim:
+        problems.append(f"teacher embeds to {teacher.embedding_dim} dims, the store holds {store.shape.dim}")
+        comparable = False
+    if list(teacher.input_shape) != list(dataset.image_shape):
+        problems.append(f"teacher expects input {list(teacher.input_shape)}, dataset {dataset.spec} gives "
+                        f"{list(dataset.image_shape)}")
+        comparable = False
+    head = store.head_weight()
+    if head.shape != teacher.head_weight.shape or not np.array_equal(head, teacher.head_weight.astype(np.float32)):
+        problems.append("the stored head/weight is not the teacher's classifier weights")
+    recorded_data = store.meta.get("dataset", {})
+    if recorded_data.get("fingerprint") != dataset.fingerprint() or len(dataset) != store.shape.num_samples:
+        problems.append(f"dataset {dataset.spec!r} split {dataset.split!r} (fingerprint {dataset.fingerprint()[:12]}…, "
+                        f"{len(dataset)} samples) is not the one the store was extracted from (fingerprint "
+                        f"{str(recorded_data.get('fingerprint'))[:12]}…, {store.shape.num_samples} samples); "
+                        "rows cannot be paired with samples")
+        comparable = False
+    if policy.to_dict() != dataset.view_policy.to_dict():
+        problems.append(f"the store's view policy {policy.to_dict()} is not the dataset's "
+                        f"{dataset.view_policy.to_dict()}")
+    return problems, comparable
+
+
+@torch.no_grad()
+def verify_live(store: FeatureStore | str, teacher: TeacherSource, dataset: ImageDataset, sample: int, seed: int,
+                *, batch_size: int = 256, device: torch.device | str = "cpu") -> LiveCheck:
+    """Recompute ``sample`` random (sample, view) rows of ``store`` with ``teacher`` and compare.
+
+    Rows are drawn (by ``seed``) among the chunks flagged done; all of them when ``sample`` exceeds
+    N × V. Each row's stored view parameters must equal ``sample_view_params(policy, store seed, i, v)``;
+    the view is rendered from the stored parameters, embedded and compared with the stored decoded row
+    (cosine, |Δ|). The result passes when every provenance check holds, no parameters differ and every
+    cosine reaches ``LIVE_COSINE_THRESHOLDS[store dtype]``.
+    """
+    if sample <= 0:
+        raise InvalidInput(f"sample must be positive, got {sample}")
+    if isinstance(store, str):
+        store = open_store(store, require_complete=False)
+    check = LiveCheck(dtype=store.dtype, threshold=LIVE_COSINE_THRESHOLDS[store.dtype], requested=int(sample))
+    policy = _store_policy(store, dataset)
+    problems, comparable = _identity_problems(store, teacher, dataset, policy)
+    check.problems += problems
+    if not comparable:
+        return check
+    view_seed = int(store.meta.get("views", {}).get("seed", 0))
+    picks = _pick_rows(store, sample, seed)
+    check.requested = int(len(picks))
+    if not len(picks):
+        check.problems.append("no chunk is flagged done: nothing to compare")
+        return check
+
+    # Stored rows, reading each touched chunk once (a chunk that fails to decode is reported and skipped).
+    stored_rows, stored_params, kept = [], [], []
+    chunk_of = picks[:, 0] // store.chunk_rows
+    for chunk in np.unique(chunk_of):
+        members = np.flatnonzero(chunk_of == chunk)
+        start, _ = store.chunk_bounds(int(chunk))
+        try:
+            embeddings, _, views = store.read_chunk(int(chunk))
+        except Exception as exc:  # noqa: BLE001 - reported, like verify_store does
+            check.problems.append(f"chunk {int(chunk)} unreadable ({type(exc).__name__}); "
+                                  f"{len(members)} picked rows skipped")
+            continue
+        local, view = picks[members, 0] - start, picks[members, 1]
+        stored_rows.append(embeddings[local, view])
+        stored_params.append(views[local, view])
+        kept.append(members)
+    if not kept:
+        return check
+    kept_idx = np.concatenate(kept)
+    rows = picks[kept_idx]
+    stored = np.concatenate(stored_rows)
+    params = np.concatenate(stored_params)
+
+    expected = np.stack([sample_view_params(policy, view_seed, int(s), int(v)) for s, v in rows])
+    mismatch = ~(params == expected).all(axis=1)
+    check.view_mismatches = [(int(s), int(v)) for s, v in rows[mismatch]]
+    renderable = _renderable(params, policy)
+    if not renderable.all():
+        check.problems.append(f"{int((~renderable).sum())} picked rows have view parameters that describe no valid "
+                              "crop; they were not compared")
+    rows, stored, params = rows[renderable], stored[renderable], params[renderable]
+
+    device = torch.device(device)
+    model = teacher.model.eval().to(device)
+    live = np.empty_like(stored, dtype=np.float32)
+    for start in range(0, len(rows), batch_size):
+        stop = start + batch_size
+        images = dataset.get_images(rows[start:stop, 0])
+        x = render_views(images, params[start:stop], dataset.view_policy).to(device)
+        live[start:stop] = model.forward_features(x).float().cpu().numpy()
+
+    check.rows = rows
+    check.cosines = _cosines(live, stored)
+    check.max_abs_error = float(np.abs(live - stored).max()) if len(rows) else float("nan")
+    return check

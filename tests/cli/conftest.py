@@ -7,12 +7,15 @@ Helpers are exposed as fixtures because tests/ has no ``__init__.py`` (no import
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import shutil
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import torch
 from click.testing import CliRunner, Result
 
 from cli.main import cli
@@ -74,6 +77,33 @@ def assert_refused(result: Result, before: dict[str, str], root: Path, match: st
     return lines[0]
 
 
+@contextlib.contextmanager
+def single_thread() -> Iterator[None]:
+    """Run torch (and FAISS) on one thread, then restore the previous settings.
+
+    Why: the models are tiny (8×8 digits), so one thread is as fast as several on an idle machine, and on a
+    shared 2-core machine a multi-threaded OpenMP pool competing with other processes was measured ~8× slower
+    (teacher, 2 epochs: 2.6 s with 1 thread vs 21.6 s with 2). Restored afterwards so no other test directory
+    is affected.
+    """
+    import faiss
+
+    previous = torch.get_num_threads(), faiss.omp_get_max_threads()
+    torch.set_num_threads(1)
+    faiss.omp_set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous[0])
+        faiss.omp_set_num_threads(previous[1])
+
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread() -> Iterator[None]:
+    with single_thread():
+        yield
+
+
 @dataclass(frozen=True)
 class Artifacts:
     """Session artefacts made through the CLI (read-only for tests)."""
@@ -90,7 +120,11 @@ class Artifacts:
 
 @pytest.fixture(scope="session")
 def artifacts(tmp_path_factory: pytest.TempPathFactory) -> Artifacts:
-    root = tmp_path_factory.mktemp("cli_artifacts")
+    with single_thread():
+        return _make_artifacts(tmp_path_factory.mktemp("cli_artifacts"))
+
+
+def _make_artifacts(root: Path) -> Artifacts:
     teacher, store, student = root / "teacher.pt", root / "store.zarr", root / "student.pt"
     t = run_ok("train-teacher", "--dataset", "digits", "--out", teacher, "--epochs", 2, "--quiet")
     s = run_ok("extract-teacher", "--teacher", teacher, "--dataset", "digits", "--out", store,

@@ -1,0 +1,328 @@
+"""Distributed extraction: the same chunks as :func:`featstore.extract.extract_teacher`, computed by dask workers.
+
+The driver (this process) loads the teacher and the dataset once to validate the request and to create
+(or resume) the store under the writer lock, exactly as the single-process path does. It then submits
+one task per group of ``chunks_per_task`` missing chunks. A task runs in a worker process: it loads the
+teacher and the dataset through a per-process cache (so each worker loads them once, however many tasks
+it runs), opens the store and calls :func:`featstore.extract.extract_chunk` for its chunks, which writes
+them straight to the store and flags each one done. Nothing about a chunk depends on where or when it
+was computed, so the store is bit-identical to a single-process run; a retried task or a task that dask
+re-runs after losing a worker just rewrites the same bytes. At the end the driver checks that no chunk is
+missing and marks the store complete.
+
+Clusters:
+
+* ``workers=N`` starts a :class:`distributed.LocalCluster` of N worker *processes* with one thread each
+  (torch is also set to one intra-op thread per worker, so N workers use about N cores) and shuts it down
+  at the end, also on errors.
+* ``scheduler=ADDR`` connects to an existing scheduler (e.g. ``tcp://host:8786``) and never shuts it
+  down. Its workers must be able to import ``fsd``, read the teacher checkpoint and the dataset, and
+  write the store: a local path works for a LocalCluster on this machine; for a remote cluster use a
+  shared filesystem (absolute paths) or an fsspec URL for the store. The writer lock only guards local
+  stores (see :mod:`featstore.lock`).
+* GPU: with a CUDA ``device`` and neither option, one worker per visible GPU is started; every worker
+  of a LocalCluster started for a CUDA device (``cuda`` without an index) is pinned to one GPU by
+  setting ``CUDA_VISIBLE_DEVICES`` in its process before CUDA is initialised (round-robin when there are
+  more workers than GPUs). Workers of an external cluster are not pinned (use dask-cuda for that).
+
+The teacher loader is given by the caller (``featstore`` never imports ``distill``): a zero-argument
+callable, or a ``(function, argument)`` pair such as ``(distill.checkpoint.load_teacher_source,
+"/abs/teacher.pt")``. It is pickled to the workers, so it must be picklable: a module-level function
+plus plain arguments is the safe choice. Workers check that the teacher they load has the checkpoint
+hash, and the dataset the fingerprint, that the driver put in the store.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+from featstore.datasets import ImageDataset, load_dataset
+from featstore.errors import InvalidInput, StoreError
+from featstore.extract import (ExtractSummary, TeacherSource, extract_chunk, open_or_create_store, summarise,
+                               validate_request)
+from featstore.lock import writer_lock
+from featstore.store import local_path, open_store
+
+TeacherLoader = Callable[[], TeacherSource] | tuple[Callable[[Any], TeacherSource], Any]
+
+TASK_RETRIES = 2  # a failed task is tried this many more times before the run fails
+CONNECT_TIMEOUT_S = 10.0  # how long to wait for an external scheduler before refusing
+
+
+@dataclass(frozen=True)
+class _Job:
+    """Everything a worker task needs, picklable (no model, no dataset, no open store)."""
+
+    loader: Callable[..., TeacherSource]
+    loader_args: tuple[Any, ...]
+    loader_token: str  # identifies the loader (and its argument) in the per-process cache
+    teacher_sha256: str  # what the store records; a worker's teacher must match it
+    dataset_spec: str
+    split: str
+    dataset_fingerprint: str
+    url: str  # absolute for local stores: workers need not share the driver's working directory
+    seed: int
+    batch_size: int
+    device: str
+    gpus: tuple[str, ...] | None  # pin worker k to gpus[k % len(gpus)] (LocalCluster on CUDA only)
+
+
+# -- per-process worker state ---------------------------------------------------------------------------
+# One entry each: a worker keeps the teacher and dataset of its current job, and a long-lived external
+# worker that moves on to another job drops the old ones instead of accumulating them.
+_CACHE_LOCK = threading.Lock()
+_TEACHER: tuple[tuple, TeacherSource] | None = None
+_DATASET: tuple[tuple, ImageDataset] | None = None
+_PREPARED: tuple | None = None
+LOADS: Counter = Counter()  # loads done by this process, by kind ("teacher", "dataset"): for tests/diagnostics
+
+
+def load_counts() -> dict[str, int]:
+    """How many times this process loaded a teacher / a dataset (``client.run(load_counts)`` per worker)."""
+    return dict(LOADS)
+
+
+def _worker_index() -> int:
+    from distributed import get_worker
+
+    name = get_worker().name
+    try:
+        return int(name)
+    except (TypeError, ValueError):  # a named worker of someone else's cluster: any stable spread will do
+        return sum(str(name).encode())
+
+
+def _prepare_process(gpus: tuple[str, ...] | None) -> None:
+    """Once per worker process: one torch thread (workers are the parallelism) and, on CUDA, the GPU pin."""
+    global _PREPARED
+    if _PREPARED == (gpus,):
+        return
+    torch.set_num_threads(1)
+    if gpus:
+        if torch.cuda.is_initialized():  # pragma: no cover - needs a GPU; too late to pin by environment
+            raise StoreError("cannot pin this worker to a GPU: CUDA was initialised before the first task")
+        os.environ["CUDA_VISIBLE_DEVICES"] = gpus[_worker_index() % len(gpus)]
+    _PREPARED = (gpus,)
+
+
+def _cached_teacher(job: _Job) -> TeacherSource:
+    global _TEACHER
+    key = (job.loader_token, job.teacher_sha256, job.device)
+    if _TEACHER is None or _TEACHER[0] != key:
+        _TEACHER = None  # free the previous one before loading the next
+        teacher = job.loader(*job.loader_args)
+        LOADS["teacher"] += 1
+        if teacher.checkpoint_sha256 != job.teacher_sha256:
+            raise StoreError(f"a worker loaded a teacher with checkpoint sha256 {teacher.checkpoint_sha256[:12]}…, "
+                             f"the store was made from {job.teacher_sha256[:12]}… (did the checkpoint change?)")
+        teacher.model.eval().to(torch.device(job.device))
+        _TEACHER = (key, teacher)
+    return _TEACHER[1]
+
+
+def _cached_dataset(job: _Job) -> ImageDataset:
+    global _DATASET
+    key = (job.dataset_spec, job.split, job.dataset_fingerprint)
+    if _DATASET is None or _DATASET[0] != key:
+        _DATASET = None
+        dataset = load_dataset(job.dataset_spec, job.split)
+        LOADS["dataset"] += 1
+        if dataset.fingerprint() != job.dataset_fingerprint:
+            raise StoreError(f"a worker sees dataset {job.dataset_spec!r} ({job.split}) with another fingerprint "
+                             "than the driver: workers must read the same data")
+        _DATASET = (key, dataset)
+    return _DATASET[1]
+
+
+def _extract_task(job: _Job, chunks: list[int]) -> int:
+    """Worker side: compute and write ``chunks`` (each flagged done after it is written); returns their count."""
+    with _CACHE_LOCK:
+        _prepare_process(job.gpus)
+        teacher = _cached_teacher(job)
+        dataset = _cached_dataset(job)
+    store = open_store(job.url, require_complete=False, writable=True)
+    device = torch.device(job.device)
+    for chunk in chunks:
+        extract_chunk(store, chunk, teacher, dataset, seed=job.seed, batch_size=job.batch_size, device=device)
+    return len(chunks)
+
+
+# -- driver side ----------------------------------------------------------------------------------------
+def _split_loader(teacher_loader: TeacherLoader) -> tuple[Callable[..., TeacherSource], tuple[Any, ...]]:
+    if isinstance(teacher_loader, tuple):
+        if len(teacher_loader) != 2 or not callable(teacher_loader[0]):
+            raise InvalidInput("teacher_loader must be a callable or a (function, argument) pair")
+        return teacher_loader[0], (teacher_loader[1],)
+    if not callable(teacher_loader):
+        raise InvalidInput("teacher_loader must be a callable or a (function, argument) pair")
+    return teacher_loader, ()
+
+
+def _usable_cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
+
+
+def visible_gpus() -> list[str]:
+    """The GPU ids a worker can be pinned to: CUDA_VISIBLE_DEVICES' entries if set, else 0..count-1."""
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    listed = [g.strip() for g in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if g.strip()]
+    return listed[:count] if listed else [str(i) for i in range(count)]
+
+
+def plan_workers(workers: int | None, scheduler: str | None, device: torch.device) -> tuple[int | None, tuple[str, ...] | None]:
+    """(LocalCluster size or None for an external scheduler, GPU ids to pin LocalCluster workers to).
+
+    Every argument check happens here, before anything is loaded or created.
+    """
+    if workers is not None and scheduler is not None:
+        raise InvalidInput("give either --workers (start a local cluster) or --scheduler (use an existing one), "
+                           "not both")
+    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers <= 0):
+        raise InvalidInput(f"workers must be a positive number of worker processes, got {workers!r}")
+    if scheduler is not None:
+        if not str(scheduler).strip():
+            raise InvalidInput("scheduler address is empty")
+        return None, None
+    gpus = None
+    if device.type == "cuda" and device.index is None:
+        gpus = tuple(visible_gpus())
+        if not gpus:
+            raise InvalidInput("device cuda was asked for but no CUDA device is visible")
+    if workers is None:
+        workers = len(gpus) if gpus else _usable_cpus()
+    return workers, gpus
+
+
+@contextlib.contextmanager
+def _connect(scheduler: str, timeout_s: float) -> Iterator[Any]:
+    """A client of an existing cluster; closes the client only, never the cluster."""
+    from distributed import Client
+
+    try:
+        client = Client(scheduler, timeout=f"{timeout_s}s", set_as_default=False)
+    except (OSError, ValueError, TypeError) as exc:  # timeout / refused, malformed address
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise InvalidInput(f"cannot reach the dask scheduler at {scheduler} within {timeout_s:g} s ({first})") from None
+    with client:
+        yield client
+
+
+@contextlib.contextmanager
+def _local_cluster(n_workers: int) -> Iterator[Any]:
+    """A LocalCluster of ``n_workers`` single-threaded processes and its client, both shut down on exit."""
+    from distributed import Client, LocalCluster
+
+    with LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True, host="127.0.0.1",
+                      dashboard_address=None, silence_logs=logging.ERROR,
+                      scheduler_kwargs={"dashboard": False, "dashboard_address": "127.0.0.1:0"}) as cluster, \
+            Client(cluster, set_as_default=False) as client:
+        yield client
+
+
+def _run_tasks(client: Any, job: _Job, missing: list[int], chunks_per_task: int, progress: bool) -> None:
+    from concurrent.futures import CancelledError
+
+    from distributed import KilledWorker, as_completed
+
+    run_id = uuid.uuid4().hex[:12]
+    groups = [missing[i:i + chunks_per_task] for i in range(0, len(missing), chunks_per_task)]
+    futures = [client.submit(_extract_task, job, group, key=f"fsd-extract-{run_id}-{k}", retries=TASK_RETRIES,
+                             pure=False)
+               for k, group in enumerate(groups)]
+    try:
+        with tqdm(total=len(missing), desc="extract-teacher", unit="chunk", disable=not progress) as bar:
+            for future in as_completed(futures, loop=client.loop):
+                bar.update(future.result())  # re-raises the task's own exception (an FsdError stays one)
+    except (KilledWorker, CancelledError) as exc:
+        raise StoreError(f"distributed extraction of {job.url} failed: {type(exc).__name__}: {exc}; the chunks "
+                         "written so far are kept, re-run the same command to resume") from None
+    finally:
+        client.cancel(futures)  # nothing of this run keeps going on a shared cluster after we stop
+
+
+def extract_teacher_distributed(
+    teacher_loader: TeacherLoader,
+    dataset_spec: str,
+    split: str,
+    url: str | Path,
+    *,
+    views: int = 1,
+    dtype: str = "float16",
+    chunk_rows: int | None = None,
+    batch_size: int = 256,
+    seed: int = 0,
+    device: torch.device | str = "cpu",
+    overwrite: bool = False,
+    progress: bool = True,
+    workers: int | None = None,
+    scheduler: str | None = None,
+    chunks_per_task: int = 4,
+    connect_timeout: float = CONNECT_TIMEOUT_S,
+) -> ExtractSummary:
+    """Create (or resume) the store at ``url`` like :func:`featstore.extract.extract_teacher`, with the chunks
+    computed by dask workers: a LocalCluster of ``workers`` processes, or the cluster at ``scheduler``.
+
+    The result is bit-identical to the single-process run. Raises :class:`InvalidInput` for bad options
+    (``workers <= 0``, both ``workers`` and ``scheduler``, an unreachable scheduler) before anything is
+    created.
+    """
+    started = time.perf_counter()
+    device = torch.device(device)
+    n_workers, gpus = plan_workers(workers, scheduler, device)
+    if isinstance(chunks_per_task, bool) or not isinstance(chunks_per_task, int) or chunks_per_task <= 0:
+        raise InvalidInput(f"chunks-per-task must be positive, got {chunks_per_task!r}")
+    url = str(url)
+    loader, loader_args = _split_loader(teacher_loader)
+
+    # Driver: the teacher and dataset are loaded here only for validation and the store's metadata.
+    teacher = loader(*loader_args)
+    dataset = load_dataset(dataset_spec, split)
+    validate_request(teacher, dataset, views=views, dtype=dtype, chunk_rows=chunk_rows, batch_size=batch_size)
+    from dask.base import tokenize
+
+    local = local_path(url)
+    job = _Job(loader=loader, loader_args=loader_args, loader_token=tokenize(loader, *loader_args),
+               teacher_sha256=teacher.checkpoint_sha256, dataset_spec=dataset_spec, split=split,
+               dataset_fingerprint=dataset.fingerprint(),
+               url=str(local.absolute()) if local is not None else url,
+               seed=seed, batch_size=batch_size, device=str(device), gpus=gpus)
+
+    with contextlib.ExitStack() as stack:
+        # An external scheduler is reached before the store is touched, so an unreachable one changes nothing.
+        client = stack.enter_context(_connect(scheduler, connect_timeout)) if scheduler is not None else None
+        with writer_lock(local):
+            store, resumed = open_or_create_store(teacher, dataset, url, views=views, dtype=dtype,
+                                                  chunk_rows=chunk_rows, seed=seed, overwrite=overwrite)
+            del teacher  # the workers load their own; the driver needed only the metadata
+            missing = store.missing_chunks()
+            if missing:
+                if client is None:  # started only when there is work to do
+                    client = stack.enter_context(_local_cluster(n_workers))
+                _run_tasks(client, job, missing, chunks_per_task, progress)
+            store = open_store(url, require_complete=False, writable=True)  # what the workers wrote
+            still_missing = store.missing_chunks()
+            if still_missing:
+                raise StoreError(f"distributed extraction left chunks {still_missing[:10]} of {url} unwritten; "
+                                 "re-run the same command to resume")
+            if not store.complete:
+                store.mark_complete()
+    return summarise(store, computed=len(missing), seconds=time.perf_counter() - started, resumed=resumed)
+
+
+__all__ = ["extract_teacher_distributed", "plan_workers", "visible_gpus", "load_counts", "TeacherLoader"]
