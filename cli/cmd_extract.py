@@ -26,7 +26,8 @@ from featstore.extract import extract_teacher
 @seed_option
 @device_option
 @click.option("--workers", type=int, default=None, metavar="N",
-              help="Extract with a local dask cluster of N worker processes (with --device cuda: default one per GPU).")
+              help="Extract with a local dask cluster of N worker processes (on CUDA each is pinned to one GPU, "
+                   "round-robin: N = number of GPUs gives one worker per GPU).")
 @click.option("--scheduler", default=None, metavar="ADDR",
               help="Extract on an existing dask cluster (e.g. tcp://host:8786); its workers must see the paths.")
 @overwrite_option
@@ -43,8 +44,8 @@ def command(teacher, dataset, split, out, views, dtype, chunk_rows, batch_size, 
 
     Example: fsd extract-teacher --teacher teacher.pt --dataset digits --out store.zarr --views 2
     """
-    options = dict(views=views, dtype=dtype, chunk_rows=chunk_rows, batch_size=batch_size, seed=seed,
-                   overwrite=overwrite, progress=not quiet)
+    options = {"views": views, "dtype": dtype, "chunk_rows": chunk_rows, "batch_size": batch_size, "seed": seed,
+               "overwrite": overwrite, "progress": not quiet}
     if workers is not None or scheduler is not None:
         # Workers load the teacher themselves: pass a picklable loader and an absolute path.
         summary = extract_teacher_distributed((load_teacher_source, str(teacher.absolute())), dataset, split, out,

@@ -26,13 +26,17 @@ from featstore.stream import VIEW_SAMPLING
 @click.option("--epochs", type=int, default=30, show_default=True)
 @click.option("--batch-size", type=int, default=64, show_default=True)
 @click.option("--lr", type=float, default=0.05, show_default=True)
-@click.option("--view-sampling", type=click.Choice(VIEW_SAMPLING), default="random", show_default=True)
+@click.option("--view-sampling", type=click.Choice(VIEW_SAMPLING), default="random", show_default=True,
+              help="Which stored view each sample gets per epoch: random, or cycle through them.")
+@click.option("--embedding-dim", type=int, default=None,
+              help="Student embedding size (default: the teacher's; otherwise a projection to it is trained).")
+@click.option("--init-head-from-teacher", is_flag=True, help="Initialise the student's classifier from the teacher's.")
 @seed_option
 @device_option
 @overwrite_option
 @quiet_option
 def command(store, dataset, split, arch, out, recipe, loss_spec, temperature, epochs, batch_size, lr, view_sampling,
-            seed, device, overwrite, quiet):
+            embedding_dim, init_head_from_teacher, seed, device, overwrite, quiet):
     """Train a student by streaming teacher embeddings from STORE (the teacher never runs).
 
     Writes the checkpoint and a JSON training log beside it (STUDENT.log.json).
@@ -42,7 +46,8 @@ def command(store, dataset, split, arch, out, recipe, loss_spec, temperature, ep
     result = train_student(StudentConfig(store=store, dataset=dataset, split=split, arch=arch, out=out, recipe=recipe,
                                          loss=loss_spec, temperature=temperature, epochs=epochs,
                                          batch_size=batch_size, optim=OptimConfig(lr=lr), seed=seed,
-                                         view_sampling=view_sampling, device=device, overwrite=overwrite,
+                                         view_sampling=view_sampling, embedding_dim=embedding_dim,
+                                         init_head_from_teacher=init_head_from_teacher, device=device, overwrite=overwrite,
                                          progress=not quiet))
     test = "n/a" if result.test_accuracy is None else f"{100 * result.test_accuracy:.2f}%"
     click.echo(f"student {out} [{recipe}]: {result.parameters:,} parameters, test top-1 {test}, "

@@ -73,12 +73,12 @@ def embeddings_from_store(url: str, view: int = 0) -> EmbeddingSet:
         rows, chunk_labels, _ = store.read_chunk(chunk)
         embeddings[start:stop] = rows[:, view]
         labels[start:stop] = chunk_labels
-    logits = embeddings @ store.head_weight().T
-    bias = store.head_bias()
-    if bias is not None:
-        logits += bias
-    if store.meta.get("head", {}).get("type", "linear") != "linear":
-        logits = None  # margin heads score normalised embeddings; handled with those heads (issue 3/6)
+    import torch
+
+    from distill.heads import head_from_store
+
+    with torch.no_grad():
+        logits = head_from_store(store)(torch.from_numpy(embeddings)).numpy()
     dataset = store.meta.get("dataset", {})
     return EmbeddingSet(embeddings, labels, logits, {"kind": "store", "path": url, "dataset": dataset.get("spec"),
                                                      "split": dataset.get("split"),

@@ -28,7 +28,7 @@ class ConvNet(nn.Module):
     """
 
     def __init__(self, widths: Sequence[int], embedding_dim: int, num_classes: int, in_channels: int = 1,
-                 head: str = "linear") -> None:
+                 head: str = "linear", head_scale: float | None = None, head_margin: float | None = None) -> None:
         super().__init__()
         layers: list[nn.Module] = []
         channels = in_channels
@@ -39,7 +39,8 @@ class ConvNet(nn.Module):
             channels = width
         self.features = nn.Sequential(*layers)
         self.embed = nn.Sequential(nn.Linear(channels, embedding_dim, bias=False), nn.BatchNorm1d(embedding_dim))
-        self.head = HEADS.get(head)(embedding_dim, num_classes)
+        margin_options = {k: v for k, v in (("scale", head_scale), ("margin", head_margin)) if v is not None}
+        self.head = HEADS.get(head)(embedding_dim, num_classes, **margin_options)
         self.embedding_dim = embedding_dim
         self.num_classes = num_classes
 
@@ -55,15 +56,17 @@ class ConvNet(nn.Module):
 
 
 @MODELS.register("convnet_teacher")
-def convnet_teacher(num_classes: int, in_channels: int = 1, embedding_dim: int = 64, head: str = "linear") -> ConvNet:
+def convnet_teacher(num_classes: int, in_channels: int = 1, embedding_dim: int = 64, head: str = "linear",
+                    head_scale: float | None = None, head_margin: float | None = None) -> ConvNet:
     """The digits teacher: 3 stages of 32/64/128 channels (~0.1 M parameters)."""
-    return ConvNet((32, 64, 128), embedding_dim, num_classes, in_channels, head)
+    return ConvNet((32, 64, 128), embedding_dim, num_classes, in_channels, head, head_scale, head_margin)
 
 
 @MODELS.register("convnet_student")
-def convnet_student(num_classes: int, in_channels: int = 1, embedding_dim: int = 64, head: str = "linear") -> ConvNet:
+def convnet_student(num_classes: int, in_channels: int = 1, embedding_dim: int = 64, head: str = "linear",
+                    head_scale: float | None = None, head_margin: float | None = None) -> ConvNet:
     """The digits student: 2 stages of 8/16 channels (~3 k parameters with a 64-d embedding, ~30× smaller)."""
-    return ConvNet((8, 16), embedding_dim, num_classes, in_channels, head)
+    return ConvNet((8, 16), embedding_dim, num_classes, in_channels, head, head_scale, head_margin)
 
 
 def create_model(name: str, **config: Any) -> nn.Module:

@@ -1,7 +1,9 @@
 """Train a teacher with cross-entropy, on random views of the split, and save its checkpoint.
 
-The teacher is trained once; afterwards only its store is used. (SH-KD's frozen student head arrives
-with issue 3/6 through ``head_from``.)
+The teacher is trained once; afterwards only its store is used. Margin heads (arcface, cosface) train
+with their margin. ``head_from`` is SH-KD's step 2 (PAPER.md): the teacher's classifier is *replaced* by a
+trained student's classifier, frozen, so the teacher's backbone learns a representation that the small
+student's classifier can read.
 """
 
 from __future__ import annotations
@@ -10,16 +12,15 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from distill.checkpoint import Checkpoint, save_checkpoint
+from distill.checkpoint import Checkpoint, file_sha256, load_checkpoint, save_checkpoint
 from distill.models import count_parameters, create_model
 from distill.training import OptimConfig, accuracy, check_positive, epoch_views, make_optimizer, seed_everything, select_device
 from featstore.datasets import load_dataset
-from featstore.errors import OutputExists
+from featstore.errors import InvalidInput, OutputExists
 from featstore.views import render_views
 
 
@@ -32,6 +33,9 @@ class TeacherConfig:
     eval_split: str | None = "test"
     embedding_dim: int | None = None
     head: str = "linear"
+    head_scale: float | None = None
+    head_margin: float | None = None
+    head_from: Path | None = None  # SH-KD: a student checkpoint whose head is copied in and frozen
     epochs: int = 30
     batch_size: int = 64
     optim: OptimConfig = OptimConfig()
@@ -50,6 +54,20 @@ class TeacherResult:
     seconds: float
 
 
+def install_frozen_head(model: torch.nn.Module, student: Checkpoint, path: Path, num_classes: int) -> dict:
+    """SH-KD: copy the student's classifier into ``model.head`` and freeze it; return provenance."""
+    if student.num_classes != num_classes:
+        raise InvalidInput(f"--head-from {path}: its head has {student.num_classes} classes, the dataset {num_classes}")
+    head_keys = {k[len("head."):]: v for k, v in student.state_dict.items() if k.startswith("head.")}
+    try:
+        model.head.load_state_dict(head_keys)
+    except RuntimeError as exc:
+        raise InvalidInput(f"--head-from {path}: head does not fit the teacher: {str(exc).splitlines()[0]}") from None
+    model.head.requires_grad_(False)
+    return {"head_from": {"path": str(path), "sha256": file_sha256(path), "recipe": student.extra.get("recipe"),
+                          "test_accuracy": student.extra.get("test_accuracy")}}
+
+
 def train_teacher(config: TeacherConfig) -> TeacherResult:
     """Train and save; refuses an existing output before doing any work."""
     out = Path(config.out)
@@ -63,12 +81,22 @@ def train_teacher(config: TeacherConfig) -> TeacherResult:
     generator = seed_everything(config.seed)
     train = load_dataset(config.dataset, config.split)
     test = load_dataset(config.dataset, config.eval_split) if config.eval_split else None
+    shared = load_checkpoint(config.head_from, kind="student") if config.head_from is not None else None
     model_config = {"num_classes": train.num_classes, "in_channels": train.image_shape[0],
-                    "embedding_dim": config.embedding_dim, "head": config.head}
+                    "embedding_dim": config.embedding_dim, "head": config.head, "head_scale": config.head_scale,
+                    "head_margin": config.head_margin}
+    if shared is not None:  # the teacher takes the student's head type and embedding size
+        model_config.update(embedding_dim=shared.embedding_dim, head=shared.head_type,
+                            head_scale=shared.model_config.get("head_scale"),
+                            head_margin=shared.model_config.get("head_margin"))
     model = create_model(config.arch, **model_config).to(device)
     model_config = {k: v for k, v in model_config.items() if v is not None}
+    provenance: dict = {}
+    if shared is not None:
+        provenance = install_frozen_head(model, shared, config.head_from, train.num_classes)
     steps_per_epoch = -(-len(train) // config.batch_size)
-    optimizer, scheduler = make_optimizer(model.parameters(), config.optim, config.epochs * steps_per_epoch)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer, scheduler = make_optimizer(trainable, config.optim, config.epochs * steps_per_epoch)
     log = []
     for epoch in tqdm(range(config.epochs), desc="train-teacher", unit="epoch", disable=not config.progress):
         model.train()
@@ -79,7 +107,7 @@ def train_teacher(config: TeacherConfig) -> TeacherResult:
             idx = order[start:start + config.batch_size]
             x = render_views(train.get_images(idx), params[idx], train.view_policy).to(device)
             y = torch.from_numpy(train.labels[idx]).to(device)
-            loss = F.cross_entropy(model(x), y)
+            loss = F.cross_entropy(model.head.training_logits(model.forward_features(x), y), y)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -92,11 +120,11 @@ def train_teacher(config: TeacherConfig) -> TeacherResult:
     ckpt = Checkpoint(
         kind="teacher", arch=config.arch, model_config=model_config,
         state_dict={k: v.cpu() for k, v in model.state_dict().items()},
-        head_type=config.head, embedding_dim=int(model.embedding_dim), num_classes=train.num_classes,
+        head_type=model.head.head_type, embedding_dim=int(model.embedding_dim), num_classes=train.num_classes,
         dataset={"spec": train.spec, "split": train.split, "fingerprint": train.fingerprint(),
                  "image_shape": list(train.image_shape)},
         extra={"log": log, "train_accuracy": train_acc, "test_accuracy": test_acc, "seed": config.seed,
-               "epochs": config.epochs},
+               "epochs": config.epochs, **provenance},
     )
     save_checkpoint(ckpt, out, overwrite=config.overwrite)
     return TeacherResult(out, train_acc, test_acc, count_parameters(model), time.perf_counter() - started)

@@ -100,4 +100,6 @@ def _digits(spec: str, argument: str, split: str) -> ImageDataset:
     policy = ViewPolicy(kind="shift", source_size=(8, 8), pad=1, flip_p=0.0)
     return ImageDataset(spec="digits", split=split, images=images, labels=labels, num_classes=10,
                         view_policy=policy)
+
+
 from featstore import image_datasets  # noqa: E402,F401  (registers cifar100, folder)

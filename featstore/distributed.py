@@ -14,7 +14,9 @@ Clusters:
 
 * ``workers=N`` starts a :class:`distributed.LocalCluster` of N worker *processes* with one thread each
   (torch is also set to one intra-op thread per worker, so N workers use about N cores) and shuts it down
-  at the end, also on errors.
+  at the end, also on errors. Its scheduler listens on 127.0.0.1 only, with no dashboard, and its log
+  output is silenced: a task's error reaches the caller as the task's own exception (an ``FsdError`` stays
+  one), a dead worker as a :class:`StoreError` saying the store can be resumed.
 * ``scheduler=ADDR`` connects to an existing scheduler (e.g. ``tcp://host:8786``) and never shuts it
   down. Its workers must be able to import ``fsd``, read the teacher checkpoint and the dataset, and
   write the store: a local path works for a LocalCluster on this machine; for a remote cluster use a
@@ -59,7 +61,7 @@ from featstore.store import local_path, open_store
 TeacherLoader = Callable[[], TeacherSource] | tuple[Callable[[Any], TeacherSource], Any]
 
 TASK_RETRIES = 2  # a failed task is tried this many more times before the run fails
-CONNECT_TIMEOUT_S = 10.0  # how long to wait for an external scheduler before refusing
+CONNECT_TIMEOUT_S = 5.0  # how long to wait for an external scheduler before refusing
 
 
 @dataclass(frozen=True)
@@ -185,7 +187,8 @@ def visible_gpus() -> list[str]:
     return listed[:count] if listed else [str(i) for i in range(count)]
 
 
-def plan_workers(workers: int | None, scheduler: str | None, device: torch.device) -> tuple[int | None, tuple[str, ...] | None]:
+def plan_workers(workers: int | None, scheduler: str | None,
+                 device: torch.device) -> tuple[int | None, tuple[str, ...] | None]:
     """(LocalCluster size or None for an external scheduler, GPU ids to pin LocalCluster workers to).
 
     Every argument check happens here, before anything is loaded or created.
@@ -229,7 +232,7 @@ def _local_cluster(n_workers: int) -> Iterator[Any]:
     from distributed import Client, LocalCluster
 
     with LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True, host="127.0.0.1",
-                      dashboard_address=None, silence_logs=logging.ERROR,
+                      dashboard_address=None, silence_logs=logging.CRITICAL,
                       scheduler_kwargs={"dashboard": False, "dashboard_address": "127.0.0.1:0"}) as cluster, \
             Client(cluster, set_as_default=False) as client:
         yield client
@@ -325,4 +328,4 @@ def extract_teacher_distributed(
     return summarise(store, computed=len(missing), seconds=time.perf_counter() - started, resumed=resumed)
 
 
-__all__ = ["extract_teacher_distributed", "plan_workers", "visible_gpus", "load_counts", "TeacherLoader"]
+__all__ = ["TeacherLoader", "extract_teacher_distributed", "load_counts", "plan_workers", "visible_gpus"]

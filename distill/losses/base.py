@@ -27,7 +27,14 @@ class DistillInputs:
     labels: torch.Tensor  # (B,) int64
     teacher_embedding: torch.Tensor | None = None  # z_t (B, D_t), from the store
     teacher_logits: torch.Tensor | None = None  # g_t(z_t) (B, C), the stored head on the stored embedding
-    student_logits_th: torch.Tensor | None = None  # g_t(z_s) (B, C): the frozen teacher head on the student
+    student_logits_th: torch.Tensor | None = None  # g_t(P z_s) (B, C): the frozen teacher head on the student
+    # P z_s: the student embedding in the teacher's space (a trained projection P when the dimensions
+    # differ, z_s itself otherwise) — what embedding-matching losses compare with z_t
+    student_embedding_t: torch.Tensor | None = None
+
+    def __post_init__(self) -> None:
+        if self.student_embedding_t is None:
+            self.student_embedding_t = self.student_embedding
 
 
 class DistillLoss(nn.Module):

@@ -16,10 +16,10 @@ from featstore.errors import InvalidInput
 
 @LOSSES.register("kde")
 class NormalisedEmbeddingL2(DistillLoss):
-    needs = ("student_embedding", "teacher_embedding")
+    needs = ("student_embedding_t", "teacher_embedding")
 
     def compute(self, inputs: DistillInputs) -> torch.Tensor:
-        z_s, z_t = inputs.student_embedding, inputs.teacher_embedding
+        z_s, z_t = inputs.student_embedding_t, inputs.teacher_embedding
         if z_s.shape != z_t.shape:
             raise InvalidInput(f"kde needs equal embedding shapes, got student {tuple(z_s.shape)} and "
                                f"teacher {tuple(z_t.shape)}")

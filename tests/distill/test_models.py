@@ -117,7 +117,7 @@ def test_unknown_model_is_unknown_name():
 
 def test_unknown_head_is_unknown_name():
     with pytest.raises(UnknownName, match="linear"):
-        create_model(NAMES[0], head="arcface", **CONFIG)
+        create_model(NAMES[0], head="sphereface", **CONFIG)
 
 
 def test_count_parameters_by_hand():

@@ -212,8 +212,8 @@ def test_folder_shapes_labels_order(folder_train, folder_dir) -> None:
     np.testing.assert_array_equal(ds.labels, np.repeat([0, 1, 2], 4))
     # Within a class files are in sorted name order: img0 (written from SIZES[3]) ... img3 (SIZES[0]).
     for row, name in enumerate(["img0", "img1", "img2", "img3"]):
-        np.testing.assert_allclose(ds.images[row], expected_pixels(folder_dir / "train" / "ant" / f"{name}.png", 32, 36),
-                                   atol=1e-5)
+        expected = expected_pixels(folder_dir / "train" / "ant" / f"{name}.png", 32, 36)
+        np.testing.assert_allclose(ds.images[row], expected, atol=1e-5)
     p = ds.view_policy
     assert (p.kind, p.source_size, p.pad, p.flip_p, p.scale) == ("resized_crop", (32, 32), 0, 0.5, (0.35, 1.0))
 
