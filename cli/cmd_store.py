@@ -8,9 +8,9 @@ import click
 
 from pathlib import Path
 
+from featstore.errors import InvalidInput, StoreError
 from featstore.export import export_h5
 from featstore.store import open_store
-from featstore.errors import InvalidInput, StoreError
 from featstore.verify import DEFAULT_LIVE_SAMPLE, verify_live, verify_store
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import click
@@ -31,15 +32,19 @@ from featstore.stream import VIEW_SAMPLING
 @click.option("--embedding-dim", type=int, default=None,
               help="Student embedding size (default: the teacher's; otherwise a projection to it is trained).")
 @click.option("--init-head-from-teacher", is_flag=True, help="Initialise the student's classifier from the teacher's.")
+@click.option("--resume", is_flag=True, help="Continue an interrupted run from STUDENT.resume.pt (last complete epoch).")
 @seed_option
 @device_option
 @overwrite_option
 @quiet_option
 def command(store, dataset, split, arch, out, recipe, loss_spec, temperature, epochs, batch_size, lr, view_sampling,
-            embedding_dim, init_head_from_teacher, seed, device, overwrite, quiet):
+            embedding_dim, init_head_from_teacher, resume, seed, device, overwrite, quiet):
     """Train a student by streaming teacher embeddings from STORE (the teacher never runs).
 
-    Writes the checkpoint and a JSON training log beside it (STUDENT.log.json).
+    Writes the checkpoint and a JSON training log beside it (STUDENT.log.json); after every epoch the
+    full training state goes to STUDENT.resume.pt, so --resume continues from the last complete epoch.
+    Under torchrun (e.g. `torchrun --nproc-per-node 2 $(which fsd) train-student …`) each rank reads its
+    own share of the store's chunks; rank 0 writes the outputs.
 
     Example: fsd train-student --store store.zarr --dataset digits --out student.pt --recipe th-kd
     """
@@ -47,8 +52,10 @@ def command(store, dataset, split, arch, out, recipe, loss_spec, temperature, ep
                                          loss=loss_spec, temperature=temperature, epochs=epochs,
                                          batch_size=batch_size, optim=OptimConfig(lr=lr), seed=seed,
                                          view_sampling=view_sampling, embedding_dim=embedding_dim,
-                                         init_head_from_teacher=init_head_from_teacher, device=device, overwrite=overwrite,
+                                         init_head_from_teacher=init_head_from_teacher, resume=resume, device=device, overwrite=overwrite,
                                          progress=not quiet))
     test = "n/a" if result.test_accuracy is None else f"{100 * result.test_accuracy:.2f}%"
+    if os.environ.get("RANK", "0") != "0":
+        return  # under torchrun only rank 0 reports
     click.echo(f"student {out} [{recipe}]: {result.parameters:,} parameters, test top-1 {test}, "
                f"{result.seconds:.1f} s; log {result.log_path}")

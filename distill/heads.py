@@ -83,8 +83,8 @@ class ArcFaceHead(_MarginHead):
     default_margin = 0.5
 
     def _with_margin(self, cos_target: torch.Tensor) -> torch.Tensor:
-        cos_t = cos_target.clamp(-1 + 1e-7, 1 - 1e-7)
-        sin_t = torch.sqrt(1.0 - cos_t**2)
+        cos_t = cos_target.clamp(-1.0, 1.0)
+        sin_t = torch.sqrt((1.0 - cos_t**2).clamp_min(1e-12))  # finite gradient at cos θ = ±1
         shifted = cos_t * math.cos(self.margin) - sin_t * math.sin(self.margin)
         # beyond θ > π − m, cos(θ + m) is no longer monotonic: use the CosFace-style penalty there
         threshold = math.cos(math.pi - self.margin)

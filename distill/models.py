@@ -77,3 +77,6 @@ def create_model(name: str, **config: Any) -> nn.Module:
 
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+from distill import resnet_cifar  # noqa: E402,F401  (registers the CIFAR ResNets)

@@ -8,6 +8,7 @@ about individual recipes: the criterion is built from data (distill/losses/recip
 
 from __future__ import annotations
 
+import itertools
 import json
 import time
 from dataclasses import asdict, dataclass, field
@@ -20,13 +21,14 @@ from torch import nn
 from tqdm import tqdm
 
 from distill.checkpoint import Checkpoint, save_checkpoint
+from distill.distributed import init_distributed
 from distill.heads import head_from_store, head_state
-from distill.losses import DistillInputs, build_criterion
+from distill.losses import DistillInputs, TrainingContext, build_criterion
 from distill.models import count_parameters, create_model
-from distill.training import OptimConfig, accuracy, check_positive, make_optimizer, seed_everything, select_device
-from featstore.atomic import atomic_write_text
+from distill.training import OptimConfig, accuracy, check_positive, make_optimizer, seed_everything
+from featstore.atomic import atomic_path, atomic_write_text
 from featstore.datasets import ImageDataset, load_dataset
-from featstore.errors import InvalidInput, OutputExists, StoreError
+from featstore.errors import CheckpointError, InputNotFound, InvalidInput, OutputExists, StoreError
 from featstore.store import FeatureStore, open_store
 from featstore.stream import StoreStream
 from featstore.views import render_views
@@ -52,6 +54,7 @@ class StudentConfig:
     init_head_from_teacher: bool = False  # start the student's (trainable) head from the teacher's
     device: str = "auto"
     overwrite: bool = False
+    resume: bool = False  # continue from STUDENT.resume.pt (written after every epoch)
     progress: bool = True
 
 
@@ -67,6 +70,10 @@ class StudentResult:
 
 def log_path_for(out: Path) -> Path:
     return out.with_name(out.stem + ".log.json")
+
+
+def resume_path_for(out: Path) -> Path:
+    return out.with_name(out.stem + ".resume.pt")
 
 
 def check_store_matches(store: FeatureStore, dataset: ImageDataset) -> None:
@@ -98,11 +105,72 @@ def head_cosine(student_head: nn.Module, teacher_head: nn.Module) -> float | Non
         return float(F.cosine_similarity(student_head.weight, teacher_head.weight, dim=1).mean())
 
 
+class DistillStep(nn.Module):
+    """Everything trainable in one module — student, projection P, loss parameters (e.g. CRD's
+    projections) — so that one DistributedDataParallel wrapper synchronises all of it. ``forward`` is one
+    training step's loss; the frozen teacher head only ever sees stored or projected embeddings."""
+
+    def __init__(self, student: nn.Module, projection: nn.Module, criterion: nn.Module, teacher_head: nn.Module) -> None:
+        super().__init__()
+        self.student, self.projection, self.criterion = student, projection, criterion
+        self.teacher_head = teacher_head  # frozen: no parameter requires grad
+
+    def forward(self, x: torch.Tensor, labels: torch.Tensor, teacher_embedding: torch.Tensor,
+                indices: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        z_s = self.student.forward_features(x)
+        z_s_t = self.projection(z_s)
+        with torch.no_grad():
+            teacher_logits = self.teacher_head(teacher_embedding)
+        inputs = DistillInputs(student_embedding=z_s, student_logits=self.student.head.training_logits(z_s, labels),
+                               labels=labels, teacher_embedding=teacher_embedding, teacher_logits=teacher_logits,
+                               student_logits_th=self.teacher_head(z_s_t), student_embedding_t=z_s_t,
+                               indices=indices)
+        result = self.criterion(inputs)
+        return result.total, result.terms
+
+
+def _run_identity(config: StudentConfig, store: FeatureStore, weights: dict[str, float]) -> dict[str, Any]:
+    """What must match for --resume to continue a run rather than mix two different ones."""
+    return {"store_teacher": store.meta.get("teacher", {}).get("checkpoint_sha256"),
+            "dataset": store.meta.get("dataset", {}).get("fingerprint"), "arch": config.arch,
+            "recipe": config.recipe, "weights": weights, "seed": config.seed, "epochs": config.epochs,
+            "batch_size": config.batch_size, "lr": config.optim.lr, "embedding_dim": config.embedding_dim,
+            "view_sampling": config.view_sampling, "temperature": config.temperature,
+            "init_head_from_teacher": config.init_head_from_teacher}
+
+
+def _save_resume_state(path: Path, step: DistillStep, optimizer, scheduler, epoch: int, log: list,
+                       identity: dict[str, Any]) -> None:
+    state = {"epoch": epoch, "step": step.state_dict(), "optimizer": optimizer.state_dict(),
+             "scheduler": scheduler.state_dict(), "log": log, "identity": identity,
+             "rng": {name: loss.generator.get_state() for name, loss in step.criterion.losses.items()
+                     if getattr(loss, "generator", None) is not None}}
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+
+
+def _load_resume_state(path: Path, identity: dict[str, Any]) -> dict[str, Any]:
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any unreadable state file is a user-facing error
+        raise CheckpointError(f"resume state {path} is unreadable ({type(exc).__name__})") from None
+    if not isinstance(state, dict) or state.get("identity") != identity:
+        raise CheckpointError(f"resume state {path} belongs to a different run (other store, recipe or options); "
+                              "run without --resume to start over")
+    return state
+
+
 def train_student(config: StudentConfig) -> StudentResult:
+    """Train (or with ``config.resume`` continue) a student; under torchrun, one process per rank."""
     out = Path(config.out)
-    for path in (out, log_path_for(out)):
-        if path.exists() and not config.overwrite:
-            raise OutputExists(f"{path} already exists (use --overwrite to replace it)")
+    resume_path = resume_path_for(out)
+    if config.resume and not resume_path.exists():
+        raise InputNotFound(f"nothing to resume: {resume_path} does not exist"
+                            + (f" ({out} is already complete)" if out.exists() else ""))
+    if not config.resume:
+        for path in (out, log_path_for(out)):
+            if path.exists() and not config.overwrite:
+                raise OutputExists(f"{path} already exists (use --overwrite to replace it)")
     check_positive(epochs=config.epochs, batch_size=config.batch_size, lr=config.optim.lr,
                    temperature=config.temperature)
     if config.embedding_dim is not None:
@@ -114,7 +182,8 @@ def train_student(config: StudentConfig) -> StudentResult:
     test = load_dataset(config.dataset, config.eval_split) if config.eval_split else None
 
     started = time.perf_counter()
-    device = select_device(config.device)
+    dist = init_distributed(config.device)
+    device = dist.device
     seed_everything(config.seed)
     model_config = {"num_classes": store.shape.num_classes, "in_channels": dataset.image_shape[0],
                     "embedding_dim": config.embedding_dim or store.shape.dim}
@@ -125,72 +194,87 @@ def train_student(config: StudentConfig) -> StudentResult:
                   else nn.Linear(model_config["embedding_dim"], store.shape.dim, bias=False)).to(device)
     if config.init_head_from_teacher:
         init_head_from(student.head, teacher_head)
-    stream = StoreStream(store, config.batch_size, seed=config.seed, view_sampling=config.view_sampling)
-    params = list(student.parameters()) + list(projection.parameters()) + list(criterion.parameters())
-    optimizer, scheduler = make_optimizer(params, config.optim, config.epochs * len(stream))
+    stream = StoreStream(store, config.batch_size, seed=config.seed, view_sampling=config.view_sampling,
+                         rank=dist.rank, world_size=dist.world_size)
+    steps_per_epoch = stream.batches_per_rank()  # equal on every rank, so collective ops never wait forever
+    criterion.setup(TrainingContext(store=store, student_dim=model_config["embedding_dim"], teacher_dim=store.shape.dim,
+                                    num_samples=store.shape.num_samples, device=device, seed=config.seed))
+    step = DistillStep(student, projection, criterion, teacher_head).to(device)
+    trainable = [p for p in step.parameters() if p.requires_grad]
+    optimizer, scheduler = make_optimizer(trainable, config.optim, config.epochs * steps_per_epoch)
+    identity = _run_identity(config, store, criterion.weights)
 
     log: list[dict[str, Any]] = []
-    bar = tqdm(range(config.epochs), desc=f"train-student [{config.recipe}]", unit="epoch",
-               disable=not config.progress)
+    first_epoch = 0
+    if config.resume:
+        state = _load_resume_state(resume_path, identity)
+        step.load_state_dict(state["step"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        for name, rng_state in state["rng"].items():
+            criterion.losses[name].generator.set_state(rng_state)
+        log, first_epoch = list(state["log"]), int(state["epoch"])
+    runner = dist.wrap(step)
+
+    bar = tqdm(range(first_epoch, config.epochs), desc=f"train-student [{config.recipe}]", unit="epoch",
+               initial=first_epoch, total=config.epochs, disable=not config.progress or not dist.is_main)
     for epoch in bar:
         epoch_start = time.perf_counter()
         stream.set_epoch(epoch)
-        student.train()
-        sums: dict[str, float] = {}
-        seen = 0
-        for batch in stream:
+        step.train()
+        sums = torch.zeros(len(criterion.weights) + 2, dtype=torch.float64)  # total, terms…, samples
+        for batch in itertools.islice(stream, steps_per_epoch):
             x = render_views(dataset.get_images(batch.indices), batch.view_params, dataset.view_policy).to(device)
-            teacher_embedding = batch.embeddings.to(device)
-            labels = batch.labels.to(device)
-            z_s = student.forward_features(x)
-            z_s_t = projection(z_s)
-            with torch.no_grad():
-                teacher_logits = teacher_head(teacher_embedding)
-            inputs = DistillInputs(student_embedding=z_s, student_logits=student.head.training_logits(z_s, labels),
-                                   labels=labels, teacher_embedding=teacher_embedding, teacher_logits=teacher_logits,
-                                   student_logits_th=teacher_head(z_s_t), student_embedding_t=z_s_t)
-            result = criterion(inputs)
+            total, terms = runner(x, batch.labels.to(device), batch.embeddings.to(device),
+                                  torch.from_numpy(batch.indices).to(device))
             optimizer.zero_grad(set_to_none=True)
-            result.total.backward()
+            total.backward()
             optimizer.step()
             scheduler.step()
             n = len(batch.indices)
-            seen += n
-            sums["total"] = sums.get("total", 0.0) + float(result.total.detach()) * n
-            for name, value in result.terms.items():
-                sums[name] = sums.get(name, 0.0) + float(value.detach()) * n
+            values = [float(total.detach())] + [float(terms[name].detach()) for name in criterion.weights]
+            sums += torch.tensor([v * n for v in values] + [n], dtype=torch.float64)
+        sums = dist.all_reduce_sum(sums)
+        names = ["total", *criterion.weights]
         entry: dict[str, Any] = {"epoch": epoch + 1, "lr": scheduler.get_last_lr()[0],
-                                 "loss": {k: v / seen for k, v in sums.items()},
+                                 "loss": {k: float(sums[i] / sums[-1]) for i, k in enumerate(names)},
                                  "seconds": time.perf_counter() - epoch_start}
         cosine = head_cosine(student.head, teacher_head)
         if cosine is not None:
             entry["head_cosine"] = cosine
-        if test is not None:
+        if test is not None and dist.is_main:
             entry["test_accuracy"] = accuracy(student, test, device)
             bar.set_postfix(loss=f"{entry['loss']['total']:.3f}", acc=f"{entry['test_accuracy']:.3f}")
         log.append(entry)
+        if dist.is_main:
+            _save_resume_state(resume_path, step, optimizer, scheduler, epoch + 1, log, identity)
+        dist.barrier()
 
     test_accuracy = log[-1].get("test_accuracy") if log else None
-    ckpt = Checkpoint(
-        kind="student", arch=config.arch, model_config=model_config,
-        state_dict={k: v.cpu() for k, v in student.state_dict().items()},
-        head_type=student.head.head_type, embedding_dim=model_config["embedding_dim"],
-        num_classes=store.shape.num_classes,
-        dataset={"spec": dataset.spec, "split": dataset.split, "fingerprint": dataset.fingerprint(),
-                 "image_shape": list(dataset.image_shape)},
-        extra={"recipe": config.recipe, "weights": criterion.weights, "temperature": config.temperature,
-               "seed": config.seed, "epochs": config.epochs, "batch_size": config.batch_size,
-               "optim": asdict(config.optim), "view_sampling": config.view_sampling,
-               "store": {"url": store.url, "teacher": store.meta.get("teacher"), "views": store.shape.num_views,
-                         "dtype": store.dtype},
-               "teacher_head": head_state(teacher_head),
-               "projection": {k: v.cpu() for k, v in projection.state_dict().items()},
-               "init_head_from_teacher": config.init_head_from_teacher,
-               "log": log, "test_accuracy": test_accuracy},
-    )
-    save_checkpoint(ckpt, out, overwrite=config.overwrite)
     log_path = log_path_for(out)
-    atomic_write_text(log_path, json.dumps({"recipe": config.recipe, "weights": criterion.weights,
-                                            "epochs": log}, indent=2))
+    if dist.is_main:
+        ckpt = Checkpoint(
+            kind="student", arch=config.arch, model_config=model_config,
+            state_dict={k: v.cpu() for k, v in student.state_dict().items()},
+            head_type=student.head.head_type, embedding_dim=model_config["embedding_dim"],
+            num_classes=store.shape.num_classes,
+            dataset={"spec": dataset.spec, "split": dataset.split, "fingerprint": dataset.fingerprint(),
+                     "image_shape": list(dataset.image_shape)},
+            extra={"recipe": config.recipe, "weights": criterion.weights, "temperature": config.temperature,
+                   "seed": config.seed, "epochs": config.epochs, "batch_size": config.batch_size,
+                   "optim": asdict(config.optim), "view_sampling": config.view_sampling,
+                   "world_size": dist.world_size,
+                   "store": {"url": store.url, "teacher": store.meta.get("teacher"), "views": store.shape.num_views,
+                             "dtype": store.dtype},
+                   "teacher_head": head_state(teacher_head),
+                   "projection": {k: v.cpu() for k, v in projection.state_dict().items()},
+                   "init_head_from_teacher": config.init_head_from_teacher,
+                   "log": log, "test_accuracy": test_accuracy},
+        )
+        save_checkpoint(ckpt, out, overwrite=True)
+        atomic_write_text(log_path, json.dumps({"recipe": config.recipe, "weights": criterion.weights,
+                                                "epochs": log}, indent=2))
+        resume_path.unlink(missing_ok=True)  # the run is complete: nothing left to resume
+    dist.close()
     return StudentResult(out, log_path, test_accuracy, count_parameters(student),
                          time.perf_counter() - started, log)

@@ -70,6 +70,22 @@ class StoreStream:
     def num_samples(self) -> int:
         return sum(self.store.chunk_bounds(c)[1] - self.store.chunk_bounds(c)[0] for c in self._chunks())
 
+    def batches_per_rank(self) -> int:
+        """Batches every rank can run in any epoch (all of them when world_size is 1).
+
+        Ranks read disjoint chunk lists whose sizes differ with the epoch's permutation; distributed
+        training must run the same number of steps on every rank, so each stops after this many. The bound
+        assumes the worst case — a rank with the fewest chunks, one of them the short last chunk — so it
+        holds for every epoch; the few rows beyond it are skipped that epoch only.
+        """
+        if self.world_size == 1:
+            return len(self)
+        store = self.store
+        fewest_chunks = store.num_chunks // self.world_size
+        last_rows = store.shape.num_samples - (store.num_chunks - 1) * store.chunk_rows
+        rows = fewest_chunks * store.chunk_rows - (store.chunk_rows - last_rows)
+        return max(0, rows) // self.batch_size
+
     def __len__(self) -> int:
         n = self.num_samples()
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)

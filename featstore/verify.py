@@ -60,7 +60,7 @@ class LiveCheck:
 
     @property
     def checked(self) -> int:
-        return int(len(self.cosines))
+        return len(self.cosines)
 
     @property
     def min_cosine(self) -> float:
@@ -277,7 +277,7 @@ def verify_live(store: FeatureStore | str, teacher: TeacherSource, dataset: Imag
         return check
     view_seed = int(store.meta.get("views", {}).get("seed", 0))
     picks = _pick_rows(store, sample, seed)
-    check.requested = int(len(picks))
+    check.requested = len(picks)
     if not len(picks):
         check.problems.append("no chunk is flagged done: nothing to compare")
         return check

@@ -1,8 +1,8 @@
 """Loss registry and recipes. Importing this package registers every loss module."""
 
-from distill.losses import ce, cosine, kd, kde, pkt, rkd, sp, th  # noqa: F401  (registration side effects)
-from distill.losses.base import LOSSES, DistillInputs, DistillLoss, kl_soft_targets
+from distill.losses import ce, cosine, crd, kd, kde, pkt, rkd, sp, th  # noqa: F401  (registration side effects)
+from distill.losses.base import LOSSES, DistillInputs, DistillLoss, TrainingContext, kl_soft_targets
 from distill.losses.recipes import RECIPES, Criterion, build_criterion, parse_loss_spec, resolve_weights
 
-__all__ = ["LOSSES", "RECIPES", "Criterion", "DistillInputs", "DistillLoss", "build_criterion",
+__all__ = ["LOSSES", "RECIPES", "Criterion", "DistillInputs", "DistillLoss", "TrainingContext", "build_criterion",
            "kl_soft_targets", "parse_loss_spec", "resolve_weights"]

@@ -31,10 +31,23 @@ class DistillInputs:
     # P z_s: the student embedding in the teacher's space (a trained projection P when the dimensions
     # differ, z_s itself otherwise) — what embedding-matching losses compare with z_t
     student_embedding_t: torch.Tensor | None = None
+    indices: torch.Tensor | None = None  # (B,) int64 store/dataset sample ids (memory-bank losses)
 
     def __post_init__(self) -> None:
         if self.student_embedding_t is None:
             self.student_embedding_t = self.student_embedding
+
+
+@dataclass
+class TrainingContext:
+    """What a loss may need to know about the run before the first step (memory banks, projections)."""
+
+    store: object  # featstore.store.FeatureStore
+    student_dim: int
+    teacher_dim: int
+    num_samples: int
+    device: torch.device
+    seed: int = 0
 
 
 class DistillLoss(nn.Module):
@@ -42,6 +55,10 @@ class DistillLoss(nn.Module):
 
     #: names of the DistillInputs fields the loss reads
     needs: tuple[str, ...] = ()
+
+    def setup(self, context: TrainingContext) -> None:
+        """Called once before training (and before the optimiser is built, so parameters created here are
+        trained). Most losses need nothing."""
 
     def forward(self, inputs: DistillInputs) -> torch.Tensor:
         tensors = []

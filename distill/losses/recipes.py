@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from distill.losses.base import LOSSES, DistillInputs
+from distill.losses.base import LOSSES, DistillInputs, TrainingContext
 from featstore.errors import InvalidInput, UnknownName
 
 RECIPES: dict[str, dict[str, float]] = {
@@ -27,6 +27,10 @@ RECIPES: dict[str, dict[str, float]] = {
     "rkd": {"ce": 1.0, "rkd": 1.0},
     "pkt": {"ce": 1.0, "pkt": 30000.0},
     "sp": {"ce": 1.0, "sp": 3000.0},
+    # CRD as RepDistiller runs it (β = 0.8), and with the teacher head as in the HeadSharingKD README
+    "crd": {"ce": 1.0, "crd": 0.8},
+    "crd-th": {"ce": 0.9, "kd": 1.0, "crd": 0.8, "th": 0.02},
+    "crd-kd": {"ce": 1.0, "kd": 1.0, "crd": 0.8},  # SH-KD step 3 in the README
 }
 
 
@@ -82,6 +86,10 @@ class Criterion(nn.Module):
             takes_t = "temperature" in inspect.signature(factory).parameters
             built[name] = factory(temperature=temperature) if takes_t else factory()
         self.losses = nn.ModuleDict(built)
+
+    def setup(self, context: TrainingContext) -> None:
+        for loss in self.losses.values():
+            loss.setup(context)
 
     def forward(self, inputs: DistillInputs) -> CriterionOutput:
         terms = {name: loss(inputs) for name, loss in self.losses.items()}

@@ -6,13 +6,17 @@ Reference: /work/shared/PAPER.md (RepDistiller convention; HeadSharingKD officia
 
 from __future__ import annotations
 
+import types
+
 import math
 
 import pytest
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 from distill.heads import LinearHead, frozen_head_from_weights
+from distill.losses import TrainingContext
 from distill.losses import (
     LOSSES,
     RECIPES,
@@ -51,7 +55,7 @@ def random_inputs(seed: int = 0, batch: int = B, dim: int = D, classes: int = C,
     labels = torch.randint(0, classes, (batch,), generator=g)
     return DistillInputs(student_embedding=z_s, student_logits=student_logits, labels=labels,
                          teacher_embedding=z_t, teacher_logits=z_t @ w_t.T + b_t,
-                         student_logits_th=z_s @ w_t.T + b_t)
+                         student_logits_th=z_s @ w_t.T + b_t, indices=torch.arange(batch))
 
 
 def manual_kd(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -356,7 +360,7 @@ def test_unknown_loss_lists_valid_names():
 
 def test_unknown_recipe_lists_valid_names():
     with pytest.raises(UnknownName) as info:
-        resolve_weights("crd-th")
+        resolve_weights("crd-xx")
     msg = str(info.value)
     assert "crd-th" in msg
     for name in RECIPES:
@@ -469,18 +473,43 @@ def test_registry_contains_the_documented_losses():
     assert LOSSES.get("th") is TeacherHeadKD and LOSSES.get("kd") is LogitKD
 
 
+class _FakeStore:
+    """Just enough of a FeatureStore for losses whose setup reads the store (CRD's teacher bank)."""
+
+    def __init__(self, n: int = 40, dim: int = D) -> None:
+        self.rows = np.random.default_rng(0).normal(size=(n, 1, dim)).astype(np.float32)
+        self.shape = types.SimpleNamespace(num_samples=n, dim=dim, num_views=1)
+        self.num_chunks = 2
+
+    def chunk_bounds(self, chunk: int) -> tuple[int, int]:
+        half = self.shape.num_samples // 2
+        return (0, half) if chunk == 0 else (half, self.shape.num_samples)
+
+    def read_chunk(self, chunk: int):
+        start, stop = self.chunk_bounds(chunk)
+        return self.rows[start:stop], np.zeros(stop - start, dtype=np.int64), None
+
+
+def _context() -> TrainingContext:
+    return TrainingContext(store=_FakeStore(), student_dim=D, teacher_dim=D, num_samples=40,
+                           device=torch.device("cpu"))
+
+
 @pytest.mark.parametrize("name", LOSSES.names())
 def test_every_registered_loss_gives_finite_scalar(name):
     factory = LOSSES.get(name)
     loss = factory()
     assert isinstance(loss, DistillLoss)
+    loss.setup(_context())
     for dtype in (torch.float32, torch.float64):
         x = random_inputs(20, dtype=dtype)
-        value = loss(x)
+        value = loss.to(dtype)(x)
         assert isinstance(value, torch.Tensor) and value.dim() == 0
         assert torch.isfinite(value) and value.item() >= -1e-6  # all registered losses are divergences / CE
     # and through the Criterion, alone with weight 1
-    out = Criterion({name: 1.0})(random_inputs(21))
+    criterion = Criterion({name: 1.0})
+    criterion.setup(_context())
+    out = criterion.to(torch.float64)(random_inputs(21))
     torch.testing.assert_close(out.total, out.terms[name])
 
 

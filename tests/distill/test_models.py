@@ -86,7 +86,7 @@ def test_gradients_reach_every_parameter(name):
         assert torch.isfinite(p.grad).all(), pname
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", [n for n in NAMES if n.startswith("convnet")])  # digits defaults: 1 channel, 64-d
 def test_create_model_drops_none_options(name):
     model = create_model(name, num_classes=10, in_channels=None, embedding_dim=None, head=None)
     default = MODELS.get(name)(num_classes=10)

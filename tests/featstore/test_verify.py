@@ -21,7 +21,6 @@ from featstore.errors import InvalidInput
 from featstore.extract import extract_teacher
 from featstore.store import open_store
 from featstore.verify import LIVE_COSINE_THRESHOLDS, verify_live, verify_store
-from featstore.views import sample_views
 
 DTYPES = ("float16", "float32", "int8", "bfloat16")
 V = 2

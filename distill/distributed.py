@@ -1,0 +1,78 @@
+"""Distributed training under torchrun: rank discovery, process group, DDP wrapping, reductions.
+
+One small object so the trainer reads the same whether it runs alone or as one of N ranks: with
+``WORLD_SIZE`` unset (or 1) every method is a no-op and nothing distributed is imported or initialised.
+gloo on CPU, nccl on CUDA; each rank uses ``cuda:LOCAL_RANK`` when CUDA is used.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from distill.training import select_device
+
+
+@dataclass
+class DistributedContext:
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def active(self) -> bool:
+        return self.world_size > 1
+
+    def wrap(self, module: nn.Module) -> nn.Module:
+        if not self.active:
+            return module
+        from torch.nn.parallel import DistributedDataParallel
+
+        ids = [self.device.index] if self.device.type == "cuda" else None
+        return DistributedDataParallel(module, device_ids=ids)
+
+    def all_reduce_sum(self, tensor: torch.Tensor) -> torch.Tensor:
+        if self.active:
+            import torch.distributed as dist
+
+            dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+        return tensor
+
+    def barrier(self) -> None:
+        if self.active:
+            import torch.distributed as dist
+
+            dist.barrier()
+
+    def close(self) -> None:
+        if self.active:
+            import torch.distributed as dist
+
+            if dist.is_initialized():
+                dist.destroy_process_group()
+
+
+def init_distributed(device: str = "auto") -> DistributedContext:
+    """Read torchrun's environment; initialise the process group when there is more than one rank."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    chosen = select_device(device)
+    if world_size <= 1:
+        return DistributedContext(0, 1, 0, chosen)
+    import torch.distributed as dist
+
+    if chosen.type == "cuda":
+        torch.cuda.set_device(local_rank)
+        chosen = torch.device("cuda", local_rank)
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if chosen.type == "cuda" else "gloo")
+    return DistributedContext(rank, world_size, local_rank, chosen)

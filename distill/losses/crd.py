@@ -1,0 +1,87 @@
+"""CRD: contrastive representation distillation (Tian et al., ICLR 2020), with its memory bank backed by
+the feature store.
+
+Both embeddings are projected to 128-d unit vectors (trainable linear maps). Two contrastive directions:
+
+* student anchor: the positive is the teacher embedding of the *same* sample and view (from the batch);
+  negatives are teacher embeddings of K other samples. Because the teacher's embeddings are in the store,
+  the teacher side of the memory is **exact**: the raw identity-view embeddings are read once from the
+  store (chunk by chunk, kept as float16: N·D·2 bytes) and projected with the *current* teacher projection
+  — no stale momentum copy as in the original CRD.
+* teacher anchor: the positive is the current student projection; negatives come from a student memory
+  of 128-d vectors indexed by sample id and momentum-updated (momentum 0.5) as in CRD.
+
+Each direction uses the softmax (InfoNCE) form of the contrastive objective over 1 positive + K negatives
+at temperature τ = 0.07, with one set of K negatives per batch shared by its anchors; a negative that is
+the anchor's own sample is masked out. K = 16,384 by default, at most N − 1.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from distill.losses.base import LOSSES, DistillInputs, DistillLoss, TrainingContext
+from featstore.errors import InvalidInput
+
+
+def _teacher_bank(store, device: torch.device) -> torch.Tensor:
+    """The identity-view teacher embeddings of every sample, read chunk by chunk, as float16 (N, D)."""
+    bank = torch.empty((store.shape.num_samples, store.shape.dim), dtype=torch.float16)
+    for chunk in range(store.num_chunks):
+        start, stop = store.chunk_bounds(chunk)
+        rows, _, _ = store.read_chunk(chunk)
+        bank[start:stop] = torch.from_numpy(np.ascontiguousarray(rows[:, 0])).to(torch.float16)
+    return bank.to(device)
+
+
+@LOSSES.register("crd")
+class ContrastiveRepresentationKD(DistillLoss):
+    needs = ("student_embedding", "teacher_embedding", "indices")
+
+    def __init__(self, feat_dim: int = 128, negatives: int = 16384, tau: float = 0.07, momentum: float = 0.5) -> None:
+        super().__init__()
+        if feat_dim <= 0 or negatives <= 0 or tau <= 0 or not 0 <= momentum < 1:
+            raise InvalidInput("crd: feat_dim, negatives and tau must be positive and momentum in [0, 1)")
+        self.feat_dim, self.negatives, self.tau, self.momentum = feat_dim, negatives, tau, momentum
+        self.embed_s: nn.Module | None = None
+        self.embed_t: nn.Module | None = None
+        self.generator: torch.Generator | None = None
+
+    def setup(self, context: TrainingContext) -> None:
+        n = context.num_samples
+        if n < 2:
+            raise InvalidInput("crd needs at least 2 samples in the store")
+        self.k = min(self.negatives, n - 1)
+        self.embed_s = nn.Linear(context.student_dim, self.feat_dim).to(context.device)
+        self.embed_t = nn.Linear(context.teacher_dim, self.feat_dim).to(context.device)
+        self.register_buffer("teacher_bank", _teacher_bank(context.store, context.device), persistent=False)
+        self.generator = torch.Generator(device="cpu").manual_seed(context.seed + 7)
+        memory = torch.randn(n, self.feat_dim, generator=self.generator)
+        self.register_buffer("student_memory", F.normalize(memory, dim=1).to(context.device))  # saved for --resume
+
+    def compute(self, inputs: DistillInputs) -> torch.Tensor:
+        if self.embed_s is None:
+            raise InvalidInput("crd was not set up with a store (the trainer calls criterion.setup)")
+        idx = inputs.indices.to(self.teacher_bank.device)
+        s = F.normalize(self.embed_s(inputs.student_embedding), dim=1)
+        t = F.normalize(self.embed_t(inputs.teacher_embedding), dim=1)
+        negatives = torch.randint(0, self.teacher_bank.shape[0], (self.k,), generator=self.generator)
+        negatives = negatives.to(idx.device)
+        t_neg = F.normalize(self.embed_t(self.teacher_bank[negatives].to(self.embed_t.weight.dtype)), dim=1)  # exact
+        s_neg = self.student_memory[negatives]
+        own = idx[:, None] == negatives[None, :]  # (B, K): a negative that is the anchor's own sample
+        loss = self._info_nce(s, t, t_neg, own) + self._info_nce(t, s, s_neg, own)
+        with torch.no_grad():
+            updated = self.momentum * self.student_memory[idx] + (1 - self.momentum) * s.detach()
+            self.student_memory[idx] = F.normalize(updated, dim=1)
+        return loss
+
+    def _info_nce(self, anchor: torch.Tensor, positive: torch.Tensor, negatives: torch.Tensor,
+                  own: torch.Tensor) -> torch.Tensor:
+        pos = (anchor * positive).sum(dim=1, keepdim=True)
+        neg = (anchor @ negatives.t()).masked_fill(own, float("-inf"))
+        logits = torch.cat([pos, neg], dim=1) / self.tau
+        return F.cross_entropy(logits, torch.zeros(len(anchor), dtype=torch.long, device=anchor.device))

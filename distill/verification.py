@@ -1,0 +1,511 @@
+"""Exact all-pairs verification metrics (TAR@FAR, ROC AUC, EER, ROC curve) in bounded memory.
+
+One responsibility: the report of :func:`distill.metrics.verification_metrics` over every unordered pair
+i < j of N embeddings, *without ever holding the N(N-1)/2 scores* (2 x 10^8 of them at N = 20,000). The
+scores are recomputed tile by tile in a few passes and only counts are kept:
+
+* **Keys.** A float32 score maps to an order-preserving uint32 key (:func:`float32_keys`: a < b iff
+  key(a) < key(b), a == b iff key(a) == key(b), -0.0 and +0.0 share a key). Counting keys therefore counts
+  scores *exactly*, ties included; nothing is ever rounded into a bin.
+* **Pass 1** histograms the top ``log2(bins)`` bits of every key, genuine and impostor separately (a
+  two-level radix: ``bins`` buckets, each split into ``2^32 / bins`` sub-buckets later).
+* **Pass 2** refines the few buckets that matter (≤ one per FAR, one for the EER crossing, one for the
+  highest impostor) into full 32-bit counts, which pins down exactly the (k+1)-th largest impostor score
+  t of the sorted-list definition (DESIGN.md §4), #genuine > t, and FAR/FRR at every threshold near the EER.
+* **ROC AUC** is the Mann-Whitney sum over impostors i of 2·#{genuine > i} + #{genuine == i}, in Python
+  integers. Pairs in different buckets come from the histograms; for buckets holding both kinds, the
+  genuine keys of a group of such buckets are collected (at most ``genuine_cap`` at once) and the next
+  pass binary-searches every impostor of those buckets among them. When all genuine pairs fit in
+  ``genuine_cap`` (the usual case: G ≈ N²/(2·classes)) they are collected in pass 1 and the whole job takes
+  2 passes; otherwise 2 + ceil(genuine pairs in mixed buckets / genuine_cap) passes.
+
+So TAR@FAR, ROC AUC and EER are **bit-identical** to ``verification_metrics(genuine, impostor)`` on the
+same scores (same int/float operations on the same counts), not approximations. The EER argument relies
+on FAR - FRR being strictly decreasing over thresholds in float64, true whenever the number of pairs is
+below ~10^14. The ROC curve is a down-sampled subset of the exact curve's points (bucket tops plus the
+refined buckets), always with both ends and the FAR = 0 point of highest TAR.
+
+Memory: O(N·D) for the normalised embeddings, O(block²) for one tile of scores and its keys, O(bins) for
+the histograms, O(2^32 / bins) per refined bucket, and O(min(G, genuine_cap)) genuine keys.
+
+Scores: a tile is ``x[i0:i1] @ x[j0:j1].T`` of L2-normalised float32 rows (:func:`distill.knn.l2_normalize`),
+with numpy on the CPU or torch on CUDA (TF32 off). Float32 dot products can differ in the last bit
+between BLAS kernels, tile shapes and devices, so "exact" means exact for the scores these tiles produce:
+:func:`tiled_pair_scores` materialises precisely those scores (same tiles, same function) for tests and
+for small sets. Each pass recomputes the same tiles; pass-to-pass consistency is checked against the pass-1
+counts and a mismatch (a non-deterministic backend) raises ``RuntimeError`` rather than returning a wrong
+number.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import numpy as np
+
+from distill.knn import _matrix, _positive_int, l2_normalize
+from distill.metrics import FARS, UNKNOWN_LABEL, _check_far, far_key
+from featstore.errors import InvalidInput
+
+__all__ = ["float32_keys", "streaming_verification", "tiled_pair_scores"]
+
+_SIGN = 0x80000000
+_ALL = 0xFFFFFFFF
+DEFAULT_GENUINE_CAP = 1 << 24
+"""Genuine keys held at once for the exact AUC (64 MiB of uint32)."""
+
+
+def float32_keys(scores: Any) -> np.ndarray:
+    """Order-preserving uint32 keys of float32 scores (no NaN): ``a < b`` iff ``key(a) < key(b)`` and
+    ``a == b`` iff ``key(a) == key(b)``; ``-0.0`` and ``+0.0`` get the same key (adding +0.0 turns -0.0 into
+    +0.0 under IEEE round-to-nearest)."""
+    bits = (np.asarray(scores, dtype=np.float32) + np.float32(0.0)).view(np.uint32)
+    return np.where(bits >= np.uint32(_SIGN), ~bits, bits | np.uint32(_SIGN))
+
+
+def _tiles(n: int, block: int) -> Iterator[tuple[int, int, int, int]]:
+    """Upper-triangular tiles (rows i0:i1, columns j0:j1, j0 >= i0) covering every pair i < j once."""
+    for i0 in range(0, n, block):
+        i1 = min(i0 + block, n)
+        for j0 in range(i0, n, block):
+            yield i0, i1, j0, min(j0 + block, n)
+
+
+class _NumpyBackend:
+    """Tiles scored with numpy (BLAS) on the CPU; keys are uint32."""
+
+    name = "numpy"
+
+    def __init__(self, x: np.ndarray, y: np.ndarray) -> None:
+        self.x, self.y = x, y
+
+    def scores(self, i0: int, i1: int, j0: int, j1: int) -> np.ndarray:
+        return self.x[i0:i1] @ self.x[j0:j1].T
+
+    def tile(self, i0: int, i1: int, j0: int, j1: int) -> tuple[np.ndarray, np.ndarray]:
+        """(keys, same-label) of the tile's pairs i < j, flattened."""
+        keys = float32_keys(self.scores(i0, i1, j0, j1))
+        same = self.y[i0:i1, None] == self.y[None, j0:j1]
+        if i0 == j0:  # diagonal tile: only j > i
+            upper = np.triu(np.ones(keys.shape, dtype=bool), 1)
+            return keys[upper], same[upper]
+        return keys.reshape(-1), same.reshape(-1)
+
+    def bincount(self, a: np.ndarray, length: int) -> np.ndarray:
+        return np.bincount(a, minlength=length).astype(np.int64, copy=False)
+
+    def table(self, a: np.ndarray) -> np.ndarray:
+        return a
+
+    def keys_table(self, keys: np.ndarray) -> np.ndarray:
+        return keys
+
+    def searchsorted(self, seq: np.ndarray, v: np.ndarray, side: str) -> np.ndarray:
+        return np.searchsorted(seq, v, side=side)
+
+    def to_keys(self, a: np.ndarray) -> np.ndarray:
+        return np.asarray(a, dtype=np.uint32)
+
+    def size(self, a: np.ndarray) -> int:
+        return int(a.shape[0])
+
+    def total(self, a: np.ndarray) -> int:
+        return int(a.sum())
+
+    def close(self) -> None:
+        pass
+
+
+class _TorchBackend:
+    """Tiles scored with torch (CUDA for speed; any device works); keys are int64 holding the uint32 value."""
+
+    def __init__(self, x: np.ndarray, y: np.ndarray, device: str) -> None:
+        import torch
+
+        self.torch = torch
+        self.device = torch.device(device)
+        self.name = f"torch-{self.device.type}"
+        self._tf32 = torch.backends.cuda.matmul.allow_tf32
+        torch.backends.cuda.matmul.allow_tf32 = False  # TF32 would round the scores to 10-bit mantissas
+        self.x = torch.from_numpy(x).to(self.device)
+        self.y = torch.from_numpy(y).to(self.device)
+
+    def close(self) -> None:
+        self.torch.backends.cuda.matmul.allow_tf32 = self._tf32
+
+    def scores(self, i0: int, i1: int, j0: int, j1: int) -> Any:
+        return self.x[i0:i1] @ self.x[j0:j1].T
+
+    def tile(self, i0: int, i1: int, j0: int, j1: int) -> tuple[Any, Any]:
+        torch = self.torch
+        bits = (self.scores(i0, i1, j0, j1) + 0.0).view(torch.int32).to(torch.int64) & _ALL
+        keys = torch.where(bits >= _SIGN, _ALL - bits, bits | _SIGN)
+        same = self.y[i0:i1, None] == self.y[None, j0:j1]
+        if i0 == j0:
+            upper = torch.triu(torch.ones(keys.shape, dtype=torch.bool, device=self.device), 1)
+            return keys[upper], same[upper]
+        return keys.reshape(-1), same.reshape(-1)
+
+    def bincount(self, a: Any, length: int) -> np.ndarray:
+        return self.torch.bincount(a, minlength=length).cpu().numpy().astype(np.int64, copy=False)
+
+    def table(self, a: np.ndarray) -> Any:
+        a = np.asarray(a)
+        return self.torch.from_numpy(a if a.dtype == bool else a.astype(np.int64)).to(self.device)
+
+    def keys_table(self, keys: np.ndarray) -> Any:
+        return self.torch.from_numpy(keys.astype(np.int64)).to(self.device)
+
+    def searchsorted(self, seq: Any, v: Any, side: str) -> Any:
+        return self.torch.searchsorted(seq, v, right=side == "right")
+
+    def to_keys(self, a: Any) -> np.ndarray:
+        return a.cpu().numpy().astype(np.uint32)
+
+    def size(self, a: Any) -> int:
+        return int(a.shape[0])
+
+    def total(self, a: Any) -> int:
+        return int(a.sum().item())
+
+
+def _checked_inputs(embeddings: Any, labels: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Normalised float32 rows and int64 labels of the known (label != -1) samples."""
+    x = _matrix(embeddings, "embeddings")
+    if hasattr(labels, "detach") and hasattr(labels, "cpu"):
+        labels = labels.detach().cpu().numpy()
+    y = np.asarray(labels)
+    if y.ndim != 1 or y.size != x.shape[0]:
+        raise InvalidInput(f"labels must be 1-D with one label per embedding ({x.shape[0]}), got shape {y.shape}")
+    if y.size and not np.issubdtype(y.dtype, np.integer):
+        raise InvalidInput(f"labels must be integers, got dtype {y.dtype}")
+    y = y.astype(np.int64, copy=False)
+    keep = y != UNKNOWN_LABEL
+    return l2_normalize(x[keep]), np.ascontiguousarray(y[keep])
+
+
+def tiled_pair_scores(embeddings: Any, labels: Any, block: int = 2048) -> tuple[np.ndarray, np.ndarray]:
+    """(genuine, impostor) float32 scores of all pairs i < j, computed by exactly the numpy tiles that
+    :func:`streaming_verification` uses with the same ``block`` — the reference its exactness is stated
+    against. Materialises every score: for tests and small sets only."""
+    block = _positive_int(block, "block")
+    x, y = _checked_inputs(embeddings, labels)
+    backend = _NumpyBackend(x, y)
+    gen, imp = [], []
+    for i0, i1, j0, j1 in _tiles(y.size, block):
+        s = backend.scores(i0, i1, j0, j1)
+        same = y[i0:i1, None] == y[None, j0:j1]
+        valid = np.triu(np.ones(s.shape, dtype=bool), 1) if i0 == j0 else np.ones(s.shape, dtype=bool)
+        gen.append(s[valid & same])
+        imp.append(s[valid & ~same])
+    empty = np.empty(0, dtype=np.float32)
+    return (np.concatenate(gen) if gen else empty).astype(np.float32), (
+        np.concatenate(imp) if imp else empty).astype(np.float32)
+
+
+def _make_backend(x: np.ndarray, y: np.ndarray, use_gpu: bool | None, torch_device: str | None) -> Any:
+    if torch_device is not None:  # testing hook: the torch code path on any device (e.g. "cpu")
+        return _TorchBackend(x, y, torch_device)
+    if use_gpu is False:
+        return _NumpyBackend(x, y)
+    try:
+        import torch
+
+        cuda = bool(torch.cuda.is_available())
+    except Exception:  # a broken CUDA install must not break CPU evaluation
+        cuda = False
+    if cuda:
+        return _TorchBackend(x, y, "cuda")
+    if use_gpu:
+        warnings.warn("use_gpu=True but no CUDA device is available; scoring on the CPU", RuntimeWarning,
+                      stacklevel=3)
+    return _NumpyBackend(x, y)
+
+
+def _empty_report(n_gen: int, n_imp: int, keys: list[str]) -> dict[str, Any]:
+    return {"num_genuine": n_gen, "num_impostor": n_imp, "tar_at_far": {k: None for k in keys},
+            "roc_auc": None, "eer": None}
+
+
+def _inconsistent(what: str) -> RuntimeError:
+    return RuntimeError(f"pair scores differed between passes ({what}): the scoring backend is not "
+                        "deterministic, so no exact result can be given; rerun with use_gpu=False")
+
+
+def streaming_verification(
+    embeddings: Any,
+    labels: Any,
+    fars: Sequence[float] = FARS,
+    *,
+    block: int = 2048,
+    bins: int = 65536,
+    use_gpu: bool | None = None,
+    roc_points: int = 1000,
+    genuine_cap: int = DEFAULT_GENUINE_CAP,
+    _torch_device: str | None = None,
+) -> tuple[dict[str, Any], tuple[np.ndarray, np.ndarray]]:
+    """Verification over all unordered pairs i < j, exactly, in bounded memory (see the module docstring).
+
+    Args:
+        embeddings: ``(N, D)`` embeddings (L2-normalised here, as float32).
+        labels: ``(N,)`` integer labels; genuine = same label; samples labelled -1 (unknown) are dropped.
+        fars: target false-accept rates (report keys from :func:`distill.metrics.far_key`).
+        block: tile side: a tile holds ``block²`` scores and their keys at once.
+        bins: first-level radix buckets, a power of two from 2^12 to 2^20 (the second level has
+            2^32 / bins sub-buckets per refined bucket).
+        use_gpu: ``None`` = torch on CUDA when available, else numpy; ``False`` = numpy; ``True`` without
+            CUDA warns and uses numpy.
+        roc_points: at most this many ROC points (>= 3).
+        genuine_cap: most genuine keys held at once for the exact AUC (more passes when exceeded).
+
+    Returns:
+        ``(report, (far, tar))``: the report equals ``verification_metrics(*tiled_pair_scores(embeddings,
+        labels, block), fars)`` key for key and bit for bit (``None`` where undefined: TAR where
+        far · N_imp < 1, everything when there are no genuine or no impostor pairs); the ROC points are
+        float64 arrays on the exact curve (empty when undefined).
+    """
+    block = _positive_int(block, "block")
+    genuine_cap = _positive_int(genuine_cap, "genuine_cap")
+    if isinstance(roc_points, bool) or not isinstance(roc_points, (int, np.integer)) or roc_points < 3:
+        raise InvalidInput(f"roc_points must be an integer >= 3, got {roc_points!r}")
+    if isinstance(bins, bool) or not isinstance(bins, (int, np.integer)) or bins not in {1 << b for b in
+                                                                                          range(12, 21)}:
+        raise InvalidInput(f"bins must be a power of two from 4096 to 1048576, got {bins!r}")
+    checked = [(far_key(f), _check_far(f)) for f in fars]
+    keys = [k for k, _ in checked]
+    if len(set(keys)) != len(keys):
+        raise InvalidInput(f"FARs {list(fars)!r} give duplicate report keys {keys!r}")
+
+    x, y = _checked_inputs(embeddings, labels)
+    n = int(y.size)
+    _, class_sizes = np.unique(y, return_counts=True)
+    n_gen = int(np.sum(class_sizes * (class_sizes - 1) // 2))
+    n_imp = n * (n - 1) // 2 - n_gen
+    empty_curve = (np.empty(0), np.empty(0))
+    if n_gen == 0 or n_imp == 0:
+        return _empty_report(n_gen, n_imp, keys), empty_curve
+
+    backend = _make_backend(x, y, use_gpu, _torch_device)
+    try:
+        return _run(backend, n, n_gen, n_imp, checked, block, int(bins), roc_points, genuine_cap)
+    finally:
+        backend.close()
+
+
+def _run(backend: Any, n: int, n_gen: int, n_imp: int, checked: list, block: int, bins: int, roc_points: int,
+         genuine_cap: int) -> tuple[dict[str, Any], tuple[np.ndarray, np.ndarray]]:
+    lo = 32 - (bins.bit_length() - 1)  # bits of the second level
+    sub = 1 << lo
+
+    # ---- pass 1: first-level histograms (and every genuine key when they fit) ------------------------------
+    all_hist = np.zeros(bins, dtype=np.int64)
+    hg = np.zeros(bins, dtype=np.int64)
+    gen_keys = np.empty(n_gen, dtype=np.uint32) if n_gen <= genuine_cap else None
+    filled = 0
+    for tile in _tiles(n, block):
+        k, same = backend.tile(*tile)
+        if backend.size(k) == 0:
+            continue
+        all_hist += backend.bincount(k >> lo, bins)
+        gk = k[same]
+        m = backend.size(gk)
+        if m:
+            hg += backend.bincount(gk >> lo, bins)
+            if gen_keys is not None:
+                gen_keys[filled:filled + m] = backend.to_keys(gk)
+                filled += m
+    hi = all_hist - hg
+    if int(hg.sum()) != n_gen or int(hi.sum()) != n_imp:
+        raise AssertionError("pass 1 counted the wrong number of pairs")  # a bug, not bad input
+
+    # cumulative counts by bucket: "gt" = in higher buckets, "le" = in this bucket or lower
+    imp_ge = np.cumsum(hi[::-1])[::-1]
+    imp_gt = imp_ge - hi
+    gen_le = np.cumsum(hg)
+    gen_gt = n_gen - gen_le
+
+    # ---- which buckets pass 2 must refine --------------------------------------------------------------------
+    tar_plan: dict[str, tuple[int, int] | None | str] = {}  # key -> (bucket, rank within bucket) | None | "all"
+    for key, far in checked:
+        kk = math.floor(far * n_imp)
+        if kk < 1:
+            tar_plan[key] = None
+        elif kk >= n_imp:
+            tar_plan[key] = "all"  # threshold -inf: every genuine pair accepted
+        else:
+            r = kk + 1  # the threshold is the (k+1)-th largest impostor score
+            b = int(np.flatnonzero(imp_ge >= r)[-1])
+            tar_plan[key] = (b, r - int(imp_gt[b]))
+    nonempty = np.flatnonzero(hg + hi)
+    d = imp_gt[nonempty] / n_imp - gen_le[nonempty] / n_gen  # FAR - FRR at each bucket's top threshold
+    first = int(np.flatnonzero(d <= 0)[0])  # exists: at the top bucket FAR = 0 and FRR = 1
+    eer_bucket = int(nonempty[first])
+    eer_prev = int(nonempty[first - 1]) if first > 0 else None
+    top_imp_bucket = int(np.flatnonzero(hi)[-1])  # gives the FAR = 0 point of highest TAR on the ROC
+    refine = sorted({eer_bucket, top_imp_bucket} | {p[0] for p in tar_plan.values() if isinstance(p, tuple)})
+    slot_of = {b: s for s, b in enumerate(refine)}
+    slot_table = np.full(bins, -1, dtype=np.int64)
+    slot_table[refine] = np.arange(len(refine))
+
+    # ---- exact AUC plan: buckets holding both genuine and impostor pairs -------------------------------------
+    mixed = np.flatnonzero((hg > 0) & (hi > 0))
+    groups: list[np.ndarray] = []
+    if gen_keys is not None:
+        if mixed.size:
+            groups.append(mixed)
+    else:
+        start, acc = 0, 0
+        for pos, b in enumerate(mixed):
+            if acc and acc + hg[b] > genuine_cap:
+                groups.append(mixed[start:pos])
+                start, acc = pos, 0
+            acc += int(hg[b])
+        if mixed.size:
+            groups.append(mixed[start:])
+
+    def bool_table(buckets: np.ndarray) -> Any:
+        t = np.zeros(bins, dtype=bool)
+        t[buckets] = True
+        return backend.table(t)
+
+    refined = np.zeros((len(refine), 2, sub), dtype=np.int64)  # [slot, is_genuine, low bits]
+    within = 0  # exact: sum over impostors in mixed buckets of 2·#genuine above + #genuine equal, same bucket
+    pending: tuple[np.ndarray, np.ndarray] | None = None  # (group, its sorted genuine keys) ready to count
+    if gen_keys is not None and groups:
+        pending = (groups[0], np.sort(gen_keys))
+        to_collect: list[np.ndarray] = []
+    else:
+        to_collect = list(groups)
+    del gen_keys
+
+    # ---- passes 2, 3, ...: refine (pass 2), count a pending group, collect the next group's genuine keys -----
+    first_pass = True
+    while first_pass or pending is not None:
+        slot_dev = backend.table(slot_table) if first_pass else None
+        count = None
+        if pending is not None:
+            group, sorted_keys = pending
+            end = np.searchsorted(sorted_keys, np.arange(1, bins + 1, dtype=np.uint64) << np.uint64(lo))
+            count = (bool_table(group), backend.keys_table(sorted_keys), backend.table(end.astype(np.int64)))
+            expected_counted = int(hi[group].sum())
+        collect = to_collect.pop(0) if to_collect else None
+        collect_dev = bool_table(collect) if collect is not None else None
+        parts: list[np.ndarray] = []
+        counted = 0
+        for tile in _tiles(n, block):
+            k, same = backend.tile(*tile)
+            if backend.size(k) == 0:
+                continue
+            top = k >> lo
+            if slot_dev is not None:
+                slot = slot_dev[top]
+                m = slot >= 0
+                if backend.size(slot[m]):
+                    idx = (slot[m] * 2 + same[m]) * sub + (k[m] & (sub - 1))
+                    refined += backend.bincount(idx, refined.size).reshape(refined.shape)
+            if count is not None:
+                tab, seq, end_tab = count
+                ik = k[tab[top] & ~same]
+                if backend.size(ik):
+                    right = backend.searchsorted(seq, ik, "right")
+                    left = backend.searchsorted(seq, ik, "left")
+                    within += backend.total(2 * (end_tab[ik >> lo] - right) + (right - left))
+                    counted += backend.size(ik)
+            if collect_dev is not None:
+                gk = k[same]
+                gk = gk[collect_dev[gk >> lo]]
+                if backend.size(gk):
+                    parts.append(backend.to_keys(gk))
+        if slot_dev is not None:
+            for s, b in enumerate(refine):
+                if int(refined[s, 0].sum()) != hi[b] or int(refined[s, 1].sum()) != hg[b]:
+                    raise _inconsistent(f"bucket {b} refined")
+        if count is not None and counted != expected_counted:
+            raise _inconsistent("impostors in mixed buckets")
+        if collect is not None:
+            collected = np.sort(np.concatenate(parts)) if parts else np.empty(0, dtype=np.uint32)
+            if collected.size != int(hg[collect].sum()):
+                raise _inconsistent("genuine pairs in mixed buckets")
+            pending = (collect, collected)
+        else:
+            pending = None
+        first_pass = False
+
+    # ---- TAR at each FAR ----------------------------------------------------------------------------------
+    tar: dict[str, float | None] = {}
+    for key, plan in tar_plan.items():
+        if plan is None:
+            tar[key] = None
+        elif plan == "all":
+            tar[key] = n_gen / n_gen
+        else:
+            b, r = plan
+            li, lg = refined[slot_of[b], 0], refined[slot_of[b], 1]
+            li_ge = np.cumsum(li[::-1])[::-1]
+            low = int(np.flatnonzero(li_ge >= r)[-1])  # sub-bucket of the threshold key
+            accepted = int(gen_gt[b]) + int(lg[low + 1:].sum())
+            tar[key] = accepted / n_gen
+
+    # ---- ROC AUC ------------------------------------------------------------------------------------------
+    imp_lt = n_imp - imp_ge
+    cross = sum(int(hg[b]) * int(imp_lt[b]) for b in np.flatnonzero(hg))
+    auc = (2 * cross + within) / (2 * n_gen * n_imp)
+
+    # ---- EER: the candidates around the FAR - FRR sign change, in ascending threshold order ---------------
+    imp_above, gen_at_or_below = _refined_counts(refined[slot_of[eer_bucket]], eer_bucket, imp_gt, gen_le, hg)
+    if eer_prev is None:
+        imp_above = np.concatenate(([n_imp], imp_above))  # t = -inf: FAR 1, FRR 0
+        gen_at_or_below = np.concatenate(([0], gen_at_or_below))
+    else:
+        imp_above = np.concatenate(([imp_gt[eer_prev]], imp_above))
+        gen_at_or_below = np.concatenate(([gen_le[eer_prev]], gen_at_or_below))
+    far, frr = imp_above / n_imp, gen_at_or_below / n_gen  # the very float operations of metrics
+    best = int(np.argmin(np.abs(far - frr)))
+    eer = float((far[best] + frr[best]) / 2)
+
+    report = {"num_genuine": n_gen, "num_impostor": n_imp, "tar_at_far": tar, "roc_auc": auc, "eer": eer}
+    curve = _roc(refine, refined, nonempty, imp_gt, gen_le, hg, lo, n_gen, n_imp, roc_points)
+    return report, curve
+
+
+def _refined_counts(ref: np.ndarray, b: int, imp_gt: np.ndarray, gen_le: np.ndarray,
+                    hg: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(#impostor > t, #genuine <= t) at each distinct key t inside refined bucket ``b``, ascending."""
+    li, lg = ref[0], ref[1]
+    lows = np.flatnonzero(li + lg)
+    imp_above = imp_gt[b] + (np.cumsum(li[::-1])[::-1] - li)[lows]
+    gen_at_or_below = gen_le[b] - hg[b] + np.cumsum(lg)[lows]
+    return imp_above.astype(np.int64), gen_at_or_below.astype(np.int64)
+
+
+def _roc(refine: list[int], refined: np.ndarray, nonempty: np.ndarray, imp_gt: np.ndarray, gen_le: np.ndarray,
+         hg: np.ndarray, lo: int, n_gen: int, n_imp: int, max_points: int) -> tuple[np.ndarray, np.ndarray]:
+    """Exact ROC points at every bucket's top threshold and every key of the refined buckets, down-sampled
+    as :func:`distill.metrics.roc_curve` does."""
+    sub = 1 << lo
+    order_keys = [(nonempty.astype(np.int64) << lo) | (sub - 1)]
+    imp_above = [imp_gt[nonempty]]
+    gen_below = [gen_le[nonempty]]
+    for s, b in enumerate(refine):
+        ia, gb = _refined_counts(refined[s], b, imp_gt, gen_le, hg)
+        order_keys.append((np.int64(b) << lo) | np.flatnonzero(refined[s, 0] + refined[s, 1]))
+        imp_above.append(ia)
+        gen_below.append(gb)
+    okeys = np.concatenate(order_keys)
+    order = np.argsort(-okeys, kind="stable")  # descending threshold: the curve goes up-right
+    ia = np.concatenate((np.concatenate(imp_above)[order], [n_imp]))  # t = -inf last
+    gb = np.concatenate((np.concatenate(gen_below)[order], [0]))
+    far = ia / n_imp
+    tar = 1.0 - gb / n_gen
+    distinct = np.ones(far.size, dtype=bool)
+    distinct[1:] = (far[1:] != far[:-1]) | (tar[1:] != tar[:-1])
+    far, tar = far[distinct], tar[distinct]
+    if far.size > max_points:
+        zero_far_top = int(np.searchsorted(far, 0.0, side="right")) - 1
+        idx = np.unique(np.round(np.linspace(0, far.size - 1, max_points - 1)).astype(np.int64))
+        idx = np.union1d(idx, [zero_far_top])
+        far, tar = far[idx], tar[idx]
+    return far.astype(np.float64), tar.astype(np.float64)
