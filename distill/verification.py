@@ -60,10 +60,22 @@ DEFAULT_GENUINE_CAP = 1 << 24
 
 def float32_keys(scores: Any) -> np.ndarray:
     """Order-preserving uint32 keys of float32 scores (no NaN): ``a < b`` iff ``key(a) < key(b)`` and
-    ``a == b`` iff ``key(a) == key(b)``; ``-0.0`` and ``+0.0`` get the same key (adding +0.0 turns -0.0 into
-    +0.0 under IEEE round-to-nearest)."""
-    bits = (np.asarray(scores, dtype=np.float32) + np.float32(0.0)).view(np.uint32)
-    return np.where(bits >= np.uint32(_SIGN), ~bits, bits | np.uint32(_SIGN))
+    ``a == b`` iff ``key(a) == key(b)``; ``-0.0`` and ``+0.0`` get the same key.
+
+    key = bits XOR (0xFFFFFFFF if negative else 0x80000000): negative floats reverse their order and end up
+    below the positive ones. Adding +0.0 first turns -0.0 into +0.0 (IEEE round-to-nearest).
+    """
+    return _keys_inplace(np.array(scores, dtype=np.float32))
+
+
+def _keys_inplace(s: np.ndarray) -> np.ndarray:
+    """:func:`float32_keys` of a float32 array the caller owns (it is modified): two passes, one temporary."""
+    s += np.float32(0.0)
+    bits = s.view(np.int32)
+    mask = bits >> 31  # -1 for negative numbers, 0 otherwise
+    mask |= np.int32(-(1 << 31))
+    mask ^= bits
+    return mask.view(np.uint32)
 
 
 def _tiles(n: int, block: int) -> Iterator[tuple[int, int, int, int]]:
@@ -87,7 +99,7 @@ class _NumpyBackend:
 
     def tile(self, i0: int, i1: int, j0: int, j1: int) -> tuple[np.ndarray, np.ndarray]:
         """(keys, same-label) of the tile's pairs i < j, flattened."""
-        keys = float32_keys(self.scores(i0, i1, j0, j1))
+        keys = _keys_inplace(self.scores(i0, i1, j0, j1))
         same = self.y[i0:i1, None] == self.y[None, j0:j1]
         if i0 == j0:  # diagonal tile: only j > i
             upper = np.triu(np.ones(keys.shape, dtype=bool), 1)
@@ -105,6 +117,9 @@ class _NumpyBackend:
 
     def searchsorted(self, seq: np.ndarray, v: np.ndarray, side: str) -> np.ndarray:
         return np.searchsorted(seq, v, side=side)
+
+    def concat(self, parts: list[np.ndarray]) -> np.ndarray:
+        return np.concatenate(parts)
 
     def to_keys(self, a: np.ndarray) -> np.ndarray:
         return np.asarray(a, dtype=np.uint32)
@@ -161,6 +176,9 @@ class _TorchBackend:
 
     def searchsorted(self, seq: Any, v: Any, side: str) -> Any:
         return self.torch.searchsorted(seq, v, right=side == "right")
+
+    def concat(self, parts: list[Any]) -> Any:
+        return self.torch.cat(parts)
 
     def to_keys(self, a: Any) -> np.ndarray:
         return a.cpu().numpy().astype(np.uint32)
@@ -223,6 +241,31 @@ def _make_backend(x: np.ndarray, y: np.ndarray, use_gpu: bool | None, torch_devi
         warnings.warn("use_gpu=True but no CUDA device is available; scoring on the CPU", RuntimeWarning,
                       stacklevel=3)
     return _NumpyBackend(x, y)
+
+
+class _Counts:
+    """Counts of indices in [0, length), fed in pieces: pieces are buffered up to ``flush_at`` elements and
+    counted together, so a large ``length`` costs one allocation per flush rather than one per tile."""
+
+    def __init__(self, backend: Any, length: int, flush_at: int = 1 << 22) -> None:
+        self.backend, self.length, self.flush_at = backend, length, flush_at
+        self.counts = np.zeros(length, dtype=np.int64)
+        self.parts: list[Any] = []
+        self.buffered = 0
+
+    def add(self, idx: Any) -> None:
+        m = self.backend.size(idx)
+        if m:
+            self.parts.append(idx)
+            self.buffered += m
+            if self.buffered >= self.flush_at:
+                self.flush()
+
+    def flush(self) -> np.ndarray:
+        if self.parts:
+            self.counts += self.backend.bincount(self.backend.concat(self.parts), self.length)
+            self.parts, self.buffered = [], 0
+        return self.counts
 
 
 def _empty_report(n_gen: int, n_imp: int, keys: list[str]) -> dict[str, Any]:
@@ -388,43 +431,42 @@ def _run(backend: Any, n: int, n_gen: int, n_imp: int, checked: list, block: int
         count = None
         if pending is not None:
             group, sorted_keys = pending
-            end = np.searchsorted(sorted_keys, np.arange(1, bins + 1, dtype=np.uint64) << np.uint64(lo))
-            count = (bool_table(group), backend.keys_table(sorted_keys), backend.table(end.astype(np.int64)))
-            expected_counted = int(hi[group].sum())
+            uniq, mult = np.unique(sorted_keys, return_counts=True)
+            # sentinel past the end: no impostor key equals 0xFFFFFFFF (that would be a NaN score)
+            uniq_dev = backend.keys_table(np.append(uniq, np.uint32(_ALL)))
+            slots = _Counts(backend, 2 * (uniq.size + 1))
+            count = (bool_table(group), uniq_dev, slots)
         collect = to_collect.pop(0) if to_collect else None
         collect_dev = bool_table(collect) if collect is not None else None
         parts: list[np.ndarray] = []
-        counted = 0
+        ref_counts = _Counts(backend, refined.size) if slot_dev is not None else None
         for tile in _tiles(n, block):
             k, same = backend.tile(*tile)
             if backend.size(k) == 0:
                 continue
             top = k >> lo
-            if slot_dev is not None:
+            if ref_counts is not None:
                 slot = slot_dev[top]
                 m = slot >= 0
-                if backend.size(slot[m]):
-                    idx = (slot[m] * 2 + same[m]) * sub + (k[m] & (sub - 1))
-                    refined += backend.bincount(idx, refined.size).reshape(refined.shape)
+                ref_counts.add((slot[m] * 2 + same[m]) * sub + (k[m] & (sub - 1)))
             if count is not None:
-                tab, seq, end_tab = count
+                tab, uniq_dev, slots = count
                 ik = k[tab[top] & ~same]
                 if backend.size(ik):
-                    right = backend.searchsorted(seq, ik, "right")
-                    left = backend.searchsorted(seq, ik, "left")
-                    within += backend.total(2 * (end_tab[ik >> lo] - right) + (right - left))
-                    counted += backend.size(ik)
+                    pos = backend.searchsorted(uniq_dev, ik, "left")
+                    slots.add(2 * pos + (uniq_dev[pos] == ik))
             if collect_dev is not None:
                 gk = k[same]
                 gk = gk[collect_dev[gk >> lo]]
                 if backend.size(gk):
                     parts.append(backend.to_keys(gk))
-        if slot_dev is not None:
+        if ref_counts is not None:
+            refined = ref_counts.flush().reshape(refined.shape)
             for s, b in enumerate(refine):
                 if int(refined[s, 0].sum()) != hi[b] or int(refined[s, 1].sum()) != hg[b]:
                     raise _inconsistent(f"bucket {b} refined")
-        if count is not None and counted != expected_counted:
-            raise _inconsistent("impostors in mixed buckets")
+        if count is not None:
+            within += _within_bucket(count[2].flush(), uniq, mult, sorted_keys, group, hi, lo, bins)
         if collect is not None:
             collected = np.sort(np.concatenate(parts)) if parts else np.empty(0, dtype=np.uint32)
             if collected.size != int(hg[collect].sum()):
@@ -469,6 +511,31 @@ def _run(backend: Any, n: int, n_gen: int, n_imp: int, checked: list, block: int
     report = {"num_genuine": n_gen, "num_impostor": n_imp, "tar_at_far": tar, "roc_auc": auc, "eer": eer}
     curve = _roc(refine, refined, nonempty, imp_gt, gen_le, hg, lo, n_gen, n_imp, roc_points)
     return report, curve
+
+
+def _within_bucket(slot_counts: np.ndarray, uniq: np.ndarray, mult: np.ndarray, sorted_keys: np.ndarray,
+                   group: np.ndarray, hi: np.ndarray, lo: int, bins: int) -> int:
+    """Sum over the impostors i of ``group``'s buckets of 2·#{genuine in i's bucket, key > i} + #{genuine == i}.
+
+    Per impostor in bucket b that is 2·end(b) - 2·less(i) - equal(i), with end(b) = #genuine keys below the
+    next bucket, less(i) = #genuine keys < i, equal(i) = #genuine keys == i. ``slot_counts[2p + e]`` counts
+    the impostors whose key sorts at position p among the distinct genuine keys ``uniq`` (e = 1: equal to
+    ``uniq[p]``), so the sum needs no per-impostor state. Python integers: no overflow however many pairs.
+    """
+    cnt = slot_counts.reshape(-1, 2)
+    if int(cnt.sum()) != int(hi[group].sum()):
+        raise _inconsistent("impostors in mixed buckets")
+    less = np.concatenate(([0], np.cumsum(mult)))  # genuine keys below uniq[p]; p = uniq.size: all of them
+    eq = np.append(mult, 0)
+    end = np.searchsorted(sorted_keys, (group.astype(np.uint64) + 1) << np.uint64(lo))
+    total = 2 * sum(int(e) * int(h) for e, h in zip(end, hi[group]))
+    nz = np.flatnonzero(cnt[:, 0] | cnt[:, 1])
+    c0, c1, ls, eqs = cnt[nz, 0], cnt[nz, 1], less[nz], eq[nz]
+    if int(hi.sum()) * (int(less[-1]) + 1) < (1 << 61):  # int64 cannot overflow: vectorised
+        total -= int(np.sum(c0 * 2 * ls + c1 * (2 * ls + eqs)))
+    else:
+        total -= sum(int(a) * 2 * int(l) + int(b) * (2 * int(l) + int(e)) for a, b, l, e in zip(c0, c1, ls, eqs))
+    return total
 
 
 def _refined_counts(ref: np.ndarray, b: int, imp_gt: np.ndarray, gen_le: np.ndarray,
