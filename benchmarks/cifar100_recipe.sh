@@ -35,7 +35,7 @@ STUDENT_ARCH=${STUDENT_ARCH:-resnet8x4}
 FSD=${FSD:-fsd}
 PYTHON=${PYTHON:-python3}
 QUIET_FLAG=()
-[[ -n "${QUIET:-}" && "${QUIET}" != 0 ]] && QUIET_FLAG=(--quiet)
+if [[ -n "${QUIET:-}" && "${QUIET}" != 0 ]]; then QUIET_FLAG=(--quiet); fi
 
 DATASET="cifar100:$DATA_DIR"
 TEACHER="$WORKDIR/teacher.pt"
@@ -50,13 +50,13 @@ if [[ -f "$TEACHER" ]]; then
     echo "$TEACHER exists: kept"
 else
     "$FSD" train-teacher --dataset "$DATASET" --arch "$TEACHER_ARCH" --out "$TEACHER" --epochs "$EPOCHS_TEACHER" \
-        --lr "$LR" --batch-size "$BATCH_SIZE" --seed "$SEED" --device "$DEVICE" "${QUIET_FLAG[@]}"
+        --lr "$LR" --batch-size "$BATCH_SIZE" --seed "$SEED" --device "$DEVICE" ${QUIET_FLAG[@]+"${QUIET_FLAG[@]}"}
 fi
 
 step "extract: $VIEWS views per image (view 0 = the plain image), float16"
 # Same command on an existing store: resumes missing chunks; nothing to do when it is complete.
 "$FSD" extract-teacher --teacher "$TEACHER" --dataset "$DATASET" --out "$STORE" --views "$VIEWS" --dtype float16 \
-    --seed "$SEED" --device "$DEVICE" "${QUIET_FLAG[@]}"
+    --seed "$SEED" --device "$DEVICE" ${QUIET_FLAG[@]+"${QUIET_FLAG[@]}"}
 
 step "evaluate the teacher"
 "$FSD" eval --faiss --model "$TEACHER" --dataset "$DATASET" --split test --out "$REPORTS/teacher.json" \
@@ -71,7 +71,7 @@ for recipe in $RECIPES; do
     else
         "$FSD" train-student --store "$STORE" --dataset "$DATASET" --arch "$STUDENT_ARCH" --out "$student" \
             --recipe "$recipe" --epochs "$EPOCHS_STUDENT" --lr "$LR" --batch-size "$BATCH_SIZE" --seed "$SEED" \
-            --device "$DEVICE" "${QUIET_FLAG[@]}"
+            --device "$DEVICE" ${QUIET_FLAG[@]+"${QUIET_FLAG[@]}"}
     fi
     "$FSD" eval --faiss --model "$student" --dataset "$DATASET" --split test --out "$REPORTS/student-$recipe.json" \
         --overwrite --device "$DEVICE"
@@ -83,7 +83,8 @@ for name in "${names[@]}"; do reports+=("$REPORTS/$name.json"); done
 
 step "summary (test split)"
 # `fsd compare REPORT...` when this fsd has it; otherwise (or if it fails) a table from the report files.
-if "$FSD" --help 2>/dev/null | grep -qE '^[[:space:]]+compare([[:space:]]|$)' && "$FSD" compare "${reports[@]}"; then
+commands=$("$FSD" --help 2>/dev/null || true)
+if grep -qE '^[[:space:]]+compare([[:space:]]|$)' <<<"$commands" && "$FSD" compare "${reports[@]}"; then
     :
 else
     "$PYTHON" - "${reports[@]}" <<'EOF'

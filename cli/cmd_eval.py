@@ -8,6 +8,7 @@ import click
 
 from cli.options import dataset_option, device_option, split_option
 from distill import evaluate as ev
+from distill.pairs import FORMATS, read_pairs, resolve_pairs
 from distill.metrics import FARS
 from featstore.errors import InvalidInput, OutputExists
 
@@ -34,16 +35,25 @@ def _parse_fars(text: str) -> tuple[float, ...]:
               help="Also report cross-model retrieval: these embeddings as queries against the store.")
 @click.option("--far", "far_text", default=",".join(f"{f:g}" for f in FARS), show_default=True)
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Report JSON.")
-@click.option("--plot", type=click.Path(dir_okay=False, path_type=Path), default=None, help="ROC curve PNG.")
+@click.option("--pairs", "pairs_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Verify these pairs instead of all pairs: 'i j label', 'name_a name_b label' or LFW pairs.txt.")
+@click.option("--pairs-format", type=click.Choice(FORMATS), default="auto", show_default=True,
+              help="Format of --pairs (auto: from its first line).")
+@click.option("--plot", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="ROC curve PNG; the CMC curve goes beside it as <stem>_cmc.png.")
 @click.option("--overwrite", is_flag=True, help="Replace existing --out/--plot files.")
 @device_option
-def command(use_faiss, model, dataset, split, store, embeddings, gallery_store, far_text, out, plot, overwrite, device):
+def command(use_faiss, model, dataset, split, store, embeddings, gallery_store, far_text, pairs_file, pairs_format,
+            out, plot, overwrite, device):
     """Evaluate embeddings: classification top-1, retrieval (Recall@K, P@1, R-precision, MAP@R) and
-    verification (TAR@FAR, ROC AUC, EER) over all pairs.
+    verification (TAR@FAR, ROC AUC, EER) over all pairs — exact, in bounded memory — or over the pairs of
+    --pairs (with LFW's 10-fold accuracy for an LFW pairs.txt; names come from the HDF5 'names' dataset).
 
     Exactly one source: --model CKPT --dataset SPEC [--split test], --store STORE, or --embeddings FILE.h5.
 
     Example: fsd eval --faiss --model student.pt --dataset digits --split test --out report.json --plot roc.png
+
+    Example: fsd eval --faiss --embeddings lfw.h5 --pairs pairs.txt --out lfw.json
     """
     sources = [s for s in (model, store, embeddings) if s is not None]
     if len(sources) != 1:
@@ -51,9 +61,11 @@ def command(use_faiss, model, dataset, split, store, embeddings, gallery_store, 
     if model is not None and not dataset:
         raise InvalidInput("--model needs --dataset")
     fars = _parse_fars(far_text)
-    for path in (out, plot):
+    cmc_plot = plot.with_name(f"{plot.stem}_cmc.png") if plot is not None else None
+    for path in (out, plot, cmc_plot):
         if path is not None and path.exists() and not overwrite:
             raise OutputExists(f"{path} already exists (use --overwrite to replace it)")
+    parsed_pairs = read_pairs(pairs_file, pairs_format) if pairs_file is not None else None  # fail before work
     if model is not None:
         queries = ev.embeddings_from_checkpoint(model, dataset, split, device)
     elif store is not None:
@@ -61,11 +73,30 @@ def command(use_faiss, model, dataset, split, store, embeddings, gallery_store, 
     else:
         queries = ev.embeddings_from_h5(embeddings)
     gallery = ev.embeddings_from_store(gallery_store) if gallery_store else None
-    report, curves = ev.evaluate(queries, gallery=gallery, fars=fars)
+    pairs = resolve_pairs(parsed_pairs, len(queries.labels), queries.names) if parsed_pairs is not None else None
+    report, curves = ev.evaluate(queries, gallery=gallery, fars=fars, pairs=pairs)
     click.echo(ev.report_table(report))
+    for line in _protocol_lines(report["verification"]):
+        click.echo(line)
     if out is not None:
         ev.write_report(report, out)
         click.echo(f"report written to {out}")
     if plot is not None:
-        ev.plot_roc(curves, plot, title=f"ROC — {Path(str(sources[0])).name}")
+        name = Path(str(sources[0])).name
+        ev.plot_roc(curves, plot, title=f"ROC — {name}")
         click.echo(f"ROC curve written to {plot}")
+        ev.plot_cmc({"": ev.cmc_curve(queries)}, cmc_plot, title=f"CMC — {name}")
+        click.echo(f"CMC curve written to {cmc_plot}")
+
+
+def _protocol_lines(verification: dict) -> list[str]:
+    """What the report table does not say about the pairs protocol."""
+    if verification.get("protocol") != "pairs":
+        return []
+    p = verification["pairs"]
+    lines = [f"  protocol      {p['num_pairs']} pairs from {p['file']} ({p['format']} format)"]
+    lfw = verification.get("lfw")
+    if lfw:
+        lines.append(f"  LFW accuracy  {100 * lfw['accuracy_mean']:.2f} ± {100 * lfw['accuracy_std']:.2f} "
+                     f"(mean ± std over {lfw['folds']} folds, threshold chosen on the other folds)")
+    return lines

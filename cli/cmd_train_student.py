@@ -15,7 +15,13 @@ from featstore.stream import VIEW_SAMPLING
 
 
 @click.command("train-student")
-@click.option("--store", required=True, metavar="STORE", help="Feature store written by extract-teacher.")
+@click.option("--store", default=None, metavar="STORE", help="Feature store written by extract-teacher.")
+@click.option("--online-teacher", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Baseline instead of --store: run this teacher checkpoint at every step.")
+@click.option("--views", type=int, default=2, show_default=True,
+              help="With --online-teacher: views per sample (drawn exactly as extract-teacher draws them).")
+@click.option("--view-seed", type=int, default=0, show_default=True,
+              help="With --online-teacher: the extraction seed whose views are replayed.")
 @dataset_option()
 @split_option("train")
 @click.option("--arch", default="convnet_student", show_default=True, help="Registered model name.")
@@ -23,6 +29,8 @@ from featstore.stream import VIEW_SAMPLING
 @click.option("--recipe", default="th-kd", show_default=True, help=f"One of: {', '.join(RECIPES)}.")
 @click.option("--loss", "loss_spec", default=None, metavar="NAME=W,...",
               help='Override/add loss weights, e.g. "ce=1,kd=1.5,th=0.02".')
+@click.option("--th-alpha", type=float, default=None,
+              help="Paper form of TH-KD: share CE and KD between the student head and the teacher head (0–1).")
 @click.option("--temperature", type=float, default=4.0, show_default=True, help="KD temperature T.")
 @click.option("--epochs", type=int, default=30, show_default=True)
 @click.option("--batch-size", type=int, default=64, show_default=True)
@@ -37,7 +45,7 @@ from featstore.stream import VIEW_SAMPLING
 @device_option
 @overwrite_option
 @quiet_option
-def command(store, dataset, split, arch, out, recipe, loss_spec, temperature, epochs, batch_size, lr, view_sampling,
+def command(store, online_teacher, views, view_seed, dataset, split, arch, out, recipe, loss_spec, th_alpha, temperature, epochs, batch_size, lr, view_sampling,
             embedding_dim, init_head_from_teacher, resume, seed, device, overwrite, quiet):
     """Train a student by streaming teacher embeddings from STORE (the teacher never runs).
 
@@ -48,8 +56,9 @@ def command(store, dataset, split, arch, out, recipe, loss_spec, temperature, ep
 
     Example: fsd train-student --store store.zarr --dataset digits --out student.pt --recipe th-kd
     """
-    result = train_student(StudentConfig(store=store, dataset=dataset, split=split, arch=arch, out=out, recipe=recipe,
-                                         loss=loss_spec, temperature=temperature, epochs=epochs,
+    result = train_student(StudentConfig(store=store, online_teacher=online_teacher, views=views, view_seed=view_seed,
+                                         dataset=dataset, split=split, arch=arch, out=out, recipe=recipe,
+                                         loss=loss_spec, th_alpha=th_alpha, temperature=temperature, epochs=epochs,
                                          batch_size=batch_size, optim=OptimConfig(lr=lr), seed=seed,
                                          view_sampling=view_sampling, embedding_dim=embedding_dim,
                                          init_head_from_teacher=init_head_from_teacher, resume=resume, device=device, overwrite=overwrite,

@@ -41,9 +41,9 @@ def cli() -> None:
 
 
 def _register() -> None:
-    from cli import cmd_demo, cmd_eval, cmd_extract, cmd_store, cmd_train_student, cmd_train_teacher
+    from cli import cmd_compare, cmd_demo, cmd_eval, cmd_extract, cmd_store, cmd_train_student, cmd_train_teacher
 
-    for module in (cmd_train_teacher, cmd_extract, cmd_train_student, cmd_eval, cmd_store, cmd_demo):
+    for module in (cmd_train_teacher, cmd_extract, cmd_train_student, cmd_eval, cmd_compare, cmd_store, cmd_demo):
         cli.add_command(module.command)
 
 

@@ -14,7 +14,9 @@ from typing import Any
 import numpy as np
 
 from distill import metrics
-from distill.knn import knn_search, labels_at, pair_scores
+from distill.knn import knn_search, labels_at
+from distill.pairs import Pairs, pairs_report
+from distill.verification import streaming_verification
 from featstore.atomic import atomic_path, atomic_write_text
 from featstore.errors import InputNotFound, InvalidInput
 
@@ -27,20 +29,47 @@ class EmbeddingSet:
     labels: np.ndarray  # (N,) int64, -1 = unknown
     logits: np.ndarray | None = None  # (N, C) when a classifier head is available
     source: dict[str, Any] = field(default_factory=dict)
+    names: list[str] | None = None  # (N,) sample names (e.g. LFW image names) for name-based pairs files
 
     def __post_init__(self) -> None:
         if self.embeddings.ndim != 2 or self.labels.ndim != 1 or len(self.embeddings) != len(self.labels):
             raise InvalidInput(f"embeddings {self.embeddings.shape} and labels {self.labels.shape} do not match "
                                "(need (N, D) and (N,))")
+        if self.names is not None and len(self.names) != len(self.labels):
+            raise InvalidInput(f"{len(self.names)} names for {len(self.labels)} embeddings")
         if len(self.labels) < 2:
             raise InvalidInput(f"need at least 2 embeddings to evaluate, got {len(self.labels)}")
         if not np.isfinite(self.embeddings).all():
             raise InvalidInput("embeddings contain NaN or infinite values")
 
 
+def mixed_prediction_logits(ckpt, embeddings: np.ndarray, logits: np.ndarray, weight: float) -> np.ndarray:
+    """log p' with p' = (1−w)·softmax(student head) + w·softmax(teacher head on P z) — the paper's mixed
+    prediction, from the teacher head and projection a student checkpoint carries."""
+    import torch
+
+    from distill.heads import frozen_head
+
+    if not 0.0 <= weight <= 1.0:
+        raise InvalidInput(f"--th-mix must lie in [0, 1], got {weight}")
+    state = ckpt.extra.get("teacher_head")
+    if ckpt.kind != "student" or not state:
+        raise InvalidInput("--th-mix needs a student checkpoint trained by fsd (it carries the teacher head)")
+    head = frozen_head(state["type"], state["weight"], state["bias"], state["scale"], state["margin"])
+    with torch.no_grad():
+        z = torch.from_numpy(embeddings)
+        weight_p = ckpt.extra.get("projection", {}).get("weight")
+        if weight_p is not None:
+            z = z @ weight_p.t()
+        p_th = torch.softmax(head(z), dim=1)
+        p_s = torch.softmax(torch.from_numpy(logits), dim=1)
+        return torch.log((1 - weight) * p_s + weight * p_th).numpy()
+
+
 def embeddings_from_checkpoint(path: str | Path, dataset_spec: str, split: str = "test",
-                               device: str = "auto") -> EmbeddingSet:
-    """Run a teacher or student checkpoint over a dataset split (identity views)."""
+                               device: str = "auto", th_mix: float | None = None) -> EmbeddingSet:
+    """Run a teacher or student checkpoint over a dataset split (identity views). ``th_mix`` = w mixes the
+    student's prediction with its teacher head's (see :func:`mixed_prediction_logits`)."""
     from distill.checkpoint import load_checkpoint
     from distill.training import embed_dataset, select_device
     from featstore.datasets import load_dataset
@@ -51,6 +80,8 @@ def embeddings_from_checkpoint(path: str | Path, dataset_spec: str, split: str =
         raise InvalidInput(f"{path} expects images {ckpt.dataset.get('image_shape')}, {dataset_spec} gives "
                            f"{list(dataset.image_shape)}")
     embeddings, logits = embed_dataset(ckpt.build_model(), dataset, select_device(device))
+    if th_mix is not None:
+        logits = mixed_prediction_logits(ckpt, embeddings, logits, th_mix)
     if ckpt.num_classes != dataset.num_classes:
         logits = None  # a head over other classes cannot be scored against these labels
     return EmbeddingSet(embeddings, dataset.labels.copy(), logits,
@@ -86,7 +117,8 @@ def embeddings_from_store(url: str, view: int = 0) -> EmbeddingSet:
 
 
 def embeddings_from_h5(path: str | Path) -> EmbeddingSet:
-    """HDF5 with datasets ``embeddings`` (N, D) and ``labels`` (N,); anything else is a clear error."""
+    """HDF5 with datasets ``embeddings`` (N, D) and ``labels`` (N,), optionally ``names`` (N,) strings (for
+    name-based pairs files); anything else is a clear error."""
     import h5py
 
     path = Path(path)
@@ -107,9 +139,28 @@ def embeddings_from_h5(path: str | Path) -> EmbeddingSet:
             raise InvalidInput(f"{path}: labels must be integers, got dtype {lab.dtype}")
         embeddings = np.asarray(emb[...], dtype=np.float32)
         labels = np.asarray(lab[...], dtype=np.int64)
+        names = _h5_names(handle, path, len(labels))
     if (labels < -1).any():
         raise InvalidInput(f"{path}: labels must be ≥ 0 (or -1 for unknown)")
-    return EmbeddingSet(embeddings, labels, None, {"kind": "embeddings", "path": str(path)})
+    return EmbeddingSet(embeddings, labels, None, {"kind": "embeddings", "path": str(path)}, names)
+
+
+def _h5_names(handle: Any, path: Path, n: int) -> list[str] | None:
+    """The optional ``names`` dataset: N strings (variable or fixed length, UTF-8)."""
+    import h5py
+
+    if "names" not in handle:
+        return None
+    ds = handle["names"]
+    if not isinstance(ds, h5py.Dataset) or ds.ndim != 1 or ds.shape[0] != n:
+        raise InvalidInput(f"{path}: 'names' must be a dataset of {n} strings (one per embedding)")
+    if h5py.check_string_dtype(ds.dtype) is None and ds.dtype.kind not in "SU":
+        raise InvalidInput(f"{path}: 'names' must hold strings, got dtype {ds.dtype}")
+    try:
+        raw = ds.asstr()[...] if h5py.check_string_dtype(ds.dtype) is not None else ds[...]
+        return [v.decode("utf-8") if isinstance(v, bytes) else str(v) for v in raw.tolist()]
+    except UnicodeDecodeError:
+        raise InvalidInput(f"{path}: 'names' are not valid UTF-8") from None
 
 
 def retrieval_report(queries: EmbeddingSet, gallery: EmbeddingSet | None = None,
@@ -158,20 +209,34 @@ def _ks(k: int) -> tuple[int, ...]:
 
 
 def evaluate(queries: EmbeddingSet, *, gallery: EmbeddingSet | None = None,
-             fars: tuple[float, ...] = metrics.FARS, use_gpu: bool | None = None) -> tuple[dict[str, Any], dict]:
-    """The report dict of DESIGN.md §4 and the ROC curve(s) for plotting: (report, {name: (far, tar)})."""
+             fars: tuple[float, ...] = metrics.FARS, use_gpu: bool | None = None,
+             pairs: Pairs | None = None) -> tuple[dict[str, Any], dict]:
+    """The report dict of DESIGN.md §4 and the ROC curve(s) for plotting: (report, {name: (far, tar)}).
+
+    Verification covers every unordered pair of known-label samples, computed exactly in bounded memory by
+    :func:`distill.verification.streaming_verification`; with ``pairs`` (from :mod:`distill.pairs`) it covers
+    those pairs instead and the section carries ``"protocol": "pairs"`` (and ``lfw`` for LFW files).
+    """
     report: dict[str, Any] = {"source": queries.source, "num_samples": int(len(queries.labels))}
     if queries.logits is not None:
         known = metrics.known_mask(queries.labels)
         report["classification"] = {"top1": metrics.top1_accuracy(queries.logits[known], queries.labels[known])}
     report["retrieval"] = retrieval_report(queries, use_gpu=use_gpu)
-    genuine, impostor = pair_scores(queries.embeddings, queries.labels)
-    report["verification"] = metrics.verification_metrics(genuine, impostor, fars)
-    curves = {"": metrics.roc_curve(genuine, impostor)} if len(genuine) and len(impostor) else {}
+    report["verification"], roc = verification_report(queries, fars, use_gpu=use_gpu, pairs=pairs)
+    curves = {"": roc} if roc[0].size else {}
     if gallery is not None:
         report["cross_model"] = retrieval_report(queries, gallery, use_gpu=use_gpu)
         report["cross_model"]["gallery"] = gallery.source
     return report, curves
+
+
+def verification_report(queries: EmbeddingSet, fars: tuple[float, ...] = metrics.FARS, *,
+                        use_gpu: bool | None = None,
+                        pairs: Pairs | None = None) -> tuple[dict[str, Any], tuple[np.ndarray, np.ndarray]]:
+    """The ``verification`` section and its ROC curve: all pairs (streaming, exact) or the given ``pairs``."""
+    if pairs is not None:
+        return pairs_report(queries.embeddings, pairs, fars)
+    return streaming_verification(queries.embeddings, queries.labels, fars, use_gpu=use_gpu)
 
 
 def write_report(report: dict[str, Any], path: str | Path) -> None:
@@ -255,3 +320,193 @@ def plot_roc(curves: dict[str, tuple[np.ndarray, np.ndarray]], path: str | Path,
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png")
     plt.close(fig)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# CMC curve (rank-k identification accuracy) — drawn by `fsd eval --plot` beside the ROC
+# --------------------------------------------------------------------------------------------------------------
+
+CMC_MAX_RANK = 50
+
+
+def cmc_from_neighbors(neighbor_labels: Any, query_labels: Any, num_relevant: Any, max_rank: int) -> np.ndarray:
+    """CMC: for k = 1..max_rank, the fraction of queries whose first same-label neighbour is at rank <= k.
+
+    Same inputs and exclusions as :func:`distill.metrics.retrieval_metrics` (queries with R = 0 or an unknown
+    label take no part), so ``cmc[k - 1]`` equals Recall@k. Returns a float64 array of length ``max_rank``,
+    empty when no query is left.
+    """
+    nl = np.asarray(neighbor_labels)
+    q = np.asarray(query_labels).astype(np.int64, copy=False)
+    r = np.asarray(num_relevant).astype(np.int64, copy=False)
+    if nl.ndim != 2 or nl.shape[0] != q.size or q.size != r.size:
+        raise InvalidInput(f"neighbor_labels {nl.shape}, query_labels {q.shape} and num_relevant {r.shape} do not "
+                           "describe the same queries")
+    if max_rank < 1 or nl.shape[1] < max_rank:
+        raise InvalidInput(f"a CMC up to rank {max_rank} needs at least {max_rank} neighbours per query, "
+                           f"got {nl.shape[1]}")
+    keep = (r > 0) & (q != metrics.UNKNOWN_LABEL)
+    if not keep.any():
+        return np.empty(0)
+    rel = nl[keep, :max_rank] == q[keep, None]
+    hit = rel.any(axis=1)
+    first = np.argmax(rel, axis=1)[hit]  # 0-based rank of the first hit
+    return np.cumsum(np.bincount(first, minlength=max_rank)) / int(keep.sum())
+
+
+def cmc_curve(queries: EmbeddingSet, max_rank: int = CMC_MAX_RANK, use_gpu: bool | None = None) -> np.ndarray:
+    """Leave-one-out CMC of ``queries`` up to rank min(max_rank, N - 1), N = known-label samples."""
+    known = metrics.known_mask(queries.labels)
+    emb, lab = queries.embeddings[known], queries.labels[known]
+    k = min(max_rank, len(lab) - 1)
+    if k < 1:
+        return np.empty(0)
+    _, idx = knn_search(emb, emb, k, exclude_self=True, use_gpu=use_gpu)
+    relevant = metrics.count_relevant(lab, lab, leave_one_out=True)
+    return cmc_from_neighbors(labels_at(idx, lab), lab, relevant, k)
+
+
+def plot_cmc(curves: dict[str, np.ndarray], path: str | Path, title: str = "CMC") -> None:
+    """CMC curves (identification rate against rank), written atomically as PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 4), dpi=120)
+    for name, cmc in curves.items():
+        ax.plot(np.arange(1, len(cmc) + 1), cmc, marker=".", label=name or None)
+    if not any(len(c) for c in curves.values()):
+        ax.text(0.5, 0.5, "no query has a same-label neighbour", ha="center", va="center", transform=ax.transAxes)
+    lowest = min((float(np.min(c)) for c in curves.values() if len(c)), default=0.0)
+    ax.set_ylim(max(0.0, lowest - 0.05), 1.005)
+    ax.set_xlabel("rank")
+    ax.set_ylabel("identification rate")
+    ax.set_title(title)
+    ax.grid(True, alpha=0.3)
+    if any(curves):
+        ax.legend(loc="lower right")
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# side-by-side comparison of saved reports (`fsd compare`)
+# --------------------------------------------------------------------------------------------------------------
+
+
+def read_report(path: str | Path) -> dict[str, Any]:
+    """A report JSON written by ``fsd eval --out``; anything else is a one-line error."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputNotFound(f"report {path} does not exist")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise InvalidInput(f"{path} is not a UTF-8 text file") from None
+    except json.JSONDecodeError as exc:
+        raise InvalidInput(f"{path} is not valid JSON ({exc.msg} at line {exc.lineno}, column {exc.colno})") from None
+    if not (isinstance(data, dict) and isinstance(data.get("retrieval"), dict)
+            and isinstance(data.get("verification"), dict)):
+        raise InvalidInput(f"{path} is not an fsd eval report (a JSON object with 'retrieval' and 'verification' "
+                           "sections, as `fsd eval --out` writes)")
+    return data
+
+
+def _ordered_keys(reports: list[dict[str, Any]], path: tuple[str, ...]) -> list[str]:
+    keys: list[str] = []
+    for report in reports:
+        section = _get(report, path)
+        if isinstance(section, dict):
+            keys += [k for k in section if k not in keys]
+    return keys
+
+
+def compare_rows(reports: list[dict[str, Any]]) -> list[tuple[str, tuple[str, ...]]]:
+    """The metrics ``fsd compare`` shows: the summary columns, then every Recall@k, P@1, R-precision, EER,
+    TAR at every FAR, LFW accuracy and cross-model retrieval — those that at least one report has."""
+    rows = list(SUMMARY_COLUMNS)
+    rows += [(f"R@{k}", ("retrieval", "recall_at_k", k)) for k in _ordered_keys(reports, ("retrieval", "recall_at_k"))]
+    rows += [("P@1", ("retrieval", "precision_at_1")), ("R-prec", ("retrieval", "r_precision")),
+             ("EER", ("verification", "eer"))]
+    rows += [(f"TAR@{_short_far(k)}", ("verification", "tar_at_far", k))
+             for k in _ordered_keys(reports, ("verification", "tar_at_far"))]
+    rows += [("LFW acc", ("verification", "lfw", "accuracy_mean")), ("x-R@1", ("cross_model", "recall_at_k", "1")),
+             ("x-MAP@R", ("cross_model", "map_at_r"))]
+    out, seen = [], set()
+    for label, path in rows:
+        if path not in seen and any(_get(r, path) is not None for r in reports):
+            seen.add(path)
+            out.append((label, path))
+    return out
+
+
+def _short_far(key: str) -> str:
+    """'1e-03' -> '1e-3', as the summary column writes it; other keys unchanged."""
+    mantissa, sep, exponent = key.partition("e")
+    try:
+        return f"{mantissa}e{int(exponent)}" if sep else key
+    except ValueError:
+        return key
+
+
+def _number(value: Any, name: str, path: tuple[str, ...]) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise InvalidInput(f"{name}: {'.'.join(path)} is {value!r}, not a number")
+    return float(value)
+
+
+def side_by_side_table(reports: dict[str, dict[str, Any]], baseline: str | None = None) -> str:
+    """Reports side by side (rows = metrics in percent, columns = reports) with each report's difference
+    from ``baseline`` (default: the first) in percentage points; notes where the reports are not comparable
+    (different sample counts or verification protocols)."""
+    if not reports:
+        raise InvalidInput("nothing to compare")
+    names = list(reports)
+    baseline = names[0] if baseline is None else baseline
+    if baseline not in reports:
+        raise InvalidInput(f"baseline {baseline!r} is not among the reports {names}")
+    rows = compare_rows(list(reports.values()))
+    values = {name: [_number(_get(rep, p), name, p) for _, p in rows] for name, rep in reports.items()}
+    columns: list[tuple[str, list[str]]] = []
+    for name in names:
+        columns.append((name, ["—" if v is None else f"{100 * v:.2f}" for v in values[name]]))
+        if name != baseline:
+            deltas = ["—" if v is None or b is None else f"{100 * (v - b):+.2f}"
+                      for v, b in zip(values[name], values[baseline])]
+            columns.append(("Δ", deltas))
+    label_width = max([len("metric")] + [len(label) for label, _ in rows])
+    widths = [max([len(header)] + [len(c) for c in cells]) for header, cells in columns]
+    header = f"{'metric':<{label_width}}  " + "  ".join(f"{h:>{w}}" for (h, _), w in zip(columns, widths))
+    lines = [header, "-" * len(header)]
+    for i, (label, _) in enumerate(rows):
+        lines.append(f"{label:<{label_width}}  " + "  ".join(f"{cells[i]:>{w}}" for (_, cells), w in
+                                                             zip(columns, widths)))
+    if len(names) > 1:
+        lines.append(f"Δ: percentage points against {baseline}")
+    lines += _comparability_notes(reports)
+    return "\n".join(lines)
+
+
+def _comparability_notes(reports: dict[str, dict[str, Any]]) -> list[str]:
+    notes = []
+    samples = {name: r.get("num_samples") for name, r in reports.items()}
+    if len(set(map(str, samples.values()))) > 1:
+        notes.append("note: the reports cover different numbers of samples ("
+                     + ", ".join(f"{n}: {v}" for n, v in samples.items()) + ")")
+
+    def protocol(r: dict[str, Any]) -> str:
+        v = r.get("verification", {})
+        if v.get("protocol") == "pairs":
+            return f"pairs from {(v.get('pairs') or {}).get('file', '?')}"
+        return "all pairs"
+
+    protocols = {name: protocol(r) for name, r in reports.items()}
+    if len(set(protocols.values())) > 1:
+        notes.append("note: verification protocols differ ("
+                     + ", ".join(f"{n}: {v}" for n, v in protocols.items()) + ")")
+    return notes

@@ -1,5 +1,8 @@
 """Train a student from a feature store: the teacher network never runs.
 
+(``online_teacher`` is the baseline for comparison: the same data path, views and losses, but the teacher's
+embedding is computed at every step instead of read from a store.)
+
 Each step takes a batch of stored teacher embeddings from the stream, renders the student's input images
 with the *same* stored view parameters (consistent teaching), computes teacher logits as the stored head
 applied to the stored embeddings, and minimises the recipe's weighted losses. The trainer knows nothing
@@ -22,7 +25,8 @@ from tqdm import tqdm
 
 from distill.checkpoint import Checkpoint, save_checkpoint
 from distill.distributed import init_distributed
-from distill.heads import head_from_store, head_state
+from distill.checkpoint import load_teacher_source
+from distill.heads import frozen_head, head_from_store, head_state
 from distill.losses import DistillInputs, TrainingContext, build_criterion
 from distill.models import count_parameters, create_model
 from distill.training import OptimConfig, accuracy, check_positive, make_optimizer, seed_everything
@@ -30,13 +34,13 @@ from featstore.atomic import atomic_path, atomic_write_text
 from featstore.datasets import ImageDataset, load_dataset
 from featstore.errors import CheckpointError, InputNotFound, InvalidInput, OutputExists, StoreError
 from featstore.store import FeatureStore, open_store
-from featstore.stream import StoreStream
+from featstore.stream import GeneratedViews, StoreStream
 from featstore.views import render_views
 
 
 @dataclass
 class StudentConfig:
-    store: str
+    store: str | None
     dataset: str
     out: Path
     arch: str = "convnet_student"
@@ -44,6 +48,7 @@ class StudentConfig:
     eval_split: str | None = "test"
     recipe: str = "th-kd"
     loss: str | None = None  # "ce=1,kd=1.5,th=0.02" overrides/extends the recipe
+    th_alpha: float | None = None  # the paper's α_TH form: split CE/KD between student and teacher heads
     temperature: float = 4.0
     epochs: int = 30
     batch_size: int = 64
@@ -55,6 +60,9 @@ class StudentConfig:
     device: str = "auto"
     overwrite: bool = False
     resume: bool = False  # continue from STUDENT.resume.pt (written after every epoch)
+    online_teacher: Path | None = None  # baseline: run this teacher every step instead of reading a store
+    views: int = 2  # online baseline only: views per sample, drawn as extraction would draw them
+    view_seed: int = 0  # online baseline only: the extraction seed those views replay
     progress: bool = True
 
 
@@ -129,11 +137,52 @@ class DistillStep(nn.Module):
         return result.total, result.terms
 
 
-def _run_identity(config: StudentConfig, store: FeatureStore, weights: dict[str, float]) -> dict[str, Any]:
+@dataclass
+class TeacherSide:
+    """Where the teacher's outputs come from: a store (read) or, for the online baseline, a network (run)."""
+
+    source: FeatureStore | GeneratedViews  # what the stream iterates: rows, labels, view parameters
+    head: nn.Module  # the frozen classifier g_t
+    dim: int
+    provenance: dict[str, Any]  # recorded in the checkpoint, and part of the --resume identity
+    model: nn.Module | None = None  # online baseline only
+
+    def embed(self, stored: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        if self.model is None:
+            return stored
+        with torch.no_grad():
+            return self.model.forward_features(x)
+
+
+def teacher_side(config: StudentConfig, dataset: ImageDataset, device: torch.device) -> TeacherSide:
+    if (config.store is None) == (config.online_teacher is None):
+        raise InvalidInput("give exactly one of --store and --online-teacher")
+    if config.store is not None:
+        store = open_store(config.store)
+        check_store_matches(store, dataset)
+        return TeacherSide(store, head_from_store(store).to(device), store.shape.dim,
+                           {"url": store.url, "teacher": store.meta.get("teacher"), "views": store.shape.num_views,
+                            "dtype": store.dtype})
+    teacher = load_teacher_source(config.online_teacher)
+    if list(teacher.input_shape) != list(dataset.image_shape):
+        raise InvalidInput(f"teacher expects input {teacher.input_shape}, dataset gives {list(dataset.image_shape)}")
+    bias = None if teacher.head_bias is None else torch.from_numpy(teacher.head_bias)
+    head = frozen_head(teacher.head_type, torch.from_numpy(teacher.head_weight), bias, teacher.head_scale,
+                       teacher.head_margin)
+    source = GeneratedViews(dataset, config.views, seed=config.view_seed)
+    return TeacherSide(source, head.to(device), teacher.embedding_dim,
+                       {"online_teacher": str(config.online_teacher), "teacher": {
+                           "arch": teacher.arch, "checkpoint_sha256": teacher.checkpoint_sha256},
+                        "views": config.views, "view_seed": config.view_seed},
+                       model=teacher.model.eval().to(device))
+
+
+def _run_identity(config: StudentConfig, teacher: TeacherSide, dataset: ImageDataset,
+                  weights: dict[str, float]) -> dict[str, Any]:
     """What must match for --resume to continue a run rather than mix two different ones."""
-    return {"store_teacher": store.meta.get("teacher", {}).get("checkpoint_sha256"),
-            "dataset": store.meta.get("dataset", {}).get("fingerprint"), "arch": config.arch,
-            "recipe": config.recipe, "weights": weights, "seed": config.seed, "epochs": config.epochs,
+    return {"teacher": teacher.provenance["teacher"].get("checkpoint_sha256"),
+            "dataset": dataset.fingerprint(), "arch": config.arch,
+            "recipe": config.recipe, "weights": weights, "th_alpha": config.th_alpha, "seed": config.seed, "epochs": config.epochs,
             "batch_size": config.batch_size, "lr": config.optim.lr, "embedding_dim": config.embedding_dim,
             "view_sampling": config.view_sampling, "temperature": config.temperature,
             "init_head_from_teacher": config.init_head_from_teacher}
@@ -175,34 +224,34 @@ def train_student(config: StudentConfig) -> StudentResult:
                    temperature=config.temperature)
     if config.embedding_dim is not None:
         check_positive(embedding_dim=config.embedding_dim)
-    criterion = build_criterion(config.recipe, config.loss, config.temperature)  # bad names fail before any work
-    store = open_store(config.store)
+    criterion = build_criterion(config.recipe, config.loss, config.temperature, config.th_alpha)  # fails early
     dataset = load_dataset(config.dataset, config.split)
-    check_store_matches(store, dataset)
     test = load_dataset(config.dataset, config.eval_split) if config.eval_split else None
 
     started = time.perf_counter()
     dist = init_distributed(config.device)
     device = dist.device
+    teacher = teacher_side(config, dataset, device)
+    source = teacher.source
     seed_everything(config.seed)
-    model_config = {"num_classes": store.shape.num_classes, "in_channels": dataset.image_shape[0],
-                    "embedding_dim": config.embedding_dim or store.shape.dim}
+    model_config = {"num_classes": source.shape.num_classes, "in_channels": dataset.image_shape[0],
+                    "embedding_dim": config.embedding_dim or teacher.dim}
     student = create_model(config.arch, **model_config).to(device)
-    teacher_head = head_from_store(store).to(device)
+    teacher_head = teacher.head
     # P: the student embedding → the teacher's space, trained with the student when the sizes differ
-    projection = (nn.Identity() if model_config["embedding_dim"] == store.shape.dim
-                  else nn.Linear(model_config["embedding_dim"], store.shape.dim, bias=False)).to(device)
+    projection = (nn.Identity() if model_config["embedding_dim"] == teacher.dim
+                  else nn.Linear(model_config["embedding_dim"], teacher.dim, bias=False)).to(device)
     if config.init_head_from_teacher:
         init_head_from(student.head, teacher_head)
-    stream = StoreStream(store, config.batch_size, seed=config.seed, view_sampling=config.view_sampling,
+    stream = StoreStream(source, config.batch_size, seed=config.seed, view_sampling=config.view_sampling,
                          rank=dist.rank, world_size=dist.world_size)
     steps_per_epoch = stream.batches_per_rank()  # equal on every rank, so collective ops never wait forever
-    criterion.setup(TrainingContext(store=store, student_dim=model_config["embedding_dim"], teacher_dim=store.shape.dim,
-                                    num_samples=store.shape.num_samples, device=device, seed=config.seed))
+    criterion.setup(TrainingContext(store=source, student_dim=model_config["embedding_dim"], teacher_dim=teacher.dim,
+                                    num_samples=source.shape.num_samples, device=device, seed=config.seed))
     step = DistillStep(student, projection, criterion, teacher_head).to(device)
     trainable = [p for p in step.parameters() if p.requires_grad]
     optimizer, scheduler = make_optimizer(trainable, config.optim, config.epochs * steps_per_epoch)
-    identity = _run_identity(config, store, criterion.weights)
+    identity = _run_identity(config, teacher, dataset, criterion.weights)
 
     log: list[dict[str, Any]] = []
     first_epoch = 0
@@ -225,7 +274,7 @@ def train_student(config: StudentConfig) -> StudentResult:
         sums = torch.zeros(len(criterion.weights) + 2, dtype=torch.float64)  # total, terms…, samples
         for batch in itertools.islice(stream, steps_per_epoch):
             x = render_views(dataset.get_images(batch.indices), batch.view_params, dataset.view_policy).to(device)
-            total, terms = runner(x, batch.labels.to(device), batch.embeddings.to(device),
+            total, terms = runner(x, batch.labels.to(device), teacher.embed(batch.embeddings.to(device), x),
                                   torch.from_numpy(batch.indices).to(device))
             optimizer.zero_grad(set_to_none=True)
             total.backward()
@@ -257,15 +306,15 @@ def train_student(config: StudentConfig) -> StudentResult:
             kind="student", arch=config.arch, model_config=model_config,
             state_dict={k: v.cpu() for k, v in student.state_dict().items()},
             head_type=student.head.head_type, embedding_dim=model_config["embedding_dim"],
-            num_classes=store.shape.num_classes,
+            num_classes=source.shape.num_classes,
             dataset={"spec": dataset.spec, "split": dataset.split, "fingerprint": dataset.fingerprint(),
                      "image_shape": list(dataset.image_shape)},
-            extra={"recipe": config.recipe, "weights": criterion.weights, "temperature": config.temperature,
+            extra={"recipe": config.recipe, "weights": criterion.weights, "th_alpha": config.th_alpha,
+                   "temperature": config.temperature,
                    "seed": config.seed, "epochs": config.epochs, "batch_size": config.batch_size,
                    "optim": asdict(config.optim), "view_sampling": config.view_sampling,
                    "world_size": dist.world_size,
-                   "store": {"url": store.url, "teacher": store.meta.get("teacher"), "views": store.shape.num_views,
-                             "dtype": store.dtype},
+                   "store": teacher.provenance,
                    "teacher_head": head_state(teacher_head),
                    "projection": {k: v.cpu() for k, v in projection.state_dict().items()},
                    "init_head_from_teacher": config.init_head_from_teacher,

@@ -91,7 +91,22 @@ class StoreShape:
     num_classes: int
 
 
-class FeatureStore:
+class ChunkGeometry:
+    """Rows [0, N) cut into units of ``chunk_rows``: shared by stores and by store-shaped view sources."""
+
+    shape: StoreShape
+    chunk_rows: int
+
+    @property
+    def num_chunks(self) -> int:
+        return math.ceil(self.shape.num_samples / self.chunk_rows)
+
+    def chunk_bounds(self, chunk: int) -> tuple[int, int]:
+        start = chunk * self.chunk_rows
+        return start, min(start + self.chunk_rows, self.shape.num_samples)
+
+
+class FeatureStore(ChunkGeometry):
     """An open store. Obtain one from :func:`create_store` or :func:`open_store`."""
 
     def __init__(self, url: str, group: zarr.Group) -> None:
@@ -111,15 +126,6 @@ class FeatureStore:
         # (a shard is rewritten whole on every write, so two writers must never share one).
         self.chunk_rows: int = int(self.meta["chunk_rows"])
         self.inner_chunk_rows: int = int((self.meta.get("sharding") or {}).get("inner_chunk_rows", self.chunk_rows))
-
-    # -- geometry ---------------------------------------------------------------------------------------
-    @property
-    def num_chunks(self) -> int:
-        return math.ceil(self.shape.num_samples / self.chunk_rows)
-
-    def chunk_bounds(self, chunk: int) -> tuple[int, int]:
-        start = chunk * self.chunk_rows
-        return start, min(start + self.chunk_rows, self.shape.num_samples)
 
     @property
     def complete(self) -> bool:

@@ -15,8 +15,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from featstore.datasets import ImageDataset
 from featstore.errors import InvalidInput
-from featstore.store import FeatureStore
+from featstore.store import ChunkGeometry, FeatureStore, StoreShape
+from featstore.views import PARAM_NAMES, sample_views
 
 VIEW_SAMPLING = ("random", "cycle")
 
@@ -32,6 +34,26 @@ class StreamBatch:
     view_params: np.ndarray  # (B, P) float32 parameters to render the same view for the student
 
 
+class GeneratedViews(ChunkGeometry):
+    """A store-shaped source of view parameters *without* teacher embeddings (D = 0).
+
+    The online-teacher baseline streams this instead of a store: the same chunk order, the same views
+    drawn from (seed, sample, view) as extraction would draw them, the same rendering — only the teacher's
+    embedding is computed at every step instead of read.
+    """
+
+    def __init__(self, dataset: ImageDataset, num_views: int, seed: int = 0, chunk_rows: int = 256) -> None:
+        if num_views <= 0 or chunk_rows <= 0:
+            raise InvalidInput(f"views and chunk rows must be positive, got {num_views}, {chunk_rows}")
+        self.dataset, self.seed, self.chunk_rows = dataset, seed, chunk_rows
+        self.shape = StoreShape(len(dataset), num_views, 0, len(PARAM_NAMES), dataset.num_classes)
+
+    def read_chunk(self, chunk: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        rows = np.arange(*self.chunk_bounds(chunk))
+        views = sample_views(self.dataset.view_policy, self.seed, rows, self.shape.num_views)
+        return np.zeros((len(rows), self.shape.num_views, 0), np.float32), self.dataset.labels[rows], views
+
+
 class StoreStream:
     """Iterate a complete store in batches; call :meth:`set_epoch` before each epoch.
 
@@ -40,7 +62,7 @@ class StoreStream:
     view (epoch + sample) mod V so every view is used equally often.
     """
 
-    def __init__(self, store: FeatureStore, batch_size: int, *, seed: int = 0, view_sampling: str = "random",
+    def __init__(self, store: FeatureStore | GeneratedViews, batch_size: int, *, seed: int = 0, view_sampling: str = "random",
                  buffer_chunks: int = 4, rank: int = 0, world_size: int = 1, drop_last: bool = False,
                  prefetch: bool = True) -> None:
         if batch_size <= 0:

@@ -52,6 +52,8 @@ class ContrastiveRepresentationKD(DistillLoss):
 
     def setup(self, context: TrainingContext) -> None:
         n = context.num_samples
+        if context.store.shape.dim == 0:
+            raise InvalidInput("crd needs a feature store: its teacher memory is the store (not --online-teacher)")
         if n < 2:
             raise InvalidInput("crd needs at least 2 samples in the store")
         self.k = min(self.negatives, n - 1)

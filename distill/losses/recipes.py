@@ -55,13 +55,31 @@ def parse_loss_spec(spec: str) -> dict[str, float]:
     return weights
 
 
-def resolve_weights(recipe: str, loss_spec: str | None = None) -> dict[str, float]:
-    """The recipe's weights, with ``--loss`` entries overriding or adding terms."""
+def apply_th_alpha(weights: dict[str, float], alpha: float) -> dict[str, float]:
+    """The paper's α_TH form (Eq. 1/2): split CE and KD between the student head and the teacher head.
+
+    γ·CE → (1−α)·γ·CE + α·γ·CE_TH and a·KD → (1−α)·a·KD + α·a·TH (TH = KD of the teacher-head prediction
+    against the teacher). An explicit ``th``/``ce_th`` weight is kept on top of the split.
+    """
+    if not 0.0 <= alpha <= 1.0:
+        raise InvalidInput(f"--th-alpha must lie in [0, 1], got {alpha}")
+    out = dict(weights)
+    gamma, a = out.pop("ce", 0.0), out.pop("kd", 0.0)
+    out.update({"ce": (1 - alpha) * gamma, "kd": (1 - alpha) * a})
+    out["ce_th"] = out.get("ce_th", 0.0) + alpha * gamma
+    out["th"] = out.get("th", 0.0) + alpha * a
+    return out
+
+
+def resolve_weights(recipe: str, loss_spec: str | None = None, th_alpha: float | None = None) -> dict[str, float]:
+    """The recipe's weights, with ``--loss`` entries overriding or adding terms, then the α_TH split."""
     if recipe not in RECIPES:
         raise UnknownName(f"unknown recipe {recipe!r}; valid: {', '.join(sorted(RECIPES))}")
     weights = dict(RECIPES[recipe])
     if loss_spec:
         weights.update(parse_loss_spec(loss_spec))
+    if th_alpha is not None:
+        weights = apply_th_alpha(weights, th_alpha)
     active = {name: w for name, w in weights.items() if w > 0}
     if not active:
         raise InvalidInput(f"recipe {recipe!r} with --loss {loss_spec!r} leaves no loss term with a weight > 0")
@@ -97,5 +115,6 @@ class Criterion(nn.Module):
         return CriterionOutput(total=total, terms=terms)
 
 
-def build_criterion(recipe: str, loss_spec: str | None = None, temperature: float = 4.0) -> Criterion:
-    return Criterion(resolve_weights(recipe, loss_spec), temperature=temperature)
+def build_criterion(recipe: str, loss_spec: str | None = None, temperature: float = 4.0,
+                    th_alpha: float | None = None) -> Criterion:
+    return Criterion(resolve_weights(recipe, loss_spec, th_alpha), temperature=temperature)
