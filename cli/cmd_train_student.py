@@ -40,13 +40,15 @@ from featstore.stream import VIEW_SAMPLING
 @click.option("--embedding-dim", type=int, default=None,
               help="Student embedding size (default: the teacher's; otherwise a projection to it is trained).")
 @click.option("--init-head-from-teacher", is_flag=True, help="Initialise the student's classifier from the teacher's.")
+@click.option("--skip-bad-chunks", is_flag=True,
+              help="Skip store chunks that fail to decode or hold NaN/Inf (default: stop with an error).")
 @click.option("--resume", is_flag=True, help="Continue an interrupted run from STUDENT.resume.pt (last complete epoch).")
 @seed_option
 @device_option
 @overwrite_option
 @quiet_option
 def command(store, online_teacher, views, view_seed, dataset, split, arch, out, recipe, loss_spec, th_alpha, temperature, epochs, batch_size, lr, view_sampling,
-            embedding_dim, init_head_from_teacher, resume, seed, device, overwrite, quiet):
+            embedding_dim, init_head_from_teacher, skip_bad_chunks, resume, seed, device, overwrite, quiet):
     """Train a student by streaming teacher embeddings from STORE (the teacher never runs).
 
     Writes the checkpoint and a JSON training log beside it (STUDENT.log.json); after every epoch the
@@ -61,7 +63,7 @@ def command(store, online_teacher, views, view_seed, dataset, split, arch, out, 
                                          loss=loss_spec, th_alpha=th_alpha, temperature=temperature, epochs=epochs,
                                          batch_size=batch_size, optim=OptimConfig(lr=lr), seed=seed,
                                          view_sampling=view_sampling, embedding_dim=embedding_dim,
-                                         init_head_from_teacher=init_head_from_teacher, resume=resume, device=device, overwrite=overwrite,
+                                         init_head_from_teacher=init_head_from_teacher, skip_bad_chunks=skip_bad_chunks, resume=resume, device=device, overwrite=overwrite,
                                          progress=not quiet))
     test = "n/a" if result.test_accuracy is None else f"{100 * result.test_accuracy:.2f}%"
     if os.environ.get("RANK", "0") != "0":

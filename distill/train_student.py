@@ -63,6 +63,7 @@ class StudentConfig:
     online_teacher: Path | None = None  # baseline: run this teacher every step instead of reading a store
     views: int = 2  # online baseline only: views per sample, drawn as extraction would draw them
     view_seed: int = 0  # online baseline only: the extraction seed those views replay
+    skip_bad_chunks: bool = False  # skip (with a warning) store chunks that fail to decode or hold NaN/Inf
     progress: bool = True
 
 
@@ -244,7 +245,7 @@ def train_student(config: StudentConfig) -> StudentResult:
     if config.init_head_from_teacher:
         init_head_from(student.head, teacher_head)
     stream = StoreStream(source, config.batch_size, seed=config.seed, view_sampling=config.view_sampling,
-                         rank=dist.rank, world_size=dist.world_size)
+                         rank=dist.rank, world_size=dist.world_size, skip_bad_chunks=config.skip_bad_chunks)
     steps_per_epoch = stream.batches_per_rank()  # equal on every rank, so collective ops never wait forever
     criterion.setup(TrainingContext(store=source, student_dim=model_config["embedding_dim"], teacher_dim=teacher.dim,
                                     num_samples=source.shape.num_samples, device=device, seed=config.seed))

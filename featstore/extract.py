@@ -182,7 +182,13 @@ def extract_teacher(
                                               chunk_rows=chunk_rows, seed=seed, overwrite=overwrite)
         missing = store.missing_chunks()
         for chunk in tqdm(missing, desc="extract-teacher", unit="chunk", disable=not progress):
-            extract_chunk(store, chunk, teacher, dataset, seed=seed, batch_size=batch_size, device=device)
+            try:
+                extract_chunk(store, chunk, teacher, dataset, seed=seed, batch_size=batch_size, device=device)
+            except OSError as exc:  # disk full, quota, I/O error: finished chunks stay, the run resumes
+                done = int(store.done_chunks().sum())
+                raise StoreError(f"writing chunk {chunk} of {url} failed ({exc.strerror or exc}); {done}/"
+                                 f"{store.num_chunks} chunks are safely written — fix the cause and re-run the "
+                                 "same command to resume") from None
         if not store.complete:
             store.mark_complete()
     return summarise(store, computed=len(missing), seconds=time.perf_counter() - started, resumed=resumed)

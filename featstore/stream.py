@@ -8,6 +8,7 @@ background thread while the current one is consumed. Every sample appears exactl
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -16,7 +17,7 @@ import numpy as np
 import torch
 
 from featstore.datasets import ImageDataset
-from featstore.errors import InvalidInput
+from featstore.errors import InvalidInput, StoreError
 from featstore.store import ChunkGeometry, FeatureStore, StoreShape
 from featstore.views import PARAM_NAMES, sample_views
 
@@ -64,7 +65,7 @@ class StoreStream:
 
     def __init__(self, store: FeatureStore | GeneratedViews, batch_size: int, *, seed: int = 0, view_sampling: str = "random",
                  buffer_chunks: int = 4, rank: int = 0, world_size: int = 1, drop_last: bool = False,
-                 prefetch: bool = True) -> None:
+                 prefetch: bool = True, skip_bad_chunks: bool = False) -> None:
         if batch_size <= 0:
             raise InvalidInput(f"batch-size must be positive, got {batch_size}")
         if view_sampling not in VIEW_SAMPLING:
@@ -79,6 +80,7 @@ class StoreStream:
         self.rank, self.world_size = rank, world_size
         self.drop_last = drop_last
         self.prefetch = prefetch
+        self.skip_bad_chunks = skip_bad_chunks
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -112,8 +114,30 @@ class StoreStream:
         n = self.num_samples()
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
+    def _read_checked(self, chunk: int) -> tuple[np.ndarray, ...] | None:
+        """One chunk, validated: a chunk that cannot be decoded or holds non-finite embeddings is never
+        trained on — it raises :class:`StoreError` naming the chunk, or with ``skip_bad_chunks`` is skipped
+        with a warning (None)."""
+        try:
+            embeddings, labels, views = self.store.read_chunk(chunk)
+            problem = None if np.isfinite(embeddings).all() else "non-finite teacher embeddings"
+        except Exception as exc:  # noqa: BLE001 - a corrupt or truncated chunk file surfaces as many types
+            problem = f"unreadable ({type(exc).__name__}: {exc})"
+        if problem is not None:
+            message = (f"chunk {chunk} of store {getattr(self.store, 'url', '')} is bad: {problem}; "
+                       "run `fsd store verify` and re-extract it")
+            if not self.skip_bad_chunks:
+                raise StoreError(message + " (or train with --skip-bad-chunks)")
+            warnings.warn(message + "; skipped", RuntimeWarning, stacklevel=2)
+            return None
+        return np.arange(*self.store.chunk_bounds(chunk)), embeddings, labels, views
+
     def _read_group(self, chunks: list[int]) -> tuple[np.ndarray, ...]:
-        parts = [(np.arange(*self.store.chunk_bounds(c)), *self.store.read_chunk(c)) for c in chunks]
+        parts = [part for part in map(self._read_checked, chunks) if part is not None]
+        if not parts:  # every chunk of the group was skipped
+            shape = self.store.shape
+            return (np.zeros(0, np.int64), np.zeros((0, shape.num_views, shape.dim), np.float32),
+                    np.zeros(0, np.int64), np.zeros((0, shape.num_views, shape.num_params), np.float32))
         return tuple(np.concatenate([p[i] for p in parts]) for i in range(4))
 
     def __iter__(self) -> Iterator[StreamBatch]:
