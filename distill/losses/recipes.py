@@ -2,7 +2,7 @@
 
 Weights follow the HeadSharingKD README (resnet32x4 → resnet8x4) where it gives them (PAPER.md):
 ``th-kd`` = 1·CE + 1.5·KD + 0.02·TH. ``kd`` is the same without the TH term so that the two differ only by
-the shared head. ``rkd``/``pkt``/``sp`` use RepDistiller's β for those losses. KDE's weight is per-sample-sum (see distill/losses/kde.py): 0.1·Σ over a batch of 64 is
+the shared head. ``rkd``/``sp`` use RepDistiller's β for those losses; ``pkt`` does not (see below). KDE's weight is per-sample-sum (see distill/losses/kde.py): 0.1·Σ over a batch of 64 is
 about the scale of the KD term early in training.
 """
 
@@ -23,9 +23,11 @@ RECIPES: dict[str, dict[str, float]] = {
     "kde": {"ce": 1.0, "kd": 1.5, "kde": 0.1},
     "th-kd": {"ce": 1.0, "kd": 1.5, "th": 0.02},
     "kde-th": {"ce": 1.0, "kd": 1.5, "kde": 0.1, "th": 0.02},
-    # RepDistiller's β for the relational losses (their scales differ by orders of magnitude)
+    # RepDistiller's β for RKD and SP. PKT's β = 30000 was set for pooled ReLU features (non-negative, so
+    # cosines in [0, 1]); on BN'd embeddings its loss is orders of magnitude larger and 30000 diverged on
+    # digits (top-1 60.8 ± 14.6 over 3 seeds), so fsd uses 10 (docs/design-notes.md).
     "rkd": {"ce": 1.0, "rkd": 1.0},
-    "pkt": {"ce": 1.0, "pkt": 30000.0},
+    "pkt": {"ce": 1.0, "pkt": 10.0},
     "sp": {"ce": 1.0, "sp": 3000.0},
     # CRD as RepDistiller runs it (β = 0.8), and with the teacher head as in the HeadSharingKD README
     "crd": {"ce": 1.0, "crd": 0.8},
