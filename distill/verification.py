@@ -17,7 +17,7 @@ scores are recomputed tile by tile in a few passes and only counts are kept:
   genuine keys of a group of such buckets are collected (at most ``genuine_cap`` at once) and the next
   pass binary-searches every impostor of those buckets among them. When all genuine pairs fit in
   ``genuine_cap`` (the usual case: G ≈ N²/(2·classes)) they are collected in pass 1 and the whole job takes
-  2 passes; otherwise 2 + ceil(genuine pairs in mixed buckets / genuine_cap) passes.
+  2 passes; otherwise 2 + (number of groups ≈ genuine pairs in mixed buckets / genuine_cap) passes.
 
 So TAR@FAR, ROC AUC and EER are **bit-identical** to ``verification_metrics(genuine, impostor)`` on the
 same scores (same int/float operations on the same counts), not approximations. The EER argument relies
@@ -247,7 +247,7 @@ class _Counts:
     """Counts of indices in [0, length), fed in pieces: pieces are buffered up to ``flush_at`` elements and
     counted together, so a large ``length`` costs one allocation per flush rather than one per tile."""
 
-    def __init__(self, backend: Any, length: int, flush_at: int = 1 << 22) -> None:
+    def __init__(self, backend: Any, length: int, flush_at: int = 1 << 20) -> None:
         self.backend, self.length, self.flush_at = backend, length, flush_at
         self.counts = np.zeros(length, dtype=np.int64)
         self.parts: list[Any] = []
@@ -338,15 +338,56 @@ def streaming_verification(
         backend.close()
 
 
+class _Histograms:
+    """Pass-1 counts by first-level bucket (genuine ``hg``, impostor ``hi``) and their cumulative sums."""
+
+    def __init__(self, hg: np.ndarray, hi: np.ndarray, lo: int) -> None:
+        self.hg, self.hi, self.lo = hg, hi, lo
+        self.n_gen, self.n_imp = int(hg.sum()), int(hi.sum())
+        self.imp_ge = np.cumsum(hi[::-1])[::-1]  # impostors in this bucket or higher
+        self.imp_gt = self.imp_ge - hi  # ... in higher buckets
+        self.gen_le = np.cumsum(hg)  # genuine pairs in this bucket or lower
+        self.nonempty = np.flatnonzero(hg + hi)
+
+
 def _run(backend: Any, n: int, n_gen: int, n_imp: int, checked: list, block: int, bins: int, roc_points: int,
          genuine_cap: int) -> tuple[dict[str, Any], tuple[np.ndarray, np.ndarray]]:
     lo = 32 - (bins.bit_length() - 1)  # bits of the second level
-    sub = 1 << lo
+    hist, gen_keys = _first_pass(backend, n, block, bins, lo, n_gen if n_gen <= genuine_cap else None)
+    if hist.n_gen != n_gen or hist.n_imp != n_imp:
+        raise AssertionError("pass 1 counted the wrong number of pairs")  # a bug, not bad input
 
-    # ---- pass 1: first-level histograms (and every genuine key when they fit) ------------------------------
+    # buckets to refine to full keys: each FAR's threshold, the EER crossing, the highest impostor (ROC edge)
+    tar_plan = _tar_plan(hist, checked)
+    d = hist.imp_gt[hist.nonempty] / n_imp - hist.gen_le[hist.nonempty] / n_gen  # FAR - FRR at bucket tops
+    first = int(np.flatnonzero(d <= 0)[0])  # exists: at the top bucket FAR = 0 and FRR = 1
+    eer_bucket = int(hist.nonempty[first])
+    eer_prev = int(hist.nonempty[first - 1]) if first > 0 else None
+    top_imp_bucket = int(np.flatnonzero(hist.hi)[-1])
+    refine = sorted({eer_bucket, top_imp_bucket} | {p[0] for p in tar_plan.values() if isinstance(p, tuple)})
+
+    groups = _auc_groups(hist, genuine_cap, collected=gen_keys is not None)
+    refined, within = _later_passes(backend, n, block, hist, refine, groups, gen_keys)
+    slot_of = {b: s for s, b in enumerate(refine)}
+
+    imp_lt = n_imp - hist.imp_ge
+    cross = sum(int(hist.hg[b]) * int(imp_lt[b]) for b in np.flatnonzero(hist.hg))
+    report = {
+        "num_genuine": n_gen,
+        "num_impostor": n_imp,
+        "tar_at_far": {key: _tar(hist, plan, refined, slot_of) for key, plan in tar_plan.items()},
+        "roc_auc": (2 * cross + within) / (2 * n_gen * n_imp),  # exact integers, one rounding: as metrics
+        "eer": _eer(hist, refined[slot_of[eer_bucket]], eer_bucket, eer_prev),
+    }
+    return report, _roc(refine, refined, hist, roc_points)
+
+
+def _first_pass(backend: Any, n: int, block: int, bins: int, lo: int,
+                collect: int | None) -> tuple[_Histograms, np.ndarray | None]:
+    """First-level histograms; with ``collect`` = the number of genuine pairs, also every genuine key."""
     all_hist = np.zeros(bins, dtype=np.int64)
     hg = np.zeros(bins, dtype=np.int64)
-    gen_keys = np.empty(n_gen, dtype=np.uint32) if n_gen <= genuine_cap else None
+    gen_keys = np.empty(collect, dtype=np.uint32) if collect is not None else None
     filled = 0
     for tile in _tiles(n, block):
         k, same = backend.tile(*tile)
@@ -360,86 +401,77 @@ def _run(backend: Any, n: int, n_gen: int, n_imp: int, checked: list, block: int
             if gen_keys is not None:
                 gen_keys[filled:filled + m] = backend.to_keys(gk)
                 filled += m
-    hi = all_hist - hg
-    if int(hg.sum()) != n_gen or int(hi.sum()) != n_imp:
-        raise AssertionError("pass 1 counted the wrong number of pairs")  # a bug, not bad input
+    return _Histograms(hg, all_hist - hg, lo), gen_keys
 
-    # cumulative counts by bucket: "gt" = in higher buckets, "le" = in this bucket or lower
-    imp_ge = np.cumsum(hi[::-1])[::-1]
-    imp_gt = imp_ge - hi
-    gen_le = np.cumsum(hg)
-    gen_gt = n_gen - gen_le
 
-    # ---- which buckets pass 2 must refine --------------------------------------------------------------------
-    tar_plan: dict[str, tuple[int, int] | None | str] = {}  # key -> (bucket, rank within bucket) | None | "all"
+def _tar_plan(hist: _Histograms, checked: list) -> dict[str, Any]:
+    """Per FAR key: None (far · N_imp < 1), "all" (threshold -inf) or (bucket of the threshold, its rank
+    from the top within that bucket). The threshold is the (k+1)-th largest impostor, k = floor(far · N_imp)."""
+    plan: dict[str, Any] = {}
     for key, far in checked:
-        kk = math.floor(far * n_imp)
-        if kk < 1:
-            tar_plan[key] = None
-        elif kk >= n_imp:
-            tar_plan[key] = "all"  # threshold -inf: every genuine pair accepted
+        k = math.floor(far * hist.n_imp)  # exact: Fraction * int
+        if k < 1:
+            plan[key] = None
+        elif k >= hist.n_imp:
+            plan[key] = "all"
         else:
-            r = kk + 1  # the threshold is the (k+1)-th largest impostor score
-            b = int(np.flatnonzero(imp_ge >= r)[-1])
-            tar_plan[key] = (b, r - int(imp_gt[b]))
-    nonempty = np.flatnonzero(hg + hi)
-    d = imp_gt[nonempty] / n_imp - gen_le[nonempty] / n_gen  # FAR - FRR at each bucket's top threshold
-    first = int(np.flatnonzero(d <= 0)[0])  # exists: at the top bucket FAR = 0 and FRR = 1
-    eer_bucket = int(nonempty[first])
-    eer_prev = int(nonempty[first - 1]) if first > 0 else None
-    top_imp_bucket = int(np.flatnonzero(hi)[-1])  # gives the FAR = 0 point of highest TAR on the ROC
-    refine = sorted({eer_bucket, top_imp_bucket} | {p[0] for p in tar_plan.values() if isinstance(p, tuple)})
-    slot_of = {b: s for s, b in enumerate(refine)}
+            b = int(np.flatnonzero(hist.imp_ge >= k + 1)[-1])
+            plan[key] = (b, k + 1 - int(hist.imp_gt[b]))
+    return plan
+
+
+def _auc_groups(hist: _Histograms, genuine_cap: int, collected: bool) -> list[np.ndarray]:
+    """Buckets holding both genuine and impostor pairs, in groups of at most ``genuine_cap`` genuine pairs
+    (one group when pass 1 already collected every genuine key; a bucket is never split)."""
+    mixed = np.flatnonzero((hist.hg > 0) & (hist.hi > 0))
+    if not mixed.size:
+        return []
+    if collected:
+        return [mixed]
+    groups, start, acc = [], 0, 0
+    for pos, b in enumerate(mixed):
+        if acc and acc + hist.hg[b] > genuine_cap:
+            groups.append(mixed[start:pos])
+            start, acc = pos, 0
+        acc += int(hist.hg[b])
+    groups.append(mixed[start:])
+    return groups
+
+
+def _later_passes(backend: Any, n: int, block: int, hist: _Histograms, refine: list[int], groups: list[np.ndarray],
+                  gen_keys: np.ndarray | None) -> tuple[np.ndarray, int]:
+    """Pass 2 refines ``refine`` into full-key counts; every pass counts the impostors of one group against
+    that group's sorted genuine keys and collects the next group's genuine keys. Returns the refined counts
+    ``[slot, is_genuine, low bits]`` and the exact within-bucket part of the AUC sum."""
+    lo, bins = hist.lo, hist.hg.size
+    sub = 1 << lo
     slot_table = np.full(bins, -1, dtype=np.int64)
     slot_table[refine] = np.arange(len(refine))
-
-    # ---- exact AUC plan: buckets holding both genuine and impostor pairs -------------------------------------
-    mixed = np.flatnonzero((hg > 0) & (hi > 0))
-    groups: list[np.ndarray] = []
-    if gen_keys is not None:
-        if mixed.size:
-            groups.append(mixed)
-    else:
-        start, acc = 0, 0
-        for pos, b in enumerate(mixed):
-            if acc and acc + hg[b] > genuine_cap:
-                groups.append(mixed[start:pos])
-                start, acc = pos, 0
-            acc += int(hg[b])
-        if mixed.size:
-            groups.append(mixed[start:])
 
     def bool_table(buckets: np.ndarray) -> Any:
         t = np.zeros(bins, dtype=bool)
         t[buckets] = True
         return backend.table(t)
 
-    refined = np.zeros((len(refine), 2, sub), dtype=np.int64)  # [slot, is_genuine, low bits]
-    within = 0  # exact: sum over impostors in mixed buckets of 2·#genuine above + #genuine equal, same bucket
-    pending: tuple[np.ndarray, np.ndarray] | None = None  # (group, its sorted genuine keys) ready to count
-    if gen_keys is not None and groups:
-        pending = (groups[0], np.sort(gen_keys))
-        to_collect: list[np.ndarray] = []
-    else:
-        to_collect = list(groups)
-    del gen_keys
-
-    # ---- passes 2, 3, ...: refine (pass 2), count a pending group, collect the next group's genuine keys -----
-    first_pass = True
-    while first_pass or pending is not None:
-        slot_dev = backend.table(slot_table) if first_pass else None
+    # (group, its sorted genuine keys) ready to count in the next pass
+    pending = (groups[0], np.sort(gen_keys)) if gen_keys is not None and groups else None
+    to_collect = [] if gen_keys is not None else list(groups)
+    refined = np.zeros((len(refine), 2, sub), dtype=np.int64)
+    within = 0
+    first = True
+    while first or pending is not None:
+        ref_counts = _Counts(backend, refined.size) if first else None
+        slot_dev = backend.table(slot_table) if first else None
         count = None
         if pending is not None:
             group, sorted_keys = pending
             uniq, mult = np.unique(sorted_keys, return_counts=True)
-            # sentinel past the end: no impostor key equals 0xFFFFFFFF (that would be a NaN score)
-            uniq_dev = backend.keys_table(np.append(uniq, np.uint32(_ALL)))
-            slots = _Counts(backend, 2 * (uniq.size + 1))
-            count = (bool_table(group), uniq_dev, slots)
+            # a sentinel past the end: no impostor key equals 0xFFFFFFFF (that would be a NaN score)
+            count = (bool_table(group), backend.keys_table(np.append(uniq, np.uint32(_ALL))),
+                     _Counts(backend, 2 * (uniq.size + 1)))
         collect = to_collect.pop(0) if to_collect else None
         collect_dev = bool_table(collect) if collect is not None else None
         parts: list[np.ndarray] = []
-        ref_counts = _Counts(backend, refined.size) if slot_dev is not None else None
         for tile in _tiles(n, block):
             k, same = backend.tile(*tile)
             if backend.size(k) == 0:
@@ -463,58 +495,45 @@ def _run(backend: Any, n: int, n_gen: int, n_imp: int, checked: list, block: int
         if ref_counts is not None:
             refined = ref_counts.flush().reshape(refined.shape)
             for s, b in enumerate(refine):
-                if int(refined[s, 0].sum()) != hi[b] or int(refined[s, 1].sum()) != hg[b]:
+                if int(refined[s, 0].sum()) != hist.hi[b] or int(refined[s, 1].sum()) != hist.hg[b]:
                     raise _inconsistent(f"bucket {b} refined")
         if count is not None:
-            within += _within_bucket(count[2].flush(), uniq, mult, sorted_keys, group, hi, lo, bins)
+            within += _within_bucket(count[2].flush(), uniq, mult, sorted_keys, group, hist.hi, lo)
+        pending = None
         if collect is not None:
             collected = np.sort(np.concatenate(parts)) if parts else np.empty(0, dtype=np.uint32)
-            if collected.size != int(hg[collect].sum()):
+            if collected.size != int(hist.hg[collect].sum()):
                 raise _inconsistent("genuine pairs in mixed buckets")
             pending = (collect, collected)
-        else:
-            pending = None
-        first_pass = False
+        first = False
+    return refined, within
 
-    # ---- TAR at each FAR ----------------------------------------------------------------------------------
-    tar: dict[str, float | None] = {}
-    for key, plan in tar_plan.items():
-        if plan is None:
-            tar[key] = None
-        elif plan == "all":
-            tar[key] = n_gen / n_gen
-        else:
-            b, r = plan
-            li, lg = refined[slot_of[b], 0], refined[slot_of[b], 1]
-            li_ge = np.cumsum(li[::-1])[::-1]
-            low = int(np.flatnonzero(li_ge >= r)[-1])  # sub-bucket of the threshold key
-            accepted = int(gen_gt[b]) + int(lg[low + 1:].sum())
-            tar[key] = accepted / n_gen
 
-    # ---- ROC AUC ------------------------------------------------------------------------------------------
-    imp_lt = n_imp - imp_ge
-    cross = sum(int(hg[b]) * int(imp_lt[b]) for b in np.flatnonzero(hg))
-    auc = (2 * cross + within) / (2 * n_gen * n_imp)
+def _tar(hist: _Histograms, plan: Any, refined: np.ndarray, slot_of: dict[int, int]) -> float | None:
+    if plan is None:
+        return None
+    if plan == "all":
+        return hist.n_gen / hist.n_gen
+    b, r = plan
+    li, lg = refined[slot_of[b], 0], refined[slot_of[b], 1]
+    low = int(np.flatnonzero(np.cumsum(li[::-1])[::-1] >= r)[-1])  # second-level part of the threshold key
+    accepted = int(hist.n_gen - hist.gen_le[b]) + int(lg[low + 1:].sum())  # genuine strictly above it
+    return accepted / hist.n_gen
 
-    # ---- EER: the candidates around the FAR - FRR sign change, in ascending threshold order ---------------
-    imp_above, gen_at_or_below = _refined_counts(refined[slot_of[eer_bucket]], eer_bucket, imp_gt, gen_le, hg)
-    if eer_prev is None:
-        imp_above = np.concatenate(([n_imp], imp_above))  # t = -inf: FAR 1, FRR 0
-        gen_at_or_below = np.concatenate(([0], gen_at_or_below))
-    else:
-        imp_above = np.concatenate(([imp_gt[eer_prev]], imp_above))
-        gen_at_or_below = np.concatenate(([gen_le[eer_prev]], gen_at_or_below))
-    far, frr = imp_above / n_imp, gen_at_or_below / n_gen  # the very float operations of metrics
+
+def _eer(hist: _Histograms, ref: np.ndarray, bucket: int, prev: int | None) -> float:
+    """EER from the thresholds around the FAR - FRR sign change, in ascending order: the previous bucket's
+    top (or -inf) and every key in ``bucket``; the same float operations as :mod:`distill.metrics`."""
+    imp_above, gen_at_or_below = _refined_counts(ref, bucket, hist)
+    head_imp, head_gen = (hist.n_imp, 0) if prev is None else (hist.imp_gt[prev], hist.gen_le[prev])
+    far = np.concatenate(([head_imp], imp_above)) / hist.n_imp
+    frr = np.concatenate(([head_gen], gen_at_or_below)) / hist.n_gen
     best = int(np.argmin(np.abs(far - frr)))
-    eer = float((far[best] + frr[best]) / 2)
-
-    report = {"num_genuine": n_gen, "num_impostor": n_imp, "tar_at_far": tar, "roc_auc": auc, "eer": eer}
-    curve = _roc(refine, refined, nonempty, imp_gt, gen_le, hg, lo, n_gen, n_imp, roc_points)
-    return report, curve
+    return float((far[best] + frr[best]) / 2)
 
 
 def _within_bucket(slot_counts: np.ndarray, uniq: np.ndarray, mult: np.ndarray, sorted_keys: np.ndarray,
-                   group: np.ndarray, hi: np.ndarray, lo: int, bins: int) -> int:
+                   group: np.ndarray, hi: np.ndarray, lo: int) -> int:
     """Sum over the impostors i of ``group``'s buckets of 2·#{genuine in i's bucket, key > i} + #{genuine == i}.
 
     Per impostor in bucket b that is 2·end(b) - 2·less(i) - equal(i), with end(b) = #genuine keys below the
@@ -538,35 +557,32 @@ def _within_bucket(slot_counts: np.ndarray, uniq: np.ndarray, mult: np.ndarray, 
     return total
 
 
-def _refined_counts(ref: np.ndarray, b: int, imp_gt: np.ndarray, gen_le: np.ndarray,
-                    hg: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _refined_counts(ref: np.ndarray, b: int, hist: _Histograms) -> tuple[np.ndarray, np.ndarray]:
     """(#impostor > t, #genuine <= t) at each distinct key t inside refined bucket ``b``, ascending."""
     li, lg = ref[0], ref[1]
     lows = np.flatnonzero(li + lg)
-    imp_above = imp_gt[b] + (np.cumsum(li[::-1])[::-1] - li)[lows]
-    gen_at_or_below = gen_le[b] - hg[b] + np.cumsum(lg)[lows]
+    imp_above = hist.imp_gt[b] + (np.cumsum(li[::-1])[::-1] - li)[lows]
+    gen_at_or_below = hist.gen_le[b] - hist.hg[b] + np.cumsum(lg)[lows]
     return imp_above.astype(np.int64), gen_at_or_below.astype(np.int64)
 
 
-def _roc(refine: list[int], refined: np.ndarray, nonempty: np.ndarray, imp_gt: np.ndarray, gen_le: np.ndarray,
-         hg: np.ndarray, lo: int, n_gen: int, n_imp: int, max_points: int) -> tuple[np.ndarray, np.ndarray]:
+def _roc(refine: list[int], refined: np.ndarray, hist: _Histograms, max_points: int) -> tuple[np.ndarray, np.ndarray]:
     """Exact ROC points at every bucket's top threshold and every key of the refined buckets, down-sampled
-    as :func:`distill.metrics.roc_curve` does."""
-    sub = 1 << lo
-    order_keys = [(nonempty.astype(np.int64) << lo) | (sub - 1)]
-    imp_above = [imp_gt[nonempty]]
-    gen_below = [gen_le[nonempty]]
+    as :func:`distill.metrics.roc_curve` does (both ends and the FAR = 0 point of highest TAR kept)."""
+    lo, ne = hist.lo, hist.nonempty
+    order_keys = [(ne.astype(np.int64) << lo) | ((1 << lo) - 1)]
+    imp_above = [hist.imp_gt[ne]]
+    gen_below = [hist.gen_le[ne]]
     for s, b in enumerate(refine):
-        ia, gb = _refined_counts(refined[s], b, imp_gt, gen_le, hg)
+        ia, gb = _refined_counts(refined[s], b, hist)
         order_keys.append((np.int64(b) << lo) | np.flatnonzero(refined[s, 0] + refined[s, 1]))
         imp_above.append(ia)
         gen_below.append(gb)
-    okeys = np.concatenate(order_keys)
-    order = np.argsort(-okeys, kind="stable")  # descending threshold: the curve goes up-right
-    ia = np.concatenate((np.concatenate(imp_above)[order], [n_imp]))  # t = -inf last
+    order = np.argsort(-np.concatenate(order_keys), kind="stable")  # descending threshold: up and right
+    ia = np.concatenate((np.concatenate(imp_above)[order], [hist.n_imp]))  # t = -inf last
     gb = np.concatenate((np.concatenate(gen_below)[order], [0]))
-    far = ia / n_imp
-    tar = 1.0 - gb / n_gen
+    far = ia / hist.n_imp
+    tar = 1.0 - gb / hist.n_gen
     distinct = np.ones(far.size, dtype=bool)
     distinct[1:] = (far[1:] != far[:-1]) | (tar[1:] != tar[:-1])
     far, tar = far[distinct], tar[distinct]
