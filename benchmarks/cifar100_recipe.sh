@@ -80,11 +80,14 @@ done
 
 reports=()
 for name in "${names[@]}"; do reports+=("$REPORTS/$name.json"); done
+baseline=()  # differences against the vanilla student when it ran, else against the first report (the teacher)
+if [[ " ${names[*]} " == *" student-vanilla "* ]]; then baseline=(--baseline "$REPORTS/student-vanilla.json"); fi
 
 step "summary (test split)"
 # `fsd compare REPORT...` when this fsd has it; otherwise (or if it fails) a table from the report files.
 commands=$("$FSD" --help 2>/dev/null || true)
-if grep -qE '^[[:space:]]+compare([[:space:]]|$)' <<<"$commands" && "$FSD" compare "${reports[@]}"; then
+if grep -qE '^[[:space:]]+compare([[:space:]]|$)' <<<"$commands" \
+        && "$FSD" compare "${reports[@]}" ${baseline[@]+"${baseline[@]}"}; then
     :
 else
     "$PYTHON" - "${reports[@]}" <<'EOF'

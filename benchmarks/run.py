@@ -72,12 +72,12 @@ class Sizes:
     warmup_rounds: int = 2
     rounds: int = 6
     stream_reps: int = 3
-    extract_samples: int = 512  # extraction, dask and amortisation dataset
-    extract_chunk_rows: int = 256  # = the extraction batch, so every teacher batch is full
-    extract_batch: int = 256  # extract_teacher's default batch size
+    extract_samples: int = 256  # extraction, dask and amortisation dataset
+    extract_chunk_rows: int = 128  # = the extraction batch, so every teacher batch is full
+    extract_batch: int = 128
     extract_reps: int = 2
     dask_reps: int = 2
-    amort_epochs: int = 1
+    amort_epochs: int = 2
     amort_reps: int = 1
     eval_n: int = 40_000
     eval_dim: int = 512
@@ -87,8 +87,8 @@ class Sizes:
 
 FULL = Sizes()
 QUICK = Sizes(batch=8, train_samples=512, warmup_rounds=1, rounds=1, stream_reps=1, extract_samples=32,
-              extract_chunk_rows=16, extract_batch=16, extract_reps=1, dask_reps=1, eval_n=5_000, eval_dim=64,
-              eval_classes=100)
+              extract_chunk_rows=16, extract_batch=16, extract_reps=1, dask_reps=1, amort_epochs=1, eval_n=5_000,
+              eval_dim=64, eval_classes=100)
 
 
 def log(message: str) -> None:
@@ -402,6 +402,29 @@ def interleaved(variants: dict[str, Callable[[], StepResult]], warmup: int, roun
     return {"times": times, "phases": phases}
 
 
+def crd_loss_seconds(trainer: StoreTrainer, batch: int, device, amp: bool, reps: int) -> float:
+    """Forward + backward of the CRD term alone on one batch's shapes: its share of a step, whatever the student."""
+    import torch
+
+    from distill.losses import DistillInputs
+
+    loss = trainer.criterion.losses["crd"]
+    dim, n = trainer.teacher.dim, trainer.teacher.source.shape.num_samples
+    clock, times = Clock(device), []
+    for _ in range(reps + 1):
+        inputs = DistillInputs(student_embedding=torch.randn(batch, dim, device=device, requires_grad=True),
+                               student_logits=torch.zeros(batch, 1, device=device),
+                               labels=torch.zeros(batch, dtype=torch.long, device=device),
+                               teacher_embedding=torch.randn(batch, dim, device=device),
+                               indices=torch.randint(0, n, (batch,), device=device))
+        t0 = clock()
+        with autocast(device, amp):
+            value = loss(inputs)
+        value.backward()
+        times.append(clock() - t0)
+    return median(times[1:])  # the first call warms up
+
+
 def bench_training(ctx: "Context") -> dict[str, Any]:
     from distill.train_student import StudentConfig
 
@@ -446,12 +469,13 @@ def bench_training(ctx: "Context") -> dict[str, Any]:
     ratios["thkd_speedup_efficiency"] = [a / b for a, b in zip(ratios["online_thkd_vs_store_thkd"],
                                                               ratios["ideal_speedup"])]
     phase_medians = {name: {k: median([p[k] for p in ph]) for k in ph[0]} for name, ph in raw["phases"].items()}
+    crd_alone = crd_loss_seconds(trainers["store-CRD"], s.batch, device, ctx.amp, max(3, s.rounds))
     return {
         "batch": s.batch, "train_samples": s.train_samples, "views": s.views, "warmup_rounds": s.warmup_rounds,
         "rounds": s.rounds, "crd_negatives": crd_negatives, "amp": ctx.amp,
         "step_seconds": t, "step_seconds_median": {n: median(v) for n, v in t.items()},
         "samples_per_second": {n: s.batch / median(v) for n, v in t.items()},
-        "phase_seconds_median": phase_medians,
+        "phase_seconds_median": phase_medians, "crd_loss_alone_seconds": crd_alone,
         "ratios_per_round": ratios, "ratios": {k: median(v) for k, v in ratios.items()},
     }
 
@@ -483,12 +507,12 @@ def bench_stream(ctx: "Context", training: dict[str, Any] | None) -> dict[str, A
     stream = StoreStream(store, s.batch, seed=0)
     order: list[tuple[np.ndarray, np.ndarray]] = []
 
-    def stream_epoch(epoch: int) -> int:
-        stream.set_epoch(epoch)
+    def stream_epoch(record: bool = False) -> int:
+        stream.set_epoch(0)  # every repetition reads epoch 0: exactly the recorded batches
         rows = 0
         for batch in stream:
             rows += len(batch.indices)
-            if epoch == 0:
+            if record:
                 order.append((batch.indices, batch.view_ids))
         return rows
 
@@ -501,13 +525,13 @@ def bench_stream(ctx: "Context", training: dict[str, Any] | None) -> dict[str, A
             rows += len(ids)
         return rows
 
-    stream_epoch(0)  # records the batch order, warms the page cache
+    stream_epoch(record=True)  # records the batch order, warms the page cache
     memmap_epoch()
     stream_t, memmap_t = [], []
-    for rep in range(s.stream_reps):  # epoch 0 again, so both read exactly the recorded batches
+    for rep in range(s.stream_reps):
         for name in (("stream", "memmap") if rep % 2 == 0 else ("memmap", "stream")):
             started = time.perf_counter()
-            rows = stream_epoch(0) if name == "stream" else memmap_epoch()
+            rows = stream_epoch() if name == "stream" else memmap_epoch()
             (stream_t if name == "stream" else memmap_t).append(time.perf_counter() - started)
             assert rows == n
     per_rep = [m / st for st, m in zip(stream_t, memmap_t)]
@@ -598,7 +622,7 @@ def bench_dask(ctx: "Context") -> dict[str, Any]:
             t0 = time.perf_counter()
             cluster = stack.enter_context(LocalCluster(
                 n_workers=workers, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address=None,
-                silence_logs=logging.CRITICAL, scheduler_kwargs={"dashboard": False}))
+                silence_logs=logging.CRITICAL, scheduler_kwargs={"dashboard": False, "dashboard_address": "127.0.0.1:0"}))
             client = stack.enter_context(Client(cluster, set_as_default=False))
             client.run(_warm_worker)
             startup[workers] = time.perf_counter() - t0
@@ -761,78 +785,82 @@ def fmt(value: float | None, digits: int = 2) -> str:
 
 
 def limits_text(r: dict[str, Any]) -> list[str]:
-    """'What limits each ratio', from this run's phase breakdown plus the profile findings of PROFILE_NOTES."""
+    """'What limits each ratio': this run's phase breakdown, then the mechanism found by profiling (NOTES)."""
     lines: list[str] = []
     tr = r.get("training")
     if tr:
         ph = tr["phase_seconds_median"]
-        van, kd = ph["vanilla"], ph["store-KD"]
-        crd = ph["store-CRD"]
-        fwd_bwd = lambda p: p["forward"] + p["backward"]  # noqa: E731
-        lines.append(
-            f"- **store-KD / vanilla** — median phases per step (ms), vanilla vs store-KD: stream "
-            f"{1e3 * van['stream']:.1f} vs {1e3 * kd['stream']:.1f}, render {1e3 * van['render']:.1f} vs "
-            f"{1e3 * kd['render']:.1f}, forward+backward {1e3 * fwd_bwd(van):.0f} vs {1e3 * fwd_bwd(kd):.0f}, "
-            f"optimiser+logging {1e3 * van['optimizer+log']:.1f} vs {1e3 * kd['optimizer+log']:.1f}. "
-            + PROFILE_NOTES["store"])
-        lines.append(
-            f"- **online / store speed-up efficiency** — the teacher forward inside the online step took "
-            f"{1e3 * ph['online-KD']['teacher']:.0f} ms vs {1e3 * ph['teacher-forward']['teacher']:.0f} ms bare. "
-            + PROFILE_NOTES["online"])
-        lines.append(
-            f"- **store-CRD / vanilla** — CRD's forward+backward {1e3 * fwd_bwd(crd):.0f} ms vs "
-            f"{1e3 * fwd_bwd(van):.0f} ms vanilla with {tr['crd_negatives']:,} negatives. " + PROFILE_NOTES["crd"])
-    if r.get("extraction"):
-        lines.append("- **extraction / bare forward** — " + PROFILE_NOTES["extraction"])
-    if r.get("dask"):
-        d = r["dask"]
-        lines.append(f"- **dask 2 / 1 workers** — cluster start-up (excluded, paid once) "
-                     f"{fmt(d['cluster_startup_seconds'][1], 1)} s / {fmt(d['cluster_startup_seconds'][2], 1)} s. "
-                     + PROFILE_NOTES["dask"])
-    if r.get("stream"):
-        lines.append("- **stream / memmap** — " + PROFILE_NOTES["stream"])
-    if r.get("eval"):
-        lines.append("- **eval / PML** — " + PROFILE_NOTES["eval"])
-    if r.get("amortisation"):
-        lines.append("- **amortisation** — " + PROFILE_NOTES["amortisation"])
+        van, kd, crd = ph["vanilla"], ph["store-KD"], ph["store-CRD"]
+
+        def ms(p: dict[str, float], *keys: str) -> str:
+            return f"{1e3 * sum(p[k] for k in keys):.1f}"
+
+        own = ", ".join(f"{k} {ms(van, k)} vs {ms(kd, k)}" for k in ("stream", "render", "optimizer+log"))
+        lines.append(f"- **store-KD (and TH-KD) / vanilla** — median phases of a step in this run (ms, vanilla vs "
+                     f"store-KD): forward+backward {ms(van, 'forward', 'backward')} vs {ms(kd, 'forward', 'backward')}, "
+                     f"{own}. " + NOTES["store"])
+        lines.append(f"- **online / store efficiency** — the teacher forward inside the online-KD step took "
+                     f"{1e3 * ph['online-KD']['teacher']:.0f} ms, the bare forward {1e3 * ph['teacher-forward']['teacher']:.0f}"
+                     " ms. " + NOTES["online"])
+        share = tr["crd_loss_alone_seconds"] / tr["step_seconds_median"]["vanilla"]
+        lines.append(f"- **store-CRD / vanilla** — CRD's forward+backward {ms(crd, 'forward', 'backward')} ms vs "
+                     f"{ms(van, 'forward', 'backward')} ms vanilla; the CRD term alone ({tr['crd_negatives']:,} negatives, "
+                     f"forward + backward, timed separately) {1e3 * tr['crd_loss_alone_seconds']:.0f} ms = "
+                     f"{100 * share:.0f} % of a vanilla step. " + NOTES["crd"])
+    for key, title in (("extraction", "extraction / bare forward"), ("dask", "dask 2 / 1 workers"),
+                       ("stream", "stream / memmap"), ("eval", "eval / PML"), ("amortisation", "amortisation")):
+        if r.get(key):
+            extra = ""
+            if key == "dask":
+                d = r["dask"]["cluster_startup_seconds"]
+                extra = f"Cluster start-up, paid once and excluded: {fmt(d[1], 1)} s (1 worker), {fmt(d[2], 1)} s (2). "
+            lines.append(f"- **{title}** — {extra}{NOTES[key]}")
     return lines
 
 
-# Findings of profiling the same code paths (cProfile; see the report that introduced this file). They explain
-# the mechanism; the numbers next to them are this run's.
-PROFILE_NOTES = {
-    "store": "On the CPU the student's own convolutions (forward + backward) are > 95 % of every step; the store "
-             "path adds the stream read (chunks decoded in a background thread, the batch itself is a slice), the "
-             "frozen head on the stored embedding (64×256 @ 256×100) and the KD/TH terms — each well under 1 %. "
-             "The ratio is therefore bounded by machine noise, not by fsd.",
-    "online": "The online step is the store step plus the teacher forward, so the efficiency is ≈ "
-              "t(vanilla)/t(store-KD) — the same small store overhead — plus noise from the shared cores.",
-    "crd": "The extra cost is CRD's memory-bank work per step: projecting K teacher negatives "
-           "(K×256 @ 256×128, forward and the weight gradient), gathering K rows of the float16 bank and converting "
-           "them to float32, and two B×K similarity matrices. It scales with K, not with the batch, so at batch 64 "
-           "on a CPU it is a fixed ~5–10 % of a step; on a GPU the student step shrinks and this share grows. "
-           "Proposed fix (distill/losses/crd.py): keep the bank float32 (or project it in half precision under "
-           "autocast) to drop the per-step K×D conversion, and draw negatives on the device.",
-    "extraction": "Extraction is the teacher forward plus view sampling (a SeedSequence per sample and view, "
-                  "Python), rendering, float16 encoding and a Blosc/zstd chunk write; all but the forward are "
-                  "milliseconds per 256-row chunk. Extraction's effective batch is min(batch size, chunk rows): "
-                  "a store of small chunks (the default for small N is N/16 rows) runs the teacher on small "
-                  "batches; here chunk rows = batch.",
-    "dask": "Two single-threaded workers against one on a machine of 2 cores shared with other jobs: the ideal is "
-            "2, the cores' availability caps it. Each worker loads the teacher once (per-process cache) and writes "
-            "its chunks directly; the driver only schedules.",
-    "stream": "The stream decodes whole Blosc/zstd chunks (bit-shuffled float16 → float32) and copies each batch "
-              "out of a shuffled buffer; the memmap baseline gathers the same rows uncompressed from the page "
-              "cache. Both run far above what training consumes.",
-    "eval": "Both sides are dominated by the same exact brute-force FAISS search (N × N × D multiply-adds; fsd "
-            "IndexFlatIP, PML IndexFlatL2 on the same unit vectors), so the ratio sits near 1 and ≤ 0.5 is out of "
-            "reach without doing less work. Proposed fix (distill/knn.py, leave-one-out case): a symmetric blockwise "
-            "search — compute each off-diagonal block of X·Xᵀ once and merge it into the top-k of both its row "
-            "block and its column block — halves the GEMM work with exactly the same neighbours.",
-    "amortisation": "A store run costs a student step per batch; an online run a student step plus a teacher "
-                    "forward. The store side pays the extraction (views × N teacher forwards) once, so it wins as "
-                    "soon as k × epochs exceeds the number of stored views; the measured runs also include each "
-                    "run's start-up (dataset load, checkpoint writes).",
+# The mechanism behind each ratio, from profiling the same code paths with cProfile and micro-benchmarks
+# (batch 64, one thread, this 2-core machine under load); not re-measured by this script.
+NOTES = {
+    "store": "Profile: ≈ 98 % of both steps is the student's conv2d / batch_norm forward and the autograd backward. "
+             "The store path's own work — the batch slice out of the prefetched, already decoded buffer (chunks are "
+             "read by a background thread), the frozen teacher head on the stored embedding (64×256 @ 256×100) and "
+             "the KD/TH terms — is about 1 % together. What is left of the gap is the shared machine's noise, which "
+             "the per-round medians cancel only in part; there is nothing in fsd to fix for this ratio.",
+    "online": "The online step is the store step plus that forward, so the efficiency equals t(vanilla)/t(store) "
+              "up to noise: it inherits the store path's ~1 % and nothing else.",
+    "crd": "Micro-profile of the term at K = 16,384: gathering K float16 bank rows and converting them (~10 %), "
+           "projecting the K negatives (K×256 @ 256×128, ~20 %), the two B×K similarity matrices and the mask "
+           "(~25 %), and the backward (~50 %), two thirds of which is the teacher projection's gradient through the "
+           "K negatives. It scales with K, not with the batch. Proposed fix (distill/losses/crd.py): project the "
+           "negatives under torch.no_grad() — as in CRD, whose memory-bank negatives carry no gradient — which cut "
+           "the term by about a third in the micro-benchmark (123 → 84 ms); a float32 bank brought nothing (the "
+           "gather is bound by the random indices, not the conversion).",
+    "extraction": "Profile: 99.5 % of extract_teacher is the teacher's conv2d / batch_norm; view sampling, rendering, "
+                  "float16 encoding, the Blosc/zstd chunk write and the done-flag are the rest. Note that extraction's "
+                  "effective batch is min(batch size, chunk rows) because batches never cross a chunk: small stores "
+                  "get the default of N/16 rows per chunk and so small teacher batches (here chunk rows = batch).",
+    "dask": "Two single-threaded workers against one on 2 cores that other jobs also use: the ideal is 2 and the "
+            "cores' availability caps it. Workers load the teacher once (per-process cache) and write their chunks "
+            "directly; the driver only validates, schedules and marks the store complete.",
+    "stream": "The stream decodes whole Blosc/zstd chunks (bit-shuffled float16 → float32) in a background thread, "
+              "shuffles them in a buffer and slices batches; zarr's per-read overhead (three arrays per chunk, "
+              "~ms each) is amortised over the chunk's rows, so stores with tiny chunks stream slowly (the --quick "
+              "store has 32-row chunks). The memmap baseline gathers the same rows uncompressed from the page "
+              "cache. Both are orders of magnitude above what training consumes, which is what matters.",
+    "eval": "Profile at 10,000 × 512: FAISS' exact search is 88 % of fsd's time (the float64 norm in "
+            "knn.l2_normalize most of the rest) and 66 % of PML's (which adds torch.allclose checks and mask "
+            "building); the search's share grows with N, so the ratio tends to ~0.9–1 — both do the same "
+            "N×N×D brute-force GEMM. ≤ 0.5 needs less arithmetic with the same exact neighbours. Proposed fix "
+            "(distill/knn.py, leave-one-out): a symmetric blockwise search that computes each block of X·Xᵀ above "
+            "the diagonal once and merges it into the top-k of both its row block and its column block (FAISS "
+            "result heaps, as faiss.contrib.exhaustive_search does). Measured here: the upper-triangle GEMM takes "
+            "0.5–0.6 × the full GEMM (numpy/OpenBLAS); a torch.topk prototype gave the same neighbours but no net "
+            "gain, because a torch CPU GEMM plus topk merges is slower than FAISS' fused search — the merge must be "
+            "FAISS' heaps. Also compute the norms in float32 with a rescale (saves a N×D float64 copy).",
+    "amortisation": "A store run costs a student step per batch, an online run a student step plus a teacher forward; "
+                    "the store side pays the extraction (views × N teacher forwards) once, so it wins once k × epochs "
+                    "exceeds the number of stored views. The runs include each run's start-up (dataset load, "
+                    "checkpoint and log writes).",
 }
 
 
@@ -843,7 +871,7 @@ def markdown(r: dict[str, Any], figs: list[Figure]) -> str:
     v = mach["versions"]
     device = mach["gpu"] or f"CPU ({mach['cpu']}, {mach['usable_cores']} usable cores, {mach['torch_threads']} torch threads)"
     lines = [START, "", "## Throughput figures (benchmarks/run.py)", "",
-             f"`python benchmarks/run.py{' --quick' if m['quick'] else ''}{' --device cuda' if mach['device'].startswith('cuda') else ''}` "
+             f"`python benchmarks/run.py{''.join(' ' + a for a in m['argv'])}` "
              f"on {mach['date_utc']}, device: **{device}**. Every figure is a median of per-round ratios measured in "
              "this one run against its baseline on the same batches; absolute times are context only. "
              f"**The machine was shared with other jobs** (load average {mach['loadavg_start']} at the start, "
@@ -897,9 +925,9 @@ def markdown(r: dict[str, Any], figs: list[Figure]) -> str:
         lines.append(f"- eval: {e['n']:,} × {e['dim']} float32, {e['classes']:,} classes, L2-normalised; FAISS "
                      f"{'GPU' if e['faiss_gpu'] else 'CPU'} on both sides.")
         if e["n"] != 100_000:
-            lines.append(f"  The issue's size is 100,000 × 512; on this CPU one exact search at that size takes "
-                         "~6 minutes per side, so the full CPU run uses `--eval-n` "
-                         f"{e['n']:,} (both sides scale alike: O(N²·D)). Use `--eval-n 100000` on a GPU.")
+            lines.append(f"  The issue's size is 100,000 × 512 (the CUDA default). On this loaded 2-core CPU one "
+                         "exact search at that size takes ~6 minutes per side, so this run used "
+                         f"N = {e['n']:,} (`--eval-n`); both sides are O(N²·D).")
     lines += ["", "### Absolute times (context)", ""]
     if tr:
         lines += ["| variant | median step (ms) | samples/s |", "|---|---:|---:|"]
@@ -1016,6 +1044,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if "extraction" in sections and "dask" not in sections and not args.no_dask:
         sections.insert(sections.index("extraction") + 1, "dask")
     amp = device.type == "cuda" and not args.no_amp
+    threads = args.threads or (1 if device.type == "cpu" else None)
+    if threads:
+        torch.set_num_threads(threads)
     torch.manual_seed(0)
     results: dict[str, Any] = {"meta": {"quick": args.quick, "sizes": asdict(sizes), "argv": sys.argv[1:],
                                         "machine": machine_info(device), "sections": sections}}
@@ -1058,6 +1089,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--no-amp", action="store_true", help="on CUDA, train in float32 instead of bf16 autocast")
     parser.add_argument("--eval-n", type=int, default=None, help="eval embeddings (default 40,000 CPU, 100,000 CUDA)")
     parser.add_argument("--rounds", type=int, default=None, help="timed rounds of the training section")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch intra-op threads in this process (default: 1 on the CPU, torch's on CUDA)")
     parser.add_argument("--workdir", default=None, help="parent of the temporary work folder")
     args = parser.parse_args(argv)
     results = run(args)

@@ -102,34 +102,27 @@ def run_child(method: str, args: argparse.Namespace) -> dict[str, Any]:
 
 def markdown(results: dict[str, Any]) -> str:
     s, m = results["streaming"], results["materialising"]
-    p = results["params"]
+    p, machine = results["params"], results["machine"]
     v = s["report"]
     tars = ", ".join(f"{k}: {'null' if t is None else f'{t:.6f}'}" for k, t in v["tar_at_far"].items())
-    return "\n".join([
-        SECTION,
-        "",
-        f"`python benchmarks/tar_at_far.py` — N = {p['n']:,} embeddings, D = {p['dim']}, {p['classes']:,} classes "
-        f"({v['num_genuine']:,} genuine, {v['num_impostor']:,} impostor pairs), CPU only (numpy/OpenBLAS), "
-        f"block {p['block']}. Each method ran in a fresh process; *metric RSS* = peak RSS − RSS just before the "
-        "call. Raw numbers: `benchmarks/tar_at_far.json`.",
-        "",
-        "| method | time (s) | peak RSS (MiB) | metric RSS (MiB) | passes over the pairs |",
-        "|---|---:|---:|---:|---:|",
-        f"| streaming (`streaming_verification`) | {s['seconds']:.1f} | {s['peak_rss_mib']:.0f} | "
-        f"{s['metric_rss_mib']:.0f} | {s['passes']} |",
-        f"| materialising (`pair_scores` + `verification_metrics` + `roc_curve`) | {m['seconds']:.1f} | "
-        f"{m['peak_rss_mib']:.0f} | {m['metric_rss_mib']:.0f} | 1 (then sorts) |",
-        "",
-        f"Both reports are identical, bit for bit (asserted): TAR@FAR {tars}; ROC AUC {v['roc_auc']!r}; "
-        f"EER {v['eer']!r}. FAR 1e-06 × {v['num_impostor']:,} impostors = "
-        f"{1e-6 * v['num_impostor']:.1f}: k = {int(1e-6 * v['num_impostor'])}, so it is defined here.",
-        "",
-        f"Machine: {results['machine']['cpus']} CPU cores shared with other jobs (load average "
-        f"{results['machine']['loadavg_before']} at the start), {results['machine']['platform']}, Python "
-        f"{results['machine']['python']}, numpy {results['machine']['numpy']}; timings on a shared machine are "
-        "indicative (±30 %), memory figures are not affected.",
-        "",
-    ])
+    intro = (f"`python benchmarks/tar_at_far.py` — N = {p['n']:,} embeddings, D = {p['dim']}, {p['classes']:,} "
+             f"classes ({v['num_genuine']:,} genuine, {v['num_impostor']:,} impostor pairs), CPU only "
+             f"(numpy/OpenBLAS; no GPU on this machine), tiles of {p['block']}² scores. Each method ran in a fresh "
+             "process; *metric RSS* = peak RSS − RSS just before the call. Raw numbers: "
+             "`benchmarks/tar_at_far.json`.")
+    streaming = (f"| streaming (`streaming_verification`) | {s['seconds']:.1f} | {s['peak_rss_mib']:.0f} | "
+                 f"{s['metric_rss_mib']:.0f} | {s['passes']} |")
+    materialising = (f"| materialising (`pair_scores` + `verification_metrics` + `roc_curve`) | {m['seconds']:.1f} | "
+                     f"{m['peak_rss_mib']:.0f} | {m['metric_rss_mib']:.0f} | 1, then sorts |")
+    k = v["num_impostor"] // 10**6  # floor(1e-6 * N_imp)
+    values = (f"Both reports are identical, bit for bit (asserted): TAR@FAR {tars}; ROC AUC {v['roc_auc']!r}; "
+              f"EER {v['eer']!r}. At FAR 1e-06, k = floor(1e-6 × {v['num_impostor']:,}) = {k}, so it is defined.")
+    where = (f"Machine: {machine['cpus']} CPU cores shared with other jobs (load average {machine['loadavg_before']} "
+             f"at the start), {machine['platform']}, Python {machine['python']}, numpy {machine['numpy']}. Timings on "
+             "a shared machine are indicative only (easily ±30 %); the memory figures are not affected.")
+    table = ["| method | time (s) | peak RSS (MiB) | metric RSS (MiB) | passes over the pairs |",
+             "|---|---:|---:|---:|---:|", streaming, materialising]
+    return "\n".join([SECTION, "", intro, "", *table, "", values, "", where, ""])
 
 
 def write_section(path: Path, section: str) -> None:

@@ -8,8 +8,8 @@ import click
 
 from cli.options import dataset_option, device_option, split_option
 from distill import evaluate as ev
-from distill.pairs import FORMATS, read_pairs, resolve_pairs
 from distill.metrics import FARS
+from distill.pairs import FORMATS, read_pairs, resolve_pairs
 from featstore.errors import InvalidInput, OutputExists
 
 
@@ -30,7 +30,7 @@ def _parse_fars(text: str) -> tuple[float, ...]:
 @dataset_option(required=False)
 @split_option("test")
 @click.option("--store", default=None, metavar="STORE", help="Evaluate a store's identity-view embeddings.")
-@click.option("--embeddings", type=click.Path(path_type=Path), default=None, help="HDF5 with embeddings, labels.")
+@click.option("--embeddings", type=click.Path(path_type=Path), default=None, help="HDF5 with embeddings, labels (and optional names).")
 @click.option("--gallery-store", default=None, metavar="STORE",
               help="Also report cross-model retrieval: these embeddings as queries against the store.")
 @click.option("--far", "far_text", default=",".join(f"{f:g}" for f in FARS), show_default=True)
@@ -74,7 +74,8 @@ def command(use_faiss, model, dataset, split, store, embeddings, gallery_store, 
         queries = ev.embeddings_from_h5(embeddings)
     gallery = ev.embeddings_from_store(gallery_store) if gallery_store else None
     pairs = resolve_pairs(parsed_pairs, len(queries.labels), queries.names) if parsed_pairs is not None else None
-    report, curves = ev.evaluate(queries, gallery=gallery, fars=fars, pairs=pairs)
+    use_gpu = False if device == "cpu" else None  # --device cpu keeps FAISS and pair scoring on the CPU
+    report, curves = ev.evaluate(queries, gallery=gallery, fars=fars, use_gpu=use_gpu, pairs=pairs)
     click.echo(ev.report_table(report))
     for line in _protocol_lines(report["verification"]):
         click.echo(line)
@@ -85,7 +86,7 @@ def command(use_faiss, model, dataset, split, store, embeddings, gallery_store, 
         name = Path(str(sources[0])).name
         ev.plot_roc(curves, plot, title=f"ROC — {name}")
         click.echo(f"ROC curve written to {plot}")
-        ev.plot_cmc({"": ev.cmc_curve(queries)}, cmc_plot, title=f"CMC — {name}")
+        ev.plot_cmc({"": ev.cmc_curve(queries, use_gpu=use_gpu)}, cmc_plot, title=f"CMC — {name}")
         click.echo(f"CMC curve written to {cmc_plot}")
 
 

@@ -79,4 +79,4 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-from distill import resnet_cifar  # noqa: E402,F401  (registers the CIFAR ResNets)
+from distill import resnet_cifar  # noqa: F401  (registers the CIFAR ResNets)

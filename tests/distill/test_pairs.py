@@ -4,12 +4,13 @@ verification over given pairs, LFW's fold-threshold accuracy by hand, and the CM
 from __future__ import annotations
 
 import math
+from fractions import Fraction
 
 import numpy as np
 import pytest
 
 from distill import evaluate as ev
-from distill.metrics import count_relevant, verification_metrics
+from distill.metrics import count_relevant, far_key, verification_metrics
 from distill.pairs import (
     best_threshold,
     detect_format,
@@ -251,3 +252,81 @@ def test_cmc_by_hand_and_equals_recall() -> None:
     assert np.all(np.diff(curve) >= 0) and curve[-1] <= 1.0
     known = labels != -1
     assert count_relevant(labels[known], labels[known], leave_one_out=True).min() == 0  # the singleton
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# independent brute force (python loops) on random data with ties
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def brute_accuracy(scores: list[float], same: list[bool], t: float) -> int:
+    return sum(1 for s, y in zip(scores, same) if (s > t) == y)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_lfw_accuracy_matches_brute_force(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    n_folds, per = 4, 15
+    scores = np.round(rng.normal(0.3, 0.3, size=n_folds * 2 * per) * 10) / 10  # 0.1 steps: many ties
+    same = np.tile(np.repeat([True, False], per), n_folds)
+    scores[same] += 0.2
+    folds = np.repeat(np.arange(n_folds), 2 * per)
+    out = lfw_accuracy(scores, same, folds)
+    expected_acc, expected_t = [], []
+    for f in range(n_folds):
+        train = [(float(s), bool(y)) for s, y, g in zip(scores, same, folds) if g != f]
+        test = [(float(s), bool(y)) for s, y, g in zip(scores, same, folds) if g == f]
+        best_t, best_correct = None, -1
+        for t in [-math.inf] + sorted({s for s, _ in train}):  # ascending: the first maximum is the lowest t
+            correct = brute_accuracy([s for s, _ in train], [y for _, y in train], t)
+            if correct > best_correct:
+                best_t, best_correct = t, correct
+        expected_t.append(None if math.isinf(best_t) else best_t)
+        expected_acc.append(brute_accuracy([s for s, _ in test], [y for _, y in test], best_t) / len(test))
+    assert out["fold_threshold"] == expected_t
+    assert out["fold_accuracy"] == expected_acc
+    mean = sum(expected_acc) / n_folds
+    std = math.sqrt(sum((a - mean) ** 2 for a in expected_acc) / (n_folds - 1))
+    assert out["accuracy_mean"] == pytest.approx(mean, abs=1e-15)
+    assert out["accuracy_std"] == pytest.approx(std, abs=1e-15)
+
+
+def test_cmc_matches_brute_force() -> None:
+    rng = np.random.default_rng(3)
+    nq, k = 40, 12
+    q = rng.integers(0, 4, size=nq)
+    q[:3] = -1
+    nl = rng.integers(-1, 4, size=(nq, k))
+    r = rng.integers(0, 3, size=nq)
+    cmc = ev.cmc_from_neighbors(nl, q, r, k)
+    kept = [i for i in range(nq) if r[i] > 0 and q[i] != -1]
+    for rank in range(1, k + 1):
+        hits = sum(1 for i in kept if any(nl[i, j] == q[i] for j in range(rank)))
+        assert cmc[rank - 1] == pytest.approx(hits / len(kept), abs=1e-15)
+
+
+def test_pair_verification_matches_brute_force() -> None:
+    rng = np.random.default_rng(4)
+    # rows with four entries ±1 (normalised: ±0.5) or all zero: every cosine is an exact multiple of 1/4 -> ties
+    x = np.zeros((30, 8), dtype=np.float32)
+    for row in x[1:]:
+        row[rng.choice(8, size=4, replace=False)] = rng.choice([-1.0, 1.0], size=4)
+    pairs = rng.integers(0, 30, size=(300, 2))
+    pairs = pairs[pairs[:, 0] != pairs[:, 1]]
+    same = rng.random(pairs.shape[0]) < 0.4
+    fars = (0.01, 0.1, 0.5)
+    report, _ = pair_verification(x, pairs, same, fars=fars)
+    rows = [[float(v) for v in row] for row in x]
+    norms = [math.sqrt(sum(v * v for v in row)) for row in rows]
+    scores = [sum(a * b for a, b in zip(rows[i], rows[j])) / (norms[i] * norms[j]) if norms[i] and norms[j] else 0.0
+              for i, j in pairs]
+    gen = [s for s, y in zip(scores, same) if y]
+    imp = [s for s, y in zip(scores, same) if not y]
+    assert (report["num_genuine"], report["num_impostor"]) == (len(gen), len(imp))
+    twice = sum(2 * (i < g) + (i == g) for g in gen for i in imp)
+    assert report["roc_auc"] == twice / (2 * len(gen) * len(imp))
+    desc = sorted(imp, reverse=True)
+    for far in fars:
+        k = int(Fraction(repr(far)) * len(imp))
+        expected = None if k < 1 else sum(1 for g in gen if g > desc[k]) / len(gen)
+        assert report["tar_at_far"][far_key(far)] == expected
