@@ -41,10 +41,12 @@ def _parse_fars(text: str) -> tuple[float, ...]:
               help="Format of --pairs (auto: from its first line).")
 @click.option("--plot", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="ROC curve PNG; the CMC curve goes beside it as <stem>_cmc.png.")
+@click.option("--th-mix", type=float, default=None, metavar="W",
+              help="Student checkpoints: classify with p' = (1−W)·p_student + W·p_teacher-head (the paper's mix).")
 @click.option("--overwrite", is_flag=True, help="Replace existing --out/--plot files.")
 @device_option
 def command(use_faiss, model, dataset, split, store, embeddings, gallery_store, far_text, pairs_file, pairs_format,
-            out, plot, overwrite, device):
+            out, plot, th_mix, overwrite, device):
     """Evaluate embeddings: classification top-1, retrieval (Recall@K, P@1, R-precision, MAP@R) and
     verification (TAR@FAR, ROC AUC, EER) over all pairs — exact, in bounded memory — or over the pairs of
     --pairs (with LFW's 10-fold accuracy for an LFW pairs.txt; names come from the HDF5 'names' dataset).
@@ -60,6 +62,8 @@ def command(use_faiss, model, dataset, split, store, embeddings, gallery_store, 
         raise InvalidInput("give exactly one of --model, --store, --embeddings")
     if model is not None and not dataset:
         raise InvalidInput("--model needs --dataset")
+    if th_mix is not None and model is None:
+        raise InvalidInput("--th-mix needs --model (a student checkpoint)")
     fars = _parse_fars(far_text)
     cmc_plot = plot.with_name(f"{plot.stem}_cmc.png") if plot is not None else None
     for path in (out, plot, cmc_plot):
@@ -67,7 +71,7 @@ def command(use_faiss, model, dataset, split, store, embeddings, gallery_store, 
             raise OutputExists(f"{path} already exists (use --overwrite to replace it)")
     parsed_pairs = read_pairs(pairs_file, pairs_format) if pairs_file is not None else None  # fail before work
     if model is not None:
-        queries = ev.embeddings_from_checkpoint(model, dataset, split, device)
+        queries = ev.embeddings_from_checkpoint(model, dataset, split, device, th_mix=th_mix)
     elif store is not None:
         queries = ev.embeddings_from_store(store)
     else:
