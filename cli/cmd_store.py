@@ -1,4 +1,4 @@
-"""``fsd store info|verify|export``: inspect, check and export a feature store."""
+"""``fsd store info|verify|export|import``: inspect, check, export and import feature stores."""
 
 from __future__ import annotations
 
@@ -9,8 +9,12 @@ import click
 from pathlib import Path
 
 from featstore.errors import InvalidInput, StoreError
+from cli.options import dataset_option, dtype_choice, overwrite_option, split_option
+from featstore.datasets import load_dataset
+from featstore.errors import OutputExists
 from featstore.export import export_h5
-from featstore.store import open_store
+from featstore.importer import import_h5
+from featstore.store import open_store, store_exists
 from featstore.verify import DEFAULT_LIVE_SAMPLE, verify_live, verify_store
 
 
@@ -96,14 +100,39 @@ def verify(store: str, teacher_path: str | None, sample: int | None, seed: int |
 @command.command("export")
 @click.argument("store")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True, help="HDF5 file to write.")
-@click.option("--view", type=int, default=None,
-              help="Export only this view as (N, D) — e.g. --view 0 for `fsd eval --embeddings`.")
+@click.option("--view", default="all", show_default=True,
+              help="'all' → (N, V, D); a view index → (N, D), e.g. --view 0 for `fsd eval --embeddings`.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing --out.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def export(store: str, out: Path, view: int | None, overwrite: bool, quiet: bool) -> None:
-    """Copy STORE's embeddings, labels, views and head into one HDF5 file (written atomically).
+def export(store: str, out: Path, view: str, overwrite: bool, quiet: bool) -> None:
+    """Copy STORE's embeddings (dequantised to float32), labels, views and head into one HDF5 file,
+    written atomically.
 
     Example: fsd store export store.zarr --out store.h5 --view 0
     """
-    path = export_h5(store, out, view=view, overwrite=overwrite, progress=not quiet)
+    if view != "all" and not view.isdigit():
+        raise InvalidInput(f"--view must be 'all' or a view index, got {view!r}")
+    path = export_h5(store, out, view=None if view == "all" else int(view), overwrite=overwrite, progress=not quiet)
     click.echo(f"exported {store} → {path} ({path.stat().st_size / 1e6:.2f} MB)")
+
+
+@command.command("import")
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--out", required=True, metavar="STORE", help="Store to create.")
+@dataset_option()
+@split_option("train")
+@click.option("--dtype", type=dtype_choice, default="float16", show_default=True)
+@click.option("--chunk-rows", type=int, default=None, help="Samples per chunk (default: a few MB per chunk).")
+@overwrite_option
+def import_(file: Path, out: str, dataset: str, split: str, dtype: str, chunk_rows: int | None, overwrite: bool) -> None:
+    """Create a store from an HDF5 file of teacher embeddings computed outside fsd.
+
+    FILE holds 'embeddings' (N, D) or (N, V, D), 'labels' (N,), 'head/weight' (C, D) [, 'head/bias',
+    'views' (N, V, 5)] — the layout `fsd store export` writes. Rows must be the dataset split's samples, in order.
+
+    Example: fsd store import teacher_emb.h5 --out store.zarr --dataset digits
+    """
+    if store_exists(out) and not overwrite:
+        raise OutputExists(f"{out} already exists (use --overwrite to replace it)")
+    summary = import_h5(file, load_dataset(dataset, split), out, dtype=dtype, chunk_rows=chunk_rows, overwrite=overwrite)
+    click.echo(summary.line().replace("wrote", "imported into", 1))

@@ -1,0 +1,93 @@
+"""Import an HDF5 file of embeddings into a store — for teachers run outside fsd.
+
+The file holds ``embeddings`` (N, D) or (N, V, D), ``labels`` (N,), ``head/weight`` (C, D) [``head/bias``]
+and optionally ``views`` (N, V, P) — exactly what ``fsd store export`` writes, so export → import round-trips.
+The dataset it belongs to must be named: training pairs store row i with dataset sample i, so the labels
+must agree with the dataset's and the store records the dataset's fingerprint. The "teacher" of an imported
+store is the file itself (its sha256).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from featstore.codecs import check_dtype
+from featstore.datasets import ImageDataset
+from featstore.errors import InputNotFound, InvalidInput
+from featstore.extract import ExtractSummary, summarise
+from featstore.lock import writer_lock
+from featstore.store import StoreShape, create_store, default_chunk_rows, local_path, remove_store, store_exists
+from featstore.views import PARAM_NAMES, identity_params
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def import_h5(path: str | Path, dataset: ImageDataset, url: str, *, dtype: str = "float16",
+              chunk_rows: int | None = None, overwrite: bool = False) -> ExtractSummary:
+    path = Path(path)
+    check_dtype(dtype)
+    if not path.is_file():
+        raise InputNotFound(f"embeddings file {path} does not exist")
+    if not h5py.is_hdf5(path):
+        raise InvalidInput(f"{path} is not an HDF5 file")
+    if chunk_rows is not None and chunk_rows <= 0:
+        raise InvalidInput(f"chunk-rows must be positive, got {chunk_rows}")
+    started = time.perf_counter()
+    with h5py.File(path, "r") as handle:
+        for name in ("embeddings", "labels", "head/weight"):
+            if name not in handle:
+                raise InvalidInput(f"{path} has no dataset {name!r} (needs embeddings, labels, head/weight)")
+        emb = handle["embeddings"]
+        if emb.ndim not in (2, 3):
+            raise InvalidInput(f"{path}: embeddings must be (N, D) or (N, V, D), got {emb.shape}")
+        n, v, d = (emb.shape[0], 1, emb.shape[1]) if emb.ndim == 2 else emb.shape
+        labels = np.asarray(handle["labels"][...])
+        weight = np.asarray(handle["head/weight"][...], dtype=np.float32)
+        bias = np.asarray(handle["head/bias"][...], dtype=np.float32) if "head/bias" in handle else None
+        if n != len(dataset):
+            raise InvalidInput(f"{path} holds {n} rows, dataset {dataset.spec}/{dataset.split} has {len(dataset)}")
+        if not np.array_equal(labels.astype(np.int64), dataset.labels):
+            raise InvalidInput(f"{path}: labels differ from dataset {dataset.spec}/{dataset.split}'s (row order?)")
+        if weight.ndim != 2 or weight.shape[1] != d or (bias is not None and bias.shape != (weight.shape[0],)):
+            raise InvalidInput(f"{path}: head/weight {weight.shape} does not fit embeddings of dim {d}")
+        if "views" in handle and handle["views"].shape != (n, v, len(PARAM_NAMES)):
+            raise InvalidInput(f"{path}: views {handle['views'].shape}, expected {(n, v, len(PARAM_NAMES))}")
+        if v > 1 and "views" not in handle:
+            raise InvalidInput(f"{path}: {v} views per sample but no 'views' parameters to replay them")
+        rows = chunk_rows or default_chunk_rows(n, v, d, dtype)
+        meta = {"teacher": {"arch": "imported", "checkpoint_sha256": _sha256(path), "embedding_dim": d,
+                            "input_shape": list(dataset.image_shape), "source": str(path)},
+                "head": {"type": "linear", "num_classes": int(weight.shape[0]), "scale": None, "margin": None},
+                "dataset": {"spec": dataset.spec, "split": dataset.split, "num_samples": n,
+                            "fingerprint": dataset.fingerprint()},
+                "views": {"count": v, "kind": dataset.view_policy.kind, "params_names": list(PARAM_NAMES),
+                          "seed": None, "policy": dataset.view_policy.to_dict()}}
+        with writer_lock(local_path(url)):
+            if store_exists(url) and overwrite:
+                remove_store(url)
+            store = create_store(url, shape=StoreShape(n, v, d, len(PARAM_NAMES), int(weight.shape[0])), dtype=dtype,
+                                 chunk_rows=rows, labels=dataset.labels, head_weight=weight, head_bias=bias, meta=meta)
+            for chunk in range(store.num_chunks):
+                start, stop = store.chunk_bounds(chunk)
+                block = np.asarray(emb[start:stop], dtype=np.float32).reshape(stop - start, v, d)
+                if not np.isfinite(block).all():
+                    remove_store(url)
+                    raise InvalidInput(f"{path}: non-finite embeddings in rows {start}–{stop - 1}")
+                if "views" in handle:
+                    views = np.asarray(handle["views"][start:stop], dtype=np.float32)
+                else:
+                    views = np.broadcast_to(identity_params(dataset.view_policy), (stop - start, 1, len(PARAM_NAMES)))
+                store.write_chunk(chunk, block, np.ascontiguousarray(views))
+            store.mark_complete()
+    return summarise(store, computed=store.num_chunks, seconds=time.perf_counter() - started, resumed=False)
