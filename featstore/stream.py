@@ -58,6 +58,10 @@ class GeneratedViews(ChunkGeometry):
 class StoreStream:
     """Iterate a complete store in batches; call :meth:`set_epoch` before each epoch.
 
+    Memory is bounded by the buffer, whatever the store's size: at most two groups of ``buffer_chunks``
+    chunks (the one being consumed and the one prefetched) plus a carry of under one batch, i.e. about
+    3 × buffer_chunks × chunk_rows × V × D × 4 bytes of decoded float32 (tested in test_stream_memory.py).
+
     ``rank``/``world_size`` shard the chunk list so distributed workers read disjoint chunks;
     ``view_sampling="random"`` draws a stored view per sample per epoch, ``"cycle"`` takes
     view (epoch + sample) mod V so every view is used equally often.
