@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import click
 
 from cli.options import dataset_option, device_option, dtype_choice, overwrite_option, quiet_option, seed_option, split_option
-from distill.checkpoint import load_teacher_source
+from distill.teachers import load_teacher
 from distill.training import select_device
 from featstore.datasets import load_dataset
 from featstore.distributed import extract_teacher_distributed
@@ -15,7 +16,9 @@ from featstore.extract import extract_teacher
 
 
 @click.command("extract-teacher")
-@click.option("--teacher", type=click.Path(path_type=Path), required=True, help="Teacher checkpoint.")
+@click.option("--teacher", required=True, metavar="TEACHER",
+              help="fsd teacher checkpoint, torchscript:PATH, or module:function (needs --trust-code).")
+@click.option("--trust-code", is_flag=True, help="Allow a module:function teacher (it runs that Python code).")
 @dataset_option()
 @split_option("train")
 @click.option("--out", required=True, metavar="STORE", help="Store path or fsspec URL (e.g. store.zarr).")
@@ -32,7 +35,7 @@ from featstore.extract import extract_teacher
               help="Extract on an existing dask cluster (e.g. tcp://host:8786); its workers must see the paths.")
 @overwrite_option
 @quiet_option
-def command(teacher, dataset, split, out, views, dtype, chunk_rows, batch_size, seed, device, workers, scheduler,
+def command(teacher, trust_code, dataset, split, out, views, dtype, chunk_rows, batch_size, seed, device, workers, scheduler,
             overwrite, quiet):
     """Embed every (sample, view) with the teacher and write a Zarr feature store.
 
@@ -48,10 +51,12 @@ def command(teacher, dataset, split, out, views, dtype, chunk_rows, batch_size, 
                "overwrite": overwrite, "progress": not quiet}
     if workers is not None or scheduler is not None:
         # Workers load the teacher themselves: pass a picklable loader and an absolute path.
-        summary = extract_teacher_distributed((load_teacher_source, str(teacher.absolute())), dataset, split, out,
+        spec = str(Path(teacher).absolute()) if Path(teacher).exists() else teacher
+        loader = functools.partial(load_teacher, trust_code=trust_code)
+        summary = extract_teacher_distributed((loader, spec), dataset, split, out,
                                               device=select_device(device), workers=workers, scheduler=scheduler,
                                               **options)
     else:
-        summary = extract_teacher(load_teacher_source(teacher), load_dataset(dataset, split), out,
+        summary = extract_teacher(load_teacher(teacher, trust_code=trust_code), load_dataset(dataset, split), out,
                                   device=select_device(device), **options)
     click.echo(summary.line())

@@ -78,14 +78,14 @@ def verify(store: str, teacher_path: str | None, sample: int | None, seed: int |
         raise InvalidInput(f"--sample must be positive, got {sample}")
     live_inputs = None
     if teacher_path is not None:  # every input is loaded (and refused with exit 2) before any checking
-        from distill.checkpoint import load_teacher_source
+        from distill.teachers import load_teacher
         from featstore.datasets import load_dataset
 
         opened = open_store(store, require_complete=False)
         recorded = opened.meta.get("dataset", {})
         if not recorded.get("spec") or not recorded.get("split"):
             raise StoreError(f"store {store} records no dataset spec/split to recompute rows from")
-        live_inputs = (opened, load_teacher_source(teacher_path), load_dataset(recorded["spec"], recorded["split"]))
+        live_inputs = (opened, load_teacher(teacher_path), load_dataset(recorded["spec"], recorded["split"]))
     report = verify_store(store)
     if live_inputs is not None:
         opened, source, dataset = live_inputs

@@ -39,7 +39,7 @@ class TeacherSource:
     arch: str
     checkpoint_sha256: str
     embedding_dim: int
-    input_shape: list[int]
+    input_shape: list[int] | None  # None: any input (teachers brought as code or TorchScript)
     head_type: str
     head_weight: np.ndarray  # (C, D)
     head_bias: np.ndarray | None
@@ -71,7 +71,8 @@ class ExtractSummary:
 def _store_meta(teacher: TeacherSource, dataset: ImageDataset, views: int, seed: int) -> dict[str, Any]:
     return {
         "teacher": {"arch": teacher.arch, "checkpoint_sha256": teacher.checkpoint_sha256,
-                    "embedding_dim": teacher.embedding_dim, "input_shape": list(teacher.input_shape)},
+                    "embedding_dim": teacher.embedding_dim,
+                    "input_shape": list(teacher.input_shape or dataset.image_shape)},
         "head": {"type": teacher.head_type, "num_classes": int(teacher.head_weight.shape[0]),
                  "scale": teacher.head_scale, "margin": teacher.head_margin},
         "dataset": {"spec": dataset.spec, "split": dataset.split, "num_samples": len(dataset),
@@ -127,7 +128,7 @@ def validate_request(teacher: TeacherSource, dataset: ImageDataset, *, views: in
             raise InvalidInput(f"{name} must be positive, got {value}")
     if chunk_rows is not None and chunk_rows <= 0:
         raise InvalidInput(f"chunk-rows must be positive, got {chunk_rows}")
-    if list(teacher.input_shape) != list(dataset.image_shape):
+    if teacher.input_shape is not None and list(teacher.input_shape) != list(dataset.image_shape):
         raise InvalidInput(f"teacher expects input {teacher.input_shape}, dataset {dataset.spec} gives "
                            f"{list(dataset.image_shape)}")
 

@@ -234,7 +234,7 @@ def _identity_problems(store: FeatureStore, teacher: TeacherSource, dataset: Ima
     if int(teacher.embedding_dim) != store.shape.dim:
         problems.append(f"teacher embeds to {teacher.embedding_dim} dims, the store holds {store.shape.dim}")
         comparable = False
-    if list(teacher.input_shape) != list(dataset.image_shape):
+    if teacher.input_shape is not None and list(teacher.input_shape) != list(dataset.image_shape):
         problems.append(f"teacher expects input {list(teacher.input_shape)}, dataset {dataset.spec} gives "
                         f"{list(dataset.image_shape)}")
         comparable = False

@@ -1,0 +1,101 @@
+"""Bring your own teacher: the ways ``--teacher`` can name a network to extract from.
+
+* ``PATH`` — an fsd teacher checkpoint (``fsd train-teacher``), loaded with ``weights_only=True``.
+* ``torchscript:PATH`` — a TorchScript file whose module has an exported ``forward_features(x)`` (or whose
+  ``forward(x)`` returns the embedding) and a ``head`` submodule with ``weight`` (C, D) [and ``bias``].
+* ``module:function`` — Python code returning ``(model, embed_fn, head)``: ``embed_fn(x)`` gives the
+  embedding, ``head`` is the classifier (an ``nn.Linear`` or an fsd head). It runs arbitrary code, so it is
+  accepted only with an explicit ``--trust-code`` (``trust_code=True``).
+
+Provenance: a checkpoint or TorchScript file is identified by its sha256; code by the sha256 of the
+spec and of its module's source file, so editing the code makes a resumed extraction refuse the old store.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import inspect
+import re
+import warnings
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from distill.checkpoint import file_sha256, load_teacher_source
+from featstore.errors import CheckpointError, InputNotFound, InvalidInput
+
+_FUNCTION_SPEC = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+
+
+class _EmbedAdapter(nn.Module):
+    """Gives any (model, embed_fn) pair the ``forward_features`` extraction calls."""
+
+    def __init__(self, model: nn.Module, embed_fn) -> None:
+        super().__init__()
+        self.model = model
+        self._embed = embed_fn
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self._embed(x)
+
+
+def _source(model: nn.Module, embed_fn, head, arch: str, sha: str):
+    from featstore.extract import TeacherSource
+
+    weight = getattr(head, "weight", None)
+    if not isinstance(weight, torch.Tensor) or weight.ndim != 2:
+        raise InvalidInput(f"teacher {arch!r}: its head has no 2-d 'weight' (C, D)")
+    bias = getattr(head, "bias", None)
+    return TeacherSource(
+        model=_EmbedAdapter(model, embed_fn).eval(), arch=arch, checkpoint_sha256=sha,
+        embedding_dim=int(weight.shape[1]), input_shape=None, head_type=getattr(head, "head_type", "linear"),
+        head_weight=weight.detach().cpu().float().numpy(),
+        head_bias=None if not isinstance(bias, torch.Tensor) else bias.detach().cpu().float().numpy(),
+        head_scale=getattr(head, "scale", None), head_margin=getattr(head, "margin", None))
+
+
+def _torchscript(path: Path):
+    if not path.is_file():
+        raise InputNotFound(f"TorchScript teacher {path} does not exist")
+    try:
+        with warnings.catch_warnings():  # TorchScript is deprecated upstream but still what users ship
+            warnings.simplefilter("ignore", DeprecationWarning)
+            module = torch.jit.load(str(path), map_location="cpu")
+    except Exception as exc:  # noqa: BLE001 - torch raises many kinds for "not TorchScript"
+        raise CheckpointError(f"{path} is not a loadable TorchScript module ({type(exc).__name__})") from None
+    embed = module.forward_features if hasattr(module, "forward_features") else module.forward
+    if not hasattr(module, "head"):
+        raise InvalidInput(f"TorchScript teacher {path} has no 'head' submodule (its classifier)")
+    return _source(module, embed, module.head, f"torchscript:{path.name}", file_sha256(path))
+
+
+def _function(spec: str):
+    module_name, _, function_name = spec.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+        factory = getattr(module, function_name)
+    except (ImportError, AttributeError) as exc:
+        raise InvalidInput(f"teacher {spec!r}: cannot import it ({exc})") from None
+    result = factory()
+    if not (isinstance(result, tuple) and len(result) == 3):
+        raise InvalidInput(f"teacher {spec!r} must return (model, embed_fn, head)")
+    model, embed_fn, head = result
+    digest = hashlib.sha256(spec.encode())
+    source_file = inspect.getsourcefile(module)
+    if source_file:
+        digest.update(Path(source_file).read_bytes())
+    return _source(model, embed_fn, head, spec, digest.hexdigest())
+
+
+def load_teacher(spec: str | Path, *, trust_code: bool = False):
+    """A :class:`featstore.extract.TeacherSource` from any supported teacher spec (see the module doc)."""
+    text = str(spec)
+    if text.startswith("torchscript:"):
+        return _torchscript(Path(text[len("torchscript:"):]))
+    if _FUNCTION_SPEC.match(text) and not Path(text).exists():
+        if not trust_code:
+            raise InvalidInput(f"teacher {text!r} is Python code; it runs only with --trust-code")
+        return _function(text)
+    return load_teacher_source(text)
