@@ -42,13 +42,17 @@ from featstore.stream import VIEW_SAMPLING
 @click.option("--init-head-from-teacher", is_flag=True, help="Initialise the student's classifier from the teacher's.")
 @click.option("--skip-bad-chunks", is_flag=True,
               help="Skip store chunks that fail to decode or hold NaN/Inf (default: stop with an error).")
+@click.option("--plot", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Write training curves (each loss term, test accuracy) as PNG.")
+@click.option("--tensorboard", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Also log per-epoch scalars to this TensorBoard directory (needs tensorboard).")
 @click.option("--resume", is_flag=True, help="Continue an interrupted run from STUDENT.resume.pt (last complete epoch).")
 @seed_option
 @device_option
 @overwrite_option
 @quiet_option
 def command(store, online_teacher, views, view_seed, dataset, split, arch, out, recipe, loss_spec, th_alpha, temperature, epochs, batch_size, lr, view_sampling,
-            embedding_dim, init_head_from_teacher, skip_bad_chunks, resume, seed, device, overwrite, quiet):
+            embedding_dim, init_head_from_teacher, skip_bad_chunks, plot, tensorboard, resume, seed, device, overwrite, quiet):
     """Train a student by streaming teacher embeddings from STORE (the teacher never runs).
 
     Writes the checkpoint and a JSON training log beside it (STUDENT.log.json); after every epoch the
@@ -63,7 +67,7 @@ def command(store, online_teacher, views, view_seed, dataset, split, arch, out, 
                                          loss=loss_spec, th_alpha=th_alpha, temperature=temperature, epochs=epochs,
                                          batch_size=batch_size, optim=OptimConfig(lr=lr), seed=seed,
                                          view_sampling=view_sampling, embedding_dim=embedding_dim,
-                                         init_head_from_teacher=init_head_from_teacher, skip_bad_chunks=skip_bad_chunks, resume=resume, device=device, overwrite=overwrite,
+                                         init_head_from_teacher=init_head_from_teacher, skip_bad_chunks=skip_bad_chunks, plot=plot, tensorboard=tensorboard, resume=resume, device=device, overwrite=overwrite,
                                          progress=not quiet))
     test = "n/a" if result.test_accuracy is None else f"{100 * result.test_accuracy:.2f}%"
     if os.environ.get("RANK", "0") != "0":

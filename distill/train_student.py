@@ -26,6 +26,7 @@ from tqdm import tqdm
 from distill.checkpoint import Checkpoint, save_checkpoint
 from distill.distributed import init_distributed
 from distill.checkpoint import load_teacher_source
+from distill.curves import TensorBoardLog, plot_training_curves
 from distill.heads import frozen_head, head_from_store, head_state
 from distill.losses import DistillInputs, TrainingContext, build_criterion
 from distill.models import count_parameters, create_model
@@ -64,6 +65,8 @@ class StudentConfig:
     views: int = 2  # online baseline only: views per sample, drawn as extraction would draw them
     view_seed: int = 0  # online baseline only: the extraction seed those views replay
     skip_bad_chunks: bool = False  # skip (with a warning) store chunks that fail to decode or hold NaN/Inf
+    plot: Path | None = None  # training curves PNG (each loss term, test accuracy)
+    tensorboard: Path | None = None  # TensorBoard log directory (needs the tensorboard package)
     progress: bool = True
 
 
@@ -226,6 +229,8 @@ def train_student(config: StudentConfig) -> StudentResult:
     if config.embedding_dim is not None:
         check_positive(embedding_dim=config.embedding_dim)
     criterion = build_criterion(config.recipe, config.loss, config.temperature, config.th_alpha)  # fails early
+    if config.plot is not None and config.plot.exists() and not (config.overwrite or config.resume):
+        raise OutputExists(f"{config.plot} already exists (use --overwrite to replace it)")
     dataset = load_dataset(config.dataset, config.split)
     test = load_dataset(config.dataset, config.eval_split) if config.eval_split else None
 
@@ -265,6 +270,7 @@ def train_student(config: StudentConfig) -> StudentResult:
             criterion.losses[name].generator.set_state(rng_state)
         log, first_epoch = list(state["log"]), int(state["epoch"])
     runner = dist.wrap(step)
+    board = TensorBoardLog(config.tensorboard) if config.tensorboard is not None and dist.is_main else None
 
     bar = tqdm(range(first_epoch, config.epochs), desc=f"train-student [{config.recipe}]", unit="epoch",
                initial=first_epoch, total=config.epochs, disable=not config.progress or not dist.is_main)
@@ -296,6 +302,8 @@ def train_student(config: StudentConfig) -> StudentResult:
             entry["test_accuracy"] = accuracy(student, test, device)
             bar.set_postfix(loss=f"{entry['loss']['total']:.3f}", acc=f"{entry['test_accuracy']:.3f}")
         log.append(entry)
+        if board is not None:
+            board.log_epoch(entry)
         if dist.is_main:
             _save_resume_state(resume_path, step, optimizer, scheduler, epoch + 1, log, identity)
         dist.barrier()
@@ -324,7 +332,11 @@ def train_student(config: StudentConfig) -> StudentResult:
         save_checkpoint(ckpt, out, overwrite=True)
         atomic_write_text(log_path, json.dumps({"recipe": config.recipe, "weights": criterion.weights,
                                                 "epochs": log}, indent=2))
+        if config.plot is not None:
+            plot_training_curves(log, config.plot, title=f"{config.arch} [{config.recipe}]")
         resume_path.unlink(missing_ok=True)  # the run is complete: nothing left to resume
+    if board is not None:
+        board.close()
     dist.close()
     return StudentResult(out, log_path, test_accuracy, count_parameters(student),
                          time.perf_counter() - started, log)

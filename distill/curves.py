@@ -1,0 +1,58 @@
+"""Training curves: each loss term and the test accuracy per epoch, as one PNG (written atomically)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from featstore.atomic import atomic_path
+
+
+def plot_training_curves(log: list[dict[str, Any]], path: str | Path, title: str = "") -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [entry["epoch"] for entry in log]
+    terms = list(log[0]["loss"]) if log else []
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(9, 3.5), dpi=110)
+    for term in terms:
+        ax_loss.plot(epochs, [entry["loss"][term] for entry in log], label=term)
+    ax_loss.set_yscale("log")
+    ax_loss.set_xlabel("epoch")
+    ax_loss.set_ylabel("loss (unweighted term)")
+    ax_loss.legend(fontsize=8)
+    if log and "test_accuracy" in log[0]:
+        ax_acc.plot(epochs, [100 * entry["test_accuracy"] for entry in log])
+    ax_acc.set_xlabel("epoch")
+    ax_acc.set_ylabel("test top-1 (%)")
+    fig.suptitle(title)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+
+
+class TensorBoardLog:
+    """Per-epoch scalars to TensorBoard; the import fails early (at construction) if it is not installed."""
+
+    def __init__(self, logdir: str | Path) -> None:
+        from featstore.errors import InvalidInput
+
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            raise InvalidInput("--tensorboard needs the tensorboard package (pip install tensorboard)") from None
+        self.writer = SummaryWriter(str(logdir))
+
+    def log_epoch(self, entry: dict[str, Any]) -> None:
+        for term, value in entry["loss"].items():
+            self.writer.add_scalar(f"loss/{term}", value, entry["epoch"])
+        for key in ("test_accuracy", "head_cosine", "lr"):
+            if key in entry:
+                self.writer.add_scalar(key, entry[key], entry["epoch"])
+        self.writer.flush()
+
+    def close(self) -> None:
+        self.writer.close()
