@@ -46,8 +46,8 @@ from typing import Any
 
 import numpy as np
 
-from distill.knn import _matrix, _positive_int, l2_normalize
-from distill.metrics import FARS, UNKNOWN_LABEL, _check_far, far_key
+from distill.knn import _positive_int, normalised_known
+from distill.metrics import FARS, _check_far, far_key
 from featstore.errors import InvalidInput
 
 __all__ = ["float32_keys", "streaming_verification", "tiled_pair_scores"]
@@ -190,27 +190,12 @@ class _TorchBackend:
         return int(a.sum().item())
 
 
-def _checked_inputs(embeddings: Any, labels: Any) -> tuple[np.ndarray, np.ndarray]:
-    """Normalised float32 rows and int64 labels of the known (label != -1) samples."""
-    x = _matrix(embeddings, "embeddings")
-    if hasattr(labels, "detach") and hasattr(labels, "cpu"):
-        labels = labels.detach().cpu().numpy()
-    y = np.asarray(labels)
-    if y.ndim != 1 or y.size != x.shape[0]:
-        raise InvalidInput(f"labels must be 1-D with one label per embedding ({x.shape[0]}), got shape {y.shape}")
-    if y.size and not np.issubdtype(y.dtype, np.integer):
-        raise InvalidInput(f"labels must be integers, got dtype {y.dtype}")
-    y = y.astype(np.int64, copy=False)
-    keep = y != UNKNOWN_LABEL
-    return l2_normalize(x[keep]), np.ascontiguousarray(y[keep])
-
-
 def tiled_pair_scores(embeddings: Any, labels: Any, block: int = 2048) -> tuple[np.ndarray, np.ndarray]:
     """(genuine, impostor) float32 scores of all pairs i < j, computed by exactly the numpy tiles that
     :func:`streaming_verification` uses with the same ``block`` — the reference its exactness is stated
     against. Materialises every score: for tests and small sets only."""
     block = _positive_int(block, "block")
-    x, y = _checked_inputs(embeddings, labels)
+    x, y = normalised_known(embeddings, labels)
     backend = _NumpyBackend(x, y)
     gen, imp = [], []
     for i0, i1, j0, j1 in _tiles(y.size, block):
@@ -322,7 +307,7 @@ def streaming_verification(
     if len(set(keys)) != len(keys):
         raise InvalidInput(f"FARs {list(fars)!r} give duplicate report keys {keys!r}")
 
-    x, y = _checked_inputs(embeddings, labels)
+    x, y = normalised_known(embeddings, labels)
     n = int(y.size)
     _, class_sizes = np.unique(y, return_counts=True)
     n_gen = int(np.sum(class_sizes * (class_sizes - 1) // 2))
