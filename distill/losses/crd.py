@@ -7,7 +7,7 @@ Both embeddings are projected to 128-d unit vectors (trainable linear maps). Two
   negatives are teacher embeddings of K other samples. Because the teacher's embeddings are in the store,
   the teacher side of the memory is **exact**: the raw identity-view embeddings are read once from the
   store (chunk by chunk, kept as float16: N·D·2 bytes) and projected with the *current* teacher projection
-  — no stale momentum copy as in the original CRD.
+  — no stale momentum copy as in the original CRD. As with CRD's memory, negatives carry no gradient.
 * teacher anchor: the positive is the current student projection; negatives come from a student memory
   of 128-d vectors indexed by sample id and momentum-updated (momentum 0.5) as in CRD.
 
@@ -72,7 +72,8 @@ class ContrastiveRepresentationKD(DistillLoss):
         t = F.normalize(self.embed_t(inputs.teacher_embedding), dim=1)
         negatives = torch.randint(0, self.teacher_bank.shape[0], (self.k,), generator=self.generator)
         negatives = negatives.to(idx.device)
-        t_neg = F.normalize(self.embed_t(self.teacher_bank[negatives].to(self.embed_t.weight.dtype)), dim=1)  # exact
+        with torch.no_grad():  # negatives carry no gradient, as CRD's memory-bank negatives (and ~⅓ faster)
+            t_neg = F.normalize(self.embed_t(self.teacher_bank[negatives].to(self.embed_t.weight.dtype)), dim=1)
         s_neg = self.student_memory[negatives]
         own = idx[:, None] == negatives[None, :]  # (B, K): a negative that is the anchor's own sample
         loss = self._info_nce(s, t, t_neg, own) + self._info_nce(t, s, s_neg, own)
