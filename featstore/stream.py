@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from featstore.datasets import ImageDataset
+from featstore import codecs
 from featstore.errors import InvalidInput, StoreError
 from featstore.store import ChunkGeometry, FeatureStore, StoreShape
 from featstore.views import PARAM_NAMES, sample_views
@@ -49,10 +50,19 @@ class GeneratedViews(ChunkGeometry):
         self.dataset, self.seed, self.chunk_rows = dataset, seed, chunk_rows
         self.shape = StoreShape(len(dataset), num_views, 0, len(PARAM_NAMES), dataset.num_classes)
 
+    dtype = "float32"
+
     def read_chunk(self, chunk: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         rows = np.arange(*self.chunk_bounds(chunk))
         views = sample_views(self.dataset.view_policy, self.seed, rows, self.shape.num_views)
         return np.zeros((len(rows), self.shape.num_views, 0), np.float32), self.dataset.labels[rows], views
+
+    def read_chunk_raw(self, chunk: int) -> tuple[np.ndarray, None, np.ndarray, np.ndarray]:
+        embeddings, labels, views = self.read_chunk(chunk)
+        return embeddings, None, labels, views
+
+    def decode(self, stored: np.ndarray, scales: np.ndarray | None = None) -> np.ndarray:
+        return stored
 
 
 class StoreStream:
@@ -119,12 +129,13 @@ class StoreStream:
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
     def _read_checked(self, chunk: int) -> tuple[np.ndarray, ...] | None:
-        """One chunk, validated: a chunk that cannot be decoded or holds non-finite embeddings is never
-        trained on — it raises :class:`StoreError` naming the chunk, or with ``skip_bad_chunks`` is skipped
-        with a warning (None)."""
+        """One chunk as stored (not yet decoded: only the view each row gets is decoded), validated: a
+        chunk that cannot be decompressed or holds non-finite embeddings is never trained on — it raises
+        :class:`StoreError` naming the chunk, or with ``skip_bad_chunks`` is skipped with a warning (None)."""
         try:
-            embeddings, labels, views = self.store.read_chunk(chunk)
-            problem = None if np.isfinite(embeddings).all() else "non-finite teacher embeddings"
+            stored, scales, labels, views = self.store.read_chunk_raw(chunk)
+            finite = codecs.finite_rows(stored, self.store.dtype, scales)
+            problem = None if finite else "non-finite teacher embeddings"
         except Exception as exc:  # noqa: BLE001 - a corrupt or truncated chunk file surfaces as many types
             problem = f"unreadable ({type(exc).__name__}: {exc})"
         if problem is not None:
@@ -134,15 +145,19 @@ class StoreStream:
                 raise StoreError(message + " (or train with --skip-bad-chunks)")
             warnings.warn(message + "; skipped", RuntimeWarning, stacklevel=2)
             return None
-        return np.arange(*self.store.chunk_bounds(chunk)), embeddings, labels, views
+        if scales is None:
+            scales = np.ones(stored.shape[:2], np.float32)  # a placeholder so every chunk has five parts
+        return np.arange(*self.store.chunk_bounds(chunk)), stored, scales, labels, views
 
     def _read_group(self, chunks: list[int]) -> tuple[np.ndarray, ...]:
         parts = [part for part in map(self._read_checked, chunks) if part is not None]
         if not parts:  # every chunk of the group was skipped
             shape = self.store.shape
-            return (np.zeros(0, np.int64), np.zeros((0, shape.num_views, shape.dim), np.float32),
-                    np.zeros(0, np.int64), np.zeros((0, shape.num_views, shape.num_params), np.float32))
-        return tuple(np.concatenate([p[i] for p in parts]) for i in range(4))
+            stored_dtype = codecs.STORAGE_DTYPE.get(self.store.dtype, "float32")
+            return (np.zeros(0, np.int64), np.zeros((0, shape.num_views, shape.dim), stored_dtype),
+                    np.zeros((0, shape.num_views), np.float32), np.zeros(0, np.int64),
+                    np.zeros((0, shape.num_views, shape.num_params), np.float32))
+        return tuple(np.concatenate([p[i] for p in parts]) for i in range(5))
 
     def __iter__(self) -> Iterator[StreamBatch]:
         chunks = self._chunks()
@@ -154,19 +169,20 @@ class StoreStream:
             pending = pool.submit(self._read_group, groups[0]) if groups and self.prefetch else None
             for g, group in enumerate(groups):
                 if self.prefetch:
-                    rows, embeddings, labels, views = pending.result()
+                    rows, stored, scales, labels, views = pending.result()
                     if g + 1 < len(groups):
                         pending = pool.submit(self._read_group, groups[g + 1])
                 else:
-                    rows, embeddings, labels, views = self._read_group(group)
+                    rows, stored, scales, labels, views = self._read_group(group)
                 if self.view_sampling == "random":
                     view_ids = rng.integers(0, num_views, size=len(rows))
                 else:
                     view_ids = (self.epoch + rows) % num_views
-                pick = np.arange(len(rows))
-                selected = (rows, view_ids, embeddings[pick, view_ids], labels, views[pick, view_ids])
+                # one gather per array: shuffle and view choice together, decoding only the chosen view
                 shuffle = rng.permutation(len(rows))
-                selected = tuple(a[shuffle] for a in selected)
+                vid = view_ids[shuffle]
+                embeddings = self.store.decode(stored[shuffle, vid], scales[shuffle, vid])
+                selected = (rows[shuffle], vid, embeddings, labels[shuffle], views[shuffle, vid])
                 if carry is not None:
                     selected = tuple(np.concatenate([c, s]) for c, s in zip(carry, selected))
                 full = len(selected[0]) // self.batch_size * self.batch_size
