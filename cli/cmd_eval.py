@@ -8,6 +8,7 @@ import click
 
 from cli.options import dataset_option, device_option, split_option
 from distill import evaluate as ev
+from distill.knn import INDEX_TYPES
 from distill.metrics import FARS
 from distill.pairs import FORMATS, read_pairs, resolve_pairs
 from featstore.errors import InvalidInput, OutputExists
@@ -43,10 +44,17 @@ def _parse_fars(text: str) -> tuple[float, ...]:
               help="ROC curve PNG; the CMC curve goes beside it as <stem>_cmc.png.")
 @click.option("--th-mix", type=float, default=None, metavar="W",
               help="Student checkpoints: classify with p' = (1−W)·p_student + W·p_teacher-head (the paper's mix).")
+@click.option("--ijb-meta", type=click.Path(file_okay=False, path_type=Path), default=None, metavar="DIR",
+              help="IJB-B/IJB-C template protocols from the official meta files in DIR (or DIR/meta): 1:1 TAR@FAR "
+                   "over template pairs, 1:N rank-1/5/10 and TPIR@FPIR on galleries G1/G2. Needs --embeddings "
+                   "with image 'names' (optional 'embeddings_flip').")
+@click.option("--index", "index", type=click.Choice(INDEX_TYPES), default="exact", show_default=True,
+              help="Neighbour search for retrieval: exact, or an approximate FAISS index for large galleries "
+                   "(ivf, hnsw); its recall against exact search is reported.")
 @click.option("--overwrite", is_flag=True, help="Replace existing --out/--plot files.")
 @device_option
 def command(use_faiss, model, dataset, split, store, embeddings, gallery_store, far_text, pairs_file, pairs_format,
-            out, plot, th_mix, overwrite, device):
+            out, plot, th_mix, ijb_meta, index, overwrite, device):
     """Evaluate embeddings: classification top-1, retrieval (Recall@K, P@1, R-precision, MAP@R) and
     verification (TAR@FAR, ROC AUC, EER) over all pairs — exact, in bounded memory — or over the pairs of
     --pairs (with LFW's 10-fold accuracy for an LFW pairs.txt; names come from the HDF5 'names' dataset).
@@ -56,6 +64,8 @@ def command(use_faiss, model, dataset, split, store, embeddings, gallery_store, 
     Example: fsd eval --faiss --model student.pt --dataset digits --split test --out report.json --plot roc.png
 
     Example: fsd eval --faiss --embeddings lfw.h5 --pairs pairs.txt --out lfw.json
+
+    Example: fsd eval --faiss --embeddings ijbc.h5 --ijb-meta IJBC --out ijbc.json
     """
     sources = [s for s in (model, store, embeddings) if s is not None]
     if len(sources) != 1:
@@ -64,11 +74,16 @@ def command(use_faiss, model, dataset, split, store, embeddings, gallery_store, 
         raise InvalidInput("--model needs --dataset")
     if th_mix is not None and model is None:
         raise InvalidInput("--th-mix needs --model (a student checkpoint)")
+    _check_ijb_usage(ijb_meta, embeddings, pairs_file, gallery_store, index)
     fars = _parse_fars(far_text)
     cmc_plot = plot.with_name(f"{plot.stem}_cmc.png") if plot is not None else None
     for path in (out, plot, cmc_plot):
         if path is not None and path.exists() and not overwrite:
             raise OutputExists(f"{path} already exists (use --overwrite to replace it)")
+    use_gpu = False if device == "cpu" else None  # --device cpu keeps FAISS and pair scoring on the CPU
+    if ijb_meta is not None:
+        _ijb(ijb_meta, embeddings, fars, use_gpu, out, plot, cmc_plot)
+        return
     parsed_pairs = read_pairs(pairs_file, pairs_format) if pairs_file is not None else None  # fail before work
     if model is not None:
         queries = ev.embeddings_from_checkpoint(model, dataset, split, device, th_mix=th_mix)
@@ -78,8 +93,7 @@ def command(use_faiss, model, dataset, split, store, embeddings, gallery_store, 
         queries = ev.embeddings_from_h5(embeddings)
     gallery = ev.embeddings_from_store(gallery_store) if gallery_store else None
     pairs = resolve_pairs(parsed_pairs, len(queries.labels), queries.names) if parsed_pairs is not None else None
-    use_gpu = False if device == "cpu" else None  # --device cpu keeps FAISS and pair scoring on the CPU
-    report, curves = ev.evaluate(queries, gallery=gallery, fars=fars, use_gpu=use_gpu, pairs=pairs)
+    report, curves = ev.evaluate(queries, gallery=gallery, fars=fars, use_gpu=use_gpu, pairs=pairs, index=index)
     click.echo(ev.report_table(report))
     for line in _protocol_lines(report["verification"]):
         click.echo(line)
@@ -91,6 +105,38 @@ def command(use_faiss, model, dataset, split, store, embeddings, gallery_store, 
         ev.plot_roc(curves, plot, title=f"ROC — {name}")
         click.echo(f"ROC curve written to {plot}")
         ev.plot_cmc({"": ev.cmc_curve(queries, use_gpu=use_gpu)}, cmc_plot, title=f"CMC — {name}")
+        click.echo(f"CMC curve written to {cmc_plot}")
+
+
+def _check_ijb_usage(ijb_meta, embeddings, pairs_file, gallery_store, index) -> None:
+    if ijb_meta is None:
+        return
+    if embeddings is None:
+        raise InvalidInput("--ijb-meta matches embeddings to the meta files by image name: give --embeddings FILE.h5 "
+                           "with a 'names' dataset (--model and --store are not supported with --ijb-meta)")
+    for given, flag in ((pairs_file, "--pairs"), (gallery_store, "--gallery-store")):
+        if given is not None:
+            raise InvalidInput(f"--ijb-meta cannot be combined with {flag} (the IJB meta files define the protocol)")
+    if index != "exact":
+        raise InvalidInput("--index applies to retrieval, which --ijb-meta does not run (IJB 1:N search is exact)")
+
+
+def _ijb(meta_dir: Path, embeddings: Path, fars, use_gpu, out, plot, cmc_plot) -> None:
+    from distill.ijb import read_ijb_meta
+
+    meta = read_ijb_meta(meta_dir)  # fail on bad meta files before reading the embeddings
+    queries = ev.embeddings_from_h5(embeddings, labels_required=False, with_flip=True)
+    report, curves = ev.evaluate_ijb(queries, meta, fars=fars, use_gpu=use_gpu,
+                                     cmc_rank=ev.CMC_MAX_RANK if plot is not None else 0)
+    click.echo(ev.report_table(report))
+    if out is not None:
+        ev.write_report(report, out)
+        click.echo(f"report written to {out}")
+    if plot is not None:
+        name = f"{embeddings.name} — {meta.prefix}"
+        ev.plot_roc(curves.get("roc", {}), plot, title=f"IJB 1:1 ROC — {name}")
+        click.echo(f"ROC curve written to {plot}")
+        ev.plot_cmc(curves.get("cmc", {}), cmc_plot, title=f"IJB 1:N CMC — {name}")
         click.echo(f"CMC curve written to {cmc_plot}")
 
 

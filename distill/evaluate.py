@@ -1,7 +1,9 @@
 """Evaluation: embeddings from a checkpoint, a store or an HDF5 file → a report of DESIGN.md §4's metrics.
 
 This module gathers embeddings and orchestrates; the numbers themselves come from the pure functions of
-:mod:`distill.metrics`, and neighbour search from :mod:`distill.knn` (FAISS, GPU when present).
+:mod:`distill.metrics`, and neighbour search from :mod:`distill.knn` (FAISS, GPU when present; exact unless an
+approximate ``index`` is asked for). IJB-B/C template protocols live in :mod:`distill.ijb`
+(:func:`evaluate_ijb` here gathers its report).
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from distill import metrics
-from distill.knn import knn_search, labels_at
+from distill.knn import knn_search, labels_at, recall_vs_exact, resolve_index_params
 from distill.pairs import Pairs, pairs_report
 from distill.verification import streaming_verification
 from featstore.atomic import atomic_path, atomic_write_text
@@ -30,6 +32,7 @@ class EmbeddingSet:
     logits: np.ndarray | None = None  # (N, C) when a classifier head is available
     source: dict[str, Any] = field(default_factory=dict)
     names: list[str] | None = None  # (N,) sample names (e.g. LFW image names) for name-based pairs files
+    flip: np.ndarray | None = None  # (N, D) embeddings of the horizontally flipped images (IJB flip-sum)
 
     def __post_init__(self) -> None:
         if self.embeddings.ndim != 2 or self.labels.ndim != 1 or len(self.embeddings) != len(self.labels):
@@ -41,6 +44,12 @@ class EmbeddingSet:
             raise InvalidInput(f"need at least 2 embeddings to evaluate, got {len(self.labels)}")
         if not np.isfinite(self.embeddings).all():
             raise InvalidInput("embeddings contain NaN or infinite values")
+        if self.flip is not None:
+            if self.flip.shape != self.embeddings.shape:
+                raise InvalidInput(f"flipped embeddings {self.flip.shape} do not match the embeddings "
+                                   f"{self.embeddings.shape}")
+            if not np.isfinite(self.flip).all():
+                raise InvalidInput("flipped embeddings contain NaN or infinite values")
 
 
 def mixed_prediction_logits(ckpt, embeddings: np.ndarray, logits: np.ndarray, weight: float) -> np.ndarray:
@@ -116,9 +125,14 @@ def embeddings_from_store(url: str, view: int = 0) -> EmbeddingSet:
                                                      "fingerprint": dataset.get("fingerprint")})
 
 
-def embeddings_from_h5(path: str | Path) -> EmbeddingSet:
+def embeddings_from_h5(path: str | Path, *, labels_required: bool = True, with_flip: bool = False) -> EmbeddingSet:
     """HDF5 with datasets ``embeddings`` (N, D) and ``labels`` (N,), optionally ``names`` (N,) strings (for
-    name-based pairs files); anything else is a clear error."""
+    name-based pairs files and IJB meta files); anything else is a clear error.
+
+    ``labels_required=False`` (IJB: identities come from the meta files) accepts a file without ``labels``
+    (all samples then have the unknown label -1); ``with_flip=True`` also reads the optional
+    ``embeddings_flip`` (N, D) (embeddings of the flipped images) into :attr:`EmbeddingSet.flip`.
+    """
     import h5py
 
     path = Path(path)
@@ -127,10 +141,17 @@ def embeddings_from_h5(path: str | Path) -> EmbeddingSet:
     if not h5py.is_hdf5(path):
         raise InvalidInput(f"{path} is not an HDF5 file")
     with h5py.File(path, "r") as handle:
-        for name in ("embeddings", "labels"):
+        needed = ("embeddings", "labels") if labels_required or "labels" in handle else ("embeddings",)
+        for name in needed:
             if name not in handle or not isinstance(handle[name], h5py.Dataset):
                 raise InvalidInput(f"{path} has no dataset {name!r} (it needs 'embeddings' (N, D) and 'labels' (N,))")
-        emb, lab = handle["embeddings"], handle["labels"]
+        emb = handle["embeddings"]
+        if "labels" not in needed:
+            if emb.ndim != 2:
+                raise InvalidInput(f"{path}: embeddings {emb.shape} must be (N, D)")
+            lab = np.full(emb.shape[0], -1, dtype=np.int64)
+        else:
+            lab = handle["labels"]
         if emb.ndim != 2 or lab.ndim != 1 or emb.shape[0] != lab.shape[0]:
             raise InvalidInput(f"{path}: embeddings {emb.shape} and labels {lab.shape} do not match (need (N, D), (N,))")
         if not (np.issubdtype(emb.dtype, np.floating) or np.issubdtype(emb.dtype, np.integer)):
@@ -140,9 +161,24 @@ def embeddings_from_h5(path: str | Path) -> EmbeddingSet:
         embeddings = np.asarray(emb[...], dtype=np.float32)
         labels = np.asarray(lab[...], dtype=np.int64)
         names = _h5_names(handle, path, len(labels))
+        flip = _h5_flip(handle, path, emb.shape) if with_flip else None
     if (labels < -1).any():
         raise InvalidInput(f"{path}: labels must be ≥ 0 (or -1 for unknown)")
-    return EmbeddingSet(embeddings, labels, None, {"kind": "embeddings", "path": str(path)}, names)
+    return EmbeddingSet(embeddings, labels, None, {"kind": "embeddings", "path": str(path)}, names, flip)
+
+
+def _h5_flip(handle: Any, path: Path, shape: tuple[int, ...]) -> np.ndarray | None:
+    """The optional ``embeddings_flip`` dataset: (N, D) numbers like ``embeddings``."""
+    import h5py
+
+    if "embeddings_flip" not in handle:
+        return None
+    ds = handle["embeddings_flip"]
+    if not isinstance(ds, h5py.Dataset) or ds.shape != tuple(shape):
+        raise InvalidInput(f"{path}: 'embeddings_flip' must be a dataset of shape {tuple(shape)} like 'embeddings'")
+    if not (np.issubdtype(ds.dtype, np.floating) or np.issubdtype(ds.dtype, np.integer)):
+        raise InvalidInput(f"{path}: embeddings_flip have non-numeric dtype {ds.dtype}")
+    return np.asarray(ds[...], dtype=np.float32)
 
 
 def _h5_names(handle: Any, path: Path, n: int) -> list[str] | None:
@@ -164,12 +200,21 @@ def _h5_names(handle: Any, path: Path, n: int) -> list[str] | None:
 
 
 def retrieval_report(queries: EmbeddingSet, gallery: EmbeddingSet | None = None,
-                     use_gpu: bool | None = None) -> dict[str, Any]:
+                     use_gpu: bool | None = None, *, index: str = "exact",
+                     index_options: dict[str, Any] | None = None,
+                     recall_queries: int | None = 1000) -> dict[str, Any]:
     """Leave-one-out retrieval within ``queries`` or, with ``gallery``, queries against the gallery.
 
     When both sets are the same samples (same dataset fingerprint and size, e.g. student vs teacher on the
     same split), the query's own counterpart in the gallery is excluded, as in leave-one-out.
+
+    ``index`` = ``"ivf"``/``"hnsw"`` searches with an approximate FAISS index (``index_options``: ``nlist``,
+    ``nprobe``, ``hnsw_m``, ``ef_search`` of :func:`distill.knn.knn_search`) and adds ``index`` =
+    ``{"type", "k", "recall_vs_exact@k", "num_queries_checked", "params"}``: the fraction of the exact top-k
+    neighbours the index found, checked on ``recall_queries`` random queries (all when ``None``).
     """
+    opts = dict(index_options or {})
+    search = dict(use_gpu=use_gpu, index=index, **opts)
     q_known = metrics.known_mask(queries.labels)
     q_emb, q_lab = queries.embeddings[q_known], queries.labels[q_known]
     if gallery is None:
@@ -177,9 +222,12 @@ def retrieval_report(queries: EmbeddingSet, gallery: EmbeddingSet | None = None,
         k = min(k, len(q_lab) - 1)
         if k < 1:
             raise InvalidInput("retrieval needs at least 2 samples with known labels")
-        _, idx = knn_search(q_emb, q_emb, k, exclude_self=True, use_gpu=use_gpu)
+        _, idx = knn_search(q_emb, q_emb, k, exclude_self=True, **search)
         relevant = metrics.count_relevant(q_lab, q_lab, leave_one_out=True)
-        return metrics.retrieval_metrics(labels_at(idx, q_lab), q_lab, relevant, ks=_ks(k))
+        report = metrics.retrieval_metrics(labels_at(idx, q_lab), q_lab, relevant, ks=_ks(k))
+        if index != "exact":
+            report["index"] = _index_section(q_emb, q_emb, idx, True, index, opts, use_gpu, recall_queries)
+        return report
     g_known = metrics.known_mask(gallery.labels)
     g_emb, g_lab = gallery.embeddings[g_known], gallery.labels[g_known]
     if q_emb.shape[1] != g_emb.shape[1]:
@@ -192,7 +240,9 @@ def retrieval_report(queries: EmbeddingSet, gallery: EmbeddingSet | None = None,
     if paired:
         relevant = relevant - 1  # the counterpart shares the label and is excluded
     k = min(int(max(max(metrics.DEFAULT_KS), relevant.max(initial=0))), len(g_lab) - int(paired))
-    _, idx = knn_search(q_emb, g_emb, k + int(paired), use_gpu=use_gpu)
+    _, idx = knn_search(q_emb, g_emb, k + int(paired), **search)
+    index_section = (_index_section(q_emb, g_emb, idx, False, index, opts, use_gpu, recall_queries)
+                     if index != "exact" else None)
     if paired:
         own = np.flatnonzero(q_known)  # original index of each query = index of its counterpart
         g_index = np.flatnonzero(g_known)
@@ -201,7 +251,21 @@ def retrieval_report(queries: EmbeddingSet, gallery: EmbeddingSet | None = None,
         # drop the counterpart (or the last entry when the counterpart is not among the k+1)
         keep[keep.all(axis=1), -1] = False
         idx = idx[keep].reshape(len(idx), k)
-    return metrics.retrieval_metrics(labels_at(idx, g_lab), q_lab, relevant, ks=_ks(k))
+    report = metrics.retrieval_metrics(labels_at(idx, g_lab), q_lab, relevant, ks=_ks(k))
+    if index_section is not None:
+        report["index"] = index_section
+    return report
+
+
+def _index_section(q_emb: np.ndarray, g_emb: np.ndarray, idx: np.ndarray, exclude_self: bool, index: str,
+                   opts: dict[str, Any], use_gpu: bool | None, recall_queries: int | None) -> dict[str, Any]:
+    """What the report says about an approximate search: its parameters and its recall against exact search."""
+    k = int(idx.shape[1])
+    recall, checked = recall_vs_exact(q_emb, q_emb if exclude_self else g_emb, idx, exclude_self=exclude_self,
+                                      max_queries=recall_queries, use_gpu=use_gpu)
+    params = resolve_index_params(index, len(g_emb), min(k + int(exclude_self), len(g_emb)), **opts)
+    params.pop("type")
+    return {"type": index, "k": k, "recall_vs_exact@k": recall, "num_queries_checked": checked, "params": params}
 
 
 def _ks(k: int) -> tuple[int, ...]:
@@ -210,23 +274,56 @@ def _ks(k: int) -> tuple[int, ...]:
 
 def evaluate(queries: EmbeddingSet, *, gallery: EmbeddingSet | None = None,
              fars: tuple[float, ...] = metrics.FARS, use_gpu: bool | None = None,
-             pairs: Pairs | None = None) -> tuple[dict[str, Any], dict]:
+             pairs: Pairs | None = None, index: str = "exact", index_options: dict[str, Any] | None = None,
+             ijb: Any = None) -> tuple[dict[str, Any], dict]:
     """The report dict of DESIGN.md §4 and the ROC curve(s) for plotting: (report, {name: (far, tar)}).
 
     Verification covers every unordered pair of known-label samples, computed exactly in bounded memory by
     :func:`distill.verification.streaming_verification`; with ``pairs`` (from :mod:`distill.pairs`) it covers
     those pairs instead and the section carries ``"protocol": "pairs"`` (and ``lfw`` for LFW files).
+    ``index``/``index_options``: approximate search for retrieval and cross-model retrieval (see
+    :func:`retrieval_report`). ``ijb`` (a :class:`distill.ijb.IjbMeta`): the IJB template protocols instead of
+    the per-sample sections — see :func:`evaluate_ijb`.
     """
+    if ijb is not None:
+        if pairs is not None or gallery is not None:
+            raise InvalidInput("the IJB protocol cannot be combined with a pairs file or a cross-model gallery")
+        report, curves = evaluate_ijb(queries, ijb, fars=fars, use_gpu=use_gpu)
+        return report, curves.get("roc", {})
     report: dict[str, Any] = {"source": queries.source, "num_samples": int(len(queries.labels))}
     if queries.logits is not None:
         known = metrics.known_mask(queries.labels)
         report["classification"] = {"top1": metrics.top1_accuracy(queries.logits[known], queries.labels[known])}
-    report["retrieval"] = retrieval_report(queries, use_gpu=use_gpu)
+    search = {"index": index, "index_options": index_options}
+    report["retrieval"] = retrieval_report(queries, use_gpu=use_gpu, **search)
     report["verification"], roc = verification_report(queries, fars, use_gpu=use_gpu, pairs=pairs)
     curves = {"": roc} if roc[0].size else {}
     if gallery is not None:
-        report["cross_model"] = retrieval_report(queries, gallery, use_gpu=use_gpu)
+        report["cross_model"] = retrieval_report(queries, gallery, use_gpu=use_gpu, **search)
         report["cross_model"]["gallery"] = gallery.source
+    return report, curves
+
+
+def evaluate_ijb(queries: EmbeddingSet, meta: Any, *, fars: tuple[float, ...] = metrics.FARS,
+                 use_gpu: bool | None = None, cmc_rank: int = 0) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The IJB report: ``{"source", "num_samples", "ijb": {"protocol", "verification", "identification"}}``
+    (:func:`distill.ijb.ijb_evaluation`) from embeddings named by image (``queries.names``), flip-summed with
+    ``queries.flip`` when present. The per-sample retrieval/verification sections are not computed (IJB images
+    carry no labels, and all image pairs of IJB-C would be 10^11). Returns ``(report, curves)`` with curves
+    ``{"roc": {"": (far, tar)}, "cmc": {"G1": …, "G2": …}}`` (those that exist; CMC up to ``cmc_rank``)."""
+    from distill.ijb import ijb_evaluation
+
+    if queries.names is None:
+        raise InvalidInput("the IJB protocol matches embeddings to the meta files by image name: the embeddings "
+                           "need a 'names' dataset (--embeddings FILE.h5)")
+    section, raw = ijb_evaluation(queries.embeddings, queries.names, meta, flip=queries.flip, fars=fars,
+                                  use_gpu=use_gpu, cmc_rank=cmc_rank)
+    report: dict[str, Any] = {"source": queries.source, "num_samples": len(queries.labels), "ijb": section}
+    curves: dict[str, Any] = {}
+    if "roc" in raw:
+        curves["roc"] = {"": raw["roc"]}
+    if raw.get("cmc"):
+        curves["cmc"] = raw["cmc"]
     return report, curves
 
 
@@ -281,21 +378,53 @@ def report_table(report: dict[str, Any]) -> str:
     lines = []
     if "classification" in report:
         lines.append(f"classification  top-1 {_fmt(report['classification']['top1'])}")
-    r = report["retrieval"]
-    if r.get("recall_at_k"):
+    r = report.get("retrieval")
+    if r is not None and r.get("recall_at_k"):
         recalls = "  ".join(f"R@{k} {_fmt(v)}" for k, v in r["recall_at_k"].items())
         lines.append(f"retrieval       {recalls}  P@1 {_fmt(r.get('precision_at_1'))}  "
                      f"R-prec {_fmt(r.get('r_precision'))}  MAP@R {_fmt(r.get('map_at_r'))}")
-    v = report["verification"]
-    tars = "  ".join(f"{k} {_fmt(t)}" for k, t in v["tar_at_far"].items())
-    lines.append(f"verification    {v['num_genuine']} genuine / {v['num_impostor']} impostor pairs; "
-                 f"AUC {_fmt(v.get('roc_auc'))}  EER {_fmt(v.get('eer'))}")
-    lines.append(f"  TAR@FAR       {tars}")
+    if r is not None and r.get("index"):
+        lines.append(_index_line(r["index"]))
+    v = report.get("verification")
+    if v is not None:
+        lines += _verification_lines("verification", "pairs", v)
     if "cross_model" in report:
         c = report["cross_model"]
         lines.append(f"cross-model     R@1 {_fmt(c['recall_at_k'].get('1') if c.get('recall_at_k') else None)}  "
                      f"MAP@R {_fmt(c.get('map_at_r'))}")
+        if c.get("index"):
+            lines.append(_index_line(c["index"]))
+    if "ijb" in report:
+        lines += _ijb_lines(report["ijb"])
     return "\n".join(lines)
+
+
+def _verification_lines(title: str, what: str, v: dict[str, Any]) -> list[str]:
+    tars = "  ".join(f"{k} {_fmt(t)}" for k, t in v["tar_at_far"].items())
+    return [(f"{title:<15} {v['num_genuine']} genuine / {v['num_impostor']} impostor {what}; "
+             f"AUC {_fmt(v.get('roc_auc'))}  EER {_fmt(v.get('eer'))}"),
+            f"  TAR@FAR       {tars}"]
+
+
+def _index_line(section: dict[str, Any]) -> str:
+    params = ", ".join(f"{k}={v}" for k, v in section.get("params", {}).items())
+    return (f"  index         {section['type']} ({params}): recall vs exact@{section['k']} "
+            f"{_fmt(section.get('recall_vs_exact@k'))} on {section.get('num_queries_checked')} queries")
+
+
+def _ijb_lines(ijb: dict[str, Any]) -> list[str]:
+    p = ijb.get("protocol", {})
+    t = p.get("template", {})
+    lines = [(f"IJB             {p.get('dataset')}: {p.get('num_faces')} faces, {p.get('num_templates')} "
+              f"templates (flip-sum {'on' if t.get('flip') else 'off'}, quality weights "
+              f"{'on' if t.get('quality') else 'off'})")]
+    if "verification" in ijb:
+        lines += _verification_lines("IJB 1:1", "template pairs", ijb["verification"])
+    for name, g in ijb.get("identification", {}).items():
+        ranks = "  ".join(f"rank-{k[5:]} {_fmt(v)}" for k, v in g.items() if k.startswith("rank_"))
+        tpirs = "  ".join(f"{k} {_fmt(v)}" for k, v in g["tpir_at_fpir"].items())
+        lines.append(f"IJB 1:N {name:<7} {ranks}  TPIR@FPIR {tpirs}")
+    return lines
 
 
 def plot_roc(curves: dict[str, tuple[np.ndarray, np.ndarray]], path: str | Path, title: str = "ROC") -> None:
@@ -408,10 +537,11 @@ def read_report(path: str | Path) -> dict[str, Any]:
         raise InvalidInput(f"{path} is not a UTF-8 text file") from None
     except json.JSONDecodeError as exc:
         raise InvalidInput(f"{path} is not valid JSON ({exc.msg} at line {exc.lineno}, column {exc.colno})") from None
-    if not (isinstance(data, dict) and isinstance(data.get("retrieval"), dict)
-            and isinstance(data.get("verification"), dict)):
+    if not (isinstance(data, dict) and ((isinstance(data.get("retrieval"), dict)
+                                         and isinstance(data.get("verification"), dict))
+                                        or isinstance(data.get("ijb"), dict))):
         raise InvalidInput(f"{path} is not an fsd eval report (a JSON object with 'retrieval' and 'verification' "
-                           "sections, as `fsd eval --out` writes)")
+                           "sections, or an 'ijb' section, as `fsd eval --out` writes)")
     return data
 
 
@@ -435,12 +565,27 @@ def compare_rows(reports: list[dict[str, Any]]) -> list[tuple[str, tuple[str, ..
              for k in _ordered_keys(reports, ("verification", "tar_at_far"))]
     rows += [("LFW acc", ("verification", "lfw", "accuracy_mean")), ("x-R@1", ("cross_model", "recall_at_k", "1")),
              ("x-MAP@R", ("cross_model", "map_at_r"))]
+    rows += [("ANN recall", ("retrieval", "index", "recall_vs_exact@k"))]
+    rows += [(f"IJB TAR@{_short_far(k)}", ("ijb", "verification", "tar_at_far", k))
+             for k in _ordered_keys(reports, ("ijb", "verification", "tar_at_far"))]
+    rows += [("IJB AUC", ("ijb", "verification", "roc_auc"))]
+    for gallery in _ordered_keys(reports, ("ijb", "identification")):
+        short = "avg" if gallery == "average" else gallery
+        section = ("ijb", "identification", gallery)
+        rows += [(f"IJB {short} R{k[5:]}", (*section, k))
+                 for k in _ordered_keys_with_prefix(reports, section, "rank_")]
+        rows += [(f"IJB {short} TPIR@{_short_far(k)}", section + ("tpir_at_fpir", k))
+                 for k in _ordered_keys(reports, section + ("tpir_at_fpir",))]
     out, seen = [], set()
     for label, path in rows:
         if path not in seen and any(_get(r, path) is not None for r in reports):
             seen.add(path)
             out.append((label, path))
     return out
+
+
+def _ordered_keys_with_prefix(reports: list[dict[str, Any]], path: tuple[str, ...], prefix: str) -> list[str]:
+    return [k for k in _ordered_keys(reports, path) if k.startswith(prefix)]
 
 
 def _short_far(key: str) -> str:
@@ -500,6 +645,8 @@ def _comparability_notes(reports: dict[str, dict[str, Any]]) -> list[str]:
                      + ", ".join(f"{n}: {v}" for n, v in samples.items()) + ")")
 
     def protocol(r: dict[str, Any]) -> str:
+        if isinstance(r.get("ijb"), dict):
+            return f"IJB templates ({(r['ijb'].get('protocol') or {}).get('dataset', '?')})"
         v = r.get("verification", {})
         if v.get("protocol") == "pairs":
             return f"pairs from {(v.get('pairs') or {}).get('file', '?')}"

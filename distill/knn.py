@@ -134,7 +134,7 @@ def resolve_index_params(
     n = max(int(num_gallery), 1)
     if index == "ivf":
         if nlist is None:
-            nlist = max(1, min(int(round(4 * math.sqrt(n))), n // 39))
+            nlist = max(1, min(round(4 * math.sqrt(n)), n // 39))
         nlist = _positive_int(nlist, "nlist")
         if nlist > n:
             raise InvalidInput(f"nlist={nlist} exceeds the {num_gallery} gallery items (k-means needs one per list)")
@@ -271,6 +271,8 @@ def knn_search(
             miss with :func:`approximate_recall` / :func:`recall_vs_exact`.
         nlist, nprobe: IVF lists and lists probed per query; hnsw_m, ef_search: HNSW graph degree and search
             breadth. Defaults and limits: :func:`resolve_index_params`. Ignored by the exact search.
+            The index is built for this call (IVF: k-means on the gallery, seeded, so repeatable; HNSW: FAISS
+            inserts in parallel, so with several OpenMP threads two builds may differ in a few neighbours).
 
     Returns:
         ``(scores, indices)``: float32 and int64 arrays of shape ``(nq, k)``, sorted by descending score. Where
@@ -369,7 +371,7 @@ def approximate_recall(
 ) -> float | None:
     """Fraction of the exact top-k neighbours of every query that the approximate ``index`` ("ivf" or "hnsw",
     built with the given parameters) finds in its own top k (:func:`topk_recall`; 1.0 for ``"exact"``)."""
-    kwargs = dict(exclude_self=exclude_self, use_gpu=use_gpu, query_batch=query_batch)
+    kwargs = {"exclude_self": exclude_self, "use_gpu": use_gpu, "query_batch": query_batch}
     _, approx = knn_search(queries, gallery, k, index=index, nlist=nlist, nprobe=nprobe, hnsw_m=hnsw_m,
                            ef_search=ef_search, **kwargs)
     _, exact = knn_search(queries, gallery, k, **kwargs)
