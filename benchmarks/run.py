@@ -48,7 +48,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, replace
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -70,13 +70,13 @@ class Sizes:
     train_samples: int = 50_000  # CIFAR-100 train size: the training/stream store
     views: int = 2
     warmup_rounds: int = 2
-    rounds: int = 6
+    rounds: int = 10
     stream_reps: int = 3
     extract_samples: int = 256  # extraction, dask and amortisation dataset
     extract_chunk_rows: int = 128  # = the extraction batch, so every teacher batch is full
     extract_batch: int = 128
-    extract_reps: int = 2
-    dask_reps: int = 2
+    extract_reps: int = 3
+    dask_reps: int = 3
     amort_epochs: int = 2
     amort_reps: int = 1
     eval_n: int = 40_000
@@ -127,7 +127,8 @@ def machine_info(device) -> dict[str, Any]:
     import zarr
 
     def version(name: str) -> str | None:
-        from importlib.metadata import PackageNotFoundError, version as v
+        from importlib.metadata import PackageNotFoundError
+        from importlib.metadata import version as v
 
         try:
             return v(name)
@@ -144,7 +145,7 @@ def machine_info(device) -> dict[str, Any]:
     with contextlib.suppress(OSError, ValueError, IndexError):
         mem_gib = round(int(Path("/proc/meminfo").read_text().split()[1]) / 2**20, 1)
     info = {
-        "date_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "date_utc": datetime.now(UTC).isoformat(timespec="seconds"),
         "platform": platform.platform(), "python": platform.python_version(), "cpu": cpu,
         "usable_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
         "memory_gib": mem_gib, "torch_threads": torch.get_num_threads(),
@@ -425,7 +426,7 @@ def crd_loss_seconds(trainer: StoreTrainer, batch: int, device, amp: bool, reps:
     return median(times[1:])  # the first call warms up
 
 
-def bench_training(ctx: "Context") -> dict[str, Any]:
+def bench_training(ctx: Context) -> dict[str, Any]:
     from distill.train_student import StudentConfig
 
     s, device = ctx.sizes, ctx.device
@@ -481,7 +482,7 @@ def bench_training(ctx: "Context") -> dict[str, Any]:
 
 
 # -- stream --------------------------------------------------------------------------------------------------
-def bench_stream(ctx: "Context", training: dict[str, Any] | None) -> dict[str, Any]:
+def bench_stream(ctx: Context, training: dict[str, Any] | None) -> dict[str, Any]:
     import torch
 
     from featstore.stream import StoreStream
@@ -571,7 +572,7 @@ def bare_forward_seconds(teacher, dataset, views: int, batch: int, device) -> fl
     return elapsed
 
 
-def bench_extraction(ctx: "Context") -> dict[str, Any]:
+def bench_extraction(ctx: Context) -> dict[str, Any]:
     from featstore.extract import extract_teacher
 
     s, device, dataset, teacher = ctx.sizes, ctx.device, ctx.ext_dataset, ctx.teacher
@@ -605,7 +606,7 @@ def _warm_worker() -> int:
     return os.getpid()
 
 
-def bench_dask(ctx: "Context") -> dict[str, Any]:
+def bench_dask(ctx: Context) -> dict[str, Any]:
     import logging
 
     from distributed import Client, LocalCluster
@@ -644,7 +645,7 @@ def bench_dask(ctx: "Context") -> dict[str, Any]:
 
 
 # -- amortisation --------------------------------------------------------------------------------------------
-def bench_amortisation(ctx: "Context") -> dict[str, Any]:
+def bench_amortisation(ctx: Context) -> dict[str, Any]:
     from distill.train_student import StudentConfig, train_student
 
     s = ctx.sizes
@@ -673,17 +674,18 @@ def bench_amortisation(ctx: "Context") -> dict[str, Any]:
 
 # -- eval vs pytorch-metric-learning -------------------------------------------------------------------------
 def clustered_embeddings(n: int, dim: int, classes: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Class centres N(0, I), samples centre + N(0, 1.5² I), L2-normalised (so PML's L2 search and fsd's cosine
+    """Class centres N(0, I), samples centre + N(0, σ² I), L2-normalised (so PML's L2 search and fsd's cosine
     search rank identically)."""
     rng = np.random.default_rng(seed)
     centres = rng.standard_normal((classes, dim), dtype=np.float32)
     labels = np.arange(n, dtype=np.int64) % classes
-    x = centres[labels] + 1.5 * rng.standard_normal((n, dim), dtype=np.float32)
+    sigma = 1.5 * (dim / 64) ** 0.3  # wider with D, so P@1 stays well inside (0, 1) at 64 and 512 dims
+    x = centres[labels] + sigma * rng.standard_normal((n, dim), dtype=np.float32)
     x /= np.linalg.norm(x, axis=1, keepdims=True)
     return x, labels
 
 
-def bench_eval(ctx: "Context") -> dict[str, Any]:
+def bench_eval(ctx: Context) -> dict[str, Any]:
     import torch
     from pytorch_metric_learning.utils.accuracy_calculator import AccuracyCalculator
 
@@ -832,9 +834,10 @@ NOTES = {
            "projecting the K negatives (K×256 @ 256×128, ~20 %), the two B×K similarity matrices and the mask "
            "(~25 %), and the backward (~50 %), two thirds of which is the teacher projection's gradient through the "
            "K negatives. It scales with K, not with the batch. Proposed fix (distill/losses/crd.py): project the "
-           "negatives under torch.no_grad() — as in CRD, whose memory-bank negatives carry no gradient — which cut "
-           "the term by about a third in the micro-benchmark (123 → 84 ms); a float32 bank brought nothing (the "
-           "gather is bound by the random indices, not the conversion).",
+           "negatives under torch.no_grad() — as in CRD, whose memory-bank negatives carry no gradient (a change of "
+           "the gradient, to be decided on accuracy, not speed) — which made the term about 30 % cheaper in the "
+           "micro-benchmark, all of it from the backward; a float32 bank brought nothing (the gather is bound by the "
+           "random indices, not the conversion).",
     "extraction": "Profile: 99.5 % of extract_teacher is the teacher's conv2d / batch_norm; view sampling, rendering, "
                   "float16 encoding, the Blosc/zstd chunk write and the done-flag are the rest. Note that extraction's "
                   "effective batch is min(batch size, chunk rows) because batches never cross a chunk: small stores "
@@ -842,11 +845,21 @@ NOTES = {
     "dask": "Two single-threaded workers against one on 2 cores that other jobs also use: the ideal is 2 and the "
             "cores' availability caps it. Workers load the teacher once (per-process cache) and write their chunks "
             "directly; the driver only validates, schedules and marks the store complete.",
-    "stream": "The stream decodes whole Blosc/zstd chunks (bit-shuffled float16 → float32) in a background thread, "
-              "shuffles them in a buffer and slices batches; zarr's per-read overhead (three arrays per chunk, "
-              "~ms each) is amortised over the chunk's rows, so stores with tiny chunks stream slowly (the --quick "
-              "store has 32-row chunks). The memmap baseline gathers the same rows uncompressed from the page "
-              "cache. Both are orders of magnitude above what training consumes, which is what matters.",
+    "stream": "One-off profile of an epoch of this store (one thread; stream ≈ 230 ms, memmap ≈ 42 ms): zarr reads "
+              "of the embeddings ≈ 85 ms (reading the chunk files and Blosc-decoding them directly takes ≈ 38 ms; "
+              "the rest is zarr's per-read pipeline), float16 → float32 conversion of *every* view ≈ 56 ms although "
+              "one view per row is used, the label and view-parameter reads ≈ 20 ms, re-opening the three arrays on "
+              "every read (`group[name]` parses zarr.json) ≈ 19 ms, view selection/shuffle/batching ≈ 31 ms, the "
+              "per-chunk finiteness check ≈ 6 ms. Proposed fix (featstore/stream.py, featstore/store.py): pick each "
+              "row's sampled view on the stored dtype and convert only the picked rows (saves (V−1)/V of the "
+              "conversion), keep the array handles open in FeatureStore, read a whole buffer group in one zarr call "
+              "(zarr decodes its chunks concurrently) and keep the labels in memory (N × 8 bytes): about 40 % less, "
+              "≈ 0.3 of memmap. ≥ 0.5 also needs a faster codec (lz4 decodes a 3.2 MB chunk in 0.6 ms against "
+              "1.3 ms for zstd level 5, at 1.11 vs 1.17 compression on these values) or a read path around zarr's "
+              "per-read overhead: a compressed store read through zarr cannot match an uncompressed page-cache "
+              "gather. The ratio that matters, stream rate over what training consumes, is in the thousands on this "
+              "CPU; a GPU student consuming ~10,000 rows/s would bring it down to ~20×, the goal's edge — that is "
+              "where the fix pays.",
     "eval": "Profile at 10,000 × 512: FAISS' exact search is 88 % of fsd's time (the float64 norm in "
             "knn.l2_normalize most of the rest) and 66 % of PML's (which adds torch.allclose checks and mask "
             "building); the search's share grows with N, so the ratio tends to ~0.9–1 — both do the same "
@@ -867,17 +880,17 @@ NOTES = {
 def markdown(r: dict[str, Any], figs: list[Figure]) -> str:
     m = r["meta"]
     mach = m["machine"]
-    sizes = m["sizes"]
     v = mach["versions"]
     device = mach["gpu"] or f"CPU ({mach['cpu']}, {mach['usable_cores']} usable cores, {mach['torch_threads']} torch threads)"
     lines = [START, "", "## Throughput figures (benchmarks/run.py)", "",
-             f"`python benchmarks/run.py{''.join(' ' + a for a in m['argv'])}` "
+             (f"`python benchmarks/run.py{''.join(' ' + a for a in m['argv'])}` "
              f"on {mach['date_utc']}, device: **{device}**. Every figure is a median of per-round ratios measured in "
              "this one run against its baseline on the same batches; absolute times are context only. "
-             f"**The machine was shared with other jobs** (load average {mach['loadavg_start']} at the start, "
-             f"{m['loadavg_end']} at the end, on {mach['usable_cores']} cores), so single timings are noisy; the "
+             + ("**The machine was shared with other jobs** " if mach["loadavg_start"][0] > 0.5 else "Machine load: ")
+             + f"(load average {mach['loadavg_start']} at the start, {m['loadavg_end']} at the end, on "
+             f"{mach['usable_cores']} cores), so single timings are noisy; the "
              "variants were interleaved round by round to cancel that noise in the ratios. Raw numbers: "
-             "`run.json` beside this file.", ""]
+             "`run.json` beside this file."), ""]
     if m["quick"]:
         lines += ["**--quick run: tiny sizes, the numbers mean nothing (smoke test only).**", ""]
     lines += ["| figure | measured | goal | met |", "|---|---:|---:|:---:|"]
@@ -885,16 +898,16 @@ def markdown(r: dict[str, Any], figs: list[Figure]) -> str:
         met = {True: "met", False: "**not met**", None: "—"}[f.met]
         lines.append(f"| {f.name} | {fmt(f.value)} | {f.goal} | {met} |")
     tar = HERE / "tar_at_far.py"
-    lines += ["", f"Exact TAR@FAR at N = 20,000 (time and peak RSS): see the section \"{TAR_SECTION[3:]}\" below, "
+    lines += ["", (f"Exact TAR@FAR at N = 20,000 (time and peak RSS): see the section \"{TAR_SECTION[3:]}\" below, "
               f"written by `benchmarks/tar_at_far.py`{'' if tar.exists() else ' (not present in this checkout)'}; "
-              "this script does not duplicate it.", ""]
+              "this script does not duplicate it."), ""]
     lines += ["### Definitions", ""]
     lines += [f"- *{f.name}*: {f.definition}." for f in figs]
-    lines += ["- The online-teacher goal: an online step costs teacher + student, a store step ideally the student "
-              "alone, so the ideal speed-up of store-KD over online-KD is (t_teacher + t_student) / t_student "
-              "(t_student = the vanilla step, t_teacher = the bare teacher forward on the same batch, both from the "
-              "same round). The figure is the measured speed-up t(online)/t(store) divided by that ideal: 1.0 "
-              "means the store removed the teacher's whole cost and added nothing.", ""]
+    lines += [("- The online-teacher goal: an online step costs teacher + student, a store step ideally the student "
+               "alone, so the ideal speed-up of store-KD over online-KD is (t_teacher + t_student) / t_student "
+               "(t_student = the vanilla step, t_teacher = the bare teacher forward on the same batch, both from the "
+               "same round). The figure is the measured speed-up t(online)/t(store) divided by that ideal: 1.0 "
+               "means the store removed the teacher's whole cost and added nothing."), ""]
     tr = r.get("training")
     lines += ["### Sizes", ""]
     if tr:
@@ -912,7 +925,7 @@ def markdown(r: dict[str, Any], figs: list[Figure]) -> str:
                      f"{ex['chunk_rows']} rows per chunk, {len(ex['extract_seconds'])} alternating repetitions.")
     if r.get("dask"):
         d = r["dask"]
-        lines.append(f"- dask: {d['samples']:,} samples × 1 view, {d['chunk_rows']} rows per chunk, one chunk per task, "
+        lines.append(f"- dask: {d['samples']:,} samples × 1 view on the CPU, {d['chunk_rows']} rows per chunk, one chunk per task, "
                      f"clusters started (and worker imports warmed) before timing; {len(d['seconds_1_worker'])} "
                      "alternating repetitions.")
     if r.get("amortisation"):
@@ -925,9 +938,11 @@ def markdown(r: dict[str, Any], figs: list[Figure]) -> str:
         lines.append(f"- eval: {e['n']:,} × {e['dim']} float32, {e['classes']:,} classes, L2-normalised; FAISS "
                      f"{'GPU' if e['faiss_gpu'] else 'CPU'} on both sides.")
         if e["n"] != 100_000:
-            lines.append(f"  The issue's size is 100,000 × 512 (the CUDA default). On this loaded 2-core CPU one "
-                         "exact search at that size takes ~6 minutes per side, so this run used "
-                         f"N = {e['n']:,} (`--eval-n`); both sides are O(N²·D).")
+            scale = (100_000 / e["n"]) ** 2 * (512 / e["dim"])
+            lines.append(f"  The issue's size is 100,000 × 512 (the CUDA default). Both sides are O(N²·D): scaled "
+                         f"from this run, that size would take ≈ {fmt(scale * median(e['fsd_seconds']), 0)} s per side "
+                         "here, and several times that when the shared cores are busy, so the CPU default is "
+                         f"N = {e['n']:,} (`--eval-n 100000` runs the issue's size).")
     lines += ["", "### Absolute times (context)", ""]
     if tr:
         lines += ["| variant | median step (ms) | samples/s |", "|---|---:|---:|"]
