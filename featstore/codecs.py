@@ -35,7 +35,8 @@ def encode(rows: np.ndarray, dtype: str) -> tuple[np.ndarray, np.ndarray | None]
     if dtype == "float32":
         return rows, None
     if dtype == "float16":
-        halves = rows.astype(np.float16)
+        with np.errstate(over="ignore"):  # overflow is detected just below, with advice
+            halves = rows.astype(np.float16)
         if not finite_rows(halves, "float16"):
             raise InvalidInput(f"embedding values up to {np.abs(rows).max():.3g} overflow float16 (max 65504); "
                                "use --dtype bfloat16 or float32")
