@@ -170,23 +170,40 @@ class FeatureStore(ChunkGeometry):
             self._row_arrays = {name: self._group[name] for name in names}
         return self._row_arrays
 
-    def read_rows_raw(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray | None, np.ndarray, np.ndarray]:
-        """(stored embeddings as on disk, int8 scales or None, labels, views) for rows [start, stop).
+    def read_chunks_raw(self, chunks: list[int]) -> list[tuple[np.ndarray, np.ndarray | None, np.ndarray, np.ndarray]
+                                                         | Exception]:
+        """For each chunk: (stored embeddings as on disk, int8 scales or None, labels, views), or the
+        exception its read raised (a corrupt chunk must not hide its neighbours).
 
-        The arrays are fetched concurrently in one round trip to zarr's event loop (one sync call instead
-        of three or four, and their chunks decompress in parallel). Decode with :meth:`decode`; the stream
-        decodes only the view it picked, not all V."""
+        Every array of every chunk is fetched concurrently in one round trip to zarr's event loop — one
+        sync call per group of chunks instead of three or four per chunk — and decompresses in parallel.
+        Decode with :meth:`decode`; the stream decodes only the view it picked, not all V."""
         arrays = self._arrays()
         names = list(arrays)
-        selection = slice(start, stop)
 
-        async def fetch() -> list[Any]:
+        async def fetch_chunk(chunk: int) -> list[Any]:
+            selection = slice(*self.chunk_bounds(chunk))
             return await asyncio.gather(*(arrays[name]._async_array.getitem(selection) for name in names))
 
-        raw = dict(zip(names, zarr_sync(fetch())))
-        scales = None if raw.get("scales") is None else np.asarray(raw["scales"], dtype=np.float32)
-        return (np.asarray(raw["embeddings"]), scales, np.asarray(raw["labels"], dtype=np.int64),
-                np.asarray(raw["views"], dtype=np.float32))
+        async def fetch_all() -> list[Any]:
+            return await asyncio.gather(*(fetch_chunk(c) for c in chunks), return_exceptions=True)
+
+        out: list[Any] = []
+        for result in zarr_sync(fetch_all()):
+            if isinstance(result, BaseException):
+                out.append(result)
+                continue
+            raw = dict(zip(names, result))
+            scales = None if raw.get("scales") is None else np.asarray(raw["scales"], dtype=np.float32)
+            out.append((np.asarray(raw["embeddings"]), scales, np.asarray(raw["labels"], dtype=np.int64),
+                        np.asarray(raw["views"], dtype=np.float32)))
+        return out
+
+    def read_chunk_raw(self, chunk: int) -> tuple[np.ndarray, np.ndarray | None, np.ndarray, np.ndarray]:
+        result = self.read_chunks_raw([chunk])[0]
+        if isinstance(result, BaseException):
+            raise result
+        return result
 
     def decode(self, stored: np.ndarray, scales: np.ndarray | None = None) -> np.ndarray:
         """Stored rows (any leading shape, last axis D) → float32."""
@@ -194,14 +211,14 @@ class FeatureStore(ChunkGeometry):
 
     def read_rows(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(embeddings float32 (n, V, D), labels (n,), views (n, V, P)) for rows [start, stop)."""
-        stored, scales, labels, views = self.read_rows_raw(start, stop)
+        stored = self._arrays()["embeddings"][start:stop]
+        scales = self._arrays()["scales"][start:stop] if self.dtype == "int8" else None
+        labels = np.asarray(self._arrays()["labels"][start:stop], dtype=np.int64)
+        views = np.asarray(self._arrays()["views"][start:stop], dtype=np.float32)
         return self.decode(stored, scales), labels, views
 
     def read_chunk(self, chunk: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         return self.read_rows(*self.chunk_bounds(chunk))
-
-    def read_chunk_raw(self, chunk: int) -> tuple[np.ndarray, np.ndarray | None, np.ndarray, np.ndarray]:
-        return self.read_rows_raw(*self.chunk_bounds(chunk))
 
     def read_scales(self, chunk: int) -> np.ndarray | None:
         """The int8 per-row scales of one chunk (None for float stores)."""

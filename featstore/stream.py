@@ -57,9 +57,8 @@ class GeneratedViews(ChunkGeometry):
         views = sample_views(self.dataset.view_policy, self.seed, rows, self.shape.num_views)
         return np.zeros((len(rows), self.shape.num_views, 0), np.float32), self.dataset.labels[rows], views
 
-    def read_chunk_raw(self, chunk: int) -> tuple[np.ndarray, None, np.ndarray, np.ndarray]:
-        embeddings, labels, views = self.read_chunk(chunk)
-        return embeddings, None, labels, views
+    def read_chunks_raw(self, chunks: list[int]) -> list[tuple[np.ndarray, None, np.ndarray, np.ndarray]]:
+        return [(e, None, labels, views) for e, labels, views in map(self.read_chunk, chunks)]
 
     def decode(self, stored: np.ndarray, scales: np.ndarray | None = None) -> np.ndarray:
         return stored
@@ -128,16 +127,15 @@ class StoreStream:
         n = self.num_samples()
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
-    def _read_checked(self, chunk: int) -> tuple[np.ndarray, ...] | None:
+    def _checked(self, chunk: int, result: tuple | BaseException) -> tuple[np.ndarray, ...] | None:
         """One chunk as stored (not yet decoded: only the view each row gets is decoded), validated: a
         chunk that cannot be decompressed or holds non-finite embeddings is never trained on — it raises
         :class:`StoreError` naming the chunk, or with ``skip_bad_chunks`` is skipped with a warning (None)."""
-        try:
-            stored, scales, labels, views = self.store.read_chunk_raw(chunk)
-            finite = codecs.finite_rows(stored, self.store.dtype, scales)
-            problem = None if finite else "non-finite teacher embeddings"
-        except Exception as exc:  # noqa: BLE001 - a corrupt or truncated chunk file surfaces as many types
-            problem = f"unreadable ({type(exc).__name__}: {exc})"
+        if isinstance(result, BaseException):  # a corrupt or truncated chunk file surfaces as many types
+            problem = f"unreadable ({type(result).__name__}: {result})"
+        else:
+            stored, scales, labels, views = result
+            problem = None if codecs.finite_rows(stored, self.store.dtype, scales) else "non-finite teacher embeddings"
         if problem is not None:
             message = (f"chunk {chunk} of store {getattr(self.store, 'url', '')} is bad: {problem}; "
                        "run `fsd store verify` and re-extract it")
@@ -150,7 +148,8 @@ class StoreStream:
         return np.arange(*self.store.chunk_bounds(chunk)), stored, scales, labels, views
 
     def _read_group(self, chunks: list[int]) -> tuple[np.ndarray, ...]:
-        parts = [part for part in map(self._read_checked, chunks) if part is not None]
+        results = self.store.read_chunks_raw(chunks)  # one concurrent fetch for the whole group
+        parts = [part for part in map(self._checked, chunks, results) if part is not None]
         if not parts:  # every chunk of the group was skipped
             shape = self.store.shape
             stored_dtype = codecs.STORAGE_DTYPE.get(self.store.dtype, "float32")
