@@ -851,7 +851,7 @@ NOTES = {
               "of which reading the 16 chunk files and Blosc-decoding them directly takes ≈ 37 ms, the rest being "
               "zarr's per-call pipeline; labels and view parameters ≈ 28 ms, nearly all per-call overhead — and view "
               "selection, shuffle and batching ≈ 25 ms. The prefetch thread overlaps the reads with the consumer "
-              "only when a second core is free, so on this shared machine the ratio moves between runs (0.34–0.40 "
+              "only when a second core is free, so on this shared machine the ratio moves between runs (0.32–0.40 "
               "seen). Proposed fix (featstore/store.py + stream.py): fetch a whole buffer group — all its chunks, "
               "all arrays — in one asyncio.gather of AsyncArray.getitem calls instead of one blocking call per "
               "chunk (measured: the embeddings of 16 chunks in 45 ms as 4 concurrent groups against 73–88 ms as "
