@@ -5,18 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from featstore.atomic import atomic_path
+from distill.plotting import save_png, subplots
 
 
 def plot_training_curves(log: list[dict[str, Any]], path: str | Path, title: str = "") -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     epochs = [entry["epoch"] for entry in log]
     terms = list(log[0]["loss"]) if log else []
-    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(9, 3.5), dpi=110)
+    fig, (ax_loss, ax_acc) = subplots(1, 2, figsize=(9, 3.5), dpi=110)
     for term in terms:
         ax_loss.plot(epochs, [entry["loss"][term] for entry in log], label=term)
     ax_loss.set_yscale("log")
@@ -28,10 +23,7 @@ def plot_training_curves(log: list[dict[str, Any]], path: str | Path, title: str
     ax_acc.set_xlabel("epoch")
     ax_acc.set_ylabel("test top-1 (%)")
     fig.suptitle(title)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png")
-    plt.close(fig)
+    save_png(fig, path)
 
 
 class TensorBoardLog:

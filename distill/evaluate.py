@@ -16,10 +16,11 @@ from typing import Any
 import numpy as np
 
 from distill import metrics
+from distill.plotting import save_png, subplots
 from distill.knn import knn_search, labels_at, recall_vs_exact, resolve_index_params
 from distill.pairs import Pairs, pairs_report
 from distill.verification import streaming_verification
-from featstore.atomic import atomic_path, atomic_write_text
+from featstore.atomic import atomic_write_text
 from featstore.errors import InputNotFound, InvalidInput
 
 
@@ -429,12 +430,7 @@ def _ijb_lines(ijb: dict[str, Any]) -> list[str]:
 
 def plot_roc(curves: dict[str, tuple[np.ndarray, np.ndarray]], path: str | Path, title: str = "ROC") -> None:
     """ROC curves on a log-FAR axis, written atomically as PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5, 4), dpi=120)
+    fig, ax = subplots(figsize=(5, 4), dpi=120)
     for name, (far, tar) in curves.items():
         positive = far > 0
         ax.plot(far[positive], tar[positive], label=name or None)
@@ -445,10 +441,7 @@ def plot_roc(curves: dict[str, tuple[np.ndarray, np.ndarray]], path: str | Path,
     ax.grid(True, which="both", alpha=0.3)
     if any(curves):
         ax.legend(loc="lower right")
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png")
-    plt.close(fig)
+    save_png(fig, path)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -497,12 +490,7 @@ def cmc_curve(queries: EmbeddingSet, max_rank: int = CMC_MAX_RANK, use_gpu: bool
 
 def plot_cmc(curves: dict[str, np.ndarray], path: str | Path, title: str = "CMC") -> None:
     """CMC curves (identification rate against rank), written atomically as PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5, 4), dpi=120)
+    fig, ax = subplots(figsize=(5, 4), dpi=120)
     for name, cmc in curves.items():
         ax.plot(np.arange(1, len(cmc) + 1), cmc, marker=".", label=name or None)
     if not any(len(c) for c in curves.values()):
@@ -515,10 +503,7 @@ def plot_cmc(curves: dict[str, np.ndarray], path: str | Path, title: str = "CMC"
     ax.grid(True, alpha=0.3)
     if any(curves):
         ax.legend(loc="lower right")
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png")
-    plt.close(fig)
+    save_png(fig, path)
 
 
 # --------------------------------------------------------------------------------------------------------------
