@@ -219,3 +219,47 @@ def test_cli_bad_distributed_options(teacher_path, tmp_path, extra):
     errors = [line for line in result.stderr.splitlines() if line.startswith("Error: ")]
     assert len(errors) == 1 and "Traceback" not in result.output, result.output
     assert not out.exists()
+
+
+def test_worker_killed_mid_extraction_costs_nothing(teacher_path, tmp_path):
+    """A dask worker process is SIGKILLed while extraction runs: its chunks are redone elsewhere and the
+    store still equals the single-process one byte for byte."""
+    import signal
+    import threading
+
+    from distributed import Client, LocalCluster
+
+    options = {**OPTS, "chunk_rows": 8}  # 169 one-chunk tasks: the kill lands mid-run
+    reference_url = tmp_path / "ref8.zarr"
+    extract_teacher(load_teacher_source(teacher_path), load_dataset("digits", "train"), str(reference_url), **options)
+    url = tmp_path / "killed.zarr"
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address=None,
+                      silence_logs=logging.CRITICAL) as c, Client(c, set_as_default=False) as client:
+        outcome: dict = {}
+
+        def run() -> None:
+            try:
+                outcome["summary"] = extract_teacher_distributed(
+                    (load_teacher_source, str(teacher_path)), "digits", "train", str(url),
+                    scheduler=c.scheduler_address, chunks_per_task=1, **options)
+            except Exception as exc:  # noqa: BLE001 - reported by the assertion below
+                outcome["error"] = exc
+
+        driver = threading.Thread(target=run)
+        driver.start()
+        deadline = time.monotonic() + 120
+        done = 0
+        while time.monotonic() < deadline and driver.is_alive():
+            try:
+                done = int(np.asarray(zarr.open_group(str(url), mode="r")["progress/done"][:]).sum())
+            except Exception:  # noqa: BLE001 - the store may not exist yet
+                done = 0
+            if done >= 10:
+                break
+            time.sleep(0.02)
+        victim = next(iter(client.run(os.getpid).values()))
+        os.kill(victim, signal.SIGKILL)
+        driver.join(timeout=240)
+    assert 10 <= done < 169, f"kill landed at {done}/169 chunks; the test needs a mid-run kill"
+    assert "error" not in outcome, outcome.get("error")
+    assert_identical(url, reference_url)
