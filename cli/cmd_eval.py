@@ -34,6 +34,9 @@ def _parse_fars(text: str) -> tuple[float, ...]:
 @click.option("--embeddings", type=click.Path(path_type=Path), default=None, help="HDF5 with embeddings, labels (and optional names).")
 @click.option("--gallery-store", default=None, metavar="STORE",
               help="Also report cross-model retrieval: these embeddings as queries against the store.")
+@click.option("--gallery-model", type=click.Path(path_type=Path), default=None,
+              help="Cross-model retrieval against this checkpoint's embeddings of the same --dataset/--split "
+                   "(e.g. student queries, teacher gallery).")
 @click.option("--far", "far_text", default=",".join(f"{f:g}" for f in FARS), show_default=True)
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Report JSON.")
 @click.option("--pairs", "pairs_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
@@ -53,7 +56,7 @@ def _parse_fars(text: str) -> tuple[float, ...]:
                    "(ivf, hnsw); its recall against exact search is reported.")
 @click.option("--overwrite", is_flag=True, help="Replace existing --out/--plot files.")
 @device_option
-def command(use_faiss, model, dataset, split, store, embeddings, gallery_store, far_text, pairs_file, pairs_format,
+def command(use_faiss, model, dataset, split, store, embeddings, gallery_store, gallery_model, far_text, pairs_file, pairs_format,
             out, plot, th_mix, ijb_meta, index, overwrite, device):
     """Evaluate embeddings: classification top-1, retrieval (Recall@K, P@1, R-precision, MAP@R) and
     verification (TAR@FAR, ROC AUC, EER) over all pairs — exact, in bounded memory — or over the pairs of
@@ -74,7 +77,7 @@ def command(use_faiss, model, dataset, split, store, embeddings, gallery_store, 
         raise InvalidInput("--model needs --dataset")
     if th_mix is not None and model is None:
         raise InvalidInput("--th-mix needs --model (a student checkpoint)")
-    _check_ijb_usage(ijb_meta, embeddings, pairs_file, gallery_store, index)
+    _check_ijb_usage(ijb_meta, embeddings, pairs_file, gallery_store or gallery_model, index)
     fars = _parse_fars(far_text)
     cmc_plot = plot.with_name(f"{plot.stem}_cmc.png") if plot is not None else None
     for path in (out, plot, cmc_plot):
@@ -91,7 +94,13 @@ def command(use_faiss, model, dataset, split, store, embeddings, gallery_store, 
         queries = ev.embeddings_from_store(store)
     else:
         queries = ev.embeddings_from_h5(embeddings)
+    if gallery_store and gallery_model:
+        raise InvalidInput("give at most one of --gallery-store and --gallery-model")
+    if gallery_model is not None and not dataset:
+        raise InvalidInput("--gallery-model needs --dataset (the split both models embed)")
     gallery = ev.embeddings_from_store(gallery_store) if gallery_store else None
+    if gallery_model is not None:
+        gallery = ev.embeddings_from_checkpoint(gallery_model, dataset, split, device)
     pairs = resolve_pairs(parsed_pairs, len(queries.labels), queries.names) if parsed_pairs is not None else None
     report, curves = ev.evaluate(queries, gallery=gallery, fars=fars, use_gpu=use_gpu, pairs=pairs, index=index)
     click.echo(ev.report_table(report))
