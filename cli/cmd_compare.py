@@ -11,8 +11,12 @@ from distill import evaluate as ev
 
 @click.command("compare")
 @click.argument("reports", nargs=-1, required=True, type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--baseline", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Report the differences are taken against (default: the first; added if not listed).")
+@click.option(
+    "--baseline",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Report the differences are taken against (default: the first; added if not listed).",
+)
 def command(reports, baseline):
     """Print eval reports (written by fsd eval --out) side by side: one row per metric (in percent), one column per
     report (named by file stem), and each report's difference Δ from the baseline in percentage points.
@@ -28,8 +32,9 @@ def command(reports, baseline):
         baseline = matches[0]
     loaded = {p: ev.read_report(p) for p in paths}
     names = _column_names(list(loaded))
-    table = ev.side_by_side_table({names[p]: loaded[p] for p in loaded},
-                                  names[baseline] if baseline is not None else None)
+    table = ev.side_by_side_table(
+        {names[p]: loaded[p] for p in loaded}, names[baseline] if baseline is not None else None
+    )
     click.echo(table)
 
 

@@ -10,8 +10,13 @@ from distill.demo import run_demo
 
 
 @click.command("demo")
-@click.option("--workdir", type=click.Path(file_okay=False, path_type=Path), default=Path("demo"), show_default=True,
-              help="Where the teacher, store, students, reports and ROC plot go (demo files are replaced).")
+@click.option(
+    "--workdir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("demo"),
+    show_default=True,
+    help="Where the teacher, store, students, reports and ROC plot go (demo files are replaced).",
+)
 @click.option("--epochs", type=int, default=30, show_default=True, help="Epochs for teacher and students.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def command(workdir: Path, epochs: int, quiet: bool) -> None:

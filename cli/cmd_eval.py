@@ -25,39 +25,105 @@ def _parse_fars(text: str) -> tuple[float, ...]:
 
 
 @click.command("eval")
-@click.option("--faiss", "use_faiss", is_flag=True, required=True,
-              help="Use FAISS for neighbour search (required; faiss-gpu when present).")
+@click.option(
+    "--faiss",
+    "use_faiss",
+    is_flag=True,
+    required=True,
+    help="Use FAISS for neighbour search (required; faiss-gpu when present).",
+)
 @click.option("--model", type=click.Path(path_type=Path), default=None, help="Teacher or student checkpoint.")
 @dataset_option(required=False)
 @split_option("test")
 @click.option("--store", default=None, metavar="STORE", help="Evaluate a store's identity-view embeddings.")
-@click.option("--embeddings", type=click.Path(path_type=Path), default=None, help="HDF5 with embeddings, labels (and optional names).")
-@click.option("--gallery-store", default=None, metavar="STORE",
-              help="Also report cross-model retrieval: these embeddings as queries against the store.")
-@click.option("--gallery-model", type=click.Path(path_type=Path), default=None,
-              help="Cross-model retrieval against this checkpoint's embeddings of the same --dataset/--split "
-                   "(e.g. student queries, teacher gallery).")
+@click.option(
+    "--embeddings",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="HDF5 with embeddings, labels (and optional names).",
+)
+@click.option(
+    "--gallery-store",
+    default=None,
+    metavar="STORE",
+    help="Also report cross-model retrieval: these embeddings as queries against the store.",
+)
+@click.option(
+    "--gallery-model",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Cross-model retrieval against this checkpoint's embeddings of the same --dataset/--split "
+    "(e.g. student queries, teacher gallery).",
+)
 @click.option("--far", "far_text", default=",".join(f"{f:g}" for f in FARS), show_default=True)
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Report JSON.")
-@click.option("--pairs", "pairs_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Verify these pairs instead of all pairs: 'i j label', 'name_a name_b label' or LFW pairs.txt.")
-@click.option("--pairs-format", type=click.Choice(FORMATS), default="auto", show_default=True,
-              help="Format of --pairs (auto: from its first line).")
-@click.option("--plot", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="ROC curve PNG; the CMC curve goes beside it as <stem>_cmc.png.")
-@click.option("--th-mix", type=float, default=None, metavar="W",
-              help="Student checkpoints: classify with p' = (1−W)·p_student + W·p_teacher-head (the paper's mix).")
-@click.option("--ijb-meta", type=click.Path(file_okay=False, path_type=Path), default=None, metavar="DIR",
-              help="IJB-B/IJB-C template protocols from the official meta files in DIR (or DIR/meta): 1:1 TAR@FAR "
-                   "over template pairs, 1:N rank-1/5/10 and TPIR@FPIR on galleries G1/G2. Needs --embeddings "
-                   "with image 'names' (optional 'embeddings_flip').")
-@click.option("--index", "index", type=click.Choice(INDEX_TYPES), default="exact", show_default=True,
-              help="Neighbour search for retrieval: exact, or an approximate FAISS index for large galleries "
-                   "(ivf, hnsw); its recall against exact search is reported.")
+@click.option(
+    "--pairs",
+    "pairs_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Verify these pairs instead of all pairs: 'i j label', 'name_a name_b label' or LFW pairs.txt.",
+)
+@click.option(
+    "--pairs-format",
+    type=click.Choice(FORMATS),
+    default="auto",
+    show_default=True,
+    help="Format of --pairs (auto: from its first line).",
+)
+@click.option(
+    "--plot",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="ROC curve PNG; the CMC curve goes beside it as <stem>_cmc.png.",
+)
+@click.option(
+    "--th-mix",
+    type=float,
+    default=None,
+    metavar="W",
+    help="Student checkpoints: classify with p' = (1−W)·p_student + W·p_teacher-head (the paper's mix).",
+)
+@click.option(
+    "--ijb-meta",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    metavar="DIR",
+    help="IJB-B/IJB-C template protocols from the official meta files in DIR (or DIR/meta): 1:1 TAR@FAR "
+    "over template pairs, 1:N rank-1/5/10 and TPIR@FPIR on galleries G1/G2. Needs --embeddings "
+    "with image 'names' (optional 'embeddings_flip').",
+)
+@click.option(
+    "--index",
+    "index",
+    type=click.Choice(INDEX_TYPES),
+    default="exact",
+    show_default=True,
+    help="Neighbour search for retrieval: exact, or an approximate FAISS index for large galleries "
+    "(ivf, hnsw); its recall against exact search is reported.",
+)
 @click.option("--overwrite", is_flag=True, help="Replace existing --out/--plot files.")
 @device_option
-def command(use_faiss, model, dataset, split, store, embeddings, gallery_store, gallery_model, far_text, pairs_file, pairs_format,
-            out, plot, th_mix, ijb_meta, index, overwrite, device):
+def command(
+    use_faiss,
+    model,
+    dataset,
+    split,
+    store,
+    embeddings,
+    gallery_store,
+    gallery_model,
+    far_text,
+    pairs_file,
+    pairs_format,
+    out,
+    plot,
+    th_mix,
+    ijb_meta,
+    index,
+    overwrite,
+    device,
+):
     """Evaluate embeddings: classification top-1, retrieval (Recall@K, P@1, R-precision, MAP@R) and
     verification (TAR@FAR, ROC AUC, EER) over all pairs — exact, in bounded memory — or over the pairs of
     --pairs (with LFW's 10-fold accuracy for an LFW pairs.txt; names come from the HDF5 'names' dataset).
@@ -121,8 +187,10 @@ def _check_ijb_usage(ijb_meta, embeddings, pairs_file, gallery_store, index) -> 
     if ijb_meta is None:
         return
     if embeddings is None:
-        raise InvalidInput("--ijb-meta matches embeddings to the meta files by image name: give --embeddings FILE.h5 "
-                           "with a 'names' dataset (--model and --store are not supported with --ijb-meta)")
+        raise InvalidInput(
+            "--ijb-meta matches embeddings to the meta files by image name: give --embeddings FILE.h5 "
+            "with a 'names' dataset (--model and --store are not supported with --ijb-meta)"
+        )
     for given, flag in ((pairs_file, "--pairs"), (gallery_store, "--gallery-store")):
         if given is not None:
             raise InvalidInput(f"--ijb-meta cannot be combined with {flag} (the IJB meta files define the protocol)")
@@ -135,8 +203,9 @@ def _ijb(meta_dir: Path, embeddings: Path, fars, use_gpu, out, plot, cmc_plot) -
 
     meta = read_ijb_meta(meta_dir)  # fail on bad meta files before reading the embeddings
     queries = ev.embeddings_from_h5(embeddings, labels_required=False, with_flip=True)
-    report, curves = ev.evaluate_ijb(queries, meta, fars=fars, use_gpu=use_gpu,
-                                     cmc_rank=ev.CMC_MAX_RANK if plot is not None else 0)
+    report, curves = ev.evaluate_ijb(
+        queries, meta, fars=fars, use_gpu=use_gpu, cmc_rank=ev.CMC_MAX_RANK if plot is not None else 0
+    )
     click.echo(ev.report_table(report))
     if out is not None:
         ev.write_report(report, out)
@@ -157,6 +226,8 @@ def _protocol_lines(verification: dict) -> list[str]:
     lines = [f"  protocol      {p['num_pairs']} pairs from {p['file']} ({p['format']} format)"]
     lfw = verification.get("lfw")
     if lfw:
-        lines.append(f"  LFW accuracy  {100 * lfw['accuracy_mean']:.2f} ± {100 * lfw['accuracy_std']:.2f} "
-                     f"(mean ± std over {lfw['folds']} folds, threshold chosen on the other folds)")
+        lines.append(
+            f"  LFW accuracy  {100 * lfw['accuracy_mean']:.2f} ± {100 * lfw['accuracy_std']:.2f} "
+            f"(mean ± std over {lfw['folds']} folds, threshold chosen on the other folds)"
+        )
     return lines

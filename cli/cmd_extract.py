@@ -7,7 +7,15 @@ from pathlib import Path
 
 import click
 
-from cli.options import dataset_option, device_option, dtype_choice, overwrite_option, quiet_option, seed_option, split_option
+from cli.options import (
+    dataset_option,
+    device_option,
+    dtype_choice,
+    overwrite_option,
+    quiet_option,
+    seed_option,
+    split_option,
+)
 from distill.teachers import load_teacher
 from distill.training import select_device
 from featstore.datasets import load_dataset
@@ -16,8 +24,12 @@ from featstore.extract import extract_teacher
 
 
 @click.command("extract-teacher")
-@click.option("--teacher", required=True, metavar="TEACHER",
-              help="fsd teacher checkpoint, torchscript:PATH, or module:function (needs --trust-code).")
+@click.option(
+    "--teacher",
+    required=True,
+    metavar="TEACHER",
+    help="fsd teacher checkpoint, torchscript:PATH, or module:function (needs --trust-code).",
+)
 @click.option("--trust-code", is_flag=True, help="Allow a module:function teacher (it runs that Python code).")
 @dataset_option()
 @split_option("train")
@@ -28,15 +40,39 @@ from featstore.extract import extract_teacher
 @click.option("--batch-size", type=int, default=256, show_default=True)
 @seed_option
 @device_option
-@click.option("--workers", type=int, default=None, metavar="N",
-              help="Extract with a local dask cluster of N worker processes (on CUDA each is pinned to one GPU, "
-                   "round-robin: N = number of GPUs gives one worker per GPU).")
-@click.option("--scheduler", default=None, metavar="ADDR",
-              help="Extract on an existing dask cluster (e.g. tcp://host:8786); its workers must see the paths.")
+@click.option(
+    "--workers",
+    type=int,
+    default=None,
+    metavar="N",
+    help="Extract with a local dask cluster of N worker processes (on CUDA each is pinned to one GPU, "
+    "round-robin: N = number of GPUs gives one worker per GPU).",
+)
+@click.option(
+    "--scheduler",
+    default=None,
+    metavar="ADDR",
+    help="Extract on an existing dask cluster (e.g. tcp://host:8786); its workers must see the paths.",
+)
 @overwrite_option
 @quiet_option
-def command(teacher, trust_code, dataset, split, out, views, dtype, chunk_rows, batch_size, seed, device, workers, scheduler,
-            overwrite, quiet):
+def command(
+    teacher,
+    trust_code,
+    dataset,
+    split,
+    out,
+    views,
+    dtype,
+    chunk_rows,
+    batch_size,
+    seed,
+    device,
+    workers,
+    scheduler,
+    overwrite,
+    quiet,
+):
     """Embed every (sample, view) with the teacher and write a Zarr feature store.
 
     Re-running the same command resumes an interrupted extraction (only missing chunks are computed);
@@ -47,16 +83,35 @@ def command(teacher, trust_code, dataset, split, out, views, dtype, chunk_rows, 
 
     Example: fsd extract-teacher --teacher teacher.pt --dataset digits --out store.zarr --views 2
     """
-    options = {"views": views, "dtype": dtype, "chunk_rows": chunk_rows, "batch_size": batch_size, "seed": seed,
-               "overwrite": overwrite, "progress": not quiet}
+    options = {
+        "views": views,
+        "dtype": dtype,
+        "chunk_rows": chunk_rows,
+        "batch_size": batch_size,
+        "seed": seed,
+        "overwrite": overwrite,
+        "progress": not quiet,
+    }
     if workers is not None or scheduler is not None:
         # Workers load the teacher themselves: pass a picklable loader and an absolute path.
         spec = str(Path(teacher).absolute()) if Path(teacher).exists() else teacher
         loader = functools.partial(load_teacher, trust_code=trust_code)
-        summary = extract_teacher_distributed((loader, spec), dataset, split, out,
-                                              device=select_device(device), workers=workers, scheduler=scheduler,
-                                              **options)
+        summary = extract_teacher_distributed(
+            (loader, spec),
+            dataset,
+            split,
+            out,
+            device=select_device(device),
+            workers=workers,
+            scheduler=scheduler,
+            **options,
+        )
     else:
-        summary = extract_teacher(load_teacher(teacher, trust_code=trust_code), load_dataset(dataset, split), out,
-                                  device=select_device(device), **options)
+        summary = extract_teacher(
+            load_teacher(teacher, trust_code=trust_code),
+            load_dataset(dataset, split),
+            out,
+            device=select_device(device),
+            **options,
+        )
     click.echo(summary.line())

@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import click
 
-from pathlib import Path
-
-from featstore.errors import InvalidInput, StoreError
 from cli.options import dataset_option, dtype_choice, overwrite_option, split_option
 from featstore.datasets import load_dataset
-from featstore.errors import OutputExists
+from featstore.errors import InvalidInput, OutputExists, StoreError
 from featstore.export import export_h5
 from featstore.importer import import_h5
 from featstore.store import open_store, store_exists
@@ -38,27 +36,43 @@ def info(store: str, as_json: bool) -> None:
     shape = data["shape"]
     ratio = data["compression_ratio_vs_float32"]
     click.echo(f"store        {data['url']}")
-    click.echo(f"shape        {shape['samples']} samples × {shape['views']} views × {shape['dim']} dims, "
-               f"{shape['classes']} classes")
+    click.echo(
+        f"shape        {shape['samples']} samples × {shape['views']} views × {shape['dim']} dims, "
+        f"{shape['classes']} classes"
+    )
     click.echo(f"dtype        {data['dtype']}, {data['chunk_rows']} rows per chunk")
     click.echo(f"complete     {data['complete']} ({data['chunks']['done']}/{data['chunks']['total']} chunks)")
-    click.echo(f"size         {data['bytes_stored'] / 1e6:.2f} MB stored"
-               + (f", compression {ratio:.2f}× vs float32" if ratio else ""))
+    click.echo(
+        f"size         {data['bytes_stored'] / 1e6:.2f} MB stored"
+        + (f", compression {ratio:.2f}× vs float32" if ratio else "")
+    )
     click.echo(f"teacher      {data['teacher']['arch']} (sha256 {data['teacher']['checkpoint_sha256'][:12]}…)")
     click.echo(f"head         {data['head']['type']}, {data['head']['num_classes']} classes")
-    click.echo(f"dataset      {data['dataset']['spec']} / {data['dataset']['split']} "
-               f"(fingerprint {data['dataset']['fingerprint'][:12]}…)")
+    click.echo(
+        f"dataset      {data['dataset']['spec']} / {data['dataset']['split']} "
+        f"(fingerprint {data['dataset']['fingerprint'][:12]}…)"
+    )
     click.echo(f"views        {data['views']['count']} × {data['views']['kind']} (seed {data['views']['seed']})")
     click.echo(f"created      {data['created']} by fsd {data['fsd_version']}")
 
 
 @command.command("verify")
 @click.argument("store")
-@click.option("--teacher", "teacher_path", metavar="CKPT", default=None,
-              help="Teacher checkpoint the store was extracted from: also recompute --sample random (sample, view) "
-                   "rows live and compare them with the stored rows.")
-@click.option("--sample", type=int, default=None, metavar="K",
-              help=f"Rows to recompute with --teacher (default {DEFAULT_LIVE_SAMPLE}; all rows when K exceeds N×V).")
+@click.option(
+    "--teacher",
+    "teacher_path",
+    metavar="CKPT",
+    default=None,
+    help="Teacher checkpoint the store was extracted from: also recompute --sample random (sample, view) "
+    "rows live and compare them with the stored rows.",
+)
+@click.option(
+    "--sample",
+    type=int,
+    default=None,
+    metavar="K",
+    help=f"Rows to recompute with --teacher (default {DEFAULT_LIVE_SAMPLE}; all rows when K exceeds N×V).",
+)
 @click.option("--seed", type=int, default=None, help="Seed that picks the --sample rows (default 0).")
 def verify(store: str, teacher_path: str | None, sample: int | None, seed: int | None) -> None:
     """Read every chunk of STORE and check it (readable, finite, labels in range, flagged done).
@@ -89,8 +103,9 @@ def verify(store: str, teacher_path: str | None, sample: int | None, seed: int |
     report = verify_store(store)
     if live_inputs is not None:
         opened, source, dataset = live_inputs
-        report.live = verify_live(opened, source, dataset, DEFAULT_LIVE_SAMPLE if sample is None else sample,
-                                  0 if seed is None else seed)
+        report.live = verify_live(
+            opened, source, dataset, DEFAULT_LIVE_SAMPLE if sample is None else sample, 0 if seed is None else seed
+        )
     for line in report.lines():
         click.echo(line)
     if not report.ok:
@@ -100,8 +115,12 @@ def verify(store: str, teacher_path: str | None, sample: int | None, seed: int |
 @command.command("export")
 @click.argument("store")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True, help="HDF5 file to write.")
-@click.option("--view", default="all", show_default=True,
-              help="'all' → (N, V, D); a view index → (N, D), e.g. --view 0 for `fsd eval --embeddings`.")
+@click.option(
+    "--view",
+    default="all",
+    show_default=True,
+    help="'all' → (N, V, D); a view index → (N, D), e.g. --view 0 for `fsd eval --embeddings`.",
+)
 @click.option("--overwrite", is_flag=True, help="Replace an existing --out.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def export(store: str, out: Path, view: str, overwrite: bool, quiet: bool) -> None:
@@ -124,7 +143,9 @@ def export(store: str, out: Path, view: str, overwrite: bool, quiet: bool) -> No
 @click.option("--dtype", type=dtype_choice, default="float16", show_default=True)
 @click.option("--chunk-rows", type=int, default=None, help="Samples per chunk (default: a few MB per chunk).")
 @overwrite_option
-def import_(file: Path, out: str, dataset: str, split: str, dtype: str, chunk_rows: int | None, overwrite: bool) -> None:
+def import_(
+    file: Path, out: str, dataset: str, split: str, dtype: str, chunk_rows: int | None, overwrite: bool
+) -> None:
     """Create a store from an HDF5 file of teacher embeddings computed outside fsd.
 
     FILE holds 'embeddings' (N, D) or (N, V, D), 'labels' (N,), 'head/weight' (C, D) [, 'head/bias',
@@ -134,5 +155,7 @@ def import_(file: Path, out: str, dataset: str, split: str, dtype: str, chunk_ro
     """
     if store_exists(out) and not overwrite:
         raise OutputExists(f"{out} already exists (use --overwrite to replace it)")
-    summary = import_h5(file, load_dataset(dataset, split), out, dtype=dtype, chunk_rows=chunk_rows, overwrite=overwrite)
+    summary = import_h5(
+        file, load_dataset(dataset, split), out, dtype=dtype, chunk_rows=chunk_rows, overwrite=overwrite
+    )
     click.echo(summary.line().replace("wrote", "imported into", 1))

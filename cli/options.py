@@ -4,23 +4,32 @@ from __future__ import annotations
 
 import click
 
+from distill.training import DEVICES
 from featstore.codecs import DTYPES
 from featstore.datasets import SPLITS
-from distill.training import DEVICES
 
 
 def dataset_option(required: bool = True):
-    return click.option("--dataset", "dataset", required=required, metavar="SPEC",
-                        help="Dataset spec: digits | cifar100:DIR | folder:DIR.")
+    return click.option(
+        "--dataset",
+        "dataset",
+        required=required,
+        metavar="SPEC",
+        help="Dataset spec: digits | cifar100:DIR | folder:DIR.",
+    )
 
 
 def split_option(default: str):
-    return click.option("--split", type=click.Choice(SPLITS), default=default, show_default=True,
-                        help="Dataset split.")
+    return click.option("--split", type=click.Choice(SPLITS), default=default, show_default=True, help="Dataset split.")
 
 
-device_option = click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True,
-                             help="auto = CUDA when present, else CPU.")
+device_option = click.option(
+    "--device",
+    type=click.Choice(DEVICES),
+    default="auto",
+    show_default=True,
+    help="auto = CUDA when present, else CPU.",
+)
 overwrite_option = click.option("--overwrite", is_flag=True, help="Replace an existing output.")
 seed_option = click.option("--seed", type=int, default=0, show_default=True, help="Random seed.")
 quiet_option = click.option("--quiet", is_flag=True, help="No progress bars.")

@@ -49,7 +49,9 @@ class Checkpoint:
         try:
             model.load_state_dict(self.state_dict)
         except RuntimeError as exc:
-            raise CheckpointError(f"checkpoint weights do not fit arch {self.arch!r}: {str(exc).splitlines()[0]}") from None
+            raise CheckpointError(
+                f"checkpoint weights do not fit arch {self.arch!r}: {str(exc).splitlines()[0]}"
+            ) from None
         return model.eval()
 
 
@@ -74,7 +76,9 @@ def load_checkpoint(path: str | Path, *, kind: str | None = None) -> Checkpoint:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else "unsafe content"
-        raise CheckpointError(f"{path} is not a safe fsd checkpoint (refused by weights_only loading: {first})") from None
+        raise CheckpointError(
+            f"{path} is not a safe fsd checkpoint (refused by weights_only loading: {first})"
+        ) from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as exc:
         raise CheckpointError(f"{path} is not a readable checkpoint ({type(exc).__name__})") from None
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
@@ -84,7 +88,9 @@ def load_checkpoint(path: str | Path, *, kind: str | None = None) -> Checkpoint:
     except TypeError as exc:
         raise CheckpointError(f"{path} is an fsd checkpoint with unexpected fields ({exc})") from None
     if not isinstance(ckpt.dataset, dict) or not {"spec", "split", "fingerprint", "image_shape"} <= set(ckpt.dataset):
-        raise CheckpointError(f"{path}: checkpoint lacks its dataset description (spec, split, fingerprint, image_shape)")
+        raise CheckpointError(
+            f"{path}: checkpoint lacks its dataset description (spec, split, fingerprint, image_shape)"
+        )
     if not isinstance(ckpt.model_config, dict) or not isinstance(ckpt.state_dict, dict):
         raise CheckpointError(f"{path}: checkpoint model_config/state_dict are malformed")
     if ckpt.kind not in KINDS:
@@ -110,9 +116,14 @@ def load_teacher_source(path: str | Path):
     model = ckpt.build_model()
     head = model.head
     return TeacherSource(
-        model=model, arch=ckpt.arch, checkpoint_sha256=file_sha256(path), embedding_dim=ckpt.embedding_dim,
-        input_shape=list(ckpt.dataset["image_shape"]), head_type=ckpt.head_type,
+        model=model,
+        arch=ckpt.arch,
+        checkpoint_sha256=file_sha256(path),
+        embedding_dim=ckpt.embedding_dim,
+        input_shape=list(ckpt.dataset["image_shape"]),
+        head_type=ckpt.head_type,
         head_weight=head.weight.detach().cpu().numpy().astype("float32"),
         head_bias=None if head.bias is None else head.bias.detach().cpu().numpy().astype("float32"),
-        head_scale=getattr(head, "scale", None), head_margin=getattr(head, "margin", None),
+        head_scale=getattr(head, "scale", None),
+        head_margin=getattr(head, "margin", None),
     )

@@ -35,9 +35,16 @@ class DemoResult:
     compression_ratio: float
 
 
-def run_demo(workdir: str | Path = "demo", *, teacher_epochs: int = 30, student_epochs: int = 30, seed: int = 0,
-             recipes: tuple[str, ...] = DEMO_RECIPES, progress: bool = True,
-             echo: Callable[[str], None] = print) -> DemoResult:
+def run_demo(
+    workdir: str | Path = "demo",
+    *,
+    teacher_epochs: int = 30,
+    student_epochs: int = 30,
+    seed: int = 0,
+    recipes: tuple[str, ...] = DEMO_RECIPES,
+    progress: bool = True,
+    echo: Callable[[str], None] = print,
+) -> DemoResult:
     """Run the demo in ``workdir`` (created if needed; the demo's own files in it are replaced)."""
     started = time.perf_counter()
     workdir = Path(workdir)
@@ -46,24 +53,49 @@ def run_demo(workdir: str | Path = "demo", *, teacher_epochs: int = 30, student_
     store_url = str(workdir / "teacher_digits.zarr")
 
     echo(f"[1/4] training the teacher → {teacher_path}")
-    teacher = train_teacher(TeacherConfig(dataset="digits", out=teacher_path, epochs=teacher_epochs, seed=seed,
-                                          overwrite=True, progress=progress))
-    echo(f"      {teacher.parameters:,} parameters, test top-1 {100 * (teacher.test_accuracy or 0):.2f}%, "
-         f"{teacher.seconds:.1f} s")
+    teacher = train_teacher(
+        TeacherConfig(
+            dataset="digits", out=teacher_path, epochs=teacher_epochs, seed=seed, overwrite=True, progress=progress
+        )
+    )
+    echo(
+        f"      {teacher.parameters:,} parameters, test top-1 {100 * (teacher.test_accuracy or 0):.2f}%, "
+        f"{teacher.seconds:.1f} s"
+    )
 
     echo(f"[2/4] extracting a 2-view float16 store → {store_url}")
-    summary = extract_teacher(load_teacher_source(teacher_path), load_dataset("digits", "train"), store_url,
-                              views=2, dtype="float16", seed=seed, overwrite=True, progress=progress)
+    summary = extract_teacher(
+        load_teacher_source(teacher_path),
+        load_dataset("digits", "train"),
+        store_url,
+        views=2,
+        dtype="float16",
+        seed=seed,
+        overwrite=True,
+        progress=progress,
+    )
     echo(f"      {summary.line()}")
 
     students: dict[str, Path] = {}
     for i, recipe in enumerate(recipes):
         out = workdir / f"student_{recipe}.pt"
         echo(f"[3/4] student {i + 1}/{len(recipes)} [{recipe}] → {out}")
-        result = train_student(StudentConfig(store=store_url, dataset="digits", out=out, recipe=recipe,
-                                             epochs=student_epochs, seed=seed, overwrite=True, progress=progress))
-        echo(f"      {result.parameters:,} parameters, test top-1 {100 * (result.test_accuracy or 0):.2f}%, "
-             f"{result.seconds:.1f} s")
+        result = train_student(
+            StudentConfig(
+                store=store_url,
+                dataset="digits",
+                out=out,
+                recipe=recipe,
+                epochs=student_epochs,
+                seed=seed,
+                overwrite=True,
+                progress=progress,
+            )
+        )
+        echo(
+            f"      {result.parameters:,} parameters, test top-1 {100 * (result.test_accuracy or 0):.2f}%, "
+            f"{result.seconds:.1f} s"
+        )
         students[recipe] = out
 
     echo("[4/4] evaluating on the digits test split (FAISS)")
@@ -78,14 +110,27 @@ def run_demo(workdir: str | Path = "demo", *, teacher_epochs: int = 30, student_
     ev.plot_roc(curves, workdir / "roc.png", title="digits test — ROC")
     table = ev.comparison_table(reports, DEMO_COLUMNS)
     seconds = time.perf_counter() - started
-    atomic_write_text(workdir / "demo_summary.json", json.dumps(
-        {"seconds": seconds, "store": {"url": store_url, "bytes": summary.bytes_stored,
-                                       "compression_ratio": summary.compression_ratio},
-         "reports": reports}, indent=2))
+    atomic_write_text(
+        workdir / "demo_summary.json",
+        json.dumps(
+            {
+                "seconds": seconds,
+                "store": {
+                    "url": store_url,
+                    "bytes": summary.bytes_stored,
+                    "compression_ratio": summary.compression_ratio,
+                },
+                "reports": reports,
+            },
+            indent=2,
+        ),
+    )
     echo("")
     echo(table)
     echo("")
     echo("x-R@1: student queries (test) against the teacher's stored gallery (train) — the shared-head compatibility.")
-    echo(f"demo finished in {seconds:.1f} s; store {summary.bytes_stored / 1e6:.2f} MB "
-         f"({summary.compression_ratio:.2f}× smaller than float32); files in {workdir}/")
+    echo(
+        f"demo finished in {seconds:.1f} s; store {summary.bytes_stored / 1e6:.2f} MB "
+        f"({summary.compression_ratio:.2f}× smaller than float32); files in {workdir}/"
+    )
     return DemoResult(workdir, table, reports, seconds, summary.bytes_stored, summary.compression_ratio)

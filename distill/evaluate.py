@@ -16,9 +16,9 @@ from typing import Any
 import numpy as np
 
 from distill import metrics
-from distill.plotting import save_png, subplots
 from distill.knn import knn_search, labels_at, recall_vs_exact, resolve_index_params
 from distill.pairs import Pairs, pairs_report
+from distill.plotting import save_png, subplots
 from distill.verification import streaming_verification
 from featstore.atomic import atomic_write_text
 from featstore.errors import InputNotFound, InvalidInput
@@ -37,8 +37,9 @@ class EmbeddingSet:
 
     def __post_init__(self) -> None:
         if self.embeddings.ndim != 2 or self.labels.ndim != 1 or len(self.embeddings) != len(self.labels):
-            raise InvalidInput(f"embeddings {self.embeddings.shape} and labels {self.labels.shape} do not match "
-                               "(need (N, D) and (N,))")
+            raise InvalidInput(
+                f"embeddings {self.embeddings.shape} and labels {self.labels.shape} do not match (need (N, D) and (N,))"
+            )
         if self.names is not None and len(self.names) != len(self.labels):
             raise InvalidInput(f"{len(self.names)} names for {len(self.labels)} embeddings")
         if len(self.labels) < 2:
@@ -47,8 +48,9 @@ class EmbeddingSet:
             raise InvalidInput("embeddings contain NaN or infinite values")
         if self.flip is not None:
             if self.flip.shape != self.embeddings.shape:
-                raise InvalidInput(f"flipped embeddings {self.flip.shape} do not match the embeddings "
-                                   f"{self.embeddings.shape}")
+                raise InvalidInput(
+                    f"flipped embeddings {self.flip.shape} do not match the embeddings {self.embeddings.shape}"
+                )
             if not np.isfinite(self.flip).all():
                 raise InvalidInput("flipped embeddings contain NaN or infinite values")
 
@@ -76,8 +78,9 @@ def mixed_prediction_logits(ckpt, embeddings: np.ndarray, logits: np.ndarray, we
         return torch.log((1 - weight) * p_s + weight * p_th).numpy()
 
 
-def embeddings_from_checkpoint(path: str | Path, dataset_spec: str, split: str = "test",
-                               device: str = "auto", th_mix: float | None = None) -> EmbeddingSet:
+def embeddings_from_checkpoint(
+    path: str | Path, dataset_spec: str, split: str = "test", device: str = "auto", th_mix: float | None = None
+) -> EmbeddingSet:
     """Run a teacher or student checkpoint over a dataset split (identity views). ``th_mix`` = w mixes the
     student's prediction with its teacher head's (see :func:`mixed_prediction_logits`)."""
     from distill.checkpoint import load_checkpoint
@@ -87,16 +90,27 @@ def embeddings_from_checkpoint(path: str | Path, dataset_spec: str, split: str =
     ckpt = load_checkpoint(path)
     dataset = load_dataset(dataset_spec, split)
     if list(ckpt.dataset.get("image_shape", [])) != list(dataset.image_shape):
-        raise InvalidInput(f"{path} expects images {ckpt.dataset.get('image_shape')}, {dataset_spec} gives "
-                           f"{list(dataset.image_shape)}")
+        raise InvalidInput(
+            f"{path} expects images {ckpt.dataset.get('image_shape')}, {dataset_spec} gives {list(dataset.image_shape)}"
+        )
     embeddings, logits = embed_dataset(ckpt.build_model(), dataset, select_device(device))
     if th_mix is not None:
         logits = mixed_prediction_logits(ckpt, embeddings, logits, th_mix)
     if ckpt.num_classes != dataset.num_classes:
         logits = None  # a head over other classes cannot be scored against these labels
-    return EmbeddingSet(embeddings, dataset.labels.copy(), logits,
-                        {"kind": ckpt.kind, "path": str(path), "arch": ckpt.arch, "dataset": dataset_spec,
-                         "split": split, "fingerprint": dataset.fingerprint()})
+    return EmbeddingSet(
+        embeddings,
+        dataset.labels.copy(),
+        logits,
+        {
+            "kind": ckpt.kind,
+            "path": str(path),
+            "arch": ckpt.arch,
+            "dataset": dataset_spec,
+            "split": split,
+            "fingerprint": dataset.fingerprint(),
+        },
+    )
 
 
 def embeddings_from_store(url: str, view: int = 0) -> EmbeddingSet:
@@ -121,9 +135,18 @@ def embeddings_from_store(url: str, view: int = 0) -> EmbeddingSet:
     with torch.no_grad():
         logits = head_from_store(store)(torch.from_numpy(embeddings)).numpy()
     dataset = store.meta.get("dataset", {})
-    return EmbeddingSet(embeddings, labels, logits, {"kind": "store", "path": url, "dataset": dataset.get("spec"),
-                                                     "split": dataset.get("split"),
-                                                     "fingerprint": dataset.get("fingerprint")})
+    return EmbeddingSet(
+        embeddings,
+        labels,
+        logits,
+        {
+            "kind": "store",
+            "path": url,
+            "dataset": dataset.get("spec"),
+            "split": dataset.get("split"),
+            "fingerprint": dataset.get("fingerprint"),
+        },
+    )
 
 
 def embeddings_from_h5(path: str | Path, *, labels_required: bool = True, with_flip: bool = False) -> EmbeddingSet:
@@ -154,7 +177,9 @@ def embeddings_from_h5(path: str | Path, *, labels_required: bool = True, with_f
         else:
             lab = handle["labels"]
         if emb.ndim != 2 or lab.ndim != 1 or emb.shape[0] != lab.shape[0]:
-            raise InvalidInput(f"{path}: embeddings {emb.shape} and labels {lab.shape} do not match (need (N, D), (N,))")
+            raise InvalidInput(
+                f"{path}: embeddings {emb.shape} and labels {lab.shape} do not match (need (N, D), (N,))"
+            )
         if not (np.issubdtype(emb.dtype, np.floating) or np.issubdtype(emb.dtype, np.integer)):
             raise InvalidInput(f"{path}: embeddings have non-numeric dtype {emb.dtype}")
         if not np.issubdtype(lab.dtype, np.integer):
@@ -200,10 +225,15 @@ def _h5_names(handle: Any, path: Path, n: int) -> list[str] | None:
         raise InvalidInput(f"{path}: 'names' are not valid UTF-8") from None
 
 
-def retrieval_report(queries: EmbeddingSet, gallery: EmbeddingSet | None = None,
-                     use_gpu: bool | None = None, *, index: str = "exact",
-                     index_options: dict[str, Any] | None = None,
-                     recall_queries: int | None = 1000) -> dict[str, Any]:
+def retrieval_report(
+    queries: EmbeddingSet,
+    gallery: EmbeddingSet | None = None,
+    use_gpu: bool | None = None,
+    *,
+    index: str = "exact",
+    index_options: dict[str, Any] | None = None,
+    recall_queries: int | None = 1000,
+) -> dict[str, Any]:
     """Leave-one-out retrieval within ``queries`` or, with ``gallery``, queries against the gallery.
 
     When both sets are the same samples (same dataset fingerprint and size, e.g. student vs teacher on the
@@ -232,18 +262,23 @@ def retrieval_report(queries: EmbeddingSet, gallery: EmbeddingSet | None = None,
     g_known = metrics.known_mask(gallery.labels)
     g_emb, g_lab = gallery.embeddings[g_known], gallery.labels[g_known]
     if q_emb.shape[1] != g_emb.shape[1]:
-        raise InvalidInput(f"query dim {q_emb.shape[1]} ≠ gallery dim {g_emb.shape[1]}: cross-model retrieval "
-                           "needs embeddings in one space")
-    paired = (queries.source.get("fingerprint") is not None
-              and queries.source.get("fingerprint") == gallery.source.get("fingerprint")
-              and len(queries.labels) == len(gallery.labels))
+        raise InvalidInput(
+            f"query dim {q_emb.shape[1]} ≠ gallery dim {g_emb.shape[1]}: cross-model retrieval "
+            "needs embeddings in one space"
+        )
+    paired = (
+        queries.source.get("fingerprint") is not None
+        and queries.source.get("fingerprint") == gallery.source.get("fingerprint")
+        and len(queries.labels) == len(gallery.labels)
+    )
     relevant = metrics.count_relevant(q_lab, g_lab, leave_one_out=False)
     if paired:
         relevant = relevant - 1  # the counterpart shares the label and is excluded
     k = min(int(max(max(metrics.DEFAULT_KS), relevant.max(initial=0))), len(g_lab) - int(paired))
     _, idx = knn_search(q_emb, g_emb, k + int(paired), **search)
-    index_section = (_index_section(q_emb, g_emb, idx, False, index, opts, use_gpu, recall_queries)
-                     if index != "exact" else None)
+    index_section = (
+        _index_section(q_emb, g_emb, idx, False, index, opts, use_gpu, recall_queries) if index != "exact" else None
+    )
     if paired:
         own = np.flatnonzero(q_known)  # original index of each query = index of its counterpart
         g_index = np.flatnonzero(g_known)
@@ -258,12 +293,26 @@ def retrieval_report(queries: EmbeddingSet, gallery: EmbeddingSet | None = None,
     return report
 
 
-def _index_section(q_emb: np.ndarray, g_emb: np.ndarray, idx: np.ndarray, exclude_self: bool, index: str,
-                   opts: dict[str, Any], use_gpu: bool | None, recall_queries: int | None) -> dict[str, Any]:
+def _index_section(
+    q_emb: np.ndarray,
+    g_emb: np.ndarray,
+    idx: np.ndarray,
+    exclude_self: bool,
+    index: str,
+    opts: dict[str, Any],
+    use_gpu: bool | None,
+    recall_queries: int | None,
+) -> dict[str, Any]:
     """What the report says about an approximate search: its parameters and its recall against exact search."""
     k = int(idx.shape[1])
-    recall, checked = recall_vs_exact(q_emb, q_emb if exclude_self else g_emb, idx, exclude_self=exclude_self,
-                                      max_queries=recall_queries, use_gpu=use_gpu)
+    recall, checked = recall_vs_exact(
+        q_emb,
+        q_emb if exclude_self else g_emb,
+        idx,
+        exclude_self=exclude_self,
+        max_queries=recall_queries,
+        use_gpu=use_gpu,
+    )
     params = resolve_index_params(index, len(g_emb), min(k + int(exclude_self), len(g_emb)), **opts)
     params.pop("type")
     return {"type": index, "k": k, "recall_vs_exact@k": recall, "num_queries_checked": checked, "params": params}
@@ -273,10 +322,17 @@ def _ks(k: int) -> tuple[int, ...]:
     return tuple(x for x in metrics.DEFAULT_KS if x <= k) or (1,)
 
 
-def evaluate(queries: EmbeddingSet, *, gallery: EmbeddingSet | None = None,
-             fars: tuple[float, ...] = metrics.FARS, use_gpu: bool | None = None,
-             pairs: Pairs | None = None, index: str = "exact", index_options: dict[str, Any] | None = None,
-             ijb: Any = None) -> tuple[dict[str, Any], dict]:
+def evaluate(
+    queries: EmbeddingSet,
+    *,
+    gallery: EmbeddingSet | None = None,
+    fars: tuple[float, ...] = metrics.FARS,
+    use_gpu: bool | None = None,
+    pairs: Pairs | None = None,
+    index: str = "exact",
+    index_options: dict[str, Any] | None = None,
+    ijb: Any = None,
+) -> tuple[dict[str, Any], dict]:
     """The report dict of DESIGN.md §4 and the ROC curve(s) for plotting: (report, {name: (far, tar)}).
 
     Verification covers every unordered pair of known-label samples, computed exactly in bounded memory by
@@ -305,8 +361,14 @@ def evaluate(queries: EmbeddingSet, *, gallery: EmbeddingSet | None = None,
     return report, curves
 
 
-def evaluate_ijb(queries: EmbeddingSet, meta: Any, *, fars: tuple[float, ...] = metrics.FARS,
-                 use_gpu: bool | None = None, cmc_rank: int = 0) -> tuple[dict[str, Any], dict[str, Any]]:
+def evaluate_ijb(
+    queries: EmbeddingSet,
+    meta: Any,
+    *,
+    fars: tuple[float, ...] = metrics.FARS,
+    use_gpu: bool | None = None,
+    cmc_rank: int = 0,
+) -> tuple[dict[str, Any], dict[str, Any]]:
     """The IJB report: ``{"source", "num_samples", "ijb": {"protocol", "verification", "identification"}}``
     (:func:`distill.ijb.ijb_evaluation`) from embeddings named by image (``queries.names``), flip-summed with
     ``queries.flip`` when present. The per-sample retrieval/verification sections are not computed (IJB images
@@ -315,10 +377,13 @@ def evaluate_ijb(queries: EmbeddingSet, meta: Any, *, fars: tuple[float, ...] = 
     from distill.ijb import ijb_evaluation
 
     if queries.names is None:
-        raise InvalidInput("the IJB protocol matches embeddings to the meta files by image name: the embeddings "
-                           "need a 'names' dataset (--embeddings FILE.h5)")
-    section, raw = ijb_evaluation(queries.embeddings, queries.names, meta, flip=queries.flip, fars=fars,
-                                  use_gpu=use_gpu, cmc_rank=cmc_rank)
+        raise InvalidInput(
+            "the IJB protocol matches embeddings to the meta files by image name: the embeddings "
+            "need a 'names' dataset (--embeddings FILE.h5)"
+        )
+    section, raw = ijb_evaluation(
+        queries.embeddings, queries.names, meta, flip=queries.flip, fars=fars, use_gpu=use_gpu, cmc_rank=cmc_rank
+    )
     report: dict[str, Any] = {"source": queries.source, "num_samples": len(queries.labels), "ijb": section}
     curves: dict[str, Any] = {}
     if "roc" in raw:
@@ -328,9 +393,13 @@ def evaluate_ijb(queries: EmbeddingSet, meta: Any, *, fars: tuple[float, ...] = 
     return report, curves
 
 
-def verification_report(queries: EmbeddingSet, fars: tuple[float, ...] = metrics.FARS, *,
-                        use_gpu: bool | None = None,
-                        pairs: Pairs | None = None) -> tuple[dict[str, Any], tuple[np.ndarray, np.ndarray]]:
+def verification_report(
+    queries: EmbeddingSet,
+    fars: tuple[float, ...] = metrics.FARS,
+    *,
+    use_gpu: bool | None = None,
+    pairs: Pairs | None = None,
+) -> tuple[dict[str, Any], tuple[np.ndarray, np.ndarray]]:
     """The ``verification`` section and its ROC curve: all pairs (streaming, exact) or the given ``pairs``."""
     if pairs is not None:
         return pairs_report(queries.embeddings, pairs, fars)
@@ -382,8 +451,10 @@ def report_table(report: dict[str, Any]) -> str:
     r = report.get("retrieval")
     if r is not None and r.get("recall_at_k"):
         recalls = "  ".join(f"R@{k} {_fmt(v)}" for k, v in r["recall_at_k"].items())
-        lines.append(f"retrieval       {recalls}  P@1 {_fmt(r.get('precision_at_1'))}  "
-                     f"R-prec {_fmt(r.get('r_precision'))}  MAP@R {_fmt(r.get('map_at_r'))}")
+        lines.append(
+            f"retrieval       {recalls}  P@1 {_fmt(r.get('precision_at_1'))}  "
+            f"R-prec {_fmt(r.get('r_precision'))}  MAP@R {_fmt(r.get('map_at_r'))}"
+        )
     if r is not None and r.get("index"):
         lines.append(_index_line(r["index"]))
     v = report.get("verification")
@@ -391,8 +462,10 @@ def report_table(report: dict[str, Any]) -> str:
         lines += _verification_lines("verification", "pairs", v)
     if "cross_model" in report:
         c = report["cross_model"]
-        lines.append(f"cross-model     R@1 {_fmt(c['recall_at_k'].get('1') if c.get('recall_at_k') else None)}  "
-                     f"MAP@R {_fmt(c.get('map_at_r'))}")
+        lines.append(
+            f"cross-model     R@1 {_fmt(c['recall_at_k'].get('1') if c.get('recall_at_k') else None)}  "
+            f"MAP@R {_fmt(c.get('map_at_r'))}"
+        )
         if c.get("index"):
             lines.append(_index_line(c["index"]))
     if "ijb" in report:
@@ -402,23 +475,33 @@ def report_table(report: dict[str, Any]) -> str:
 
 def _verification_lines(title: str, what: str, v: dict[str, Any]) -> list[str]:
     tars = "  ".join(f"{k} {_fmt(t)}" for k, t in v["tar_at_far"].items())
-    return [(f"{title:<15} {v['num_genuine']} genuine / {v['num_impostor']} impostor {what}; "
-             f"AUC {_fmt(v.get('roc_auc'))}  EER {_fmt(v.get('eer'))}"),
-            f"  TAR@FAR       {tars}"]
+    return [
+        (
+            f"{title:<15} {v['num_genuine']} genuine / {v['num_impostor']} impostor {what}; "
+            f"AUC {_fmt(v.get('roc_auc'))}  EER {_fmt(v.get('eer'))}"
+        ),
+        f"  TAR@FAR       {tars}",
+    ]
 
 
 def _index_line(section: dict[str, Any]) -> str:
     params = ", ".join(f"{k}={v}" for k, v in section.get("params", {}).items())
-    return (f"  index         {section['type']} ({params}): recall vs exact@{section['k']} "
-            f"{_fmt(section.get('recall_vs_exact@k'))} on {section.get('num_queries_checked')} queries")
+    return (
+        f"  index         {section['type']} ({params}): recall vs exact@{section['k']} "
+        f"{_fmt(section.get('recall_vs_exact@k'))} on {section.get('num_queries_checked')} queries"
+    )
 
 
 def _ijb_lines(ijb: dict[str, Any]) -> list[str]:
     p = ijb.get("protocol", {})
     t = p.get("template", {})
-    lines = [(f"IJB             {p.get('dataset')}: {p.get('num_faces')} faces, {p.get('num_templates')} "
-              f"templates (flip-sum {'on' if t.get('flip') else 'off'}, quality weights "
-              f"{'on' if t.get('quality') else 'off'})")]
+    lines = [
+        (
+            f"IJB             {p.get('dataset')}: {p.get('num_faces')} faces, {p.get('num_templates')} "
+            f"templates (flip-sum {'on' if t.get('flip') else 'off'}, quality weights "
+            f"{'on' if t.get('quality') else 'off'})"
+        )
+    ]
     if "verification" in ijb:
         lines += _verification_lines("IJB 1:1", "template pairs", ijb["verification"])
     for name, g in ijb.get("identification", {}).items():
@@ -462,11 +545,14 @@ def cmc_from_neighbors(neighbor_labels: Any, query_labels: Any, num_relevant: An
     q = np.asarray(query_labels).astype(np.int64, copy=False)
     r = np.asarray(num_relevant).astype(np.int64, copy=False)
     if nl.ndim != 2 or nl.shape[0] != q.size or q.size != r.size:
-        raise InvalidInput(f"neighbor_labels {nl.shape}, query_labels {q.shape} and num_relevant {r.shape} do not "
-                           "describe the same queries")
+        raise InvalidInput(
+            f"neighbor_labels {nl.shape}, query_labels {q.shape} and num_relevant {r.shape} do not "
+            "describe the same queries"
+        )
     if max_rank < 1 or nl.shape[1] < max_rank:
-        raise InvalidInput(f"a CMC up to rank {max_rank} needs at least {max_rank} neighbours per query, "
-                           f"got {nl.shape[1]}")
+        raise InvalidInput(
+            f"a CMC up to rank {max_rank} needs at least {max_rank} neighbours per query, got {nl.shape[1]}"
+        )
     keep = (r > 0) & (q != metrics.UNKNOWN_LABEL)
     if not keep.any():
         return np.empty(0)
@@ -522,11 +608,17 @@ def read_report(path: str | Path) -> dict[str, Any]:
         raise InvalidInput(f"{path} is not a UTF-8 text file") from None
     except json.JSONDecodeError as exc:
         raise InvalidInput(f"{path} is not valid JSON ({exc.msg} at line {exc.lineno}, column {exc.colno})") from None
-    if not (isinstance(data, dict) and ((isinstance(data.get("retrieval"), dict)
-                                         and isinstance(data.get("verification"), dict))
-                                        or isinstance(data.get("ijb"), dict))):
-        raise InvalidInput(f"{path} is not an fsd eval report (a JSON object with 'retrieval' and 'verification' "
-                           "sections, or an 'ijb' section, as `fsd eval --out` writes)")
+    if not (
+        isinstance(data, dict)
+        and (
+            (isinstance(data.get("retrieval"), dict) and isinstance(data.get("verification"), dict))
+            or isinstance(data.get("ijb"), dict)
+        )
+    ):
+        raise InvalidInput(
+            f"{path} is not an fsd eval report (a JSON object with 'retrieval' and 'verification' "
+            "sections, or an 'ijb' section, as `fsd eval --out` writes)"
+        )
     return data
 
 
@@ -544,23 +636,34 @@ def compare_rows(reports: list[dict[str, Any]]) -> list[tuple[str, tuple[str, ..
     TAR at every FAR, LFW accuracy and cross-model retrieval — those that at least one report has."""
     rows = list(SUMMARY_COLUMNS)
     rows += [(f"R@{k}", ("retrieval", "recall_at_k", k)) for k in _ordered_keys(reports, ("retrieval", "recall_at_k"))]
-    rows += [("P@1", ("retrieval", "precision_at_1")), ("R-prec", ("retrieval", "r_precision")),
-             ("EER", ("verification", "eer"))]
-    rows += [(f"TAR@{_short_far(k)}", ("verification", "tar_at_far", k))
-             for k in _ordered_keys(reports, ("verification", "tar_at_far"))]
-    rows += [("LFW acc", ("verification", "lfw", "accuracy_mean")), ("x-R@1", ("cross_model", "recall_at_k", "1")),
-             ("x-MAP@R", ("cross_model", "map_at_r"))]
+    rows += [
+        ("P@1", ("retrieval", "precision_at_1")),
+        ("R-prec", ("retrieval", "r_precision")),
+        ("EER", ("verification", "eer")),
+    ]
+    rows += [
+        (f"TAR@{_short_far(k)}", ("verification", "tar_at_far", k))
+        for k in _ordered_keys(reports, ("verification", "tar_at_far"))
+    ]
+    rows += [
+        ("LFW acc", ("verification", "lfw", "accuracy_mean")),
+        ("x-R@1", ("cross_model", "recall_at_k", "1")),
+        ("x-MAP@R", ("cross_model", "map_at_r")),
+    ]
     rows += [("ANN recall", ("retrieval", "index", "recall_vs_exact@k"))]
-    rows += [(f"IJB TAR@{_short_far(k)}", ("ijb", "verification", "tar_at_far", k))
-             for k in _ordered_keys(reports, ("ijb", "verification", "tar_at_far"))]
+    rows += [
+        (f"IJB TAR@{_short_far(k)}", ("ijb", "verification", "tar_at_far", k))
+        for k in _ordered_keys(reports, ("ijb", "verification", "tar_at_far"))
+    ]
     rows += [("IJB AUC", ("ijb", "verification", "roc_auc"))]
     for gallery in _ordered_keys(reports, ("ijb", "identification")):
         short = "avg" if gallery == "average" else gallery
         section = ("ijb", "identification", gallery)
-        rows += [(f"IJB {short} R{k[5:]}", (*section, k))
-                 for k in _ordered_keys_with_prefix(reports, section, "rank_")]
-        rows += [(f"IJB {short} TPIR@{_short_far(k)}", section + ("tpir_at_fpir", k))
-                 for k in _ordered_keys(reports, section + ("tpir_at_fpir",))]
+        rows += [(f"IJB {short} R{k[5:]}", (*section, k)) for k in _ordered_keys_with_prefix(reports, section, "rank_")]
+        rows += [
+            (f"IJB {short} TPIR@{_short_far(k)}", section + ("tpir_at_fpir", k))
+            for k in _ordered_keys(reports, section + ("tpir_at_fpir",))
+        ]
     out, seen = [], set()
     for label, path in rows:
         if path not in seen and any(_get(r, path) is not None for r in reports):
@@ -606,16 +709,19 @@ def side_by_side_table(reports: dict[str, dict[str, Any]], baseline: str | None 
     for name in names:
         columns.append((name, ["—" if v is None else f"{100 * v:.2f}" for v in values[name]]))
         if name != baseline:
-            deltas = ["—" if v is None or b is None else f"{100 * (v - b):+.2f}"
-                      for v, b in zip(values[name], values[baseline])]
+            deltas = [
+                "—" if v is None or b is None else f"{100 * (v - b):+.2f}"
+                for v, b in zip(values[name], values[baseline])
+            ]
             columns.append(("Δ", deltas))
     label_width = max([len("metric")] + [len(label) for label, _ in rows])
     widths = [max([len(header)] + [len(c) for c in cells]) for header, cells in columns]
     header = f"{'metric':<{label_width}}  " + "  ".join(f"{h:>{w}}" for (h, _), w in zip(columns, widths))
     lines = [header, "-" * len(header)]
     for i, (label, _) in enumerate(rows):
-        lines.append(f"{label:<{label_width}}  " + "  ".join(f"{cells[i]:>{w}}" for (_, cells), w in
-                                                             zip(columns, widths)))
+        lines.append(
+            f"{label:<{label_width}}  " + "  ".join(f"{cells[i]:>{w}}" for (_, cells), w in zip(columns, widths))
+        )
     if len(names) > 1:
         lines.append(f"Δ: percentage points against {baseline}")
     lines += _comparability_notes(reports)
@@ -626,8 +732,11 @@ def _comparability_notes(reports: dict[str, dict[str, Any]]) -> list[str]:
     notes = []
     samples = {name: r.get("num_samples") for name, r in reports.items()}
     if len(set(map(str, samples.values()))) > 1:
-        notes.append("note: the reports cover different numbers of samples ("
-                     + ", ".join(f"{n}: {v}" for n, v in samples.items()) + ")")
+        notes.append(
+            "note: the reports cover different numbers of samples ("
+            + ", ".join(f"{n}: {v}" for n, v in samples.items())
+            + ")"
+        )
 
     def protocol(r: dict[str, Any]) -> str:
         if isinstance(r.get("ijb"), dict):
@@ -639,6 +748,7 @@ def _comparability_notes(reports: dict[str, dict[str, Any]]) -> list[str]:
 
     protocols = {name: protocol(r) for name, r in reports.items()}
     if len(set(protocols.values())) > 1:
-        notes.append("note: verification protocols differ ("
-                     + ", ".join(f"{n}: {v}" for n, v in protocols.items()) + ")")
+        notes.append(
+            "note: verification protocols differ (" + ", ".join(f"{n}: {v}" for n, v in protocols.items()) + ")"
+        )
     return notes

@@ -47,8 +47,14 @@ class _MarginHead(nn.Module):
     default_scale = 30.0
     default_margin = 0.3
 
-    def __init__(self, embedding_dim: int, num_classes: int, bias: bool = False, scale: float | None = None,
-                 margin: float | None = None) -> None:
+    def __init__(
+        self,
+        embedding_dim: int,
+        num_classes: int,
+        bias: bool = False,
+        scale: float | None = None,
+        margin: float | None = None,
+    ) -> None:
         super().__init__()
         if bias:
             raise InvalidInput(f"a {self.head_type} head has no bias")
@@ -103,8 +109,13 @@ class CosFaceHead(_MarginHead):
         return cos_target - self.margin
 
 
-def frozen_head(head_type: str, weight: torch.Tensor, bias: torch.Tensor | None = None,
-                scale: float | None = None, margin: float | None = None) -> nn.Module:
+def frozen_head(
+    head_type: str,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    scale: float | None = None,
+    margin: float | None = None,
+) -> nn.Module:
     """A non-trainable head holding the given (teacher's) weights — TH-KD's g_t. Margin heads give their
     margin-free cosine logits × scale."""
     num_classes, dim = weight.shape
@@ -128,14 +139,23 @@ def frozen_head_from_weights(weight: torch.Tensor, bias: torch.Tensor | None) ->
 
 def head_state(head: nn.Module) -> dict:
     """The head as plain data (type, weight, bias, scale, margin) for checkpoints and stores."""
-    return {"type": head.head_type, "weight": head.weight.detach().cpu().clone(),
-            "bias": None if head.bias is None else head.bias.detach().cpu().clone(),
-            "scale": head.scale, "margin": head.margin}
+    return {
+        "type": head.head_type,
+        "weight": head.weight.detach().cpu().clone(),
+        "bias": None if head.bias is None else head.bias.detach().cpu().clone(),
+        "scale": head.scale,
+        "margin": head.margin,
+    }
 
 
 def head_from_store(store) -> nn.Module:
     """The teacher's frozen classifier g_t as a store records it (``featstore.store.FeatureStore``)."""
     meta = store.meta.get("head", {})
     bias = store.head_bias()
-    return frozen_head(meta.get("type", "linear"), torch.from_numpy(store.head_weight()),
-                       None if bias is None else torch.from_numpy(bias), meta.get("scale"), meta.get("margin"))
+    return frozen_head(
+        meta.get("type", "linear"),
+        torch.from_numpy(store.head_weight()),
+        None if bias is None else torch.from_numpy(bias),
+        meta.get("scale"),
+        meta.get("margin"),
+    )

@@ -92,9 +92,13 @@ class IjbMeta:
 
     def describe(self) -> dict[str, Any]:
         """What the report records about the protocol."""
-        out: dict[str, Any] = {"dataset": self.prefix, "root": str(self.root), "files": dict(self.files),
-                               "num_faces": len(self.face_names),
-                               "num_templates": int(np.unique(self.face_template).size)}
+        out: dict[str, Any] = {
+            "dataset": self.prefix,
+            "root": str(self.root),
+            "files": dict(self.files),
+            "num_faces": len(self.face_names),
+            "num_templates": int(np.unique(self.face_template).size),
+        }
         if self.pairs is not None:
             out["num_pairs"] = int(self.pairs.shape[0])
         if self.probes is not None:
@@ -150,8 +154,9 @@ def _meta_dir(root: Path) -> Path:
 def _detect_prefix(meta: Path, shown: str) -> str:
     found = sorted(p.name[: -len("_face_tid_mid.txt")] for p in meta.glob("*_face_tid_mid.txt"))
     if not found:
-        raise InvalidInput(f"{shown} holds no <prefix>_face_tid_mid.txt (e.g. ijbc_face_tid_mid.txt): not an IJB "
-                           "meta folder")
+        raise InvalidInput(
+            f"{shown} holds no <prefix>_face_tid_mid.txt (e.g. ijbc_face_tid_mid.txt): not an IJB meta folder"
+        )
     if len(found) > 1:
         raise InvalidInput(f"{shown} holds meta files of several datasets ({', '.join(found)}); give the prefix")
     return found[0]
@@ -169,8 +174,9 @@ def _parse_faces(text: str, shown: str) -> tuple[list[str], np.ndarray, np.ndarr
             continue
         where = f"{shown} line {number}"
         if len(tokens) != 3:
-            raise InvalidInput(f"{where}: expected 'image_name template_id media_id' (3 fields), got "
-                               f"{len(tokens)} fields")
+            raise InvalidInput(
+                f"{where}: expected 'image_name template_id media_id' (3 fields), got {len(tokens)} fields"
+            )
         name, t, m = tokens
         if not _safe_relative(name):
             raise InvalidInput(f"{where}: image path {name!r} escapes the data root (absolute or with '..')")
@@ -187,12 +193,15 @@ def _parse_faces(text: str, shown: str) -> tuple[list[str], np.ndarray, np.ndarr
         numbers.append(number)
     if not names:
         raise InvalidInput(f"{shown} lists no faces")
-    return (names, np.array(templates, dtype=np.int64), np.array(medias, dtype=np.int64),
-            np.array(numbers, dtype=np.int64))
+    return (
+        names,
+        np.array(templates, dtype=np.int64),
+        np.array(medias, dtype=np.int64),
+        np.array(numbers, dtype=np.int64),
+    )
 
 
-def _parse_quality(text: str, shown: str, face_names: list[str], face_shown: str,
-                   face_lines: np.ndarray) -> np.ndarray:
+def _parse_quality(text: str, shown: str, face_names: list[str], face_shown: str, face_lines: np.ndarray) -> np.ndarray:
     scores: dict[str, tuple[float, int]] = {}
     for number, line in enumerate(text.splitlines(), start=1):
         tokens = line.split()
@@ -200,8 +209,9 @@ def _parse_quality(text: str, shown: str, face_names: list[str], face_shown: str
             continue
         where = f"{shown} line {number}"
         if len(tokens) != 12:
-            raise InvalidInput(f"{where}: expected 'image_name x1 y1 ... x5 y5 score' (12 fields), got "
-                               f"{len(tokens)} fields")
+            raise InvalidInput(
+                f"{where}: expected 'image_name x1 y1 ... x5 y5 score' (12 fields), got {len(tokens)} fields"
+            )
         name = tokens[0]
         if not _safe_relative(name):
             raise InvalidInput(f"{where}: image path {name!r} escapes the data root (absolute or with '..')")
@@ -225,8 +235,7 @@ def _parse_quality(text: str, shown: str, face_names: list[str], face_shown: str
     return out
 
 
-def _parse_pairs(text: str, shown: str, known_templates: np.ndarray,
-                 face_shown: str) -> tuple[np.ndarray, np.ndarray]:
+def _parse_pairs(text: str, shown: str, known_templates: np.ndarray, face_shown: str) -> tuple[np.ndarray, np.ndarray]:
     """The pair file (IJB-C: 15.7 million lines): numpy's C parser first; any problem found there is reported
     by the line-by-line parser, which names the file and line."""
     try:
@@ -237,14 +246,18 @@ def _parse_pairs(text: str, shown: str, known_templates: np.ndarray,
         table = None
     if table is not None and table.shape[1] == 3 and table.shape[0] > 0:
         pairs, labels = table[:, :2], table[:, 2]
-        if (np.isin(labels, (0, 1)).all() and not (pairs[:, 0] == pairs[:, 1]).any()
-                and np.isin(pairs, known_templates).all()):
+        if (
+            np.isin(labels, (0, 1)).all()
+            and not (pairs[:, 0] == pairs[:, 1]).any()
+            and np.isin(pairs, known_templates).all()
+        ):
             return np.ascontiguousarray(pairs), labels == 1
     return _parse_pairs_by_line(text, shown, known_templates, face_shown)
 
 
-def _parse_pairs_by_line(text: str, shown: str, known_templates: np.ndarray,
-                         face_shown: str) -> tuple[np.ndarray, np.ndarray]:
+def _parse_pairs_by_line(
+    text: str, shown: str, known_templates: np.ndarray, face_shown: str
+) -> tuple[np.ndarray, np.ndarray]:
     rows: list[tuple[int, int]] = []
     labels: list[bool] = []
     numbers: list[int] = []
@@ -254,8 +267,9 @@ def _parse_pairs_by_line(text: str, shown: str, known_templates: np.ndarray,
             continue
         where = f"{shown} line {number}"
         if len(tokens) != 3:
-            raise InvalidInput(f"{where}: expected 'template_id_1 template_id_2 label' (3 fields), got "
-                               f"{len(tokens)} fields")
+            raise InvalidInput(
+                f"{where}: expected 'template_id_1 template_id_2 label' (3 fields), got {len(tokens)} fields"
+            )
         t1 = _int_field(tokens[0], where, "template_id_1")
         t2 = _int_field(tokens[1], where, "template_id_2")
         if tokens[2] not in ("0", "1"):
@@ -275,8 +289,9 @@ def _parse_pairs_by_line(text: str, shown: str, known_templates: np.ndarray,
     return pairs, np.array(labels, dtype=bool)
 
 
-def _parse_templates_csv(text: str, shown: str, known_templates: np.ndarray,
-                         face_shown: str) -> tuple[np.ndarray, np.ndarray]:
+def _parse_templates_csv(
+    text: str, shown: str, known_templates: np.ndarray, face_shown: str
+) -> tuple[np.ndarray, np.ndarray]:
     """Unique (template, subject) of a 1:N csv (sorted by template id), validated line by line."""
     reader = csv.reader(io.StringIO(text))
     try:
@@ -285,8 +300,10 @@ def _parse_templates_csv(text: str, shown: str, known_templates: np.ndarray,
         raise InvalidInput(f"{shown} is empty (expected a header 'TEMPLATE_ID,SUBJECT_ID,...')") from None
     columns = [h.strip().lstrip("\ufeff").strip().upper() for h in header]  # tolerate a BOM
     if "TEMPLATE_ID" not in columns or "SUBJECT_ID" not in columns:
-        raise InvalidInput(f"{shown} line 1: expected a header naming TEMPLATE_ID and SUBJECT_ID (official: "
-                           f"'TEMPLATE_ID,SUBJECT_ID,FILENAME,...'), got {','.join(header)!r}")
+        raise InvalidInput(
+            f"{shown} line 1: expected a header naming TEMPLATE_ID and SUBJECT_ID (official: "
+            f"'TEMPLATE_ID,SUBJECT_ID,FILENAME,...'), got {','.join(header)!r}"
+        )
     ti, si = columns.index("TEMPLATE_ID"), columns.index("SUBJECT_ID")
     fi = columns.index("FILENAME") if "FILENAME" in columns else None
     need = max(ti, si, fi if fi is not None else 0) + 1
@@ -309,8 +326,9 @@ def _parse_templates_csv(text: str, shown: str, known_templates: np.ndarray,
                 raise InvalidInput(f"{where}: template {template} has no face in {face_shown}")
             subject_of[template] = (subject, number)
         elif seen[0] != subject:
-            raise InvalidInput(f"{where}: template {template} has subject {subject} here but {seen[0]} on line "
-                               f"{seen[1]}")
+            raise InvalidInput(
+                f"{where}: template {template} has subject {subject} here but {seen[0]} on line {seen[1]}"
+            )
     if not subject_of:
         raise InvalidInput(f"{shown} lists no templates")
     templates = np.array(sorted(subject_of), dtype=np.int64)
@@ -381,8 +399,10 @@ def read_ijb_meta(directory: str | Path, dataset_prefix: str = "auto") -> IjbMet
     if gallery_found is not None or probe is not None:
         wanted = [f"{prefix}_1N_gallery_G1.csv", f"{prefix}_1N_gallery_G2.csv", f"{prefix}_1N_probe_mixed.csv"]
         if gallery_found is None or probe is None or not all(gallery_found[1]):
-            raise InputNotFound(f"{meta_shown}: 1:N needs both gallery files and the probe file ({', '.join(wanted)};"
-                                " IJB-B: _S1/_S2), found only some")
+            raise InputNotFound(
+                f"{meta_shown}: 1:N needs both gallery files and the probe file ({', '.join(wanted)};"
+                " IJB-B: _S1/_S2), found only some"
+            )
         for report_name, (path, shown) in zip(("G1", "G2"), gallery_found[1]):  # type: ignore[misc]
             files[f"gallery_{report_name}"] = shown
             galleries[report_name] = _parse_templates_csv(_read_text(path, shown), shown, known, face_shown)
@@ -390,10 +410,11 @@ def read_ijb_meta(directory: str | Path, dataset_prefix: str = "auto") -> IjbMet
         probes = _parse_templates_csv(_read_text(*probe), probe[1], known, face_shown)
 
     if pairs is None and probes is None:
-        raise InputNotFound(f"{meta_shown} has neither {prefix}_template_pair_label.txt (1:1) nor the 1:N files "
-                            f"({prefix}_1N_gallery_G1.csv, …_G2.csv, {prefix}_1N_probe_mixed.csv)")
-    return IjbMeta(root, prefix, names, templates, medias, lines, quality, pairs, pair_labels, galleries, probes,
-                   files)
+        raise InputNotFound(
+            f"{meta_shown} has neither {prefix}_template_pair_label.txt (1:1) nor the 1:N files "
+            f"({prefix}_1N_gallery_G1.csv, …_G2.csv, {prefix}_1N_probe_mixed.csv)"
+        )
+    return IjbMeta(root, prefix, names, templates, medias, lines, quality, pairs, pair_labels, galleries, probes, files)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -419,11 +440,14 @@ def face_rows(meta: IjbMeta, names: Sequence[str]) -> np.ndarray:
         if row is None:
             row = base.get(PurePosixPath(face).name)
         if row is None:
-            raise InvalidInput(f"{face_shown} line {meta.face_lines[i]}: image {face!r} has no embedding (not among "
-                               f"the {len(names)} names of the embeddings file)")
+            raise InvalidInput(
+                f"{face_shown} line {meta.face_lines[i]}: image {face!r} has no embedding (not among "
+                f"the {len(names)} names of the embeddings file)"
+            )
         if row < 0:
-            raise InvalidInput(f"{face_shown} line {meta.face_lines[i]}: image {face!r} matches several embedding "
-                               "names")
+            raise InvalidInput(
+                f"{face_shown} line {meta.face_lines[i]}: image {face!r} matches several embedding names"
+            )
         rows[i] = row
     return rows
 
@@ -496,8 +520,7 @@ def template_embeddings(
 
     template_ids, t_idx = np.unique(t, return_inverse=True)
     t_idx = t_idx.ravel()
-    media, m_idx, m_faces = np.unique(np.stack([t_idx, m], axis=1), axis=0, return_inverse=True,
-                                      return_counts=True)
+    media, m_idx, m_faces = np.unique(np.stack([t_idx, m], axis=1), axis=0, return_inverse=True, return_counts=True)
     m_idx = m_idx.ravel()
     media_per_template = np.bincount(media[:, 0], minlength=template_ids.size)
     weight /= m_faces[m_idx] * media_per_template[t_idx]
@@ -539,8 +562,9 @@ def template_rows(template_ids: np.ndarray, wanted: Any, what: str = "template")
 # --------------------------------------------------------------------------------------------------------------
 
 
-def ijb_verification(template_feats: Any, pairs: Any, labels: Any,
-                     fars: Sequence[float] = metrics.FARS) -> tuple[dict[str, Any], tuple[np.ndarray, np.ndarray]]:
+def ijb_verification(
+    template_feats: Any, pairs: Any, labels: Any, fars: Sequence[float] = metrics.FARS
+) -> tuple[dict[str, Any], tuple[np.ndarray, np.ndarray]]:
     """TAR@FAR, ROC AUC and EER (DESIGN.md §4, :func:`distill.metrics.verification_metrics`) over template
     pairs: ``pairs`` ``(P, 2)`` rows of ``template_feats``, ``labels`` ``(P,)`` 1/True = same subject,
     0/False = different (anything else is an error). Returns ``(report, (far, tar))``; the report also has
@@ -608,16 +632,20 @@ def identification_metrics(
     if ns.ndim != 2 or (ns.size and not np.issubdtype(ns.dtype, np.integer)):
         raise InvalidInput(f"neighbor_subjects must be a 2-D integer array (probes, K), got shape {ns.shape}")
     if not (ns.shape[0] == s.size == ps.size):
-        raise InvalidInput(f"neighbor_subjects has {ns.shape[0]} rows, top1_scores {s.size} and probe_subjects "
-                           f"{ps.size}: they must describe the same probes")
+        raise InvalidInput(
+            f"neighbor_subjects has {ns.shape[0]} rows, top1_scores {s.size} and probe_subjects "
+            f"{ps.size}: they must describe the same probes"
+        )
     ranks = metrics._check_ks(ranks)
     checked = [(metrics.far_key(f), metrics._check_far(f)) for f in fpirs]
     if gs.size == 0:
         raise InvalidInput("the gallery is empty")
     need = min(max(ranks), gs.size)
     if ns.shape[0] and ns.shape[1] < need:
-        raise InvalidInput(f"neighbour lists have K={ns.shape[1]} columns; ranks up to {max(ranks)} in a gallery of "
-                           f"{gs.size} need K >= {need}")
+        raise InvalidInput(
+            f"neighbour lists have K={ns.shape[1]} columns; ranks up to {max(ranks)} in a gallery of "
+            f"{gs.size} need K >= {need}"
+        )
     mated = np.isin(ps, gs)
     m = int(mated.sum())
     hit = ns[:, :need] == ps[:, None]
@@ -630,8 +658,9 @@ def identification_metrics(
     return report
 
 
-def _search_gallery(gallery_feats: Any, probe_feats: Any, k: int,
-                    use_gpu: bool | None) -> tuple[np.ndarray, np.ndarray]:
+def _search_gallery(
+    gallery_feats: Any, probe_feats: Any, k: int, use_gpu: bool | None
+) -> tuple[np.ndarray, np.ndarray]:
     return knn_search(probe_feats, gallery_feats, k, use_gpu=use_gpu)  # exact: identification must not approximate
 
 
@@ -651,9 +680,16 @@ def ijb_identification(
     return report
 
 
-def _identify(gallery_feats: Any, gallery_subjects: Any, probe_feats: Any, probe_subjects: Any,
-              ranks: Sequence[int], fpirs: Sequence[float], cmc_rank: int,
-              use_gpu: bool | None) -> tuple[dict[str, Any], np.ndarray]:
+def _identify(
+    gallery_feats: Any,
+    gallery_subjects: Any,
+    probe_feats: Any,
+    probe_subjects: Any,
+    ranks: Sequence[int],
+    fpirs: Sequence[float],
+    cmc_rank: int,
+    use_gpu: bool | None,
+) -> tuple[dict[str, Any], np.ndarray]:
     """The report and the CMC up to ``cmc_rank`` (0: none) of the mated probes."""
     g = _matrix(gallery_feats, "gallery_feats")
     gs = metrics._int_vector(gallery_subjects, "gallery_subjects")
@@ -690,8 +726,11 @@ def _average(reports: dict[str, dict[str, Any]], ranks: Sequence[int]) -> dict[s
         hits = sum(rep[key] * rep["num_mated"] for rep in (g1, g2) if rep[key] is not None)
         out[key] = hits / mated if mated else None
     out["tpir_at_fpir"] = {
-        key: (None if g1["tpir_at_fpir"][key] is None or g2["tpir_at_fpir"][key] is None
-              else (g1["tpir_at_fpir"][key] + g2["tpir_at_fpir"][key]) / 2)
+        key: (
+            None
+            if g1["tpir_at_fpir"][key] is None or g2["tpir_at_fpir"][key] is None
+            else (g1["tpir_at_fpir"][key] + g2["tpir_at_fpir"][key]) / 2
+        )
         for key in g1["tpir_at_fpir"]
     }
     return out
@@ -727,12 +766,23 @@ def ijb_evaluation(
     if len(names) != x.shape[0]:
         raise InvalidInput(f"{len(names)} names for {x.shape[0]} embeddings")
     rows = face_rows(meta, names)
-    template_ids, feats = template_embeddings(x, meta.face_names, meta.face_template, meta.face_media,
-                                              meta.quality, flip, normalize_faces=normalize_faces, rows=rows)
+    template_ids, feats = template_embeddings(
+        x,
+        meta.face_names,
+        meta.face_template,
+        meta.face_media,
+        meta.quality,
+        flip,
+        normalize_faces=normalize_faces,
+        rows=rows,
+    )
     protocol = meta.describe()
-    protocol["template"] = {"flip": flip is not None, "quality": meta.quality is not None,
-                            "normalize_faces": bool(normalize_faces),
-                            "rule": "mean over media of per-media mean face features, L2-normalised"}
+    protocol["template"] = {
+        "flip": flip is not None,
+        "quality": meta.quality is not None,
+        "normalize_faces": bool(normalize_faces),
+        "rule": "mean over media of per-media mean face features, L2-normalised",
+    }
     section: dict[str, Any] = {"protocol": protocol}
     curves: dict[str, Any] = {}
     if meta.pairs is not None:
@@ -748,8 +798,7 @@ def ijb_evaluation(
         cmcs: dict[str, np.ndarray] = {}
         for name, (gal_t, gal_s) in meta.galleries.items():
             gal_feats = feats[template_rows(template_ids, gal_t, f"gallery {name} template")]
-            ident[name], cmcs[name] = _identify(gal_feats, gal_s, probe_feats, probe_s, ranks, fpirs, cmc_rank,
-                                                use_gpu)
+            ident[name], cmcs[name] = _identify(gal_feats, gal_s, probe_feats, probe_s, ranks, fpirs, cmc_rank, use_gpu)
         ident["average"] = _average(ident, metrics._check_ks(ranks))
         section["identification"] = ident
         if cmc_rank:

@@ -222,8 +222,9 @@ def _knn(
     if use_gpu is None:
         use_gpu = faiss_gpu_available()
     elif use_gpu and not faiss_gpu_available():
-        warnings.warn("use_gpu=True but faiss has no usable GPU; searching on the CPU", RuntimeWarning,
-                      stacklevel=stacklevel)
+        warnings.warn(
+            "use_gpu=True but faiss has no usable GPU; searching on the CPU", RuntimeWarning, stacklevel=stacklevel
+        )
         use_gpu = False
     if params["type"] == "exact":
         d, i = _search(g, q, k_search, bool(use_gpu), query_batch)
@@ -291,8 +292,15 @@ def knn_search(
         raise InvalidInput(f"queries have dimension {q.shape[1]} but the gallery has {g.shape[1]}")
     if exclude_self and not (gallery is queries or np.array_equal(q, g)):
         raise InvalidInput("exclude_self=True needs the gallery to be the query set itself (same rows, same order)")
-    params = resolve_index_params(index, g.shape[0], min(k + int(exclude_self), g.shape[0]), nlist=nlist,
-                                  nprobe=nprobe, hnsw_m=hnsw_m, ef_search=ef_search)
+    params = resolve_index_params(
+        index,
+        g.shape[0],
+        min(k + int(exclude_self), g.shape[0]),
+        nlist=nlist,
+        nprobe=nprobe,
+        hnsw_m=hnsw_m,
+        ef_search=ef_search,
+    )
     self_ids = np.arange(q.shape[0], dtype=np.int64) if exclude_self else None
     return _knn(q, g, k, self_ids, use_gpu, query_batch, params)
 
@@ -304,8 +312,10 @@ def topk_recall(exact_ids: Any, approx_ids: Any) -> float | None:
     e = np.asarray(exact_ids)
     a = np.asarray(approx_ids)
     if e.ndim != 2 or a.ndim != 2 or e.shape[0] != a.shape[0]:
-        raise InvalidInput(f"exact and approximate neighbour ids must be 2-D with one row per query, got shapes "
-                           f"{e.shape} and {a.shape}")
+        raise InvalidInput(
+            f"exact and approximate neighbour ids must be 2-D with one row per query, got shapes "
+            f"{e.shape} and {a.shape}"
+        )
     if (e.size and not np.issubdtype(e.dtype, np.integer)) or (a.size and not np.issubdtype(a.dtype, np.integer)):
         raise InvalidInput("neighbour ids must be integers")
     total = int((e >= 0).sum())
@@ -372,8 +382,9 @@ def approximate_recall(
     """Fraction of the exact top-k neighbours of every query that the approximate ``index`` ("ivf" or "hnsw",
     built with the given parameters) finds in its own top k (:func:`topk_recall`; 1.0 for ``"exact"``)."""
     kwargs = {"exclude_self": exclude_self, "use_gpu": use_gpu, "query_batch": query_batch}
-    _, approx = knn_search(queries, gallery, k, index=index, nlist=nlist, nprobe=nprobe, hnsw_m=hnsw_m,
-                           ef_search=ef_search, **kwargs)
+    _, approx = knn_search(
+        queries, gallery, k, index=index, nlist=nlist, nprobe=nprobe, hnsw_m=hnsw_m, ef_search=ef_search, **kwargs
+    )
     _, exact = knn_search(queries, gallery, k, **kwargs)
     return topk_recall(exact, approx)
 

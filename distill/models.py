@@ -27,15 +27,27 @@ class ConvNet(nn.Module):
     Works for any input size ≥ 2^(stages-1) pixels thanks to the global pooling.
     """
 
-    def __init__(self, widths: Sequence[int], embedding_dim: int, num_classes: int, in_channels: int = 1,
-                 head: str = "linear", head_scale: float | None = None, head_margin: float | None = None) -> None:
+    def __init__(
+        self,
+        widths: Sequence[int],
+        embedding_dim: int,
+        num_classes: int,
+        in_channels: int = 1,
+        head: str = "linear",
+        head_scale: float | None = None,
+        head_margin: float | None = None,
+    ) -> None:
         super().__init__()
         layers: list[nn.Module] = []
         channels = in_channels
         for stage, width in enumerate(widths):
             if stage > 0:
                 layers.append(nn.MaxPool2d(2, ceil_mode=True))
-            layers += [nn.Conv2d(channels, width, 3, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True)]
+            layers += [
+                nn.Conv2d(channels, width, 3, padding=1, bias=False),
+                nn.BatchNorm2d(width),
+                nn.ReLU(inplace=True),
+            ]
             channels = width
         self.features = nn.Sequential(*layers)
         self.embed = nn.Sequential(nn.Linear(channels, embedding_dim, bias=False), nn.BatchNorm1d(embedding_dim))
@@ -56,15 +68,27 @@ class ConvNet(nn.Module):
 
 
 @MODELS.register("convnet_teacher")
-def convnet_teacher(num_classes: int, in_channels: int = 1, embedding_dim: int = 64, head: str = "linear",
-                    head_scale: float | None = None, head_margin: float | None = None) -> ConvNet:
+def convnet_teacher(
+    num_classes: int,
+    in_channels: int = 1,
+    embedding_dim: int = 64,
+    head: str = "linear",
+    head_scale: float | None = None,
+    head_margin: float | None = None,
+) -> ConvNet:
     """The digits teacher: 3 stages of 32/64/128 channels (~0.1 M parameters)."""
     return ConvNet((32, 64, 128), embedding_dim, num_classes, in_channels, head, head_scale, head_margin)
 
 
 @MODELS.register("convnet_student")
-def convnet_student(num_classes: int, in_channels: int = 1, embedding_dim: int = 64, head: str = "linear",
-                    head_scale: float | None = None, head_margin: float | None = None) -> ConvNet:
+def convnet_student(
+    num_classes: int,
+    in_channels: int = 1,
+    embedding_dim: int = 64,
+    head: str = "linear",
+    head_scale: float | None = None,
+    head_margin: float | None = None,
+) -> ConvNet:
     """The digits student: 2 stages of 8/16 channels (~3 k parameters with a 64-d embedding, ~30× smaller)."""
     return ConvNet((8, 16), embedding_dim, num_classes, in_channels, head, head_scale, head_margin)
 
@@ -79,4 +103,4 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-from distill import resnet_cifar  # noqa: F401  (registers the CIFAR ResNets)
+from distill import resnet_cifar  # noqa: E402,F401  (registers the CIFAR ResNets)

@@ -106,8 +106,10 @@ def parse_pairs(text: str, fmt: str = "auto", path: str = "<pairs>") -> ParsedPa
     if fmt == "auto":
         fmt = detect_format(lines[0][1]) or ""
         if not fmt:
-            raise InvalidInput(f"{path} line {lines[0][0]}: cannot tell the pairs format (expected 'i j label', "
-                               "'name_a name_b label' or an LFW header 'folds pairs'); give --pairs-format")
+            raise InvalidInput(
+                f"{path} line {lines[0][0]}: cannot tell the pairs format (expected 'i j label', "
+                "'name_a name_b label' or an LFW header 'folds pairs'); give --pairs-format"
+            )
     if fmt == "lfw":
         return _parse_lfw(lines, path)
     return _parse_simple(lines, fmt, path)
@@ -140,25 +142,32 @@ def _parse_lfw(lines: list[tuple[int, list[str]]], path: str) -> ParsedPairs:
     number, header = lines[0]
     values = [_int(t) for t in header]
     if len(header) not in (1, 2) or any(v is None for v in values) or any(v < 1 for v in values):
-        raise InvalidInput(f"{path} line {number}: an LFW pairs file starts with 'folds pairs_per_fold' "
-                           f"(e.g. '10 300'), got {' '.join(header)!r}")
+        raise InvalidInput(
+            f"{path} line {number}: an LFW pairs file starts with 'folds pairs_per_fold' "
+            f"(e.g. '10 300'), got {' '.join(header)!r}"
+        )
     folds, per = (values[0], values[1]) if len(values) == 2 else (1, values[0])
     body = lines[1:]
     expected = folds * 2 * per
     if len(body) != expected:
-        raise InvalidInput(f"{path}: the header promises {folds} fold(s) × 2 × {per} = {expected} pairs, "
-                           f"found {len(body)} pair lines")
+        raise InvalidInput(
+            f"{path}: the header promises {folds} fold(s) × 2 × {per} = {expected} pairs, found {len(body)} pair lines"
+        )
     first, second, same, numbers, fold_of = [], [], [], [], []
     for pos, (number, tokens) in enumerate(body):
         fold, within = divmod(pos, 2 * per)
         matched = within < per
         where = f"{path} line {number}"
         if matched and len(tokens) != 3:
-            raise InvalidInput(f"{where}: expected a matched pair 'name n1 n2' (fold {fold + 1}, pair "
-                               f"{within + 1} of {per}), got {len(tokens)} fields")
+            raise InvalidInput(
+                f"{where}: expected a matched pair 'name n1 n2' (fold {fold + 1}, pair "
+                f"{within + 1} of {per}), got {len(tokens)} fields"
+            )
         if not matched and len(tokens) != 4:
-            raise InvalidInput(f"{where}: expected a mismatched pair 'name1 n1 name2 n2' (fold {fold + 1}, pair "
-                               f"{within - per + 1} of {per}), got {len(tokens)} fields")
+            raise InvalidInput(
+                f"{where}: expected a mismatched pair 'name1 n1 name2 n2' (fold {fold + 1}, pair "
+                f"{within - per + 1} of {per}), got {len(tokens)} fields"
+            )
         names = [tokens[0], tokens[0]] if matched else [tokens[0], tokens[2]]
         numbers_txt = [tokens[1], tokens[2]] if matched else [tokens[1], tokens[3]]
         ids = []
@@ -172,8 +181,15 @@ def _parse_lfw(lines: list[tuple[int, list[str]]], path: str) -> ParsedPairs:
         same.append(matched)
         numbers.append(number)
         fold_of.append(fold)
-    return ParsedPairs(path, "lfw", first, second, np.array(same, dtype=bool), np.array(numbers, dtype=np.int64),
-                       np.array(fold_of, dtype=np.int64))
+    return ParsedPairs(
+        path,
+        "lfw",
+        first,
+        second,
+        np.array(same, dtype=bool),
+        np.array(numbers, dtype=np.int64),
+        np.array(fold_of, dtype=np.int64),
+    )
 
 
 def read_pairs(path: str | Path, fmt: str = "auto") -> ParsedPairs:
@@ -197,12 +213,16 @@ def resolve_pairs(parsed: ParsedPairs, num_samples: int, names: Sequence[str] | 
         if bad.size:
             i = int(bad[0])
             value = a[i] if not 0 <= a[i] < num_samples else b[i]
-            raise InvalidInput(f"{parsed.path} line {parsed.lines[i]}: index {value} out of range for "
-                               f"{num_samples} embeddings (valid: 0..{num_samples - 1})")
+            raise InvalidInput(
+                f"{parsed.path} line {parsed.lines[i]}: index {value} out of range for "
+                f"{num_samples} embeddings (valid: 0..{num_samples - 1})"
+            )
     else:
         if names is None:
-            raise InvalidInput(f"{parsed.path} names its samples ({parsed.format} format), but the embeddings "
-                               "have no names: use --embeddings FILE.h5 with a 'names' dataset")
+            raise InvalidInput(
+                f"{parsed.path} names its samples ({parsed.format} format), but the embeddings "
+                "have no names: use --embeddings FILE.h5 with a 'names' dataset"
+            )
         if len(names) != num_samples:
             raise InvalidInput(f"{len(names)} names for {num_samples} embeddings")
         index = _name_index(names)
@@ -212,18 +232,23 @@ def resolve_pairs(parsed: ParsedPairs, num_samples: int, names: Sequence[str] | 
             for out, name in ((a, na), (b, nb)):
                 found = index.get(name)
                 if found is None:
-                    raise InvalidInput(f"{parsed.path} line {parsed.lines[i]}: unknown name {name!r} (not among "
-                                       f"the {num_samples} names of the embeddings)")
+                    raise InvalidInput(
+                        f"{parsed.path} line {parsed.lines[i]}: unknown name {name!r} (not among "
+                        f"the {num_samples} names of the embeddings)"
+                    )
                 if found < 0:
-                    raise InvalidInput(f"{parsed.path} line {parsed.lines[i]}: name {name!r} is ambiguous "
-                                       "(several embeddings carry it)")
+                    raise InvalidInput(
+                        f"{parsed.path} line {parsed.lines[i]}: name {name!r} is ambiguous "
+                        "(several embeddings carry it)"
+                    )
                 out[i] = found
     selfpair = np.flatnonzero(a == b)
     if selfpair.size:
         i = int(selfpair[0])
         raise InvalidInput(f"{parsed.path} line {parsed.lines[i]}: pairs sample {a[i]} with itself")
-    return Pairs(a, b, parsed.same.copy(), None if parsed.folds is None else parsed.folds.copy(), parsed.path,
-                 parsed.format)
+    return Pairs(
+        a, b, parsed.same.copy(), None if parsed.folds is None else parsed.folds.copy(), parsed.path, parsed.format
+    )
 
 
 def _name_index(names: Sequence[str]) -> dict[str, int]:
@@ -261,8 +286,9 @@ def score_pairs(embeddings: Any, a: np.ndarray, b: np.ndarray, chunk: int = 1 <<
     return out
 
 
-def pair_verification(embeddings: Any, pairs: Any, labels_same: Any,
-                      fars: Sequence[float] = metrics.FARS) -> tuple[dict[str, Any], tuple[np.ndarray, np.ndarray]]:
+def pair_verification(
+    embeddings: Any, pairs: Any, labels_same: Any, fars: Sequence[float] = metrics.FARS
+) -> tuple[dict[str, Any], tuple[np.ndarray, np.ndarray]]:
     """Verification report over the given pairs: ``pairs`` is ``(P, 2)`` row indices, ``labels_same`` ``(P,)``
     booleans (True = genuine). Returns ``(report, (far, tar))`` like
     :func:`distill.verification.streaming_verification`; the ROC is empty where undefined."""
@@ -275,8 +301,9 @@ def pair_verification(embeddings: Any, pairs: Any, labels_same: Any,
     return _verification(score_pairs(embeddings, p[:, 0], p[:, 1]), same, fars)
 
 
-def _verification(scores: np.ndarray, same: np.ndarray,
-                  fars: Sequence[float]) -> tuple[dict[str, Any], tuple[np.ndarray, np.ndarray]]:
+def _verification(
+    scores: np.ndarray, same: np.ndarray, fars: Sequence[float]
+) -> tuple[dict[str, Any], tuple[np.ndarray, np.ndarray]]:
     gen, imp = scores[same], scores[~same]
     report = metrics.verification_metrics(gen, imp, fars)
     curve = metrics.roc_curve(gen, imp) if gen.size and imp.size else (np.empty(0), np.empty(0))
@@ -293,8 +320,9 @@ def best_threshold(scores: Any, same: Any) -> float:
     y = np.asarray(same, dtype=bool)
     candidates = np.concatenate(([-np.inf], np.unique(s)))
     gen, imp = np.sort(s[y]), np.sort(s[~y])
-    correct = (gen.size - np.searchsorted(gen, candidates, side="right")) + np.searchsorted(imp, candidates,
-                                                                                             side="right")
+    correct = (gen.size - np.searchsorted(gen, candidates, side="right")) + np.searchsorted(
+        imp, candidates, side="right"
+    )
     return float(candidates[int(np.argmax(correct))])
 
 
@@ -317,8 +345,9 @@ def lfw_accuracy(scores: Any, same: Any, folds: Any) -> dict[str, Any]:
         raise InvalidInput("scores contain NaN or infinite values")
     fold_ids = np.unique(f)
     if fold_ids.size < 2:
-        raise InvalidInput(f"LFW accuracy needs at least 2 folds (the threshold is chosen on the others), got "
-                           f"{fold_ids.size}")
+        raise InvalidInput(
+            f"LFW accuracy needs at least 2 folds (the threshold is chosen on the others), got {fold_ids.size}"
+        )
     accuracies, thresholds = [], []
     for fold in fold_ids:
         test = f == fold
@@ -327,12 +356,19 @@ def lfw_accuracy(scores: Any, same: Any, folds: Any) -> dict[str, Any]:
         thresholds.append(None if math.isinf(t) else t)
     acc = np.array(accuracies)
     std = float(np.std(acc, ddof=1))
-    return {"accuracy_mean": float(np.mean(acc)), "accuracy_std": std, "accuracy_sem": std / math.sqrt(acc.size),
-            "folds": int(acc.size), "fold_accuracy": accuracies, "fold_threshold": thresholds}
+    return {
+        "accuracy_mean": float(np.mean(acc)),
+        "accuracy_std": std,
+        "accuracy_sem": std / math.sqrt(acc.size),
+        "folds": int(acc.size),
+        "fold_accuracy": accuracies,
+        "fold_threshold": thresholds,
+    }
 
 
-def pairs_report(embeddings: Any, pairs: Pairs,
-                 fars: Sequence[float] = metrics.FARS) -> tuple[dict[str, Any], tuple[np.ndarray, np.ndarray]]:
+def pairs_report(
+    embeddings: Any, pairs: Pairs, fars: Sequence[float] = metrics.FARS
+) -> tuple[dict[str, Any], tuple[np.ndarray, np.ndarray]]:
     """The ``verification`` section under the pairs protocol: :func:`pair_verification` plus
     ``"protocol": "pairs"``, a ``pairs`` description and, for files with several folds, ``lfw``."""
     scores = score_pairs(embeddings, pairs.a, pairs.b)

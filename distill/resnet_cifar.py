@@ -45,9 +45,11 @@ class BasicBlock(nn.Module):
         self.bn2 = nn.BatchNorm2d(channels)
         self.relu = nn.ReLU(inplace=True)
         needs_projection = stride != 1 or in_channels != channels
-        self.shortcut = (nn.Sequential(nn.Conv2d(in_channels, channels, 1, stride=stride, bias=False),
-                                       nn.BatchNorm2d(channels))
-                         if needs_projection else nn.Identity())
+        self.shortcut = (
+            nn.Sequential(nn.Conv2d(in_channels, channels, 1, stride=stride, bias=False), nn.BatchNorm2d(channels))
+            if needs_projection
+            else nn.Identity()
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.relu(self.bn1(self.conv1(x)))
@@ -58,9 +60,17 @@ class BasicBlock(nn.Module):
 class CifarResNet(nn.Module):
     """Stem, three stages of basic blocks, global average pooling → z (optionally re-embedded) → head."""
 
-    def __init__(self, depth: int, widths: Sequence[int], num_classes: int, in_channels: int = 3,
-                 embedding_dim: int | None = None, head: str = "linear", head_scale: float | None = None,
-                 head_margin: float | None = None) -> None:
+    def __init__(
+        self,
+        depth: int,
+        widths: Sequence[int],
+        num_classes: int,
+        in_channels: int = 3,
+        embedding_dim: int | None = None,
+        head: str = "linear",
+        head_scale: float | None = None,
+        head_margin: float | None = None,
+    ) -> None:
         super().__init__()
         if depth < 8 or (depth - 2) % 6 != 0:
             raise ValueError(f"a CIFAR ResNet with basic blocks needs depth = 6n + 2 (8, 20, 32, 56, …), got {depth}")
@@ -105,42 +115,78 @@ class CifarResNet(nn.Module):
 
 
 @MODELS.register("resnet8")
-def resnet8(num_classes: int, in_channels: int = 3, embedding_dim: int | None = None, head: str = "linear",
-            head_scale: float | None = None, head_margin: float | None = None) -> CifarResNet:
+def resnet8(
+    num_classes: int,
+    in_channels: int = 3,
+    embedding_dim: int | None = None,
+    head: str = "linear",
+    head_scale: float | None = None,
+    head_margin: float | None = None,
+) -> CifarResNet:
     """ResNet-8, widths 16/16/32/64 (~0.08 M parameters with 100 classes)."""
     return CifarResNet(8, THIN_WIDTHS, num_classes, in_channels, embedding_dim, head, head_scale, head_margin)
 
 
 @MODELS.register("resnet20")
-def resnet20(num_classes: int, in_channels: int = 3, embedding_dim: int | None = None, head: str = "linear",
-             head_scale: float | None = None, head_margin: float | None = None) -> CifarResNet:
+def resnet20(
+    num_classes: int,
+    in_channels: int = 3,
+    embedding_dim: int | None = None,
+    head: str = "linear",
+    head_scale: float | None = None,
+    head_margin: float | None = None,
+) -> CifarResNet:
     """ResNet-20, widths 16/16/32/64 (~0.28 M): the student of resnet56 in RepDistiller."""
     return CifarResNet(20, THIN_WIDTHS, num_classes, in_channels, embedding_dim, head, head_scale, head_margin)
 
 
 @MODELS.register("resnet32")
-def resnet32(num_classes: int, in_channels: int = 3, embedding_dim: int | None = None, head: str = "linear",
-             head_scale: float | None = None, head_margin: float | None = None) -> CifarResNet:
+def resnet32(
+    num_classes: int,
+    in_channels: int = 3,
+    embedding_dim: int | None = None,
+    head: str = "linear",
+    head_scale: float | None = None,
+    head_margin: float | None = None,
+) -> CifarResNet:
     """ResNet-32, widths 16/16/32/64 (~0.47 M)."""
     return CifarResNet(32, THIN_WIDTHS, num_classes, in_channels, embedding_dim, head, head_scale, head_margin)
 
 
 @MODELS.register("resnet56")
-def resnet56(num_classes: int, in_channels: int = 3, embedding_dim: int | None = None, head: str = "linear",
-             head_scale: float | None = None, head_margin: float | None = None) -> CifarResNet:
+def resnet56(
+    num_classes: int,
+    in_channels: int = 3,
+    embedding_dim: int | None = None,
+    head: str = "linear",
+    head_scale: float | None = None,
+    head_margin: float | None = None,
+) -> CifarResNet:
     """ResNet-56, widths 16/16/32/64 (~0.86 M): a RepDistiller teacher."""
     return CifarResNet(56, THIN_WIDTHS, num_classes, in_channels, embedding_dim, head, head_scale, head_margin)
 
 
 @MODELS.register("resnet8x4")
-def resnet8x4(num_classes: int, in_channels: int = 3, embedding_dim: int | None = None, head: str = "linear",
-              head_scale: float | None = None, head_margin: float | None = None) -> CifarResNet:
+def resnet8x4(
+    num_classes: int,
+    in_channels: int = 3,
+    embedding_dim: int | None = None,
+    head: str = "linear",
+    head_scale: float | None = None,
+    head_margin: float | None = None,
+) -> CifarResNet:
     """ResNet-8 with ×4 widths 32/64/128/256 (~1.23 M): the student of resnet32x4; z is 256-d."""
     return CifarResNet(8, WIDE_WIDTHS, num_classes, in_channels, embedding_dim, head, head_scale, head_margin)
 
 
 @MODELS.register("resnet32x4")
-def resnet32x4(num_classes: int, in_channels: int = 3, embedding_dim: int | None = None, head: str = "linear",
-               head_scale: float | None = None, head_margin: float | None = None) -> CifarResNet:
+def resnet32x4(
+    num_classes: int,
+    in_channels: int = 3,
+    embedding_dim: int | None = None,
+    head: str = "linear",
+    head_scale: float | None = None,
+    head_margin: float | None = None,
+) -> CifarResNet:
     """ResNet-32 with ×4 widths 32/64/128/256 (~7.43 M): the CIFAR-100 teacher of the paper; z is 256-d."""
     return CifarResNet(32, WIDE_WIDTHS, num_classes, in_channels, embedding_dim, head, head_scale, head_margin)

@@ -49,11 +49,17 @@ def _source(model: nn.Module, embed_fn, head, arch: str, sha: str):
         raise InvalidInput(f"teacher {arch!r}: its head has no 2-d 'weight' (C, D)")
     bias = getattr(head, "bias", None)
     return TeacherSource(
-        model=_EmbedAdapter(model, embed_fn).eval(), arch=arch, checkpoint_sha256=sha,
-        embedding_dim=int(weight.shape[1]), input_shape=None, head_type=getattr(head, "head_type", "linear"),
+        model=_EmbedAdapter(model, embed_fn).eval(),
+        arch=arch,
+        checkpoint_sha256=sha,
+        embedding_dim=int(weight.shape[1]),
+        input_shape=None,
+        head_type=getattr(head, "head_type", "linear"),
         head_weight=weight.detach().cpu().float().numpy(),
         head_bias=None if not isinstance(bias, torch.Tensor) else bias.detach().cpu().float().numpy(),
-        head_scale=getattr(head, "scale", None), head_margin=getattr(head, "margin", None))
+        head_scale=getattr(head, "scale", None),
+        head_margin=getattr(head, "margin", None),
+    )
 
 
 def _torchscript(path: Path):
@@ -93,7 +99,7 @@ def load_teacher(spec: str | Path, *, trust_code: bool = False):
     """A :class:`featstore.extract.TeacherSource` from any supported teacher spec (see the module doc)."""
     text = str(spec)
     if text.startswith("torchscript:"):
-        return _torchscript(Path(text[len("torchscript:"):]))
+        return _torchscript(Path(text[len("torchscript:") :]))
     if _FUNCTION_SPEC.match(text) and not Path(text).exists():
         if not trust_code:
             raise InvalidInput(f"teacher {text!r} is Python code; it runs only with --trust-code")

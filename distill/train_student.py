@@ -23,10 +23,9 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from distill.checkpoint import Checkpoint, save_checkpoint
-from distill.distributed import init_distributed
-from distill.checkpoint import load_teacher_source
+from distill.checkpoint import Checkpoint, load_teacher_source, save_checkpoint
 from distill.curves import TensorBoardLog, plot_training_curves
+from distill.distributed import init_distributed
 from distill.heads import frozen_head, head_from_store, head_state
 from distill.losses import DistillInputs, TrainingContext, build_criterion
 from distill.models import count_parameters, create_model
@@ -92,16 +91,20 @@ def check_store_matches(store: FeatureStore, dataset: ImageDataset) -> None:
     """Training pairs store row i with dataset sample i: refuse unless the store was made from this split."""
     made_from = store.meta.get("dataset", {})
     if made_from.get("fingerprint") != dataset.fingerprint():
-        raise StoreError(f"store {store.url} was extracted from dataset {made_from.get('spec')!r} split "
-                         f"{made_from.get('split')!r} (fingerprint {str(made_from.get('fingerprint'))[:12]}), not from "
-                         f"{dataset.spec!r} split {dataset.split!r} (fingerprint {dataset.fingerprint()[:12]})")
+        raise StoreError(
+            f"store {store.url} was extracted from dataset {made_from.get('spec')!r} split "
+            f"{made_from.get('split')!r} (fingerprint {str(made_from.get('fingerprint'))[:12]}), not from "
+            f"{dataset.spec!r} split {dataset.split!r} (fingerprint {dataset.fingerprint()[:12]})"
+        )
 
 
 def init_head_from(student_head: nn.Module, teacher_head: nn.Module) -> None:
     """Start the student's classifier from the teacher's (official-code option; it stays trainable)."""
     if student_head.weight.shape != teacher_head.weight.shape:
-        raise InvalidInput(f"cannot initialise the student head {tuple(student_head.weight.shape)} from the "
-                           f"teacher head {tuple(teacher_head.weight.shape)}: sizes differ")
+        raise InvalidInput(
+            f"cannot initialise the student head {tuple(student_head.weight.shape)} from the "
+            f"teacher head {tuple(teacher_head.weight.shape)}: sizes differ"
+        )
     with torch.no_grad():
         student_head.weight.copy_(teacher_head.weight)
         if student_head.bias is not None and teacher_head.bias is not None:
@@ -122,21 +125,30 @@ class DistillStep(nn.Module):
     projections) — so that one DistributedDataParallel wrapper synchronises all of it. ``forward`` is one
     training step's loss; the frozen teacher head only ever sees stored or projected embeddings."""
 
-    def __init__(self, student: nn.Module, projection: nn.Module, criterion: nn.Module, teacher_head: nn.Module) -> None:
+    def __init__(
+        self, student: nn.Module, projection: nn.Module, criterion: nn.Module, teacher_head: nn.Module
+    ) -> None:
         super().__init__()
         self.student, self.projection, self.criterion = student, projection, criterion
         self.teacher_head = teacher_head  # frozen: no parameter requires grad
 
-    def forward(self, x: torch.Tensor, labels: torch.Tensor, teacher_embedding: torch.Tensor,
-                indices: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def forward(
+        self, x: torch.Tensor, labels: torch.Tensor, teacher_embedding: torch.Tensor, indices: torch.Tensor
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         z_s = self.student.forward_features(x)
         z_s_t = self.projection(z_s)
         with torch.no_grad():
             teacher_logits = self.teacher_head(teacher_embedding)
-        inputs = DistillInputs(student_embedding=z_s, student_logits=self.student.head.training_logits(z_s, labels),
-                               labels=labels, teacher_embedding=teacher_embedding, teacher_logits=teacher_logits,
-                               student_logits_th=self.teacher_head(z_s_t), student_embedding_t=z_s_t,
-                               indices=indices)
+        inputs = DistillInputs(
+            student_embedding=z_s,
+            student_logits=self.student.head.training_logits(z_s, labels),
+            labels=labels,
+            teacher_embedding=teacher_embedding,
+            teacher_logits=teacher_logits,
+            student_logits_th=self.teacher_head(z_s_t),
+            student_embedding_t=z_s_t,
+            indices=indices,
+        )
         result = self.criterion(inputs)
         return result.total, result.terms
 
@@ -164,40 +176,77 @@ def teacher_side(config: StudentConfig, dataset: ImageDataset, device: torch.dev
     if config.store is not None:
         store = open_store(config.store)
         check_store_matches(store, dataset)
-        return TeacherSide(store, head_from_store(store).to(device), store.shape.dim,
-                           {"url": store.url, "teacher": store.meta.get("teacher"), "views": store.shape.num_views,
-                            "dtype": store.dtype})
+        return TeacherSide(
+            store,
+            head_from_store(store).to(device),
+            store.shape.dim,
+            {
+                "url": store.url,
+                "teacher": store.meta.get("teacher"),
+                "views": store.shape.num_views,
+                "dtype": store.dtype,
+            },
+        )
     teacher = load_teacher_source(config.online_teacher)
     if list(teacher.input_shape) != list(dataset.image_shape):
         raise InvalidInput(f"teacher expects input {teacher.input_shape}, dataset gives {list(dataset.image_shape)}")
     bias = None if teacher.head_bias is None else torch.from_numpy(teacher.head_bias)
-    head = frozen_head(teacher.head_type, torch.from_numpy(teacher.head_weight), bias, teacher.head_scale,
-                       teacher.head_margin)
+    head = frozen_head(
+        teacher.head_type, torch.from_numpy(teacher.head_weight), bias, teacher.head_scale, teacher.head_margin
+    )
     source = GeneratedViews(dataset, config.views, seed=config.view_seed)
-    return TeacherSide(source, head.to(device), teacher.embedding_dim,
-                       {"online_teacher": str(config.online_teacher), "teacher": {
-                           "arch": teacher.arch, "checkpoint_sha256": teacher.checkpoint_sha256},
-                        "views": config.views, "view_seed": config.view_seed},
-                       model=teacher.model.eval().to(device))
+    return TeacherSide(
+        source,
+        head.to(device),
+        teacher.embedding_dim,
+        {
+            "online_teacher": str(config.online_teacher),
+            "teacher": {"arch": teacher.arch, "checkpoint_sha256": teacher.checkpoint_sha256},
+            "views": config.views,
+            "view_seed": config.view_seed,
+        },
+        model=teacher.model.eval().to(device),
+    )
 
 
-def _run_identity(config: StudentConfig, teacher: TeacherSide, dataset: ImageDataset,
-                  weights: dict[str, float]) -> dict[str, Any]:
+def _run_identity(
+    config: StudentConfig, teacher: TeacherSide, dataset: ImageDataset, weights: dict[str, float]
+) -> dict[str, Any]:
     """What must match for --resume to continue a run rather than mix two different ones."""
-    return {"teacher": teacher.provenance["teacher"].get("checkpoint_sha256"),
-            "dataset": dataset.fingerprint(), "arch": config.arch,
-            "recipe": config.recipe, "weights": weights, "th_alpha": config.th_alpha, "seed": config.seed, "epochs": config.epochs,
-            "batch_size": config.batch_size, "lr": config.optim.lr, "embedding_dim": config.embedding_dim,
-            "view_sampling": config.view_sampling, "temperature": config.temperature,
-            "init_head_from_teacher": config.init_head_from_teacher}
+    return {
+        "teacher": teacher.provenance["teacher"].get("checkpoint_sha256"),
+        "dataset": dataset.fingerprint(),
+        "arch": config.arch,
+        "recipe": config.recipe,
+        "weights": weights,
+        "th_alpha": config.th_alpha,
+        "seed": config.seed,
+        "epochs": config.epochs,
+        "batch_size": config.batch_size,
+        "lr": config.optim.lr,
+        "embedding_dim": config.embedding_dim,
+        "view_sampling": config.view_sampling,
+        "temperature": config.temperature,
+        "init_head_from_teacher": config.init_head_from_teacher,
+    }
 
 
-def _save_resume_state(path: Path, step: DistillStep, optimizer, scheduler, epoch: int, log: list,
-                       identity: dict[str, Any]) -> None:
-    state = {"epoch": epoch, "step": step.state_dict(), "optimizer": optimizer.state_dict(),
-             "scheduler": scheduler.state_dict(), "log": log, "identity": identity,
-             "rng": {name: loss.generator.get_state() for name, loss in step.criterion.losses.items()
-                     if getattr(loss, "generator", None) is not None}}
+def _save_resume_state(
+    path: Path, step: DistillStep, optimizer, scheduler, epoch: int, log: list, identity: dict[str, Any]
+) -> None:
+    state = {
+        "epoch": epoch,
+        "step": step.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "log": log,
+        "identity": identity,
+        "rng": {
+            name: loss.generator.get_state()
+            for name, loss in step.criterion.losses.items()
+            if getattr(loss, "generator", None) is not None
+        },
+    }
     with atomic_path(path) as tmp:
         torch.save(state, tmp)
 
@@ -208,8 +257,10 @@ def _load_resume_state(path: Path, identity: dict[str, Any]) -> dict[str, Any]:
     except Exception as exc:  # noqa: BLE001 - any unreadable state file is a user-facing error
         raise CheckpointError(f"resume state {path} is unreadable ({type(exc).__name__})") from None
     if not isinstance(state, dict) or state.get("identity") != identity:
-        raise CheckpointError(f"resume state {path} belongs to a different run (other store, recipe or options); "
-                              "run without --resume to start over")
+        raise CheckpointError(
+            f"resume state {path} belongs to a different run (other store, recipe or options); "
+            "run without --resume to start over"
+        )
     return state
 
 
@@ -218,14 +269,17 @@ def train_student(config: StudentConfig) -> StudentResult:
     out = Path(config.out)
     resume_path = resume_path_for(out)
     if config.resume and not resume_path.exists():
-        raise InputNotFound(f"nothing to resume: {resume_path} does not exist"
-                            + (f" ({out} is already complete)" if out.exists() else ""))
+        raise InputNotFound(
+            f"nothing to resume: {resume_path} does not exist"
+            + (f" ({out} is already complete)" if out.exists() else "")
+        )
     if not config.resume:
         for path in (out, log_path_for(out)):
             if path.exists() and not config.overwrite:
                 raise OutputExists(f"{path} already exists (use --overwrite to replace it)")
-    check_positive(epochs=config.epochs, batch_size=config.batch_size, lr=config.optim.lr,
-                   temperature=config.temperature)
+    check_positive(
+        epochs=config.epochs, batch_size=config.batch_size, lr=config.optim.lr, temperature=config.temperature
+    )
     if config.embedding_dim is not None:
         check_positive(embedding_dim=config.embedding_dim)
     criterion = build_criterion(config.recipe, config.loss, config.temperature, config.th_alpha)  # fails early
@@ -240,20 +294,41 @@ def train_student(config: StudentConfig) -> StudentResult:
     teacher = teacher_side(config, dataset, device)
     source = teacher.source
     seed_everything(config.seed)
-    model_config = {"num_classes": source.shape.num_classes, "in_channels": dataset.image_shape[0],
-                    "embedding_dim": config.embedding_dim or teacher.dim}
+    model_config = {
+        "num_classes": source.shape.num_classes,
+        "in_channels": dataset.image_shape[0],
+        "embedding_dim": config.embedding_dim or teacher.dim,
+    }
     student = create_model(config.arch, **model_config).to(device)
     teacher_head = teacher.head
     # P: the student embedding → the teacher's space, trained with the student when the sizes differ
-    projection = (nn.Identity() if model_config["embedding_dim"] == teacher.dim
-                  else nn.Linear(model_config["embedding_dim"], teacher.dim, bias=False)).to(device)
+    projection = (
+        nn.Identity()
+        if model_config["embedding_dim"] == teacher.dim
+        else nn.Linear(model_config["embedding_dim"], teacher.dim, bias=False)
+    ).to(device)
     if config.init_head_from_teacher:
         init_head_from(student.head, teacher_head)
-    stream = StoreStream(source, config.batch_size, seed=config.seed, view_sampling=config.view_sampling,
-                         rank=dist.rank, world_size=dist.world_size, skip_bad_chunks=config.skip_bad_chunks)
+    stream = StoreStream(
+        source,
+        config.batch_size,
+        seed=config.seed,
+        view_sampling=config.view_sampling,
+        rank=dist.rank,
+        world_size=dist.world_size,
+        skip_bad_chunks=config.skip_bad_chunks,
+    )
     steps_per_epoch = stream.batches_per_rank()  # equal on every rank, so collective ops never wait forever
-    criterion.setup(TrainingContext(store=source, student_dim=model_config["embedding_dim"], teacher_dim=teacher.dim,
-                                    num_samples=source.shape.num_samples, device=device, seed=config.seed))
+    criterion.setup(
+        TrainingContext(
+            store=source,
+            student_dim=model_config["embedding_dim"],
+            teacher_dim=teacher.dim,
+            num_samples=source.shape.num_samples,
+            device=device,
+            seed=config.seed,
+        )
+    )
     step = DistillStep(student, projection, criterion, teacher_head).to(device)
     trainable = [p for p in step.parameters() if p.requires_grad]
     optimizer, scheduler = make_optimizer(trainable, config.optim, config.epochs * steps_per_epoch)
@@ -272,8 +347,14 @@ def train_student(config: StudentConfig) -> StudentResult:
     runner = dist.wrap(step)
     board = TensorBoardLog(config.tensorboard) if config.tensorboard is not None and dist.is_main else None
 
-    bar = tqdm(range(first_epoch, config.epochs), desc=f"train-student [{config.recipe}]", unit="epoch",
-               initial=first_epoch, total=config.epochs, disable=not config.progress or not dist.is_main)
+    bar = tqdm(
+        range(first_epoch, config.epochs),
+        desc=f"train-student [{config.recipe}]",
+        unit="epoch",
+        initial=first_epoch,
+        total=config.epochs,
+        disable=not config.progress or not dist.is_main,
+    )
     for epoch in bar:
         epoch_start = time.perf_counter()
         stream.set_epoch(epoch)
@@ -281,8 +362,12 @@ def train_student(config: StudentConfig) -> StudentResult:
         sums = torch.zeros(len(criterion.weights) + 2, dtype=torch.float64)  # total, terms…, samples
         for batch in itertools.islice(stream, steps_per_epoch):
             x = render_views(dataset.get_images(batch.indices), batch.view_params, dataset.view_policy).to(device)
-            total, terms = runner(x, batch.labels.to(device), teacher.embed(batch.embeddings.to(device), x),
-                                  torch.from_numpy(batch.indices).to(device))
+            total, terms = runner(
+                x,
+                batch.labels.to(device),
+                teacher.embed(batch.embeddings.to(device), x),
+                torch.from_numpy(batch.indices).to(device),
+            )
             optimizer.zero_grad(set_to_none=True)
             total.backward()
             optimizer.step()
@@ -292,9 +377,12 @@ def train_student(config: StudentConfig) -> StudentResult:
             sums += torch.tensor([v * n for v in values] + [n], dtype=torch.float64)
         sums = dist.all_reduce_sum(sums)
         names = ["total", *criterion.weights]
-        entry: dict[str, Any] = {"epoch": epoch + 1, "lr": scheduler.get_last_lr()[0],
-                                 "loss": {k: float(sums[i] / sums[-1]) for i, k in enumerate(names)},
-                                 "seconds": time.perf_counter() - epoch_start}
+        entry: dict[str, Any] = {
+            "epoch": epoch + 1,
+            "lr": scheduler.get_last_lr()[0],
+            "loss": {k: float(sums[i] / sums[-1]) for i, k in enumerate(names)},
+            "seconds": time.perf_counter() - epoch_start,
+        }
         cosine = head_cosine(student.head, teacher_head)
         if cosine is not None:
             entry["head_cosine"] = cosine
@@ -312,31 +400,46 @@ def train_student(config: StudentConfig) -> StudentResult:
     log_path = log_path_for(out)
     if dist.is_main:
         ckpt = Checkpoint(
-            kind="student", arch=config.arch, model_config=model_config,
+            kind="student",
+            arch=config.arch,
+            model_config=model_config,
             state_dict={k: v.cpu() for k, v in student.state_dict().items()},
-            head_type=student.head.head_type, embedding_dim=model_config["embedding_dim"],
+            head_type=student.head.head_type,
+            embedding_dim=model_config["embedding_dim"],
             num_classes=source.shape.num_classes,
-            dataset={"spec": dataset.spec, "split": dataset.split, "fingerprint": dataset.fingerprint(),
-                     "image_shape": list(dataset.image_shape)},
-            extra={"recipe": config.recipe, "weights": criterion.weights, "th_alpha": config.th_alpha,
-                   "temperature": config.temperature,
-                   "seed": config.seed, "epochs": config.epochs, "batch_size": config.batch_size,
-                   "optim": asdict(config.optim), "view_sampling": config.view_sampling,
-                   "world_size": dist.world_size,
-                   "store": teacher.provenance,
-                   "teacher_head": head_state(teacher_head),
-                   "projection": {k: v.cpu() for k, v in projection.state_dict().items()},
-                   "init_head_from_teacher": config.init_head_from_teacher,
-                   "log": log, "test_accuracy": test_accuracy},
+            dataset={
+                "spec": dataset.spec,
+                "split": dataset.split,
+                "fingerprint": dataset.fingerprint(),
+                "image_shape": list(dataset.image_shape),
+            },
+            extra={
+                "recipe": config.recipe,
+                "weights": criterion.weights,
+                "th_alpha": config.th_alpha,
+                "temperature": config.temperature,
+                "seed": config.seed,
+                "epochs": config.epochs,
+                "batch_size": config.batch_size,
+                "optim": asdict(config.optim),
+                "view_sampling": config.view_sampling,
+                "world_size": dist.world_size,
+                "store": teacher.provenance,
+                "teacher_head": head_state(teacher_head),
+                "projection": {k: v.cpu() for k, v in projection.state_dict().items()},
+                "init_head_from_teacher": config.init_head_from_teacher,
+                "log": log,
+                "test_accuracy": test_accuracy,
+            },
         )
         save_checkpoint(ckpt, out, overwrite=True)
-        atomic_write_text(log_path, json.dumps({"recipe": config.recipe, "weights": criterion.weights,
-                                                "epochs": log}, indent=2))
+        atomic_write_text(
+            log_path, json.dumps({"recipe": config.recipe, "weights": criterion.weights, "epochs": log}, indent=2)
+        )
         if config.plot is not None:
             plot_training_curves(log, config.plot, title=f"{config.arch} [{config.recipe}]")
         resume_path.unlink(missing_ok=True)  # the run is complete: nothing left to resume
     if board is not None:
         board.close()
     dist.close()
-    return StudentResult(out, log_path, test_accuracy, count_parameters(student),
-                         time.perf_counter() - started, log)
+    return StudentResult(out, log_path, test_accuracy, count_parameters(student), time.perf_counter() - started, log)

@@ -18,7 +18,15 @@ from tqdm import tqdm
 
 from distill.checkpoint import Checkpoint, file_sha256, load_checkpoint, save_checkpoint
 from distill.models import count_parameters, create_model
-from distill.training import OptimConfig, accuracy, check_positive, epoch_views, make_optimizer, seed_everything, select_device
+from distill.training import (
+    OptimConfig,
+    accuracy,
+    check_positive,
+    epoch_views,
+    make_optimizer,
+    seed_everything,
+    select_device,
+)
 from featstore.datasets import load_dataset
 from featstore.errors import InvalidInput, OutputExists
 from featstore.views import render_views
@@ -58,14 +66,20 @@ def install_frozen_head(model: torch.nn.Module, student: Checkpoint, path: Path,
     """SH-KD: copy the student's classifier into ``model.head`` and freeze it; return provenance."""
     if student.num_classes != num_classes:
         raise InvalidInput(f"--head-from {path}: its head has {student.num_classes} classes, the dataset {num_classes}")
-    head_keys = {k[len("head."):]: v for k, v in student.state_dict.items() if k.startswith("head.")}
+    head_keys = {k[len("head.") :]: v for k, v in student.state_dict.items() if k.startswith("head.")}
     try:
         model.head.load_state_dict(head_keys)
     except RuntimeError as exc:
         raise InvalidInput(f"--head-from {path}: head does not fit the teacher: {str(exc).splitlines()[0]}") from None
     model.head.requires_grad_(False)
-    return {"head_from": {"path": str(path), "sha256": file_sha256(path), "recipe": student.extra.get("recipe"),
-                          "test_accuracy": student.extra.get("test_accuracy")}}
+    return {
+        "head_from": {
+            "path": str(path),
+            "sha256": file_sha256(path),
+            "recipe": student.extra.get("recipe"),
+            "test_accuracy": student.extra.get("test_accuracy"),
+        }
+    }
 
 
 def train_teacher(config: TeacherConfig) -> TeacherResult:
@@ -82,13 +96,21 @@ def train_teacher(config: TeacherConfig) -> TeacherResult:
     train = load_dataset(config.dataset, config.split)
     test = load_dataset(config.dataset, config.eval_split) if config.eval_split else None
     shared = load_checkpoint(config.head_from, kind="student") if config.head_from is not None else None
-    model_config = {"num_classes": train.num_classes, "in_channels": train.image_shape[0],
-                    "embedding_dim": config.embedding_dim, "head": config.head, "head_scale": config.head_scale,
-                    "head_margin": config.head_margin}
+    model_config = {
+        "num_classes": train.num_classes,
+        "in_channels": train.image_shape[0],
+        "embedding_dim": config.embedding_dim,
+        "head": config.head,
+        "head_scale": config.head_scale,
+        "head_margin": config.head_margin,
+    }
     if shared is not None:  # the teacher takes the student's head type and embedding size
-        model_config.update(embedding_dim=shared.embedding_dim, head=shared.head_type,
-                            head_scale=shared.model_config.get("head_scale"),
-                            head_margin=shared.model_config.get("head_margin"))
+        model_config.update(
+            embedding_dim=shared.embedding_dim,
+            head=shared.head_type,
+            head_scale=shared.model_config.get("head_scale"),
+            head_margin=shared.model_config.get("head_margin"),
+        )
     model = create_model(config.arch, **model_config).to(device)
     model_config = {k: v for k, v in model_config.items() if v is not None}
     provenance: dict = {}
@@ -104,7 +126,7 @@ def train_teacher(config: TeacherConfig) -> TeacherResult:
         order = torch.randperm(len(train), generator=generator).numpy()
         total, seen = 0.0, 0
         for start in range(0, len(order), config.batch_size):
-            idx = order[start:start + config.batch_size]
+            idx = order[start : start + config.batch_size]
             x = render_views(train.get_images(idx), params[idx], train.view_policy).to(device)
             y = torch.from_numpy(train.labels[idx]).to(device)
             loss = F.cross_entropy(model.head.training_logits(model.forward_features(x), y), y)
@@ -118,13 +140,27 @@ def train_teacher(config: TeacherConfig) -> TeacherResult:
     train_acc = accuracy(model, train, device)
     test_acc = accuracy(model, test, device) if test is not None else None
     ckpt = Checkpoint(
-        kind="teacher", arch=config.arch, model_config=model_config,
+        kind="teacher",
+        arch=config.arch,
+        model_config=model_config,
         state_dict={k: v.cpu() for k, v in model.state_dict().items()},
-        head_type=model.head.head_type, embedding_dim=int(model.embedding_dim), num_classes=train.num_classes,
-        dataset={"spec": train.spec, "split": train.split, "fingerprint": train.fingerprint(),
-                 "image_shape": list(train.image_shape)},
-        extra={"log": log, "train_accuracy": train_acc, "test_accuracy": test_acc, "seed": config.seed,
-               "epochs": config.epochs, **provenance},
+        head_type=model.head.head_type,
+        embedding_dim=int(model.embedding_dim),
+        num_classes=train.num_classes,
+        dataset={
+            "spec": train.spec,
+            "split": train.split,
+            "fingerprint": train.fingerprint(),
+            "image_shape": list(train.image_shape),
+        },
+        extra={
+            "log": log,
+            "train_accuracy": train_acc,
+            "test_accuracy": test_acc,
+            "seed": config.seed,
+            "epochs": config.epochs,
+            **provenance,
+        },
     )
     save_checkpoint(ckpt, out, overwrite=config.overwrite)
     return TeacherResult(out, train_acc, test_acc, count_parameters(model), time.perf_counter() - started)

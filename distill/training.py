@@ -61,8 +61,9 @@ def check_positive(**values: float) -> None:
 
 
 @torch.no_grad()
-def embed_dataset(model: nn.Module, dataset: ImageDataset, device: torch.device,
-                  batch_size: int = 512) -> tuple[np.ndarray, np.ndarray]:
+def embed_dataset(
+    model: nn.Module, dataset: ImageDataset, device: torch.device, batch_size: int = 512
+) -> tuple[np.ndarray, np.ndarray]:
     """(embeddings float32 (N, D), logits float32 (N, C)) of the identity view of every sample."""
     model.eval().to(device)
     embeddings, logits = [], []
@@ -85,5 +86,6 @@ def epoch_views(dataset: ImageDataset, seed: int, epoch: int) -> np.ndarray:
     Drawn with the store's own view sampler under a seed space disjoint from extraction's, so the teacher
     is trained on the same kind of views it later teaches with.
     """
-    return np.stack([sample_view_params(dataset.view_policy, 1_000_003 + seed, int(i), epoch + 1)
-                     for i in range(len(dataset))])
+    return np.stack(
+        [sample_view_params(dataset.view_policy, 1_000_003 + seed, int(i), epoch + 1) for i in range(len(dataset))]
+    )

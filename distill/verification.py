@@ -205,8 +205,9 @@ def tiled_pair_scores(embeddings: Any, labels: Any, block: int = 2048) -> tuple[
         gen.append(s[valid & same])
         imp.append(s[valid & ~same])
     empty = np.empty(0, dtype=np.float32)
-    return (np.concatenate(gen) if gen else empty).astype(np.float32), (
-        np.concatenate(imp) if imp else empty).astype(np.float32)
+    return (np.concatenate(gen) if gen else empty).astype(np.float32), (np.concatenate(imp) if imp else empty).astype(
+        np.float32
+    )
 
 
 def _make_backend(x: np.ndarray, y: np.ndarray, use_gpu: bool | None, torch_device: str | None) -> Any:
@@ -223,8 +224,7 @@ def _make_backend(x: np.ndarray, y: np.ndarray, use_gpu: bool | None, torch_devi
     if cuda:
         return _TorchBackend(x, y, "cuda")
     if use_gpu:
-        warnings.warn("use_gpu=True but no CUDA device is available; scoring on the CPU", RuntimeWarning,
-                      stacklevel=3)
+        warnings.warn("use_gpu=True but no CUDA device is available; scoring on the CPU", RuntimeWarning, stacklevel=3)
     return _NumpyBackend(x, y)
 
 
@@ -254,13 +254,20 @@ class _Counts:
 
 
 def _empty_report(n_gen: int, n_imp: int, keys: list[str]) -> dict[str, Any]:
-    return {"num_genuine": n_gen, "num_impostor": n_imp, "tar_at_far": {k: None for k in keys},
-            "roc_auc": None, "eer": None}
+    return {
+        "num_genuine": n_gen,
+        "num_impostor": n_imp,
+        "tar_at_far": {k: None for k in keys},
+        "roc_auc": None,
+        "eer": None,
+    }
 
 
 def _inconsistent(what: str) -> RuntimeError:
-    return RuntimeError(f"pair scores differed between passes ({what}): the scoring backend is not "
-                        "deterministic, so no exact result can be given; rerun with use_gpu=False")
+    return RuntimeError(
+        f"pair scores differed between passes ({what}): the scoring backend is not "
+        "deterministic, so no exact result can be given; rerun with use_gpu=False"
+    )
 
 
 def streaming_verification(
@@ -299,8 +306,7 @@ def streaming_verification(
     genuine_cap = _positive_int(genuine_cap, "genuine_cap")
     if isinstance(roc_points, bool) or not isinstance(roc_points, (int, np.integer)) or roc_points < 3:
         raise InvalidInput(f"roc_points must be an integer >= 3, got {roc_points!r}")
-    if isinstance(bins, bool) or not isinstance(bins, (int, np.integer)) or bins not in {1 << b for b in
-                                                                                          range(12, 21)}:
+    if isinstance(bins, bool) or not isinstance(bins, (int, np.integer)) or bins not in {1 << b for b in range(12, 21)}:
         raise InvalidInput(f"bins must be a power of two from 4096 to 1048576, got {bins!r}")
     checked = [(far_key(f), _check_far(f)) for f in fars]
     keys = [k for k, _ in checked]
@@ -335,8 +341,17 @@ class _Histograms:
         self.nonempty = np.flatnonzero(hg + hi)
 
 
-def _run(backend: Any, n: int, n_gen: int, n_imp: int, checked: list, block: int, bins: int, roc_points: int,
-         genuine_cap: int) -> tuple[dict[str, Any], tuple[np.ndarray, np.ndarray]]:
+def _run(
+    backend: Any,
+    n: int,
+    n_gen: int,
+    n_imp: int,
+    checked: list,
+    block: int,
+    bins: int,
+    roc_points: int,
+    genuine_cap: int,
+) -> tuple[dict[str, Any], tuple[np.ndarray, np.ndarray]]:
     lo = 32 - (bins.bit_length() - 1)  # bits of the second level
     hist, gen_keys = _first_pass(backend, n, block, bins, lo, n_gen if n_gen <= genuine_cap else None)
     if hist.n_gen != n_gen or hist.n_imp != n_imp:
@@ -367,8 +382,9 @@ def _run(backend: Any, n: int, n_gen: int, n_imp: int, checked: list, block: int
     return report, _roc(refine, refined, hist, roc_points)
 
 
-def _first_pass(backend: Any, n: int, block: int, bins: int, lo: int,
-                collect: int | None) -> tuple[_Histograms, np.ndarray | None]:
+def _first_pass(
+    backend: Any, n: int, block: int, bins: int, lo: int, collect: int | None
+) -> tuple[_Histograms, np.ndarray | None]:
     """First-level histograms; with ``collect`` = the number of genuine pairs, also every genuine key."""
     all_hist = np.zeros(bins, dtype=np.int64)
     hg = np.zeros(bins, dtype=np.int64)
@@ -384,7 +400,7 @@ def _first_pass(backend: Any, n: int, block: int, bins: int, lo: int,
         if m:
             hg += backend.bincount(gk >> lo, bins)
             if gen_keys is not None:
-                gen_keys[filled:filled + m] = backend.to_keys(gk)
+                gen_keys[filled : filled + m] = backend.to_keys(gk)
                 filled += m
     return _Histograms(hg, all_hist - hg, lo), gen_keys
 
@@ -423,8 +439,15 @@ def _auc_groups(hist: _Histograms, genuine_cap: int, collected: bool) -> list[np
     return groups
 
 
-def _later_passes(backend: Any, n: int, block: int, hist: _Histograms, refine: list[int], groups: list[np.ndarray],
-                  gen_keys: np.ndarray | None) -> tuple[np.ndarray, int]:
+def _later_passes(
+    backend: Any,
+    n: int,
+    block: int,
+    hist: _Histograms,
+    refine: list[int],
+    groups: list[np.ndarray],
+    gen_keys: np.ndarray | None,
+) -> tuple[np.ndarray, int]:
     """Pass 2 refines ``refine`` into full-key counts; every pass counts the impostors of one group against
     that group's sorted genuine keys and collects the next group's genuine keys. Returns the refined counts
     ``[slot, is_genuine, low bits]`` and the exact within-bucket part of the AUC sum."""
@@ -452,8 +475,11 @@ def _later_passes(backend: Any, n: int, block: int, hist: _Histograms, refine: l
             group, sorted_keys = pending
             uniq, mult = np.unique(sorted_keys, return_counts=True)
             # a sentinel past the end: no impostor key equals 0xFFFFFFFF (that would be a NaN score)
-            count = (bool_table(group), backend.keys_table(np.append(uniq, np.uint32(_ALL))),
-                     _Counts(backend, 2 * (uniq.size + 1)))
+            count = (
+                bool_table(group),
+                backend.keys_table(np.append(uniq, np.uint32(_ALL))),
+                _Counts(backend, 2 * (uniq.size + 1)),
+            )
         collect = to_collect.pop(0) if to_collect else None
         collect_dev = bool_table(collect) if collect is not None else None
         parts: list[np.ndarray] = []
@@ -502,7 +528,7 @@ def _tar(hist: _Histograms, plan: Any, refined: np.ndarray, slot_of: dict[int, i
     b, r = plan
     li, lg = refined[slot_of[b], 0], refined[slot_of[b], 1]
     low = int(np.flatnonzero(np.cumsum(li[::-1])[::-1] >= r)[-1])  # second-level part of the threshold key
-    accepted = int(hist.n_gen - hist.gen_le[b]) + int(lg[low + 1:].sum())  # genuine strictly above it
+    accepted = int(hist.n_gen - hist.gen_le[b]) + int(lg[low + 1 :].sum())  # genuine strictly above it
     return accepted / hist.n_gen
 
 
@@ -517,8 +543,15 @@ def _eer(hist: _Histograms, ref: np.ndarray, bucket: int, prev: int | None) -> f
     return float((far[best] + frr[best]) / 2)
 
 
-def _within_bucket(slot_counts: np.ndarray, uniq: np.ndarray, mult: np.ndarray, sorted_keys: np.ndarray,
-                   group: np.ndarray, hi: np.ndarray, lo: int) -> int:
+def _within_bucket(
+    slot_counts: np.ndarray,
+    uniq: np.ndarray,
+    mult: np.ndarray,
+    sorted_keys: np.ndarray,
+    group: np.ndarray,
+    hi: np.ndarray,
+    lo: int,
+) -> int:
     """Sum over the impostors i of ``group``'s buckets of 2·#{genuine in i's bucket, key > i} + #{genuine == i}.
 
     Per impostor in bucket b that is 2·end(b) - 2·less(i) - equal(i), with end(b) = #genuine keys below the
@@ -538,7 +571,7 @@ def _within_bucket(slot_counts: np.ndarray, uniq: np.ndarray, mult: np.ndarray, 
     if int(hi.sum()) * (int(less[-1]) + 1) < (1 << 61):  # int64 cannot overflow: vectorised
         total -= int(np.sum(c0 * 2 * ls + c1 * (2 * ls + eqs)))
     else:
-        total -= sum(int(a) * 2 * int(l) + int(b) * (2 * int(l) + int(e)) for a, b, l, e in zip(c0, c1, ls, eqs))
+        total -= sum(int(a) * 2 * int(lo) + int(b) * (2 * int(lo) + int(e)) for a, b, lo, e in zip(c0, c1, ls, eqs))
     return total
 
 

@@ -38,8 +38,10 @@ def encode(rows: np.ndarray, dtype: str) -> tuple[np.ndarray, np.ndarray | None]
         with np.errstate(over="ignore"):  # overflow is detected just below, with advice
             halves = rows.astype(np.float16)
         if not finite_rows(halves, "float16"):
-            raise InvalidInput(f"embedding values up to {np.abs(rows).max():.3g} overflow float16 (max 65504); "
-                               "use --dtype bfloat16 or float32")
+            raise InvalidInput(
+                f"embedding values up to {np.abs(rows).max():.3g} overflow float16 (max 65504); "
+                "use --dtype bfloat16 or float32"
+            )
         return halves, None
     if dtype == "bfloat16":
         bits = torch.from_numpy(np.ascontiguousarray(rows)).to(torch.bfloat16).view(torch.int16)

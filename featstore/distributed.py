@@ -53,8 +53,14 @@ from tqdm import tqdm
 
 from featstore.datasets import ImageDataset, load_dataset
 from featstore.errors import InvalidInput, StoreError
-from featstore.extract import (ExtractSummary, TeacherSource, extract_chunk, open_or_create_store, summarise,
-                               validate_request)
+from featstore.extract import (
+    ExtractSummary,
+    TeacherSource,
+    extract_chunk,
+    open_or_create_store,
+    summarise,
+    validate_request,
+)
 from featstore.lock import writer_lock
 from featstore.store import local_path, open_store
 
@@ -128,8 +134,10 @@ def _cached_teacher(job: _Job) -> TeacherSource:
         teacher = job.loader(*job.loader_args)
         LOADS["teacher"] += 1
         if teacher.checkpoint_sha256 != job.teacher_sha256:
-            raise StoreError(f"a worker loaded a teacher with checkpoint sha256 {teacher.checkpoint_sha256[:12]}…, "
-                             f"the store was made from {job.teacher_sha256[:12]}… (did the checkpoint change?)")
+            raise StoreError(
+                f"a worker loaded a teacher with checkpoint sha256 {teacher.checkpoint_sha256[:12]}…, "
+                f"the store was made from {job.teacher_sha256[:12]}… (did the checkpoint change?)"
+            )
         teacher.model.eval().to(torch.device(job.device))
         _TEACHER = (key, teacher)
     return _TEACHER[1]
@@ -143,8 +151,10 @@ def _cached_dataset(job: _Job) -> ImageDataset:
         dataset = load_dataset(job.dataset_spec, job.split)
         LOADS["dataset"] += 1
         if dataset.fingerprint() != job.dataset_fingerprint:
-            raise StoreError(f"a worker sees dataset {job.dataset_spec!r} ({job.split}) with another fingerprint "
-                             "than the driver: workers must read the same data")
+            raise StoreError(
+                f"a worker sees dataset {job.dataset_spec!r} ({job.split}) with another fingerprint "
+                "than the driver: workers must read the same data"
+            )
         _DATASET = (key, dataset)
     return _DATASET[1]
 
@@ -187,15 +197,17 @@ def visible_gpus() -> list[str]:
     return listed[:count] if listed else [str(i) for i in range(count)]
 
 
-def plan_workers(workers: int | None, scheduler: str | None,
-                 device: torch.device) -> tuple[int | None, tuple[str, ...] | None]:
+def plan_workers(
+    workers: int | None, scheduler: str | None, device: torch.device
+) -> tuple[int | None, tuple[str, ...] | None]:
     """(LocalCluster size or None for an external scheduler, GPU ids to pin LocalCluster workers to).
 
     Every argument check happens here, before anything is loaded or created.
     """
     if workers is not None and scheduler is not None:
-        raise InvalidInput("give either --workers (start a local cluster) or --scheduler (use an existing one), "
-                           "not both")
+        raise InvalidInput(
+            "give either --workers (start a local cluster) or --scheduler (use an existing one), not both"
+        )
     if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers <= 0):
         raise InvalidInput(f"workers must be a positive number of worker processes, got {workers!r}")
     if scheduler is not None:
@@ -231,10 +243,18 @@ def _local_cluster(n_workers: int) -> Iterator[Any]:
     """A LocalCluster of ``n_workers`` single-threaded processes and its client, both shut down on exit."""
     from distributed import Client, LocalCluster
 
-    with LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True, host="127.0.0.1",
-                      dashboard_address=None, silence_logs=logging.CRITICAL,
-                      scheduler_kwargs={"dashboard": False, "dashboard_address": "127.0.0.1:0"}) as cluster, \
-            Client(cluster, set_as_default=False) as client:
+    with (
+        LocalCluster(
+            n_workers=n_workers,
+            threads_per_worker=1,
+            processes=True,
+            host="127.0.0.1",
+            dashboard_address=None,
+            silence_logs=logging.CRITICAL,
+            scheduler_kwargs={"dashboard": False, "dashboard_address": "127.0.0.1:0"},
+        ) as cluster,
+        Client(cluster, set_as_default=False) as client,
+    ):
         yield client
 
 
@@ -244,17 +264,20 @@ def _run_tasks(client: Any, job: _Job, missing: list[int], chunks_per_task: int,
     from distributed import KilledWorker, as_completed
 
     run_id = uuid.uuid4().hex[:12]
-    groups = [missing[i:i + chunks_per_task] for i in range(0, len(missing), chunks_per_task)]
-    futures = [client.submit(_extract_task, job, group, key=f"fsd-extract-{run_id}-{k}", retries=TASK_RETRIES,
-                             pure=False)
-               for k, group in enumerate(groups)]
+    groups = [missing[i : i + chunks_per_task] for i in range(0, len(missing), chunks_per_task)]
+    futures = [
+        client.submit(_extract_task, job, group, key=f"fsd-extract-{run_id}-{k}", retries=TASK_RETRIES, pure=False)
+        for k, group in enumerate(groups)
+    ]
     try:
         with tqdm(total=len(missing), desc="extract-teacher", unit="chunk", disable=not progress) as bar:
             for future in as_completed(futures, loop=client.loop):
                 bar.update(future.result())  # re-raises the task's own exception (an FsdError stays one)
     except (KilledWorker, CancelledError) as exc:
-        raise StoreError(f"distributed extraction of {job.url} failed: {type(exc).__name__}: {exc}; the chunks "
-                         "written so far are kept, re-run the same command to resume") from None
+        raise StoreError(
+            f"distributed extraction of {job.url} failed: {type(exc).__name__}: {exc}; the chunks "
+            "written so far are kept, re-run the same command to resume"
+        ) from None
     finally:
         client.cancel(futures)  # nothing of this run keeps going on a shared cluster after we stop
 
@@ -300,18 +323,28 @@ def extract_teacher_distributed(
     from dask.base import tokenize
 
     local = local_path(url)
-    job = _Job(loader=loader, loader_args=loader_args, loader_token=tokenize(loader, *loader_args),
-               teacher_sha256=teacher.checkpoint_sha256, dataset_spec=dataset_spec, split=split,
-               dataset_fingerprint=dataset.fingerprint(),
-               url=str(local.absolute()) if local is not None else url,
-               seed=seed, batch_size=batch_size, device=str(device), gpus=gpus)
+    job = _Job(
+        loader=loader,
+        loader_args=loader_args,
+        loader_token=tokenize(loader, *loader_args),
+        teacher_sha256=teacher.checkpoint_sha256,
+        dataset_spec=dataset_spec,
+        split=split,
+        dataset_fingerprint=dataset.fingerprint(),
+        url=str(local.absolute()) if local is not None else url,
+        seed=seed,
+        batch_size=batch_size,
+        device=str(device),
+        gpus=gpus,
+    )
 
     with contextlib.ExitStack() as stack:
         # An external scheduler is reached before the store is touched, so an unreachable one changes nothing.
         client = stack.enter_context(_connect(scheduler, connect_timeout)) if scheduler is not None else None
         with writer_lock(local):
-            store, resumed = open_or_create_store(teacher, dataset, url, views=views, dtype=dtype,
-                                                  chunk_rows=chunk_rows, seed=seed, overwrite=overwrite)
+            store, resumed = open_or_create_store(
+                teacher, dataset, url, views=views, dtype=dtype, chunk_rows=chunk_rows, seed=seed, overwrite=overwrite
+            )
             del teacher  # the workers load their own; the driver needed only the metadata
             missing = store.missing_chunks()
             if missing:
@@ -321,8 +354,10 @@ def extract_teacher_distributed(
             store = open_store(url, require_complete=False, writable=True)  # what the workers wrote
             still_missing = store.missing_chunks()
             if still_missing:
-                raise StoreError(f"distributed extraction left chunks {still_missing[:10]} of {url} unwritten; "
-                                 "re-run the same command to resume")
+                raise StoreError(
+                    f"distributed extraction left chunks {still_missing[:10]} of {url} unwritten; "
+                    "re-run the same command to resume"
+                )
             if not store.complete:
                 store.mark_complete()
     return summarise(store, computed=len(missing), seconds=time.perf_counter() - started, resumed=resumed)

@@ -17,8 +17,9 @@ from featstore.errors import InvalidInput, OutputExists
 from featstore.store import open_store
 
 
-def export_h5(url: str, out: str | Path, *, view: int | None = None, overwrite: bool = False,
-              progress: bool = True) -> Path:
+def export_h5(
+    url: str, out: str | Path, *, view: int | None = None, overwrite: bool = False, progress: bool = True
+) -> Path:
     """Write ``out``: ``embeddings`` (N, V, D) float32 — or (N, D) for one ``view`` —, ``labels`` (N,),
     ``views`` (N, V, P), ``head/weight`` (C, D) [, ``head/bias``], and the store attributes as JSON."""
     out = Path(out)
@@ -30,8 +31,13 @@ def export_h5(url: str, out: str | Path, *, view: int | None = None, overwrite: 
         raise InvalidInput(f"view {view} outside the store's {v} views")
     with atomic_path(out) as tmp, h5py.File(tmp, "w") as handle:
         emb_shape = (n, d) if view is not None else (n, v, d)
-        emb = handle.create_dataset("embeddings", shape=emb_shape, dtype="float32",
-                                    chunks=(min(store.chunk_rows, n), *emb_shape[1:]), compression="gzip")
+        emb = handle.create_dataset(
+            "embeddings",
+            shape=emb_shape,
+            dtype="float32",
+            chunks=(min(store.chunk_rows, n), *emb_shape[1:]),
+            compression="gzip",
+        )
         labels = handle.create_dataset("labels", shape=(n,), dtype="int64")
         views = handle.create_dataset("views", shape=(n, v, store.shape.num_params), dtype="float32")
         for chunk in tqdm(range(store.num_chunks), desc="export", unit="chunk", disable=not progress):

@@ -20,8 +20,17 @@ from featstore.codecs import check_dtype
 from featstore.datasets import ImageDataset
 from featstore.errors import InvalidInput, StoreError
 from featstore.lock import writer_lock
-from featstore.store import (FeatureStore, StoreShape, local_path, create_store, default_chunk_rows, identity_of,
-                             open_store, remove_store, store_exists)
+from featstore.store import (
+    FeatureStore,
+    StoreShape,
+    create_store,
+    default_chunk_rows,
+    identity_of,
+    local_path,
+    open_store,
+    remove_store,
+    store_exists,
+)
 from featstore.views import PARAM_NAMES, render_views, sample_views
 
 
@@ -63,22 +72,40 @@ class ExtractSummary:
 
     def line(self) -> str:
         action = "resumed" if self.resumed else "wrote"
-        return (f"{action} {self.url}: {self.samples} samples × {self.views} views × {self.dim} dims ({self.dtype}), "
-                f"{self.chunks_computed}/{self.chunks_total} chunks computed, {self.bytes_stored / 1e6:.2f} MB on disk, "
-                f"compression {self.compression_ratio:.2f}× vs float32, {self.seconds:.1f} s")
+        return (
+            f"{action} {self.url}: {self.samples} samples × {self.views} views × {self.dim} dims ({self.dtype}), "
+            f"{self.chunks_computed}/{self.chunks_total} chunks computed, {self.bytes_stored / 1e6:.2f} MB on disk, "
+            f"compression {self.compression_ratio:.2f}× vs float32, {self.seconds:.1f} s"
+        )
 
 
 def _store_meta(teacher: TeacherSource, dataset: ImageDataset, views: int, seed: int) -> dict[str, Any]:
     return {
-        "teacher": {"arch": teacher.arch, "checkpoint_sha256": teacher.checkpoint_sha256,
-                    "embedding_dim": teacher.embedding_dim,
-                    "input_shape": list(teacher.input_shape or dataset.image_shape)},
-        "head": {"type": teacher.head_type, "num_classes": int(teacher.head_weight.shape[0]),
-                 "scale": teacher.head_scale, "margin": teacher.head_margin},
-        "dataset": {"spec": dataset.spec, "split": dataset.split, "num_samples": len(dataset),
-                    "fingerprint": dataset.fingerprint()},
-        "views": {"count": views, "kind": dataset.view_policy.kind, "params_names": list(PARAM_NAMES),
-                  "seed": seed, "policy": dataset.view_policy.to_dict()},
+        "teacher": {
+            "arch": teacher.arch,
+            "checkpoint_sha256": teacher.checkpoint_sha256,
+            "embedding_dim": teacher.embedding_dim,
+            "input_shape": list(teacher.input_shape or dataset.image_shape),
+        },
+        "head": {
+            "type": teacher.head_type,
+            "num_classes": int(teacher.head_weight.shape[0]),
+            "scale": teacher.head_scale,
+            "margin": teacher.head_margin,
+        },
+        "dataset": {
+            "spec": dataset.spec,
+            "split": dataset.split,
+            "num_samples": len(dataset),
+            "fingerprint": dataset.fingerprint(),
+        },
+        "views": {
+            "count": views,
+            "kind": dataset.view_policy.kind,
+            "params_names": list(PARAM_NAMES),
+            "seed": seed,
+            "policy": dataset.view_policy.to_dict(),
+        },
     }
 
 
@@ -89,14 +116,22 @@ def _open_for_resume(url: str, wanted: dict[str, Any]) -> FeatureStore:
     have = identity_of(store.meta)
     if have != identity_of(wanted):
         differing = sorted(k for k in have if have[k] != identity_of(wanted)[k])
-        raise StoreError(f"store {url} was made with a different {', '.join(differing)}; "
-                         "refusing to overwrite it (use --overwrite to replace it)")
+        raise StoreError(
+            f"store {url} was made with a different {', '.join(differing)}; "
+            "refusing to overwrite it (use --overwrite to replace it)"
+        )
     return store
 
 
 @torch.no_grad()
-def _embed_chunk(teacher: TeacherSource, dataset: ImageDataset, rows: np.ndarray, params: np.ndarray,
-                 batch_size: int, device: torch.device) -> np.ndarray:
+def _embed_chunk(
+    teacher: TeacherSource,
+    dataset: ImageDataset,
+    rows: np.ndarray,
+    params: np.ndarray,
+    batch_size: int,
+    device: torch.device,
+) -> np.ndarray:
     """(len(rows), V, D) float32 embeddings; batches are fixed slices of the chunk, so results never
     depend on what else ran (a resumed chunk equals an uninterrupted one)."""
     images = dataset.get_images(rows)
@@ -104,13 +139,21 @@ def _embed_chunk(teacher: TeacherSource, dataset: ImageDataset, rows: np.ndarray
     for view in range(params.shape[1]):
         rendered = render_views(images, params[:, view], dataset.view_policy)
         for start in range(0, len(rows), batch_size):
-            x = rendered[start:start + batch_size].to(device)
-            out[start:start + batch_size, view] = teacher.model.forward_features(x).float().cpu().numpy()
+            x = rendered[start : start + batch_size].to(device)
+            out[start : start + batch_size, view] = teacher.model.forward_features(x).float().cpu().numpy()
     return out
 
 
-def extract_chunk(store: FeatureStore, chunk: int, teacher: TeacherSource, dataset: ImageDataset, *, seed: int,
-                  batch_size: int, device: torch.device) -> None:
+def extract_chunk(
+    store: FeatureStore,
+    chunk: int,
+    teacher: TeacherSource,
+    dataset: ImageDataset,
+    *,
+    seed: int,
+    batch_size: int,
+    device: torch.device,
+) -> None:
     """Compute and write one chunk (every view of its rows), then flag it done: the unit of work and of
     resume, shared by the single-process loop and distributed workers."""
     start, stop = store.chunk_bounds(chunk)
@@ -119,8 +162,9 @@ def extract_chunk(store: FeatureStore, chunk: int, teacher: TeacherSource, datas
     store.write_chunk(chunk, _embed_chunk(teacher, dataset, rows, params, batch_size, device), params)
 
 
-def validate_request(teacher: TeacherSource, dataset: ImageDataset, *, views: int, dtype: str,
-                     chunk_rows: int | None, batch_size: int) -> None:
+def validate_request(
+    teacher: TeacherSource, dataset: ImageDataset, *, views: int, dtype: str, chunk_rows: int | None, batch_size: int
+) -> None:
     """Every argument check, before anything is created or loaded onto a device."""
     check_dtype(dtype)
     for name, value in (("views", views), ("batch-size", batch_size)):
@@ -129,12 +173,22 @@ def validate_request(teacher: TeacherSource, dataset: ImageDataset, *, views: in
     if chunk_rows is not None and chunk_rows <= 0:
         raise InvalidInput(f"chunk-rows must be positive, got {chunk_rows}")
     if teacher.input_shape is not None and list(teacher.input_shape) != list(dataset.image_shape):
-        raise InvalidInput(f"teacher expects input {teacher.input_shape}, dataset {dataset.spec} gives "
-                           f"{list(dataset.image_shape)}")
+        raise InvalidInput(
+            f"teacher expects input {teacher.input_shape}, dataset {dataset.spec} gives {list(dataset.image_shape)}"
+        )
 
 
-def open_or_create_store(teacher: TeacherSource, dataset: ImageDataset, url: str, *, views: int, dtype: str,
-                         chunk_rows: int | None, seed: int, overwrite: bool) -> tuple[FeatureStore, bool]:
+def open_or_create_store(
+    teacher: TeacherSource,
+    dataset: ImageDataset,
+    url: str,
+    *,
+    views: int,
+    dtype: str,
+    chunk_rows: int | None,
+    seed: int,
+    overwrite: bool,
+) -> tuple[FeatureStore, bool]:
     """(store, resumed): the existing store when it was made from the same inputs, a new one otherwise.
 
     Call it while holding the writer lock. A store made from other inputs is refused unless ``overwrite``.
@@ -146,17 +200,34 @@ def open_or_create_store(teacher: TeacherSource, dataset: ImageDataset, url: str
         return _open_for_resume(url, {**meta, "dtype": dtype, "chunk_rows": chunk_rows}), True
     shape = StoreShape(len(dataset), views, teacher.embedding_dim, len(PARAM_NAMES), int(teacher.head_weight.shape[0]))
     rows_per_chunk = chunk_rows or default_chunk_rows(len(dataset), views, teacher.embedding_dim, dtype)
-    store = create_store(url, shape=shape, dtype=dtype, chunk_rows=rows_per_chunk, labels=dataset.labels,
-                         head_weight=teacher.head_weight, head_bias=teacher.head_bias, meta=meta)
+    store = create_store(
+        url,
+        shape=shape,
+        dtype=dtype,
+        chunk_rows=rows_per_chunk,
+        labels=dataset.labels,
+        head_weight=teacher.head_weight,
+        head_bias=teacher.head_bias,
+        meta=meta,
+    )
     return store, False
 
 
 def summarise(store: FeatureStore, *, computed: int, seconds: float, resumed: bool) -> ExtractSummary:
     raw, stored = store.nbytes_embeddings()
-    return ExtractSummary(url=store.url, samples=store.shape.num_samples, views=store.shape.num_views,
-                          dim=store.shape.dim, dtype=store.dtype, chunks_total=store.num_chunks,
-                          chunks_computed=computed, bytes_stored=store.nbytes_stored(),
-                          compression_ratio=raw / max(stored, 1), seconds=seconds, resumed=resumed)
+    return ExtractSummary(
+        url=store.url,
+        samples=store.shape.num_samples,
+        views=store.shape.num_views,
+        dim=store.shape.dim,
+        dtype=store.dtype,
+        chunks_total=store.num_chunks,
+        chunks_computed=computed,
+        bytes_stored=store.nbytes_stored(),
+        compression_ratio=raw / max(stored, 1),
+        seconds=seconds,
+        resumed=resumed,
+    )
 
 
 def extract_teacher(
@@ -179,17 +250,20 @@ def extract_teacher(
     device = torch.device(device)
     teacher.model.eval().to(device)
     with writer_lock(local_path(url)):
-        store, resumed = open_or_create_store(teacher, dataset, url, views=views, dtype=dtype,
-                                              chunk_rows=chunk_rows, seed=seed, overwrite=overwrite)
+        store, resumed = open_or_create_store(
+            teacher, dataset, url, views=views, dtype=dtype, chunk_rows=chunk_rows, seed=seed, overwrite=overwrite
+        )
         missing = store.missing_chunks()
         for chunk in tqdm(missing, desc="extract-teacher", unit="chunk", disable=not progress):
             try:
                 extract_chunk(store, chunk, teacher, dataset, seed=seed, batch_size=batch_size, device=device)
             except OSError as exc:  # disk full, quota, I/O error: finished chunks stay, the run resumes
                 done = int(store.done_chunks().sum())
-                raise StoreError(f"writing chunk {chunk} of {url} failed ({exc.strerror or exc}); {done}/"
-                                 f"{store.num_chunks} chunks are safely written — fix the cause and re-run the "
-                                 "same command to resume") from None
+                raise StoreError(
+                    f"writing chunk {chunk} of {url} failed ({exc.strerror or exc}); {done}/"
+                    f"{store.num_chunks} chunks are safely written — fix the cause and re-run the "
+                    "same command to resume"
+                ) from None
         if not store.complete:
             store.mark_complete()
     return summarise(store, computed=len(missing), seconds=time.perf_counter() - started, resumed=resumed)

@@ -90,8 +90,14 @@ class DirImageDataset(ImageDataset):
     def fingerprint(self) -> str:
         if self._fingerprint is None:
             # The base class's hash, computed as if the spec were the canonical, path-free name.
-            canonical = ImageDataset(spec=self.fingerprint_name, split=self.split, images=self.images,
-                                     labels=self.labels, num_classes=self.num_classes, view_policy=self.view_policy)
+            canonical = ImageDataset(
+                spec=self.fingerprint_name,
+                split=self.split,
+                images=self.images,
+                labels=self.labels,
+                num_classes=self.num_classes,
+                view_policy=self.view_policy,
+            )
             self._fingerprint = canonical.fingerprint()
         return self._fingerprint
 
@@ -134,21 +140,33 @@ class _ArrayUnpickler(pickle.Unpickler):
         if (module, name) not in _PICKLE_ALLOWED:
             raise pickle.UnpicklingError(f"refusing to load {module}.{name}")
         if module.startswith("numpy.core.") and hasattr(np, "_core"):
-            module = "numpy._core." + module[len("numpy.core."):]  # numpy 2 renamed it; avoid the shim's warning
+            module = "numpy._core." + module[len("numpy.core.") :]  # numpy 2 renamed it; avoid the shim's warning
         return super().find_class(module, name)
 
 
 def _load_pickle(path: Path) -> Any:
     if not path.is_file():
-        raise InputNotFound(f"cifar100: file not found: {path} (expected the cifar-100-python folder with "
-                            "files 'train', 'test' and 'meta')")
+        raise InputNotFound(
+            f"cifar100: file not found: {path} (expected the cifar-100-python folder with "
+            "files 'train', 'test' and 'meta')"
+        )
     try:
         with open(path, "rb") as f:
             return _ArrayUnpickler(f, encoding="bytes").load()
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, ImportError, IndexError,
-            KeyError, UnicodeDecodeError, OverflowError, MemoryError) as err:
-        raise InvalidInput(f"cifar100: {path} is not a cifar-100-python pickle: {type(err).__name__}: {err}") \
-            from None
+    except (
+        pickle.UnpicklingError,
+        EOFError,
+        ValueError,
+        TypeError,
+        AttributeError,
+        ImportError,
+        IndexError,
+        KeyError,
+        UnicodeDecodeError,
+        OverflowError,
+        MemoryError,
+    ) as err:
+        raise InvalidInput(f"cifar100: {path} is not a cifar-100-python pickle: {type(err).__name__}: {err}") from None
 
 
 def _entry(obj: Any, key: str, path: Path) -> Any:
@@ -187,8 +205,9 @@ def _cifar100(spec: str, argument: str, split: str) -> DirImageDataset:
             raise InvalidInput(f"cifar100: {path}: 'data' should be uint8 pixels, got {data.dtype}")
         data = data.astype(np.uint8)
     if labels.shape != (data.shape[0],) or labels.dtype.kind not in "iu":
-        raise InvalidInput(f"cifar100: {path}: 'fine_labels' should be {data.shape[0]} integers, got "
-                           f"{labels.dtype} {labels.shape}")
+        raise InvalidInput(
+            f"cifar100: {path}: 'fine_labels' should be {data.shape[0]} integers, got {labels.dtype} {labels.shape}"
+        )
     if labels.min() < 0 or labels.max() >= 100:
         raise InvalidInput(f"cifar100: {path}: labels must lie in 0..99, got {labels.min()}..{labels.max()}")
     class_names = _cifar_class_names(root / "meta")
@@ -196,8 +215,16 @@ def _cifar100(spec: str, argument: str, split: str) -> DirImageDataset:
     images /= np.float32(255.0)
     _normalise_(images, CIFAR100_MEAN, CIFAR100_STD)
     policy = ViewPolicy(kind="shift", source_size=(32, 32), pad=4, flip_p=0.5)
-    return DirImageDataset(spec=spec, split=split, images=images, labels=labels.astype(np.int64), num_classes=100,
-                           view_policy=policy, fingerprint_name="cifar100", class_names=class_names)
+    return DirImageDataset(
+        spec=spec,
+        split=split,
+        images=images,
+        labels=labels.astype(np.int64),
+        num_classes=100,
+        view_policy=policy,
+        fingerprint_name="cifar100",
+        class_names=class_names,
+    )
 
 
 # ------------------------------------------------------------------------------------------------- folder
@@ -308,8 +335,10 @@ def _folder(spec: str, argument: str, split: str) -> DirImageDataset:
     split_classes = classes if split_dir == train_dir else _class_folders(split_dir)
     unknown = [c for c in split_classes if c not in index]
     if unknown:
-        raise InvalidInput(f"folder: class folder(s) {', '.join(map(repr, unknown))} in {split_dir} are not in "
-                           f"{train_dir}; every class must have training images")
+        raise InvalidInput(
+            f"folder: class folder(s) {', '.join(map(repr, unknown))} in {split_dir} are not in "
+            f"{train_dir}; every class must have training images"
+        )
     if not split_classes:
         raise InvalidInput(f"folder: no class sub-folders in {split_dir}")
     files: list[Path] = []
@@ -317,17 +346,25 @@ def _folder(spec: str, argument: str, split: str) -> DirImageDataset:
     for name in split_classes:
         found = _image_files(split_dir / name)
         if not found:
-            raise InvalidInput(f"folder: class folder {split_dir / name} holds no images "
-                               f"({', '.join(sorted(IMAGE_SUFFIXES))})")
+            raise InvalidInput(
+                f"folder: class folder {split_dir / name} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})"
+            )
         files += found
         labels += [index[name]] * len(found)
     images = np.empty((len(files), 3, size, size), dtype=np.float32)
     _load_all(files, lambda p: _load_image(p, size, resize), images)
     _normalise_(images, IMAGENET_MEAN, IMAGENET_STD)
     policy = ViewPolicy(kind="resized_crop", source_size=(size, size), pad=0, flip_p=0.5, scale=(0.35, 1.0))
-    return DirImageDataset(spec=spec, split=split, images=images, labels=np.asarray(labels, dtype=np.int64),
-                           num_classes=len(classes), view_policy=policy,
-                           fingerprint_name=f"folder?size={size}&resize={resize}", class_names=tuple(classes))
+    return DirImageDataset(
+        spec=spec,
+        split=split,
+        images=images,
+        labels=np.asarray(labels, dtype=np.int64),
+        num_classes=len(classes),
+        view_policy=policy,
+        fingerprint_name=f"folder?size={size}&resize={resize}",
+        class_names=tuple(classes),
+    )
 
 
 def folder_memory_bytes(num_images: int, size: int = FOLDER_DEFAULT_SIZE) -> int:
@@ -335,5 +372,14 @@ def folder_memory_bytes(num_images: int, size: int = FOLDER_DEFAULT_SIZE) -> int
     return int(num_images) * 3 * int(size) * int(size) * 4
 
 
-__all__ = ["CIFAR100_MEAN", "CIFAR100_STD", "IMAGENET_MEAN", "IMAGENET_STD", "IMAGE_SUFFIXES", "DirImageDataset",
-           "folder_memory_bytes", "parse_folder_argument", "resize_center_crop"]
+__all__ = [
+    "CIFAR100_MEAN",
+    "CIFAR100_STD",
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "IMAGE_SUFFIXES",
+    "DirImageDataset",
+    "folder_memory_bytes",
+    "parse_folder_argument",
+    "resize_center_crop",
+]

@@ -33,8 +33,15 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def import_h5(path: str | Path, dataset: ImageDataset, url: str, *, dtype: str = "float16",
-              chunk_rows: int | None = None, overwrite: bool = False) -> ExtractSummary:
+def import_h5(
+    path: str | Path,
+    dataset: ImageDataset,
+    url: str,
+    *,
+    dtype: str = "float16",
+    chunk_rows: int | None = None,
+    overwrite: bool = False,
+) -> ExtractSummary:
     path = Path(path)
     check_dtype(dtype)
     if not path.is_file():
@@ -66,18 +73,42 @@ def import_h5(path: str | Path, dataset: ImageDataset, url: str, *, dtype: str =
         if v > 1 and "views" not in handle:
             raise InvalidInput(f"{path}: {v} views per sample but no 'views' parameters to replay them")
         rows = chunk_rows or default_chunk_rows(n, v, d, dtype)
-        meta = {"teacher": {"arch": "imported", "checkpoint_sha256": _sha256(path), "embedding_dim": d,
-                            "input_shape": list(dataset.image_shape), "source": str(path)},
-                "head": {"type": "linear", "num_classes": int(weight.shape[0]), "scale": None, "margin": None},
-                "dataset": {"spec": dataset.spec, "split": dataset.split, "num_samples": n,
-                            "fingerprint": dataset.fingerprint()},
-                "views": {"count": v, "kind": dataset.view_policy.kind, "params_names": list(PARAM_NAMES),
-                          "seed": None, "policy": dataset.view_policy.to_dict()}}
+        meta = {
+            "teacher": {
+                "arch": "imported",
+                "checkpoint_sha256": _sha256(path),
+                "embedding_dim": d,
+                "input_shape": list(dataset.image_shape),
+                "source": str(path),
+            },
+            "head": {"type": "linear", "num_classes": int(weight.shape[0]), "scale": None, "margin": None},
+            "dataset": {
+                "spec": dataset.spec,
+                "split": dataset.split,
+                "num_samples": n,
+                "fingerprint": dataset.fingerprint(),
+            },
+            "views": {
+                "count": v,
+                "kind": dataset.view_policy.kind,
+                "params_names": list(PARAM_NAMES),
+                "seed": None,
+                "policy": dataset.view_policy.to_dict(),
+            },
+        }
         with writer_lock(local_path(url)):
             if store_exists(url) and overwrite:
                 remove_store(url)
-            store = create_store(url, shape=StoreShape(n, v, d, len(PARAM_NAMES), int(weight.shape[0])), dtype=dtype,
-                                 chunk_rows=rows, labels=dataset.labels, head_weight=weight, head_bias=bias, meta=meta)
+            store = create_store(
+                url,
+                shape=StoreShape(n, v, d, len(PARAM_NAMES), int(weight.shape[0])),
+                dtype=dtype,
+                chunk_rows=rows,
+                labels=dataset.labels,
+                head_weight=weight,
+                head_bias=bias,
+                meta=meta,
+            )
             for chunk in range(store.num_chunks):
                 start, stop = store.chunk_bounds(chunk)
                 block = np.asarray(emb[start:stop], dtype=np.float32).reshape(stop - start, v, d)

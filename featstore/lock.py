@@ -57,8 +57,10 @@ def writer_lock(store_path: Path | None) -> Iterator[None]:
                 lock.unlink(missing_ok=True)
                 continue
             where = f"pid {pid} on {host}" if pid else "an unknown process"
-            raise StoreLocked(f"store {store_path} is being written by {where} (lock {lock}); "
-                              "wait for it, or delete the lock file if that process is gone") from None
+            raise StoreLocked(
+                f"store {store_path} is being written by {where} (lock {lock}); "
+                "wait for it, or delete the lock file if that process is gone"
+            ) from None
         with os.fdopen(fd, "w") as handle:
             json.dump(me, handle)
         break

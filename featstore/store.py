@@ -64,7 +64,7 @@ def default_chunk_rows(num_samples: int, num_views: int, dim: int, dtype: str) -
 def local_path(url: str) -> Path | None:
     """The local directory a store URL names, or None for remote/in-memory URLs."""
     if url.startswith("file://"):
-        return Path(url[len("file://"):])
+        return Path(url[len("file://") :])
     if "://" in url:
         return None
     return Path(url)
@@ -170,8 +170,9 @@ class FeatureStore(ChunkGeometry):
             self._row_arrays = {name: self._group[name] for name in names}
         return self._row_arrays
 
-    def read_chunks_raw(self, chunks: list[int]) -> list[tuple[np.ndarray, np.ndarray | None, np.ndarray, np.ndarray]
-                                                         | Exception]:
+    def read_chunks_raw(
+        self, chunks: list[int]
+    ) -> list[tuple[np.ndarray, np.ndarray | None, np.ndarray, np.ndarray] | Exception]:
         """For each chunk: (stored embeddings as on disk, int8 scales or None, labels, views), or the
         exception its read raised (a corrupt chunk must not hide its neighbours).
 
@@ -195,8 +196,14 @@ class FeatureStore(ChunkGeometry):
                 continue
             raw = dict(zip(names, result))
             scales = None if raw.get("scales") is None else np.asarray(raw["scales"], dtype=np.float32)
-            out.append((np.asarray(raw["embeddings"]), scales, np.asarray(raw["labels"], dtype=np.int64),
-                        np.asarray(raw["views"], dtype=np.float32)))
+            out.append(
+                (
+                    np.asarray(raw["embeddings"]),
+                    scales,
+                    np.asarray(raw["labels"], dtype=np.int64),
+                    np.asarray(raw["views"], dtype=np.float32),
+                )
+            )
         return out
 
     def read_chunk_raw(self, chunk: int) -> tuple[np.ndarray, np.ndarray | None, np.ndarray, np.ndarray]:
@@ -241,8 +248,10 @@ class FeatureStore(ChunkGeometry):
     # -- sizes ------------------------------------------------------------------------------------------
     def nbytes_stored(self) -> int:
         """Compressed bytes of all arrays (what the store costs on disk, metadata excluded)."""
-        return int(sum(arr.nbytes_stored() for _, arr in self._group.arrays()) + sum(
-            arr.nbytes_stored() for name in ("head", "progress") for _, arr in self._group[name].arrays()))
+        return int(
+            sum(arr.nbytes_stored() for _, arr in self._group.arrays())
+            + sum(arr.nbytes_stored() for name in ("head", "progress") for _, arr in self._group[name].arrays())
+        )
 
     def nbytes_embeddings(self) -> tuple[int, int]:
         """(raw float32 bytes, stored bytes) of the embeddings (and int8 scales): the compression story."""
@@ -256,8 +265,12 @@ class FeatureStore(ChunkGeometry):
         raw, stored = self.nbytes_embeddings()
         return {
             "url": self.url,
-            "shape": {"samples": self.shape.num_samples, "views": self.shape.num_views, "dim": self.shape.dim,
-                      "classes": self.shape.num_classes},
+            "shape": {
+                "samples": self.shape.num_samples,
+                "views": self.shape.num_views,
+                "dim": self.shape.dim,
+                "classes": self.shape.num_classes,
+            },
             "dtype": self.dtype,
             "chunk_rows": self.chunk_rows,
             "sharding": self.meta.get("sharding"),
@@ -265,8 +278,7 @@ class FeatureStore(ChunkGeometry):
             "complete": self.complete,
             "bytes_stored": self.nbytes_stored(),
             "compression_ratio_vs_float32": raw / stored if stored else None,
-            **{key: self.meta.get(key) for key in ("teacher", "head", "dataset", "views", "created",
-                                                   "fsd_version")},
+            **{key: self.meta.get(key) for key in ("teacher", "head", "dataset", "views", "created", "fsd_version")},
         }
 
 
@@ -315,8 +327,10 @@ def open_store(url: str | Path, *, require_complete: bool = True, writable: bool
     store = FeatureStore(url, _open_group(url, "r+" if writable else "r"))
     if require_complete and not store.complete:
         done, total = int(store.done_chunks().sum()), store.num_chunks
-        raise StoreError(f"store {url} is incomplete ({done}/{total} chunks written); "
-                         "re-run the same extract-teacher command to finish it")
+        raise StoreError(
+            f"store {url} is incomplete ({done}/{total} chunks written); "
+            "re-run the same extract-teacher command to finish it"
+        )
     return store
 
 
@@ -372,15 +386,27 @@ def create_store(
         return {"chunks": (chunk_rows, *rest), "shards": (unit_rows, *rest)}
 
     group = zarr.open_group(_zarr_store(url), mode="w-")
-    group.create_array("embeddings", shape=(n, v, d), **layout(v, d),
-                       dtype=codecs.STORAGE_DTYPE[dtype], compressors=_compressor(dtype), fill_value=0)
+    group.create_array(
+        "embeddings",
+        shape=(n, v, d),
+        **layout(v, d),
+        dtype=codecs.STORAGE_DTYPE[dtype],
+        compressors=_compressor(dtype),
+        fill_value=0,
+    )
     if dtype == "int8":
-        group.create_array("scales", shape=(n, v), **layout(v), dtype="float32",
-                           compressors=_compressor("float32"), fill_value=0)
-    group.create_array("labels", shape=(n,), **layout(), dtype="int64",
-                       compressors=_compressor("int64"), fill_value=-1)
-    group.create_array("views", shape=(n, v, shape.num_params), **layout(v, shape.num_params),
-                       dtype="float32", compressors=_compressor("float32"), fill_value=0)
+        group.create_array(
+            "scales", shape=(n, v), **layout(v), dtype="float32", compressors=_compressor("float32"), fill_value=0
+        )
+    group.create_array("labels", shape=(n,), **layout(), dtype="int64", compressors=_compressor("int64"), fill_value=-1)
+    group.create_array(
+        "views",
+        shape=(n, v, shape.num_params),
+        **layout(v, shape.num_params),
+        dtype="float32",
+        compressors=_compressor("float32"),
+        fill_value=0,
+    )
     num_units = math.ceil(n / unit_rows)
     group.create_array("progress/done", shape=(num_units,), chunks=(1,), dtype="bool", fill_value=False)
     group.create_array("head/weight", shape=head_weight.shape, dtype="float32", compressors=None)

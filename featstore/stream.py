@@ -16,8 +16,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from featstore.datasets import ImageDataset
 from featstore import codecs
+from featstore.datasets import ImageDataset
 from featstore.errors import InvalidInput, StoreError
 from featstore.store import ChunkGeometry, FeatureStore, StoreShape
 from featstore.views import PARAM_NAMES, sample_views
@@ -76,9 +76,20 @@ class StoreStream:
     view (epoch + sample) mod V so every view is used equally often.
     """
 
-    def __init__(self, store: FeatureStore | GeneratedViews, batch_size: int, *, seed: int = 0, view_sampling: str = "random",
-                 buffer_chunks: int = 4, rank: int = 0, world_size: int = 1, drop_last: bool = False,
-                 prefetch: bool = True, skip_bad_chunks: bool = False) -> None:
+    def __init__(
+        self,
+        store: FeatureStore | GeneratedViews,
+        batch_size: int,
+        *,
+        seed: int = 0,
+        view_sampling: str = "random",
+        buffer_chunks: int = 4,
+        rank: int = 0,
+        world_size: int = 1,
+        drop_last: bool = False,
+        prefetch: bool = True,
+        skip_bad_chunks: bool = False,
+    ) -> None:
         if batch_size <= 0:
             raise InvalidInput(f"batch-size must be positive, got {batch_size}")
         if view_sampling not in VIEW_SAMPLING:
@@ -102,7 +113,7 @@ class StoreStream:
     def _chunks(self) -> list[int]:
         rng = np.random.default_rng(np.random.SeedSequence([self.seed, self.epoch, 0]))
         order = rng.permutation(self.store.num_chunks)
-        return [int(c) for c in order[self.rank::self.world_size]]
+        return [int(c) for c in order[self.rank :: self.world_size]]
 
     def num_samples(self) -> int:
         return sum(self.store.chunk_bounds(c)[1] - self.store.chunk_bounds(c)[0] for c in self._chunks())
@@ -137,8 +148,10 @@ class StoreStream:
             stored, scales, labels, views = result
             problem = None if codecs.finite_rows(stored, self.store.dtype, scales) else "non-finite teacher embeddings"
         if problem is not None:
-            message = (f"chunk {chunk} of store {getattr(self.store, 'url', '')} is bad: {problem}; "
-                       "run `fsd store verify` and re-extract it")
+            message = (
+                f"chunk {chunk} of store {getattr(self.store, 'url', '')} is bad: {problem}; "
+                "run `fsd store verify` and re-extract it"
+            )
             if not self.skip_bad_chunks:
                 raise StoreError(message + " (or train with --skip-bad-chunks)")
             warnings.warn(message + "; skipped", RuntimeWarning, stacklevel=2)
@@ -153,14 +166,18 @@ class StoreStream:
         if not parts:  # every chunk of the group was skipped
             shape = self.store.shape
             stored_dtype = codecs.STORAGE_DTYPE.get(self.store.dtype, "float32")
-            return (np.zeros(0, np.int64), np.zeros((0, shape.num_views, shape.dim), stored_dtype),
-                    np.zeros((0, shape.num_views), np.float32), np.zeros(0, np.int64),
-                    np.zeros((0, shape.num_views, shape.num_params), np.float32))
+            return (
+                np.zeros(0, np.int64),
+                np.zeros((0, shape.num_views, shape.dim), stored_dtype),
+                np.zeros((0, shape.num_views), np.float32),
+                np.zeros(0, np.int64),
+                np.zeros((0, shape.num_views, shape.num_params), np.float32),
+            )
         return tuple(np.concatenate([p[i] for p in parts]) for i in range(5))
 
     def __iter__(self) -> Iterator[StreamBatch]:
         chunks = self._chunks()
-        groups = [chunks[i:i + self.buffer_chunks] for i in range(0, len(chunks), self.buffer_chunks)]
+        groups = [chunks[i : i + self.buffer_chunks] for i in range(0, len(chunks), self.buffer_chunks)]
         rng = np.random.default_rng(np.random.SeedSequence([self.seed, self.epoch, 1]))
         num_views = self.store.shape.num_views
         carry: tuple[np.ndarray, ...] | None = None
@@ -194,6 +211,10 @@ class StoreStream:
     @staticmethod
     def _batch(arrays: tuple[np.ndarray, ...], part: slice) -> StreamBatch:
         rows, view_ids, embeddings, labels, views = (a[part] for a in arrays)
-        return StreamBatch(indices=rows.astype(np.int64), view_ids=view_ids.astype(np.int64),
-                           embeddings=torch.from_numpy(np.ascontiguousarray(embeddings, dtype=np.float32)),
-                           labels=torch.from_numpy(labels.astype(np.int64)), view_params=views)
+        return StreamBatch(
+            indices=rows.astype(np.int64),
+            view_ids=view_ids.astype(np.int64),
+            embeddings=torch.from_numpy(np.ascontiguousarray(embeddings, dtype=np.float32)),
+            labels=torch.from_numpy(labels.astype(np.int64)),
+            view_params=views,
+        )

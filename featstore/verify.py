@@ -86,30 +86,43 @@ class LiveCheck:
         if self.view_mismatches:
             listed = ", ".join(f"(sample {s}, view {v})" for s, v in self.view_mismatches[:_LISTED])
             more = "…" if len(self.view_mismatches) > _LISTED else ""
-            out.append(f"view params mismatch: {len(self.view_mismatches)} of {self.requested} rows store view "
-                       f"parameters that differ from the ones the store's seed draws: {listed}{more}")
+            out.append(
+                f"view params mismatch: {len(self.view_mismatches)} of {self.requested} rows store view "
+                f"parameters that differ from the ones the store's seed draws: {listed}{more}"
+            )
         low = self.low_rows
         if low:
             listed = ", ".join(f"(sample {s}, view {v}) {c:.6f}" for s, v, c in low[:_LISTED])
             more = "…" if len(low) > _LISTED else ""
-            out.append(f"{len(low)} of {self.checked} rows below cosine {self.threshold} ({self.dtype}): "
-                       f"{listed}{more}")
+            out.append(
+                f"{len(low)} of {self.checked} rows below cosine {self.threshold} ({self.dtype}): {listed}{more}"
+            )
         if self.checked == 0 and not self.problems:
             out.append("no row could be compared")
         return out
 
     def line(self) -> str:
         verdict = "OK" if self.ok else "FAILED"
-        return (f"live check: {self.checked} rows, cosine min {self.min_cosine:.8f} mean {self.mean_cosine:.8f}, "
-                f"max |Δ| {self.max_abs_error:.3g} ({self.dtype}, pass ≥ {self.threshold}): {verdict}")
+        return (
+            f"live check: {self.checked} rows, cosine min {self.min_cosine:.8f} mean {self.mean_cosine:.8f}, "
+            f"max |Δ| {self.max_abs_error:.3g} ({self.dtype}, pass ≥ {self.threshold}): {verdict}"
+        )
 
     def lines(self) -> list[str]:
         return [self.line()] + [f"  live problem: {p}" for p in self.all_problems()]
 
     def to_dict(self) -> dict[str, Any]:
-        return {"dtype": self.dtype, "threshold": self.threshold, "requested": self.requested,
-                "checked": self.checked, "min_cosine": self.min_cosine, "mean_cosine": self.mean_cosine,
-                "max_abs_error": self.max_abs_error, "ok": self.ok, "problems": self.all_problems()}
+        return {
+            "dtype": self.dtype,
+            "threshold": self.threshold,
+            "requested": self.requested,
+            "checked": self.checked,
+            "min_cosine": self.min_cosine,
+            "mean_cosine": self.mean_cosine,
+            "max_abs_error": self.max_abs_error,
+            "ok": self.ok,
+            "problems": self.all_problems(),
+        }
 
 
 @dataclass
@@ -177,14 +190,20 @@ def verify_store(url: str) -> VerifyReport:
 
 # -- live check ------------------------------------------------------------------------------------------
 
+
 def _store_policy(store: FeatureStore, dataset: ImageDataset) -> ViewPolicy:
     """The view policy the store records (the dataset's own when an older store did not record it)."""
     recorded = store.meta.get("views", {}).get("policy")
     if not recorded:
         return dataset.view_policy
-    return ViewPolicy(kind=recorded["kind"], source_size=tuple(recorded["source_size"]), pad=int(recorded["pad"]),
-                      flip_p=float(recorded["flip_p"]), scale=tuple(recorded["scale"]),
-                      ratio=tuple(recorded["ratio"]))
+    return ViewPolicy(
+        kind=recorded["kind"],
+        source_size=tuple(recorded["source_size"]),
+        pad=int(recorded["pad"]),
+        flip_p=float(recorded["flip_p"]),
+        scale=tuple(recorded["scale"]),
+        ratio=tuple(recorded["ratio"]),
+    )
 
 
 def _renderable(params: np.ndarray, policy: ViewPolicy) -> np.ndarray:
@@ -195,8 +214,14 @@ def _renderable(params: np.ndarray, policy: ViewPolicy) -> np.ndarray:
     p = np.where(np.isfinite(params), params, -1.0)
     top, left, ch, cw, flip = (p[:, k] for k in range(len(PARAM_NAMES)))
     integral = (p == np.rint(p)).all(axis=1)
-    inside = ((top >= 0) & (left >= 0) & (ch >= 1) & (cw >= 1)
-              & (top + ch <= h + 2 * policy.pad) & (left + cw <= w + 2 * policy.pad))
+    inside = (
+        (top >= 0)
+        & (left >= 0)
+        & (ch >= 1)
+        & (cw >= 1)
+        & (top + ch <= h + 2 * policy.pad)
+        & (left + cw <= w + 2 * policy.pad)
+    )
     return finite & integral & inside & np.isin(flip, (0.0, 1.0))
 
 
@@ -213,50 +238,67 @@ def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 def _pick_rows(store: FeatureStore, sample: int, seed: int) -> np.ndarray:
     """K distinct (sample, view) pairs among the chunks flagged done, drawn from ``seed``; sorted."""
     done = store.done_chunks()
-    candidates = np.concatenate([np.arange(*store.chunk_bounds(k)) for k in np.flatnonzero(done)] or
-                                [np.empty(0, dtype=np.int64)]).astype(np.int64)
+    candidates = np.concatenate(
+        [np.arange(*store.chunk_bounds(k)) for k in np.flatnonzero(done)] or [np.empty(0, dtype=np.int64)]
+    ).astype(np.int64)
     total = len(candidates) * store.shape.num_views
     k = min(sample, total)
     flat = np.sort(np.random.default_rng(seed).choice(total, size=k, replace=False)) if k else np.empty(0, np.int64)
     return np.stack([candidates[flat // store.shape.num_views], flat % store.shape.num_views], axis=1)
 
 
-def _identity_problems(store: FeatureStore, teacher: TeacherSource, dataset: ImageDataset,
-                       policy: ViewPolicy) -> tuple[list[str], bool]:
+def _identity_problems(
+    store: FeatureStore, teacher: TeacherSource, dataset: ImageDataset, policy: ViewPolicy
+) -> tuple[list[str], bool]:
     """(problems, comparable): provenance mismatches, and whether rows can still be compared at all."""
     problems: list[str] = []
     comparable = True
     recorded_teacher = store.meta.get("teacher", {})
     want_sha = recorded_teacher.get("checkpoint_sha256")
     if teacher.checkpoint_sha256 != want_sha:
-        problems.append(f"teacher checkpoint sha256 {str(teacher.checkpoint_sha256)[:12]}… is not the store's "
-                        f"{str(want_sha)[:12]}… (the store was extracted from another checkpoint)")
+        problems.append(
+            f"teacher checkpoint sha256 {str(teacher.checkpoint_sha256)[:12]}… is not the store's "
+            f"{str(want_sha)[:12]}… (the store was extracted from another checkpoint)"
+        )
     if int(teacher.embedding_dim) != store.shape.dim:
         problems.append(f"teacher embeds to {teacher.embedding_dim} dims, the store holds {store.shape.dim}")
         comparable = False
     if teacher.input_shape is not None and list(teacher.input_shape) != list(dataset.image_shape):
-        problems.append(f"teacher expects input {list(teacher.input_shape)}, dataset {dataset.spec} gives "
-                        f"{list(dataset.image_shape)}")
+        problems.append(
+            f"teacher expects input {list(teacher.input_shape)}, dataset {dataset.spec} gives "
+            f"{list(dataset.image_shape)}"
+        )
         comparable = False
     head = store.head_weight()
     if head.shape != teacher.head_weight.shape or not np.array_equal(head, teacher.head_weight.astype(np.float32)):
         problems.append("the stored head/weight is not the teacher's classifier weights")
     recorded_data = store.meta.get("dataset", {})
     if recorded_data.get("fingerprint") != dataset.fingerprint() or len(dataset) != store.shape.num_samples:
-        problems.append(f"dataset {dataset.spec!r} split {dataset.split!r} (fingerprint {dataset.fingerprint()[:12]}…, "
-                        f"{len(dataset)} samples) is not the one the store was extracted from (fingerprint "
-                        f"{str(recorded_data.get('fingerprint'))[:12]}…, {store.shape.num_samples} samples); "
-                        "rows cannot be paired with samples")
+        problems.append(
+            f"dataset {dataset.spec!r} split {dataset.split!r} (fingerprint {dataset.fingerprint()[:12]}…, "
+            f"{len(dataset)} samples) is not the one the store was extracted from (fingerprint "
+            f"{str(recorded_data.get('fingerprint'))[:12]}…, {store.shape.num_samples} samples); "
+            "rows cannot be paired with samples"
+        )
         comparable = False
     if policy.to_dict() != dataset.view_policy.to_dict():
-        problems.append(f"the store's view policy {policy.to_dict()} is not the dataset's "
-                        f"{dataset.view_policy.to_dict()}")
+        problems.append(
+            f"the store's view policy {policy.to_dict()} is not the dataset's {dataset.view_policy.to_dict()}"
+        )
     return problems, comparable
 
 
 @torch.no_grad()
-def verify_live(store: FeatureStore | str, teacher: TeacherSource, dataset: ImageDataset, sample: int, seed: int,
-                *, batch_size: int = 256, device: torch.device | str = "cpu") -> LiveCheck:
+def verify_live(
+    store: FeatureStore | str,
+    teacher: TeacherSource,
+    dataset: ImageDataset,
+    sample: int,
+    seed: int,
+    *,
+    batch_size: int = 256,
+    device: torch.device | str = "cpu",
+) -> LiveCheck:
     """Recompute ``sample`` random (sample, view) rows of ``store`` with ``teacher`` and compare.
 
     Rows are drawn (by ``seed``) among the chunks flagged done; all of them when ``sample`` exceeds
@@ -291,8 +333,9 @@ def verify_live(store: FeatureStore | str, teacher: TeacherSource, dataset: Imag
         try:
             embeddings, _, views = store.read_chunk(int(chunk))
         except Exception as exc:  # noqa: BLE001 - reported, like verify_store does
-            check.problems.append(f"chunk {int(chunk)} unreadable ({type(exc).__name__}); "
-                                  f"{len(members)} picked rows skipped")
+            check.problems.append(
+                f"chunk {int(chunk)} unreadable ({type(exc).__name__}); {len(members)} picked rows skipped"
+            )
             continue
         local, view = picks[members, 0] - start, picks[members, 1]
         stored_rows.append(embeddings[local, view])
@@ -310,8 +353,10 @@ def verify_live(store: FeatureStore | str, teacher: TeacherSource, dataset: Imag
     check.view_mismatches = [(int(s), int(v)) for s, v in rows[mismatch]]
     renderable = _renderable(params, policy)
     if not renderable.all():
-        check.problems.append(f"{int((~renderable).sum())} picked rows have view parameters that describe no valid "
-                              "crop; they were not compared")
+        check.problems.append(
+            f"{int((~renderable).sum())} picked rows have view parameters that describe no valid "
+            "crop; they were not compared"
+        )
     rows, stored, params = rows[renderable], stored[renderable], params[renderable]
 
     device = torch.device(device)

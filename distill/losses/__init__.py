@@ -4,5 +4,15 @@ from distill.losses import ce, ce_th, cosine, crd, kd, kde, pkt, rkd, sp, th  # 
 from distill.losses.base import LOSSES, DistillInputs, DistillLoss, TrainingContext, kl_soft_targets
 from distill.losses.recipes import RECIPES, Criterion, build_criterion, parse_loss_spec, resolve_weights
 
-__all__ = ["LOSSES", "RECIPES", "Criterion", "DistillInputs", "DistillLoss", "TrainingContext", "build_criterion",
-           "kl_soft_targets", "parse_loss_spec", "resolve_weights"]
+__all__ = [
+    "LOSSES",
+    "RECIPES",
+    "Criterion",
+    "DistillInputs",
+    "DistillLoss",
+    "TrainingContext",
+    "build_criterion",
+    "kl_soft_targets",
+    "parse_loss_spec",
+    "resolve_weights",
+]

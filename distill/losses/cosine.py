@@ -19,6 +19,7 @@ class CosineEmbedding(DistillLoss):
     def compute(self, inputs: DistillInputs) -> torch.Tensor:
         z_s, z_t = inputs.student_embedding_t, inputs.teacher_embedding
         if z_s.shape != z_t.shape:
-            raise InvalidInput(f"cos needs equal embedding shapes, got student {tuple(z_s.shape)} and "
-                               f"teacher {tuple(z_t.shape)}")
+            raise InvalidInput(
+                f"cos needs equal embedding shapes, got student {tuple(z_s.shape)} and teacher {tuple(z_t.shape)}"
+            )
         return (1.0 - F.cosine_similarity(z_s, z_t, dim=1)).mean()

@@ -82,8 +82,9 @@ class ContrastiveRepresentationKD(DistillLoss):
             self.student_memory[idx] = F.normalize(updated, dim=1)
         return loss
 
-    def _info_nce(self, anchor: torch.Tensor, positive: torch.Tensor, negatives: torch.Tensor,
-                  own: torch.Tensor) -> torch.Tensor:
+    def _info_nce(
+        self, anchor: torch.Tensor, positive: torch.Tensor, negatives: torch.Tensor, own: torch.Tensor
+    ) -> torch.Tensor:
         pos = (anchor * positive).sum(dim=1, keepdim=True)
         neg = (anchor @ negatives.t()).masked_fill(own, float("-inf"))
         logits = torch.cat([pos, neg], dim=1) / self.tau

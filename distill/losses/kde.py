@@ -21,6 +21,7 @@ class NormalisedEmbeddingL2(DistillLoss):
     def compute(self, inputs: DistillInputs) -> torch.Tensor:
         z_s, z_t = inputs.student_embedding_t, inputs.teacher_embedding
         if z_s.shape != z_t.shape:
-            raise InvalidInput(f"kde needs equal embedding shapes, got student {tuple(z_s.shape)} and "
-                               f"teacher {tuple(z_t.shape)}")
+            raise InvalidInput(
+                f"kde needs equal embedding shapes, got student {tuple(z_s.shape)} and teacher {tuple(z_t.shape)}"
+            )
         return (F.normalize(z_s, dim=1) - F.normalize(z_t, dim=1)).pow(2).sum()

@@ -117,6 +117,7 @@ class Criterion(nn.Module):
         return CriterionOutput(total=total, terms=terms)
 
 
-def build_criterion(recipe: str, loss_spec: str | None = None, temperature: float = 4.0,
-                    th_alpha: float | None = None) -> Criterion:
+def build_criterion(
+    recipe: str, loss_spec: str | None = None, temperature: float = 4.0, th_alpha: float | None = None
+) -> Criterion:
     return Criterion(resolve_weights(recipe, loss_spec, th_alpha), temperature=temperature)

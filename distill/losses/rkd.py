@@ -54,5 +54,4 @@ class RelationalKD(DistillLoss):
 
     def compute(self, inputs: DistillInputs) -> torch.Tensor:
         z_s, z_t = inputs.student_embedding, inputs.teacher_embedding
-        return (self.distance_weight * distance_loss(z_s, z_t)
-                + self.angle_weight * angle_loss(z_s, z_t))
+        return self.distance_weight * distance_loss(z_s, z_t) + self.angle_weight * angle_loss(z_s, z_t)
