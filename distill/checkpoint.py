@@ -6,7 +6,6 @@ read it and a malicious file cannot run code), described by :class:`Checkpoint` 
 
 from __future__ import annotations
 
-import hashlib
 import pickle
 import zipfile
 from dataclasses import asdict, dataclass, field
@@ -17,7 +16,7 @@ import torch
 from torch import nn
 
 from distill.models import create_model
-from featstore.atomic import atomic_path
+from featstore.atomic import atomic_path, file_sha256
 from featstore.errors import CheckpointError, InputNotFound, OutputExists
 from featstore.store import fsd_version
 
@@ -98,14 +97,6 @@ def load_checkpoint(path: str | Path, *, kind: str | None = None) -> Checkpoint:
     if kind is not None and ckpt.kind != kind:
         raise CheckpointError(f"{path} is a {ckpt.kind} checkpoint, a {kind} checkpoint is needed")
     return ckpt
-
-
-def file_sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def load_teacher_source(path: str | Path):

@@ -23,7 +23,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from distill.checkpoint import file_sha256, load_teacher_source
+from distill.checkpoint import load_teacher_source
+from featstore.atomic import file_sha256
 from featstore.errors import CheckpointError, InputNotFound, InvalidInput
 
 _FUNCTION_SPEC = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from distill.checkpoint import Checkpoint, file_sha256, load_checkpoint, save_checkpoint
+from distill.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from distill.models import count_parameters, create_model
 from distill.training import (
     OptimConfig,
@@ -27,6 +27,7 @@ from distill.training import (
     seed_everything,
     select_device,
 )
+from featstore.atomic import file_sha256
 from featstore.datasets import load_dataset
 from featstore.errors import InvalidInput, OutputExists
 from featstore.views import render_views

@@ -1,6 +1,7 @@
-"""Atomic file output: write to a temporary name in the same directory, fsync, then rename.
+"""File helpers: atomic output (write to a temporary name in the same directory, fsync, then rename) and
+content hashes (the provenance stores and checkpoints record).
 
-Why: a checkpoint, report or export must never exist half-written. A reader sees either the old file or
+Why atomic: a checkpoint, report or export must never exist half-written. A reader sees either the old file or
 the complete new one, whatever moment a process is killed at (rename is atomic on POSIX within a file
 system, which is why the temporary file lives next to the target).
 """
@@ -8,6 +9,7 @@ system, which is why the temporary file lives next to the target).
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import tempfile
 from collections.abc import Iterator
@@ -60,3 +62,12 @@ def _fsync_dir(directory: Path) -> None:
             os.fsync(fd)
         finally:
             os.close(fd)
+
+
+def file_sha256(path: str | os.PathLike[str]) -> str:
+    """sha256 of a file's bytes, read in 1 MiB blocks (checkpoints and imported files can be large)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

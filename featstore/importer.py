@@ -9,13 +9,13 @@ store is the file itself (its sha256).
 
 from __future__ import annotations
 
-import hashlib
 import time
 from pathlib import Path
 
 import h5py
 import numpy as np
 
+from featstore.atomic import file_sha256
 from featstore.codecs import check_dtype
 from featstore.datasets import ImageDataset
 from featstore.errors import InputNotFound, InvalidInput
@@ -23,14 +23,6 @@ from featstore.extract import ExtractSummary, summarise
 from featstore.lock import writer_lock
 from featstore.store import StoreShape, create_store, default_chunk_rows, local_path, remove_store, store_exists
 from featstore.views import PARAM_NAMES, identity_params
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def import_h5(
@@ -76,7 +68,7 @@ def import_h5(
         meta = {
             "teacher": {
                 "arch": "imported",
-                "checkpoint_sha256": _sha256(path),
+                "checkpoint_sha256": file_sha256(path),
                 "embedding_dim": d,
                 "input_shape": list(dataset.image_shape),
                 "source": str(path),

@@ -76,6 +76,16 @@ class DistillLoss(nn.Module):
         raise NotImplementedError
 
 
+def matched_embeddings(inputs: DistillInputs, loss_name: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(P z_s, z_t) for losses that compare embeddings element by element; they must have equal shapes."""
+    z_s, z_t = inputs.student_embedding_t, inputs.teacher_embedding
+    if z_s.shape != z_t.shape:
+        raise InvalidInput(
+            f"{loss_name} needs equal embedding shapes, got student {tuple(z_s.shape)} and teacher {tuple(z_t.shape)}"
+        )
+    return z_s, z_t
+
+
 def kl_soft_targets(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
     """Hinton's KD term: KL(softmax(t/T) ‖ softmax(s/T)) summed over classes, × T², averaged over the batch.
 

@@ -10,8 +10,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from distill.losses.base import LOSSES, DistillInputs, DistillLoss
-from featstore.errors import InvalidInput
+from distill.losses.base import LOSSES, DistillInputs, DistillLoss, matched_embeddings
 
 
 @LOSSES.register("kde")
@@ -19,9 +18,5 @@ class NormalisedEmbeddingL2(DistillLoss):
     needs = ("student_embedding_t", "teacher_embedding")
 
     def compute(self, inputs: DistillInputs) -> torch.Tensor:
-        z_s, z_t = inputs.student_embedding_t, inputs.teacher_embedding
-        if z_s.shape != z_t.shape:
-            raise InvalidInput(
-                f"kde needs equal embedding shapes, got student {tuple(z_s.shape)} and teacher {tuple(z_t.shape)}"
-            )
+        z_s, z_t = matched_embeddings(inputs, "kde")
         return (F.normalize(z_s, dim=1) - F.normalize(z_t, dim=1)).pow(2).sum()
