@@ -130,7 +130,7 @@ def main() -> None:
             print(f"sh-kd    seed {seed}: {metrics}", flush=True)
     sh_teacher_acc = [acc for _, _, acc in sh]
 
-    rows = [f"| teacher (convnet_teacher, 1 run) | " + " | ".join(
+    rows = ["| teacher (convnet_teacher, 1 run) | " + " | ".join(
         f"{100 * _metrics(teacher_report)[m]:.2f}" for m, _ in METRICS) + " |"]
     for recipe in (*RECIPES, "sh-kd"):
         cells = [_summary([r[m] for r in results[recipe]]) for m, _ in METRICS]

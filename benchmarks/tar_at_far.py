@@ -33,6 +33,10 @@ from typing import Any
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from results_md import replace_section  # noqa: E402
+
 SECTION = "## Exact TAR@FAR at N = 20,000"
 
 
@@ -125,18 +129,6 @@ def markdown(results: dict[str, Any]) -> str:
     return "\n".join([SECTION, "", intro, "", *table, "", values, "", where, ""])
 
 
-def write_section(path: Path, section: str) -> None:
-    """Replace this benchmark's section of RESULTS.md (up to the next '## ' heading), or append it."""
-    text = path.read_text() if path.exists() else "# Benchmark results\n\n"
-    start = text.find(SECTION)
-    if start < 0:
-        text = text.rstrip("\n") + "\n\n" + section
-    else:
-        nxt = text.find("\n## ", start + len(SECTION))
-        text = text[:start] + section + ("" if nxt < 0 else text[nxt + 1:])
-    path.write_text(text)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=20000)
@@ -170,7 +162,7 @@ def main() -> None:
     print(section)
     if not args.no_write:
         args.json.write_text(json.dumps(results, indent=2) + "\n")
-        write_section(args.results, section)
+        replace_section(args.results, SECTION, section)
         print(f"wrote {args.json} and the section of {args.results}")
 
 

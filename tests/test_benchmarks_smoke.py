@@ -66,3 +66,53 @@ def test_results_md_keeps_other_sections(tmp_path: Path) -> None:
     assert content.startswith("# Benchmark results\n")
     assert "second" in content and "first" not in content
     assert content.count(module.START) == 1 and content.endswith(other)
+
+
+FLOOR_SCRIPT = SCRIPT.parent / "eval_floor.py"
+
+
+def test_eval_floor_runs_and_its_certified_rows_are_exact(tmp_path: Path) -> None:
+    """benchmarks/eval_floor.py at a small N: valid JSON, its section written, and on every row its
+    certificate accepts, the reranked top-k equals FAISS' exact top-k (the script checks that itself)."""
+    results_md = tmp_path / "RESULTS.md"
+    results_md.write_text("# Benchmark results\n\n## Exact TAR@FAR at N = 20,000\n\nkept as is\n")
+    done = subprocess.run([sys.executable, str(FLOOR_SCRIPT), "--n", "3000", "--classes", "100", "--block", "1024",
+                           "--results", str(results_md), "--json", str(tmp_path / "floor.json")],
+                          capture_output=True, text=True, timeout=600, check=False)
+    assert done.returncode == 0, done.stderr[-4000:]
+    result = json.loads((tmp_path / "floor.json").read_text())
+    assert result["params"]["k"] == 101 and result["params"]["k_prime"] == 202
+    assert 0.0 < result["certified_fraction"] <= 1.0
+    assert result["max_abs_difference_vs_faiss_on_certified_rows"] <= 1e-5
+    for key in ("pml", "fsd", "faiss_exact_search", "bf16_half_gemm", "select", "exact_rerank"):
+        assert math.isfinite(result["seconds"][key]) and result["seconds"][key] >= 0
+    content = results_md.read_text()
+    assert "kept as is" in content and "## Exact retrieval: the floor on this machine" in content
+
+
+def test_eval_floor_certificate_is_a_bound() -> None:
+    """The ε of eval_floor bounds |bf16 score − exact score| on real bf16 products, and the certificate
+    accepts a row only when its k-th approximate score clears the (k')-th by more than the error allows."""
+    import importlib.util
+
+    import numpy as np
+    import torch
+
+    spec = importlib.util.spec_from_file_location("fsd_benchmarks_eval_floor", FLOOR_SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((300, 64)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    xb = torch.from_numpy(x).bfloat16()
+    eps = module.score_error_bound(x, xb.float().numpy())
+    approx_before_output_rounding = (xb.float() @ xb.float().T).numpy().astype(np.float64)
+    exact = x.astype(np.float64) @ x.astype(np.float64).T
+    assert np.abs(approx_before_output_rounding - exact).max() <= eps
+    assert 1e-4 < eps < 2e-2  # 8 significant bits on unit vectors: a few 2⁻⁹
+    u = module.BF16_UNIT_ROUNDOFF
+    vals = np.array([[0.9, 0.5, 0.3], [0.9, 0.5, 0.5 - 1e-3]], dtype=np.float32)  # k = 2, k' = 3
+    assert module.certified(vals, 2, eps=0.01).tolist() == [True, False]
+    edge = 0.5 / (1 + u) - 0.3 / (1 - u)  # the gap the output rounding alone eats; ε must fit in the rest
+    assert module.certified(vals[:1], 2, eps=edge / 2 * 0.999).tolist() == [True]
+    assert module.certified(vals[:1], 2, eps=edge / 2 * 1.001).tolist() == [False]
