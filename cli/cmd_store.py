@@ -18,7 +18,7 @@ from featstore.verify import DEFAULT_LIVE_SAMPLE, verify_live, verify_store
 
 @click.group("store")
 def command() -> None:
-    """Inspect feature stores."""
+    """Inspect, verify, export and import feature stores."""
 
 
 @command.command("info")

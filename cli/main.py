@@ -7,15 +7,55 @@ else is a bug and exits 1 with its traceback.
 
 from __future__ import annotations
 
+import importlib
 import sys
 
 import click
 
 from featstore.errors import FsdError
 
+COMMAND_MODULES: dict[str, str] = {
+    "train-teacher": "cli.cmd_train_teacher",
+    "extract-teacher": "cli.cmd_extract",
+    "train-student": "cli.cmd_train_student",
+    "eval": "cli.cmd_eval",
+    "compare": "cli.cmd_compare",
+    "store": "cli.cmd_store",
+    "demo": "cli.cmd_demo",
+}
+"""Command name → the module whose ``command`` implements it, in the order ``fsd --help`` lists them.
+
+Why lazy: the command modules import torch, zarr and faiss (about 2 s); ``fsd --help``, ``fsd --version`` and
+``fsd COMMAND --help`` import at most one of them.
+"""
+
+COMMAND_SUMMARIES: dict[str, str] = {
+    "train-teacher": "Train a teacher (CE or a margin head) on a dataset split.",
+    "extract-teacher": "Run the teacher once; write its embeddings to a store.",
+    "train-student": "Distil a student from a store (or an online teacher).",
+    "eval": "Classification, retrieval, verification, cross-model.",
+    "compare": "Eval reports side by side, with deltas.",
+    "store": "Inspect, verify, export and import feature stores.",
+    "demo": "The whole pipeline on digits, in one work folder.",
+}
+"""One line per command for ``fsd --help`` (listing them must not import them)."""
+
 
 class FsdGroup(click.Group):
-    """A click group that turns FsdError into the one-line error contract."""
+    """The ``fsd`` group: commands imported on first use, and FsdError turned into the one-line error contract."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return list(COMMAND_MODULES)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        module = COMMAND_MODULES.get(cmd_name)
+        if module is None:
+            return None
+        return importlib.import_module(module).command
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        with formatter.section("Commands"):
+            formatter.write_dl([(name, COMMAND_SUMMARIES[name]) for name in COMMAND_MODULES])
 
     def invoke(self, ctx: click.Context):
         try:
@@ -38,16 +78,6 @@ def cli() -> None:
       fsd train-student   --store store.zarr --dataset digits --out student.pt --recipe th-kd
       fsd eval --faiss    --model student.pt --dataset digits --split test --out report.json
     """
-
-
-def _register() -> None:
-    from cli import cmd_compare, cmd_demo, cmd_eval, cmd_extract, cmd_store, cmd_train_student, cmd_train_teacher
-
-    for module in (cmd_train_teacher, cmd_extract, cmd_train_student, cmd_eval, cmd_compare, cmd_store, cmd_demo):
-        cli.add_command(module.command)
-
-
-_register()
 
 
 def main() -> None:
