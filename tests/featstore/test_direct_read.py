@@ -1,0 +1,97 @@
+"""The direct chunk-file read path of FeatureStore.read_chunks_raw gives exactly what zarr's own read gives.
+
+Local stores in fsd's plain layout bypass zarr's read pipeline (featstore.store._ChunkFiles); these tests
+hold the two paths to the same arrays for every dtype, an edge chunk, chunks without files (zarr's fill
+values), corrupt files, and show that sharded and in-memory stores keep using zarr.
+"""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from featstore import codecs
+from featstore.store import StoreShape, create_store, open_store
+
+from .test_store import META, C, D, N, P, V, data, fill, new_store
+
+
+def both_paths(store, chunks):
+    direct = store.read_chunks_raw(chunks)
+    through_zarr = store._read_chunks_zarr(store._arrays(), chunks)
+    return direct, through_zarr
+
+
+def assert_same(a, b) -> None:
+    assert len(a) == len(b)
+    for x, y in zip(a, b):
+        if x is None or y is None:
+            assert x is None and y is None
+            continue
+        assert x.dtype == y.dtype and x.shape == y.shape
+        assert np.array_equal(x.view(np.uint8), y.view(np.uint8))  # bit for bit (NaN-safe)
+
+
+@pytest.mark.parametrize("dtype", codecs.DTYPES)
+def test_direct_read_equals_zarr_for_every_dtype(tmp_path: Path, dtype: str) -> None:
+    d = data()
+    store = new_store(str(tmp_path / "s.zarr"), d, dtype=dtype)
+    fill(store, d)
+    store.mark_complete()
+    store = open_store(str(tmp_path / "s.zarr"))
+    assert store._direct_readers() is not None  # the plain local layout qualifies
+    chunks = list(range(store.num_chunks))
+    direct, through_zarr = both_paths(store, chunks)
+    for chunk, x, y in zip(chunks, direct, through_zarr):
+        start, stop = store.chunk_bounds(chunk)
+        assert len(x[0]) == stop - start  # the short edge chunk is cut to its rows
+        assert_same(x, y)
+    embeddings = np.concatenate([store.decode(x[0], x[1]) for x in direct])
+    assert np.array_equal(embeddings, np.concatenate([store.read_chunk(c)[0] for c in chunks]))
+    assert embeddings.shape[0] == N
+
+
+def test_chunk_without_files_reads_as_zarr_fill_values(tmp_path: Path) -> None:
+    """zarr does not write all-fill-value chunks (and an unwritten chunk has no file): those go through zarr."""
+    d = data()
+    d["embeddings"][:5] = 0.0  # chunk 0 all zeros = the fill value: zarr writes no embeddings file for it
+    store = new_store(str(tmp_path / "s.zarr"), d)
+    fill(store, d, chunks=[0, 1, 3])  # chunks 2 and 4 never written
+    root = tmp_path / "s.zarr" / "embeddings" / "c"
+    assert not (root / "0").exists() and not (root / "2").exists()
+    direct, through_zarr = both_paths(store, [0, 1, 2, 3, 4])
+    for x, y in zip(direct, through_zarr):
+        assert_same(x, y)
+    assert not direct[0][0].any() and not direct[2][0].any()
+
+
+@pytest.mark.parametrize("damage", ["garbage", "truncated"])
+def test_corrupt_chunk_file_is_reported_for_that_chunk_only(tmp_path: Path, damage: str) -> None:
+    d = data()
+    store = new_store(str(tmp_path / "s.zarr"), d)
+    fill(store, d)
+    path = tmp_path / "s.zarr" / "embeddings" / "c" / "2" / "0" / "0"
+    raw = path.read_bytes()
+    path.write_bytes(b"\x00" * len(raw) if damage == "garbage" else raw[: len(raw) // 2])
+    results = store.read_chunks_raw([1, 2, 3])
+    assert isinstance(results[1], Exception)
+    assert not isinstance(results[0], Exception) and not isinstance(results[2], Exception)
+
+
+def test_sharded_and_memory_stores_read_through_zarr(tmp_path: Path) -> None:
+    d = data()
+    sharded = create_store(str(tmp_path / "sharded.zarr"), shape=StoreShape(N, V, D, P, C), dtype="float16",
+                          chunk_rows=2, labels=d["labels"], head_weight=d["weight"], head_bias=None, meta=META,
+                          shard=4)
+    fill(sharded, d)
+    assert sharded._direct_readers() is None
+    in_memory = new_store(f"memory://{uuid.uuid4().hex}", d)
+    fill(in_memory, d)
+    assert in_memory._direct_readers() is None
+    for store in (sharded, in_memory):
+        direct, through_zarr = both_paths(store, list(range(store.num_chunks)))
+        for x, y in zip(direct, through_zarr):
+            assert_same(x, y)
