@@ -56,8 +56,11 @@ def encode(rows: np.ndarray, dtype: str) -> tuple[np.ndarray, np.ndarray | None]
 
 def decode(stored: np.ndarray, dtype: str, scales: np.ndarray | None = None) -> np.ndarray:
     """Stored array → float32 rows; the inverse of :func:`encode` up to the dtype's rounding."""
-    if dtype in ("float32", "float16"):
+    if dtype == "float32":
         return np.asarray(stored, dtype=np.float32)
+    if dtype == "float16":
+        # exact either way; torch's vectorised half → float cast is ~7× faster than numpy's on this path
+        return torch.from_numpy(np.ascontiguousarray(stored)).to(torch.float32).numpy()
     if dtype == "bfloat16":
         bits = torch.from_numpy(np.ascontiguousarray(stored).view(np.int16))
         return bits.view(torch.bfloat16).to(torch.float32).numpy()
