@@ -58,7 +58,7 @@ def command(
     overwrite,
     quiet,
 ):
-    """Train a teacher network (CE) on a dataset split.
+    """Train a teacher (CE, or a margin head: --head arcface|cosface) on a dataset split.
 
     \b
     Example: fsd train-teacher --dataset digits --out teacher.pt --epochs 30

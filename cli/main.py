@@ -11,6 +11,7 @@ import importlib
 import sys
 
 import click
+from click.shell_completion import CompletionItem
 
 from featstore.errors import FsdError
 
@@ -38,7 +39,8 @@ COMMAND_SUMMARIES: dict[str, str] = {
     "store": "Inspect, verify, export and import feature stores.",
     "demo": "The whole pipeline on digits, in one work folder.",
 }
-"""One line per command for ``fsd --help`` (listing them must not import them)."""
+"""One line per command for ``fsd --help`` and shell completion (listing them must not import them); also set
+as each command's ``short_help`` when it is loaded, so every place shows the same line."""
 
 
 class FsdGroup(click.Group):
@@ -51,7 +53,15 @@ class FsdGroup(click.Group):
         module = COMMAND_MODULES.get(cmd_name)
         if module is None:
             return None
-        return importlib.import_module(module).command
+        command = importlib.import_module(module).command
+        command.short_help = COMMAND_SUMMARIES[cmd_name]  # one summary, wherever it is shown
+        return command
+
+    def shell_complete(self, ctx: click.Context, incomplete: str) -> list[CompletionItem]:
+        """Command names from the table (completing ``fsd <TAB>`` must not import every command), then the
+        group's own options."""
+        names = [CompletionItem(n, help=COMMAND_SUMMARIES[n]) for n in COMMAND_MODULES if n.startswith(incomplete)]
+        return names + click.Command.shell_complete(self, ctx, incomplete)
 
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         with formatter.section("Commands"):

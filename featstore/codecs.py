@@ -59,8 +59,12 @@ def decode(stored: np.ndarray, dtype: str, scales: np.ndarray | None = None) -> 
     if dtype == "float32":
         return np.asarray(stored, dtype=np.float32)
     if dtype == "float16":
-        # exact either way; torch's vectorised half → float cast is ~7× faster than numpy's on this path
-        return torch.from_numpy(np.ascontiguousarray(stored)).to(torch.float32).numpy()
+        # torch's vectorised half → float cast is ~7× faster than numpy's and gives the same value for every
+        # non-NaN half (NaN is never stored: encode refuses it). Native, writable, shape-preserving input:
+        halves = np.ascontiguousarray(stored, dtype=np.float16)
+        if not halves.flags.writeable:
+            halves = halves.copy()
+        return torch.from_numpy(halves).to(torch.float32).numpy().reshape(np.shape(stored))
     if dtype == "bfloat16":
         bits = torch.from_numpy(np.ascontiguousarray(stored).view(np.int16))
         return bits.view(torch.bfloat16).to(torch.float32).numpy()

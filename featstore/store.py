@@ -34,7 +34,9 @@ FORMAT_VERSION = 1
 TARGET_CHUNK_BYTES = 4 * 1024 * 1024  # uncompressed embedding bytes per chunk: "a few MB"
 MIN_CHUNKS_FOR_SHUFFLE = 16  # small stores still get enough chunks for chunk-shuffled streaming
 MAX_UNSHARDED_CHUNKS = 4096  # beyond this many chunks per array, chunks are grouped into shards
-DECODE_THREADS = max(1, min(4, os.cpu_count() or 1))
+DECODE_THREADS = max(
+    1, min(4, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+)
 """Threads decompressing chunk files of one read (Blosc releases the GIL; zarr turns Blosc's own threads off)."""
 TARGET_SHARDS = 1024  # ... so that each array has at most about this many files
 
@@ -77,10 +79,14 @@ def local_path(url: str) -> Path | None:
 
 
 def _zarr_store(url: str) -> Any:
-    """What zarr should open: a LocalStore for local paths (atomic chunk writes), the URL otherwise."""
+    """What zarr should open: a LocalStore for local paths (atomic chunk writes), the URL otherwise.
+
+    The path is made absolute here: zarr keeps it as given and reads a missing chunk as fill values, so a
+    relative store opened before a change of working directory would otherwise read as zeros without error.
+    """
     local = local_path(url)
     if local is not None:
-        return zarr.storage.LocalStore(local)
+        return zarr.storage.LocalStore(local.absolute())
     return url
 
 
@@ -132,7 +138,7 @@ class _ChunkFiles:
         key = self._array.metadata.encode_chunk_key((chunk,) + (0,) * (len(self._chunk_shape) - 1))
         try:
             data = (self._root / key).read_bytes()
-        except FileNotFoundError:
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):  # zarr's LocalStore: "no chunk"
             return None
         out = np.empty(self._chunk_shape, dtype=self._dtype)
         # Blosc's frame header (16 bytes: ..., nbytes, blocksize, cbytes as little-endian uint32) must match
@@ -251,9 +257,16 @@ class FeatureStore(ChunkGeometry):
         direct = self._direct_readers()
         if direct is None:
             return self._read_chunks_zarr(arrays, chunks)
-        with ThreadPoolExecutor(max_workers=DECODE_THREADS) as pool:
-            results = list(pool.map(lambda chunk: self._read_direct(direct, chunk), chunks))
-        return [r if r is not None else self._read_chunks_zarr(arrays, [c])[0] for c, r in zip(chunks, results)]
+        if len(chunks) == 1 or DECODE_THREADS == 1:
+            results = [self._read_direct(direct, chunk) for chunk in chunks]
+        else:
+            with ThreadPoolExecutor(max_workers=min(DECODE_THREADS, len(chunks))) as pool:
+                results = list(pool.map(lambda chunk: self._read_direct(direct, chunk), chunks))
+        missing = [c for c, r in zip(chunks, results) if r is None]
+        if missing:  # chunks without files: one zarr call for all of them
+            from_zarr = iter(self._read_chunks_zarr(arrays, missing))
+            results = [r if r is not None else next(from_zarr) for r in results]
+        return results
 
     def _direct_readers(self) -> dict[str, _ChunkFiles] | None:
         """One :class:`_ChunkFiles` per row array when every one of them qualifies, else None."""

@@ -46,3 +46,20 @@ def test_help_and_version_import_no_heavy_module() -> None:
 def test_unknown_command_is_a_usage_error() -> None:
     result = CliRunner().invoke(cli, ["no-such-command"])
     assert result.exit_code == 2 and "No such command" in result.output
+
+
+def test_loaded_commands_show_the_same_summary_as_the_listing() -> None:
+    ctx = click.Context(cli)
+    for name, summary in COMMAND_SUMMARIES.items():
+        assert cli.get_command(ctx, name).get_short_help_str(limit=200) == summary
+
+
+def test_completing_command_names_imports_no_command() -> None:
+    code = (
+        "import sys, click\n"
+        "from cli.main import cli\n"
+        "items = cli.shell_complete(click.Context(cli), 'tr')\n"
+        "print([i.value for i in items], 'torch' in sys.modules, 'cli.cmd_eval' in sys.modules)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "['train-teacher', 'train-student'] False False"

@@ -3,6 +3,8 @@ bit-compatibility with torch, and rejection of unknown dtypes."""
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -125,3 +127,23 @@ def test_unknown_dtype_is_invalid_input() -> None:
         codecs.encode(x, "float8")
     with pytest.raises(InvalidInput):
         codecs.decode(x, "float64")
+
+
+def test_float16_decode_takes_any_layout_and_equals_numpy() -> None:
+    """The torch-based float16 decode matches numpy's cast on every non-NaN bit pattern, whatever the
+    input's byte order, writeability or shape."""
+    bits = np.arange(2**16, dtype=np.uint32).astype(np.uint16)
+    halves = bits.view(np.float16)
+    halves = halves[~np.isnan(halves)]
+    want = halves.astype(np.float32)
+    assert np.array_equal(codecs.decode(halves, "float16"), want)
+    assert np.array_equal(codecs.decode(halves.astype(">f2"), "float16"), want)
+    read_only = halves.copy()
+    read_only.flags.writeable = False
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "non-writable array" warning from torch
+        assert np.array_equal(codecs.decode(read_only, "float16"), want)
+    scalar = np.float16(1.5).reshape(())
+    assert codecs.decode(scalar, "float16").shape == () and float(codecs.decode(scalar, "float16")) == 1.5
+    grid = halves[:24].reshape(2, 3, 4)[:, ::2]  # non-contiguous
+    assert np.array_equal(codecs.decode(grid, "float16"), grid.astype(np.float32))

@@ -95,3 +95,34 @@ def test_sharded_and_memory_stores_read_through_zarr(tmp_path: Path) -> None:
         direct, through_zarr = both_paths(store, list(range(store.num_chunks)))
         for x, y in zip(direct, through_zarr):
             assert_same(x, y)
+
+
+def test_chunk_path_blocked_by_a_file_reads_as_zarr_does(tmp_path: Path) -> None:
+    """zarr's LocalStore treats NotADirectoryError like a missing chunk; the direct path falls back the same."""
+    d = data()
+    store = new_store(str(tmp_path / "s.zarr"), d)
+    fill(store, d, chunks=[0, 1, 3])
+    (tmp_path / "s.zarr" / "embeddings" / "c" / "2").write_bytes(b"not a directory")
+    direct, through_zarr = both_paths(store, [1, 2, 3])
+    for x, y in zip(direct, through_zarr):
+        assert_same(x, y)
+
+
+def test_relative_store_path_survives_a_change_of_directory(tmp_path: Path, monkeypatch) -> None:
+    """A store opened by a relative path keeps reading its own files after os.chdir (it used to read zeros)."""
+    d = data()
+    monkeypatch.chdir(tmp_path)
+    store = new_store("rel.zarr", d)
+    fill(store, d)
+    store.mark_complete()
+    store = open_store("rel.zarr")
+    expected = [store.read_chunk(c) for c in range(store.num_chunks)]
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    for c, (emb, labels, views) in enumerate(expected):
+        got = store.read_chunk(c)
+        assert np.array_equal(got[0], emb) and np.array_equal(got[1], labels) and np.array_equal(got[2], views)
+        parts = store.read_chunks_raw([c])[0]
+        assert np.array_equal(store.decode(parts[0], parts[1]), emb)
+    assert (expected[0][1] >= -1).all() and emb.any()
