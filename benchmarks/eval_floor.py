@@ -31,7 +31,6 @@ Example: python benchmarks/eval_floor.py                 # N = 40,000 × 512 (ab
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys
@@ -45,7 +44,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 
-from results_md import replace_section  # noqa: E402
+from results_md import publish  # noqa: E402
 from run import clustered_embeddings  # noqa: E402
 
 SECTION = "## Exact retrieval: the floor on this machine"
@@ -269,12 +268,7 @@ def main() -> None:
     parser.add_argument("--no-write", action="store_true", help="Print only; write neither file.")
     args = parser.parse_args()
     result = measure(args)
-    section = markdown(result)
-    print(section)
-    if not args.no_write:
-        args.json.write_text(json.dumps(result, indent=2) + "\n")
-        replace_section(args.results, SECTION, section)
-        print(f"wrote {args.json} and the section of {args.results}")
+    publish(markdown(result), SECTION, result, args.json, args.results, write=not args.no_write)
 
 
 if __name__ == "__main__":

@@ -18,3 +18,15 @@ def replace_section(path: Path, heading: str, section: str) -> None:
         nxt = text.find("\n## ", start + len(heading))
         text = text[:start] + section + ("" if nxt < 0 else text[nxt + 1 :])
     path.write_text(text)
+
+
+def publish(section: str, heading: str, results: dict, json_path: Path, results_md: Path, write: bool) -> None:
+    """Print a benchmark's section and, unless told not to, write its JSON and its part of RESULTS.md — so the
+    file holds exactly what the script printed."""
+    import json
+
+    print(section)
+    if write:
+        json_path.write_text(json.dumps(results, indent=2) + "\n")
+        replace_section(results_md, heading, section)
+        print(f"wrote {json_path} and the section of {results_md}")

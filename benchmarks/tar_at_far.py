@@ -35,7 +35,7 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from results_md import replace_section  # noqa: E402
+from results_md import publish  # noqa: E402
 
 SECTION = "## Exact TAR@FAR at N = 20,000"
 
@@ -158,12 +158,7 @@ def main() -> None:
     if not same:
         raise SystemExit("the two reports differ:\n" + json.dumps({k: results[k]["report"] for k in
                                                                    ("streaming", "materialising")}, indent=2))
-    section = markdown(results)
-    print(section)
-    if not args.no_write:
-        args.json.write_text(json.dumps(results, indent=2) + "\n")
-        replace_section(args.results, SECTION, section)
-        print(f"wrote {args.json} and the section of {args.results}")
+    publish(markdown(results), SECTION, results, args.json, args.results, write=not args.no_write)
 
 
 if __name__ == "__main__":
