@@ -34,6 +34,8 @@ FORMAT_VERSION = 1
 TARGET_CHUNK_BYTES = 4 * 1024 * 1024  # uncompressed embedding bytes per chunk: "a few MB"
 MIN_CHUNKS_FOR_SHUFFLE = 16  # small stores still get enough chunks for chunk-shuffled streaming
 MAX_UNSHARDED_CHUNKS = 4096  # beyond this many chunks per array, chunks are grouped into shards
+WRITTEN_PER_CHUNK = ("embeddings", "views", "scales")
+"""Arrays :meth:`FeatureStore.write_chunk` writes a file for in every chunk (labels are written at creation)."""
 DECODE_THREADS = max(
     1, min(4, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
 )
@@ -132,10 +134,16 @@ class _ChunkFiles:
         )
         return cls(array, Path(store.root) / array.store_path.path) if plain else None
 
+    def _key(self, chunk: int) -> str:
+        return self._array.metadata.encode_chunk_key((chunk,) + (0,) * (len(self._chunk_shape) - 1))
+
+    def exists(self, chunk: int) -> bool:
+        return (self._root / self._key(chunk)).is_file()
+
     def read(self, chunk: int, rows: int) -> np.ndarray | None:
         """The first ``rows`` rows of chunk ``chunk`` (edge chunks are stored full size), or None when the
         chunk has no file. A corrupt or truncated file raises."""
-        key = self._array.metadata.encode_chunk_key((chunk,) + (0,) * (len(self._chunk_shape) - 1))
+        key = self._key(chunk)
         try:
             data = (self._root / key).read_bytes()
         except (FileNotFoundError, IsADirectoryError, NotADirectoryError):  # zarr's LocalStore: "no chunk"
@@ -222,10 +230,13 @@ class FeatureStore(ChunkGeometry):
         if embeddings.shape != expected:
             raise StoreError(f"chunk {chunk}: embeddings {embeddings.shape}, expected {expected}")
         stored, scales = codecs.encode(embeddings, self.dtype)
-        self._group["embeddings"][start:stop] = stored
+        # Every written chunk gets its files, even when all fill value (zarr would skip those): a done chunk
+        # without a file is then damage, which readers report instead of serving fill values.
+        always = {"write_empty_chunks": True}
+        self._group["embeddings"].with_config(always)[start:stop] = stored
         if scales is not None:
-            self._group["scales"][start:stop] = scales
-        self._group["views"][start:stop] = views.astype(np.float32)
+            self._group["scales"].with_config(always)[start:stop] = scales
+        self._group["views"].with_config(always)[start:stop] = views.astype(np.float32)
         self._group["progress/done"][chunk] = True
 
     def mark_complete(self) -> None:
@@ -283,11 +294,27 @@ class FeatureStore(ChunkGeometry):
             for name, reader in readers.items():
                 part = reader.read(chunk, stop - start)
                 if part is None:
-                    return None
+                    if name in WRITTEN_PER_CHUNK:
+                        return StoreError(self._missing_message(chunk, [name]))
+                    return None  # labels: all -1 (unknown) is a legitimate fill-value chunk
                 raw[name] = part
         except Exception as exc:  # reported per chunk, as zarr's own read failures are
             return exc
         return self._raw_parts(raw)
+
+    def missing_chunk_files(self, chunk: int) -> list[str]:
+        """Arrays whose file for ``chunk`` is absent although :meth:`write_chunk` always writes one (local stores
+        in the plain layout; elsewhere zarr cannot tell a missing chunk from a fill-value one: [])."""
+        readers = self._direct_readers()
+        if readers is None:
+            return []
+        return [name for name in WRITTEN_PER_CHUNK if name in readers and not readers[name].exists(chunk)]
+
+    def _missing_message(self, chunk: int, names: list[str]) -> str:
+        return (
+            f"chunk {chunk} of store {self.url}: its {', '.join(names)} chunk file is missing (zarr would read "
+            "fill values); the store is incomplete or was damaged"
+        )
 
     @staticmethod
     def _raw_parts(raw: dict[str, Any]) -> tuple[np.ndarray, np.ndarray | None, np.ndarray, np.ndarray]:
@@ -334,6 +361,10 @@ class FeatureStore(ChunkGeometry):
         return self.decode(stored, scales), labels, views
 
     def read_chunk(self, chunk: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(embeddings float32 (n, V, D), labels, views) of one chunk; StoreError if its files are missing."""
+        missing = self.missing_chunk_files(chunk)
+        if missing:
+            raise StoreError(self._missing_message(chunk, missing))
         return self.read_rows(*self.chunk_bounds(chunk))
 
     def read_scales(self, chunk: int) -> np.ndarray | None:

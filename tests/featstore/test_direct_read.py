@@ -1,12 +1,14 @@
 """The direct chunk-file read path of FeatureStore.read_chunks_raw gives exactly what zarr's own read gives.
 
 Local stores in fsd's plain layout bypass zarr's read pipeline (featstore.store._ChunkFiles); these tests
-hold the two paths to the same arrays for every dtype, an edge chunk, chunks without files (zarr's fill
-values), corrupt files, and show that sharded and in-memory stores keep using zarr.
+hold the two paths to the same arrays for every dtype and an edge chunk, check corrupt files, show that a
+chunk whose file is missing is an error (zarr alone would read fill values), and that sharded and in-memory
+stores keep using zarr.
 """
 
 from __future__ import annotations
 
+import shutil
 import uuid
 from pathlib import Path
 
@@ -14,7 +16,10 @@ import numpy as np
 import pytest
 
 from featstore import codecs
+from featstore.errors import StoreError
 from featstore.store import StoreShape, create_store, open_store
+from featstore.stream import StoreStream
+from featstore.verify import verify_store
 
 from .test_store import META, C, D, N, P, V, data, fill, new_store
 
@@ -54,18 +59,39 @@ def test_direct_read_equals_zarr_for_every_dtype(tmp_path: Path, dtype: str) -> 
     assert embeddings.shape[0] == N
 
 
-def test_chunk_without_files_reads_as_zarr_fill_values(tmp_path: Path) -> None:
-    """zarr does not write all-fill-value chunks (and an unwritten chunk has no file): those go through zarr."""
+def test_all_fill_value_chunk_is_written_and_reads_back(tmp_path: Path) -> None:
+    """write_chunk writes a file even for an all-zero (fill value) chunk, which zarr would skip."""
     d = data()
-    d["embeddings"][:5] = 0.0  # chunk 0 all zeros = the fill value: zarr writes no embeddings file for it
+    d["embeddings"][:5] = 0.0
     store = new_store(str(tmp_path / "s.zarr"), d)
-    fill(store, d, chunks=[0, 1, 3])  # chunks 2 and 4 never written
-    root = tmp_path / "s.zarr" / "embeddings" / "c"
-    assert not (root / "0").exists() and not (root / "2").exists()
-    direct, through_zarr = both_paths(store, [0, 1, 2, 3, 4])
+    fill(store, d)
+    assert (tmp_path / "s.zarr" / "embeddings" / "c" / "0" / "0" / "0").is_file()
+    assert store.missing_chunk_files(0) == []
+    direct, through_zarr = both_paths(store, [0, 1])
     for x, y in zip(direct, through_zarr):
         assert_same(x, y)
-    assert not direct[0][0].any() and not direct[2][0].any()
+    assert not direct[0][0].any()
+
+
+def test_missing_chunk_file_is_an_error_not_fill_values(tmp_path: Path) -> None:
+    """A chunk without its embeddings file (never written, or deleted) would read as zeros through zarr; fsd
+    reports it instead, on every read path, and verify and the stream name the chunk."""
+    d = data()
+    store = new_store(str(tmp_path / "s.zarr"), d)
+    fill(store, d)
+    store.mark_complete()
+    (tmp_path / "s.zarr" / "embeddings" / "c" / "2" / "0" / "0").unlink()
+    store = open_store(str(tmp_path / "s.zarr"))
+    assert store.missing_chunk_files(2) == ["embeddings"] and store.missing_chunk_files(1) == []
+    results = store.read_chunks_raw([1, 2, 3])
+    assert isinstance(results[1], StoreError) and "chunk 2" in str(results[1]) and "missing" in str(results[1])
+    assert not isinstance(results[0], Exception) and not isinstance(results[2], Exception)
+    with pytest.raises(StoreError, match="chunk 2 .*missing"):
+        store.read_chunk(2)
+    report = verify_store(str(tmp_path / "s.zarr"))
+    assert not report.ok and 2 in report.bad_chunks and "missing" in report.bad_chunks[2]
+    with pytest.raises(StoreError, match="chunk 2 .*missing"):
+        list(StoreStream(store, 4))
 
 
 @pytest.mark.parametrize("damage", ["garbage", "truncated"])
@@ -97,15 +123,17 @@ def test_sharded_and_memory_stores_read_through_zarr(tmp_path: Path) -> None:
             assert_same(x, y)
 
 
-def test_chunk_path_blocked_by_a_file_reads_as_zarr_does(tmp_path: Path) -> None:
-    """zarr's LocalStore treats NotADirectoryError like a missing chunk; the direct path falls back the same."""
+def test_chunk_path_blocked_by_a_file_is_a_missing_chunk(tmp_path: Path) -> None:
+    """zarr's LocalStore treats NotADirectoryError like a missing chunk; so does the direct path (an error)."""
     d = data()
     store = new_store(str(tmp_path / "s.zarr"), d)
-    fill(store, d, chunks=[0, 1, 3])
-    (tmp_path / "s.zarr" / "embeddings" / "c" / "2").write_bytes(b"not a directory")
-    direct, through_zarr = both_paths(store, [1, 2, 3])
-    for x, y in zip(direct, through_zarr):
-        assert_same(x, y)
+    fill(store, d)
+    chunk_dir = tmp_path / "s.zarr" / "embeddings" / "c" / "2"
+    shutil.rmtree(chunk_dir)
+    chunk_dir.write_bytes(b"not a directory")
+    results = store.read_chunks_raw([1, 2, 3])
+    assert isinstance(results[1], StoreError)
+    assert_same(results[0], store._read_chunks_zarr(store._arrays(), [1])[0])
 
 
 def test_relative_store_path_survives_a_change_of_directory(tmp_path: Path, monkeypatch) -> None:
