@@ -9,6 +9,7 @@ store is the file itself (its sha256).
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -23,6 +24,22 @@ from featstore.extract import ExtractSummary, summarise
 from featstore.lock import writer_lock
 from featstore.store import StoreShape, create_store, default_chunk_rows, local_path, remove_store, store_exists
 from featstore.views import PARAM_NAMES, identity_params
+
+
+def _exported_meta(handle: h5py.File, path: Path) -> dict:
+    """The store attributes ``fsd store export`` wrote into the file ({} for files from elsewhere)."""
+    if "fsd" not in handle.attrs:
+        return {}
+    try:
+        meta = json.loads(handle.attrs["fsd"])
+    except (TypeError, ValueError) as exc:
+        raise InvalidInput(f"{path}: its 'fsd' attribute is not valid JSON ({exc})") from exc
+    head = meta.get("head") if isinstance(meta, dict) else None
+    if isinstance(head, dict) and head.get("type") in ("arcface", "cosface"):
+        scale = head.get("scale")
+        if not isinstance(scale, (int, float)) or isinstance(scale, bool) or not scale > 0:
+            raise InvalidInput(f"{path}: {head['type']} head without a positive scale in its 'fsd' attribute")
+    return meta if isinstance(meta, dict) else {}
 
 
 def import_h5(
@@ -65,6 +82,11 @@ def import_h5(
         if v > 1 and "views" not in handle:
             raise InvalidInput(f"{path}: {v} views per sample but no 'views' parameters to replay them")
         rows = chunk_rows or default_chunk_rows(n, v, d, dtype)
+        exported = _exported_meta(handle, path)
+        head = exported.get("head") or {}
+        margin_head = head.get("type") in ("arcface", "cosface")
+        views_meta = exported.get("views") or {}
+        same_views = "exported_view" in exported and exported["exported_view"] is None and views_meta.get("count") == v
         meta = {
             "teacher": {
                 "arch": "imported",
@@ -73,7 +95,13 @@ def import_h5(
                 "input_shape": list(dataset.image_shape),
                 "source": str(path),
             },
-            "head": {"type": "linear", "num_classes": int(weight.shape[0]), "scale": None, "margin": None},
+            # an fsd export carries its head type (a margin head's logits are s·cos, not W·z) and view seed
+            "head": {
+                "type": head["type"] if margin_head else "linear",
+                "num_classes": int(weight.shape[0]),
+                "scale": head.get("scale") if margin_head else None,
+                "margin": head.get("margin") if margin_head else None,
+            },
             "dataset": {
                 "spec": dataset.spec,
                 "split": dataset.split,
@@ -84,7 +112,7 @@ def import_h5(
                 "count": v,
                 "kind": dataset.view_policy.kind,
                 "params_names": list(PARAM_NAMES),
-                "seed": None,
+                "seed": views_meta.get("seed") if same_views else None,
                 "policy": dataset.view_policy.to_dict(),
             },
         }

@@ -41,6 +41,15 @@ LIVE_COSINE_THRESHOLDS: dict[str, float] = {
     "bfloat16": 0.999,
     "int8": 0.999,
 }
+# The cosine ignores magnitude: a stored row scaled by any factor (wrong int8 scales, a rescaled import) would
+# pass it. The norm of each stored row must also be within this relative tolerance of the live row's — a few
+# times the dtype's rounding of a norm (float16 ~5e-4 relative per value, bfloat16 ~4e-3, int8 ~1 %).
+LIVE_NORM_TOLERANCE: dict[str, float] = {
+    "float32": 1e-4,
+    "float16": 2e-3,
+    "bfloat16": 2e-2,
+    "int8": 5e-2,
+}
 DEFAULT_LIVE_SAMPLE = 64
 _LISTED = 5  # how many offending rows a problem line names
 
@@ -57,6 +66,14 @@ class LiveCheck:
     max_abs_error: float = float("nan")
     view_mismatches: list[tuple[int, int]] = field(default_factory=list)  # stored params ≠ seeded params
     problems: list[str] = field(default_factory=list)
+    norm_ratios: np.ndarray = field(default_factory=lambda: np.empty(0))  # (n,) ‖stored‖ / ‖live‖
+    norm_tolerance: float = 0.0
+
+    @property
+    def bad_norm_rows(self) -> list[tuple[int, int, float]]:
+        """(sample, view, ‖stored‖/‖live‖) of every compared row whose norm is off by more than the tolerance."""
+        bad = np.flatnonzero(~(np.abs(self.norm_ratios - 1.0) <= self.norm_tolerance))
+        return [(int(self.rows[k, 0]), int(self.rows[k, 1]), float(self.norm_ratios[k])) for k in bad]
 
     @property
     def checked(self) -> int:
@@ -79,7 +96,13 @@ class LiveCheck:
 
     @property
     def ok(self) -> bool:
-        return self.checked > 0 and not self.problems and not self.view_mismatches and not self.low_rows
+        return (
+            self.checked > 0
+            and not self.problems
+            and not self.view_mismatches
+            and not self.low_rows
+            and not self.bad_norm_rows
+        )
 
     def all_problems(self) -> list[str]:
         out = list(self.problems)
@@ -96,6 +119,14 @@ class LiveCheck:
             more = "…" if len(low) > _LISTED else ""
             out.append(
                 f"{len(low)} of {self.checked} rows below cosine {self.threshold} ({self.dtype}): {listed}{more}"
+            )
+        bad_norms = self.bad_norm_rows
+        if bad_norms:
+            listed = ", ".join(f"(sample {s}, view {v}) ×{r:.4g}" for s, v, r in bad_norms[:_LISTED])
+            more = "…" if len(bad_norms) > _LISTED else ""
+            out.append(
+                f"{len(bad_norms)} of {self.checked} rows have a stored norm off from the recomputed one by more "
+                f"than {self.norm_tolerance:g} (relative; {self.dtype}): {listed}{more}"
             )
         if self.checked == 0 and not self.problems:
             out.append("no row could be compared")
@@ -120,6 +151,8 @@ class LiveCheck:
             "min_cosine": self.min_cosine,
             "mean_cosine": self.mean_cosine,
             "max_abs_error": self.max_abs_error,
+            "max_norm_deviation": float(np.abs(self.norm_ratios - 1.0).max()) if self.checked else None,
+            "norm_tolerance": self.norm_tolerance,
             "ok": self.ok,
             "problems": self.all_problems(),
         }
@@ -304,20 +337,27 @@ def verify_live(
     Rows are drawn (by ``seed``) among the chunks flagged done; all of them when ``sample`` exceeds
     N × V. Each row's stored view parameters must equal ``sample_view_params(policy, store seed, i, v)``;
     the view is rendered from the stored parameters, embedded and compared with the stored decoded row
-    (cosine, |Δ|). The result passes when every provenance check holds, no parameters differ and every
-    cosine reaches ``LIVE_COSINE_THRESHOLDS[store dtype]``.
+    (cosine, |Δ|, norm ratio). The result passes when every provenance check holds, no parameters differ,
+    every cosine reaches ``LIVE_COSINE_THRESHOLDS[store dtype]`` and every norm ratio is within
+    ``LIVE_NORM_TOLERANCE[store dtype]`` of 1. A store imported without a view seed skips the re-drawing of
+    the parameters (they are only replayed).
     """
     if sample <= 0:
         raise InvalidInput(f"sample must be positive, got {sample}")
     if isinstance(store, str):
         store = open_store(store, require_complete=False)
-    check = LiveCheck(dtype=store.dtype, threshold=LIVE_COSINE_THRESHOLDS[store.dtype], requested=int(sample))
+    check = LiveCheck(
+        dtype=store.dtype,
+        threshold=LIVE_COSINE_THRESHOLDS[store.dtype],
+        requested=int(sample),
+        norm_tolerance=LIVE_NORM_TOLERANCE[store.dtype],
+    )
     policy = _store_policy(store, dataset)
     problems, comparable = _identity_problems(store, teacher, dataset, policy)
     check.problems += problems
     if not comparable:
         return check
-    view_seed = int(store.meta.get("views", {}).get("seed", 0))
+    view_seed = store.meta.get("views", {}).get("seed", 0)  # None: imported from a file without one
     picks = _pick_rows(store, sample, seed)
     check.requested = len(picks)
     if not len(picks):
@@ -348,9 +388,10 @@ def verify_live(
     stored = np.concatenate(stored_rows)
     params = np.concatenate(stored_params)
 
-    expected = np.stack([sample_view_params(policy, view_seed, int(s), int(v)) for s, v in rows])
-    mismatch = ~(params == expected).all(axis=1)
-    check.view_mismatches = [(int(s), int(v)) for s, v in rows[mismatch]]
+    if view_seed is not None:  # without a seed the stored parameters can only be replayed, not re-drawn
+        expected = np.stack([sample_view_params(policy, int(view_seed), int(s), int(v)) for s, v in rows])
+        mismatch = ~(params == expected).all(axis=1)
+        check.view_mismatches = [(int(s), int(v)) for s, v in rows[mismatch]]
     renderable = _renderable(params, policy)
     if not renderable.all():
         check.problems.append(
@@ -370,5 +411,9 @@ def verify_live(
 
     check.rows = rows
     check.cosines = _cosines(live, stored)
+    live_norm = np.linalg.norm(live.astype(np.float64), axis=1)
+    stored_norm = np.linalg.norm(stored.astype(np.float64), axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        check.norm_ratios = np.where(live_norm == stored_norm, 1.0, stored_norm / live_norm)
     check.max_abs_error = float(np.abs(live - stored).max()) if len(rows) else float("nan")
     return check

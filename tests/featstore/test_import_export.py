@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import h5py
 import numpy as np
 import pytest
@@ -61,3 +63,25 @@ def test_non_finite_rows_are_refused_and_leave_no_store(exported, small_digits, 
     with pytest.raises(InvalidInput, match="non-finite"):
         import_h5(h5, small_digits, str(target))
     assert not target.exists()
+
+
+def test_import_keeps_the_exported_head_type_and_view_seed(exported, small_digits, tmp_path):
+    """A margin-head teacher's logits are s·cos(θ), not W·z: importing its export as a linear head would change
+    every KD target silently. The export's attributes carry the head and the view seed; import keeps them."""
+    url, h5 = exported
+    original = open_store(url).meta
+    back = open_store(import_h5(h5, small_digits, str(tmp_path / "back.zarr"), chunk_rows=16).url).meta
+    assert back["head"]["type"] == "linear" and back["views"]["seed"] == original["views"]["seed"]
+
+    with h5py.File(h5, "r+") as handle:
+        meta = json.loads(handle.attrs["fsd"])
+        meta["head"].update(type="arcface", scale=30.0, margin=0.5)
+        handle.attrs["fsd"] = json.dumps(meta)
+    arc = open_store(import_h5(h5, small_digits, str(tmp_path / "arc.zarr"), chunk_rows=16).url).meta
+    assert (arc["head"]["type"], arc["head"]["scale"], arc["head"]["margin"]) == ("arcface", 30.0, 0.5)
+
+    with h5py.File(h5, "r+") as handle:
+        meta["head"]["scale"] = None
+        handle.attrs["fsd"] = json.dumps(meta)
+    with pytest.raises(InvalidInput, match="arcface head without a positive scale"):
+        import_h5(h5, small_digits, str(tmp_path / "bad.zarr"), chunk_rows=16)

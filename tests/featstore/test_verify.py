@@ -157,6 +157,33 @@ def test_live_check_detects_tampered_view_params(copy_of, teacher, small_digits)
     assert (check.cosines[~tampered] >= LIVE_COSINE_THRESHOLDS["float16"]).all()
 
 
+def test_live_check_detects_rescaled_rows(copy_of, teacher, small_digits) -> None:
+    """Wrong int8 scales keep every cosine at 1 — only the norm check catches them."""
+    store = copy_of("int8")
+    group = open_group(store)
+    scales = np.asarray(group["scales"][0:CHUNK])
+    group["scales"][0:CHUNK] = scales * 4
+    check = verify_live(str(store), teacher, small_digits, ALL_ROWS, seed=0)
+    assert (check.cosines >= LIVE_COSINE_THRESHOLDS["int8"]).all()  # the cosine alone would pass
+    assert not check.ok
+    bad = {(s, v) for s, v, _ in check.bad_norm_rows}
+    assert bad == {(s, v) for s in range(CHUNK) for v in range(V)}
+    assert all(abs(r - 4) < 0.05 for _, _, r in check.bad_norm_rows)
+    assert any("stored norm off" in p for p in check.all_problems())
+
+
+def test_live_check_of_a_store_imported_without_a_seed(copy_of, teacher, small_digits) -> None:
+    """Stores imported from files other tools wrote have no view seed: the parameters are replayed only."""
+    store = copy_of("float16")
+    group = open_group(store)
+    meta = dict(group.attrs["fsd"])
+    meta["views"] = {**meta["views"], "seed": None}
+    group.attrs["fsd"] = meta
+    check = verify_live(str(store), teacher, small_digits, ALL_ROWS, seed=0)
+    assert check.ok, check.all_problems()
+    assert check.view_mismatches == [] and check.checked == 120 * V
+
+
 def test_live_check_reports_unrenderable_params(copy_of, teacher, small_digits) -> None:
     store = copy_of("float32")
     open_group(store)["views"][4, 1] = np.array([7, 7, 8, 8, 0], dtype=np.float32)  # box outside the image
