@@ -19,6 +19,7 @@ import inspect
 import re
 import warnings
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -89,11 +90,27 @@ def _function(spec: str):
     if not (isinstance(result, tuple) and len(result) == 3):
         raise InvalidInput(f"teacher {spec!r} must return (model, embed_fn, head)")
     model, embed_fn, head = result
+    # The identity a store records: the spec, the factory's source and the weights it returned — a factory
+    # that loads its weights from a file keeps its source when the weights change.
     digest = hashlib.sha256(spec.encode())
     source_file = inspect.getsourcefile(module)
     if source_file:
         digest.update(Path(source_file).read_bytes())
+    for part in (model, head):
+        _hash_state(digest, part)
     return _source(model, embed_fn, head, spec, digest.hexdigest())
+
+
+def _hash_state(digest: Any, module: Any) -> None:
+    """Feed every tensor of ``module``'s state (name, dtype, shape, bytes) to ``digest``."""
+    state = module.state_dict() if hasattr(module, "state_dict") else {}
+    for name in sorted(state):
+        tensor = state[name]
+        if not isinstance(tensor, torch.Tensor):
+            continue
+        flat = tensor.detach().cpu().contiguous().reshape(-1)
+        digest.update(f"{name}|{flat.dtype}|{tuple(tensor.shape)}|".encode())
+        digest.update(flat.view(torch.uint8).numpy().tobytes())
 
 
 def load_teacher(spec: str | Path, *, trust_code: bool = False):

@@ -15,6 +15,16 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+from featstore.errors import InvalidInput
+
+
+def ensure_parent(path: Path) -> None:
+    """Create ``path``'s folder, or raise InvalidInput (not a traceback) when a file or permissions block it."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InvalidInput(f"cannot create the folder {path.parent} for {path.name}: {exc.strerror or exc}") from None
+
 
 @contextlib.contextmanager
 def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
@@ -24,8 +34,13 @@ def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
     the temporary file is removed and ``target`` is left untouched.
     """
     target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent)
+    if target.is_dir():
+        raise InvalidInput(f"cannot write {target}: it is a directory")
+    ensure_parent(target)
+    try:
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent)
+    except OSError as exc:
+        raise InvalidInput(f"cannot write next to {target}: {exc.strerror or exc}") from None
     os.close(fd)
     tmp = Path(tmp_name)
     try:

@@ -109,6 +109,24 @@ def _store_meta(teacher: TeacherSource, dataset: ImageDataset, views: int, seed:
     }
 
 
+def _check_same_head(store: FeatureStore, teacher: TeacherSource, url: str) -> None:
+    """The head a resumed store holds must be this teacher's, to the bit: the provenance hash alone cannot
+    tell for every teacher source, and a mismatch would mix two teachers' chunks under one head."""
+    same = np.array_equal(store.head_weight(), teacher.head_weight) and (
+        (store.head_bias() is None and teacher.head_bias is None)
+        or (
+            store.head_bias() is not None
+            and teacher.head_bias is not None
+            and np.array_equal(store.head_bias(), teacher.head_bias)
+        )
+    )
+    if not same:
+        raise StoreError(
+            f"store {url} holds another head than this teacher's (other weights); refusing to resume into it "
+            "(use --overwrite to replace it)"
+        )
+
+
 def _open_for_resume(url: str, wanted: dict[str, Any]) -> FeatureStore:
     store = open_store(url, require_complete=False, writable=True)
     if wanted["chunk_rows"] is None:  # not given on the command line: resume with the store's own layout
@@ -176,6 +194,35 @@ def validate_request(
         raise InvalidInput(
             f"teacher expects input {teacher.input_shape}, dataset {dataset.spec} gives {list(dataset.image_shape)}"
         )
+    _probe_embedding_width(teacher, dataset)
+
+
+@torch.no_grad()
+def _probe_embedding_width(teacher: TeacherSource, dataset: ImageDataset) -> None:
+    """Embed one sample on the CPU: a teacher brought as code or TorchScript declares its width only through
+    its head, and a mismatch would otherwise fail mid-extraction with a half-written store."""
+    if len(dataset) == 0:
+        return
+    rows = np.arange(1)
+    x = render_views(dataset.get_images(rows), sample_views(dataset.view_policy, 0, rows, 1)[:, 0], dataset.view_policy)
+    try:
+        out = teacher.model.eval().forward_features(x.to(_model_device(teacher.model)))
+    except Exception as exc:  # noqa: BLE001 - whatever the user's model raises on this input
+        raise InvalidInput(
+            f"teacher {teacher.arch!r} fails on one {list(x.shape[1:])} input of dataset {dataset.spec}: "
+            f"{type(exc).__name__}: {exc}"
+        ) from None
+    width = int(out.shape[-1]) if out.ndim == 2 else None
+    if width != teacher.embedding_dim:
+        raise InvalidInput(
+            f"teacher {teacher.arch!r} returns embeddings of shape {tuple(out.shape)} but its head expects "
+            f"(batch, {teacher.embedding_dim})"
+        )
+
+
+def _model_device(model: Any) -> torch.device:
+    parameter = next(iter(model.parameters()), None) if hasattr(model, "parameters") else None
+    return parameter.device if parameter is not None else torch.device("cpu")
 
 
 def open_or_create_store(
@@ -197,7 +244,9 @@ def open_or_create_store(
     if store_exists(url) and overwrite:
         remove_store(url)
     if store_exists(url):
-        return _open_for_resume(url, {**meta, "dtype": dtype, "chunk_rows": chunk_rows}), True
+        store = _open_for_resume(url, {**meta, "dtype": dtype, "chunk_rows": chunk_rows})
+        _check_same_head(store, teacher, url)
+        return store, True
     shape = StoreShape(len(dataset), views, teacher.embedding_dim, len(PARAM_NAMES), int(teacher.head_weight.shape[0]))
     rows_per_chunk = chunk_rows or default_chunk_rows(len(dataset), views, teacher.embedding_dim, dtype)
     store = create_store(

@@ -17,6 +17,7 @@ import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
+from featstore.atomic import ensure_parent
 from featstore.errors import StoreLocked
 
 
@@ -43,8 +44,10 @@ def writer_lock(store_path: Path | None) -> Iterator[None]:
     if store_path is None:
         yield
         return
+    # one lock per store whatever path names it (relative, through a symlink, "."): key it on the real path
+    store_path = Path(os.path.realpath(store_path))
     lock = store_path.with_name(store_path.name + ".lock")
-    lock.parent.mkdir(parents=True, exist_ok=True)
+    ensure_parent(lock)
     me = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.time()}
     for _ in range(2):
         try:

@@ -397,3 +397,20 @@ def test_refused_commands_leave_no_partial_files(h, work):
     """A training run refused late (after the store was opened) leaves no *.partial temporaries around."""
     run_refused(h, work, student_cmd("{store}", "--arch", "no-such-arch"), match="unknown model")
     assert not [p for p in work.dir.rglob("*") if p.name.endswith(".partial")]
+
+
+# -- output paths blocked by a file ----------------------------------------------------------------------
+BLOCKED_OUTPUT = {
+    "extract-teacher": extract_cmd(out="{w}/text.txt/new_store.zarr"),
+    "train-teacher": teacher_cmd(out="{w}/text.txt/new_teacher.pt"),
+    "train-student": student_cmd(out="{w}/text.txt/new_student.pt"),
+    "store export": ["store", "export", "{store}", "--out", "{w}/text.txt/out.h5"],
+    "eval --out": ["eval", "--faiss", "--store", "{store}", "--out", "{w}/text.txt/report.json"],
+}
+
+
+@pytest.mark.parametrize("args", BLOCKED_OUTPUT.values(), ids=BLOCKED_OUTPUT.keys())
+def test_output_whose_folder_is_a_file(h, work, args):
+    """A file where the output's folder should be: one Error line (it was a FileExistsError traceback)."""
+    (work.dir / "text.txt").write_bytes(PRECIOUS)
+    run_refused(h, work, args, match="cannot create the folder")
