@@ -143,7 +143,7 @@ def command(
         raise InvalidInput("--model needs --dataset")
     if th_mix is not None and model is None:
         raise InvalidInput("--th-mix needs --model (a student checkpoint)")
-    _check_ijb_usage(ijb_meta, embeddings, pairs_file, gallery_store or gallery_model, index)
+    _check_ijb_usage(ijb_meta, embeddings, pairs_file, gallery_store, gallery_model, index)
     fars = _parse_fars(far_text)
     cmc_plot = plot.with_name(f"{plot.stem}_cmc.png") if plot is not None else None
     for path in (out, plot, cmc_plot):
@@ -183,7 +183,7 @@ def command(
         click.echo(f"CMC curve written to {cmc_plot}")
 
 
-def _check_ijb_usage(ijb_meta, embeddings, pairs_file, gallery_store, index) -> None:
+def _check_ijb_usage(ijb_meta, embeddings, pairs_file, gallery_store, gallery_model, index) -> None:
     if ijb_meta is None:
         return
     if embeddings is None:
@@ -191,7 +191,7 @@ def _check_ijb_usage(ijb_meta, embeddings, pairs_file, gallery_store, index) -> 
             "--ijb-meta matches embeddings to the meta files by image name: give --embeddings FILE.h5 "
             "with a 'names' dataset (--model and --store are not supported with --ijb-meta)"
         )
-    for given, flag in ((pairs_file, "--pairs"), (gallery_store, "--gallery-store")):
+    for given, flag in ((pairs_file, "--pairs"), (gallery_store, "--gallery-store"), (gallery_model, "--gallery-model")):
         if given is not None:
             raise InvalidInput(f"--ijb-meta cannot be combined with {flag} (the IJB meta files define the protocol)")
     if index != "exact":

@@ -9,6 +9,7 @@ approximate ``index`` is asked for). IJB-B/C template protocols live in :mod:`di
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -352,7 +353,13 @@ def evaluate(
         known = metrics.known_mask(queries.labels)
         report["classification"] = {"top1": metrics.top1_accuracy(queries.logits[known], queries.labels[known])}
     search = {"index": index, "index_options": index_options}
-    report["retrieval"] = retrieval_report(queries, use_gpu=use_gpu, **search)
+    if pairs is not None and int(metrics.known_mask(queries.labels).sum()) < 2:
+        # a pairs protocol needs no labels: retrieval is then undefined (null), not a reason to refuse the run
+        report["retrieval"] = metrics.retrieval_metrics(
+            np.zeros((0, 1), np.int64), np.zeros(0, np.int64), np.zeros(0, np.int64), ks=metrics.DEFAULT_KS
+        )
+    else:
+        report["retrieval"] = retrieval_report(queries, use_gpu=use_gpu, **search)
     report["verification"], roc = verification_report(queries, fars, use_gpu=use_gpu, pairs=pairs)
     curves = {"": roc} if roc[0].size else {}
     if gallery is not None:
@@ -690,7 +697,13 @@ def _number(value: Any, name: str, path: tuple[str, ...]) -> float | None:
         return None
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise InvalidInput(f"{name}: {'.'.join(path)} is {value!r}, not a number")
-    return float(value)
+    try:
+        number = float(value)
+    except OverflowError:
+        number = math.inf
+    if not math.isfinite(number):
+        raise InvalidInput(f"{name}: {'.'.join(path)} is not a finite number")
+    return number
 
 
 def side_by_side_table(reports: dict[str, dict[str, Any]], baseline: str | None = None) -> str:
@@ -738,12 +751,16 @@ def _comparability_notes(reports: dict[str, dict[str, Any]]) -> list[str]:
             + ")"
         )
 
+    def field(section: Any, key: str) -> Any:
+        """``section[key]`` when section is a dict (a hand-edited report may hold anything), else None."""
+        return section.get(key) if isinstance(section, dict) else None
+
     def protocol(r: dict[str, Any]) -> str:
         if isinstance(r.get("ijb"), dict):
-            return f"IJB templates ({(r['ijb'].get('protocol') or {}).get('dataset', '?')})"
-        v = r.get("verification", {})
-        if v.get("protocol") == "pairs":
-            return f"pairs from {(v.get('pairs') or {}).get('file', '?')}"
+            return f"IJB templates ({field(r['ijb'].get('protocol'), 'dataset') or '?'})"
+        v = r.get("verification")
+        if field(v, "protocol") == "pairs":
+            return f"pairs from {field(field(v, 'pairs'), 'file') or '?'}"
         return "all pairs"
 
     protocols = {name: protocol(r) for name, r in reports.items()}

@@ -424,8 +424,10 @@ def read_ijb_meta(directory: str | Path, dataset_prefix: str = "auto") -> IjbMet
 
 def face_rows(meta: IjbMeta, names: Sequence[str]) -> np.ndarray:
     """Row of ``names`` (the embeddings' image names) holding each meta face, matched by exact name, else by the
-    base name (``'loose_crop/1.jpg'`` matches ``'1.jpg'``) when that is unambiguous. Embeddings no face uses
-    are ignored; a face without an embedding, or one matching several, is an :class:`InvalidInput`."""
+    base name (``'loose_crop/1.jpg'`` matches ``'1.jpg'``) when that is unambiguous — and, for a face named
+    with folders (``'img/5.jpg'``), only by an embedding name ending in that path (never ``'frames/5.jpg'``).
+    Embeddings no face uses are ignored; a face without an embedding, or one matching several, is an
+    :class:`InvalidInput`."""
     exact: dict[str, int] = {}
     for row, name in enumerate(names):
         exact[name] = -1 if name in exact else row
@@ -439,6 +441,9 @@ def face_rows(meta: IjbMeta, names: Sequence[str]) -> np.ndarray:
         row = exact.get(face)
         if row is None:
             row = base.get(PurePosixPath(face).name)
+            if row is not None and row >= 0 and "/" in face:  # a face with folders needs the same folders
+                name = names[row].replace("\\", "/")
+                row = row if name.endswith("/" + face) else None
         if row is None:
             raise InvalidInput(
                 f"{face_shown} line {meta.face_lines[i]}: image {face!r} has no embedding (not among "

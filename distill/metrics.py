@@ -91,8 +91,17 @@ def _check_non_empty(scores: np.ndarray, name: str) -> None:
 
 
 def far_key(far: float) -> str:
-    """Report key for a FAR: ``far_key(1e-3) == "1e-03"``. One fixed format so reports from runs compare."""
-    return f"{far:.0e}"
+    """Report key for a FAR: ``far_key(1e-3) == "1e-03"``, ``far_key(0.0015) == "1.5e-03"``.
+
+    One fixed format so reports from runs compare, and lossless: the fewest mantissa digits that read back
+    as the same float, so a key never names a rate other than the one computed (``"2e-03"`` for 0.0015 did).
+    """
+    value = float(far)
+    for digits in range(17):
+        key = f"{value:.{digits}e}"
+        if float(key) == value:
+            return key
+    return repr(value)  # pragma: no cover - 17 significant digits always round-trip a double
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -110,6 +110,8 @@ def test_compare_same_stems_use_paths(h, tmp_path) -> None:
     ("[1, 2]", "is not an fsd eval report"),
     ('{"retrieval": {}}', "is not an fsd eval report"),
     (report(0.5, "high", None), "classification.top1 is 'high', not a number"),
+    ('{"num_samples": 100, "verification": {}, "retrieval": {"map_at_r": ' + "9" * 400 + "}}",
+     "map_at_r is not a finite number"),
     ("\udcff", "not a UTF-8 text file"),
 ])
 def test_compare_bad_reports(h, tmp_path, content, match) -> None:
@@ -121,6 +123,15 @@ def test_compare_bad_reports(h, tmp_path, content, match) -> None:
         write(bad, content)
     before = h.snapshot(tmp_path)
     h.assert_refused(h.invoke("compare", good, bad), before, tmp_path, match=match)
+
+
+def test_compare_tolerates_odd_protocol_fields(h, tmp_path) -> None:
+    """Hand-edited reports whose protocol fields are not objects are compared, not a traceback."""
+    a = write(tmp_path / "a.json", report(0.5, None, None))
+    b = write(tmp_path / "b.json", {**report(0.6, None, None), "ijb": {"protocol": "IJB-C"}})
+    c = write(tmp_path / "c.json", report(0.7, None, None, protocol="pairs", pairs="lfw.txt"))
+    out = h.run_ok("compare", a, b, c).stdout
+    assert "verification protocols differ" in out and "IJB templates (?)" in out and "pairs from ?" in out
 
 
 def test_compare_needs_a_report(h, tmp_path) -> None:

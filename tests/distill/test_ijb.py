@@ -548,6 +548,11 @@ def test_face_rows_match_names_exactly_then_by_base_name(tmp_path: Path) -> None
         face_rows(meta, names[1:])
     with pytest.raises(InvalidInput, match="line 4: image 'd.jpg' matches several"):
         face_rows(meta, names + ["other/d.jpg"])
+    # a face named with folders is never taken from another folder's image of the same file name
+    meta.face_names[0] = "img/a.jpg"
+    with pytest.raises(InvalidInput, match="image 'img/a.jpg' has no embedding"):
+        face_rows(meta, ["frames/a.jpg", *names[:-2]])
+    assert face_rows(meta, ["data/img/a.jpg", *names[:-2]]).tolist()[0] == 0
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -94,6 +94,10 @@ def ref_eer(gen: list[float], imp: list[float]) -> float:
 
 def test_far_keys() -> None:
     assert [far_key(f) for f in FARS] == ["1e-06", "1e-05", "1e-04", "1e-03", "1e-02", "1e-01"]
+    # lossless: a key always reads back as the rate computed (0.0015 was reported as "2e-03")
+    assert far_key(0.0015) == "1.5e-03" and far_key(0.25) == "2.5e-01" and far_key(0.2) == "2e-01"
+    for far in (0.0015, 0.25, 1 / 3, 2.5e-7, 0.123456789):
+        assert float(far_key(far)) == far
 
 
 def test_count_relevant_leave_one_out_and_gallery_mode() -> None:
@@ -343,7 +347,7 @@ def test_verification_metrics_report() -> None:
     assert m == {
         "num_genuine": 3,
         "num_impostor": 4,
-        "tar_at_far": {"1e-01": None, "2e-01": 1 / 3, "5e-01": 1.0},
+        "tar_at_far": {"1e-01": None, "2.5e-01": 1 / 3, "5e-01": 1.0},
         "roc_auc": pytest.approx(5 / 6, abs=1e-15),
         "eer": 0.25,
     }
@@ -376,7 +380,7 @@ def test_verification_input_checks() -> None:
     with pytest.raises(InvalidInput, match="empty"):
         tar_at_far([], IMP, 0.5)
     with pytest.raises(InvalidInput, match="duplicate"):
-        verification_metrics(GEN, IMP, fars=(2e-3, 2.4e-3))
+        verification_metrics(GEN, IMP, fars=(2e-3, 0.002))  # the same rate twice
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])

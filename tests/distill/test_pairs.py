@@ -225,6 +225,19 @@ def test_pairs_report_for_lfw() -> None:
                                                                  (0.5,))["tar_at_far"]["5e-01"]
 
 
+def test_pairs_protocol_needs_no_labels() -> None:
+    """Embeddings without labels (all -1) are evaluated on a pairs file; retrieval is null, not a refusal."""
+    names = lfw_names()
+    emb = np.random.default_rng(0).normal(size=(len(names), 8)).astype(np.float32)
+    pairs = resolve_pairs(parse_pairs(LFW_TEXT, path="pairs.txt"), len(names), names)
+    unlabelled = ev.EmbeddingSet(emb, np.full(len(names), -1, np.int64))
+    report, _ = ev.evaluate(unlabelled, pairs=pairs, fars=(0.5,), use_gpu=False)
+    assert report["retrieval"]["num_queries"] == 0 and report["retrieval"]["map_at_r"] is None
+    assert report["verification"]["lfw"] == pairs_report(emb, pairs, fars=(0.5,))[0]["lfw"]
+    with pytest.raises(InvalidInput, match="at least 2 samples with known labels"):
+        ev.evaluate(unlabelled, fars=(0.5,), use_gpu=False)  # without pairs there is nothing to evaluate
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # CMC (distill.evaluate helper)
 # ----------------------------------------------------------------------------------------------------------------
