@@ -16,6 +16,7 @@ import math
 import os
 import shutil
 import struct
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +29,7 @@ from zarr.codecs import BloscCodec, BytesCodec
 from zarr.core.sync import sync as zarr_sync
 
 from featstore import codecs
+from featstore.atomic import ensure_parent
 from featstore.errors import InputNotFound, OutputExists, StoreError
 
 FORMAT_VERSION = 1
@@ -519,13 +521,49 @@ def create_store(
     if factor <= 0:
         raise StoreError(f"shard factor must be positive, got {factor}")
     unit_rows = chunk_rows * factor
+    # A local store is built under a hidden sibling name and renamed into place once its attributes are
+    # written: a kill during creation leaves no half-made directory that neither resume nor --overwrite
+    # would accept (only the hidden one, which nothing reads).
+    local = local_path(url)
+    building = None
+    if local is not None:
+        local = local.absolute()
+        ensure_parent(local)
+        building = local.with_name(f".{local.name}.creating-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    try:
+        group = zarr.open_group(_zarr_store(str(building)) if building else _zarr_store(url), mode="w-")
+        _initialise(group, shape, dtype, chunk_rows, factor, unit_rows, labels, head_weight, head_bias, meta)
+        if building is not None:
+            os.rename(building, local)  # fails if something appeared at the target meanwhile: nothing replaced
+            group = zarr.open_group(_zarr_store(url), mode="r+")
+    except OSError as exc:
+        raise StoreError(f"cannot create store {url}: {exc.strerror or exc}") from None
+    finally:
+        if building is not None and building.exists():
+            shutil.rmtree(building, ignore_errors=True)
+    return FeatureStore(url, group)
+
+
+def _initialise(
+    group: zarr.Group,
+    shape: StoreShape,
+    dtype: str,
+    chunk_rows: int,
+    factor: int,
+    unit_rows: int,
+    labels: np.ndarray,
+    head_weight: np.ndarray,
+    head_bias: np.ndarray | None,
+    meta: dict[str, Any],
+) -> None:
+    """Arrays, labels, head and attributes of a new store (the attributes last)."""
+    n, v, d = shape.num_samples, shape.num_views, shape.dim
 
     def layout(*rest: int) -> dict[str, Any]:
         if factor == 1:
             return {"chunks": (chunk_rows, *rest)}
         return {"chunks": (chunk_rows, *rest), "shards": (unit_rows, *rest)}
 
-    group = zarr.open_group(_zarr_store(url), mode="w-")
     group.create_array(
         "embeddings",
         shape=(n, v, d),
@@ -567,4 +605,3 @@ def create_store(
     }
     json.dumps(attrs)  # fail here, not half-way, if something is not JSON
     group.attrs["fsd"] = attrs
-    return FeatureStore(url, group)

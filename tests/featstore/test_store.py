@@ -344,3 +344,16 @@ def test_remove_store(tmp_path: Path) -> None:
     remove_store(str(tmp_path / "s"))
     assert not (tmp_path / "s").exists()
     assert not store_exists(str(tmp_path / "s"))
+
+
+def test_failed_creation_leaves_nothing_behind(tmp_path: Path) -> None:
+    """A local store appears whole (attributes written) or not at all: it is built under a hidden name and
+    renamed into place, so a crash mid-creation never leaves a directory that resume and --overwrite refuse."""
+    d = data()
+    bad_meta = {**META, "teacher": {**META["teacher"], "arch": object()}}  # not JSON: fails after the arrays
+    with pytest.raises(TypeError):
+        create_store(str(tmp_path / "s.zarr"), shape=StoreShape(N, V, D, P, C), dtype="float16", chunk_rows=CHUNK,
+                     labels=d["labels"], head_weight=d["weight"], head_bias=None, meta=bad_meta)
+    assert list(tmp_path.iterdir()) == []
+    store = new_store(str(tmp_path / "s.zarr"), d)
+    assert [p.name for p in tmp_path.iterdir()] == ["s.zarr"] and store_exists(str(tmp_path / "s.zarr"))
