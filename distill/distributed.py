@@ -37,7 +37,11 @@ class DistributedContext:
         from torch.nn.parallel import DistributedDataParallel
 
         ids = [self.device.index] if self.device.type == "cuda" else None
-        return DistributedDataParallel(module, device_ids=ids)
+        # find_unused_parameters: the projection P (and a loss's own layers) get no gradient under recipes
+        # that do not read them. broadcast_buffers=False: buffers that must agree are kept in step by their
+        # owners (CRD's student memory gathers every rank's rows); the rest need not be copied every step
+        # (CRD's teacher bank is N × D).
+        return DistributedDataParallel(module, device_ids=ids, find_unused_parameters=True, broadcast_buffers=False)
 
     def all_reduce_sum(self, tensor: torch.Tensor) -> torch.Tensor:
         if self.active:

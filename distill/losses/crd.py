@@ -37,6 +37,37 @@ def _teacher_bank(store, device: torch.device) -> torch.Tensor:
     return bank.to(device)
 
 
+def _gather_from_ranks(idx: torch.Tensor, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every rank's (indices, rows) of this step, concatenated in rank order — (idx, rows) outside DDP.
+
+    Why: each rank sees only its own batch, but the student memory must be one memory. Updating it on every
+    rank with every rank's rows keeps the copies identical without broadcasting them (DDP's buffer broadcast
+    would instead overwrite the other ranks' updates with rank 0's memory, leaving rows rank 0 never saw at
+    their random initial value).
+    """
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return idx, rows
+    world = dist.get_world_size()
+    size = torch.tensor([len(idx)], device=idx.device)
+    sizes = [torch.zeros_like(size) for _ in range(world)]
+    dist.all_gather(sizes, size)
+    most = int(max(int(n) for n in sizes))
+    pad = most - len(idx)
+    idx_p = F.pad(idx, (0, pad))
+    rows_p = F.pad(rows, (0, 0, 0, pad))
+    idx_parts = [torch.empty_like(idx_p) for _ in range(world)]
+    row_parts = [torch.empty_like(rows_p) for _ in range(world)]
+    dist.all_gather(idx_parts, idx_p)
+    dist.all_gather(row_parts, rows_p)
+    keep = [int(n) for n in sizes]
+    return (
+        torch.cat([part[:n] for part, n in zip(idx_parts, keep)]),
+        torch.cat([part[:n] for part, n in zip(row_parts, keep)]),
+    )
+
+
 @LOSSES.register("crd")
 class ContrastiveRepresentationKD(DistillLoss):
     needs = ("student_embedding", "teacher_embedding", "indices")
@@ -78,8 +109,9 @@ class ContrastiveRepresentationKD(DistillLoss):
         own = idx[:, None] == negatives[None, :]  # (B, K): a negative that is the anchor's own sample
         loss = self._info_nce(s, t, t_neg, own) + self._info_nce(t, s, s_neg, own)
         with torch.no_grad():
-            updated = self.momentum * self.student_memory[idx] + (1 - self.momentum) * s.detach()
-            self.student_memory[idx] = F.normalize(updated, dim=1)
+            idx_all, s_all = _gather_from_ranks(idx, s.detach())
+            updated = self.momentum * self.student_memory[idx_all] + (1 - self.momentum) * s_all
+            self.student_memory[idx_all] = F.normalize(updated, dim=1)
         return loss
 
     def _info_nce(
