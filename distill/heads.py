@@ -63,6 +63,10 @@ class _MarginHead(nn.Module):
         self.bias = None
         self.scale = float(self.default_scale if scale is None else scale)
         self.margin = float(self.default_margin if margin is None else margin)
+        if not (math.isfinite(self.scale) and self.scale > 0):
+            raise InvalidInput(f"the {self.head_type} head needs a positive scale, got {self.scale:g}")
+        if not (math.isfinite(self.margin) and 0 <= self.margin < math.pi / 2):
+            raise InvalidInput(f"the {self.head_type} head needs a margin in [0, π/2), got {self.margin:g}")
 
     def cosine(self, z: torch.Tensor) -> torch.Tensor:
         return F.normalize(z, dim=1) @ F.normalize(self.weight, dim=1).t()
@@ -107,6 +111,17 @@ class CosFaceHead(_MarginHead):
 
     def _with_margin(self, cos_target: torch.Tensor) -> torch.Tensor:
         return cos_target - self.margin
+
+
+def create_head(
+    name: str, embedding_dim: int, num_classes: int, scale: float | None = None, margin: float | None = None
+) -> nn.Module:
+    """A registered head; ``scale``/``margin`` only for margin heads (a linear head has neither)."""
+    cls = HEADS.get(name)
+    options = {k: v for k, v in (("scale", scale), ("margin", margin)) if v is not None}
+    if options and not issubclass(cls, _MarginHead):
+        raise InvalidInput(f"--head-scale/--head-margin apply to margin heads (arcface, cosface), not to {name!r}")
+    return cls(embedding_dim, num_classes, **options)
 
 
 def frozen_head(

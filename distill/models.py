@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from distill.heads import HEADS
+from distill.heads import create_head
 from featstore.registry import Registry
 
 MODELS: Registry = Registry("model")
@@ -51,8 +51,7 @@ class ConvNet(nn.Module):
             channels = width
         self.features = nn.Sequential(*layers)
         self.embed = nn.Sequential(nn.Linear(channels, embedding_dim, bias=False), nn.BatchNorm1d(embedding_dim))
-        margin_options = {k: v for k, v in (("scale", head_scale), ("margin", head_margin)) if v is not None}
-        self.head = HEADS.get(head)(embedding_dim, num_classes, **margin_options)
+        self.head = create_head(head, embedding_dim, num_classes, scale=head_scale, margin=head_margin)
         self.embedding_dim = embedding_dim
         self.num_classes = num_classes
 

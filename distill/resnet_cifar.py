@@ -23,7 +23,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from distill.heads import HEADS
+from distill.heads import create_head
 from distill.models import MODELS
 
 THIN_WIDTHS = (16, 16, 32, 64)
@@ -94,8 +94,7 @@ class CifarResNet(nn.Module):
             self.embed: nn.Module = nn.Identity()
         else:
             self.embed = nn.Sequential(nn.Linear(channels, embedding_dim, bias=False), nn.BatchNorm1d(embedding_dim))
-        margin_options = {k: v for k, v in (("scale", head_scale), ("margin", head_margin)) if v is not None}
-        self.head = HEADS.get(head)(embedding_dim, num_classes, **margin_options)
+        self.head = create_head(head, embedding_dim, num_classes, scale=head_scale, margin=head_margin)
         self.embedding_dim = embedding_dim
         self.num_classes = num_classes
         self.depth = depth

@@ -319,6 +319,14 @@ def train_student(config: StudentConfig) -> StudentResult:
         skip_bad_chunks=config.skip_bad_chunks,
     )
     steps_per_epoch = stream.batches_per_rank()  # equal on every rank, so collective ops never wait forever
+    if not dist.active and stream.num_samples() % config.batch_size == 1:
+        steps_per_epoch -= 1  # a last batch of one sample has no batch statistics (BatchNorm refuses it)
+    if steps_per_epoch <= 0:
+        raise InvalidInput(
+            f"no full training step per epoch: {stream.num_samples()} samples on rank {dist.rank} of "
+            f"{dist.world_size} at batch size {config.batch_size} (use a smaller --batch-size, fewer ranks, or a "
+            "store with more chunks: --chunk-rows at extraction)"
+        )
     criterion.setup(
         TrainingContext(
             store=source,

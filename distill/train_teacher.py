@@ -117,7 +117,11 @@ def train_teacher(config: TeacherConfig) -> TeacherResult:
     provenance: dict = {}
     if shared is not None:
         provenance = install_frozen_head(model, shared, config.head_from, train.num_classes)
-    steps_per_epoch = -(-len(train) // config.batch_size)
+    # a last batch of one sample has no batch statistics (BatchNorm refuses it in training): it is left out
+    usable = len(train) - (1 if len(train) % config.batch_size == 1 else 0)
+    if usable < 2:
+        raise InvalidInput(f"training needs at least 2 samples per batch; the split has {len(train)}")
+    steps_per_epoch = -(-usable // config.batch_size)
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer, scheduler = make_optimizer(trainable, config.optim, config.epochs * steps_per_epoch)
     log = []
@@ -126,8 +130,8 @@ def train_teacher(config: TeacherConfig) -> TeacherResult:
         params = epoch_views(train, config.seed, epoch)
         order = torch.randperm(len(train), generator=generator).numpy()
         total, seen = 0.0, 0
-        for start in range(0, len(order), config.batch_size):
-            idx = order[start : start + config.batch_size]
+        for start in range(0, usable, config.batch_size):
+            idx = order[start : min(start + config.batch_size, usable)]
             x = render_views(train.get_images(idx), params[idx], train.view_policy).to(device)
             y = torch.from_numpy(train.labels[idx]).to(device)
             loss = F.cross_entropy(model.head.training_logits(model.forward_features(x), y), y)

@@ -414,3 +414,21 @@ def test_output_whose_folder_is_a_file(h, work, args):
     """A file where the output's folder should be: one Error line (it was a FileExistsError traceback)."""
     (work.dir / "text.txt").write_bytes(PRECIOUS)
     run_refused(h, work, args, match="cannot create the folder")
+
+
+HEAD_OPTIONS = {
+    "scale on a linear head": (teacher_cmd("--head-scale", "10"), "apply to margin heads"),
+    "zero cosface scale": (teacher_cmd("--head", "cosface", "--head-scale", "0"), "positive scale"),
+    "negative arcface margin": (teacher_cmd("--head", "arcface", "--head-margin", "-0.1"), "margin in [0"),
+}
+
+
+@pytest.mark.parametrize(("args", "match"), HEAD_OPTIONS.values(), ids=HEAD_OPTIONS.keys())
+def test_bad_head_options(h, work, args, match):
+    run_refused(h, work, args, match=match)
+
+
+def test_a_last_batch_of_one_sample_is_left_out(h, work):
+    """1347 digits at batch 673 leave one sample over: BatchNorm cannot train on it (it was a traceback)."""
+    h.run_ok(*fill(teacher_cmd("--batch-size", "673"), work))
+    h.run_ok(*fill(student_cmd("{store}", "--batch-size", "673"), work))
