@@ -96,6 +96,14 @@ def check_store_matches(store: FeatureStore, dataset: ImageDataset) -> None:
             f"{made_from.get('split')!r} (fingerprint {str(made_from.get('fingerprint'))[:12]}), not from "
             f"{dataset.spec!r} split {dataset.split!r} (fingerprint {dataset.fingerprint()[:12]})"
         )
+    # the student re-renders each stored view from its parameters with the dataset's view policy: it must be
+    # the policy the teacher's views were rendered with, or embeddings are paired with other pixels
+    policy = (store.meta.get("views") or {}).get("policy")
+    if policy is not None and policy != dataset.view_policy.to_dict():
+        raise StoreError(
+            f"store {store.url} was extracted with view policy {policy}, but dataset {dataset.spec!r} renders "
+            f"views with {dataset.view_policy.to_dict()}: the student would see other pixels than the teacher"
+        )
 
 
 def init_head_from(student_head: nn.Module, teacher_head: nn.Module) -> None:
@@ -185,6 +193,7 @@ def teacher_side(config: StudentConfig, dataset: ImageDataset, device: torch.dev
                 "teacher": store.meta.get("teacher"),
                 "views": store.shape.num_views,
                 "dtype": store.dtype,
+                "view_seed": (store.meta.get("views") or {}).get("seed"),
             },
         )
     teacher = load_teacher_source(config.online_teacher)
@@ -210,11 +219,14 @@ def teacher_side(config: StudentConfig, dataset: ImageDataset, device: torch.dev
 
 
 def _run_identity(
-    config: StudentConfig, teacher: TeacherSide, dataset: ImageDataset, weights: dict[str, float]
+    config: StudentConfig, teacher: TeacherSide, dataset: ImageDataset, weights: dict[str, float], world_size: int
 ) -> dict[str, Any]:
     """What must match for --resume to continue a run rather than mix two different ones."""
     return {
         "teacher": teacher.provenance["teacher"].get("checkpoint_sha256"),
+        # the stored (or generated) views: count, dtype and seed (a store's URL may move, its content not)
+        "teacher_side": {k: v for k, v in teacher.provenance.items() if k not in ("teacher", "url", "online_teacher")},
+        "world_size": world_size,
         "dataset": dataset.fingerprint(),
         "arch": config.arch,
         "recipe": config.recipe,
@@ -340,7 +352,7 @@ def train_student(config: StudentConfig) -> StudentResult:
     step = DistillStep(student, projection, criterion, teacher_head).to(device)
     trainable = [p for p in step.parameters() if p.requires_grad]
     optimizer, scheduler = make_optimizer(trainable, config.optim, config.epochs * steps_per_epoch)
-    identity = _run_identity(config, teacher, dataset, criterion.weights)
+    identity = _run_identity(config, teacher, dataset, criterion.weights, dist.world_size)
 
     log: list[dict[str, Any]] = []
     first_epoch = 0

@@ -100,3 +100,43 @@ def test_two_gloo_processes_under_torchrun(store, tmp_path):
     assert ckpt.extra["world_size"] == 2
     assert len(ckpt.extra["log"]) == 2 and ckpt.extra["test_accuracy"] is not None
     assert result.stdout.count("student ") == 1  # only rank 0 reports
+
+
+def test_resume_identity_covers_the_stored_views_and_the_ranks():
+    """A state saved on one store must not be resumed on another store of the same teacher (other view count,
+    dtype or view seed), nor with another number of ranks (steps per epoch and the schedule differ)."""
+    from types import SimpleNamespace
+
+    from distill.train_student import _run_identity
+
+    config = StudentConfig(store="s.zarr", dataset="digits", out=Path("s.pt"))
+    dataset = load_dataset("digits")
+
+    def identity(world_size=1, **side):
+        provenance = {"url": "s.zarr", "teacher": {"checkpoint_sha256": "a" * 64},
+                      **{"views": 2, "dtype": "float16", "view_seed": 0, **side}}
+        return _run_identity(config, SimpleNamespace(provenance=provenance), dataset, {"ce": 1.0}, world_size)
+
+    base = identity()
+    assert identity() == base
+    assert _run_identity(config, SimpleNamespace(provenance={"url": "moved.zarr", "teacher": {"checkpoint_sha256": "a" * 64},
+                                                              "views": 2, "dtype": "float16", "view_seed": 0}),
+                         dataset, {"ce": 1.0}, 1) == base  # a moved store is the same store
+    for changed in (identity(views=4), identity(dtype="int8"), identity(view_seed=5), identity(world_size=2)):
+        assert changed != base
+
+
+def test_store_rendered_with_another_view_policy_is_refused(store, tmp_path):
+    import zarr
+
+    from featstore.errors import StoreError
+
+    copy = tmp_path / "other_policy.zarr"
+    shutil.copytree(store, copy)
+    group = zarr.open_group(str(copy), mode="r+")
+    meta = dict(group.attrs["fsd"])
+    meta["views"] = {**meta["views"], "policy": {**meta["views"]["policy"], "pad": meta["views"]["policy"]["pad"] + 1}}
+    group.attrs["fsd"] = meta
+    with pytest.raises(StoreError, match="view policy"):
+        train_student(StudentConfig(store=str(copy), dataset="digits", out=tmp_path / "s.pt", epochs=1,
+                                    progress=False))
