@@ -347,6 +347,7 @@ def train_student(config: StudentConfig) -> StudentResult:
             num_samples=source.shape.num_samples,
             device=device,
             seed=config.seed,
+            skip_bad_chunks=config.skip_bad_chunks,
         )
     )
     step = DistillStep(student, projection, criterion, teacher_head).to(device)

@@ -48,6 +48,7 @@ class TrainingContext:
     num_samples: int
     device: torch.device
     seed: int = 0
+    skip_bad_chunks: bool = False  # --skip-bad-chunks: memory banks leave bad chunks out instead of refusing
 
 
 class DistillLoss(nn.Module):

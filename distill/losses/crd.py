@@ -18,23 +18,47 @@ the anchor's own sample is masked out. K = 16,384 by default, at most N − 1.
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from distill.losses.base import LOSSES, DistillInputs, DistillLoss, TrainingContext
-from featstore.errors import InvalidInput
+from featstore.errors import InvalidInput, StoreError
 
 
-def _teacher_bank(store, device: torch.device) -> torch.Tensor:
-    """The identity-view teacher embeddings of every sample, read chunk by chunk, as float16 (N, D)."""
-    bank = torch.empty((store.shape.num_samples, store.shape.dim), dtype=torch.float16)
+def _teacher_bank(
+    store, device: torch.device, skip_bad_chunks: bool = False
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The identity-view teacher embeddings of every sample, read chunk by chunk, as float16 (N, D), and the
+    rows usable as negatives (None: all of them).
+
+    A chunk that cannot be read or holds non-finite values is refused, as the stream refuses it — or, with
+    ``skip_bad_chunks``, left out of the negatives (a NaN negative would make every CRD loss NaN).
+    """
+    bank = torch.zeros((store.shape.num_samples, store.shape.dim), dtype=torch.float16)
+    usable = torch.ones(store.shape.num_samples, dtype=torch.bool)
     for chunk in range(store.num_chunks):
         start, stop = store.chunk_bounds(chunk)
-        rows, _, _ = store.read_chunk(chunk)
+        try:
+            rows, _, _ = store.read_chunk(chunk)
+            problem = None if np.isfinite(rows[:, 0]).all() else "non-finite teacher embeddings"
+        except Exception as exc:  # noqa: BLE001 - a corrupt chunk surfaces as many exception types
+            problem = f"unreadable ({type(exc).__name__}: {exc})"
+        if problem is not None:
+            message = f"chunk {chunk} of store {getattr(store, 'url', '')} is bad: {problem}"
+            if not skip_bad_chunks:
+                raise StoreError(f"{message}; run `fsd store verify` and re-extract it (or --skip-bad-chunks)")
+            warnings.warn(f"{message}; its rows are left out of CRD's negatives", RuntimeWarning, stacklevel=3)
+            usable[start:stop] = False
+            continue
         bank[start:stop] = torch.from_numpy(np.ascontiguousarray(rows[:, 0])).to(torch.float16)
-    return bank.to(device)
+    valid = None if usable.all() else usable.nonzero().flatten()
+    if valid is not None and len(valid) < 2:
+        raise StoreError("crd: fewer than 2 usable rows are left in the store's teacher memory")
+    return bank.to(device), valid
 
 
 def _gather_from_ranks(idx: torch.Tensor, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -80,6 +104,7 @@ class ContrastiveRepresentationKD(DistillLoss):
         self.embed_s: nn.Module | None = None
         self.embed_t: nn.Module | None = None
         self.generator: torch.Generator | None = None
+        self.valid_rows: torch.Tensor | None = None
 
     def setup(self, context: TrainingContext) -> None:
         n = context.num_samples
@@ -90,7 +115,10 @@ class ContrastiveRepresentationKD(DistillLoss):
         self.k = min(self.negatives, n - 1)
         self.embed_s = nn.Linear(context.student_dim, self.feat_dim).to(context.device)
         self.embed_t = nn.Linear(context.teacher_dim, self.feat_dim).to(context.device)
-        self.register_buffer("teacher_bank", _teacher_bank(context.store, context.device), persistent=False)
+        bank, self.valid_rows = _teacher_bank(context.store, context.device, context.skip_bad_chunks)
+        self.register_buffer("teacher_bank", bank, persistent=False)
+        if self.valid_rows is not None:
+            self.k = min(self.k, len(self.valid_rows) - 1)
         self.generator = torch.Generator(device="cpu").manual_seed(context.seed + 7)
         memory = torch.randn(n, self.feat_dim, generator=self.generator)
         self.register_buffer("student_memory", F.normalize(memory, dim=1).to(context.device))  # saved for --resume
@@ -101,7 +129,10 @@ class ContrastiveRepresentationKD(DistillLoss):
         idx = inputs.indices.to(self.teacher_bank.device)
         s = F.normalize(self.embed_s(inputs.student_embedding), dim=1)
         t = F.normalize(self.embed_t(inputs.teacher_embedding), dim=1)
-        negatives = torch.randint(0, self.teacher_bank.shape[0], (self.k,), generator=self.generator)
+        if self.valid_rows is None:
+            negatives = torch.randint(0, self.teacher_bank.shape[0], (self.k,), generator=self.generator)
+        else:  # rows of skipped chunks are never negatives
+            negatives = self.valid_rows[torch.randint(0, len(self.valid_rows), (self.k,), generator=self.generator)]
         negatives = negatives.to(idx.device)
         with torch.no_grad():  # negatives carry no gradient, as CRD's memory-bank negatives (and ~⅓ faster)
             t_neg = F.normalize(self.embed_t(self.teacher_bank[negatives].to(self.embed_t.weight.dtype)), dim=1)
