@@ -74,7 +74,8 @@ def info(store: str, as_json: bool) -> None:
     help=f"Rows to recompute with --teacher (default {DEFAULT_LIVE_SAMPLE}; all rows when K exceeds N×V).",
 )
 @click.option("--seed", type=int, default=None, help="Seed that picks the --sample rows (default 0).")
-def verify(store: str, teacher_path: str | None, sample: int | None, seed: int | None) -> None:
+@click.option("--trust-code", is_flag=True, help="Allow a module:function --teacher (it runs that Python code).")
+def verify(store: str, teacher_path: str | None, sample: int | None, seed: int | None, trust_code: bool) -> None:
     """Read every chunk of STORE and check it (readable, finite, labels in range, flagged done).
 
     With --teacher, K random (sample, view) rows are also recomputed: the stored view parameters must be
@@ -99,7 +100,11 @@ def verify(store: str, teacher_path: str | None, sample: int | None, seed: int |
         recorded = opened.meta.get("dataset", {})
         if not recorded.get("spec") or not recorded.get("split"):
             raise StoreError(f"store {store} records no dataset spec/split to recompute rows from")
-        live_inputs = (opened, load_teacher(teacher_path), load_dataset(recorded["spec"], recorded["split"]))
+        live_inputs = (
+            opened,
+            load_teacher(teacher_path, trust_code=trust_code),
+            load_dataset(recorded["spec"], recorded["split"]),
+        )
     report = verify_store(store)
     if live_inputs is not None:
         opened, source, dataset = live_inputs
@@ -140,11 +145,16 @@ def export(store: str, out: Path, view: str, overwrite: bool, quiet: bool) -> No
 @click.option("--out", required=True, metavar="STORE", help="Store to create.")
 @dataset_option()
 @split_option("train")
-@click.option("--dtype", type=dtype_choice, default="float16", show_default=True)
+@click.option(
+    "--dtype",
+    type=dtype_choice,
+    default=None,
+    help="Storage dtype (default: the exported store's, for a file `fsd store export` wrote; else float16).",
+)
 @click.option("--chunk-rows", type=int, default=None, help="Samples per chunk (default: a few MB per chunk).")
 @overwrite_option
 def import_(
-    file: Path, out: str, dataset: str, split: str, dtype: str, chunk_rows: int | None, overwrite: bool
+    file: Path, out: str, dataset: str, split: str, dtype: str | None, chunk_rows: int | None, overwrite: bool
 ) -> None:
     """Create a store from an HDF5 file of teacher embeddings computed outside fsd.
 

@@ -17,13 +17,16 @@ import h5py
 import numpy as np
 
 from featstore.atomic import file_sha256
-from featstore.codecs import check_dtype
+from featstore.codecs import DTYPES, check_dtype
 from featstore.datasets import ImageDataset
 from featstore.errors import InputNotFound, InvalidInput
 from featstore.extract import ExtractSummary, summarise
 from featstore.lock import writer_lock
 from featstore.store import StoreShape, create_store, default_chunk_rows, local_path, remove_store, store_exists
 from featstore.views import PARAM_NAMES, identity_params
+
+DEFAULT_IMPORT_DTYPE = "float16"
+"""Storage dtype of an import when neither the caller nor the file's export attributes name one."""
 
 
 def _exported_meta(handle: h5py.File, path: Path) -> dict:
@@ -47,12 +50,13 @@ def import_h5(
     dataset: ImageDataset,
     url: str,
     *,
-    dtype: str = "float16",
+    dtype: str | None = None,
     chunk_rows: int | None = None,
     overwrite: bool = False,
 ) -> ExtractSummary:
     path = Path(path)
-    check_dtype(dtype)
+    if dtype is not None:
+        check_dtype(dtype)
     if not path.is_file():
         raise InputNotFound(f"embeddings file {path} does not exist")
     if not h5py.is_hdf5(path):
@@ -81,8 +85,10 @@ def import_h5(
             raise InvalidInput(f"{path}: views {handle['views'].shape}, expected {(n, v, len(PARAM_NAMES))}")
         if v > 1 and "views" not in handle:
             raise InvalidInput(f"{path}: {v} views per sample but no 'views' parameters to replay them")
-        rows = chunk_rows or default_chunk_rows(n, v, d, dtype)
         exported = _exported_meta(handle, path)
+        if dtype is None:  # keep an exported store's dtype: importing a float32 store must not round it
+            dtype = exported.get("dtype") if exported.get("dtype") in DTYPES else DEFAULT_IMPORT_DTYPE
+        rows = chunk_rows or default_chunk_rows(n, v, d, dtype)
         head = exported.get("head") or {}
         margin_head = head.get("type") in ("arcface", "cosface")
         views_meta = exported.get("views") or {}

@@ -85,3 +85,13 @@ def test_import_keeps_the_exported_head_type_and_view_seed(exported, small_digit
         handle.attrs["fsd"] = json.dumps(meta)
     with pytest.raises(InvalidInput, match="arcface head without a positive scale"):
         import_h5(h5, small_digits, str(tmp_path / "bad.zarr"), chunk_rows=16)
+
+
+def test_import_keeps_the_exported_dtype_by_default(teacher, small_digits, tmp_path):
+    url = str(tmp_path / "f32.zarr")
+    extract_teacher(teacher, small_digits, url, views=1, dtype="float32", chunk_rows=16, progress=False)
+    h5 = export_h5(url, tmp_path / "f32.h5", progress=False)
+    back = open_store(import_h5(h5, small_digits, str(tmp_path / "back.zarr"), chunk_rows=16).url)
+    assert back.dtype == "float32"
+    assert np.array_equal(back.read_chunk(0)[0], open_store(url).read_chunk(0)[0])  # no rounding on the way
+    assert open_store(import_h5(h5, small_digits, str(tmp_path / "f16.zarr"), dtype="float16").url).dtype == "float16"
