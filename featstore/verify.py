@@ -107,26 +107,21 @@ class LiveCheck:
     def all_problems(self) -> list[str]:
         out = list(self.problems)
         if self.view_mismatches:
-            listed = ", ".join(f"(sample {s}, view {v})" for s, v in self.view_mismatches[:_LISTED])
-            more = "…" if len(self.view_mismatches) > _LISTED else ""
+            listed = _listed([f"(sample {s}, view {v})" for s, v in self.view_mismatches])
             out.append(
                 f"view params mismatch: {len(self.view_mismatches)} of {self.requested} rows store view "
-                f"parameters that differ from the ones the store's seed draws: {listed}{more}"
+                f"parameters that differ from the ones the store's seed draws: {listed}"
             )
         low = self.low_rows
         if low:
-            listed = ", ".join(f"(sample {s}, view {v}) {c:.6f}" for s, v, c in low[:_LISTED])
-            more = "…" if len(low) > _LISTED else ""
-            out.append(
-                f"{len(low)} of {self.checked} rows below cosine {self.threshold} ({self.dtype}): {listed}{more}"
-            )
+            listed = _listed([f"(sample {s}, view {v}) {c:.6f}" for s, v, c in low])
+            out.append(f"{len(low)} of {self.checked} rows below cosine {self.threshold} ({self.dtype}): {listed}")
         bad_norms = self.bad_norm_rows
         if bad_norms:
-            listed = ", ".join(f"(sample {s}, view {v}) ×{r:.4g}" for s, v, r in bad_norms[:_LISTED])
-            more = "…" if len(bad_norms) > _LISTED else ""
+            listed = _listed([f"(sample {s}, view {v}) ×{r:.4g}" for s, v, r in bad_norms])
             out.append(
                 f"{len(bad_norms)} of {self.checked} rows have a stored norm off from the recomputed one by more "
-                f"than {self.norm_tolerance:g} (relative; {self.dtype}): {listed}{more}"
+                f"than {self.norm_tolerance:g} (relative; {self.dtype}): {listed}"
             )
         if self.checked == 0 and not self.problems:
             out.append("no row could be compared")
@@ -156,6 +151,11 @@ class LiveCheck:
             "ok": self.ok,
             "problems": self.all_problems(),
         }
+
+
+def _listed(items: list[str]) -> str:
+    """The first few offending rows of a problem line, and "…" when there are more."""
+    return ", ".join(items[:_LISTED]) + ("…" if len(items) > _LISTED else "")
 
 
 @dataclass
