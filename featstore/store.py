@@ -106,8 +106,9 @@ class _ChunkFiles:
     Why: zarr's read pipeline (async tasks, codec objects, an output array filled then copied into) costs
     about as much again as reading and Blosc-decompressing the chunk file itself — ~55 vs ~31 ms per epoch
     of the benchmark store — and the stream reads every chunk every epoch. Only the layout fsd writes
-    qualifies (checked in :meth:`for_array`); anything else, and any chunk whose file is absent (zarr's
-    fill-value semantics), goes through zarr, so both paths return the same arrays.
+    qualifies (checked in :meth:`for_array`); anything else goes through zarr, and both paths return the same
+    arrays. Where zarr would serve fill values for a chunk without a file, the store reports the chunk
+    instead (embeddings, views, scales: :meth:`FeatureStore.missing_chunk_files`) or asks zarr (labels).
     """
 
     def __init__(self, array: Any, root: Path) -> None:
@@ -263,9 +264,10 @@ class FeatureStore(ChunkGeometry):
 
         A local store in fsd's plain layout reads each chunk file and Blosc-decompresses it directly
         (:class:`_ChunkFiles`); any other store fetches every array of every chunk concurrently in one round
-        trip to zarr's event loop. A chunk without a file (never written, or all fill value: zarr skips
-        those) always goes through zarr. Decode with :meth:`decode`; the stream decodes only the view it
-        picked, not all V."""
+        trip to zarr's event loop. On a local store, a chunk whose embeddings, views or scales file is
+        missing is returned as a :class:`StoreError` (zarr alone would serve zeros); one whose labels file
+        is missing (all labels unknown) is read through zarr. Decode with :meth:`decode`; the stream decodes
+        only the view it picked, not all V."""
         arrays = self._arrays()
         direct = self._direct_readers()
         if direct is None:
