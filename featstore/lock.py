@@ -1,8 +1,10 @@
 """A writer lock for a store: one extraction at a time, and a crashed one never blocks the next.
 
-The lock is a small JSON file ``<store>.lock`` next to a local store, created with O_EXCL (atomic on POSIX)
-and holding the owner's pid and host. A second writer finds it and is refused while that pid is alive on
-this host; a lock left by a dead process (kill -9, power loss) is taken over with a warning. Stores at
+The lock is a small JSON file ``<store>.lock`` next to the local store's real path, created atomically with
+its content (a hard link of a complete temporary file) and holding the owner's pid and host. A second writer
+finds it and is refused while that pid is alive on this host; a lock left by a dead process (kill -9, power
+loss) is taken over with a warning — by renaming it aside first, so two processes taking over the same stale
+lock cannot both succeed. Stores at
 remote URLs are not locked (object stores offer no portable exclusive create); the docs say so.
 """
 
@@ -13,6 +15,7 @@ import json
 import os
 import socket
 import time
+import uuid
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -38,6 +41,48 @@ def _read_owner(path: Path) -> dict:
         return {}
 
 
+def _create_with_content(lock: Path, owner: dict) -> bool:
+    """Create ``lock`` holding ``owner`` in one atomic step (a hard link of a complete temporary file), so a
+    kill can never leave an empty lock that nobody can attribute; False if the lock already exists."""
+    tmp = lock.with_name(f".{lock.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}")
+    tmp.write_text(json.dumps(owner))
+    try:
+        os.link(tmp, lock)
+        return True
+    except FileExistsError:
+        return False
+    except OSError:  # a file system without hard links: exclusive create, then write (not atomic)
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            return False
+        with os.fdopen(fd, "w") as handle:
+            json.dump(owner, handle)
+        return True
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _remove_if_still(lock: Path, stale: dict) -> bool:
+    """Remove ``lock`` only if it still holds ``stale``: it is first renamed aside (atomic; of two processes
+    taking over the same stale lock only one succeeds) and put back when another process had already
+    replaced it with a live lock."""
+    aside = lock.with_name(f".{lock.name}.stale.{os.getpid()}.{uuid.uuid4().hex[:8]}")
+    try:
+        os.rename(lock, aside)
+    except FileNotFoundError:
+        return False
+    if _read_owner(aside) == stale:
+        aside.unlink(missing_ok=True)
+        return True
+    try:  # a live lock taken in between: give it back (unless yet another lock appeared meanwhile)
+        os.link(aside, lock)
+    except FileExistsError:
+        pass
+    aside.unlink(missing_ok=True)
+    return False
+
+
 @contextlib.contextmanager
 def writer_lock(store_path: Path | None) -> Iterator[None]:
     """Hold ``<store_path>.lock`` for the duration of the block (no-op for ``None``: remote stores)."""
@@ -49,25 +94,21 @@ def writer_lock(store_path: Path | None) -> Iterator[None]:
     lock = store_path.with_name(store_path.name + ".lock")
     ensure_parent(lock)
     me = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.time()}
-    for _ in range(2):
-        try:
-            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
-            owner = _read_owner(lock)
-            pid, host = owner.get("pid"), owner.get("host")
-            if host == me["host"] and isinstance(pid, int) and not _pid_alive(pid):
+    for _ in range(3):
+        if _create_with_content(lock, me):
+            break
+        owner = _read_owner(lock)
+        pid, host = owner.get("pid"), owner.get("host")
+        if host == me["host"] and isinstance(pid, int) and not _pid_alive(pid):
+            if _remove_if_still(lock, owner):
                 warnings.warn(f"taking over the stale lock {lock} of dead process {pid}", RuntimeWarning, stacklevel=3)
-                lock.unlink(missing_ok=True)
-                continue
-            where = f"pid {pid} on {host}" if pid else "an unknown process"
-            raise StoreLocked(
-                f"store {store_path} is being written by {where} (lock {lock}); "
-                "wait for it, or delete the lock file if that process is gone"
-            ) from None
-        with os.fdopen(fd, "w") as handle:
-            json.dump(me, handle)
-        break
-    else:  # pragma: no cover - another process re-created it between our unlink and create
+            continue  # retry: we removed the stale lock, or someone else replaced it meanwhile
+        where = f"pid {pid} on {host}" if pid else "an unknown process"
+        raise StoreLocked(
+            f"store {store_path} is being written by {where} (lock {lock}); "
+            "wait for it, or delete the lock file if that process is gone"
+        )
+    else:  # pragma: no cover - other processes keep re-creating it
         raise StoreLocked(f"could not acquire {lock}")
     try:
         yield

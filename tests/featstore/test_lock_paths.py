@@ -31,3 +31,23 @@ def test_lock_folder_blocked_by_a_file_is_invalid_input(tmp_path: Path) -> None:
         with writer_lock(tmp_path / "afile" / "s.zarr"):
             pass
     assert os.listdir(tmp_path) == ["afile"]
+
+
+def test_taking_over_a_stale_lock_never_removes_a_live_one(tmp_path: Path) -> None:
+    """The stale owner another process already replaced: its live lock is put back, not deleted."""
+    import json
+
+    from featstore.lock import _create_with_content, _remove_if_still
+
+    lock = tmp_path / "s.zarr.lock"
+    stale = {"pid": 999999, "host": "h", "since": 1.0}
+    live = {"pid": os.getpid(), "host": "h", "since": 2.0}
+    assert _create_with_content(lock, stale) and not _create_with_content(lock, live)
+    assert json.loads(lock.read_text()) == stale  # never an empty lock: written whole or not at all
+    lock.unlink()
+    assert _create_with_content(lock, live)  # another process took the stale lock over first
+    assert not _remove_if_still(lock, stale)
+    assert json.loads(lock.read_text()) == live
+    lock.write_text(json.dumps(stale))
+    assert _remove_if_still(lock, stale) and not lock.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # no temporary or set-aside files left
