@@ -343,7 +343,15 @@ def extract_teacher_distributed(
         client = stack.enter_context(_connect(scheduler, connect_timeout)) if scheduler is not None else None
         with writer_lock(local):
             store, resumed = open_or_create_store(
-                teacher, dataset, url, views=views, dtype=dtype, chunk_rows=chunk_rows, seed=seed, overwrite=overwrite
+                teacher,
+                dataset,
+                url,
+                views=views,
+                dtype=dtype,
+                chunk_rows=chunk_rows,
+                seed=seed,
+                overwrite=overwrite,
+                compute={"batch_size": batch_size, "device": torch.device(device).type},
             )
             del teacher  # the workers load their own; the driver needed only the metadata
             missing = store.missing_chunks()

@@ -9,6 +9,7 @@ crash computes only the missing chunks and gives arrays bit-identical to an unin
 from __future__ import annotations
 
 import time
+import warnings
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -235,17 +236,31 @@ def open_or_create_store(
     chunk_rows: int | None,
     seed: int,
     overwrite: bool,
+    compute: dict[str, Any] | None = None,
 ) -> tuple[FeatureStore, bool]:
     """(store, resumed): the existing store when it was made from the same inputs, a new one otherwise.
 
     Call it while holding the writer lock. A store made from other inputs is refused unless ``overwrite``.
+    ``compute`` (``{"batch_size", "device"}``) is recorded; resuming with other values is allowed but
+    warned about: float32 results depend on the batch and the device in their last bits, so the store would
+    differ slightly from an uninterrupted run.
     """
     meta = _store_meta(teacher, dataset, views, seed)
+    if compute is not None:
+        meta["compute"] = dict(compute)
     if store_exists(url) and overwrite:
         remove_store(url)
     if store_exists(url):
         store = _open_for_resume(url, {**meta, "dtype": dtype, "chunk_rows": chunk_rows})
         _check_same_head(store, teacher, url)
+        before = store.meta.get("compute")
+        if compute is not None and before is not None and before != compute and store.missing_chunks():
+            warnings.warn(
+                f"resuming {url} with {compute} where its first chunks were computed with {before}: the new "
+                "chunks may differ in their last bits from an uninterrupted run",
+                RuntimeWarning,
+                stacklevel=3,
+            )
         return store, True
     shape = StoreShape(len(dataset), views, teacher.embedding_dim, len(PARAM_NAMES), int(teacher.head_weight.shape[0]))
     rows_per_chunk = chunk_rows or default_chunk_rows(len(dataset), views, teacher.embedding_dim, dtype)
@@ -300,7 +315,15 @@ def extract_teacher(
     teacher.model.eval().to(device)
     with writer_lock(local_path(url)):
         store, resumed = open_or_create_store(
-            teacher, dataset, url, views=views, dtype=dtype, chunk_rows=chunk_rows, seed=seed, overwrite=overwrite
+            teacher,
+            dataset,
+            url,
+            views=views,
+            dtype=dtype,
+            chunk_rows=chunk_rows,
+            seed=seed,
+            overwrite=overwrite,
+            compute={"batch_size": batch_size, "device": device.type},
         )
         missing = store.missing_chunks()
         for chunk in tqdm(missing, desc="extract-teacher", unit="chunk", disable=not progress):

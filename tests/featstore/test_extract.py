@@ -354,3 +354,19 @@ def test_stale_lock_of_dead_process_is_taken_over(tmp_path, teacher, small_digit
         summary = run(teacher, small_digits, path)
     assert summary.chunks_computed == 8 and open_store(path).complete
     assert not lock_file(path).exists()
+
+
+def test_resume_with_another_batch_size_warns(tmp_path, teacher, small_digits) -> None:
+    """float32 results depend on the batch in their last bits: a resume with another batch size is allowed
+    (the inputs are the same) but said, since the store will not be bit-identical to an uninterrupted run."""
+    path = str(tmp_path / "s.zarr")
+    extract_teacher(teacher, small_digits, path, views=1, chunk_rows=CHUNK, batch_size=8, progress=False)
+    assert open_store(path).meta["compute"] == {"batch_size": 8, "device": "cpu"}
+    group = zarr.open_group(path, mode="r+")
+    group["progress/done"][2] = False
+    attrs = dict(group.attrs["fsd"])
+    attrs["complete"] = False
+    group.attrs["fsd"] = attrs
+    with pytest.warns(RuntimeWarning, match="batch_size': 16.*batch_size': 8"):
+        extract_teacher(teacher, small_digits, path, views=1, chunk_rows=CHUNK, batch_size=16, progress=False)
+    assert open_store(path).complete
