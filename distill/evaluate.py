@@ -256,7 +256,7 @@ def retrieval_report(
             raise InvalidInput("retrieval needs at least 2 samples with known labels")
         _, idx = knn_search(q_emb, q_emb, k, exclude_self=True, **search)
         relevant = metrics.count_relevant(q_lab, q_lab, leave_one_out=True)
-        report = metrics.retrieval_metrics(labels_at(idx, q_lab), q_lab, relevant, ks=_ks(k))
+        report = metrics.retrieval_metrics(_padded(labels_at(idx, q_lab)), q_lab, relevant, ks=metrics.DEFAULT_KS)
         if index != "exact":
             report["index"] = _index_section(q_emb, q_emb, idx, True, index, opts, use_gpu, recall_queries)
         return report
@@ -288,7 +288,7 @@ def retrieval_report(
         # drop the counterpart (or the last entry when the counterpart is not among the k+1)
         keep[keep.all(axis=1), -1] = False
         idx = idx[keep].reshape(len(idx), k)
-    report = metrics.retrieval_metrics(labels_at(idx, g_lab), q_lab, relevant, ks=_ks(k))
+    report = metrics.retrieval_metrics(_padded(labels_at(idx, g_lab)), q_lab, relevant, ks=metrics.DEFAULT_KS)
     if index_section is not None:
         report["index"] = index_section
     return report
@@ -319,8 +319,13 @@ def _index_section(
     return {"type": index, "k": k, "recall_vs_exact@k": recall, "num_queries_checked": checked, "params": params}
 
 
-def _ks(k: int) -> tuple[int, ...]:
-    return tuple(x for x in metrics.DEFAULT_KS if x <= k) or (1,)
+def _padded(neighbor_labels: np.ndarray) -> np.ndarray:
+    """Neighbour labels padded with unknown (-1) columns to the largest default k: with fewer than k others,
+    Recall@k ("any of the k nearest others") is over all of them, and every report has the same keys."""
+    missing = max(metrics.DEFAULT_KS) - neighbor_labels.shape[1]
+    if missing <= 0:
+        return neighbor_labels
+    return np.pad(neighbor_labels, ((0, 0), (0, missing)), constant_values=metrics.UNKNOWN_LABEL)
 
 
 def evaluate(
