@@ -35,7 +35,7 @@ import io
 import math
 import re
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path, PurePosixPath, PureWindowsPath
@@ -162,21 +162,26 @@ def _detect_prefix(meta: Path, shown: str) -> str:
     return found[0]
 
 
+def _records(text: str, shown: str, layout: str, fields: int) -> Iterator[tuple[int, str, list[str]]]:
+    """(line number, "FILE line N", fields) of every non-blank line of a whitespace-separated meta file, each
+    checked to hold exactly ``fields`` fields named by ``layout``."""
+    for number, line in enumerate(text.splitlines(), start=1):
+        tokens = line.split()
+        if not tokens:
+            continue
+        where = f"{shown} line {number}"
+        if len(tokens) != fields:
+            raise InvalidInput(f"{where}: expected '{layout}' ({fields} fields), got {len(tokens)} fields")
+        yield number, where, tokens
+
+
 def _parse_faces(text: str, shown: str) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray]:
     names: list[str] = []
     templates: list[int] = []
     medias: list[int] = []
     numbers: list[int] = []
     first_line: dict[str, int] = {}
-    for number, line in enumerate(text.splitlines(), start=1):
-        tokens = line.split()
-        if not tokens:
-            continue
-        where = f"{shown} line {number}"
-        if len(tokens) != 3:
-            raise InvalidInput(
-                f"{where}: expected 'image_name template_id media_id' (3 fields), got {len(tokens)} fields"
-            )
+    for number, where, tokens in _records(text, shown, "image_name template_id media_id", 3):
         name, t, m = tokens
         if not _safe_relative(name):
             raise InvalidInput(f"{where}: image path {name!r} escapes the data root (absolute or with '..')")
@@ -203,15 +208,7 @@ def _parse_faces(text: str, shown: str) -> tuple[list[str], np.ndarray, np.ndarr
 
 def _parse_quality(text: str, shown: str, face_names: list[str], face_shown: str, face_lines: np.ndarray) -> np.ndarray:
     scores: dict[str, tuple[float, int]] = {}
-    for number, line in enumerate(text.splitlines(), start=1):
-        tokens = line.split()
-        if not tokens:
-            continue
-        where = f"{shown} line {number}"
-        if len(tokens) != 12:
-            raise InvalidInput(
-                f"{where}: expected 'image_name x1 y1 ... x5 y5 score' (12 fields), got {len(tokens)} fields"
-            )
+    for number, where, tokens in _records(text, shown, "image_name x1 y1 ... x5 y5 score", 12):
         name = tokens[0]
         if not _safe_relative(name):
             raise InvalidInput(f"{where}: image path {name!r} escapes the data root (absolute or with '..')")
@@ -261,15 +258,7 @@ def _parse_pairs_by_line(
     rows: list[tuple[int, int]] = []
     labels: list[bool] = []
     numbers: list[int] = []
-    for number, line in enumerate(text.splitlines(), start=1):
-        tokens = line.split()
-        if not tokens:
-            continue
-        where = f"{shown} line {number}"
-        if len(tokens) != 3:
-            raise InvalidInput(
-                f"{where}: expected 'template_id_1 template_id_2 label' (3 fields), got {len(tokens)} fields"
-            )
+    for number, where, tokens in _records(text, shown, "template_id_1 template_id_2 label", 3):
         t1 = _int_field(tokens[0], where, "template_id_1")
         t2 = _int_field(tokens[1], where, "template_id_2")
         if tokens[2] not in ("0", "1"):
