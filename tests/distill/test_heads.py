@@ -34,14 +34,6 @@ from featstore.store import open_store
 MARGIN_HEADS = (ArcFaceHead, CosFaceHead)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _single_torch_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def margin_head(cls, weight, scale: float, margin: float, dtype=torch.float64):
     weight = torch.as_tensor(weight, dtype=dtype)
     head = cls(weight.shape[1], weight.shape[0], scale=scale, margin=margin).to(dtype)

@@ -25,14 +25,6 @@ from featstore.errors import InvalidInput
 B = 5
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _single_torch_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def t64(rows) -> torch.Tensor:
     return torch.tensor(rows, dtype=torch.float64)
 

@@ -35,14 +35,6 @@ TEACHER_DIM = 64
 CLASSES = 10
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _single_torch_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def digits():
     return load_dataset("digits", "train")

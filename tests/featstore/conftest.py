@@ -60,12 +60,3 @@ def make_teacher() -> Callable[..., TeacherSource]:
 @pytest.fixture
 def make_subset() -> Callable[[ImageDataset, int], ImageDataset]:
     return subset
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _single_torch_thread():
-    """These tensors are tiny: one intra-op thread is faster and avoids oversubscribing a shared CPU."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
