@@ -113,14 +113,12 @@ def _store_meta(teacher: TeacherSource, dataset: ImageDataset, views: int, seed:
 def _check_same_head(store: FeatureStore, teacher: TeacherSource, url: str) -> None:
     """The head a resumed store holds must be this teacher's, to the bit: the provenance hash alone cannot
     tell for every teacher source, and a mismatch would mix two teachers' chunks under one head."""
-    same = np.array_equal(store.head_weight(), teacher.head_weight) and (
-        (store.head_bias() is None and teacher.head_bias is None)
-        or (
-            store.head_bias() is not None
-            and teacher.head_bias is not None
-            and np.array_equal(store.head_bias(), teacher.head_bias)
-        )
-    )
+    stored_bias = store.head_bias()  # one read of the array, not one per comparison
+    if stored_bias is None or teacher.head_bias is None:
+        same_bias = stored_bias is None and teacher.head_bias is None
+    else:
+        same_bias = np.array_equal(stored_bias, teacher.head_bias)
+    same = same_bias and np.array_equal(store.head_weight(), teacher.head_weight)
     if not same:
         raise StoreError(
             f"store {url} holds another head than this teacher's (other weights); refusing to resume into it "
