@@ -29,8 +29,8 @@ def _student(args):
     import torch
 
     torch.set_num_threads(1)
-    from distill import evaluate as ev
-    from distill.train_student import StudentConfig, train_student
+    from distill.evaluation import evaluate as ev
+    from distill.training.student import StudentConfig, train_student
 
     head, recipe, seed, store, out, epochs = args
     train_student(StudentConfig(store=store, dataset="digits", out=Path(out), recipe=recipe, epochs=epochs, seed=seed,
@@ -45,9 +45,9 @@ def _teacher(args):
     import torch
 
     torch.set_num_threads(1)
-    from distill import evaluate as ev
-    from distill.checkpoint import load_teacher_source
-    from distill.train_teacher import TeacherConfig, train_teacher
+    from distill.evaluation import evaluate as ev
+    from distill.models.checkpoint import load_teacher_source
+    from distill.training.teacher import TeacherConfig, train_teacher
     from featstore.datasets import load_dataset
     from featstore.extract import extract_teacher
 

@@ -47,8 +47,8 @@ def _student(args: tuple) -> tuple[str, int, dict]:
     import torch
 
     torch.set_num_threads(1)
-    from distill import evaluate as ev
-    from distill.train_student import StudentConfig, train_student
+    from distill.evaluation import evaluate as ev
+    from distill.training.student import StudentConfig, train_student
 
     recipe, seed, store, gallery_store, out, epochs = args
     train_student(StudentConfig(store=store, dataset="digits", out=Path(out), recipe=recipe, epochs=epochs,
@@ -62,8 +62,8 @@ def _sh_teacher(args: tuple) -> tuple[int, str, float]:
     import torch
 
     torch.set_num_threads(1)
-    from distill.checkpoint import load_teacher_source
-    from distill.train_teacher import TeacherConfig, train_teacher
+    from distill.models.checkpoint import load_teacher_source
+    from distill.training.teacher import TeacherConfig, train_teacher
     from featstore.datasets import load_dataset
     from featstore.extract import extract_teacher
 
@@ -95,9 +95,9 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(1)
-    from distill import evaluate as ev
-    from distill.checkpoint import load_teacher_source
-    from distill.train_teacher import TeacherConfig, train_teacher
+    from distill.evaluation import evaluate as ev
+    from distill.models.checkpoint import load_teacher_source
+    from distill.training.teacher import TeacherConfig, train_teacher
     from featstore.datasets import load_dataset
     from featstore.extract import extract_teacher
 

@@ -11,7 +11,7 @@ Sections (``--sections``, default all):
 
 * ``training`` — one training step of resnet8x4 (the CIFAR student of PAPER.md) on 32×32 inputs through the
   trainer's own pieces (StoreStream → render_views → TeacherSide.embed → DistillStep → backward → SGD step →
-  schedule → loss logging, as in ``distill.train_student``): vanilla (a plain CE step, no store), store-KD,
+  schedule → loss logging, as in ``distill.training.student``): vanilla (a plain CE step, no store), store-KD,
   store-TH-KD, store-CRD (RepDistiller's 16,384 negatives), online-KD and online-TH-KD (resnet32x4 run
   every step over the same views), and the bare teacher forward. All variants read the *same* batches (same
   sample ids and view parameters, checked every round); one step of each per round, the order rotated every
@@ -22,7 +22,7 @@ Sections (``--sections``, default all):
   same batch size; then ``extract_teacher_distributed`` on a LocalCluster of 2 worker processes against 1.
 * ``amortisation`` — whole ``train_student`` runs: k students from one store (one extraction + k store runs)
   against k online-teacher runs; k = 1, 3, 10 composed from the measured extraction and run times.
-* ``eval`` — ``distill.evaluate.retrieval_report`` against pytorch-metric-learning's AccuracyCalculator
+* ``eval`` — ``distill.evaluation.evaluate.retrieval_report`` against pytorch-metric-learning's AccuracyCalculator
   (P@1, R-precision, MAP@R, k = max_bin_count) on the same clustered embeddings; values must agree to 1e-6.
 
 Data are synthetic (no download): uint8 noise images written in the cifar-100-python layout and read through
@@ -178,7 +178,7 @@ def make_teacher(path: Path, dataset, seed: int, calibration_batch: int) -> None
     embeddings have the scale of a trained network's (no float16 overflow in a store)."""
     import torch
 
-    from distill.checkpoint import Checkpoint, save_checkpoint
+    from distill.models.checkpoint import Checkpoint, save_checkpoint
     from distill.models import create_model
 
     torch.manual_seed(seed)
@@ -236,7 +236,7 @@ class StepResult:
 
 
 class StoreTrainer:
-    """The state ``distill.train_student`` builds (criterion, teacher side, student, projection, stream,
+    """The state ``distill.training.student`` builds (criterion, teacher side, student, projection, stream,
     DistillStep, optimiser, schedule), built by the same library calls; :meth:`step` is its loop body."""
 
     def __init__(self, config, dataset, device, amp: bool, chunk_rows: int, total_steps: int) -> None:
@@ -245,8 +245,8 @@ class StoreTrainer:
 
         from distill.losses import TrainingContext, build_criterion
         from distill.models import create_model
-        from distill.train_student import DistillStep, teacher_side
-        from distill.training import make_optimizer, seed_everything
+        from distill.training.student import DistillStep, teacher_side
+        from distill.training.common import make_optimizer, seed_everything
         from featstore.stream import GeneratedViews, StoreStream
 
         self.criterion = build_criterion(config.recipe, config.loss, config.temperature, config.th_alpha)
@@ -315,7 +315,7 @@ class VanillaTrainer:
         import torch
 
         from distill.models import create_model
-        from distill.training import OptimConfig, make_optimizer, seed_everything
+        from distill.training.common import OptimConfig, make_optimizer, seed_everything
         from featstore.stream import GeneratedViews, StoreStream
 
         seed_everything(seed)
@@ -427,7 +427,7 @@ def crd_loss_seconds(trainer: StoreTrainer, batch: int, device, amp: bool, reps:
 
 
 def bench_training(ctx: Context) -> dict[str, Any]:
-    from distill.train_student import StudentConfig
+    from distill.training.student import StudentConfig
 
     s, device = ctx.sizes, ctx.device
     dataset, store = ctx.train_dataset, ctx.train_store
@@ -600,8 +600,8 @@ def bench_extraction(ctx: Context) -> dict[str, Any]:
 
 def _warm_worker() -> int:
     """Imports every worker needs before the first task, so the timings do not include them."""
-    import distill.checkpoint  # noqa: F401
-    import featstore.distributed  # noqa: F401
+    import distill.models.checkpoint  # noqa: F401
+    import featstore.dask_extract  # noqa: F401
 
     return os.getpid()
 
@@ -611,8 +611,8 @@ def bench_dask(ctx: Context) -> dict[str, Any]:
 
     from distributed import Client, LocalCluster
 
-    from distill.checkpoint import load_teacher_source
-    from featstore.distributed import extract_teacher_distributed
+    from distill.models.checkpoint import load_teacher_source
+    from featstore.dask_extract import extract_teacher_distributed
 
     s = ctx.sizes
     times: dict[int, list[float]] = {1: [], 2: []}
@@ -646,7 +646,7 @@ def bench_dask(ctx: Context) -> dict[str, Any]:
 
 # -- amortisation --------------------------------------------------------------------------------------------
 def bench_amortisation(ctx: Context) -> dict[str, Any]:
-    from distill.train_student import StudentConfig, train_student
+    from distill.training.student import StudentConfig, train_student
 
     s = ctx.sizes
     if ctx.ext_store_url is None:
@@ -689,8 +689,8 @@ def bench_eval(ctx: Context) -> dict[str, Any]:
     import torch
     from pytorch_metric_learning.utils.accuracy_calculator import AccuracyCalculator
 
-    from distill.evaluate import EmbeddingSet, retrieval_report
-    from distill.knn import faiss_gpu_available
+    from distill.evaluation.evaluate import EmbeddingSet, retrieval_report
+    from distill.evaluation.search import faiss_gpu_available
 
     s = ctx.sizes
     x, y = clustered_embeddings(s.eval_n, s.eval_dim, s.eval_classes, seed=0)
@@ -1016,7 +1016,7 @@ class Context:
 
 
 def prepare(ctx: Context, sections: list[str]) -> None:
-    from distill.checkpoint import load_teacher_source
+    from distill.models.checkpoint import load_teacher_source
     from featstore.datasets import load_dataset
 
     s = ctx.sizes
@@ -1041,7 +1041,7 @@ def prepare(ctx: Context, sections: list[str]) -> None:
 def run(args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
-    from distill.training import select_device
+    from distill.models.inference import select_device
 
     started = time.perf_counter()
     device = select_device(args.device)

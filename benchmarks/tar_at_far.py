@@ -3,10 +3,10 @@
 Makes N random clustered embeddings (default 20,000 × 128, 1,000 classes of 20: 190,000 genuine and
 199,800,000 impostor pairs), then runs, each in a fresh child process so that its peak RSS is its own:
 
-* ``streaming``: :func:`distill.verification.streaming_verification` (CPU, numpy tiles), which returns the
+* ``streaming``: :func:`distill.evaluation.verification.streaming_verification` (CPU, numpy tiles), which returns the
   report and a down-sampled ROC curve;
-* ``materialising``: the previous evaluation path, :func:`distill.knn.pair_scores` (all 2 × 10^8 scores) +
-  :func:`distill.metrics.verification_metrics` + :func:`distill.metrics.roc_curve`.
+* ``materialising``: the previous evaluation path, :func:`distill.evaluation.search.pair_scores` (all 2 × 10^8 scores) +
+  :func:`distill.evaluation.metrics.verification_metrics` + :func:`distill.evaluation.metrics.roc_curve`.
 
 It records wall time, peak RSS (``resource.getrusage``) and the RSS before the metric started (so the
 difference is what the metric itself needed), asserts that both reports are identical (every TAR, AUC and
@@ -60,9 +60,9 @@ def rss_mib() -> float:
 
 def worker(args: argparse.Namespace) -> None:
     """One method in this (fresh) process; prints one JSON line."""
-    from distill import verification as ver
-    from distill.knn import pair_scores
-    from distill.metrics import FARS, roc_curve, verification_metrics
+    from distill.evaluation import verification as ver
+    from distill.evaluation.search import pair_scores
+    from distill.evaluation.metrics import FARS, roc_curve, verification_metrics
 
     x, y = make_data(args.n, args.dim, args.classes, args.seed)
     passes = 0

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from distill import evaluate as ev
+from distill.evaluation import evaluate as ev
 
 
 @click.command("compare")

@@ -7,10 +7,10 @@ from pathlib import Path
 import click
 
 from cli.options import dataset_option, device_option, split_option
-from distill import evaluate as ev
-from distill.knn import INDEX_TYPES
-from distill.metrics import FARS
-from distill.pairs import FORMATS, read_pairs, resolve_pairs
+from distill.evaluation import evaluate as ev
+from distill.evaluation.search import INDEX_TYPES
+from distill.evaluation.metrics import FARS
+from distill.evaluation.protocols.pairs import FORMATS, read_pairs, resolve_pairs
 from featstore.errors import InvalidInput, OutputExists
 
 
@@ -199,7 +199,7 @@ def _check_ijb_usage(ijb_meta, embeddings, pairs_file, gallery_store, gallery_mo
 
 
 def _ijb(meta_dir: Path, embeddings: Path, fars, use_gpu, out, plot, cmc_plot) -> None:
-    from distill.ijb import read_ijb_meta
+    from distill.evaluation.protocols.ijb import read_ijb_meta
 
     meta = read_ijb_meta(meta_dir)  # fail on bad meta files before reading the embeddings
     queries = ev.embeddings_from_h5(embeddings, labels_required=False, with_flip=True)

@@ -93,7 +93,7 @@ def verify(store: str, teacher_path: str | None, sample: int | None, seed: int |
         raise InvalidInput(f"--sample must be positive, got {sample}")
     live_inputs = None
     if teacher_path is not None:  # every input is loaded (and refused with exit 2) before any checking
-        from distill.teachers import load_teacher
+        from distill.models.teachers import load_teacher
         from featstore.datasets import load_dataset
 
         opened = open_store(store, require_complete=False)

@@ -7,9 +7,9 @@ from pathlib import Path
 import click
 
 from cli.options import dataset_option, device_option, overwrite_option, quiet_option, seed_option, split_option
-from distill.heads import HEADS
-from distill.train_teacher import TeacherConfig, train_teacher
-from distill.training import OptimConfig
+from distill.models.heads import HEADS
+from distill.training.teacher import TeacherConfig, train_teacher
+from distill.training.common import OptimConfig
 
 
 @click.command("train-teacher")

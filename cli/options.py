@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from distill.training import DEVICES
+from distill.models.inference import DEVICES
 from featstore.codecs import DTYPES
 from featstore.datasets import SPLITS
 

@@ -13,10 +13,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from distill import evaluate as ev
-from distill.checkpoint import load_teacher_source
-from distill.train_student import StudentConfig, train_student
-from distill.train_teacher import TeacherConfig, train_teacher
+from distill.evaluation import evaluate as ev
+from distill.models.checkpoint import load_teacher_source
+from distill.training.student import StudentConfig, train_student
+from distill.training.teacher import TeacherConfig, train_teacher
 from featstore.atomic import atomic_write_text
 from featstore.datasets import load_dataset
 from featstore.extract import extract_teacher

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from distill.checkpoint import load_checkpoint
+from distill.models.checkpoint import load_checkpoint
 from featstore.store import open_store
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -13,7 +13,7 @@ import h5py
 import numpy as np
 import pytest
 
-from distill.pairs import lfw_accuracy, parse_pairs, resolve_pairs, score_pairs
+from distill.evaluation.protocols.pairs import lfw_accuracy, parse_pairs, resolve_pairs, score_pairs
 
 LFW_TEXT = """2\t2
 Ann\t1\t2

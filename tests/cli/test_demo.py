@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import re
 
-from distill.checkpoint import load_checkpoint
+from distill.models.checkpoint import load_checkpoint
 from featstore.store import open_store
 
 RECIPES = ("vanilla", "kd", "th-kd", "kde-th")

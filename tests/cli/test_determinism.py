@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from distill.checkpoint import load_checkpoint
+from distill.models.checkpoint import load_checkpoint
 
 
 def array_files(store: Path, array: str) -> dict[str, bytes]:

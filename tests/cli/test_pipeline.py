@@ -16,7 +16,7 @@ import h5py
 import numpy as np
 import pytest
 
-from distill.checkpoint import load_checkpoint
+from distill.models.checkpoint import load_checkpoint
 from distill.losses.recipes import RECIPES
 from featstore.store import open_store
 

@@ -1,4 +1,4 @@
-"""Tests for the approximate indexes of distill.knn (IVF, HNSW): exact search stays the default and exact,
+"""Tests for the approximate indexes of distill.evaluation.search (IVF, HNSW): exact search stays the default and exact,
 the approximate ones reach a high recall on random data with generous parameters, the recall measures by hand
 and against a brute force, padding/self-exclusion/batching, the GPU fallback, and `--index` through
 retrieval_report, evaluate and `fsd eval`."""
@@ -16,10 +16,10 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-import distill.knn as knn
+import distill.evaluation.search as knn
 from cli.main import cli
-from distill import evaluate as ev
-from distill.knn import (
+from distill.evaluation import evaluate as ev
+from distill.evaluation.search import (
     PAD_INDEX,
     approximate_recall,
     knn_search,

@@ -6,7 +6,7 @@ import builtins
 
 import pytest
 
-from distill.curves import TensorBoardLog, plot_training_curves
+from distill.training.curves import TensorBoardLog, plot_training_curves
 from featstore.errors import InvalidInput
 
 LOG = [{"epoch": e, "loss": {"total": 3.0 / e, "ce": 1.0 / e, "kd": 2.0 / e}, "test_accuracy": 0.5 + 0.1 * e}

@@ -1,4 +1,4 @@
-"""Tests for distill.heads: hand-computed margin logits (ArcFace, CosFace), the ArcFace fallback branch,
+"""Tests for distill.models.heads: hand-computed margin logits (ArcFace, CosFace), the ArcFace fallback branch,
 gradients, defaults, frozen heads for every type, head_state round trips, and head_from_store on a real
 store extracted with a margin-head teacher.
 
@@ -15,7 +15,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from distill.heads import (
+from distill.models.heads import (
     HEADS,
     ArcFaceHead,
     CosFaceHead,

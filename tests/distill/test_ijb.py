@@ -1,4 +1,4 @@
-"""Tests for distill.ijb: the official IJB-B/IJB-C meta formats (written here in miniature), template
+"""Tests for distill.evaluation.protocols.ijb: the official IJB-B/IJB-C meta formats (written here in miniature), template
 embeddings, 1:1 verification and 1:N identification — each metric by hand and against an independent
 brute force — bad meta files (line numbers, unknown templates/labels, NaN, path escapes), and `fsd eval
 --ijb-meta` end to end (report keys, one-line errors with exit 2, `fsd compare`)."""
@@ -16,7 +16,7 @@ import pytest
 from click.testing import CliRunner
 
 from cli.main import cli
-from distill.ijb import (
+from distill.evaluation.protocols.ijb import (
     face_rows,
     identification_metrics,
     ijb_evaluation,
@@ -26,7 +26,7 @@ from distill.ijb import (
     template_embeddings,
     template_rows,
 )
-from distill.metrics import far_key, verification_metrics
+from distill.evaluation.metrics import far_key, verification_metrics
 from featstore.errors import InputNotFound, InvalidInput
 
 CSV_HEADER = "TEMPLATE_ID,SUBJECT_ID,FILENAME,SIGHTING_ID,FACE_X,FACE_Y,FACE_WIDTH,FACE_HEIGHT"
@@ -432,7 +432,7 @@ def test_read_meta_ijbb_names_and_optional_parts(tmp_path: Path) -> None:
 
 
 def test_pair_file_fast_path_equals_line_parser(tmp_path: Path) -> None:
-    from distill.ijb import _parse_pairs, _parse_pairs_by_line
+    from distill.evaluation.protocols.ijb import _parse_pairs, _parse_pairs_by_line
 
     rng = np.random.default_rng(0)
     rows = rng.integers(1, 5, size=(500, 2))

@@ -1,4 +1,4 @@
-"""Tests for distill.knn: normalisation, exact FAISS search against a numpy brute force, leave-one-out
+"""Tests for distill.evaluation.search: normalisation, exact FAISS search against a numpy brute force, leave-one-out
 self-exclusion (also with duplicated rows), padding, the GPU fallback, and blockwise pair scores."""
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ import faiss
 import numpy as np
 import pytest
 
-import distill.knn as knn
-from distill.knn import PAD_INDEX, faiss_gpu_available, knn_search, l2_normalize, labels_at, pair_scores
+import distill.evaluation.search as knn
+from distill.evaluation.search import PAD_INDEX, faiss_gpu_available, knn_search, l2_normalize, labels_at, pair_scores
 from featstore.errors import InvalidInput
 
 

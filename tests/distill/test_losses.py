@@ -15,7 +15,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from distill.heads import LinearHead, frozen_head_from_weights
+from distill.models.heads import LinearHead, frozen_head_from_weights
 from distill.losses import TrainingContext
 from distill.losses import (
     LOSSES,

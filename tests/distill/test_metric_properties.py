@@ -7,9 +7,9 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from distill import metrics
-from distill.evaluate import EmbeddingSet, retrieval_report
-from distill.knn import pair_scores
+from distill.evaluation import metrics
+from distill.evaluation.evaluate import EmbeddingSet, retrieval_report
+from distill.evaluation.search import pair_scores
 
 SETTINGS = settings(max_examples=25, deadline=None)
 

@@ -1,4 +1,4 @@
-"""Tests for distill.metrics: hand-computed cases, an independent brute-force reference, and a cross-check of the
+"""Tests for distill.evaluation.metrics: hand-computed cases, an independent brute-force reference, and a cross-check of the
 retrieval metrics against pytorch-metric-learning's AccuracyCalculator."""
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ from decimal import ROUND_FLOOR, Decimal
 import numpy as np
 import pytest
 
-from distill.knn import knn_search, l2_normalize, labels_at
-from distill.metrics import (
+from distill.evaluation.search import knn_search, l2_normalize, labels_at
+from distill.evaluation.metrics import (
     FARS,
     UNKNOWN_LABEL,
     count_relevant,

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from distill.heads import LinearHead, frozen_head_from_weights
+from distill.models.heads import LinearHead, frozen_head_from_weights
 from distill.models import MODELS, count_parameters, create_model
 from featstore.errors import UnknownName
 

@@ -1,4 +1,4 @@
-"""Tests for distill.pairs: the three pairs-file formats (parsing, name resolution, errors with line numbers),
+"""Tests for distill.evaluation.protocols.pairs: the three pairs-file formats (parsing, name resolution, errors with line numbers),
 verification over given pairs, LFW's fold-threshold accuracy by hand, and the CMC curve helper."""
 
 from __future__ import annotations
@@ -9,9 +9,9 @@ from fractions import Fraction
 import numpy as np
 import pytest
 
-from distill import evaluate as ev
-from distill.metrics import count_relevant, far_key, verification_metrics
-from distill.pairs import (
+from distill.evaluation import evaluate as ev
+from distill.evaluation.metrics import count_relevant, far_key, verification_metrics
+from distill.evaluation.protocols.pairs import (
     best_threshold,
     detect_format,
     lfw_accuracy,
@@ -239,7 +239,7 @@ def test_pairs_protocol_needs_no_labels() -> None:
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# CMC (distill.evaluate helper)
+# CMC (distill.evaluation.evaluate helper)
 # ----------------------------------------------------------------------------------------------------------------
 
 

@@ -1,4 +1,4 @@
-"""Tests for distill.resnet_cifar: the RepDistiller CIFAR ResNets build by name, keep the embedding/head split,
+"""Tests for distill.models.resnet_cifar: the RepDistiller CIFAR ResNets build by name, keep the embedding/head split,
 match the published parameter counts, and let resnet32x4 and resnet8x4 share a head (both 256-d)."""
 
 from __future__ import annotations
@@ -8,9 +8,9 @@ from collections.abc import Iterator
 import pytest
 import torch
 
-from distill.heads import ArcFaceHead, LinearHead
+from distill.models.heads import ArcFaceHead, LinearHead
 from distill.models import MODELS, count_parameters, create_model
-from distill.resnet_cifar import CifarResNet
+from distill.models.resnet_cifar import CifarResNet
 
 CIFAR_MODELS = {"resnet8": 64, "resnet20": 64, "resnet32": 64, "resnet56": 64, "resnet8x4": 256, "resnet32x4": 256}
 # Millions of parameters (100 classes) as CRD (Tian et al. 2020) / RepDistiller list them, to 2 decimals
@@ -152,7 +152,7 @@ def test_train_step_reaches_every_parameter():
 
 def test_checkpoint_round_trip(tmp_path):
     """A checkpoint records arch + model_config; rebuilding gives the same network (what eval relies on)."""
-    from distill.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+    from distill.models.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 
     model = build("resnet8x4").eval()
     ckpt = Checkpoint(kind="student", arch="resnet8x4", model_config={"num_classes": 100, "in_channels": 3,

@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from distill.checkpoint import load_checkpoint, load_teacher_source
-from distill.train_student import StudentConfig, resume_path_for, train_student
-from distill.train_teacher import TeacherConfig, train_teacher
+from distill.models.checkpoint import load_checkpoint, load_teacher_source
+from distill.training.student import StudentConfig, resume_path_for, train_student
+from distill.training.teacher import TeacherConfig, train_teacher
 from featstore.datasets import load_dataset
 from featstore.errors import CheckpointError, InputNotFound
 from featstore.extract import extract_teacher
@@ -107,7 +107,7 @@ def test_resume_identity_covers_the_stored_views_and_the_ranks():
     dtype or view seed), nor with another number of ranks (steps per epoch and the schedule differ)."""
     from types import SimpleNamespace
 
-    from distill.train_student import _run_identity
+    from distill.training.student import _run_identity
 
     config = StudentConfig(store="s.zarr", dataset="digits", out=Path("s.pt"))
     dataset = load_dataset("digits")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from distill.evaluate import EmbeddingSet, retrieval_report
+from distill.evaluation.evaluate import EmbeddingSet, retrieval_report
 
 
 def test_small_sets_keep_every_recall_key() -> None:

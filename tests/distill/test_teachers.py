@@ -11,7 +11,7 @@ import torch
 import zarr
 from torch import nn
 
-from distill.teachers import load_teacher
+from distill.models.teachers import load_teacher
 from featstore.datasets import load_dataset
 from featstore.errors import CheckpointError, InputNotFound, InvalidInput, StoreError
 from featstore.extract import extract_teacher

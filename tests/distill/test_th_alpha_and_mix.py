@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from distill.evaluate import mixed_prediction_logits
-from distill.heads import frozen_head, head_state
+from distill.evaluation.evaluate import mixed_prediction_logits
+from distill.models.heads import frozen_head, head_state
 from distill.losses import build_criterion
 from distill.losses.recipes import apply_th_alpha, resolve_weights
 from featstore.errors import InvalidInput

@@ -18,14 +18,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import distill.train_student as train_student_module
-from distill.checkpoint import file_sha256, load_checkpoint, load_teacher_source, save_checkpoint
-from distill.heads import ArcFaceHead, LinearHead, frozen_head, head_from_store
+import distill.training.student as train_student_module
+from distill.models.checkpoint import file_sha256, load_checkpoint, load_teacher_source, save_checkpoint
+from distill.models.heads import ArcFaceHead, LinearHead, frozen_head, head_from_store
 from distill.losses import DistillInputs
 from distill.models import create_model
-from distill.train_student import StudentConfig, head_cosine, init_head_from, train_student
-from distill.train_teacher import TeacherConfig, train_teacher
-from distill.training import OptimConfig
+from distill.training.student import StudentConfig, head_cosine, init_head_from, train_student
+from distill.training.teacher import TeacherConfig, train_teacher
+from distill.training.common import OptimConfig
 from featstore.datasets import load_dataset
 from featstore.errors import CheckpointError, InvalidInput
 from featstore.extract import extract_teacher

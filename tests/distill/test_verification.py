@@ -1,4 +1,4 @@
-"""Tests for distill.verification.streaming_verification: exact equality with the materialising path
+"""Tests for distill.evaluation.verification.streaming_verification: exact equality with the materialising path
 (metrics.verification_metrics over all pair scores), hand-computed cases, an independent brute force, edge cases
 and bad input.
 
@@ -6,7 +6,7 @@ Exactness is stated for the scores the tiles produce. Two kinds of data make the
 
 * "exact" embeddings whose float32 dot products are exact whatever the summation order (entries ±1 on 4 or 16 of
   16 coordinates → normalised entries ±0.5 / ±0.25, products multiples of 1/16): every BLAS kernel, tile shape
-  and device gives the same scores, so the reference is the independent ``distill.knn.pair_scores`` — and the
+  and device gives the same scores, so the reference is the independent ``distill.evaluation.search.pair_scores`` — and the
   scores tie massively (17 distinct values), with -0.0 / +0.0 from zero rows.
 * continuous random embeddings, where the reference must use the very tiles (:func:`tiled_pair_scores`).
 """
@@ -20,11 +20,11 @@ from decimal import ROUND_FLOOR, Decimal
 import numpy as np
 import pytest
 
-from distill import evaluate as ev
-from distill import verification as ver
-from distill.knn import pair_scores
-from distill.metrics import FARS, far_key, roc_curve, verification_metrics
-from distill.verification import float32_keys, streaming_verification, tiled_pair_scores
+from distill.evaluation import evaluate as ev
+from distill.evaluation import verification as ver
+from distill.evaluation.search import pair_scores
+from distill.evaluation.metrics import FARS, far_key, roc_curve, verification_metrics
+from distill.evaluation.verification import float32_keys, streaming_verification, tiled_pair_scores
 from featstore.errors import InvalidInput
 
 FARS_ALL = (*FARS, 2.5e-3, 0.3, 0.5, 1.0)

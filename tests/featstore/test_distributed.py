@@ -1,4 +1,4 @@
-"""Tests for featstore.distributed on the real digits split with a (1-epoch) trained teacher checkpoint:
+"""Tests for featstore.dask_extract on the real digits split with a (1-epoch) trained teacher checkpoint:
 a 2-worker LocalCluster writes a store bit-identical to the single-process run, resume recomputes only
 the missing chunks, each worker loads the teacher once, failures surface as the task's own error, bad
 options are refused before anything is created, and the CLI's --workers / --scheduler paths."""
@@ -19,10 +19,10 @@ import zarr
 from click.testing import CliRunner
 
 from cli.main import cli
-from distill.checkpoint import load_teacher_source
-from distill.train_teacher import TeacherConfig, train_teacher
+from distill.models.checkpoint import load_teacher_source
+from distill.training.teacher import TeacherConfig, train_teacher
 from featstore.datasets import load_dataset
-from featstore.distributed import extract_teacher_distributed, load_counts, plan_workers
+from featstore.dask_extract import extract_teacher_distributed, load_counts, plan_workers
 from featstore.errors import CheckpointError, InvalidInput
 from featstore.extract import extract_teacher
 from featstore.store import open_store

@@ -1,4 +1,4 @@
-"""Tests for featstore.image_datasets on tiny fake data built in tmp_path: ``cifar100:DIR`` (pickles shaped like
+"""Tests for featstore.datasets.images on tiny fake data built in tmp_path: ``cifar100:DIR`` (pickles shaped like
 cifar-100-python) and ``folder:DIR`` (PNGs written with Pillow) — shapes, exact pixel values, label order,
 options, fingerprints, errors — and one extraction whose stored views re-render to the teacher's pixels."""
 
@@ -18,7 +18,7 @@ from distill.models import create_model
 from featstore.datasets import DATASETS, load_dataset
 from featstore.errors import FsdError, InputNotFound, InvalidInput
 from featstore.extract import TeacherSource, extract_teacher
-from featstore.image_datasets import (CIFAR100_MEAN, CIFAR100_STD, IMAGENET_MEAN, IMAGENET_STD, DirImageDataset,
+from featstore.datasets.images import (CIFAR100_MEAN, CIFAR100_STD, IMAGENET_MEAN, IMAGENET_STD, DirImageDataset,
                                       folder_memory_bytes, parse_folder_argument)
 from featstore.store import open_store
 from featstore.views import render_views, sample_views

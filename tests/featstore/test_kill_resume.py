@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 import zarr
 
-from distill.checkpoint import load_teacher_source
-from distill.train_teacher import TeacherConfig, train_teacher
+from distill.models.checkpoint import load_teacher_source
+from distill.training.teacher import TeacherConfig, train_teacher
 from featstore.datasets import load_dataset
 from featstore.errors import StoreLocked
 from featstore.extract import extract_teacher

@@ -15,7 +15,7 @@ import zarr
 from click.testing import CliRunner
 
 from cli.main import cli
-from distill.checkpoint import Checkpoint, load_teacher_source, save_checkpoint
+from distill.models.checkpoint import Checkpoint, load_teacher_source, save_checkpoint
 from featstore.datasets import load_dataset
 from featstore.errors import InvalidInput
 from featstore.extract import extract_teacher

@@ -23,8 +23,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from distill.heads import create_head
-from distill.models import MODELS
+from distill.models.heads import create_head
+from distill.models.registry import MODELS
 
 THIN_WIDTHS = (16, 16, 32, 64)
 WIDE_WIDTHS = (32, 64, 128, 256)  # the "x4" models

@@ -1,7 +1,7 @@
 """Cosine-similarity neighbour search (exact by default) and pair scoring — the only place fsd touches FAISS.
 
 One responsibility: from embeddings to (score, index) neighbour lists and to genuine/impostor pair scores.
-Turning those into metrics is :mod:`distill.metrics`' job. Similarity is the inner product of L2-normalised
+Turning those into metrics is :mod:`distill.evaluation.metrics`' job. Similarity is the inner product of L2-normalised
 copies (= cosine similarity); the callers' arrays are never modified.
 
 Why exact search (``IndexFlatIP``) by default: evaluation numbers must not depend on an approximate index's
@@ -24,7 +24,7 @@ from typing import Any
 import faiss
 import numpy as np
 
-from distill.metrics import UNKNOWN_LABEL
+from distill.evaluation.metrics import UNKNOWN_LABEL
 from featstore.errors import InvalidInput
 
 PAD_INDEX: int = -1
@@ -391,7 +391,7 @@ def approximate_recall(
 
 def labels_at(indices: np.ndarray, labels: Any) -> np.ndarray:
     """Labels of neighbour ``indices`` (as from :func:`knn_search`), with padding (-1) mapped to
-    :data:`~distill.metrics.UNKNOWN_LABEL`, ready for :func:`distill.metrics.retrieval_metrics`."""
+    :data:`~distill.evaluation.metrics.UNKNOWN_LABEL`, ready for :func:`distill.evaluation.metrics.retrieval_metrics`."""
     idx = np.asarray(indices)
     lab = np.asarray(labels).astype(np.int64, copy=False)
     if lab.ndim != 1:

@@ -1,7 +1,7 @@
 """Pairs protocols: verification over a given list of pairs instead of all pairs, and LFW's 10-fold accuracy.
 
 One responsibility: read a pairs file into index pairs with same/different flags, score those pairs, and
-turn the scores into the verification report (:func:`distill.metrics.verification_metrics`) and, for LFW,
+turn the scores into the verification report (:func:`distill.evaluation.metrics.verification_metrics`) and, for LFW,
 the 10-fold accuracy. Three formats, one pair per line (blank lines and lines starting with ``#`` ignored):
 
 * ``index``: ``i j label`` — row indices into the evaluated embeddings (0-based), label 1 = same identity,
@@ -25,8 +25,8 @@ from typing import Any
 
 import numpy as np
 
-from distill import metrics
-from distill.knn import _matrix, l2_normalize
+from distill.evaluation import metrics
+from distill.evaluation.search import _matrix, l2_normalize
 from featstore.errors import InputNotFound, InvalidInput
 
 FORMATS: tuple[str, ...] = ("auto", "index", "names", "lfw")
@@ -291,7 +291,7 @@ def pair_verification(
 ) -> tuple[dict[str, Any], tuple[np.ndarray, np.ndarray]]:
     """Verification report over the given pairs: ``pairs`` is ``(P, 2)`` row indices, ``labels_same`` ``(P,)``
     booleans (True = genuine). Returns ``(report, (far, tar))`` like
-    :func:`distill.verification.streaming_verification`; the ROC is empty where undefined."""
+    :func:`distill.evaluation.verification.streaming_verification`; the ROC is empty where undefined."""
     p = np.asarray(pairs)
     if p.ndim != 2 or p.shape[1] != 2 or (p.size and not np.issubdtype(p.dtype, np.integer)):
         raise InvalidInput(f"pairs must be a (P, 2) integer array, got shape {p.shape}")

@@ -2,14 +2,14 @@
 EER, ROC curve) and top-1 classification accuracy.
 
 One responsibility: turn already-computed neighbour labels or pair scores into numbers. Nothing here searches,
-reads files or knows about FAISS or torch (the k-NN search lives in :mod:`distill.knn`), so every function can
+reads files or knows about FAISS or torch (the k-NN search lives in :mod:`distill.evaluation.search`), so every function can
 be checked against a hand computation or a brute-force reference.
 
 Conventions (from the design doc):
 
 * Scores are cosine similarities of L2-normalised embeddings; a higher score means "more similar".
 * A label of ``-1`` (:data:`UNKNOWN_LABEL`) means "unknown". Unknown samples take part in no metric: callers
-  drop them before the k-NN search / pair enumeration (``distill.knn.pair_scores`` does so itself), and the
+  drop them before the k-NN search / pair enumeration (``distill.evaluation.search.pair_scores`` does so itself), and the
   functions below give an unknown query zero relevant items, which excludes it.
 * Retrieval queries whose class has no other member in the gallery (R = 0, e.g. a class with a single sample
   under leave-one-out) are excluded from *every* retrieval metric, as in Musgrave et al., "A Metric Learning

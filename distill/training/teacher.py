@@ -16,17 +16,17 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from distill.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from distill.models.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from distill.models import count_parameters, create_model
-from distill.training import (
+from distill.training.common import (
     OptimConfig,
     accuracy,
     check_positive,
     epoch_views,
     make_optimizer,
     seed_everything,
-    select_device,
 )
+from distill.models.inference import select_device
 from featstore.atomic import file_sha256
 from featstore.datasets import load_dataset
 from featstore.errors import InvalidInput, OutputExists

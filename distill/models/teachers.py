@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from distill.checkpoint import load_teacher_source
+from distill.models.checkpoint import load_teacher_source
 from featstore.atomic import file_sha256
 from featstore.errors import CheckpointError, InputNotFound, InvalidInput
 

@@ -28,7 +28,7 @@ Clusters:
   more workers than GPUs). Workers of an external cluster are not pinned (use dask-cuda for that).
 
 The teacher loader is given by the caller (``featstore`` never imports ``distill``): a zero-argument
-callable, or a ``(function, argument)`` pair such as ``(distill.checkpoint.load_teacher_source,
+callable, or a ``(function, argument)`` pair such as ``(distill.models.checkpoint.load_teacher_source,
 "/abs/teacher.pt")``. It is pickled to the workers, so it must be picklable: a module-level function
 plus plain arguments is the safe choice. Workers check that the teacher they load has the checkpoint
 hash, and the dataset the fingerprint, that the driver put in the store.

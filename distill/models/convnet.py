@@ -1,4 +1,4 @@
-"""Backbones with an explicit embedding/head split, built by name.
+"""Small conv-net backbones (the digits teacher and student) with an explicit embedding/head split.
 
 Every model exposes ``forward_features(x) -> z`` (the embedding the store keeps and the representation
 losses compare) and ``forward_head(z) -> logits``; ``forward`` is their composition. That split is what
@@ -9,15 +9,12 @@ only the numbers a checkpoint needs to rebuild them.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 import torch
 from torch import nn
 
-from distill.heads import create_head
-from featstore.registry import Registry
-
-MODELS: Registry = Registry("model")
+from distill.models.heads import create_head
+from distill.models.registry import MODELS
 
 
 class ConvNet(nn.Module):
@@ -91,15 +88,3 @@ def convnet_student(
     """The digits student: 2 stages of 8/16 channels (~3 k parameters with a 64-d embedding, ~30× smaller)."""
     return ConvNet((8, 16), embedding_dim, num_classes, in_channels, head, head_scale, head_margin)
 
-
-def create_model(name: str, **config: Any) -> nn.Module:
-    """Build a registered model; options left as None are dropped so the constructor's defaults survive."""
-    factory = MODELS.get(name)
-    return factory(**{k: v for k, v in config.items() if v is not None})
-
-
-def count_parameters(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
-
-
-from distill import resnet_cifar  # noqa: E402,F401  (registers the CIFAR ResNets)

@@ -1,6 +1,6 @@
 """Exact all-pairs verification metrics (TAR@FAR, ROC AUC, EER, ROC curve) in bounded memory.
 
-One responsibility: the report of :func:`distill.metrics.verification_metrics` over every unordered pair
+One responsibility: the report of :func:`distill.evaluation.metrics.verification_metrics` over every unordered pair
 i < j of N embeddings, *without ever holding the N(N-1)/2 scores* (2 x 10^8 of them at N = 20,000). The
 scores are recomputed tile by tile in a few passes and only counts are kept:
 
@@ -28,7 +28,7 @@ refined buckets), always with both ends and the FAR = 0 point of highest TAR.
 Memory: O(N·D) for the normalised embeddings, O(block²) for one tile of scores and its keys, O(bins) for
 the histograms, O(2^32 / bins) per refined bucket, and O(min(G, genuine_cap)) genuine keys.
 
-Scores: a tile is ``x[i0:i1] @ x[j0:j1].T`` of L2-normalised float32 rows (:func:`distill.knn.l2_normalize`),
+Scores: a tile is ``x[i0:i1] @ x[j0:j1].T`` of L2-normalised float32 rows (:func:`distill.evaluation.search.l2_normalize`),
 with numpy on the CPU or torch on CUDA (TF32 off). Float32 dot products can differ in the last bit
 between BLAS kernels, tile shapes and devices, so "exact" means exact for the scores these tiles produce:
 :func:`tiled_pair_scores` materialises precisely those scores (same tiles, same function) for tests and
@@ -46,8 +46,8 @@ from typing import Any
 
 import numpy as np
 
-from distill.knn import _positive_int, normalised_known
-from distill.metrics import FARS, _check_far, far_key
+from distill.evaluation.search import _positive_int, normalised_known
+from distill.evaluation.metrics import FARS, _check_far, far_key
 from featstore.errors import InvalidInput
 
 __all__ = ["float32_keys", "streaming_verification", "tiled_pair_scores"]
@@ -287,7 +287,7 @@ def streaming_verification(
     Args:
         embeddings: ``(N, D)`` embeddings (L2-normalised here, as float32).
         labels: ``(N,)`` integer labels; genuine = same label; samples labelled -1 (unknown) are dropped.
-        fars: target false-accept rates (report keys from :func:`distill.metrics.far_key`).
+        fars: target false-accept rates (report keys from :func:`distill.evaluation.metrics.far_key`).
         block: tile side: a tile holds ``block²`` scores and their keys at once.
         bins: first-level radix buckets, a power of two from 2^12 to 2^20 (the second level has
             2^32 / bins sub-buckets per refined bucket).
@@ -534,7 +534,7 @@ def _tar(hist: _Histograms, plan: Any, refined: np.ndarray, slot_of: dict[int, i
 
 def _eer(hist: _Histograms, ref: np.ndarray, bucket: int, prev: int | None) -> float:
     """EER from the thresholds around the FAR - FRR sign change, in ascending order: the previous bucket's
-    top (or -inf) and every key in ``bucket``; the same float operations as :mod:`distill.metrics`."""
+    top (or -inf) and every key in ``bucket``; the same float operations as :mod:`distill.evaluation.metrics`."""
     imp_above, gen_at_or_below = _refined_counts(ref, bucket, hist)
     head_imp, head_gen = (hist.n_imp, 0) if prev is None else (hist.imp_gt[prev], hist.gen_le[prev])
     far = np.concatenate(([head_imp], imp_above)) / hist.n_imp
@@ -586,7 +586,7 @@ def _refined_counts(ref: np.ndarray, b: int, hist: _Histograms) -> tuple[np.ndar
 
 def _roc(refine: list[int], refined: np.ndarray, hist: _Histograms, max_points: int) -> tuple[np.ndarray, np.ndarray]:
     """Exact ROC points at every bucket's top threshold and every key of the refined buckets, down-sampled
-    as :func:`distill.metrics.roc_curve` does (both ends and the FAR = 0 point of highest TAR kept)."""
+    as :func:`distill.evaluation.metrics.roc_curve` does (both ends and the FAR = 0 point of highest TAR kept)."""
     lo, ne = hist.lo, hist.nonempty
     order_keys = [(ne.astype(np.int64) << lo) | ((1 << lo) - 1)]
     imp_above = [hist.imp_gt[ne]]

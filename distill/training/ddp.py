@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from distill.training import select_device
+from distill.models.inference import select_device
 
 
 @dataclass

@@ -63,7 +63,7 @@ from typing import Any
 
 import numpy as np
 
-from featstore.datasets import DATASETS, ImageDataset
+from featstore.datasets.base import DATASETS, ImageDataset
 from featstore.errors import InputNotFound, InvalidInput
 from featstore.views import ViewPolicy
 

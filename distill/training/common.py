@@ -1,7 +1,7 @@
-"""Helpers every trainer shares: device choice, seeding, the optimiser/schedule, batched inference.
+"""Helpers both trainers share: seeding, the optimiser/schedule, accuracy and online training views.
 
-Kept out of the trainers so the teacher trainer, the student trainer and evaluation agree on one device
-rule and one way of embedding a dataset (view 0, eval mode, no grad).
+Device choice and batched inference live in ``distill.models.inference`` so evaluation shares them without
+importing training.
 """
 
 from __future__ import annotations
@@ -13,23 +13,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from distill.models.inference import embed_dataset
 from featstore.datasets import ImageDataset
 from featstore.errors import InvalidInput
 from featstore.views import sample_view_params
-
-DEVICES = ("auto", "cpu", "cuda")
-
-
-def select_device(name: str = "auto") -> torch.device:
-    """``auto`` → CUDA when present, else CPU; asking for ``cuda`` without one is a user error."""
-    if name not in DEVICES:
-        raise InvalidInput(f"unknown device {name!r}; valid: {', '.join(DEVICES)}")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise InvalidInput("--device cuda was asked for but no CUDA device is available")
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
 
 def seed_everything(seed: int) -> torch.Generator:
     """Seed python, numpy and torch; return a torch generator for the trainer's own draws."""
@@ -58,21 +45,6 @@ def check_positive(**values: float) -> None:
     for name, value in values.items():
         if value is None or value <= 0:
             raise InvalidInput(f"{name.replace('_', '-')} must be positive, got {value}")
-
-
-@torch.no_grad()
-def embed_dataset(
-    model: nn.Module, dataset: ImageDataset, device: torch.device, batch_size: int = 512
-) -> tuple[np.ndarray, np.ndarray]:
-    """(embeddings float32 (N, D), logits float32 (N, C)) of the identity view of every sample."""
-    model.eval().to(device)
-    embeddings, logits = [], []
-    for start in range(0, len(dataset), batch_size):
-        x = dataset.get_images(np.arange(start, min(start + batch_size, len(dataset)))).to(device)
-        z = model.forward_features(x)
-        embeddings.append(z.float().cpu())
-        logits.append(model.forward_head(z).float().cpu())
-    return torch.cat(embeddings).numpy(), torch.cat(logits).numpy()
 
 
 def accuracy(model: nn.Module, dataset: ImageDataset, device: torch.device) -> float:

@@ -23,7 +23,7 @@ given: flip-sum, "F2"), optionally L2-normalised (off by default: the norm acts 
 detector score when given; media feature = mean of the template's faces in that media; template feature = mean
 of its media features, L2-normalised (an all-zero template stays zero and scores 0 against everything).
 
-Metrics are DESIGN.md §4's: 1:1 uses :func:`distill.metrics.verification_metrics` on the template-pair cosine
+Metrics are DESIGN.md §4's: 1:1 uses :func:`distill.evaluation.metrics.verification_metrics` on the template-pair cosine
 scores; 1:N is defined in :func:`identification_metrics`. Image names in meta files must be relative paths that
 stay inside the data root (no absolute path, no ``..``), and every meta file opened must resolve inside DIR.
 """
@@ -43,9 +43,9 @@ from typing import Any
 
 import numpy as np
 
-from distill import metrics
-from distill.knn import _matrix, knn_search, l2_normalize
-from distill.pairs import pair_verification
+from distill.evaluation import metrics
+from distill.evaluation.search import _matrix, knn_search, l2_normalize
+from distill.evaluation.protocols.pairs import pair_verification
 from featstore.errors import InputNotFound, InvalidInput
 
 __all__ = [
@@ -559,7 +559,7 @@ def template_rows(template_ids: np.ndarray, wanted: Any, what: str = "template")
 def ijb_verification(
     template_feats: Any, pairs: Any, labels: Any, fars: Sequence[float] = metrics.FARS
 ) -> tuple[dict[str, Any], tuple[np.ndarray, np.ndarray]]:
-    """TAR@FAR, ROC AUC and EER (DESIGN.md §4, :func:`distill.metrics.verification_metrics`) over template
+    """TAR@FAR, ROC AUC and EER (DESIGN.md §4, :func:`distill.evaluation.metrics.verification_metrics`) over template
     pairs: ``pairs`` ``(P, 2)`` rows of ``template_feats``, ``labels`` ``(P,)`` 1/True = same subject,
     0/False = different (anything else is an error). Returns ``(report, (far, tar))``; the report also has
     ``num_pairs``."""

@@ -1,8 +1,8 @@
 """Evaluation: embeddings from a checkpoint, a store or an HDF5 file → a report of DESIGN.md §4's metrics.
 
 This module gathers embeddings and orchestrates; the numbers themselves come from the pure functions of
-:mod:`distill.metrics`, and neighbour search from :mod:`distill.knn` (FAISS, GPU when present; exact unless an
-approximate ``index`` is asked for). IJB-B/C template protocols live in :mod:`distill.ijb`
+:mod:`distill.evaluation.metrics`, and neighbour search from :mod:`distill.evaluation.search` (FAISS, GPU when present; exact unless an
+approximate ``index`` is asked for). IJB-B/C template protocols live in :mod:`distill.evaluation.protocols.ijb`
 (:func:`evaluate_ijb` here gathers its report).
 """
 
@@ -16,11 +16,11 @@ from typing import Any
 
 import numpy as np
 
-from distill import metrics
-from distill.knn import knn_search, labels_at, recall_vs_exact, resolve_index_params
-from distill.pairs import Pairs, pairs_report
-from distill.plotting import save_png, subplots
-from distill.verification import streaming_verification
+from distill.evaluation import metrics
+from distill.evaluation.search import knn_search, labels_at, recall_vs_exact, resolve_index_params
+from distill.evaluation.protocols.pairs import Pairs, pairs_report
+from distill.evaluation.plots import save_png, subplots
+from distill.evaluation.verification import streaming_verification
 from featstore.atomic import atomic_write_text
 from featstore.errors import InputNotFound, InvalidInput
 
@@ -61,7 +61,7 @@ def mixed_prediction_logits(ckpt, embeddings: np.ndarray, logits: np.ndarray, we
     prediction, from the teacher head and projection a student checkpoint carries."""
     import torch
 
-    from distill.heads import frozen_head
+    from distill.models.heads import frozen_head
 
     if not 0.0 <= weight <= 1.0:
         raise InvalidInput(f"--th-mix must lie in [0, 1], got {weight}")
@@ -84,8 +84,8 @@ def embeddings_from_checkpoint(
 ) -> EmbeddingSet:
     """Run a teacher or student checkpoint over a dataset split (identity views). ``th_mix`` = w mixes the
     student's prediction with its teacher head's (see :func:`mixed_prediction_logits`)."""
-    from distill.checkpoint import load_checkpoint
-    from distill.training import embed_dataset, select_device
+    from distill.models.checkpoint import load_checkpoint
+    from distill.models.inference import embed_dataset, select_device
     from featstore.datasets import load_dataset
 
     ckpt = load_checkpoint(path)
@@ -131,7 +131,7 @@ def embeddings_from_store(url: str, view: int = 0) -> EmbeddingSet:
         labels[start:stop] = chunk_labels
     import torch
 
-    from distill.heads import head_from_store
+    from distill.models.heads import head_from_store
 
     with torch.no_grad():
         logits = head_from_store(store)(torch.from_numpy(embeddings)).numpy()
@@ -241,7 +241,7 @@ def retrieval_report(
     same split), the query's own counterpart in the gallery is excluded, as in leave-one-out.
 
     ``index`` = ``"ivf"``/``"hnsw"`` searches with an approximate FAISS index (``index_options``: ``nlist``,
-    ``nprobe``, ``hnsw_m``, ``ef_search`` of :func:`distill.knn.knn_search`) and adds ``index`` =
+    ``nprobe``, ``hnsw_m``, ``ef_search`` of :func:`distill.evaluation.search.knn_search`) and adds ``index`` =
     ``{"type", "k", "recall_vs_exact@k", "num_queries_checked", "params"}``: the fraction of the exact top-k
     neighbours the index found, checked on ``recall_queries`` random queries (all when ``None``).
     """
@@ -342,10 +342,10 @@ def evaluate(
     """The report dict of DESIGN.md §4 and the ROC curve(s) for plotting: (report, {name: (far, tar)}).
 
     Verification covers every unordered pair of known-label samples, computed exactly in bounded memory by
-    :func:`distill.verification.streaming_verification`; with ``pairs`` (from :mod:`distill.pairs`) it covers
+    :func:`distill.evaluation.verification.streaming_verification`; with ``pairs`` (from :mod:`distill.evaluation.protocols.pairs`) it covers
     those pairs instead and the section carries ``"protocol": "pairs"`` (and ``lfw`` for LFW files).
     ``index``/``index_options``: approximate search for retrieval and cross-model retrieval (see
-    :func:`retrieval_report`). ``ijb`` (a :class:`distill.ijb.IjbMeta`): the IJB template protocols instead of
+    :func:`retrieval_report`). ``ijb`` (a :class:`distill.evaluation.protocols.ijb.IjbMeta`): the IJB template protocols instead of
     the per-sample sections — see :func:`evaluate_ijb`.
     """
     if ijb is not None:
@@ -382,11 +382,11 @@ def evaluate_ijb(
     cmc_rank: int = 0,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """The IJB report: ``{"source", "num_samples", "ijb": {"protocol", "verification", "identification"}}``
-    (:func:`distill.ijb.ijb_evaluation`) from embeddings named by image (``queries.names``), flip-summed with
+    (:func:`distill.evaluation.protocols.ijb.ijb_evaluation`) from embeddings named by image (``queries.names``), flip-summed with
     ``queries.flip`` when present. The per-sample retrieval/verification sections are not computed (IJB images
     carry no labels, and all image pairs of IJB-C would be 10^11). Returns ``(report, curves)`` with curves
     ``{"roc": {"": (far, tar)}, "cmc": {"G1": …, "G2": …}}`` (those that exist; CMC up to ``cmc_rank``)."""
-    from distill.ijb import ijb_evaluation
+    from distill.evaluation.protocols.ijb import ijb_evaluation
 
     if queries.names is None:
         raise InvalidInput(
@@ -549,7 +549,7 @@ CMC_MAX_RANK = 50
 def cmc_from_neighbors(neighbor_labels: Any, query_labels: Any, num_relevant: Any, max_rank: int) -> np.ndarray:
     """CMC: for k = 1..max_rank, the fraction of queries whose first same-label neighbour is at rank <= k.
 
-    Same inputs and exclusions as :func:`distill.metrics.retrieval_metrics` (queries with R = 0 or an unknown
+    Same inputs and exclusions as :func:`distill.evaluation.metrics.retrieval_metrics` (queries with R = 0 or an unknown
     label take no part), so ``cmc[k - 1]`` equals Recall@k. Returns a float64 array of length ``max_rank``,
     empty when no query is left.
     """

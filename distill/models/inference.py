@@ -1,0 +1,43 @@
+"""Device choice and batched inference: how every command runs a model over a dataset.
+
+Shared by the trainers and by evaluation, so both agree on one device rule and one way of embedding a
+dataset (view 0, eval mode, no grad).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from featstore.datasets.base import ImageDataset
+from featstore.errors import InvalidInput
+
+DEVICES = ("auto", "cpu", "cuda")
+
+
+def select_device(name: str = "auto") -> torch.device:
+    """``auto`` → CUDA when present, else CPU; asking for ``cuda`` without one is a user error."""
+    if name not in DEVICES:
+        raise InvalidInput(f"unknown device {name!r}; valid: {', '.join(DEVICES)}")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise InvalidInput("--device cuda was asked for but no CUDA device is available")
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+
+@torch.no_grad()
+def embed_dataset(
+    model: nn.Module, dataset: ImageDataset, device: torch.device, batch_size: int = 512
+) -> tuple[np.ndarray, np.ndarray]:
+    """(embeddings float32 (N, D), logits float32 (N, C)) of the identity view of every sample."""
+    model.eval().to(device)
+    embeddings, logits = [], []
+    for start in range(0, len(dataset), batch_size):
+        x = dataset.get_images(np.arange(start, min(start + batch_size, len(dataset)))).to(device)
+        z = model.forward_features(x)
+        embeddings.append(z.float().cpu())
+        logits.append(model.forward_head(z).float().cpu())
+    return torch.cat(embeddings).numpy(), torch.cat(logits).numpy()

@@ -1,0 +1,27 @@
+"""The model registry and its one factory.
+
+Every model exposes ``forward_features(x) -> z`` (the embedding the store keeps and the representation
+losses compare) and ``forward_head(z) -> logits``; ``forward`` is their composition. That split is what
+lets fsd attach a teacher's head to a student's embedding. Constructors are registered by name (in the
+architecture modules of this package) and take only the numbers a checkpoint needs to rebuild them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import nn
+
+from featstore.registry import Registry
+
+MODELS: Registry = Registry("model")
+
+
+def create_model(name: str, **config: Any) -> nn.Module:
+    """Build a registered model; options left as None are dropped so the constructor's defaults survive."""
+    factory = MODELS.get(name)
+    return factory(**{k: v for k, v in config.items() if v is not None})
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

@@ -1,0 +1,1 @@
+"""Training: the teacher and student trainers, resume identity, DDP and training curves."""
