@@ -7,7 +7,7 @@ TORCH ?= torch==2.13.0
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.fsd-installed
 
-.PHONY: demo test test-all setup clean
+.PHONY: demo test test-all lint setup clean
 
 setup: $(STAMP)
 
@@ -21,7 +21,13 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(VENV)/bin/fsd demo --workdir demo
 
-test: $(STAMP)
+# lint: the whole repo (tests and benchmarks too) is ruff-clean and keeps the import contracts in pyproject.toml.
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/lint-imports
+
+test: lint
 	$(PY) -m pytest -m "not slow"
 
 test-all: $(STAMP)

@@ -191,11 +191,22 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     agree = float(np.max(np.abs(top_scores[rows] - theirs))) if len(rows) else None
     two_stage = t["bf16_half_gemm"] + t["select"] + t["exact_rerank"]
     return {
-        "params": {"n": args.n, "dim": args.dim, "classes": args.classes, "k": k, "k_prime": k_prime,
-                   "block": args.block},
-        "machine": {"cpus": os.cpu_count(), "loadavg": [round(v, 2) for v in os.getloadavg()],
-                    "platform": platform.platform(), "torch": torch.__version__, "faiss": faiss.__version__,
-                    "cpu_capability": torch.backends.cpu.get_cpu_capability()},
+        "params": {
+            "n": args.n,
+            "dim": args.dim,
+            "classes": args.classes,
+            "k": k,
+            "k_prime": k_prime,
+            "block": args.block,
+        },
+        "machine": {
+            "cpus": os.cpu_count(),
+            "loadavg": [round(v, 2) for v in os.getloadavg()],
+            "platform": platform.platform(),
+            "torch": torch.__version__,
+            "faiss": faiss.__version__,
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        },
         "seconds": {name: round(v, 3) for name, v in t.items()},
         "epsilon": eps,
         "certified_fraction": float(ok.mean()),
@@ -222,39 +233,47 @@ def markdown(r: dict[str, Any]) -> str:
         ("bare FAISS exact search, k = %d" % p["k"], s["faiss_exact_search"], s["faiss_exact_search"] / s["pml"]),
         ("two-stage (1): bf16 GEMM, upper triangle only", s["bf16_half_gemm"], q["bf16_half_gemm_alone"]),
         ("two-stage (1): top-k' selection, rows + columns", s["select"], s["select"] / s["pml"]),
-        ("two-stage (3): exact float32 rerank of k' per query + top-k", s["exact_rerank"],
-         s["exact_rerank"] / s["pml"]),
-        ("**two-stage total (floor, no fallback)**", s["bf16_half_gemm"] + s["select"] + s["exact_rerank"],
-         q["two_stage_floor"]),
+        (
+            "two-stage (3): exact float32 rerank of k' per query + top-k",
+            s["exact_rerank"],
+            s["exact_rerank"] / s["pml"],
+        ),
+        (
+            "**two-stage total (floor, no fallback)**",
+            s["bf16_half_gemm"] + s["select"] + s["exact_rerank"],
+            q["two_stage_floor"],
+        ),
     ]
     table = ["| step | time (s) | / PML |", "|---|---:|---:|"]
     table += [f"| {name} | {sec:.2f} | {ratio:.2f} |" for name, sec, ratio in rows]
-    return "\n".join([
-        SECTION,
-        "",
-        f"`python benchmarks/eval_floor.py` (one process, same data): {p['n']:,} × {p['dim']} clustered "
-        f"embeddings, {p['classes']:,} classes, leave-one-out top-{p['k']} (k' = {p['k_prime']} candidates), "
-        f"{m['cpus']} CPU cores (torch capability {m['cpu_capability']}, load average {m['loadavg']}), "
-        f"torch {m['torch']}, faiss {m['faiss']}.",
-        "",
-        *table,
-        "",
-        f"- Error bound ε = {r['epsilon']:.2e} on every approximate score (row rounding errors, Cauchy–Schwarz, "
-        f"float32 accumulation; plus the bf16 output rounding, relative 2⁻⁸). Queries certified exact with "
-        f"k' = {p['k_prime']}: {100 * r['certified_fraction']:.1f} % (the rest would need an exact fallback "
-        "search on top of the floor above).",
-        f"- On the certified rows among the first {r['checked_queries']:,} queries the reranked top-k scores "
-        f"equal FAISS' exact ones to {_fmt(r['max_abs_difference_vs_faiss_on_certified_rows'])} (float32 "
-        "summation orders differ).",
-        "- Reading: the bf16 GEMM over half the pairs is cheap; what it saves is spent again on the rest. "
-        "Each computed score must enter two top-k' heaps (its row's and its column's), about as costly per "
-        "score as the GEMM itself here, and an exact answer needs float32 scores for k' candidates of every "
-        "query, scattered over the whole set, so the rerank is bound by memory traffic, not arithmetic. On "
-        "this CPU the sum stays above 0.5 × PML (and rows that fail the certificate would add a fallback). "
-        "The design pays where low precision is much faster than float32 and gathers are cheap — a GPU "
-        "(tensor cores, HBM); no GPU was lent to this task.",
-        "",
-    ])
+    return "\n".join(
+        [
+            SECTION,
+            "",
+            f"`python benchmarks/eval_floor.py` (one process, same data): {p['n']:,} × {p['dim']} clustered "
+            f"embeddings, {p['classes']:,} classes, leave-one-out top-{p['k']} (k' = {p['k_prime']} candidates), "
+            f"{m['cpus']} CPU cores (torch capability {m['cpu_capability']}, load average {m['loadavg']}), "
+            f"torch {m['torch']}, faiss {m['faiss']}.",
+            "",
+            *table,
+            "",
+            f"- Error bound ε = {r['epsilon']:.2e} on every approximate score (row rounding errors, Cauchy–Schwarz, "
+            f"float32 accumulation; plus the bf16 output rounding, relative 2⁻⁸). Queries certified exact with "
+            f"k' = {p['k_prime']}: {100 * r['certified_fraction']:.1f} % (the rest would need an exact fallback "
+            "search on top of the floor above).",
+            f"- On the certified rows among the first {r['checked_queries']:,} queries the reranked top-k scores "
+            f"equal FAISS' exact ones to {_fmt(r['max_abs_difference_vs_faiss_on_certified_rows'])} (float32 "
+            "summation orders differ).",
+            "- Reading: the bf16 GEMM over half the pairs is cheap; what it saves is spent again on the rest. "
+            "Each computed score must enter two top-k' heaps (its row's and its column's), about as costly per "
+            "score as the GEMM itself here, and an exact answer needs float32 scores for k' candidates of every "
+            "query, scattered over the whole set, so the rerank is bound by memory traffic, not arithmetic. On "
+            "this CPU the sum stays above 0.5 × PML (and rows that fail the certificate would add a fallback). "
+            "The design pays where low precision is much faster than float32 and gathers are cheap — a GPU "
+            "(tensor cores, HBM); no GPU was lent to this task.",
+            "",
+        ]
+    )
 
 
 def main() -> None:

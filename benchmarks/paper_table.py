@@ -26,9 +26,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 RECIPES = ("vanilla", "kd", "kde", "kde-th", "th-kd", "crd", "crd-th", "rkd", "pkt")
-METRICS = (("top-1", ("classification", "top1")), ("R@1", ("retrieval", "recall_at_k", "1")),
-           ("MAP@R", ("retrieval", "map_at_r")), ("TAR@1e-3", ("verification", "tar_at_far", "1e-03")),
-           ("x-R@1", ("cross_model", "recall_at_k", "1")))
+METRICS = (
+    ("top-1", ("classification", "top1")),
+    ("R@1", ("retrieval", "recall_at_k", "1")),
+    ("MAP@R", ("retrieval", "map_at_r")),
+    ("TAR@1e-3", ("verification", "tar_at_far", "1e-03")),
+    ("x-R@1", ("cross_model", "recall_at_k", "1")),
+)
 START, END = "<!-- results-table:start -->", "<!-- results-table:end -->"
 
 
@@ -51,10 +55,21 @@ def _student(args: tuple) -> tuple[str, int, dict]:
     from distill.training.student import StudentConfig, train_student
 
     recipe, seed, store, gallery_store, out, epochs = args
-    train_student(StudentConfig(store=store, dataset="digits", out=Path(out), recipe=recipe, epochs=epochs,
-                                seed=seed, overwrite=True, progress=False))
-    report, _ = ev.evaluate(ev.embeddings_from_checkpoint(out, "digits", "test"),
-                            gallery=ev.embeddings_from_store(gallery_store))
+    train_student(
+        StudentConfig(
+            store=store,
+            dataset="digits",
+            out=Path(out),
+            recipe=recipe,
+            epochs=epochs,
+            seed=seed,
+            overwrite=True,
+            progress=False,
+        )
+    )
+    report, _ = ev.evaluate(
+        ev.embeddings_from_checkpoint(out, "digits", "test"), gallery=ev.embeddings_from_store(gallery_store)
+    )
     return recipe, seed, _metrics(report)
 
 
@@ -68,10 +83,20 @@ def _sh_teacher(args: tuple) -> tuple[int, str, float]:
     from featstore.extract import extract_teacher
 
     seed, student, out, store, epochs = args
-    result = train_teacher(TeacherConfig(dataset="digits", out=Path(out), epochs=epochs, seed=seed, head_from=Path(student),
-                                         overwrite=True, progress=False))
-    extract_teacher(load_teacher_source(out), load_dataset("digits"), store, views=2, seed=0, overwrite=True,
-                    progress=False)
+    result = train_teacher(
+        TeacherConfig(
+            dataset="digits",
+            out=Path(out),
+            epochs=epochs,
+            seed=seed,
+            head_from=Path(student),
+            overwrite=True,
+            progress=False,
+        )
+    )
+    extract_teacher(
+        load_teacher_source(out), load_dataset("digits"), store, views=2, seed=0, overwrite=True, progress=False
+    )
     return seed, store, result.test_accuracy
 
 
@@ -106,12 +131,15 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     teacher = work / "teacher.pt"
     store = str(work / "teacher.zarr")
-    t = train_teacher(TeacherConfig(dataset="digits", out=teacher, epochs=args.teacher_epochs, overwrite=True,
-                                    progress=False))
-    extract_teacher(load_teacher_source(teacher), load_dataset("digits"), store, views=2, overwrite=True,
-                    progress=False)
-    teacher_report, _ = ev.evaluate(ev.embeddings_from_checkpoint(teacher, "digits", "test"),
-                                    gallery=ev.embeddings_from_store(store))
+    t = train_teacher(
+        TeacherConfig(dataset="digits", out=teacher, epochs=args.teacher_epochs, overwrite=True, progress=False)
+    )
+    extract_teacher(
+        load_teacher_source(teacher), load_dataset("digits"), store, views=2, overwrite=True, progress=False
+    )
+    teacher_report, _ = ev.evaluate(
+        ev.embeddings_from_checkpoint(teacher, "digits", "test"), gallery=ev.embeddings_from_store(store)
+    )
     print(f"teacher: test top-1 {t.test_accuracy:.4f}", flush=True)
 
     results: dict[str, list[dict]] = {}
@@ -121,42 +149,67 @@ def main() -> None:
             results.setdefault(recipe, []).append(metrics)
             print(f"{recipe:8s} seed {seed}: {metrics}", flush=True)
         # SH-KD: teacher trained with each seed's vanilla student head, then a CRD+KD student from it
-        sh_jobs = [(s, str(work / f"vanilla_s{s}.pt"), str(work / f"teacher_sh_s{s}.pt"),
-                    str(work / f"teacher_sh_s{s}.zarr"), args.teacher_epochs) for s in range(args.seeds)]
+        sh_jobs = [
+            (
+                s,
+                str(work / f"vanilla_s{s}.pt"),
+                str(work / f"teacher_sh_s{s}.pt"),
+                str(work / f"teacher_sh_s{s}.zarr"),
+                args.teacher_epochs,
+            )
+            for s in range(args.seeds)
+        ]
         sh = list(pool.map(_sh_teacher, sh_jobs))
-        sh_students = [("crd-kd", s, sh_store, store, str(work / f"shkd_s{s}.pt"), args.epochs) for s, sh_store, _ in sh]
+        sh_students = [
+            ("crd-kd", s, sh_store, store, str(work / f"shkd_s{s}.pt"), args.epochs) for s, sh_store, _ in sh
+        ]
         for _, seed, metrics in pool.map(_student, sh_students):
             results.setdefault("sh-kd", []).append(metrics)
             print(f"sh-kd    seed {seed}: {metrics}", flush=True)
     sh_teacher_acc = [acc for _, _, acc in sh]
 
-    rows = ["| teacher (convnet_teacher, 1 run) | " + " | ".join(
-        f"{100 * _metrics(teacher_report)[m]:.2f}" for m, _ in METRICS) + " |"]
+    rows = [
+        "| teacher (convnet_teacher, 1 run) | "
+        + " | ".join(f"{100 * _metrics(teacher_report)[m]:.2f}" for m, _ in METRICS)
+        + " |"
+    ]
     for recipe in (*RECIPES, "sh-kd"):
         cells = [_summary([r[m] for r in results[recipe]]) for m, _ in METRICS]
         rows.append(f"| {recipe} | " + " | ".join(cells) + " |")
-    table = "\n".join([
-        f"digits test split (450 images); student `convnet_student` ({args.epochs} epochs) streamed from a 2-view "
-        f"float16 store of `convnet_teacher` ({args.teacher_epochs} epochs); mean ± std over {args.seeds} seeds, %. "
-        "x-R@1: student queries against the teacher's stored train-split gallery. "
-        f"SH-KD teachers (student head frozen): test top-1 {_summary(sh_teacher_acc)} vs {100 * t.test_accuracy:.2f} "
-        "for the ordinary teacher.",
-        "",
-        "| method | " + " | ".join(m for m, _ in METRICS) + " |",
-        "|---|" + "---:|" * len(METRICS),
-        *rows,
-        "",
-        f"Generated by `python benchmarks/paper_table.py --seeds {args.seeds} --epochs {args.epochs}` in "
-        f"{time.perf_counter() - started:.0f} s on {platform.machine()} ({os.cpu_count()} cores), "
-        f"torch {torch.__version__}, {time.strftime('%Y-%m-%d')}.",
-    ])
+    table = "\n".join(
+        [
+            f"digits test split (450 images); student `convnet_student` ({args.epochs} epochs) streamed from a 2-view "
+            f"float16 store of `convnet_teacher` ({args.teacher_epochs} epochs); mean ± std over {args.seeds} seeds, %. "
+            "x-R@1: student queries against the teacher's stored train-split gallery. "
+            f"SH-KD teachers (student head frozen): test top-1 {_summary(sh_teacher_acc)} vs {100 * t.test_accuracy:.2f} "
+            "for the ordinary teacher.",
+            "",
+            "| method | " + " | ".join(m for m, _ in METRICS) + " |",
+            "|---|" + "---:|" * len(METRICS),
+            *rows,
+            "",
+            f"Generated by `python benchmarks/paper_table.py --seeds {args.seeds} --epochs {args.epochs}` in "
+            f"{time.perf_counter() - started:.0f} s on {platform.machine()} ({os.cpu_count()} cores), "
+            f"torch {torch.__version__}, {time.strftime('%Y-%m-%d')}.",
+        ]
+    )
     text = args.out.read_text() if args.out.exists() else f"# Results\n\n{START}\n{END}\n"
     if START not in text:
         text += f"\n{START}\n{END}\n"
     head, rest = text.split(START, 1)
     args.out.write_text(head + START + "\n" + table + "\n" + END + rest.split(END, 1)[1])
-    args.json.write_text(json.dumps({"teacher": _metrics(teacher_report), "sh_teacher_top1": sh_teacher_acc,
-                                     "students": results, "seeds": args.seeds, "epochs": args.epochs}, indent=2))
+    args.json.write_text(
+        json.dumps(
+            {
+                "teacher": _metrics(teacher_report),
+                "sh_teacher_top1": sh_teacher_acc,
+                "students": results,
+                "seeds": args.seeds,
+                "epochs": args.epochs,
+            },
+            indent=2,
+        )
+    )
     print(table)
 
 

@@ -61,8 +61,8 @@ def rss_mib() -> float:
 def worker(args: argparse.Namespace) -> None:
     """One method in this (fresh) process; prints one JSON line."""
     from distill.evaluation import verification as ver
-    from distill.evaluation.search import pair_scores
     from distill.evaluation.metrics import FARS, roc_curve, verification_metrics
+    from distill.evaluation.search import pair_scores
 
     x, y = make_data(args.n, args.dim, args.classes, args.seed)
     passes = 0
@@ -86,21 +86,49 @@ def worker(args: argparse.Namespace) -> None:
         curve_points = int(roc_curve(gen, imp)[0].size)
     seconds = time.perf_counter() - started
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
-    print(json.dumps({"method": args.worker, "seconds": seconds, "rss_before_mib": before, "peak_rss_mib": peak,
-                      "metric_rss_mib": peak - before, "passes": passes or None, "roc_points": curve_points,
-                      "report": report}))
+    print(
+        json.dumps(
+            {
+                "method": args.worker,
+                "seconds": seconds,
+                "rss_before_mib": before,
+                "peak_rss_mib": peak,
+                "metric_rss_mib": peak - before,
+                "passes": passes or None,
+                "roc_points": curve_points,
+                "report": report,
+            }
+        )
+    )
 
 
 def run_child(method: str, args: argparse.Namespace) -> dict[str, Any]:
-    cmd = [sys.executable, __file__, "--worker", method, "--n", str(args.n), "--dim", str(args.dim),
-           "--classes", str(args.classes), "--seed", str(args.seed), "--block", str(args.block)]
+    cmd = [
+        sys.executable,
+        __file__,
+        "--worker",
+        method,
+        "--n",
+        str(args.n),
+        "--dim",
+        str(args.dim),
+        "--classes",
+        str(args.classes),
+        "--seed",
+        str(args.seed),
+        "--block",
+        str(args.block),
+    ]
     print(f"[{time.strftime('%H:%M:%S')}] {method} ...", flush=True)
     done = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if done.returncode != 0:
         raise SystemExit(f"{method} failed (exit {done.returncode}):\n{done.stderr}")
     result = json.loads(done.stdout.strip().splitlines()[-1])
-    print(f"[{time.strftime('%H:%M:%S')}] {method}: {result['seconds']:.1f} s, peak RSS {result['peak_rss_mib']:.0f} "
-          f"MiB ({result['metric_rss_mib']:+.0f} MiB for the metric)", flush=True)
+    print(
+        f"[{time.strftime('%H:%M:%S')}] {method}: {result['seconds']:.1f} s, peak RSS {result['peak_rss_mib']:.0f} "
+        f"MiB ({result['metric_rss_mib']:+.0f} MiB for the metric)",
+        flush=True,
+    )
     return result
 
 
@@ -109,23 +137,37 @@ def markdown(results: dict[str, Any]) -> str:
     p, machine = results["params"], results["machine"]
     v = s["report"]
     tars = ", ".join(f"{k}: {'null' if t is None else f'{t:.6f}'}" for k, t in v["tar_at_far"].items())
-    intro = (f"`python benchmarks/tar_at_far.py` — N = {p['n']:,} embeddings, D = {p['dim']}, {p['classes']:,} "
-             f"classes ({v['num_genuine']:,} genuine, {v['num_impostor']:,} impostor pairs), CPU only "
-             f"(numpy/OpenBLAS; no GPU on this machine), tiles of {p['block']}² scores. Each method ran in a fresh "
-             "process; *metric RSS* = peak RSS − RSS just before the call. Raw numbers: "
-             "`benchmarks/tar_at_far.json`.")
-    streaming = (f"| streaming (`streaming_verification`) | {s['seconds']:.1f} | {s['peak_rss_mib']:.0f} | "
-                 f"{s['metric_rss_mib']:.0f} | {s['passes']} |")
-    materialising = (f"| materialising (`pair_scores` + `verification_metrics` + `roc_curve`) | {m['seconds']:.1f} | "
-                     f"{m['peak_rss_mib']:.0f} | {m['metric_rss_mib']:.0f} | 1, then sorts |")
+    intro = (
+        f"`python benchmarks/tar_at_far.py` — N = {p['n']:,} embeddings, D = {p['dim']}, {p['classes']:,} "
+        f"classes ({v['num_genuine']:,} genuine, {v['num_impostor']:,} impostor pairs), CPU only "
+        f"(numpy/OpenBLAS; no GPU on this machine), tiles of {p['block']}² scores. Each method ran in a fresh "
+        "process; *metric RSS* = peak RSS − RSS just before the call. Raw numbers: "
+        "`benchmarks/tar_at_far.json`."
+    )
+    streaming = (
+        f"| streaming (`streaming_verification`) | {s['seconds']:.1f} | {s['peak_rss_mib']:.0f} | "
+        f"{s['metric_rss_mib']:.0f} | {s['passes']} |"
+    )
+    materialising = (
+        f"| materialising (`pair_scores` + `verification_metrics` + `roc_curve`) | {m['seconds']:.1f} | "
+        f"{m['peak_rss_mib']:.0f} | {m['metric_rss_mib']:.0f} | 1, then sorts |"
+    )
     k = v["num_impostor"] // 10**6  # floor(1e-6 * N_imp)
-    values = (f"Both reports are identical, bit for bit (asserted): TAR@FAR {tars}; ROC AUC {v['roc_auc']!r}; "
-              f"EER {v['eer']!r}. At FAR 1e-06, k = floor(1e-6 × {v['num_impostor']:,}) = {k}, so it is defined.")
-    where = (f"Machine: {machine['cpus']} CPU cores shared with other jobs (load average {machine['loadavg_before']} "
-             f"at the start), {machine['platform']}, Python {machine['python']}, numpy {machine['numpy']}. Timings on "
-             "a shared machine are indicative only (easily ±30 %); the memory figures are not affected.")
-    table = ["| method | time (s) | peak RSS (MiB) | metric RSS (MiB) | passes over the pairs |",
-             "|---|---:|---:|---:|---:|", streaming, materialising]
+    values = (
+        f"Both reports are identical, bit for bit (asserted): TAR@FAR {tars}; ROC AUC {v['roc_auc']!r}; "
+        f"EER {v['eer']!r}. At FAR 1e-06, k = floor(1e-6 × {v['num_impostor']:,}) = {k}, so it is defined."
+    )
+    where = (
+        f"Machine: {machine['cpus']} CPU cores shared with other jobs (load average {machine['loadavg_before']} "
+        f"at the start), {machine['platform']}, Python {machine['python']}, numpy {machine['numpy']}. Timings on "
+        "a shared machine are indicative only (easily ±30 %); the memory figures are not affected."
+    )
+    table = [
+        "| method | time (s) | peak RSS (MiB) | metric RSS (MiB) | passes over the pairs |",
+        "|---|---:|---:|---:|---:|",
+        streaming,
+        materialising,
+    ]
     return "\n".join([SECTION, "", intro, "", *table, "", values, "", where, ""])
 
 
@@ -148,16 +190,23 @@ def main() -> None:
     load = os.getloadavg()
     results: dict[str, Any] = {
         "params": {"n": args.n, "dim": args.dim, "classes": args.classes, "seed": args.seed, "block": args.block},
-        "machine": {"cpus": os.cpu_count(), "loadavg_before": [round(v, 2) for v in load],
-                    "platform": platform.platform(), "python": platform.python_version(), "numpy": np.__version__},
+        "machine": {
+            "cpus": os.cpu_count(),
+            "loadavg_before": [round(v, 2) for v in load],
+            "platform": platform.platform(),
+            "python": platform.python_version(),
+            "numpy": np.__version__,
+        },
     }
     for method in ("streaming", "materialising"):
         results[method] = run_child(method, args)
     same = results["streaming"]["report"] == results["materialising"]["report"]
     results["identical_reports"] = same
     if not same:
-        raise SystemExit("the two reports differ:\n" + json.dumps({k: results[k]["report"] for k in
-                                                                   ("streaming", "materialising")}, indent=2))
+        raise SystemExit(
+            "the two reports differ:\n"
+            + json.dumps({k: results[k]["report"] for k in ("streaming", "materialising")}, indent=2)
+        )
     publish(markdown(results), SECTION, results, args.json, args.results, write=not args.no_write)
 
 

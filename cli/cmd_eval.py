@@ -8,9 +8,9 @@ import click
 
 from cli.options import dataset_option, device_option, split_option
 from distill.evaluation import evaluate as ev
-from distill.evaluation.search import INDEX_TYPES
 from distill.evaluation.metrics import FARS
 from distill.evaluation.protocols.pairs import FORMATS, read_pairs, resolve_pairs
+from distill.evaluation.search import INDEX_TYPES
 from featstore.errors import InvalidInput, OutputExists
 
 
@@ -191,7 +191,11 @@ def _check_ijb_usage(ijb_meta, embeddings, pairs_file, gallery_store, gallery_mo
             "--ijb-meta matches embeddings to the meta files by image name: give --embeddings FILE.h5 "
             "with a 'names' dataset (--model and --store are not supported with --ijb-meta)"
         )
-    for given, flag in ((pairs_file, "--pairs"), (gallery_store, "--gallery-store"), (gallery_model, "--gallery-model")):
+    for given, flag in (
+        (pairs_file, "--pairs"),
+        (gallery_store, "--gallery-store"),
+        (gallery_model, "--gallery-model"),
+    ):
         if given is not None:
             raise InvalidInput(f"--ijb-meta cannot be combined with {flag} (the IJB meta files define the protocol)")
     if index != "exact":

@@ -16,10 +16,10 @@ from cli.options import (
     seed_option,
     split_option,
 )
-from distill.models.teachers import load_teacher
 from distill.models.inference import select_device
-from featstore.datasets import load_dataset
+from distill.models.teachers import load_teacher
 from featstore.dask_extract import extract_teacher_distributed
+from featstore.datasets import load_dataset
 from featstore.extract import extract_teacher
 
 

@@ -9,8 +9,8 @@ import click
 
 from cli.options import dataset_option, device_option, overwrite_option, quiet_option, seed_option, split_option
 from distill.losses import RECIPES
-from distill.training.student import StudentConfig, train_student
 from distill.training.common import OptimConfig
+from distill.training.student import StudentConfig, train_student
 from featstore.stream import VIEW_SAMPLING
 
 

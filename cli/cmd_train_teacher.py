@@ -8,8 +8,8 @@ import click
 
 from cli.options import dataset_option, device_option, overwrite_option, quiet_option, seed_option, split_option
 from distill.models.heads import HEADS
-from distill.training.teacher import TeacherConfig, train_teacher
 from distill.training.common import OptimConfig
+from distill.training.teacher import TeacherConfig, train_teacher
 
 
 @click.command("train-teacher")

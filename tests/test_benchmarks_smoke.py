@@ -18,9 +18,13 @@ SECTIONS = ("training", "stream", "extraction", "dask", "amortisation", "eval")
 
 
 def test_quick_benchmark_writes_valid_json(tmp_path: Path) -> None:
-    done = subprocess.run([sys.executable, str(SCRIPT), "--quick", "--out-dir", str(tmp_path),
-                           "--workdir", str(tmp_path)],
-                          capture_output=True, text=True, timeout=600, check=False)
+    done = subprocess.run(
+        [sys.executable, str(SCRIPT), "--quick", "--out-dir", str(tmp_path), "--workdir", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
     assert done.returncode == 0, done.stderr[-4000:]
 
     results = json.loads((tmp_path / "run.json").read_text())
@@ -31,9 +35,21 @@ def test_quick_benchmark_writes_valid_json(tmp_path: Path) -> None:
     assert results["eval"]["max_abs_difference"] <= 1e-6
 
     figures = {f["key"]: f for f in results["figures"]}
-    for key in ("store_kd_vs_vanilla", "kd_speedup_efficiency", "store_thkd_vs_vanilla", "thkd_speedup_efficiency",
-                "store_crd_vs_vanilla", "extract_vs_bare", "dask_2_vs_1", "stream_vs_memmap", "stream_vs_training",
-                "eval_vs_pml", "amortisation_k1", "amortisation_k3", "amortisation_k10"):
+    for key in (
+        "store_kd_vs_vanilla",
+        "kd_speedup_efficiency",
+        "store_thkd_vs_vanilla",
+        "thkd_speedup_efficiency",
+        "store_crd_vs_vanilla",
+        "extract_vs_bare",
+        "dask_2_vs_1",
+        "stream_vs_memmap",
+        "stream_vs_training",
+        "eval_vs_pml",
+        "amortisation_k1",
+        "amortisation_k3",
+        "amortisation_k10",
+    ):
         assert key in figures, f"figure {key} missing"
         value = figures[key]["value"]
         assert isinstance(value, float) and math.isfinite(value) and value > 0, (key, value)
@@ -42,7 +58,7 @@ def test_quick_benchmark_writes_valid_json(tmp_path: Path) -> None:
     markdown = (tmp_path / "RESULTS.md").read_text()
     assert "<!-- benchmarks/run.py:start" in markdown and "<!-- benchmarks/run.py:end -->" in markdown
     assert "| figure | measured | goal | met |" in markdown
-    block = markdown[markdown.index("<!-- benchmarks/run.py:start"):markdown.index("<!-- benchmarks/run.py:end -->")]
+    block = markdown[markdown.index("<!-- benchmarks/run.py:start") : markdown.index("<!-- benchmarks/run.py:end -->")]
     assert block in done.stdout  # RESULTS.md holds exactly what the script printed
 
 
@@ -76,9 +92,26 @@ def test_eval_floor_runs_and_its_certified_rows_are_exact(tmp_path: Path) -> Non
     certificate accepts, the reranked top-k equals FAISS' exact top-k (the script checks that itself)."""
     results_md = tmp_path / "RESULTS.md"
     results_md.write_text("# Benchmark results\n\n## Exact TAR@FAR at N = 20,000\n\nkept as is\n")
-    done = subprocess.run([sys.executable, str(FLOOR_SCRIPT), "--n", "3000", "--classes", "100", "--block", "1024",
-                           "--results", str(results_md), "--json", str(tmp_path / "floor.json")],
-                          capture_output=True, text=True, timeout=600, check=False)
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(FLOOR_SCRIPT),
+            "--n",
+            "3000",
+            "--classes",
+            "100",
+            "--block",
+            "1024",
+            "--results",
+            str(results_md),
+            "--json",
+            str(tmp_path / "floor.json"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
     assert done.returncode == 0, done.stderr[-4000:]
     result = json.loads((tmp_path / "floor.json").read_text())
     assert result["params"]["k"] == 101 and result["params"]["k_prime"] == 202

@@ -17,10 +17,10 @@ from typing import Any
 import numpy as np
 
 from distill.evaluation import metrics
-from distill.evaluation.search import knn_search, labels_at, recall_vs_exact, resolve_index_params
 from distill.evaluation.protocols.pairs import Pairs, pairs_report
-from distill.evaluation.plots import save_png, subplots
+from distill.evaluation.search import knn_search, labels_at, recall_vs_exact, resolve_index_params
 from distill.evaluation.verification import streaming_verification
+from distill.plotting import save_png, subplots
 from featstore.atomic import atomic_write_text
 from featstore.errors import InputNotFound, InvalidInput
 

@@ -46,8 +46,8 @@ from typing import Any
 
 import numpy as np
 
-from distill.evaluation.search import _positive_int, normalised_known
 from distill.evaluation.metrics import FARS, _check_far, far_key
+from distill.evaluation.search import _positive_int, normalised_known
 from featstore.errors import InvalidInput
 
 __all__ = ["float32_keys", "streaming_verification", "tiled_pair_scores"]

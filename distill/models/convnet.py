@@ -87,4 +87,3 @@ def convnet_student(
 ) -> ConvNet:
     """The digits student: 2 stages of 8/16 channels (~3 k parameters with a 64-d embedding, ~30× smaller)."""
     return ConvNet((8, 16), embedding_dim, num_classes, in_channels, head, head_scale, head_margin)
-

@@ -27,7 +27,6 @@ def select_device(name: str = "auto") -> torch.device:
     return torch.device(name)
 
 
-
 @torch.no_grad()
 def embed_dataset(
     model: nn.Module, dataset: ImageDataset, device: torch.device, batch_size: int = 512

@@ -18,6 +18,7 @@ from featstore.datasets import ImageDataset
 from featstore.errors import InvalidInput
 from featstore.views import sample_view_params
 
+
 def seed_everything(seed: int) -> torch.Generator:
     """Seed python, numpy and torch; return a torch generator for the trainer's own draws."""
     random.seed(seed)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from distill.evaluation.plots import save_png, subplots
+from distill.plotting import save_png, subplots
 
 
 def plot_training_curves(log: list[dict[str, Any]], path: str | Path, title: str = "") -> None:

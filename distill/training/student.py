@@ -23,13 +23,13 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from distill.models.checkpoint import Checkpoint, load_teacher_source, save_checkpoint
-from distill.training.curves import TensorBoardLog, plot_training_curves
-from distill.training.ddp import init_distributed
-from distill.models.heads import frozen_head, head_from_store, head_state
 from distill.losses import DistillInputs, TrainingContext, build_criterion
 from distill.models import count_parameters, create_model
+from distill.models.checkpoint import Checkpoint, load_teacher_source, save_checkpoint
+from distill.models.heads import frozen_head, head_from_store, head_state
 from distill.training.common import OptimConfig, accuracy, check_positive, make_optimizer, seed_everything
+from distill.training.curves import TensorBoardLog, plot_training_curves
+from distill.training.ddp import init_distributed
 from featstore.atomic import atomic_path, atomic_write_text
 from featstore.datasets import ImageDataset, load_dataset
 from featstore.errors import CheckpointError, InputNotFound, InvalidInput, OutputExists, StoreError

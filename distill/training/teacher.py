@@ -16,8 +16,9 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from distill.models.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from distill.models import count_parameters, create_model
+from distill.models.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from distill.models.inference import select_device
 from distill.training.common import (
     OptimConfig,
     accuracy,
@@ -26,7 +27,6 @@ from distill.training.common import (
     make_optimizer,
     seed_everything,
 )
-from distill.models.inference import select_device
 from featstore.atomic import file_sha256
 from featstore.datasets import load_dataset
 from featstore.errors import InvalidInput, OutputExists

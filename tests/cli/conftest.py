@@ -127,16 +127,50 @@ def artifacts(tmp_path_factory: pytest.TempPathFactory) -> Artifacts:
 def _make_artifacts(root: Path) -> Artifacts:
     teacher, store, student = root / "teacher.pt", root / "store.zarr", root / "student.pt"
     t = run_ok("train-teacher", "--dataset", "digits", "--out", teacher, "--epochs", 2, "--quiet")
-    s = run_ok("extract-teacher", "--teacher", teacher, "--dataset", "digits", "--out", store,
-               "--views", VIEWS, "--chunk-rows", CHUNK_ROWS, "--quiet")
+    s = run_ok(
+        "extract-teacher",
+        "--teacher",
+        teacher,
+        "--dataset",
+        "digits",
+        "--out",
+        store,
+        "--views",
+        VIEWS,
+        "--chunk-rows",
+        CHUNK_ROWS,
+        "--quiet",
+    )
     run_ok("train-student", "--store", store, "--dataset", "digits", "--out", student, "--epochs", 2, "--quiet")
     test_store = root / "store_test_split.zarr"
-    run_ok("extract-teacher", "--teacher", teacher, "--dataset", "digits", "--split", "test", "--out", test_store,
-           "--views", VIEWS, "--chunk-rows", CHUNK_ROWS, "--quiet")
+    run_ok(
+        "extract-teacher",
+        "--teacher",
+        teacher,
+        "--dataset",
+        "digits",
+        "--split",
+        "test",
+        "--out",
+        test_store,
+        "--views",
+        VIEWS,
+        "--chunk-rows",
+        CHUNK_ROWS,
+        "--quiet",
+    )
     other = root / "teacher_seed1.pt"
     run_ok("train-teacher", "--dataset", "digits", "--out", other, "--epochs", 1, "--seed", 1, "--quiet")
-    return Artifacts(root=root, teacher=teacher, teacher_output=t.stdout, store=store, store_output=s.stdout,
-                     student=student, test_store=test_store, other_teacher=other)
+    return Artifacts(
+        root=root,
+        teacher=teacher,
+        teacher_output=t.stdout,
+        store=store,
+        store_output=s.stdout,
+        student=student,
+        test_store=test_store,
+        other_teacher=other,
+    )
 
 
 @dataclass
@@ -180,7 +214,17 @@ def h():
     """The helpers of this conftest, for test modules (tests/ is not a package, so they cannot import it)."""
     import types
 
-    return types.SimpleNamespace(invoke=invoke, run_ok=run_ok, describe=describe, snapshot=snapshot,
-                                 error_lines=error_lines, assert_refused=assert_refused,
-                                 make_incomplete=make_incomplete, TRAIN_N=TRAIN_N, TEST_N=TEST_N,
-                                 CHUNK_ROWS=CHUNK_ROWS, VIEWS=VIEWS, DIM=DIM)
+    return types.SimpleNamespace(
+        invoke=invoke,
+        run_ok=run_ok,
+        describe=describe,
+        snapshot=snapshot,
+        error_lines=error_lines,
+        assert_refused=assert_refused,
+        make_incomplete=make_incomplete,
+        TRAIN_N=TRAIN_N,
+        TEST_N=TEST_N,
+        CHUNK_ROWS=CHUNK_ROWS,
+        VIEWS=VIEWS,
+        DIM=DIM,
+    )

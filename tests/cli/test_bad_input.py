@@ -51,8 +51,16 @@ def setup_not_a_store(work) -> None:
 MISSING_STORE = {
     "train-student": student_cmd("{w}/missing.zarr"),
     "eval --store": ["eval", "--faiss", "--store", "{w}/missing.zarr"],
-    "eval --gallery-store": ["eval", "--faiss", "--model", "{student}", "--dataset", "digits",
-                             "--gallery-store", "{w}/missing.zarr"],
+    "eval --gallery-store": [
+        "eval",
+        "--faiss",
+        "--model",
+        "{student}",
+        "--dataset",
+        "digits",
+        "--gallery-store",
+        "{w}/missing.zarr",
+    ],
     "store info": ["store", "info", "{w}/missing.zarr"],
 }
 
@@ -93,8 +101,16 @@ def test_zarr_group_without_fsd_attributes(h, work):
 INCOMPLETE = {
     "train-student": student_cmd("{w}/incomplete.zarr"),
     "eval --store": ["eval", "--faiss", "--store", "{w}/incomplete.zarr"],
-    "eval --gallery-store": ["eval", "--faiss", "--model", "{student}", "--dataset", "digits",
-                             "--gallery-store", "{w}/incomplete.zarr"],
+    "eval --gallery-store": [
+        "eval",
+        "--faiss",
+        "--model",
+        "{student}",
+        "--dataset",
+        "digits",
+        "--gallery-store",
+        "{w}/incomplete.zarr",
+    ],
 }
 
 
@@ -129,8 +145,12 @@ def test_extract_into_a_store_made_differently_is_refused(h, work, artifacts, va
 
 def test_extract_into_an_incomplete_store_of_another_teacher_is_refused(h, work, artifacts):
     h.make_incomplete(work.store)
-    line = run_refused(h, work, extract_cmd(str(artifacts.other_teacher), "--views", "2", "--chunk-rows", "200",
-                                            out="{store}"), match="refusing to overwrite")
+    line = run_refused(
+        h,
+        work,
+        extract_cmd(str(artifacts.other_teacher), "--views", "2", "--chunk-rows", "200", out="{store}"),
+        match="refusing to overwrite",
+    )
     assert "teacher" in line
 
 
@@ -293,8 +313,15 @@ def test_bad_recipe_or_loss(h, work, extra, match):
 
 DATASET_USERS = {
     "train-teacher": lambda spec: ["train-teacher", "--dataset", spec, "--out", "{w}/t.pt", "--epochs", "1"],
-    "extract-teacher": lambda spec: ["extract-teacher", "--teacher", "{teacher}", "--dataset", spec,
-                                     "--out", "{w}/s.zarr"],
+    "extract-teacher": lambda spec: [
+        "extract-teacher",
+        "--teacher",
+        "{teacher}",
+        "--dataset",
+        spec,
+        "--out",
+        "{w}/s.zarr",
+    ],
     "train-student": lambda spec: ["train-student", "--store", "{store}", "--dataset", spec, "--out", "{w}/s.pt"],
     "eval --model": lambda spec: ["eval", "--faiss", "--model", "{teacher}", "--dataset", spec],
 }
@@ -369,16 +396,33 @@ def test_non_positive_embedding_dim(h, work, dim):
 EVAL_CASES = {
     "no source": (["eval", "--faiss"], "exactly one"),
     "no source, with --out": (["eval", "--faiss", "--out", "{w}/r.json"], "exactly one"),
-    "model + store": (["eval", "--faiss", "--model", "{teacher}", "--dataset", "digits", "--store", "{store}"],
-                      "exactly one"),
+    "model + store": (
+        ["eval", "--faiss", "--model", "{teacher}", "--dataset", "digits", "--store", "{store}"],
+        "exactly one",
+    ),
     "store + embeddings": (["eval", "--faiss", "--store", "{store}", "--embeddings", "{w}/x.h5"], "exactly one"),
-    "all three": (["eval", "--faiss", "--model", "{teacher}", "--dataset", "digits", "--store", "{store}",
-                   "--embeddings", "{w}/x.h5"], "exactly one"),
+    "all three": (
+        [
+            "eval",
+            "--faiss",
+            "--model",
+            "{teacher}",
+            "--dataset",
+            "digits",
+            "--store",
+            "{store}",
+            "--embeddings",
+            "{w}/x.h5",
+        ],
+        "exactly one",
+    ),
     "model without dataset": (["eval", "--faiss", "--model", "{teacher}"], "--dataset"),
     "far not numbers": (["eval", "--faiss", "--store", "{store}", "--far", "a,b"], "--far"),
     "far out of range": (["eval", "--faiss", "--store", "{store}", "--far", "0,2"], "--far"),
-    "gallery of another dim": (["eval", "--faiss", "--embeddings", "{w}/small.h5", "--gallery-store", "{store}",
-                                "--out", "{w}/r.json"], "dim"),
+    "gallery of another dim": (
+        ["eval", "--faiss", "--embeddings", "{w}/small.h5", "--gallery-store", "{store}", "--out", "{w}/r.json"],
+        "dim",
+    ),
 }
 
 

@@ -29,8 +29,10 @@ def write_fake_cifar100(root: Path) -> Path:
     root.mkdir()
     rng = np.random.default_rng(0)
     for split, n in (("train", TRAIN_N), ("test", TEST_N)):
-        content = {b"data": rng.integers(0, 256, (n, 3 * 32 * 32), dtype=np.uint8),
-                   b"fine_labels": (rng.integers(0, CLASSES_USED, n) * 7).tolist()}
+        content = {
+            b"data": rng.integers(0, 256, (n, 3 * 32 * 32), dtype=np.uint8),
+            b"fine_labels": (rng.integers(0, CLASSES_USED, n) * 7).tolist(),
+        }
         with open(root / split, "wb") as f:
             pickle.dump(content, f, protocol=2)
     return root
@@ -40,14 +42,19 @@ def script_env(**overrides: str) -> dict[str, str]:
     """The venv of this interpreter first on PATH (the script calls ``fsd``); one thread (shared machine)."""
     env = dict(os.environ)
     env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
-    env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHON=sys.executable, QUIET="1", DEVICE="cpu",
-               **overrides)
+    env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHON=sys.executable, QUIET="1", DEVICE="cpu", **overrides)
     return env
 
 
 def run_script(*args: object, **overrides: str) -> subprocess.CompletedProcess:
-    return subprocess.run(["bash", str(SCRIPT), *map(str, args)], env=script_env(**overrides), capture_output=True,
-                          text=True, timeout=300, check=False)
+    return subprocess.run(
+        ["bash", str(SCRIPT), *map(str, args)],
+        env=script_env(**overrides),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
 
 
 # ~35 s on an idle 2-core machine, 60–66 s on a shared one: 12 `fsd` processes, each ~2 s of torch import.

@@ -31,10 +31,21 @@ def report(r1: float, top1: float | None, tar3: float | None, samples: int = 100
     out = {
         "source": {"kind": "embeddings"},
         "num_samples": samples,
-        "retrieval": {"recall_at_k": {"1": r1, "2": r1}, "precision_at_1": r1, "r_precision": 0.5, "map_at_r": 0.25,
-                      "num_queries": samples},
-        "verification": {"num_genuine": 10, "num_impostor": 90,
-                         "tar_at_far": {"1e-03": tar3, "1e-02": 0.5}, "roc_auc": 0.9, "eer": 0.1, **verification},
+        "retrieval": {
+            "recall_at_k": {"1": r1, "2": r1},
+            "precision_at_1": r1,
+            "r_precision": 0.5,
+            "map_at_r": 0.25,
+            "num_queries": samples,
+        },
+        "verification": {
+            "num_genuine": 10,
+            "num_impostor": 90,
+            "tar_at_far": {"1e-03": tar3, "1e-02": 0.5},
+            "roc_auc": 0.9,
+            "eer": 0.1,
+            **verification,
+        },
     }
     if top1 is not None:
         out["classification"] = {"top1": top1}
@@ -78,8 +89,10 @@ def test_compare_side_by_side_with_deltas(h, tmp_path) -> None:
 def test_compare_baseline_option_and_notes(h, tmp_path) -> None:
     a = write(tmp_path / "a.json", report(0.5, None, 0.1))
     b = write(tmp_path / "b.json", report(0.6, None, 0.2, samples=50))
-    c = write(tmp_path / "c.json", report(0.7, None, 0.3, protocol="pairs", pairs={"file": "pairs.txt"},
-                                          lfw={"accuracy_mean": 0.95}))
+    c = write(
+        tmp_path / "c.json",
+        report(0.7, None, 0.3, protocol="pairs", pairs={"file": "pairs.txt"}, lfw={"accuracy_mean": 0.95}),
+    )
     out = h.run_ok("compare", a, b, c, "--baseline", b).stdout
     assert out.splitlines()[0].split() == ["metric", "a", "Δ", "b", "c", "Δ"]
     assert rows(out)["R@1"] == ["50.00", "-10.00", "60.00", "70.00", "+10.00"]
@@ -104,16 +117,21 @@ def test_compare_same_stems_use_paths(h, tmp_path) -> None:
     assert header == ["metric", str(a), str(b), "Δ"]
 
 
-@pytest.mark.parametrize(("content", "match"), [
-    (None, "does not exist"),
-    ("{not json", "is not valid JSON (Expecting property name enclosed in double quotes at line 1, column 2)"),
-    ("[1, 2]", "is not an fsd eval report"),
-    ('{"retrieval": {}}', "is not an fsd eval report"),
-    (report(0.5, "high", None), "classification.top1 is 'high', not a number"),
-    ('{"num_samples": 100, "verification": {}, "retrieval": {"map_at_r": ' + "9" * 400 + "}}",
-     "map_at_r is not a finite number"),
-    ("\udcff", "not a UTF-8 text file"),
-])
+@pytest.mark.parametrize(
+    ("content", "match"),
+    [
+        (None, "does not exist"),
+        ("{not json", "is not valid JSON (Expecting property name enclosed in double quotes at line 1, column 2)"),
+        ("[1, 2]", "is not an fsd eval report"),
+        ('{"retrieval": {}}', "is not an fsd eval report"),
+        (report(0.5, "high", None), "classification.top1 is 'high', not a number"),
+        (
+            '{"num_samples": 100, "verification": {}, "retrieval": {"map_at_r": ' + "9" * 400 + "}}",
+            "map_at_r is not a finite number",
+        ),
+        ("\udcff", "not a UTF-8 text file"),
+    ],
+)
 def test_compare_bad_reports(h, tmp_path, content, match) -> None:
     good = write(tmp_path / "good.json", report(0.5, None, None))
     bad = tmp_path / "bad.json"
@@ -190,22 +208,26 @@ def test_eval_index_pairs_and_all_pairs_default(h, tmp_path, lfw_h5) -> None:
     assert "protocol" not in v and v["num_genuine"] + v["num_impostor"] == 8 * 7 // 2
 
 
-@pytest.mark.parametrize(("pairs_text", "extra", "match"), [
-    ("0 1 1\n0 1\n", [], "pairs.txt line 2: expected 'i j label' (3 fields), got 2 fields"),
-    ("0 1 1\n0 8 0\n", [], "pairs.txt line 2: index 8 out of range for 8 embeddings"),
-    ("Ann_0001 Zed_0001 0\n", [], "line 1: unknown name 'Zed_0001'"),
-    ("0 1 nan\n", [], "line 1: label must be 1 (same) or 0 (different), got 'nan'"),
-    (LFW_TEXT.replace("Bob\t1\t3", "Bob\t1\tthree"), [], "line 3: image number must be a positive integer"),
-    ("0 1 1\n", ["--pairs-format", "lfw"], "line 1: an LFW pairs file starts with"),
-    (None, [], "pairs file"),
-])
+@pytest.mark.parametrize(
+    ("pairs_text", "extra", "match"),
+    [
+        ("0 1 1\n0 1\n", [], "pairs.txt line 2: expected 'i j label' (3 fields), got 2 fields"),
+        ("0 1 1\n0 8 0\n", [], "pairs.txt line 2: index 8 out of range for 8 embeddings"),
+        ("Ann_0001 Zed_0001 0\n", [], "line 1: unknown name 'Zed_0001'"),
+        ("0 1 nan\n", [], "line 1: label must be 1 (same) or 0 (different), got 'nan'"),
+        (LFW_TEXT.replace("Bob\t1\t3", "Bob\t1\tthree"), [], "line 3: image number must be a positive integer"),
+        ("0 1 1\n", ["--pairs-format", "lfw"], "line 1: an LFW pairs file starts with"),
+        (None, [], "pairs file"),
+    ],
+)
 def test_eval_bad_pairs_refused(h, tmp_path, lfw_h5, pairs_text, extra, match) -> None:
     pairs_file = tmp_path / "pairs.txt"
     if pairs_text is not None:
         write(pairs_file, pairs_text)
     before = h.snapshot(tmp_path)
-    result = h.invoke("eval", "--faiss", "--embeddings", lfw_h5, "--pairs", pairs_file, "--out", tmp_path / "r.json",
-                      *extra)
+    result = h.invoke(
+        "eval", "--faiss", "--embeddings", lfw_h5, "--pairs", pairs_file, "--out", tmp_path / "r.json", *extra
+    )
     h.assert_refused(result, before, tmp_path, match=match)
 
 
@@ -227,8 +249,12 @@ def test_eval_bad_names_dataset_refused(h, tmp_path) -> None:
         f["labels"] = np.array([0, 0, 1, 1])
         f["names"] = np.arange(3)
     before = h.snapshot(tmp_path)
-    h.assert_refused(h.invoke("eval", "--faiss", "--embeddings", path), before, tmp_path,
-                     match="'names' must be a dataset of 4 strings")
+    h.assert_refused(
+        h.invoke("eval", "--faiss", "--embeddings", path),
+        before,
+        tmp_path,
+        match="'names' must be a dataset of 4 strings",
+    )
 
 
 def test_eval_existing_cmc_plot_needs_overwrite(h, tmp_path, lfw_h5) -> None:

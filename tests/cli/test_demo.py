@@ -40,7 +40,7 @@ def test_demo_runs_the_pipeline_and_prints_the_table(h, tmp_path):
     lines = result.stdout.splitlines()
     header = next(i for i, line in enumerate(lines) if line.startswith("model") and "top-1" in line)
     assert set(lines[header + 1]) == {"-"}
-    rows = lines[header + 2:header + 3 + len(RECIPES)]
+    rows = lines[header + 2 : header + 3 + len(RECIPES)]
     assert [row.split("  ")[0].strip() for row in rows] == ["teacher", *(f"student {r}" for r in RECIPES)]
     for row in rows:
         assert len(re.findall(r"\d+\.\d\d", row)) >= 5, row  # top-1, R@1, MAP@R, TAR, AUC, x-R@1 in percent

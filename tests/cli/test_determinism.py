@@ -19,8 +19,21 @@ def array_files(store: Path, array: str) -> dict[str, bytes]:
 
 
 def extract(h, teacher: Path, out: Path, *extra) -> None:
-    h.run_ok("extract-teacher", "--teacher", teacher, "--dataset", "digits", "--out", out,
-             "--views", h.VIEWS, "--chunk-rows", h.CHUNK_ROWS, "--quiet", *extra)
+    h.run_ok(
+        "extract-teacher",
+        "--teacher",
+        teacher,
+        "--dataset",
+        "digits",
+        "--out",
+        out,
+        "--views",
+        h.VIEWS,
+        "--chunk-rows",
+        h.CHUNK_ROWS,
+        "--quiet",
+        *extra,
+    )
 
 
 def test_same_seed_gives_identical_store_bytes(artifacts, h, tmp_path):
@@ -46,8 +59,22 @@ def test_other_extraction_seed_changes_the_views_but_not_the_identity_view(artif
 
 
 def train(h, store: Path, out: Path, seed: int) -> dict[str, torch.Tensor]:
-    h.run_ok("train-student", "--store", store, "--dataset", "digits", "--out", out, "--recipe", "th-kd",
-             "--epochs", 1, "--seed", seed, "--quiet")
+    h.run_ok(
+        "train-student",
+        "--store",
+        store,
+        "--dataset",
+        "digits",
+        "--out",
+        out,
+        "--recipe",
+        "th-kd",
+        "--epochs",
+        1,
+        "--seed",
+        seed,
+        "--quiet",
+    )
     return load_checkpoint(out, kind="student").state_dict
 
 

@@ -16,8 +16,8 @@ import h5py
 import numpy as np
 import pytest
 
-from distill.models.checkpoint import load_checkpoint
 from distill.losses.recipes import RECIPES
+from distill.models.checkpoint import load_checkpoint
 from featstore.store import open_store
 
 FAR_KEYS = ["1e-06", "1e-05", "1e-04", "1e-03", "1e-02", "1e-01"]
@@ -25,7 +25,8 @@ RETRIEVAL_KEYS = {"recall_at_k", "precision_at_1", "r_precision", "map_at_r"}
 SUMMARY = re.compile(
     r"^(wrote|resumed) (?P<url>\S+): (?P<n>\d+) samples × (?P<v>\d+) views × (?P<d>\d+) dims \((?P<dtype>\w+)\), "
     r"(?P<done>\d+)/(?P<total>\d+) chunks computed, (?P<mb>[\d.]+) MB on disk, "
-    r"compression (?P<ratio>[\d.]+)× vs float32, (?P<s>[\d.]+) s$")
+    r"compression (?P<ratio>[\d.]+)× vs float32, (?P<s>[\d.]+) s$"
+)
 
 
 def embedding_files(store: Path) -> dict[str, bytes]:
@@ -43,8 +44,10 @@ def test_train_teacher_writes_a_loadable_teacher_checkpoint(artifacts):
     assert ckpt.dataset["image_shape"] == [1, 8, 8]
     assert len(ckpt.extra["log"]) == 2  # --epochs 2
     ckpt.build_model()  # the weights fit the arch
-    assert re.match(r"^teacher \S+: [\d,]+ parameters, train top-1 [\d.]+%, test top-1 [\d.]+%, [\d.]+ s$",
-                    artifacts.teacher_output.strip()), artifacts.teacher_output
+    assert re.match(
+        r"^teacher \S+: [\d,]+ parameters, train top-1 [\d.]+%, test top-1 [\d.]+%, [\d.]+ s$",
+        artifacts.teacher_output.strip(),
+    ), artifacts.teacher_output
 
 
 # -- extract-teacher -------------------------------------------------------------------------------------
@@ -70,8 +73,20 @@ def test_rerunning_extract_computes_nothing_and_changes_no_byte(artifacts, h, tm
     store = tmp_path / "store.zarr"
     shutil.copytree(artifacts.store, store)
     before = h.snapshot(store)
-    result = h.run_ok("extract-teacher", "--teacher", artifacts.teacher, "--dataset", "digits", "--out", store,
-                      "--views", h.VIEWS, "--chunk-rows", h.CHUNK_ROWS, "--quiet")
+    result = h.run_ok(
+        "extract-teacher",
+        "--teacher",
+        artifacts.teacher,
+        "--dataset",
+        "digits",
+        "--out",
+        store,
+        "--views",
+        h.VIEWS,
+        "--chunk-rows",
+        h.CHUNK_ROWS,
+        "--quiet",
+    )
     m = SUMMARY.match(result.stdout.strip())
     assert m, result.stdout
     assert m[1] == "resumed" and (m["done"], m["total"]) == ("0", "7")
@@ -86,8 +101,20 @@ def test_extract_resumes_an_interrupted_store_bit_identically(artifacts, h, tmp_
     chunk = store / "embeddings" / "c" / "3" / "0" / "0"
     original = chunk.read_bytes()
     chunk.write_bytes(b"\0" * 16)
-    result = h.run_ok("extract-teacher", "--teacher", artifacts.teacher, "--dataset", "digits", "--out", store,
-                      "--views", h.VIEWS, "--chunk-rows", h.CHUNK_ROWS, "--quiet")
+    result = h.run_ok(
+        "extract-teacher",
+        "--teacher",
+        artifacts.teacher,
+        "--dataset",
+        "digits",
+        "--out",
+        store,
+        "--views",
+        h.VIEWS,
+        "--chunk-rows",
+        h.CHUNK_ROWS,
+        "--quiet",
+    )
     m = SUMMARY.match(result.stdout.strip())
     assert m and (m["done"], m["total"]) == ("1", "7"), result.stdout
     assert chunk.read_bytes() == original
@@ -98,20 +125,47 @@ def test_extract_resumes_an_interrupted_store_bit_identically(artifacts, h, tmp_
 def test_extract_overwrite_replaces_a_store_of_another_teacher(artifacts, h, tmp_path):
     store = tmp_path / "store.zarr"
     shutil.copytree(artifacts.store, store)
-    h.run_ok("extract-teacher", "--teacher", artifacts.other_teacher, "--dataset", "digits", "--out", store,
-             "--views", 1, "--chunk-rows", 500, "--overwrite", "--quiet")
+    h.run_ok(
+        "extract-teacher",
+        "--teacher",
+        artifacts.other_teacher,
+        "--dataset",
+        "digits",
+        "--out",
+        store,
+        "--views",
+        1,
+        "--chunk-rows",
+        500,
+        "--overwrite",
+        "--quiet",
+    )
     reopened = open_store(store)
     assert reopened.shape.num_views == 1 and reopened.chunk_rows == 500
-    assert reopened.meta["teacher"]["checkpoint_sha256"] != open_store(artifacts.store).meta["teacher"][
-        "checkpoint_sha256"]
+    assert (
+        reopened.meta["teacher"]["checkpoint_sha256"]
+        != open_store(artifacts.store).meta["teacher"]["checkpoint_sha256"]
+    )
 
 
 # -- train-student ---------------------------------------------------------------------------------------
 @pytest.mark.parametrize("recipe", ["vanilla", "kd", "th-kd", "kde-th"])
 def test_train_student_each_recipe_writes_checkpoint_and_log(artifacts, h, tmp_path, recipe):
     out = tmp_path / "STUDENT.pt"
-    result = h.run_ok("train-student", "--store", artifacts.store, "--dataset", "digits", "--out", out,
-                      "--recipe", recipe, "--epochs", 1, "--quiet")
+    result = h.run_ok(
+        "train-student",
+        "--store",
+        artifacts.store,
+        "--dataset",
+        "digits",
+        "--out",
+        out,
+        "--recipe",
+        recipe,
+        "--epochs",
+        1,
+        "--quiet",
+    )
     assert f"[{recipe}]" in result.stdout and "test top-1" in result.stdout
     log_path = tmp_path / "STUDENT.log.json"
     assert out.is_file() and log_path.is_file()
@@ -132,8 +186,22 @@ def test_train_student_each_recipe_writes_checkpoint_and_log(artifacts, h, tmp_p
 
 def test_loss_override_is_recorded_in_the_checkpoint(artifacts, h, tmp_path):
     out = tmp_path / "s.pt"
-    h.run_ok("train-student", "--store", artifacts.store, "--dataset", "digits", "--out", out,
-             "--recipe", "vanilla", "--loss", "ce=1,kd=1.5,th=0.02", "--epochs", 1, "--quiet")
+    h.run_ok(
+        "train-student",
+        "--store",
+        artifacts.store,
+        "--dataset",
+        "digits",
+        "--out",
+        out,
+        "--recipe",
+        "vanilla",
+        "--loss",
+        "ce=1,kd=1.5,th=0.02",
+        "--epochs",
+        1,
+        "--quiet",
+    )
     ckpt = load_checkpoint(out, kind="student")
     assert ckpt.extra["weights"] == {"ce": 1.0, "kd": 1.5, "th": 0.02}
     log = json.loads((tmp_path / "s.log.json").read_text())
@@ -167,8 +235,9 @@ def is_png(path: Path) -> bool:
 @pytest.mark.parametrize("which", ["teacher", "student"])
 def test_eval_model_writes_report_and_plot(artifacts, h, tmp_path, which):
     out, plot = tmp_path / "report.json", tmp_path / "roc.png"
-    result = h.run_ok("eval", "--faiss", "--model", getattr(artifacts, which), "--dataset", "digits",
-                      "--out", out, "--plot", plot)
+    result = h.run_ok(
+        "eval", "--faiss", "--model", getattr(artifacts, which), "--dataset", "digits", "--out", out, "--plot", plot
+    )
     assert "retrieval" in result.stdout and f"report written to {out}" in result.stdout
     report = json.loads(out.read_text())
     check_report(report, classification=True)
@@ -214,8 +283,18 @@ def test_eval_embeddings_h5(h, tmp_path):
 
 def test_eval_student_against_teacher_gallery_has_cross_model_section(artifacts, h, tmp_path):
     out = tmp_path / "report.json"
-    result = h.run_ok("eval", "--faiss", "--model", artifacts.student, "--dataset", "digits",
-                      "--gallery-store", artifacts.store, "--out", out)
+    result = h.run_ok(
+        "eval",
+        "--faiss",
+        "--model",
+        artifacts.student,
+        "--dataset",
+        "digits",
+        "--gallery-store",
+        artifacts.store,
+        "--out",
+        out,
+    )
     assert "cross-model" in result.stdout
     report = json.loads(out.read_text())
     check_report(report, classification=True)
@@ -259,8 +338,11 @@ def test_store_info_shows_an_incomplete_store_as_such(artifacts, h, tmp_path):
 
 
 # -- help ------------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("command", [[], ["train-teacher"], ["extract-teacher"], ["train-student"], ["eval"],
-                                     ["store"], ["store", "info"], ["demo"]], ids=lambda c: " ".join(c) or "fsd")
+@pytest.mark.parametrize(
+    "command",
+    [[], ["train-teacher"], ["extract-teacher"], ["train-student"], ["eval"], ["store"], ["store", "info"], ["demo"]],
+    ids=lambda c: " ".join(c) or "fsd",
+)
 def test_help_exits_zero(h, command):
     result = h.run_ok(*command, "--help")
     assert "Usage:" in result.stdout
@@ -278,8 +360,9 @@ def test_console_script_reports_errors_in_one_line(tmp_path):
     fsd = Path(sys.executable).with_name("fsd")
     if not fsd.exists():
         pytest.skip("console script not installed next to the interpreter")
-    bad = subprocess.run([str(fsd), "store", "info", str(tmp_path / "missing.zarr")], capture_output=True,
-                         text=True, timeout=120)
+    bad = subprocess.run(
+        [str(fsd), "store", "info", str(tmp_path / "missing.zarr")], capture_output=True, text=True, timeout=120
+    )
     assert bad.returncode == 2, bad.stderr
     assert bad.stdout == ""
     lines = bad.stderr.strip().splitlines()

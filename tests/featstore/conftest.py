@@ -24,8 +24,14 @@ def digits_train() -> ImageDataset:
 
 def subset(d: ImageDataset, n: int) -> ImageDataset:
     """The first ``n`` samples of ``d`` as a new dataset (its fingerprint differs from the full split)."""
-    return ImageDataset(spec=d.spec, split=d.split, images=d.images[:n], labels=d.labels[:n],
-                        num_classes=d.num_classes, view_policy=d.view_policy)
+    return ImageDataset(
+        spec=d.spec,
+        split=d.split,
+        images=d.images[:n],
+        labels=d.labels[:n],
+        num_classes=d.num_classes,
+        view_policy=d.view_policy,
+    )
 
 
 @pytest.fixture(scope="session")
@@ -40,8 +46,12 @@ def build_teacher(sha: str = "x" * 64, seed: int = 0, head_bias: bool = True) ->
     model.eval()
     rng = np.random.default_rng(seed)
     return TeacherSource(
-        model=model, arch="convnet_teacher", checkpoint_sha256=sha, embedding_dim=EMBEDDING_DIM,
-        input_shape=[1, 8, 8], head_type="linear",
+        model=model,
+        arch="convnet_teacher",
+        checkpoint_sha256=sha,
+        embedding_dim=EMBEDDING_DIM,
+        input_shape=[1, 8, 8],
+        head_type="linear",
         head_weight=rng.standard_normal((NUM_CLASSES, EMBEDDING_DIM)).astype(np.float32),
         head_bias=rng.standard_normal(NUM_CLASSES).astype(np.float32) if head_bias else None,
     )

@@ -59,8 +59,8 @@ def test_body_that_replaces_tmp_file(tmp_path: Path) -> None:
 
 def test_helpers_create_parent_dirs(tmp_path: Path) -> None:
     target = tmp_path / "deep" / "er" / "report.json"
-    atomic_write_text(target, "{\"ok\": true}\n")
-    assert target.read_text() == "{\"ok\": true}\n"
+    atomic_write_text(target, '{"ok": true}\n')
+    assert target.read_text() == '{"ok": true}\n'
     atomic_write_bytes(target, b"\x00\x01")
     assert target.read_bytes() == b"\x00\x01"
     assert leftovers(target.parent) == []

@@ -67,8 +67,8 @@ def test_bfloat16_matches_torch(rows: np.ndarray) -> None:
 
 
 def test_bfloat16_round_to_nearest_even() -> None:
-    ulp = 2.0 ** -7  # bfloat16 spacing at 1.0
-    x = np.array([1.0 + ulp / 2, 1.0 + 3 * ulp / 2, 1.0 + ulp / 2 + 2.0 ** -20, -(1.0 + ulp / 2)], dtype=np.float32)
+    ulp = 2.0**-7  # bfloat16 spacing at 1.0
+    x = np.array([1.0 + ulp / 2, 1.0 + 3 * ulp / 2, 1.0 + ulp / 2 + 2.0**-20, -(1.0 + ulp / 2)], dtype=np.float32)
     out = codecs.decode(codecs.encode(x, "bfloat16")[0], "bfloat16")
     np.testing.assert_array_equal(out, np.array([1.0, 1.0 + 2 * ulp, 1.0 + ulp, -1.0], dtype=np.float32))
     # 1.0 is 0x3F80 in bfloat16.

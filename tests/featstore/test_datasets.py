@@ -63,10 +63,14 @@ def test_fingerprint_stable_and_sensitive(digits_train, digits_test) -> None:
     assert digits_test.fingerprint() != fp
 
     def variant(images=None, labels=None) -> ImageDataset:
-        return ImageDataset(spec="digits", split="train",
-                            images=digits_train.images.copy() if images is None else images,
-                            labels=digits_train.labels.copy() if labels is None else labels,
-                            num_classes=10, view_policy=digits_train.view_policy)
+        return ImageDataset(
+            spec="digits",
+            split="train",
+            images=digits_train.images.copy() if images is None else images,
+            labels=digits_train.labels.copy() if labels is None else labels,
+            num_classes=10,
+            view_policy=digits_train.view_policy,
+        )
 
     assert variant().fingerprint() == fp
     labels = digits_train.labels.copy()
@@ -83,8 +87,14 @@ def test_fingerprint_stable_and_sensitive(digits_train, digits_test) -> None:
 
 def test_describe(digits_test) -> None:
     d = digits_test.describe()
-    assert d == {"spec": "digits", "split": "test", "num_samples": 450, "num_classes": 10,
-                 "image_shape": [1, 8, 8], "fingerprint": digits_test.fingerprint()}
+    assert d == {
+        "spec": "digits",
+        "split": "test",
+        "num_samples": 450,
+        "num_classes": 10,
+        "image_shape": [1, 8, 8],
+        "fingerprint": digits_test.fingerprint(),
+    }
 
 
 def test_unknown_spec_lists_valid_names() -> None:

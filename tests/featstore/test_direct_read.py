@@ -109,9 +109,17 @@ def test_corrupt_chunk_file_is_reported_for_that_chunk_only(tmp_path: Path, dama
 
 def test_sharded_and_memory_stores_read_through_zarr(tmp_path: Path) -> None:
     d = data()
-    sharded = create_store(str(tmp_path / "sharded.zarr"), shape=StoreShape(N, V, D, P, C), dtype="float16",
-                          chunk_rows=2, labels=d["labels"], head_weight=d["weight"], head_bias=None, meta=META,
-                          shard=4)
+    sharded = create_store(
+        str(tmp_path / "sharded.zarr"),
+        shape=StoreShape(N, V, D, P, C),
+        dtype="float16",
+        chunk_rows=2,
+        labels=d["labels"],
+        head_weight=d["weight"],
+        head_bias=None,
+        meta=META,
+        shard=4,
+    )
     fill(sharded, d)
     assert sharded._direct_readers() is None
     in_memory = new_store(f"memory://{uuid.uuid4().hex}", d)

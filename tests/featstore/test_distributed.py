@@ -21,8 +21,8 @@ from click.testing import CliRunner
 from cli.main import cli
 from distill.models.checkpoint import load_teacher_source
 from distill.training.teacher import TeacherConfig, train_teacher
-from featstore.datasets import load_dataset
 from featstore.dask_extract import extract_teacher_distributed, load_counts, plan_workers
+from featstore.datasets import load_dataset
 from featstore.errors import CheckpointError, InvalidInput
 from featstore.extract import extract_teacher
 from featstore.store import open_store
@@ -31,8 +31,7 @@ VIEWS = 2
 CHUNK_ROWS = 64  # 1347 rows -> 22 chunks, the last one 3 rows
 NUM_CHUNKS = 22
 SEED = 3
-OPTS = {"views": VIEWS, "dtype": "float16", "chunk_rows": CHUNK_ROWS, "batch_size": 64, "seed": SEED,
-        "progress": False}
+OPTS = {"views": VIEWS, "dtype": "float16", "chunk_rows": CHUNK_ROWS, "batch_size": 64, "seed": SEED, "progress": False}
 ARRAYS = ("embeddings", "views", "labels", "progress/done", "head/weight", "head/bias")
 
 
@@ -68,10 +67,18 @@ def cluster():
     """One external 2-process cluster shared by the --scheduler tests (never shut down by fsd)."""
     from distributed import Client, LocalCluster
 
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
-                      dashboard_address=None, silence_logs=logging.CRITICAL,
-                      scheduler_kwargs={"dashboard": False, "dashboard_address": "127.0.0.1:0"}) as c, \
-            Client(c, set_as_default=False) as client:
+    with (
+        LocalCluster(
+            n_workers=2,
+            threads_per_worker=1,
+            processes=True,
+            host="127.0.0.1",
+            dashboard_address=None,
+            silence_logs=logging.CRITICAL,
+            scheduler_kwargs={"dashboard": False, "dashboard_address": "127.0.0.1:0"},
+        ) as c,
+        Client(c, set_as_default=False) as client,
+    ):
         yield c, client
 
 
@@ -92,8 +99,9 @@ def assert_identical(url: Path | str, reference: Path) -> None:
 def test_two_worker_cluster_is_bit_identical(teacher_path, reference, cluster, tmp_path):
     c, client = cluster
     url = tmp_path / "dist.zarr"
-    summary = extract_teacher_distributed((load_teacher_source, str(teacher_path)), "digits", "train", str(url),
-                                          scheduler=c.scheduler_address, **OPTS)
+    summary = extract_teacher_distributed(
+        (load_teacher_source, str(teacher_path)), "digits", "train", str(url), scheduler=c.scheduler_address, **OPTS
+    )
     assert_identical(url, reference)
     assert (summary.chunks_total, summary.chunks_computed, summary.resumed) == (NUM_CHUNKS, NUM_CHUNKS, False)
     assert summary.url == str(url) and summary.samples == 1347 and summary.views == VIEWS
@@ -120,8 +128,15 @@ def test_resume_on_existing_cluster_recomputes_only_missing(teacher_path, refere
     assert not np.array_equal(raw(url)["embeddings"], raw(reference)["embeddings"])
 
     # chunks_per_task=1: four tasks over two workers, and a zero-argument (partial) loader
-    summary = extract_teacher_distributed(functools.partial(load_teacher_source, teacher_path), "digits", "train",
-                                          str(url), scheduler=c.scheduler_address, chunks_per_task=1, **OPTS)
+    summary = extract_teacher_distributed(
+        functools.partial(load_teacher_source, teacher_path),
+        "digits",
+        "train",
+        str(url),
+        scheduler=c.scheduler_address,
+        chunks_per_task=1,
+        **OPTS,
+    )
     assert (summary.chunks_computed, summary.resumed) == (len(cleared), True)
     assert_identical(url, reference)
 
@@ -147,17 +162,21 @@ def test_worker_failure_is_reported_and_store_stays_resumable(teacher_path, refe
     assert not store.complete and store.missing_chunks() == list(range(NUM_CHUNKS))
     assert not Path(str(url) + ".lock").exists()
     # the same request resumes it to the reference bytes
-    extract_teacher_distributed((load_teacher_source, str(teacher_path)), "digits", "train", str(url),
-                                scheduler=c.scheduler_address, **OPTS)
+    extract_teacher_distributed(
+        (load_teacher_source, str(teacher_path)), "digits", "train", str(url), scheduler=c.scheduler_address, **OPTS
+    )
     assert_identical(url, reference)
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    ({"workers": 0}, "workers must be a positive number"),
-    ({"workers": -2}, "workers must be a positive number"),
-    ({"workers": 2, "scheduler": "tcp://127.0.0.1:1"}, "not both"),
-    ({"workers": 1, "chunks_per_task": 0}, "chunks-per-task must be positive"),
-])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"workers": 0}, "workers must be a positive number"),
+        ({"workers": -2}, "workers must be a positive number"),
+        ({"workers": 2, "scheduler": "tcp://127.0.0.1:1"}, "not both"),
+        ({"workers": 1, "chunks_per_task": 0}, "chunks-per-task must be positive"),
+    ],
+)
 def test_bad_options_refused_before_anything_is_created(teacher_path, tmp_path, kwargs, match):
     def must_not_load():
         raise AssertionError("loaded the teacher before validating the options")
@@ -172,8 +191,15 @@ def test_unreachable_scheduler_refused_quickly(teacher_path, tmp_path):
     url = tmp_path / "s.zarr"
     started = time.perf_counter()
     with pytest.raises(InvalidInput, match="cannot reach the dask scheduler at tcp://127.0.0.1:1"):
-        extract_teacher_distributed((load_teacher_source, str(teacher_path)), "digits", "train", str(url),
-                                    scheduler="tcp://127.0.0.1:1", connect_timeout=1.0, **OPTS)
+        extract_teacher_distributed(
+            (load_teacher_source, str(teacher_path)),
+            "digits",
+            "train",
+            str(url),
+            scheduler="tcp://127.0.0.1:1",
+            connect_timeout=1.0,
+            **OPTS,
+        )
     assert time.perf_counter() - started < 15
     assert not url.exists() and not Path(str(url) + ".lock").exists()
 
@@ -193,8 +219,26 @@ def invoke(*args):
 
 
 def extract_args(teacher_path, out):
-    return ["extract-teacher", "--teacher", teacher_path, "--dataset", "digits", "--out", out, "--views", VIEWS,
-            "--chunk-rows", CHUNK_ROWS, "--batch-size", 64, "--seed", SEED, "--device", "cpu", "--quiet"]
+    return [
+        "extract-teacher",
+        "--teacher",
+        teacher_path,
+        "--dataset",
+        "digits",
+        "--out",
+        out,
+        "--views",
+        VIEWS,
+        "--chunk-rows",
+        CHUNK_ROWS,
+        "--batch-size",
+        64,
+        "--seed",
+        SEED,
+        "--device",
+        "cpu",
+        "--quiet",
+    ]
 
 
 def test_cli_workers_starts_a_local_cluster(teacher_path, reference, tmp_path, monkeypatch):
@@ -233,15 +277,30 @@ def test_worker_killed_mid_extraction_costs_nothing(teacher_path, tmp_path):
     reference_url = tmp_path / "ref8.zarr"
     extract_teacher(load_teacher_source(teacher_path), load_dataset("digits", "train"), str(reference_url), **options)
     url = tmp_path / "killed.zarr"
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address=None,
-                      silence_logs=logging.CRITICAL) as c, Client(c, set_as_default=False) as client:
+    with (
+        LocalCluster(
+            n_workers=2,
+            threads_per_worker=1,
+            processes=True,
+            host="127.0.0.1",
+            dashboard_address=None,
+            silence_logs=logging.CRITICAL,
+        ) as c,
+        Client(c, set_as_default=False) as client,
+    ):
         outcome: dict = {}
 
         def run() -> None:
             try:
                 outcome["summary"] = extract_teacher_distributed(
-                    (load_teacher_source, str(teacher_path)), "digits", "train", str(url),
-                    scheduler=c.scheduler_address, chunks_per_task=1, **options)
+                    (load_teacher_source, str(teacher_path)),
+                    "digits",
+                    "train",
+                    str(url),
+                    scheduler=c.scheduler_address,
+                    chunks_per_task=1,
+                    **options,
+                )
             except Exception as exc:  # noqa: BLE001 - reported by the assertion below
                 outcome["error"] = exc
 

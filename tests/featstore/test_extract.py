@@ -24,8 +24,7 @@ SEED = 5
 
 
 def run(teacher, dataset, url, **kw):
-    kw = {"views": V, "dtype": "float32", "chunk_rows": CHUNK, "batch_size": 32, "seed": SEED, "progress": False,
-          **kw}
+    kw = {"views": V, "dtype": "float32", "chunk_rows": CHUNK, "batch_size": 32, "seed": SEED, "progress": False, **kw}
     return extract_teacher(teacher, dataset, str(url), **kw)
 
 
@@ -49,8 +48,13 @@ def reference_embeddings(teacher, dataset, num_views: int, seed: int) -> tuple[n
     rows = np.arange(len(dataset))
     params = sample_views(dataset.view_policy, seed, rows, num_views)
     images = dataset.get_images(rows)
-    out = np.stack([teacher.model.eval().forward_features(render_views(images, params[:, v], dataset.view_policy))
-                    .numpy() for v in range(num_views)], axis=1)
+    out = np.stack(
+        [
+            teacher.model.eval().forward_features(render_views(images, params[:, v], dataset.view_policy)).numpy()
+            for v in range(num_views)
+        ],
+        axis=1,
+    )
     return out, params
 
 
@@ -91,11 +95,19 @@ def test_float32_store_equals_teacher_outputs(float32_store, reference, small_di
 def test_attributes_record_provenance(float32_store, small_digits, teacher) -> None:
     meta = open_store(float32_store[0]).meta
     assert meta["format"] == 1 and meta["complete"] is True
-    assert meta["teacher"] == {"arch": "convnet_teacher", "checkpoint_sha256": "x" * 64, "embedding_dim": 16,
-                               "input_shape": [1, 8, 8]}
+    assert meta["teacher"] == {
+        "arch": "convnet_teacher",
+        "checkpoint_sha256": "x" * 64,
+        "embedding_dim": 16,
+        "input_shape": [1, 8, 8],
+    }
     assert meta["head"]["type"] == "linear" and meta["head"]["num_classes"] == 10
-    assert meta["dataset"] == {"spec": "digits", "split": "train", "num_samples": 120,
-                               "fingerprint": small_digits.fingerprint()}
+    assert meta["dataset"] == {
+        "spec": "digits",
+        "split": "train",
+        "num_samples": 120,
+        "fingerprint": small_digits.fingerprint(),
+    }
     assert meta["views"]["count"] == V and meta["views"]["kind"] == "shift" and meta["views"]["seed"] == SEED
     assert meta["views"]["params_names"] == list(PARAM_NAMES)
     assert meta["dtype"] == "float32" and meta["chunk_rows"] == CHUNK
@@ -123,13 +135,13 @@ def test_other_dtypes_close_to_float32(tmp_path, float32_store, teacher, small_d
         assert np.all(np.abs(emb - emb32) <= bound)
 
 
-def test_default_chunk_rows_and_batch_size_do_not_change_values(tmp_path, float32_store, teacher,
-                                                                small_digits) -> None:
+def test_default_chunk_rows_and_batch_size_do_not_change_values(tmp_path, float32_store, teacher, small_digits) -> None:
     summary = run(teacher, small_digits, tmp_path / "d", chunk_rows=None, batch_size=7)
     store = open_store(tmp_path / "d")
     assert summary.chunks_total == store.num_chunks >= 8
-    np.testing.assert_allclose(store.read_rows(0, 120)[0], open_store(float32_store[0]).read_rows(0, 120)[0],
-                               rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        store.read_rows(0, 120)[0], open_store(float32_store[0]).read_rows(0, 120)[0], rtol=1e-5, atol=1e-6
+    )
 
 
 def test_deterministic_two_runs_identical_bytes(tmp_path, float32_store, teacher, small_digits) -> None:
@@ -165,8 +177,9 @@ def test_resume_after_crash_is_bit_identical(tmp_path, monkeypatch, teacher, sma
     assert int(partial.done_chunks().sum()) == 3
 
     computed: list[int] = []
-    monkeypatch.setattr(FeatureStore, "write_chunk",
-                        lambda self, chunk, e, v: (computed.append(chunk), original(self, chunk, e, v))[1])
+    monkeypatch.setattr(
+        FeatureStore, "write_chunk", lambda self, chunk, e, v: (computed.append(chunk), original(self, chunk, e, v))[1]
+    )
     summary = run(teacher, small_digits, tmp_path / "crashed", dtype=dtype)
     assert summary.resumed and "resumed" in summary.line()
     assert summary.chunks_total == 8 and summary.chunks_computed == 5
@@ -203,8 +216,7 @@ def test_rerun_of_complete_store_computes_nothing(tmp_path, teacher, small_digit
     assert_raw_equal(raw_arrays(tmp_path / "s"), before)
 
 
-def test_foreign_store_refused_then_overwritten(tmp_path, teacher, make_teacher, small_digits,
-                                                make_subset) -> None:
+def test_foreign_store_refused_then_overwritten(tmp_path, teacher, make_teacher, small_digits, make_subset) -> None:
     path = tmp_path / "s"
     run(teacher, small_digits, path)
     before = raw_arrays(path)
@@ -250,8 +262,9 @@ def test_memory_url_extraction(teacher, small_digits, float32_store) -> None:
     url = f"memory://fsd-extract-{uuid.uuid4().hex}"
     summary = run(teacher, small_digits, url)
     assert summary.chunks_computed == 8
-    np.testing.assert_array_equal(open_store(url).read_rows(0, 120)[0],
-                                  open_store(float32_store[0]).read_rows(0, 120)[0])
+    np.testing.assert_array_equal(
+        open_store(url).read_rows(0, 120)[0], open_store(float32_store[0]).read_rows(0, 120)[0]
+    )
     assert run(teacher, small_digits, url).chunks_computed == 0
 
 
@@ -264,8 +277,14 @@ def test_memory_url_overwrite(teacher, make_teacher, small_digits) -> None:
 
 
 def test_invalid_arguments(tmp_path, teacher, make_teacher, small_digits) -> None:
-    for kw in ({"views": 0}, {"views": -1}, {"chunk_rows": 0}, {"chunk_rows": -4}, {"batch_size": 0},
-               {"dtype": "float64"}):
+    for kw in (
+        {"views": 0},
+        {"views": -1},
+        {"chunk_rows": 0},
+        {"chunk_rows": -4},
+        {"batch_size": 0},
+        {"dtype": "float64"},
+    ):
         with pytest.raises(InvalidInput):
             run(teacher, small_digits, tmp_path / "bad", **kw)
     wrong = make_teacher()
@@ -301,6 +320,7 @@ def test_resume_without_chunk_rows_uses_store_layout(tmp_path, teacher, small_di
 
 
 # -- the writer lock (<store>.lock next to a local store) ------------------------------------------------
+
 
 def lock_file(path: Path) -> Path:
     return path.with_name(path.name + ".lock")
@@ -345,8 +365,9 @@ def test_stale_lock_of_dead_process_is_taken_over(tmp_path, teacher, small_digit
     import subprocess
     import sys
 
-    child = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
-                           text=True, check=True)
+    child = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True
+    )
     dead_pid = int(child.stdout)
     path = tmp_path / "s"
     lock_file(path).write_text(json.dumps({"pid": dead_pid, "host": socket.gethostname(), "since": 0}))

@@ -73,4 +73,6 @@ def test_disk_full_during_extraction_is_a_clear_error_and_resumable(teacher, sma
     summary = extract_teacher(teacher, small_digits, url, views=2, chunk_rows=16, progress=False)
     assert summary.resumed and summary.chunks_computed == 5
     for name in ("embeddings", "views", "labels"):
-        assert np.array_equal(zarr.open_group(url, mode="r")[name][...], zarr.open_group(reference, mode="r")[name][...])
+        assert np.array_equal(
+            zarr.open_group(url, mode="r")[name][...], zarr.open_group(reference, mode="r")[name][...]
+        )

@@ -9,7 +9,6 @@ import pytest
 from featstore import codecs
 from featstore.errors import InvalidInput
 
-
 BFLOAT16_BITS = {"nan": 0x7FC0, "inf": 0x7F80, "-inf": 0xFF80}
 
 

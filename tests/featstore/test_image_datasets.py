@@ -16,10 +16,17 @@ from PIL import Image
 
 from distill.models import create_model
 from featstore.datasets import DATASETS, load_dataset
+from featstore.datasets.images import (
+    CIFAR100_MEAN,
+    CIFAR100_STD,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    DirImageDataset,
+    folder_memory_bytes,
+    parse_folder_argument,
+)
 from featstore.errors import FsdError, InputNotFound, InvalidInput
 from featstore.extract import TeacherSource, extract_teacher
-from featstore.datasets.images import (CIFAR100_MEAN, CIFAR100_STD, IMAGENET_MEAN, IMAGENET_STD, DirImageDataset,
-                                      folder_memory_bytes, parse_folder_argument)
 from featstore.store import open_store
 from featstore.views import render_views, sample_views
 
@@ -29,19 +36,24 @@ SIZES = ((40, 50), (64, 36), (33, 33), (20, 90))  # (width, height) of the 4 ima
 
 # ------------------------------------------------------------------------------------------------ fakes
 
+
 def write_cifar(root: Path, n_train: int = 20, n_test: int = 10, meta: bool = True, seed: int = 0) -> Path:
     """A cifar-100-python lookalike: dicts with bytes keys, uint8 (N, 3072) data and list fine_labels."""
     rng = np.random.default_rng(seed)
     root.mkdir(parents=True, exist_ok=True)
     for split, n in (("train", n_train), ("test", n_test)):
-        content = {b"filenames": [f"img{i}.png".encode() for i in range(n)],
-                   b"data": rng.integers(0, 256, size=(n, 3072), dtype=np.uint8),
-                   b"fine_labels": [int(x) for x in rng.integers(0, 100, size=n)],
-                   b"coarse_labels": [int(x) for x in rng.integers(0, 20, size=n)]}
+        content = {
+            b"filenames": [f"img{i}.png".encode() for i in range(n)],
+            b"data": rng.integers(0, 256, size=(n, 3072), dtype=np.uint8),
+            b"fine_labels": [int(x) for x in rng.integers(0, 100, size=n)],
+            b"coarse_labels": [int(x) for x in rng.integers(0, 20, size=n)],
+        }
         (root / split).write_bytes(pickle.dumps(content, protocol=2))
     if meta:
-        names = {b"fine_label_names": [f"class{i}".encode() for i in range(100)],
-                 b"coarse_label_names": [f"super{i}".encode() for i in range(20)]}
+        names = {
+            b"fine_label_names": [f"class{i}".encode() for i in range(100)],
+            b"coarse_label_names": [f"super{i}".encode() for i in range(20)],
+        }
         (root / "meta").write_bytes(pickle.dumps(names, protocol=2))
     return root
 
@@ -87,6 +99,7 @@ def folder_train(folder_dir) -> DirImageDataset:
 
 
 # --------------------------------------------------------------------------------------------- cifar100
+
 
 def test_registered() -> None:
     assert {"cifar100", "folder", "digits"} <= set(DATASETS.names())
@@ -192,6 +205,7 @@ def test_cifar_pickle_cannot_run_code(tmp_path) -> None:
 
 # ----------------------------------------------------------------------------------------------- folder
 
+
 def expected_pixels(path: Path, size: int, resize: int) -> np.ndarray:
     """Resize(resize) + CenterCrop(size), computed by hand with PIL, then scaled and ImageNet-normalised."""
     image = Image.open(path).convert("RGB")
@@ -199,7 +213,7 @@ def expected_pixels(path: Path, size: int, resize: int) -> np.ndarray:
     new_w, new_h = (resize, int(resize * h / w)) if w <= h else (int(resize * w / h), resize)
     image = image.resize((new_w, new_h), Image.Resampling.BILINEAR)
     top, left = round((new_h - size) / 2), round((new_w - size) / 2)
-    crop = np.asarray(image, dtype=np.float32)[top:top + size, left:left + size] / 255.0
+    crop = np.asarray(image, dtype=np.float32)[top : top + size, left : left + size] / 255.0
     return ((crop - np.array(IMAGENET_MEAN)) / np.array(IMAGENET_STD)).transpose(2, 0, 1).astype(np.float32)
 
 
@@ -239,12 +253,14 @@ def test_folder_test_split_and_size_option(folder_dir) -> None:
     np.testing.assert_array_equal(test.labels, [0, 0, 1, 1, 2, 2])
     small = load_dataset(f"folder:{folder_dir}?size=16", "train")
     assert small.images.shape == (12, 3, 16, 16) and small.view_policy.source_size == (16, 16)
-    np.testing.assert_allclose(small.images[0], expected_pixels(folder_dir / "train" / "ant" / "img0.png", 16, 18),
-                               atol=1e-5)
+    np.testing.assert_allclose(
+        small.images[0], expected_pixels(folder_dir / "train" / "ant" / "img0.png", 16, 18), atol=1e-5
+    )
     custom = load_dataset(f"folder:{folder_dir}?resize=40&size=24", "train")
     assert custom.images.shape == (12, 3, 24, 24)
-    np.testing.assert_allclose(custom.images[5], expected_pixels(folder_dir / "train" / "bee" / "img1.png", 24, 40),
-                               atol=1e-5)
+    np.testing.assert_allclose(
+        custom.images[5], expected_pixels(folder_dir / "train" / "bee" / "img1.png", 24, 40), atol=1e-5
+    )
     assert small.fingerprint() != load_dataset(f"folder:{folder_dir}", "train").fingerprint()
     assert folder_memory_bytes(12, 16) == small.images.nbytes
 
@@ -253,10 +269,16 @@ def test_parse_folder_argument() -> None:
     assert parse_folder_argument("d", "s") == ("d", 32, 36)
     assert parse_folder_argument("d?size=64", "s") == ("d", 64, 72)
     assert parse_folder_argument("a?b?size=8&resize=8", "s") == ("a?b", 8, 8)
-    for bad, match in [("d?", "nothing after"), ("d?size", "key=value"), ("d?sise=3", "unknown option"),
-                       ("d?size=0", "positive integer"), ("d?size=3.5", "positive integer"),
-                       ("d?size=-3", "positive integer"), ("d?size=4&size=4", "twice"),
-                       ("d?size=32&resize=16", "at least")]:
+    for bad, match in [
+        ("d?", "nothing after"),
+        ("d?size", "key=value"),
+        ("d?sise=3", "unknown option"),
+        ("d?size=0", "positive integer"),
+        ("d?size=3.5", "positive integer"),
+        ("d?size=-3", "positive integer"),
+        ("d?size=4&size=4", "twice"),
+        ("d?size=32&resize=16", "at least"),
+    ]:
         with pytest.raises(InvalidInput, match=match):
             parse_folder_argument(bad, "folder:" + bad)
 
@@ -313,17 +335,26 @@ def test_folder_errors(tmp_path, folder_dir) -> None:
 
 # ------------------------------------------------------------------------------------------ integration
 
+
 @torch.no_grad()
 def test_extraction_views_rerender_to_teacher_pixels(tmp_path, folder_train) -> None:
     torch.manual_seed(0)
     model = create_model("convnet_teacher", num_classes=3, in_channels=3, embedding_dim=16).eval()
     rng = np.random.default_rng(0)
-    teacher = TeacherSource(model=model, arch="convnet_teacher", checkpoint_sha256="y" * 64, embedding_dim=16,
-                            input_shape=[3, 32, 32], head_type="linear",
-                            head_weight=rng.standard_normal((3, 16)).astype(np.float32), head_bias=None)
+    teacher = TeacherSource(
+        model=model,
+        arch="convnet_teacher",
+        checkpoint_sha256="y" * 64,
+        embedding_dim=16,
+        input_shape=[3, 32, 32],
+        head_type="linear",
+        head_weight=rng.standard_normal((3, 16)).astype(np.float32),
+        head_bias=None,
+    )
     url = tmp_path / "store"
-    summary = extract_teacher(teacher, folder_train, str(url), views=2, dtype="float32", chunk_rows=5,
-                              batch_size=4, seed=3, progress=False)
+    summary = extract_teacher(
+        teacher, folder_train, str(url), views=2, dtype="float32", chunk_rows=5, batch_size=4, seed=3, progress=False
+    )
     assert summary.samples == 12 and summary.views == 2
     store = open_store(url)
     assert store.meta["dataset"]["fingerprint"] == folder_train.fingerprint()

@@ -42,11 +42,14 @@ def test_single_view_export_is_n_by_d(exported, tmp_path):
         assert handle["embeddings"].shape == (120, open_store(url).shape.dim)
 
 
-@pytest.mark.parametrize("damage, match", [
-    (lambda f: f.__delitem__("head/weight"), "head/weight"),
-    (lambda f: f["labels"].__setitem__(0, 9 - f["labels"][0]), "labels differ"),
-    (lambda f: f.__delitem__("views"), "no 'views'"),
-])
+@pytest.mark.parametrize(
+    "damage, match",
+    [
+        (lambda f: f.__delitem__("head/weight"), "head/weight"),
+        (lambda f: f["labels"].__setitem__(0, 9 - f["labels"][0]), "labels differ"),
+        (lambda f: f.__delitem__("views"), "no 'views'"),
+    ],
+)
 def test_bad_files_are_refused(exported, small_digits, tmp_path, damage, match):
     _, h5 = exported
     with h5py.File(h5, "r+") as handle:

@@ -32,8 +32,25 @@ def teacher_path(tmp_path_factory) -> Path:
 
 
 def _extract_cmd(teacher: Path, out: Path) -> list[str]:
-    return [sys.executable, "-m", "cli.main", "extract-teacher", "--teacher", str(teacher), "--dataset", "digits",
-            "--out", str(out), "--views", "3", "--chunk-rows", "8", "--batch-size", "4", "--quiet"]
+    return [
+        sys.executable,
+        "-m",
+        "cli.main",
+        "extract-teacher",
+        "--teacher",
+        str(teacher),
+        "--dataset",
+        "digits",
+        "--out",
+        str(out),
+        "--views",
+        "3",
+        "--chunk-rows",
+        "8",
+        "--batch-size",
+        "4",
+        "--quiet",
+    ]
 
 
 def _done_count(store: Path) -> int:
@@ -50,8 +67,12 @@ def _arrays(store: Path) -> dict[str, np.ndarray]:
 
 def test_sigkill_during_extraction_then_resume_is_bit_identical(teacher_path, tmp_path):
     killed = tmp_path / "killed.zarr"
-    proc = subprocess.Popen(_extract_cmd(teacher_path, killed), cwd=Path(__file__).parents[2],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        _extract_cmd(teacher_path, killed),
+        cwd=Path(__file__).parents[2],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     deadline = time.monotonic() + 120
     while _done_count(killed) < 5 and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.01)
@@ -65,13 +86,27 @@ def test_sigkill_during_extraction_then_resume_is_bit_identical(teacher_path, tm
     assert killed.with_name(killed.name + ".lock").exists()
 
     with pytest.warns(RuntimeWarning, match="stale lock"):
-        summary = extract_teacher(load_teacher_source(teacher_path), load_dataset("digits"), str(killed),
-                                  views=3, chunk_rows=8, batch_size=4, progress=False)
+        summary = extract_teacher(
+            load_teacher_source(teacher_path),
+            load_dataset("digits"),
+            str(killed),
+            views=3,
+            chunk_rows=8,
+            batch_size=4,
+            progress=False,
+        )
     assert summary.resumed and summary.chunks_computed <= total - done_at_kill + 1
 
     clean = tmp_path / "clean.zarr"
-    extract_teacher(load_teacher_source(teacher_path), load_dataset("digits"), str(clean), views=3, chunk_rows=8,
-                    batch_size=4, progress=False)
+    extract_teacher(
+        load_teacher_source(teacher_path),
+        load_dataset("digits"),
+        str(clean),
+        views=3,
+        chunk_rows=8,
+        batch_size=4,
+        progress=False,
+    )
     resumed, reference = _arrays(killed), _arrays(clean)
     for name in reference:
         assert resumed[name].dtype == reference[name].dtype

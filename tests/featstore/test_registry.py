@@ -4,8 +4,16 @@ from __future__ import annotations
 
 import pytest
 
-from featstore.errors import (CheckpointError, FsdError, InputNotFound, InvalidInput, OutputExists, StoreError,
-                              StoreLocked, UnknownName)
+from featstore.errors import (
+    CheckpointError,
+    FsdError,
+    InputNotFound,
+    InvalidInput,
+    OutputExists,
+    StoreError,
+    StoreLocked,
+    UnknownName,
+)
 from featstore.registry import Registry
 
 
@@ -43,10 +51,18 @@ def test_unknown_name_lists_valid() -> None:
     assert isinstance(info.value, KeyError) and isinstance(info.value, FsdError)
 
 
-@pytest.mark.parametrize("cls,builtin", [
-    (InvalidInput, ValueError), (InputNotFound, FileNotFoundError), (OutputExists, FileExistsError),
-    (StoreError, ValueError), (StoreLocked, StoreError), (CheckpointError, ValueError), (UnknownName, KeyError),
-])
+@pytest.mark.parametrize(
+    "cls,builtin",
+    [
+        (InvalidInput, ValueError),
+        (InputNotFound, FileNotFoundError),
+        (OutputExists, FileExistsError),
+        (StoreError, ValueError),
+        (StoreLocked, StoreError),
+        (CheckpointError, ValueError),
+        (UnknownName, KeyError),
+    ],
+)
 def test_error_hierarchy(cls, builtin) -> None:
     assert issubclass(cls, FsdError) and issubclass(cls, builtin)
     assert str(cls("message")) == "message"

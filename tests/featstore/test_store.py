@@ -13,8 +13,17 @@ import zarr
 
 from featstore import codecs
 from featstore.errors import InputNotFound, OutputExists, StoreError
-from featstore.store import (FORMAT_VERSION, MIN_CHUNKS_FOR_SHUFFLE, TARGET_CHUNK_BYTES, StoreShape, create_store,
-                             default_chunk_rows, open_store, remove_store, store_exists)
+from featstore.store import (
+    FORMAT_VERSION,
+    MIN_CHUNKS_FOR_SHUFFLE,
+    TARGET_CHUNK_BYTES,
+    StoreShape,
+    create_store,
+    default_chunk_rows,
+    open_store,
+    remove_store,
+    store_exists,
+)
 
 N, V, D, P, C = 23, 3, 8, 5, 4
 CHUNK = 5  # 5 chunks, the last one short (3 rows)
@@ -38,9 +47,16 @@ def data(seed: int = 0) -> dict[str, np.ndarray]:
 
 
 def new_store(url, d: dict[str, np.ndarray], dtype: str = "float16", bias: bool = True, chunk_rows: int = CHUNK):
-    return create_store(url, shape=StoreShape(N, V, D, P, C), dtype=dtype, chunk_rows=chunk_rows,
-                        labels=d["labels"], head_weight=d["weight"], head_bias=d["bias"] if bias else None,
-                        meta=META)
+    return create_store(
+        url,
+        shape=StoreShape(N, V, D, P, C),
+        dtype=dtype,
+        chunk_rows=chunk_rows,
+        labels=d["labels"],
+        head_weight=d["weight"],
+        head_bias=d["bias"] if bias else None,
+        meta=META,
+    )
 
 
 def fill(store, d: dict[str, np.ndarray], chunks=None) -> None:
@@ -53,9 +69,9 @@ def tolerance(dtype: str, x: np.ndarray) -> np.ndarray:
     if dtype == "float32":
         return np.zeros_like(x)
     if dtype == "float16":
-        return np.abs(x) * 2.0 ** -11 + 1e-7
+        return np.abs(x) * 2.0**-11 + 1e-7
     if dtype == "bfloat16":
-        return np.abs(x) * 2.0 ** -8 + 1e-30
+        return np.abs(x) * 2.0**-8 + 1e-30
     return np.broadcast_to(np.abs(x).max(-1, keepdims=True) / 127 / 2 * (1 + 1e-5), x.shape)
 
 
@@ -235,8 +251,7 @@ def test_create_rejects_unknown_dtype_and_empty_dims(tmp_path: Path) -> None:
 
 
 def test_default_chunk_rows_big_n_targets_a_few_mb() -> None:
-    for n, v, dim, dtype in ((2_000_000, 4, 512, "float16"), (500_000, 1, 768, "float32"),
-                             (1_000_000, 8, 128, "int8")):
+    for n, v, dim, dtype in ((2_000_000, 4, 512, "float16"), (500_000, 1, 768, "float32"), (1_000_000, 8, 128, "int8")):
         rows = default_chunk_rows(n, v, dim, dtype)
         chunk_bytes = rows * v * dim * np.dtype(codecs.STORAGE_DTYPE[dtype]).itemsize
         assert TARGET_CHUNK_BYTES / 2 < chunk_bytes <= TARGET_CHUNK_BYTES
@@ -319,9 +334,22 @@ def test_info(tmp_path: Path) -> None:
     store = new_store(tmp_path / "s", d, dtype="int8")
     fill(store, d, chunks=[0, 1])
     info = store.info()
-    expected_keys = {"url", "shape", "dtype", "chunk_rows", "chunks", "complete", "bytes_stored",
-                     "compression_ratio_vs_float32", "teacher", "head", "dataset", "views", "created",
-                     "fsd_version"}
+    expected_keys = {
+        "url",
+        "shape",
+        "dtype",
+        "chunk_rows",
+        "chunks",
+        "complete",
+        "bytes_stored",
+        "compression_ratio_vs_float32",
+        "teacher",
+        "head",
+        "dataset",
+        "views",
+        "created",
+        "fsd_version",
+    }
     assert expected_keys <= set(info)
     assert info["shape"] == {"samples": N, "views": V, "dim": D, "classes": C}
     assert info["dtype"] == "int8" and info["chunk_rows"] == CHUNK
@@ -352,8 +380,16 @@ def test_failed_creation_leaves_nothing_behind(tmp_path: Path) -> None:
     d = data()
     bad_meta = {**META, "teacher": {**META["teacher"], "arch": object()}}  # not JSON: fails after the arrays
     with pytest.raises(TypeError):
-        create_store(str(tmp_path / "s.zarr"), shape=StoreShape(N, V, D, P, C), dtype="float16", chunk_rows=CHUNK,
-                     labels=d["labels"], head_weight=d["weight"], head_bias=None, meta=bad_meta)
+        create_store(
+            str(tmp_path / "s.zarr"),
+            shape=StoreShape(N, V, D, P, C),
+            dtype="float16",
+            chunk_rows=CHUNK,
+            labels=d["labels"],
+            head_weight=d["weight"],
+            head_bias=None,
+            meta=bad_meta,
+        )
     assert list(tmp_path.iterdir()) == []
-    store = new_store(str(tmp_path / "s.zarr"), d)
+    new_store(str(tmp_path / "s.zarr"), d)
     assert [p.name for p in tmp_path.iterdir()] == ["s.zarr"] and store_exists(str(tmp_path / "s.zarr"))

@@ -21,9 +21,16 @@ TOLERANCE = {"float32": 0.0, "float16": 1e-3, "bfloat16": 8e-3, "int8": 0.5 / 12
 
 def _write(url: str, rows: np.ndarray, chunk_rows: int, dtype: str, chunks: list[int] | None = None):
     n, v, d = rows.shape
-    store = create_store(url, shape=StoreShape(n, v, d, 5, 3), dtype=dtype, chunk_rows=chunk_rows,
-                         labels=np.arange(n) % 3, head_weight=np.ones((3, d), np.float32), head_bias=None,
-                         meta={"teacher": {}, "head": {"type": "linear"}, "dataset": {}, "views": {}})
+    store = create_store(
+        url,
+        shape=StoreShape(n, v, d, 5, 3),
+        dtype=dtype,
+        chunk_rows=chunk_rows,
+        labels=np.arange(n) % 3,
+        head_weight=np.ones((3, d), np.float32),
+        head_bias=None,
+        meta={"teacher": {}, "head": {"type": "linear"}, "dataset": {}, "views": {}},
+    )
     for chunk in range(store.num_chunks) if chunks is None else chunks:
         start, stop = store.chunk_bounds(chunk)
         store.write_chunk(chunk, rows[start:stop], np.full((stop - start, v, 5), chunk, np.float32))
@@ -31,8 +38,14 @@ def _write(url: str, rows: np.ndarray, chunk_rows: int, dtype: str, chunks: list
 
 
 @SETTINGS
-@given(st.integers(1, 60), st.integers(1, 3), st.integers(1, 9), st.integers(1, 25),
-       st.sampled_from(codecs.DTYPES), st.integers(0, 2**31 - 1))
+@given(
+    st.integers(1, 60),
+    st.integers(1, 3),
+    st.integers(1, 9),
+    st.integers(1, 25),
+    st.sampled_from(codecs.DTYPES),
+    st.integers(0, 2**31 - 1),
+)
 def test_round_trip_any_geometry_and_dtype(n, v, d, chunk_rows, dtype, seed):
     rows = np.random.default_rng(seed).normal(size=(n, v, d)).astype(np.float32)
     work = Path(tempfile.mkdtemp())

@@ -19,17 +19,25 @@ CHUNK = 8  # 13 chunks, the last one 7 rows
 
 def build(path: Path, num_views: int, dtype: str = "float32") -> FeatureStore:
     """A store whose contents identify their own position: embedding[i, v] = 1000 i + 10 v + d."""
-    emb = (np.arange(N)[:, None, None] * 1000.0 + np.arange(num_views)[None, :, None] * 10.0
-           + np.arange(D)[None, None, :]).astype(np.float32)
+    emb = (
+        np.arange(N)[:, None, None] * 1000.0 + np.arange(num_views)[None, :, None] * 10.0 + np.arange(D)[None, None, :]
+    ).astype(np.float32)
     views = np.zeros((N, num_views, 5), dtype=np.float32)
     views[..., 0] = np.arange(N)[:, None] % 3
     views[..., 1] = np.arange(num_views)[None, :]
     views[..., 2:4] = 8
     views[..., 4] = (np.arange(N)[:, None] + np.arange(num_views)[None, :]) % 2
     labels = (np.arange(N) * 7 % C).astype(np.int64)
-    store = create_store(path, shape=StoreShape(N, num_views, D, 5, C), dtype=dtype, chunk_rows=CHUNK,
-                         labels=labels, head_weight=np.zeros((C, D), np.float32), head_bias=None,
-                         meta={"teacher": {}, "head": {}, "dataset": {}, "views": {}})
+    store = create_store(
+        path,
+        shape=StoreShape(N, num_views, D, 5, C),
+        dtype=dtype,
+        chunk_rows=CHUNK,
+        labels=labels,
+        head_weight=np.zeros((C, D), np.float32),
+        head_bias=None,
+        meta={"teacher": {}, "head": {}, "dataset": {}, "views": {}},
+    )
     for k in range(store.num_chunks):
         a, b = store.chunk_bounds(k)
         store.write_chunk(k, emb[a:b], views[a:b])
@@ -192,10 +200,17 @@ def test_prefetch_gives_identical_batches(store3) -> None:
                 np.testing.assert_array_equal(x.view_params, y.view_params)
 
 
-@pytest.mark.parametrize("kwargs", [
-    {"batch_size": 0}, {"batch_size": -2}, {"view_sampling": "sequential"}, {"rank": 2, "world_size": 2},
-    {"rank": -1, "world_size": 2}, {"rank": 0, "world_size": 0},
-])
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"batch_size": 0},
+        {"batch_size": -2},
+        {"view_sampling": "sequential"},
+        {"rank": 2, "world_size": 2},
+        {"rank": -1, "world_size": 2},
+        {"rank": 0, "world_size": 0},
+    ],
+)
 def test_invalid_arguments(store3, kwargs) -> None:
     kwargs = {"batch_size": 8, **kwargs}
     with pytest.raises(InvalidInput):

@@ -12,14 +12,22 @@ from featstore.stream import StoreStream
 
 
 def _store(url: str, n: int):
-    store = create_store(url, shape=StoreShape(n, 2, 64, 5, 3), dtype="float16", chunk_rows=32,
-                         labels=np.arange(n) % 3, head_weight=np.ones((3, 64), np.float32), head_bias=None,
-                         meta={"teacher": {}, "head": {"type": "linear"}, "dataset": {}, "views": {}})
+    store = create_store(
+        url,
+        shape=StoreShape(n, 2, 64, 5, 3),
+        dtype="float16",
+        chunk_rows=32,
+        labels=np.arange(n) % 3,
+        head_weight=np.ones((3, 64), np.float32),
+        head_bias=None,
+        meta={"teacher": {}, "head": {"type": "linear"}, "dataset": {}, "views": {}},
+    )
     rng = np.random.default_rng(0)
     for chunk in range(store.num_chunks):
         start, stop = store.chunk_bounds(chunk)
-        store.write_chunk(chunk, rng.normal(size=(stop - start, 2, 64)).astype(np.float32),
-                          np.zeros((stop - start, 2, 5), np.float32))
+        store.write_chunk(
+            chunk, rng.normal(size=(stop - start, 2, 64)).astype(np.float32), np.zeros((stop - start, 2, 5), np.float32)
+        )
     store.mark_complete()
     return store
 

@@ -43,8 +43,9 @@ def stores(tmp_path_factory, teacher, small_digits) -> dict[str, Path]:
     out = {}
     for dtype in DTYPES:
         out[dtype] = root / f"{dtype}.zarr"
-        extract_teacher(teacher, small_digits, str(out[dtype]), views=V, dtype=dtype, chunk_rows=CHUNK, seed=SEED,
-                        progress=False)
+        extract_teacher(
+            teacher, small_digits, str(out[dtype]), views=V, dtype=dtype, chunk_rows=CHUNK, seed=SEED, progress=False
+        )
     return out
 
 
@@ -59,6 +60,7 @@ def copy_of(stores, tmp_path):
 
 
 # -- static checks ---------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_good_store_passes(stores, dtype) -> None:
@@ -106,6 +108,7 @@ def test_cleared_progress_flag_reported(copy_of) -> None:
 
 
 # -- live check ------------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_live_check_with_the_stores_teacher_passes(stores, teacher, small_digits, dtype) -> None:
@@ -206,16 +209,28 @@ def test_live_sample_must_be_positive(stores, teacher, small_digits) -> None:
 
 # -- the CLI with a real checkpoint ---------------------------------------------------------------------
 
+
 def _save_random_teacher(path: Path, seed: int, dataset) -> Path:
     torch.manual_seed(seed)
     from distill.models import create_model
 
     config = {"num_classes": 10, "in_channels": 1, "embedding_dim": 16}
     model = create_model("convnet_teacher", **config)
-    ckpt = Checkpoint(kind="teacher", arch="convnet_teacher", model_config=config, state_dict=model.state_dict(),
-                      head_type="linear", embedding_dim=16, num_classes=10,
-                      dataset={"spec": dataset.spec, "split": dataset.split, "fingerprint": dataset.fingerprint(),
-                               "image_shape": list(dataset.image_shape)})
+    ckpt = Checkpoint(
+        kind="teacher",
+        arch="convnet_teacher",
+        model_config=config,
+        state_dict=model.state_dict(),
+        head_type="linear",
+        embedding_dim=16,
+        num_classes=10,
+        dataset={
+            "spec": dataset.spec,
+            "split": dataset.split,
+            "fingerprint": dataset.fingerprint(),
+            "image_shape": list(dataset.image_shape),
+        },
+    )
     return save_checkpoint(ckpt, path)
 
 
@@ -227,8 +242,9 @@ def cli_store(tmp_path_factory) -> tuple[Path, Path, Path]:
     teacher_path = _save_random_teacher(root / "teacher.pt", 0, test)
     other_path = _save_random_teacher(root / "other.pt", 1, test)
     store = root / "store.zarr"
-    extract_teacher(load_teacher_source(teacher_path), test, str(store), views=V, dtype="float16", seed=SEED,
-                    progress=False)
+    extract_teacher(
+        load_teacher_source(teacher_path), test, str(store), views=V, dtype="float16", seed=SEED, progress=False
+    )
     return store, teacher_path, other_path
 
 
@@ -250,13 +266,16 @@ def test_cli_live_check_other_teacher_fails(cli_store) -> None:
     assert result.stdout.strip().splitlines()[-1] == "FAILED"
 
 
-@pytest.mark.parametrize("args, match", [
-    (["--sample", "5"], "--teacher"),
-    (["--seed", "5"], "--teacher"),
-    (["--teacher", "T", "--sample", "0"], "positive"),
-    (["--teacher", "T", "--sample", "-3"], "positive"),
-    (["--teacher", "missing.pt"], "does not exist"),
-])
+@pytest.mark.parametrize(
+    "args, match",
+    [
+        (["--sample", "5"], "--teacher"),
+        (["--seed", "5"], "--teacher"),
+        (["--teacher", "T", "--sample", "0"], "positive"),
+        (["--teacher", "T", "--sample", "-3"], "positive"),
+        (["--teacher", "missing.pt"], "does not exist"),
+    ],
+)
 def test_cli_bad_usage_exits_2(cli_store, args, match) -> None:
     store, teacher_path, _ = cli_store
     args = [str(teacher_path) if a == "T" else a for a in args]

@@ -9,8 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from featstore.errors import InvalidInput
-from featstore.views import (PARAM_NAMES, ViewPolicy, identity_params, render_views, sample_view_params,
-                             sample_views)
+from featstore.views import PARAM_NAMES, ViewPolicy, identity_params, render_views, sample_view_params, sample_views
 
 SHIFT = ViewPolicy(kind="shift", source_size=(8, 8), pad=2, flip_p=0.5)
 RESIZED = ViewPolicy(kind="resized_crop", source_size=(16, 12), pad=1, flip_p=0.5)
@@ -24,11 +23,12 @@ def numpy_render(img: np.ndarray, params: np.ndarray, pad: int) -> np.ndarray:
     """Reference for a crop of the source size: zero-pad, crop, flip (no resize)."""
     top, left, ch, cw, flip = (int(p) for p in params)
     padded = np.pad(img, ((0, 0), (pad, pad), (pad, pad)))
-    crop = padded[:, top:top + ch, left:left + cw]
+    crop = padded[:, top : top + ch, left : left + cw]
     return crop[..., ::-1] if flip else crop
 
 
 # -- parameters ----------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("policy", [SHIFT, RESIZED])
 def test_view_zero_is_identity_params(policy: ViewPolicy) -> None:
@@ -94,6 +94,7 @@ def test_flip_probability_zero_never_flips() -> None:
 
 # -- rendering -----------------------------------------------------------------------------------------
 
+
 def test_shift_render_matches_numpy_padded_crop() -> None:
     n = 60
     x = images(n, 2, 8, 8, seed=1)
@@ -139,12 +140,13 @@ def test_resized_crop_boxes_and_render() -> None:
     assert out.shape == (40, 3, h, w)
     padded = F.pad(x, (pad, pad, pad, pad))
     for i in range(40):
-        t, l, bh, bw, fl = (int(v) for v in rparams[i])
-        ref = F.interpolate(padded[i:i + 1, :, t:t + bh, l:l + bw], size=(h, w), mode="bilinear",
-                            align_corners=False)
+        t, left, bh, bw, fl = (int(v) for v in rparams[i])
+        ref = F.interpolate(
+            padded[i : i + 1, :, t : t + bh, left : left + bw], size=(h, w), mode="bilinear", align_corners=False
+        )
         if fl:
             ref = ref.flip(-1)
-        torch.testing.assert_close(out[i:i + 1], ref, rtol=1e-6, atol=1e-6)
+        torch.testing.assert_close(out[i : i + 1], ref, rtol=1e-6, atol=1e-6)
 
 
 @pytest.mark.parametrize("policy", [SHIFT, RESIZED])
@@ -156,8 +158,8 @@ def test_grouping_does_not_change_pixels(policy: ViewPolicy) -> None:
     for view in range(3):
         batch = render_views(x, params[:, view], policy)
         for i in range(n):
-            alone = render_views(x[i:i + 1], params[i:i + 1, view], policy)
-            assert torch.equal(batch[i:i + 1], alone), (view, i)
+            alone = render_views(x[i : i + 1], params[i : i + 1, view], policy)
+            assert torch.equal(batch[i : i + 1], alone), (view, i)
         # A permuted batch gives the permuted pixels.
         perm = np.random.default_rng(0).permutation(n)
         assert torch.equal(render_views(x[perm], params[perm, view], policy), batch[perm])

@@ -44,8 +44,8 @@ from typing import Any
 import numpy as np
 
 from distill.evaluation import metrics
-from distill.evaluation.search import _matrix, knn_search, l2_normalize
 from distill.evaluation.protocols.pairs import pair_verification
+from distill.evaluation.search import _matrix, knn_search, l2_normalize
 from featstore.errors import InputNotFound, InvalidInput
 
 __all__ = [

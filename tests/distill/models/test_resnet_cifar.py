@@ -8,14 +8,20 @@ from collections.abc import Iterator
 import pytest
 import torch
 
-from distill.models.heads import ArcFaceHead, LinearHead
 from distill.models import MODELS, count_parameters, create_model
+from distill.models.heads import ArcFaceHead, LinearHead
 from distill.models.resnet_cifar import CifarResNet
 
 CIFAR_MODELS = {"resnet8": 64, "resnet20": 64, "resnet32": 64, "resnet56": 64, "resnet8x4": 256, "resnet32x4": 256}
 # Millions of parameters (100 classes) as CRD (Tian et al. 2020) / RepDistiller list them, to 2 decimals
-PUBLISHED_MILLIONS = {"resnet8x4": 1.23, "resnet32x4": 7.43, "resnet8": 0.08, "resnet20": 0.28, "resnet32": 0.47,
-                      "resnet56": 0.86}
+PUBLISHED_MILLIONS = {
+    "resnet8x4": 1.23,
+    "resnet32x4": 7.43,
+    "resnet8": 0.08,
+    "resnet20": 0.28,
+    "resnet32": 0.47,
+    "resnet56": 0.86,
+}
 
 
 @pytest.fixture(autouse=True)
@@ -84,8 +90,11 @@ def test_layer_layout():
     model = build("resnet32x4")
     assert [len(stage) for stage in model.stages] == [5, 5, 5]
     shortcuts = [[not isinstance(b.shortcut, torch.nn.Identity) for b in stage] for stage in model.stages]
-    assert shortcuts == [[True, False, False, False, False], [True, False, False, False, False],
-                         [True, False, False, False, False]]
+    assert shortcuts == [
+        [True, False, False, False, False],
+        [True, False, False, False, False],
+        [True, False, False, False, False],
+    ]
     strides = [[b.conv1.stride[0] for b in stage] for stage in model.stages]
     assert strides == [[1] * 5, [2, 1, 1, 1, 1], [2, 1, 1, 1, 1]]
     thin = build("resnet20")  # 16 → 16: no shortcut conv in the first stage
@@ -120,7 +129,7 @@ def test_head_swap_between_teacher_and_student():
     assert teacher.embedding_dim == student.embedding_dim == 256
     head_t = {k: v for k, v in teacher.state_dict().items() if k.startswith("head.")}
     assert set(head_t) == {"head.weight", "head.bias"}
-    student.head.load_state_dict({k[len("head."):]: v for k, v in head_t.items()})
+    student.head.load_state_dict({k[len("head.") :]: v for k, v in head_t.items()})
     torch.testing.assert_close(student.head.weight, teacher.head.weight, rtol=0, atol=0)
     student.eval(), teacher.eval()
     with torch.no_grad():
@@ -128,7 +137,7 @@ def test_head_swap_between_teacher_and_student():
         torch.testing.assert_close(student(cifar_batch()), teacher.forward_head(z_s))
     # different embedding sizes refuse the swap
     with pytest.raises(RuntimeError):
-        build("resnet20").head.load_state_dict({k[len("head."):]: v for k, v in head_t.items()})
+        build("resnet20").head.load_state_dict({k[len("head.") :]: v for k, v in head_t.items()})
 
 
 def test_margin_head_and_other_inputs():
@@ -155,10 +164,16 @@ def test_checkpoint_round_trip(tmp_path):
     from distill.models.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 
     model = build("resnet8x4").eval()
-    ckpt = Checkpoint(kind="student", arch="resnet8x4", model_config={"num_classes": 100, "in_channels": 3,
-                                                                     "embedding_dim": 256},
-                      state_dict=model.state_dict(), head_type="linear", embedding_dim=256, num_classes=100,
-                      dataset={"spec": "cifar100:x", "split": "train", "fingerprint": "f", "image_shape": [3, 32, 32]})
+    ckpt = Checkpoint(
+        kind="student",
+        arch="resnet8x4",
+        model_config={"num_classes": 100, "in_channels": 3, "embedding_dim": 256},
+        state_dict=model.state_dict(),
+        head_type="linear",
+        embedding_dim=256,
+        num_classes=100,
+        dataset={"spec": "cifar100:x", "split": "train", "fingerprint": "f", "image_shape": [3, 32, 32]},
+    )
     path = save_checkpoint(ckpt, tmp_path / "s.pt")
     rebuilt = load_checkpoint(path).build_model()
     with torch.no_grad():

@@ -22,8 +22,8 @@ import pytest
 
 from distill.evaluation import evaluate as ev
 from distill.evaluation import verification as ver
-from distill.evaluation.search import pair_scores
 from distill.evaluation.metrics import FARS, far_key, roc_curve, verification_metrics
+from distill.evaluation.search import pair_scores
 from distill.evaluation.verification import float32_keys, streaming_verification, tiled_pair_scores
 from featstore.errors import InvalidInput
 
@@ -80,7 +80,7 @@ def brute_pairs(x: np.ndarray, labels: np.ndarray) -> tuple[list[float], list[fl
     norms = [math.sqrt(sum(v * v for v in r)) for r in rows]
     gen, imp = [], []
     for a_pos, i in enumerate(keep):
-        for j in keep[a_pos + 1:]:
+        for j in keep[a_pos + 1 :]:
             dot = sum(a * b for a, b in zip(rows[i], rows[j]))
             s = dot / (norms[i] * norms[j]) if norms[i] and norms[j] else 0.0
             (gen if labels[i] == labels[j] else imp).append(s)
@@ -133,9 +133,13 @@ def test_hand_computed_report() -> None:
     # 1: k=4=N_imp, t=-inf -> 1
     # AUC: g=1 beats all 4 -> 4; g=0 beats the two -1 and ties the two 0 -> 2 + 1/2*2 = 3; AUC = 7/8
     # EER: t=-inf (FAR 1, FRR 0), t=-1 (1/2, 0) <- |d| = 1/2 first, t=0 (0, 1/2), t=1 (0, 1) -> (1/2 + 0)/2
-    assert report == {"num_genuine": 2, "num_impostor": 4,
-                      "tar_at_far": {"1e-01": None, "2.5e-01": 0.5, "5e-01": 1.0, "1e+00": 1.0},
-                      "roc_auc": 0.875, "eer": 0.25}
+    assert report == {
+        "num_genuine": 2,
+        "num_impostor": 4,
+        "tar_at_far": {"1e-01": None, "2.5e-01": 0.5, "5e-01": 1.0, "1e+00": 1.0},
+        "roc_auc": 0.875,
+        "eer": 0.25,
+    }
     # ROC: thresholds 1, 0, -1, -inf -> (0, 0), (0, 1/2), (1/2, 1), (1, 1)
     assert far.tolist() == [0.0, 0.0, 0.5, 1.0] and tar.tolist() == [0.0, 0.5, 1.0, 1.0]
     json.dumps(report, allow_nan=False)
@@ -165,8 +169,9 @@ def test_exact_data_equals_pair_scores_path(block: int) -> None:
     check_curve(far, tar, gen, imp, 1000)
 
 
-@pytest.mark.parametrize(("bins", "cap", "block"), [(1 << 12, 10**9, 50), (1 << 20, 10**9, 97), (1 << 16, 700, 64),
-                                                    (1 << 12, 2500, 128)])
+@pytest.mark.parametrize(
+    ("bins", "cap", "block"), [(1 << 12, 10**9, 50), (1 << 20, 10**9, 97), (1 << 16, 700, 64), (1 << 12, 2500, 128)]
+)
 def test_radix_sizes_and_multi_pass_auc(bins: int, cap: int, block: int, monkeypatch) -> None:
     # cap below the genuine count: the exact AUC collects genuine keys group by group over several passes
     n = 260

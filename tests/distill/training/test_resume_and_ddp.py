@@ -21,7 +21,7 @@ from featstore.datasets import load_dataset
 from featstore.errors import CheckpointError, InputNotFound
 from featstore.extract import extract_teacher
 
-ROOT = Path(__file__).parents[2]
+ROOT = Path(__file__).parents[3]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
@@ -40,8 +40,21 @@ def _cli(*args: str) -> list[str]:
 
 
 def _student_args(store: str, out: Path, epochs: int, recipe: str = "crd-th") -> list[str]:
-    return ["--store", store, "--dataset", "digits", "--out", str(out), "--recipe", recipe,
-            "--epochs", str(epochs), "--quiet", "--device", "cpu"]
+    return [
+        "--store",
+        store,
+        "--dataset",
+        "digits",
+        "--out",
+        str(out),
+        "--recipe",
+        recipe,
+        "--epochs",
+        str(epochs),
+        "--quiet",
+        "--device",
+        "cpu",
+    ]
 
 
 def test_sigkill_then_resume_gives_identical_weights(store, tmp_path):
@@ -62,8 +75,9 @@ def test_sigkill_then_resume_gives_identical_weights(store, tmp_path):
     done = torch.load(state, weights_only=True)["epoch"]
     assert 2 <= done < 4
 
-    result = subprocess.run(_cli(*_student_args(store, out, 4), "--resume"), cwd=ROOT, env=ENV,
-                            capture_output=True, text=True)
+    result = subprocess.run(
+        _cli(*_student_args(store, out, 4), "--resume"), cwd=ROOT, env=ENV, capture_output=True, text=True
+    )
     assert result.returncode == 0, result.stderr
     assert not state.exists()
     resumed, uninterrupted = load_checkpoint(out), load_checkpoint(reference)
@@ -91,10 +105,24 @@ def test_two_gloo_processes_under_torchrun(store, tmp_path):
     out = tmp_path / "ddp.pt"
     # crd-kd with a student dimension other than the teacher's: CRD's memory is gathered across ranks, and the
     # projection P exists but no loss of the recipe reads it (DDP used to fail on its unused parameters)
-    result = subprocess.run([torchrun, "--standalone", "--nproc-per-node", "2", fsd, "train-student",
-                             *_student_args(store, out, 2, recipe="crd-kd"), "--embedding-dim", "24"], cwd=ROOT,
-                            env=ENV,
-                            capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [
+            torchrun,
+            "--standalone",
+            "--nproc-per-node",
+            "2",
+            fsd,
+            "train-student",
+            *_student_args(store, out, 2, recipe="crd-kd"),
+            "--embedding-dim",
+            "24",
+        ],
+        cwd=ROOT,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     ckpt = load_checkpoint(out)
     assert ckpt.extra["world_size"] == 2
@@ -113,15 +141,33 @@ def test_resume_identity_covers_the_stored_views_and_the_ranks():
     dataset = load_dataset("digits")
 
     def identity(world_size=1, **side):
-        provenance = {"url": "s.zarr", "teacher": {"checkpoint_sha256": "a" * 64},
-                      **{"views": 2, "dtype": "float16", "view_seed": 0, **side}}
+        provenance = {
+            "url": "s.zarr",
+            "teacher": {"checkpoint_sha256": "a" * 64},
+            **{"views": 2, "dtype": "float16", "view_seed": 0, **side},
+        }
         return _run_identity(config, SimpleNamespace(provenance=provenance), dataset, {"ce": 1.0}, world_size)
 
     base = identity()
     assert identity() == base
-    assert _run_identity(config, SimpleNamespace(provenance={"url": "moved.zarr", "teacher": {"checkpoint_sha256": "a" * 64},
-                                                              "views": 2, "dtype": "float16", "view_seed": 0}),
-                         dataset, {"ce": 1.0}, 1) == base  # a moved store is the same store
+    assert (
+        _run_identity(
+            config,
+            SimpleNamespace(
+                provenance={
+                    "url": "moved.zarr",
+                    "teacher": {"checkpoint_sha256": "a" * 64},
+                    "views": 2,
+                    "dtype": "float16",
+                    "view_seed": 0,
+                }
+            ),
+            dataset,
+            {"ce": 1.0},
+            1,
+        )
+        == base
+    )  # a moved store is the same store
     for changed in (identity(views=4), identity(dtype="int8"), identity(view_seed=5), identity(world_size=2)):
         assert changed != base
 
@@ -138,5 +184,4 @@ def test_store_rendered_with_another_view_policy_is_refused(store, tmp_path):
     meta["views"] = {**meta["views"], "policy": {**meta["views"]["policy"], "pad": meta["views"]["policy"]["pad"] + 1}}
     group.attrs["fsd"] = meta
     with pytest.raises(StoreError, match="view policy"):
-        train_student(StudentConfig(store=str(copy), dataset="digits", out=tmp_path / "s.pt", epochs=1,
-                                    progress=False))
+        train_student(StudentConfig(store=str(copy), dataset="digits", out=tmp_path / "s.pt", epochs=1, progress=False))

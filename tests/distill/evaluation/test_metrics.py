@@ -10,7 +10,6 @@ from decimal import ROUND_FLOOR, Decimal
 import numpy as np
 import pytest
 
-from distill.evaluation.search import knn_search, l2_normalize, labels_at
 from distill.evaluation.metrics import (
     FARS,
     UNKNOWN_LABEL,
@@ -25,6 +24,7 @@ from distill.evaluation.metrics import (
     top1_accuracy,
     verification_metrics,
 )
+from distill.evaluation.search import knn_search, l2_normalize, labels_at
 from featstore.errors import InvalidInput
 
 PAD = UNKNOWN_LABEL

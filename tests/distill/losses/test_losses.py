@@ -6,23 +6,21 @@ Reference: /work/shared/PAPER.md (RepDistiller convention; HeadSharingKD officia
 
 from __future__ import annotations
 
+import math
 import types
 
-import math
-
-import pytest
 import numpy as np
+import pytest
 import torch
 import torch.nn.functional as F
 
-from distill.models.heads import LinearHead, frozen_head_from_weights
-from distill.losses import TrainingContext
 from distill.losses import (
     LOSSES,
     RECIPES,
     Criterion,
     DistillInputs,
     DistillLoss,
+    TrainingContext,
     build_criterion,
     kl_soft_targets,
     parse_loss_spec,
@@ -33,6 +31,7 @@ from distill.losses.cosine import CosineEmbedding
 from distill.losses.kd import LogitKD
 from distill.losses.kde import NormalisedEmbeddingL2
 from distill.losses.th import TeacherHeadKD
+from distill.models.heads import LinearHead, frozen_head_from_weights
 from featstore.errors import FsdError, InvalidInput, UnknownName
 from featstore.registry import Registry
 
@@ -43,8 +42,9 @@ def t(rows) -> torch.Tensor:
     return torch.tensor(rows, dtype=torch.float64)
 
 
-def random_inputs(seed: int = 0, batch: int = B, dim: int = D, classes: int = C,
-                  dtype: torch.dtype = torch.float64) -> DistillInputs:
+def random_inputs(
+    seed: int = 0, batch: int = B, dim: int = D, classes: int = C, dtype: torch.dtype = torch.float64
+) -> DistillInputs:
     """A DistillInputs with every field filled, built the way the trainer builds it (g_t(z_s), g_t(z_t))."""
     g = torch.Generator().manual_seed(seed)
     z_s = torch.randn(batch, dim, generator=g, dtype=dtype)
@@ -53,9 +53,15 @@ def random_inputs(seed: int = 0, batch: int = B, dim: int = D, classes: int = C,
     b_t = torch.randn(classes, generator=g, dtype=dtype)
     student_logits = torch.randn(batch, classes, generator=g, dtype=dtype) * 2
     labels = torch.randint(0, classes, (batch,), generator=g)
-    return DistillInputs(student_embedding=z_s, student_logits=student_logits, labels=labels,
-                         teacher_embedding=z_t, teacher_logits=z_t @ w_t.T + b_t,
-                         student_logits_th=z_s @ w_t.T + b_t, indices=torch.arange(batch))
+    return DistillInputs(
+        student_embedding=z_s,
+        student_logits=student_logits,
+        labels=labels,
+        teacher_embedding=z_t,
+        teacher_logits=z_t @ w_t.T + b_t,
+        student_logits_th=z_s @ w_t.T + b_t,
+        indices=torch.arange(batch),
+    )
 
 
 def manual_kd(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -81,16 +87,24 @@ KL_HAND = 0.75 * math.log(1.5) - 0.25 * math.log(2.0)
 
 def test_kd_hand_value_temperature_one():
     assert KL_HAND == pytest.approx(0.1308120, abs=1e-7)
-    inputs = DistillInputs(student_embedding=torch.zeros(1, 2), student_logits=t([[0.0, 0.0]]),
-                           labels=torch.tensor([0]), teacher_logits=t([[math.log(3.0), 0.0]]))
+    inputs = DistillInputs(
+        student_embedding=torch.zeros(1, 2),
+        student_logits=t([[0.0, 0.0]]),
+        labels=torch.tensor([0]),
+        teacher_logits=t([[math.log(3.0), 0.0]]),
+    )
     assert LogitKD(temperature=1.0)(inputs).item() == pytest.approx(0.1308120, abs=1e-7)
 
 
 def test_kd_temperature_scales_by_t_squared():
     # T = 2 and t = [2 ln 3, 0]: t/T = [ln 3, 0] gives the same p_t = [3/4, 1/4]; s/T = [0, 0] the same p_s.
     # The KL is therefore again 0.1308120, and the term is × T² = 4 → 0.5232481.
-    inputs = DistillInputs(student_embedding=torch.zeros(1, 2), student_logits=t([[0.0, 0.0]]),
-                           labels=torch.tensor([0]), teacher_logits=t([[2 * math.log(3.0), 0.0]]))
+    inputs = DistillInputs(
+        student_embedding=torch.zeros(1, 2),
+        student_logits=t([[0.0, 0.0]]),
+        labels=torch.tensor([0]),
+        teacher_logits=t([[2 * math.log(3.0), 0.0]]),
+    )
     assert LogitKD(temperature=2.0)(inputs).item() == pytest.approx(4 * 0.1308120, abs=1e-6)
     assert LogitKD(temperature=2.0)(inputs).item() == pytest.approx(4 * KL_HAND, rel=1e-12)
 
@@ -99,26 +113,42 @@ def test_kd_default_temperature_is_four():
     # PAPER.md: T = 4. t = [4 ln 3, 0] → t/4 = [ln 3, 0]; KL 0.1308120 × 16 = 2.0929922.
     assert LogitKD().temperature == 4.0
     assert TeacherHeadKD().temperature == 4.0
-    inputs = DistillInputs(student_embedding=torch.zeros(1, 2), student_logits=t([[0.0, 0.0]]),
-                           labels=torch.tensor([0]), teacher_logits=t([[4 * math.log(3.0), 0.0]]))
+    inputs = DistillInputs(
+        student_embedding=torch.zeros(1, 2),
+        student_logits=t([[0.0, 0.0]]),
+        labels=torch.tensor([0]),
+        teacher_logits=t([[4 * math.log(3.0), 0.0]]),
+    )
     assert LogitKD()(inputs).item() == pytest.approx(16 * KL_HAND, rel=1e-12)
 
 
 def test_kd_batchmean_divides_by_batch_size():
     # Row 1 is the hand case (KL 0.1308120); row 2 has equal teacher and student logits (KL 0).
     # Summed over classes, divided by B = 2 (not by B·C = 4): 0.1308120 / 2 = 0.0654060.
-    inputs = DistillInputs(student_embedding=torch.zeros(2, 2), student_logits=t([[0.0, 0.0], [1.0, -2.0]]),
-                           labels=torch.tensor([0, 1]), teacher_logits=t([[math.log(3.0), 0.0], [1.0, -2.0]]))
+    inputs = DistillInputs(
+        student_embedding=torch.zeros(2, 2),
+        student_logits=t([[0.0, 0.0], [1.0, -2.0]]),
+        labels=torch.tensor([0, 1]),
+        teacher_logits=t([[math.log(3.0), 0.0], [1.0, -2.0]]),
+    )
     assert LogitKD(temperature=1.0)(inputs).item() == pytest.approx(0.0654060, abs=1e-7)
 
 
 def test_kd_zero_when_student_matches_teacher_and_invariant_to_logit_shift():
     x = random_inputs(1)
-    same = DistillInputs(student_embedding=x.student_embedding, student_logits=x.teacher_logits.clone(),
-                         labels=x.labels, teacher_logits=x.teacher_logits)
+    same = DistillInputs(
+        student_embedding=x.student_embedding,
+        student_logits=x.teacher_logits.clone(),
+        labels=x.labels,
+        teacher_logits=x.teacher_logits,
+    )
     assert LogitKD()(same).item() == pytest.approx(0.0, abs=1e-12)
-    shifted = DistillInputs(student_embedding=x.student_embedding, student_logits=x.teacher_logits + 3.5,
-                            labels=x.labels, teacher_logits=x.teacher_logits)
+    shifted = DistillInputs(
+        student_embedding=x.student_embedding,
+        student_logits=x.teacher_logits + 3.5,
+        labels=x.labels,
+        teacher_logits=x.teacher_logits,
+    )
     assert LogitKD()(shifted).item() == pytest.approx(0.0, abs=1e-10)
 
 
@@ -126,8 +156,12 @@ def test_kd_is_direction_teacher_to_student():
     # KL(p_t ‖ p_s), not KL(p_s ‖ p_t): swap the hand case. With p_s = [3/4, 1/4] and p_t = [1/2, 1/2]:
     # KL(p_t ‖ p_s) = 0.5·ln(0.5/0.75) + 0.5·ln(0.5/0.25) = 0.5·(−0.4054651) + 0.5·0.6931472 = 0.1438410,
     # which differs from the other direction's 0.1308120.
-    inputs = DistillInputs(student_embedding=torch.zeros(1, 2), student_logits=t([[math.log(3.0), 0.0]]),
-                           labels=torch.tensor([0]), teacher_logits=t([[0.0, 0.0]]))
+    inputs = DistillInputs(
+        student_embedding=torch.zeros(1, 2),
+        student_logits=t([[math.log(3.0), 0.0]]),
+        labels=torch.tensor([0]),
+        teacher_logits=t([[0.0, 0.0]]),
+    )
     assert LogitKD(temperature=1.0)(inputs).item() == pytest.approx(0.1438410, abs=1e-7)
 
 
@@ -158,8 +192,12 @@ Z_T = [[4.0, 3.0], [0.0, 2.0]]
 
 def emb_inputs(z_s, z_t) -> DistillInputs:
     z_s, z_t = t(z_s), t(z_t)
-    return DistillInputs(student_embedding=z_s, student_logits=torch.zeros(z_s.shape[0], 3, dtype=torch.float64),
-                         labels=torch.zeros(z_s.shape[0], dtype=torch.long), teacher_embedding=z_t)
+    return DistillInputs(
+        student_embedding=z_s,
+        student_logits=torch.zeros(z_s.shape[0], 3, dtype=torch.float64),
+        labels=torch.zeros(z_s.shape[0], dtype=torch.long),
+        teacher_embedding=z_t,
+    )
 
 
 def test_kde_hand_value_sums_over_batch_and_dims():
@@ -206,14 +244,16 @@ def test_embedding_losses_reject_unequal_shapes(loss):
 # Direct-formula checks on random tensors
 # --------------------------------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("temperature", [1.0, 2.0, 4.0, 0.5])
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_kd_equals_manual_formula(seed, temperature):
     x = random_inputs(seed)
     expected = manual_kd(x.student_logits, x.teacher_logits, temperature)
     torch.testing.assert_close(LogitKD(temperature=temperature)(x), expected, rtol=1e-10, atol=1e-12)
-    torch.testing.assert_close(kl_soft_targets(x.student_logits, x.teacher_logits, temperature), expected,
-                               rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(
+        kl_soft_targets(x.student_logits, x.teacher_logits, temperature), expected, rtol=1e-10, atol=1e-12
+    )
 
 
 @pytest.mark.parametrize("bias", [True, False])
@@ -228,9 +268,14 @@ def test_th_equals_kd_formula_on_teacher_head_of_student_embedding(seed, bias):
     w = g_t.weight  # the float32-rounded copy
     b = g_t.bias
     own_student_logits = torch.randn(B, C, generator=g, dtype=torch.float64)  # g_s(z_s): must NOT be used
-    inputs = DistillInputs(student_embedding=z_s, student_logits=own_student_logits,
-                           labels=torch.zeros(B, dtype=torch.long), teacher_embedding=z_t,
-                           teacher_logits=g_t(z_t), student_logits_th=g_t(z_s))
+    inputs = DistillInputs(
+        student_embedding=z_s,
+        student_logits=own_student_logits,
+        labels=torch.zeros(B, dtype=torch.long),
+        teacher_embedding=z_t,
+        teacher_logits=g_t(z_t),
+        student_logits_th=g_t(z_s),
+    )
     # g_t written out by hand: z W^T (+ b)
     th_s = z_s @ w.T + (b if bias else 0)
     th_t = z_t @ w.T + (b if bias else 0)
@@ -263,9 +308,14 @@ def test_th_gradient_flows_to_student_embedding_not_to_frozen_head():
     z_t = torch.randn(B, D, generator=g)
     with torch.no_grad():
         teacher_logits = head(z_t)
-    inputs = DistillInputs(student_embedding=z_s, student_logits=torch.randn(B, C, generator=g),
-                           labels=torch.zeros(B, dtype=torch.long), teacher_embedding=z_t,
-                           teacher_logits=teacher_logits, student_logits_th=head(z_s))
+    inputs = DistillInputs(
+        student_embedding=z_s,
+        student_logits=torch.randn(B, C, generator=g),
+        labels=torch.zeros(B, dtype=torch.long),
+        teacher_embedding=z_t,
+        teacher_logits=teacher_logits,
+        student_logits_th=head(z_s),
+    )
     loss = TeacherHeadKD()(inputs)
     loss.backward()
     assert z_s.grad is not None and torch.isfinite(z_s.grad).all() and z_s.grad.abs().sum() > 0
@@ -281,9 +331,15 @@ def test_th_gradient_matches_finite_differences():
     z_s = torch.randn(2, 4, generator=g, dtype=torch.float64, requires_grad=True)
 
     def f(z):
-        return TeacherHeadKD()(DistillInputs(student_embedding=z, student_logits=torch.zeros(2, 3, dtype=z.dtype),
-                                             labels=torch.zeros(2, dtype=torch.long), teacher_logits=head(z_t),
-                                             student_logits_th=head(z)))
+        return TeacherHeadKD()(
+            DistillInputs(
+                student_embedding=z,
+                student_logits=torch.zeros(2, 3, dtype=z.dtype),
+                labels=torch.zeros(2, dtype=torch.long),
+                teacher_logits=head(z_t),
+                student_logits_th=head(z),
+            )
+        )
 
     assert torch.autograd.gradcheck(f, (z_s,))
 
@@ -298,6 +354,7 @@ def test_kd_shape_mismatch_is_invalid_input():
 # --------------------------------------------------------------------------------------------------------------
 # Recipes, --loss parsing, Criterion
 # --------------------------------------------------------------------------------------------------------------
+
 
 def test_recipes_follow_paper():
     assert RECIPES["th-kd"] == {"ce": 1.0, "kd": 1.5, "th": 0.02}  # official README `kdth`: 1·CE + 1.5·KD + 0.02·KDTH
@@ -370,8 +427,9 @@ def test_unknown_recipe_lists_valid_names():
         build_criterion("nope")
 
 
-@pytest.mark.parametrize("spec", ["ce", "ce=x", "ce=-1", "ce=nan", "", " , ", "ce=", "ce=inf", "ce=1,kd=-0.5",
-                                  "ce=1,kd"])
+@pytest.mark.parametrize(
+    "spec", ["ce", "ce=x", "ce=-1", "ce=nan", "", " , ", "ce=", "ce=inf", "ce=1,kd=-0.5", "ce=1,kd"]
+)
 def test_malformed_loss_spec_is_invalid_input(spec):
     with pytest.raises(InvalidInput):
         parse_loss_spec(spec)
@@ -431,10 +489,16 @@ def test_criterion_backward_reaches_student_tensors_only():
     assert x.teacher_logits.grad is None and x.teacher_embedding.grad is None
 
 
-@pytest.mark.parametrize("name,missing", [
-    ("kd", "teacher_logits"), ("th", "teacher_logits"), ("th", "student_logits_th"),
-    ("kde", "teacher_embedding"), ("cos", "teacher_embedding"),
-])
+@pytest.mark.parametrize(
+    "name,missing",
+    [
+        ("kd", "teacher_logits"),
+        ("th", "teacher_logits"),
+        ("th", "student_logits_th"),
+        ("kde", "teacher_embedding"),
+        ("cos", "teacher_embedding"),
+    ],
+)
 def test_loss_needing_missing_teacher_tensor_is_invalid_input(name, missing):
     x = random_inputs(15)
     setattr(x, missing, None)
@@ -453,10 +517,16 @@ def test_criterion_with_missing_teacher_tensor_is_invalid_input():
     torch.testing.assert_close(out.total, F.cross_entropy(x.student_logits, x.labels))
 
 
-@pytest.mark.parametrize("name,field", [
-    ("ce", "labels"), ("kd", "teacher_logits"), ("th", "student_logits_th"), ("kde", "teacher_embedding"),
-    ("cos", "teacher_embedding"),
-])
+@pytest.mark.parametrize(
+    "name,field",
+    [
+        ("ce", "labels"),
+        ("kd", "teacher_logits"),
+        ("th", "student_logits_th"),
+        ("kde", "teacher_embedding"),
+        ("cos", "teacher_embedding"),
+    ],
+)
 def test_batch_size_mismatch_is_invalid_input(name, field):
     x = random_inputs(17)
     setattr(x, field, getattr(x, field)[:-1])
@@ -467,6 +537,7 @@ def test_batch_size_mismatch_is_invalid_input(name, field):
 # --------------------------------------------------------------------------------------------------------------
 # Registry
 # --------------------------------------------------------------------------------------------------------------
+
 
 def test_registry_contains_the_documented_losses():
     assert {"ce", "kd", "th", "kde", "cos"} <= set(LOSSES.names())
@@ -491,8 +562,7 @@ class _FakeStore:
 
 
 def _context() -> TrainingContext:
-    return TrainingContext(store=_FakeStore(), student_dim=D, teacher_dim=D, num_samples=40,
-                           device=torch.device("cpu"))
+    return TrainingContext(store=_FakeStore(), student_dim=D, teacher_dim=D, num_samples=40, device=torch.device("cpu"))
 
 
 @pytest.mark.parametrize("name", LOSSES.names())

@@ -44,10 +44,25 @@ Charles_Cope\t1\tAmber_Tamblyn\t2
 
 
 def lfw_names() -> list[str]:
-    return sorted({"Abel_Pacheco_0001", "Abel_Pacheco_0004", "Akhmed_Zakayev_0001", "Akhmed_Zakayev_0002",
-                   "Akhmed_Zakayev_0003", "Abdel_Madi_Shabneh_0001", "Dean_Barker_0001", "Giancarlo_Fisichella_0001",
-                   "Abdul_Majeed_Shobokshi_0001", "Charles_Cope_0001", "Amber_Tamblyn_0001", "Amber_Tamblyn_0002",
-                   "Anders_Fogh_Rasmussen_0001", "Anders_Fogh_Rasmussen_0003", "Anders_Fogh_Rasmussen_0004"})
+    return sorted(
+        {
+            "Abel_Pacheco_0001",
+            "Abel_Pacheco_0004",
+            "Akhmed_Zakayev_0001",
+            "Akhmed_Zakayev_0002",
+            "Akhmed_Zakayev_0003",
+            "Abdel_Madi_Shabneh_0001",
+            "Dean_Barker_0001",
+            "Giancarlo_Fisichella_0001",
+            "Abdul_Majeed_Shobokshi_0001",
+            "Charles_Cope_0001",
+            "Amber_Tamblyn_0001",
+            "Amber_Tamblyn_0002",
+            "Anders_Fogh_Rasmussen_0001",
+            "Anders_Fogh_Rasmussen_0003",
+            "Anders_Fogh_Rasmussen_0004",
+        }
+    )
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -96,22 +111,29 @@ def test_detect_format() -> None:
     assert detect_format(["a", "b"]) is None and detect_format(["1", "2", "3", "4"]) is None
 
 
-@pytest.mark.parametrize(("text", "fmt", "match"), [
-    ("0 1 1\n0 1\n", "auto", "line 2: expected 'i j label' (3 fields), got 2"),
-    ("0 1 1\n0 x 1\n", "auto", "line 2: 'x' is not an integer index"),
-    ("0 1 1\n\n0 2 nan\n", "auto", "line 3: label must be 1 (same) or 0 (different), got 'nan'"),
-    ("0 1 2\n", "index", "line 1: label must be"),
-    ("a b c d e\n", "auto", "line 1: cannot tell the pairs format"),
-    ("a b 1\nc d\n", "names", "line 2: expected 'name_a name_b label'"),
-    ("# only a comment\n\n", "auto", "holds no pairs"),
-    ("2 1\nA 1 2\nA 1 B 1\nA 1 2\n", "lfw", "promises 2 fold(s) × 2 × 1 = 4 pairs, found 3"),
-    ("1 2\nA 1 2\nA 1 B 2\nA 1 B 1\nA 1 B 1\n", "lfw", "line 3: expected a matched pair 'name n1 n2' (fold 1, pair 2"),
-    ("1 1\nA 1 2\nA 1 B\n", "lfw", "line 3: expected a mismatched pair"),
-    ("1 1\nA 0 2\nA 1 B 1\n", "lfw", "line 2: image number must be a positive integer, got '0'"),
-    ("1 1\nA 1 2\nA 1 B x\n", "lfw", "line 3: image number must be a positive integer, got 'x'"),
-    ("ten 300\n", "lfw", "line 1: an LFW pairs file starts with"),
-    ("0 1 1\n", "csv", "pairs format must be one of"),
-])
+@pytest.mark.parametrize(
+    ("text", "fmt", "match"),
+    [
+        ("0 1 1\n0 1\n", "auto", "line 2: expected 'i j label' (3 fields), got 2"),
+        ("0 1 1\n0 x 1\n", "auto", "line 2: 'x' is not an integer index"),
+        ("0 1 1\n\n0 2 nan\n", "auto", "line 3: label must be 1 (same) or 0 (different), got 'nan'"),
+        ("0 1 2\n", "index", "line 1: label must be"),
+        ("a b c d e\n", "auto", "line 1: cannot tell the pairs format"),
+        ("a b 1\nc d\n", "names", "line 2: expected 'name_a name_b label'"),
+        ("# only a comment\n\n", "auto", "holds no pairs"),
+        ("2 1\nA 1 2\nA 1 B 1\nA 1 2\n", "lfw", "promises 2 fold(s) × 2 × 1 = 4 pairs, found 3"),
+        (
+            "1 2\nA 1 2\nA 1 B 2\nA 1 B 1\nA 1 B 1\n",
+            "lfw",
+            "line 3: expected a matched pair 'name n1 n2' (fold 1, pair 2",
+        ),
+        ("1 1\nA 1 2\nA 1 B\n", "lfw", "line 3: expected a mismatched pair"),
+        ("1 1\nA 0 2\nA 1 B 1\n", "lfw", "line 2: image number must be a positive integer, got '0'"),
+        ("1 1\nA 1 2\nA 1 B x\n", "lfw", "line 3: image number must be a positive integer, got 'x'"),
+        ("ten 300\n", "lfw", "line 1: an LFW pairs file starts with"),
+        ("0 1 1\n", "csv", "pairs format must be one of"),
+    ],
+)
 def test_malformed_files_name_the_line(text: str, fmt: str, match: str) -> None:
     with pytest.raises(InvalidInput, match=match.replace("(", r"\(").replace(")", r"\)")):
         parse_pairs(text, fmt, path="p.txt")
@@ -165,8 +187,13 @@ def test_pair_verification_hand_computed() -> None:
     # impostors descending 0, -1.  FAR .1: .2 < 1 -> None;  .5: k=1, t=-1, genuine > -1: 2/2;  1: t=-inf -> 1
     # AUC: g=1 beats both (2); g=0 beats -1, ties 0 (1 + 1/2); (3.5)/4.  EER: t=-inf (1,0), t=-1 (1/2, 0) <-,
     # t=0 (0, 1/2) ties |d| = 1/2 but is higher -> (1/2 + 0)/2 = 1/4
-    assert report == {"num_genuine": 2, "num_impostor": 2, "tar_at_far": {"1e-01": None, "5e-01": 1.0, "1e+00": 1.0},
-                      "roc_auc": 0.875, "eer": 0.25}
+    assert report == {
+        "num_genuine": 2,
+        "num_impostor": 2,
+        "tar_at_far": {"1e-01": None, "5e-01": 1.0, "1e+00": 1.0},
+        "roc_auc": 0.875,
+        "eer": 0.25,
+    }
     assert far[0] == 0.0 and tar[-1] == 1.0
     assert report == verification_metrics([1.0, 0.0], [0.0, -1.0], fars=(0.1, 0.5, 1.0))
     with pytest.raises(InvalidInput, match=r"\(P, 2\)"):
@@ -221,8 +248,10 @@ def test_pairs_report_for_lfw() -> None:
     assert report["pairs"] == {"file": "pairs.txt", "format": "lfw", "num_pairs": 12, "folds": 2}
     assert report["lfw"] == lfw_accuracy(scores, pairs.same, pairs.folds)
     assert report["num_genuine"] == report["num_impostor"] == 6
-    assert report["tar_at_far"]["5e-01"] == verification_metrics(scores[pairs.same], scores[~pairs.same],
-                                                                 (0.5,))["tar_at_far"]["5e-01"]
+    assert (
+        report["tar_at_far"]["5e-01"]
+        == verification_metrics(scores[pairs.same], scores[~pairs.same], (0.5,))["tar_at_far"]["5e-01"]
+    )
 
 
 def test_pairs_protocol_needs_no_labels() -> None:
@@ -331,8 +360,10 @@ def test_pair_verification_matches_brute_force() -> None:
     report, _ = pair_verification(x, pairs, same, fars=fars)
     rows = [[float(v) for v in row] for row in x]
     norms = [math.sqrt(sum(v * v for v in row)) for row in rows]
-    scores = [sum(a * b for a, b in zip(rows[i], rows[j])) / (norms[i] * norms[j]) if norms[i] and norms[j] else 0.0
-              for i, j in pairs]
+    scores = [
+        sum(a * b for a, b in zip(rows[i], rows[j])) / (norms[i] * norms[j]) if norms[i] and norms[j] else 0.0
+        for i, j in pairs
+    ]
     gen = [s for s, y in zip(scores, same) if y]
     imp = [s for s, y in zip(scores, same) if not y]
     assert (report["num_genuine"], report["num_impostor"]) == (len(gen), len(imp))

@@ -36,8 +36,11 @@ def _setup(negatives=64, momentum=0.5):
     store = _Store()
     loss = ContrastiveRepresentationKD(feat_dim=4, negatives=negatives, tau=0.5, momentum=momentum)
     torch.manual_seed(0)
-    loss.setup(TrainingContext(store=store, student_dim=D_S, teacher_dim=D_T, num_samples=N,
-                               device=torch.device("cpu"), seed=3))
+    loss.setup(
+        TrainingContext(
+            store=store, student_dim=D_S, teacher_dim=D_T, num_samples=N, device=torch.device("cpu"), seed=3
+        )
+    )
     return loss, store
 
 
@@ -45,8 +48,13 @@ def _inputs(idx):
     g = torch.Generator().manual_seed(5)
     z_s = torch.randn(len(idx), D_S, generator=g)
     z_t = torch.randn(len(idx), D_T, generator=g)
-    return DistillInputs(student_embedding=z_s, student_logits=torch.zeros(len(idx), 2), labels=torch.zeros(len(idx)),
-                         teacher_embedding=z_t, indices=torch.tensor(idx))
+    return DistillInputs(
+        student_embedding=z_s,
+        student_logits=torch.zeros(len(idx), 2),
+        labels=torch.zeros(len(idx)),
+        teacher_embedding=z_t,
+        indices=torch.tensor(idx),
+    )
 
 
 def test_loss_equals_direct_info_nce_over_exact_teacher_rows():
@@ -92,7 +100,8 @@ def test_crd_needs_a_store_and_valid_options():
         ContrastiveRepresentationKD(tau=0)
     online = types.SimpleNamespace(shape=types.SimpleNamespace(dim=0))
     with pytest.raises(InvalidInput, match="feature store"):
-        ContrastiveRepresentationKD().setup(TrainingContext(store=online, student_dim=4, teacher_dim=4,
-                                                            num_samples=10, device=torch.device("cpu")))
+        ContrastiveRepresentationKD().setup(
+            TrainingContext(store=online, student_dim=4, teacher_dim=4, num_samples=10, device=torch.device("cpu"))
+        )
     with pytest.raises(InvalidInput, match="set up"):
         ContrastiveRepresentationKD()(_inputs([0]))

@@ -16,6 +16,7 @@ import pytest
 from click.testing import CliRunner
 
 from cli.main import cli
+from distill.evaluation.metrics import far_key, verification_metrics
 from distill.evaluation.protocols.ijb import (
     face_rows,
     identification_metrics,
@@ -26,7 +27,6 @@ from distill.evaluation.protocols.ijb import (
     template_embeddings,
     template_rows,
 )
-from distill.evaluation.metrics import far_key, verification_metrics
 from featstore.errors import InputNotFound, InvalidInput
 
 CSV_HEADER = "TEMPLATE_ID,SUBJECT_ID,FILENAME,SIGHTING_ID,FACE_X,FACE_Y,FACE_WIDTH,FACE_HEIGHT"
@@ -37,15 +37,25 @@ CSV_HEADER = "TEMPLATE_ID,SUBJECT_ID,FILENAME,SIGHTING_ID,FACE_X,FACE_Y,FACE_WID
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def write_meta(root: Path, faces, pairs=None, g1=None, g2=None, probes=None, quality=None, prefix: str = "ijbc",
-               gallery_names: tuple[str, str] = ("G1", "G2"), sub: str | None = "meta") -> Path:
+def write_meta(
+    root: Path,
+    faces,
+    pairs=None,
+    g1=None,
+    g2=None,
+    probes=None,
+    quality=None,
+    prefix: str = "ijbc",
+    gallery_names: tuple[str, str] = ("G1", "G2"),
+    sub: str | None = "meta",
+) -> Path:
     """faces: [(image_name, template, media)]; pairs: [(t1, t2, label)]; g1/g2/probes: [(template, subject)]
     (one csv row per face of the template, like the official files); quality: {image_name: score}."""
     meta = root / sub if sub else root
     meta.mkdir(parents=True, exist_ok=True)
     (meta / f"{prefix}_face_tid_mid.txt").write_text("".join(f"{n} {t} {m}\n" for n, t, m in faces))
     if pairs is not None:
-        (meta / f"{prefix}_template_pair_label.txt").write_text("".join(f"{a} {b} {l}\n" for a, b, l in pairs))
+        (meta / f"{prefix}_template_pair_label.txt").write_text("".join(f"{a} {b} {same}\n" for a, b, same in pairs))
     faces_of: dict[int, list[str]] = {}
     for n, t, _ in faces:
         faces_of.setdefault(t, []).append(n)
@@ -64,12 +74,14 @@ def write_meta(root: Path, faces, pairs=None, g1=None, g2=None, probes=None, qua
         (meta / f"{prefix}_1N_probe_mixed.csv").write_text(csv_text(probes))
     if quality is not None:
         (meta / f"{prefix}_name_5pts_score.txt").write_text(
-            "".join(f"{n} 46.0 62.0 87.7 60.3 68.8 77.6 52.1 99.8 86.4 98.6 {s}\n" for n, s in quality.items()))
+            "".join(f"{n} 46.0 62.0 87.7 60.3 68.8 77.6 52.1 99.8 86.4 98.6 {s}\n" for n, s in quality.items())
+        )
     return meta
 
 
-def write_h5(path: Path, embeddings: np.ndarray, names: list[str], flip: np.ndarray | None = None,
-             labels: bool = False) -> Path:
+def write_h5(
+    path: Path, embeddings: np.ndarray, names: list[str], flip: np.ndarray | None = None, labels: bool = False
+) -> Path:
     with h5py.File(path, "w") as h:
         h.create_dataset("embeddings", data=embeddings)
         h.create_dataset("names", data=np.array(names, dtype=h5py.string_dtype()))
@@ -86,8 +98,14 @@ def write_h5(path: Path, embeddings: np.ndarray, names: list[str], flip: np.ndar
 #   template 2 (subject A): face d (0,-5) in media 12 -> (0,-1)
 #   template 3 (subject B): face e (4,4) -> (1/√2, 1/√2)
 #   template 4 (subject B): face f (-1,0) -> (-1,0)
-HAND_FACES = [("a.jpg", 1, 10), ("b.jpg", 1, 10), ("c.jpg", 1, 11), ("d.jpg", 2, 12), ("e.jpg", 3, 13),
-              ("f.jpg", 4, 14)]
+HAND_FACES = [
+    ("a.jpg", 1, 10),
+    ("b.jpg", 1, 10),
+    ("c.jpg", 1, 11),
+    ("d.jpg", 2, 12),
+    ("e.jpg", 3, 13),
+    ("f.jpg", 4, 14),
+]
 HAND_X = np.array([[1, 0], [3, 0], [0, 2], [0, -5], [4, 4], [-1, 0]], dtype=np.float32)
 R = 1 / math.sqrt(2)
 HAND_T = np.array([[R, R], [0, -1], [R, R], [-1, 0]])
@@ -152,8 +170,9 @@ def brute_templates(x, t, m, quality=None, flip=None, normalize_faces=False) -> 
     return out
 
 
-@pytest.mark.parametrize("options", [{}, {"quality": True}, {"flip": True}, {"normalize_faces": True},
-                                     {"quality": True, "flip": True}])
+@pytest.mark.parametrize(
+    "options", [{}, {"quality": True}, {"flip": True}, {"normalize_faces": True}, {"quality": True, "flip": True}]
+)
 def test_template_embeddings_against_brute_force(options) -> None:
     rng = np.random.default_rng(3)
     n = 300
@@ -162,8 +181,9 @@ def test_template_embeddings_against_brute_force(options) -> None:
     m = rng.integers(0, 5, size=n)  # media ids shared across templates on purpose: media are per template
     quality = rng.uniform(0.1, 1.0, size=n) if options.get("quality") else None
     flip = rng.normal(size=(n, 8)).astype(np.float32) if options.get("flip") else None
-    ids, feats = template_embeddings(x, None, t, m, quality, flip,
-                                     normalize_faces=options.get("normalize_faces", False))
+    ids, feats = template_embeddings(
+        x, None, t, m, quality, flip, normalize_faces=options.get("normalize_faces", False)
+    )
     expected = brute_templates(x, t, m, quality, flip, options.get("normalize_faces", False))
     assert ids.tolist() == list(expected)
     np.testing.assert_allclose(feats, np.array(list(expected.values())), atol=2e-6)
@@ -175,8 +195,17 @@ def test_template_embeddings_against_brute_force(options) -> None:
     if flip is not None:
         big_flip = rng.normal(size=(n + 50, 8)).astype(np.float32)
         big_flip[perm[:n]] = flip
-    ids2, feats2 = template_embeddings(big, None, t, m, quality, big_flip, rows=perm[:n], block=7,
-                                       normalize_faces=options.get("normalize_faces", False))
+    ids2, feats2 = template_embeddings(
+        big,
+        None,
+        t,
+        m,
+        quality,
+        big_flip,
+        rows=perm[:n],
+        block=7,
+        normalize_faces=options.get("normalize_faces", False),
+    )
     assert ids2.tolist() == ids.tolist()
     np.testing.assert_allclose(feats2, feats, atol=1e-6)
 
@@ -285,12 +314,16 @@ def test_ijb_verification_bad_input() -> None:
 
 def test_identification_metrics_by_hand() -> None:
     gallery = [100, 200, 300]
-    neighbors = np.array([[100, 200, 300],   # p0 subject 100, mated, rank 1, score 0.9
-                          [300, 200, 100],   # p1 subject 200, mated, rank 2, 0.8
-                          [100, 200, 300],   # p2 subject 300, mated, rank 3, 0.7
-                          [300, 100, 200],   # p3 subject 999, non-mated, 0.85
-                          [200, 100, 300],   # p4 subject 998, non-mated, 0.6
-                          [100, 300, 200]])  # p5 subject 100, mated, rank 1, 0.5
+    neighbors = np.array(
+        [
+            [100, 200, 300],  # p0 subject 100, mated, rank 1, score 0.9
+            [300, 200, 100],  # p1 subject 200, mated, rank 2, 0.8
+            [100, 200, 300],  # p2 subject 300, mated, rank 3, 0.7
+            [300, 100, 200],  # p3 subject 999, non-mated, 0.85
+            [200, 100, 300],  # p4 subject 998, non-mated, 0.6
+            [100, 300, 200],
+        ]
+    )  # p5 subject 100, mated, rank 1, 0.5
     top1 = [0.9, 0.8, 0.7, 0.85, 0.6, 0.5]
     probes = [100, 200, 300, 999, 998, 100]
     r = identification_metrics(neighbors, top1, probes, gallery, ranks=(1, 2, 3, 10), fpirs=(0.1, 0.5, 1.0))
@@ -301,15 +334,13 @@ def test_identification_metrics_by_hand() -> None:
     assert r["tpir_at_fpir"] == {"1e-01": None, "5e-01": 0.25, "1e+00": 0.5}
     # no mated probe: everything undefined but counted
     none = identification_metrics(neighbors[3:5], top1[3:5], probes[3:5], gallery, ranks=(1,), fpirs=(0.5,))
-    assert none == {"num_probes": 2, "num_mated": 0, "num_nonmated": 2, "rank_1": None,
-                    "tpir_at_fpir": {"5e-01": None}}
+    assert none == {"num_probes": 2, "num_mated": 0, "num_nonmated": 2, "rank_1": None, "tpir_at_fpir": {"5e-01": None}}
 
 
 def test_identification_metrics_threshold_is_strict_with_ties() -> None:
     # non-mated top-1 scores [0.8, 0.8]: FPIR 0.5 -> k = 1, t = s_2 = 0.8; a mate at exactly 0.8 is not accepted
     # (accepting it would accept both non-mated probes: FPIR 1 > 0.5)
-    r = identification_metrics([[1], [1], [1], [1]], [0.8, 0.8, 0.8, 0.9], [1, 7, 8, 1], [1], ranks=(1,),
-                               fpirs=(0.5,))
+    r = identification_metrics([[1], [1], [1], [1]], [0.8, 0.8, 0.8, 0.9], [1, 7, 8, 1], [1], ranks=(1,), fpirs=(0.5,))
     assert r["tpir_at_fpir"] == {"5e-01": 0.5}
 
 
@@ -351,8 +382,9 @@ def brute_identification(gallery, g_subj, probes, p_subj, ranks, fpirs) -> dict:
             out["tpir_at_fpir"][far_key(f)] = None
             continue
         cands = np.concatenate([[-np.inf], top1])
-        out["tpir_at_fpir"][far_key(f)] = max(np.sum(correct & ma & (top1 > t)) / ma.sum()
-                                              for t in cands if np.sum(nm > t) <= n)
+        out["tpir_at_fpir"][far_key(f)] = max(
+            np.sum(correct & ma & (top1 > t)) / ma.sum() for t in cands if np.sum(nm > t) <= n
+        )
     return out
 
 
@@ -364,8 +396,9 @@ def test_ijb_identification_against_brute_force() -> None:
     p_subj = rng.integers(0, 80, size=400)  # half the probes' subjects are not in the gallery
     probes = centers[p_subj] + 0.8 * rng.normal(size=(400, 16))
     ranks, fpirs = (1, 5, 10), (1e-2, 1e-1, 0.3)
-    got = ijb_identification(gallery.astype(np.float32), g_subj, probes.astype(np.float32), p_subj, ranks, fpirs,
-                             use_gpu=False)
+    got = ijb_identification(
+        gallery.astype(np.float32), g_subj, probes.astype(np.float32), p_subj, ranks, fpirs, use_gpu=False
+    )
     want = brute_identification(gallery, g_subj, probes, p_subj, ranks, fpirs)
     for r in ranks:
         assert got[f"rank_{r}"] == pytest.approx(want[f"rank_{r}"], abs=1e-12)
@@ -392,8 +425,12 @@ def test_ijb_identification_gallery_smaller_than_rank() -> None:
 
 
 def hand_meta(root: Path, **kw) -> Path:
-    defaults = {"pairs": [(1, 2, 1), (3, 4, 1), (1, 3, 0), (1, 4, 0), (2, 4, 0)],
-                    "g1": [(1, 100)], "g2": [(3, 200)], "probes": [(2, 100), (4, 200)]}
+    defaults = {
+        "pairs": [(1, 2, 1), (3, 4, 1), (1, 3, 0), (1, 4, 0), (2, 4, 0)],
+        "g1": [(1, 100)],
+        "g2": [(3, 200)],
+        "probes": [(2, 100), (4, 200)],
+    }
     defaults.update(kw)
     write_meta(root, HAND_FACES, **defaults)
     return root
@@ -406,8 +443,10 @@ def test_read_meta_official_layout(tmp_path: Path) -> None:
     assert meta.face_template.tolist() == [1, 1, 1, 2, 3, 4] and meta.face_media.tolist() == [10, 10, 11, 12, 13, 14]
     assert meta.pairs.tolist() == [[1, 2], [3, 4], [1, 3], [1, 4], [2, 4]]
     assert meta.pair_labels.tolist() == [True, True, False, False, False]
-    assert {k: (t.tolist(), s.tolist()) for k, (t, s) in meta.galleries.items()} == {"G1": ([1], [100]),
-                                                                                     "G2": ([3], [200])}
+    assert {k: (t.tolist(), s.tolist()) for k, (t, s) in meta.galleries.items()} == {
+        "G1": ([1], [100]),
+        "G2": ([3], [200]),
+    }
     assert [a.tolist() for a in meta.probes] == [[2, 4], [100, 200]]
     np.testing.assert_allclose(meta.quality, [0.5, 0.6, 0.7, 0.8, 0.9, 1.0])
     assert set(meta.files) == {"faces", "quality", "pairs", "gallery_G1", "gallery_G2", "probes"}
@@ -417,8 +456,16 @@ def test_read_meta_official_layout(tmp_path: Path) -> None:
 
 
 def test_read_meta_ijbb_names_and_optional_parts(tmp_path: Path) -> None:
-    write_meta(tmp_path, HAND_FACES, g1=[(1, 100)], g2=[(3, 200)], probes=[(2, 100), (4, 200)], prefix="ijbb",
-               gallery_names=("S1", "S2"), sub=None)
+    write_meta(
+        tmp_path,
+        HAND_FACES,
+        g1=[(1, 100)],
+        g2=[(3, 200)],
+        probes=[(2, 100), (4, 200)],
+        prefix="ijbb",
+        gallery_names=("S1", "S2"),
+        sub=None,
+    )
     meta = read_ijb_meta(tmp_path)
     assert meta.prefix == "ijbb" and meta.pairs is None and meta.quality is None
     assert set(meta.galleries) == {"G1", "G2"} and meta.files["gallery_G1"].endswith("ijbb_1N_gallery_S1.csv")
@@ -446,12 +493,16 @@ def test_pair_file_fast_path_equals_line_parser(tmp_path: Path) -> None:
 
 BAD_META = {
     "face line with 2 fields": ({"faces_text": "a.jpg 1 10\nb.jpg 1\n"}, "ijbc_face_tid_mid.txt line 2: expected"),
-    "face template not an integer": ({"faces_text": "a.jpg 1 10\nb.jpg x 10\n"},
-                                     "line 2: template_id must be an integer"),
+    "face template not an integer": (
+        {"faces_text": "a.jpg 1 10\nb.jpg x 10\n"},
+        "line 2: template_id must be an integer",
+    ),
     "negative media": ({"faces_text": "a.jpg 1 -3\n"}, "line 1: template and media ids must be >= 0"),
     "duplicate image": ({"faces_text": "a.jpg 1 10\n\na.jpg 2 11\n"}, "line 3: image 'a.jpg' is listed twice"),
-    "absolute image path": ({"faces_text": "a.jpg 1 10\n/etc/passwd 2 11\n"},
-                            "line 2: image path '/etc/passwd' escapes the data root"),
+    "absolute image path": (
+        {"faces_text": "a.jpg 1 10\n/etc/passwd 2 11\n"},
+        "line 2: image path '/etc/passwd' escapes the data root",
+    ),
     "dot-dot image path": ({"faces_text": "../../x.jpg 1 10\n"}, "line 1: image path '../../x.jpg' escapes"),
     "windows drive path": ({"faces_text": "C:\\x.jpg 1 10\n"}, "escapes the data root"),
     "empty face file": ({"faces_text": "\n\n"}, "lists no faces"),
@@ -461,23 +512,38 @@ BAD_META = {
     "pair template unknown": ({"pairs_text": "1 2 1\n\n1 99 0\n"}, "line 3: template 99 has no face"),
     "pair with itself": ({"pairs_text": "1 1 1\n"}, "line 1: pairs template 1 with itself"),
     "csv without header": ({"g1_text": "1,100,a.jpg\n"}, "ijbc_1N_gallery_G1.csv line 1: expected a header"),
-    "csv subject changes": ({"g1_text": CSV_HEADER + "\n1,100,a.jpg\n1,101,b.jpg\n"},
-                            "G1.csv line 3: template 1 has subject 101 here but 100 on line 2"),
-    "csv unknown template": ({"probe_text": CSV_HEADER + "\n2,100,d.jpg\n77,100,x.jpg\n"},
-                             "probe_mixed.csv line 3: template 77 has no face"),
+    "csv subject changes": (
+        {"g1_text": CSV_HEADER + "\n1,100,a.jpg\n1,101,b.jpg\n"},
+        "G1.csv line 3: template 1 has subject 101 here but 100 on line 2",
+    ),
+    "csv unknown template": (
+        {"probe_text": CSV_HEADER + "\n2,100,d.jpg\n77,100,x.jpg\n"},
+        "probe_mixed.csv line 3: template 77 has no face",
+    ),
     "csv short row": ({"g2_text": CSV_HEADER + "\n3\n"}, "G2.csv line 2: expected at least 3"),
     "csv bad subject": ({"g2_text": CSV_HEADER + "\n3,abc,e.jpg\n"}, "G2.csv line 2: SUBJECT_ID must be an integer"),
     "csv filename escapes": ({"g2_text": CSV_HEADER + "\n3,200,../../e.jpg\n"}, "G2.csv line 2: FILENAME"),
-    "quality NaN": ({"quality_text": "a.jpg 1 2 3 4 5 6 7 8 9 10 nan\n"},
-                    "5pts_score.txt line 1: landmarks and score must be finite"),
+    "quality NaN": (
+        {"quality_text": "a.jpg 1 2 3 4 5 6 7 8 9 10 nan\n"},
+        "5pts_score.txt line 1: landmarks and score must be finite",
+    ),
     "quality short line": ({"quality_text": "a.jpg 0.9\n"}, "line 1: expected 'image_name x1 y1"),
-    "quality missing image": ({"quality_text": "a.jpg 1 2 3 4 5 6 7 8 9 10 0.9\n"},
-                              "no score for image 'b.jpg' (.*ijbc_face_tid_mid.txt line 2)"),
+    "quality missing image": (
+        {"quality_text": "a.jpg 1 2 3 4 5 6 7 8 9 10 0.9\n"},
+        "no score for image 'b.jpg' (.*ijbc_face_tid_mid.txt line 2)",
+    ),
 }
 
 
-def write_raw(root: Path, faces_text="a.jpg 1 10\nb.jpg 2 11\nc.jpg 3 12\nd.jpg 4 13\n", pairs_text="1 2 1\n",
-              g1_text=None, g2_text=None, probe_text=None, quality_text=None) -> Path:
+def write_raw(
+    root: Path,
+    faces_text="a.jpg 1 10\nb.jpg 2 11\nc.jpg 3 12\nd.jpg 4 13\n",
+    pairs_text="1 2 1\n",
+    g1_text=None,
+    g2_text=None,
+    probe_text=None,
+    quality_text=None,
+) -> Path:
     meta = root / "meta"
     meta.mkdir(parents=True)
     (meta / "ijbc_face_tid_mid.txt").write_text(faces_text)
@@ -604,8 +670,12 @@ def synthetic_ijb(tmp_path: Path, seed: int = 0, subjects: int = 24, noise: floa
             else:
                 probes.append((template, 10 + s))
     templates = sorted(subject_of)
-    pairs = [(a, b, int(subject_of[a] == subject_of[b])) for i, a in enumerate(templates) for b in templates[i + 1:]
-             if subject_of[a] == subject_of[b] or (a + b) % 3 == 0]
+    pairs = [
+        (a, b, int(subject_of[a] == subject_of[b]))
+        for i, a in enumerate(templates)
+        for b in templates[i + 1 :]
+        if subject_of[a] == subject_of[b] or (a + b) % 3 == 0
+    ]
     quality = {n: float(rng.uniform(0.2, 1.0)) for n, _, _ in faces}
     write_meta(tmp_path, faces, pairs, g1, g2, probes, quality)
     return faces, np.array(emb, np.float32), np.array(flip, np.float32), quality, pairs, g1, g2, probes
@@ -617,14 +687,15 @@ def test_ijb_evaluation_against_independent_brute_force(tmp_path: Path) -> None:
     names = [f[0] for f in faces]
     order = np.random.default_rng(1).permutation(len(names))  # the embedding file's own order
     fars, fpirs = (1e-2, 1e-1), (1e-1, 0.5)
-    section, _ = ijb_evaluation(emb[order], [names[i] for i in order], meta, flip=flip[order], fars=fars,
-                                fpirs=fpirs, use_gpu=False)
+    section, _ = ijb_evaluation(
+        emb[order], [names[i] for i in order], meta, flip=flip[order], fars=fars, fpirs=fpirs, use_gpu=False
+    )
     t = np.array([f[1] for f in faces])
     m = np.array([f[2] for f in faces])
     q = np.array([quality[n] for n in names])
     tmpl = brute_templates(emb, t, m, q, flip)
     scores = np.array([tmpl[a] @ tmpl[b] for a, b, _ in pairs])
-    labels = np.array([l for _, _, l in pairs], dtype=bool)
+    labels = np.array([same for _, _, same in pairs], dtype=bool)
     want_v = verification_metrics(scores[labels], scores[~labels], fars)
     got_v = section["verification"]
     assert got_v["num_genuine"] == want_v["num_genuine"] and got_v["num_impostor"] == want_v["num_impostor"]
@@ -635,8 +706,9 @@ def test_ijb_evaluation_against_independent_brute_force(tmp_path: Path) -> None:
     p_feats = np.array([tmpl[tid] for tid, _ in probes])
     p_subj = [s for _, s in probes]
     for name, gallery in (("G1", g1), ("G2", g2)):
-        want = brute_identification(np.array([tmpl[tid] for tid, _ in gallery]), [s for _, s in gallery], p_feats,
-                                    p_subj, (1, 5, 10), fpirs)
+        want = brute_identification(
+            np.array([tmpl[tid] for tid, _ in gallery]), [s for _, s in gallery], p_feats, p_subj, (1, 5, 10), fpirs
+        )
         got = section["identification"][name]
         assert got["num_mated"] == len(gallery) * 2 and got["num_nonmated"] == len(probes) - len(gallery) * 2
         for r in (1, 5, 10):
@@ -644,19 +716,25 @@ def test_ijb_evaluation_against_independent_brute_force(tmp_path: Path) -> None:
         assert got["tpir_at_fpir"] == pytest.approx(want["tpir_at_fpir"], abs=1e-12)
     g1r, g2r = section["identification"]["G1"], section["identification"]["G2"]
     avg = section["identification"]["average"]
-    assert avg["rank_1"] == pytest.approx((g1r["rank_1"] * g1r["num_mated"] + g2r["rank_1"] * g2r["num_mated"])
-                                          / (g1r["num_mated"] + g2r["num_mated"]))
-    assert avg["tpir_at_fpir"]["5e-01"] == pytest.approx((g1r["tpir_at_fpir"]["5e-01"]
-                                                         + g2r["tpir_at_fpir"]["5e-01"]) / 2)
-    assert section["protocol"]["template"] == {"flip": True, "quality": True, "normalize_faces": False,
-                                               "rule": "mean over media of per-media mean face features, "
-                                                       "L2-normalised"}
+    assert avg["rank_1"] == pytest.approx(
+        (g1r["rank_1"] * g1r["num_mated"] + g2r["rank_1"] * g2r["num_mated"]) / (g1r["num_mated"] + g2r["num_mated"])
+    )
+    assert avg["tpir_at_fpir"]["5e-01"] == pytest.approx(
+        (g1r["tpir_at_fpir"]["5e-01"] + g2r["tpir_at_fpir"]["5e-01"]) / 2
+    )
+    assert section["protocol"]["template"] == {
+        "flip": True,
+        "quality": True,
+        "normalize_faces": False,
+        "rule": "mean over media of per-media mean face features, L2-normalised",
+    }
 
 
 def test_ijb_evaluation_separable_subjects_are_perfect(tmp_path: Path) -> None:
     faces, emb, flip, *_ = synthetic_ijb(tmp_path, noise=0.05)
-    section, curves = ijb_evaluation(emb, [f[0] for f in faces], read_ijb_meta(tmp_path), flip=flip, use_gpu=False,
-                                     cmc_rank=50)
+    section, curves = ijb_evaluation(
+        emb, [f[0] for f in faces], read_ijb_meta(tmp_path), flip=flip, use_gpu=False, cmc_rank=50
+    )
     assert section["verification"]["roc_auc"] == 1.0
     for name in ("G1", "G2", "average"):
         g = section["identification"][name]
@@ -690,8 +768,22 @@ def test_cli_ijb_report_table_plot_and_compare(tmp_path: Path) -> None:
     faces, emb, flip, *_ = synthetic_ijb(data, noise=1.5)
     h5 = write_h5(tmp_path / "ijbc.h5", emb, [f[0] for f in faces], flip)
     out, plot = tmp_path / "r.json", tmp_path / "roc.png"
-    result = invoke("eval", "--faiss", "--embeddings", h5, "--ijb-meta", data, "--out", out, "--plot", plot,
-                    "--device", "cpu", "--far", "1e-3,1e-2,1e-1")
+    result = invoke(
+        "eval",
+        "--faiss",
+        "--embeddings",
+        h5,
+        "--ijb-meta",
+        data,
+        "--out",
+        out,
+        "--plot",
+        plot,
+        "--device",
+        "cpu",
+        "--far",
+        "1e-3,1e-2,1e-1",
+    )
     assert result.exit_code == 0, (result.stdout, result.stderr, result.exception)
     report = json.loads(out.read_text())
     assert set(report) == {"source", "num_samples", "ijb"} and report["num_samples"] == len(faces)
@@ -713,8 +805,9 @@ def test_cli_ijb_report_table_plot_and_compare(tmp_path: Path) -> None:
     assert json.loads(out_b.read_text())["ijb"]["protocol"]["template"]["flip"] is False
     compared = invoke("compare", out, out_b)
     assert compared.exit_code == 0, compared.stderr
-    assert "IJB TAR@1e-2" in compared.stdout and "IJB G1 R1" in compared.stdout and "IJB avg TPIR@1e-1" in \
-        compared.stdout
+    assert (
+        "IJB TAR@1e-2" in compared.stdout and "IJB G1 R1" in compared.stdout and "IJB avg TPIR@1e-1" in compared.stdout
+    )
 
 
 def test_cli_ijb_refusals(tmp_path: Path) -> None:
@@ -738,8 +831,10 @@ def test_cli_ijb_refusals(tmp_path: Path) -> None:
     bad_flip = flip.copy()
     bad_flip[0, 0] = np.inf
     assert_refused(invoke(*ijb, "--embeddings", write_h5(tmp_path / "nanf.h5", emb, names, bad_flip)), "flipped")
-    assert_refused(invoke(*ijb, "--embeddings", write_h5(tmp_path / "few.h5", emb[1:], names[1:])),
-                   r"line 1: image 'img/0.jpg' has no embedding")
+    assert_refused(
+        invoke(*ijb, "--embeddings", write_h5(tmp_path / "few.h5", emb[1:], names[1:])),
+        r"line 1: image 'img/0.jpg' has no embedding",
+    )
     # malformed meta line: the one-line error names file and line, and nothing is written
     pair_file = data / "meta" / "ijbc_template_pair_label.txt"
     lines = pair_file.read_text().splitlines()
@@ -751,5 +846,4 @@ def test_cli_ijb_refusals(tmp_path: Path) -> None:
     lines[4] = "1 99999 1"
     pair_file.write_text("\n".join(lines) + "\n")
     assert_refused(invoke(*ijb, "--embeddings", h5), r"line 5: template 99999 has no face")
-    assert_refused(invoke("eval", "--faiss", "--ijb-meta", tmp_path / "missing", "--embeddings", h5),
-                   "does not exist")
+    assert_refused(invoke("eval", "--faiss", "--ijb-meta", tmp_path / "missing", "--embeddings", h5), "does not exist")

@@ -15,6 +15,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from distill.models import create_model
 from distill.models.heads import (
     HEADS,
     ArcFaceHead,
@@ -25,7 +26,6 @@ from distill.models.heads import (
     head_from_store,
     head_state,
 )
-from distill.models import create_model
 from featstore.datasets import ImageDataset, load_dataset
 from featstore.errors import InvalidInput, UnknownName
 from featstore.extract import TeacherSource, extract_teacher
@@ -322,8 +322,14 @@ DIM, CLASSES, N = 16, 10, 60
 @pytest.fixture(scope="module")
 def small_digits() -> ImageDataset:
     d = load_dataset("digits", "train")
-    return ImageDataset(spec=d.spec, split=d.split, images=d.images[:N], labels=d.labels[:N],
-                        num_classes=d.num_classes, view_policy=d.view_policy)
+    return ImageDataset(
+        spec=d.spec,
+        split=d.split,
+        images=d.images[:N],
+        labels=d.labels[:N],
+        num_classes=d.num_classes,
+        view_policy=d.view_policy,
+    )
 
 
 def _teacher(head_type: str, *, bias: bool, scale=None, margin=None, seed=0) -> TeacherSource:
@@ -331,10 +337,17 @@ def _teacher(head_type: str, *, bias: bool, scale=None, margin=None, seed=0) -> 
     model = create_model("convnet_teacher", num_classes=CLASSES, embedding_dim=DIM).eval()
     rng = np.random.default_rng(seed)
     return TeacherSource(
-        model=model, arch="convnet_teacher", checkpoint_sha256="h" * 64, embedding_dim=DIM, input_shape=[1, 8, 8],
-        head_type=head_type, head_weight=rng.standard_normal((CLASSES, DIM)).astype(np.float32),
+        model=model,
+        arch="convnet_teacher",
+        checkpoint_sha256="h" * 64,
+        embedding_dim=DIM,
+        input_shape=[1, 8, 8],
+        head_type=head_type,
+        head_weight=rng.standard_normal((CLASSES, DIM)).astype(np.float32),
         head_bias=rng.standard_normal(CLASSES).astype(np.float32) if bias else None,
-        head_scale=scale, head_margin=margin)
+        head_scale=scale,
+        head_margin=margin,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -363,8 +376,9 @@ def test_head_from_store_margin_head(arcface_store):
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
     # the same thing in float64 numpy, independent of torch's normalize
     zn = z.double().numpy() / np.linalg.norm(z.double().numpy(), axis=1, keepdims=True)
-    wn = teacher.head_weight.astype(np.float64) / np.linalg.norm(teacher.head_weight.astype(np.float64), axis=1,
-                                                                  keepdims=True)
+    wn = teacher.head_weight.astype(np.float64) / np.linalg.norm(
+        teacher.head_weight.astype(np.float64), axis=1, keepdims=True
+    )
     np.testing.assert_allclose(got.numpy(), 16.0 * zn @ wn.T, rtol=1e-4, atol=1e-4)
     # no margin at distillation time, whatever the labels
     assert np.abs(got.numpy()).max() <= 16.0 + 1e-4

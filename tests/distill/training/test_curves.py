@@ -9,8 +9,10 @@ import pytest
 from distill.training.curves import TensorBoardLog, plot_training_curves
 from featstore.errors import InvalidInput
 
-LOG = [{"epoch": e, "loss": {"total": 3.0 / e, "ce": 1.0 / e, "kd": 2.0 / e}, "test_accuracy": 0.5 + 0.1 * e}
-       for e in range(1, 4)]
+LOG = [
+    {"epoch": e, "loss": {"total": 3.0 / e, "ce": 1.0 / e, "kd": 2.0 / e}, "test_accuracy": 0.5 + 0.1 * e}
+    for e in range(1, 4)
+]
 
 
 def test_curves_png_is_written(tmp_path):

@@ -37,8 +37,15 @@ def inputs(z_s: torch.Tensor, z_t: torch.Tensor, z_s_t: torch.Tensor | None = No
     batch = z_s.shape[0]
     labels = torch.arange(batch) % classes
     logits = torch.zeros(batch, classes, dtype=z_s.dtype)
-    return DistillInputs(student_embedding=z_s, student_logits=logits, labels=labels, teacher_embedding=z_t,
-                         teacher_logits=logits.clone(), student_logits_th=logits.clone(), student_embedding_t=z_s_t)
+    return DistillInputs(
+        student_embedding=z_s,
+        student_logits=logits,
+        labels=labels,
+        teacher_embedding=z_t,
+        teacher_logits=logits.clone(),
+        student_logits_th=logits.clone(),
+        student_embedding_t=z_s_t,
+    )
 
 
 def orthonormal_rows(rows: int, cols: int, seed: int = 0) -> torch.Tensor:
@@ -345,7 +352,10 @@ def test_relational_recipes_accept_different_dims(recipe):
 def test_relational_losses_registered_and_check_batch(name):
     loss = LOSSES.get(name)()
     with pytest.raises(InvalidInput, match="teacher_embedding"):
-        loss(DistillInputs(student_embedding=randn(B, 4), student_logits=randn(B, 3),
-                           labels=torch.zeros(B, dtype=torch.long)))
+        loss(
+            DistillInputs(
+                student_embedding=randn(B, 4), student_logits=randn(B, 3), labels=torch.zeros(B, dtype=torch.long)
+            )
+        )
     with pytest.raises(InvalidInput, match="batch"):
         loss(inputs(randn(B, 4), randn(B + 1, 4)))

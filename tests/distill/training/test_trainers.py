@@ -19,13 +19,13 @@ import torch
 import torch.nn.functional as F
 
 import distill.training.student as train_student_module
-from distill.models.checkpoint import file_sha256, load_checkpoint, load_teacher_source, save_checkpoint
-from distill.models.heads import ArcFaceHead, LinearHead, frozen_head, head_from_store
 from distill.losses import DistillInputs
 from distill.models import create_model
+from distill.models.checkpoint import file_sha256, load_checkpoint, load_teacher_source, save_checkpoint
+from distill.models.heads import ArcFaceHead, LinearHead, frozen_head, head_from_store
+from distill.training.common import OptimConfig
 from distill.training.student import StudentConfig, head_cosine, init_head_from, train_student
 from distill.training.teacher import TeacherConfig, train_teacher
-from distill.training.common import OptimConfig
 from featstore.datasets import load_dataset
 from featstore.errors import CheckpointError, InvalidInput
 from featstore.extract import extract_teacher
@@ -69,8 +69,9 @@ def backbone(state: dict) -> dict:
 @pytest.fixture(scope="module")
 def sh_teacher(base):
     out = base["root"] / "sh_teacher.pt"
-    result = train_teacher(TeacherConfig(dataset="digits", out=out, epochs=1, eval_split=None, progress=False,
-                                         head_from=base["student"]))
+    result = train_teacher(
+        TeacherConfig(dataset="digits", out=out, epochs=1, eval_split=None, progress=False, head_from=base["student"])
+    )
     return out, result
 
 
@@ -118,8 +119,11 @@ def test_shkd_provenance(base, sh_teacher):
 def test_shkd_refuses_a_teacher_checkpoint(base):
     out = base["root"] / "refused_teacher.pt"
     with pytest.raises(CheckpointError, match="student"):
-        train_teacher(TeacherConfig(dataset="digits", out=out, epochs=1, eval_split=None, progress=False,
-                                    head_from=base["teacher"]))
+        train_teacher(
+            TeacherConfig(
+                dataset="digits", out=out, epochs=1, eval_split=None, progress=False, head_from=base["teacher"]
+            )
+        )
     assert not out.exists()
 
 
@@ -127,13 +131,13 @@ def test_shkd_refuses_a_student_with_other_classes(base, tmp_path):
     student = load_checkpoint(base["student"], kind="student")
     state = dict(student.state_dict)
     state["head.weight"], state["head.bias"] = state["head.weight"][:5].clone(), state["head.bias"][:5].clone()
-    fake = replace(student, num_classes=5, state_dict=state,
-                   model_config={**student.model_config, "num_classes": 5})
+    fake = replace(student, num_classes=5, state_dict=state, model_config={**student.model_config, "num_classes": 5})
     path = save_checkpoint(fake, tmp_path / "five.pt")
     out = tmp_path / "teacher.pt"
     with pytest.raises(InvalidInput, match="5 classes"):
-        train_teacher(TeacherConfig(dataset="digits", out=out, epochs=1, eval_split=None, progress=False,
-                                    head_from=path))
+        train_teacher(
+            TeacherConfig(dataset="digits", out=out, epochs=1, eval_split=None, progress=False, head_from=path)
+        )
     assert not out.exists()
 
 
@@ -144,8 +148,9 @@ def test_shkd_refuses_a_head_that_does_not_fit(base, tmp_path):
     path = save_checkpoint(fake, tmp_path / "misfit.pt")
     out = tmp_path / "teacher.pt"
     with pytest.raises(InvalidInput, match="does not fit"):
-        train_teacher(TeacherConfig(dataset="digits", out=out, epochs=1, eval_split=None, progress=False,
-                                    head_from=path))
+        train_teacher(
+            TeacherConfig(dataset="digits", out=out, epochs=1, eval_split=None, progress=False, head_from=path)
+        )
     assert not out.exists()
 
 
@@ -227,8 +232,9 @@ def test_head_cosine_values():
 
 def test_init_head_from_teacher_training_run(base, tmp_path):
     out = tmp_path / "init.pt"
-    result = train_student(student_config(base["store"], out, epochs=2, init_head_from_teacher=True,
-                                          optim=OptimConfig(lr=1e-6)))
+    result = train_student(
+        student_config(base["store"], out, epochs=2, init_head_from_teacher=True, optim=OptimConfig(lr=1e-6))
+    )
     assert [e["epoch"] for e in result.log] == [1, 2]
     assert all(e["head_cosine"] == pytest.approx(1.0, abs=1e-3) for e in result.log)
     ckpt = load_checkpoint(out)
@@ -254,8 +260,18 @@ def test_head_cosine_logged_without_init(base):
 def arcface(base, digits):
     root = base["root"]
     teacher = root / "arc_teacher.pt"
-    train_teacher(TeacherConfig(dataset="digits", out=teacher, epochs=1, eval_split=None, progress=False,
-                                head="arcface", head_scale=16.0, head_margin=0.2))
+    train_teacher(
+        TeacherConfig(
+            dataset="digits",
+            out=teacher,
+            epochs=1,
+            eval_split=None,
+            progress=False,
+            head="arcface",
+            head_scale=16.0,
+            head_margin=0.2,
+        )
+    )
     store = str(root / "arc_store.zarr")
     extract_teacher(load_teacher_source(teacher), digits, store, views=1, progress=False)
     return teacher, store

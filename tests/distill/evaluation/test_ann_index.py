@@ -260,8 +260,9 @@ def test_retrieval_report_with_an_approximate_index(index) -> None:
         assert approx[key] == pytest.approx(exact[key], abs=0.05)
     # cross-model retrieval against a gallery uses the index too
     gal = ev.EmbeddingSet(emb[::-1].copy(), labels[::-1].copy())
-    cross = ev.retrieval_report(queries, gal, use_gpu=False, index=index, index_options={"hnsw_m": 16},
-                                recall_queries=100)
+    cross = ev.retrieval_report(
+        queries, gal, use_gpu=False, index=index, index_options={"hnsw_m": 16}, recall_queries=100
+    )
     assert cross["index"]["num_queries_checked"] == 100 and cross["index"]["type"] == index
     # evaluate passes it on
     report, _ = ev.evaluate(queries, use_gpu=False, index=index)
@@ -276,14 +277,38 @@ def test_cli_index_option(tmp_path: Path) -> None:
         h.create_dataset("labels", data=labels)
     out = tmp_path / "r.json"
     runner = CliRunner()
-    result = runner.invoke(cli, ["eval", "--faiss", "--embeddings", str(tmp_path / "e.h5"), "--index", "hnsw",
-                                 "--device", "cpu", "--out", str(out)])
+    result = runner.invoke(
+        cli,
+        [
+            "eval",
+            "--faiss",
+            "--embeddings",
+            str(tmp_path / "e.h5"),
+            "--index",
+            "hnsw",
+            "--device",
+            "cpu",
+            "--out",
+            str(out),
+        ],
+    )
     assert result.exit_code == 0, (result.stdout, result.stderr, result.exception)
     section = json.loads(out.read_text())["retrieval"]["index"]
     assert section["type"] == "hnsw" and section["recall_vs_exact@k"] > 0.9
     assert "recall vs exact@24" in result.stdout
-    plain = runner.invoke(cli, ["eval", "--faiss", "--embeddings", str(tmp_path / "e.h5"), "--device", "cpu",
-                                "--out", str(tmp_path / "plain.json")])
+    plain = runner.invoke(
+        cli,
+        [
+            "eval",
+            "--faiss",
+            "--embeddings",
+            str(tmp_path / "e.h5"),
+            "--device",
+            "cpu",
+            "--out",
+            str(tmp_path / "plain.json"),
+        ],
+    )
     assert plain.exit_code == 0 and "index" not in json.loads((tmp_path / "plain.json").read_text())["retrieval"]
     bad = runner.invoke(cli, ["eval", "--faiss", "--embeddings", str(tmp_path / "e.h5"), "--index", "lsh"])
     assert bad.exit_code == 2 and "--index" in bad.stderr

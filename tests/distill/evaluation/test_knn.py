@@ -52,8 +52,13 @@ def test_l2_normalize_unit_rows_zero_rows_stay_zero() -> None:
 
 @pytest.mark.parametrize(
     "bad, match",
-    [(np.array([1.0, 2.0]), "2-D"), (np.array([[1.0, math.nan]]), "NaN"), (np.zeros((3, 0)), "dimension 0"),
-     (np.array([["a", "b"]]), "real numbers"), (np.array([[math.inf, 1.0]]), "infinite")],
+    [
+        (np.array([1.0, 2.0]), "2-D"),
+        (np.array([[1.0, math.nan]]), "NaN"),
+        (np.zeros((3, 0)), "dimension 0"),
+        (np.array([["a", "b"]]), "real numbers"),
+        (np.array([[math.inf, 1.0]]), "infinite"),
+    ],
 )
 def test_l2_normalize_rejects_bad_input(bad: np.ndarray, match: str) -> None:
     with pytest.raises(InvalidInput, match=match):

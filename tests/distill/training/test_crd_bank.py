@@ -22,13 +22,25 @@ def _store(bad_chunk: int) -> SimpleNamespace:
     def read_chunk(chunk: int):
         return emb[chunk * CHUNK : (chunk + 1) * CHUNK], None, None
 
-    return SimpleNamespace(shape=SimpleNamespace(num_samples=N, dim=D), num_chunks=3, url="s.zarr",
-                           chunk_bounds=lambda c: (c * CHUNK, (c + 1) * CHUNK), read_chunk=read_chunk)
+    return SimpleNamespace(
+        shape=SimpleNamespace(num_samples=N, dim=D),
+        num_chunks=3,
+        url="s.zarr",
+        chunk_bounds=lambda c: (c * CHUNK, (c + 1) * CHUNK),
+        read_chunk=read_chunk,
+    )
 
 
 def _context(skip: bool) -> TrainingContext:
-    return TrainingContext(store=_store(bad_chunk=1), student_dim=D, teacher_dim=D, num_samples=N,
-                           device=torch.device("cpu"), seed=0, skip_bad_chunks=skip)
+    return TrainingContext(
+        store=_store(bad_chunk=1),
+        student_dim=D,
+        teacher_dim=D,
+        num_samples=N,
+        device=torch.device("cpu"),
+        seed=0,
+        skip_bad_chunks=skip,
+    )
 
 
 def test_a_nan_chunk_is_refused_naming_it() -> None:
@@ -52,9 +64,15 @@ def test_skipped_chunk_rows_are_never_negatives() -> None:
     torch.randint = spy
     try:
         z = torch.randn(4, D)
-        value = loss.compute(DistillInputs(student_embedding=z, student_logits=torch.zeros(4, 3),
-                                           labels=torch.zeros(4, dtype=torch.long), teacher_embedding=z,
-                                           indices=torch.tensor([0, 1, 20, 21])))
+        value = loss.compute(
+            DistillInputs(
+                student_embedding=z,
+                student_logits=torch.zeros(4, 3),
+                labels=torch.zeros(4, dtype=torch.long),
+                teacher_embedding=z,
+                indices=torch.tensor([0, 1, 20, 21]),
+            )
+        )
     finally:
         torch.randint = real_randint
     assert torch.isfinite(value)

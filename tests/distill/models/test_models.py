@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from distill.models.heads import LinearHead, frozen_head_from_weights
 from distill.models import MODELS, count_parameters, create_model
+from distill.models.heads import LinearHead, frozen_head_from_weights
 from featstore.errors import UnknownName
 
 CONFIG = {"num_classes": 10, "in_channels": 1, "embedding_dim": 32}

@@ -50,7 +50,8 @@ def test_torchscript_teacher_extracts_its_forward_features(tmp_path):
 
 
 def test_module_function_teacher_needs_trust_code(tmp_path, monkeypatch):
-    (tmp_path / "byo_teacher.py").write_text(textwrap.dedent("""
+    (tmp_path / "byo_teacher.py").write_text(
+        textwrap.dedent("""
         import torch
         from torch import nn
 
@@ -58,7 +59,8 @@ def test_module_function_teacher_needs_trust_code(tmp_path, monkeypatch):
             torch.manual_seed(0)
             body = nn.Sequential(nn.Flatten(), nn.Linear(64, 8))
             return body, body, nn.Linear(8, 10)
-        """))
+        """)
+    )
     monkeypatch.syspath_prepend(str(tmp_path))
     with pytest.raises(InvalidInput, match="--trust-code"):
         load_teacher("byo_teacher:build")

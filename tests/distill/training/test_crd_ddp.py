@@ -33,14 +33,22 @@ def _rank(rank: int, port: int, out: str) -> None:
     dist.init_process_group("gloo", rank=rank, world_size=2)
     torch.manual_seed(0)
     loss = ContrastiveRepresentationKD(feat_dim=4, negatives=8)
-    loss.setup(TrainingContext(store=_store(), student_dim=D, teacher_dim=D, num_samples=N,
-                               device=torch.device("cpu"), seed=0))
+    loss.setup(
+        TrainingContext(store=_store(), student_dim=D, teacher_dim=D, num_samples=N, device=torch.device("cpu"), seed=0)
+    )
     initial = loss.student_memory.clone()
     sizes = (B, B - 2)  # ranks may hold batches of different sizes
     idx = torch.arange(rank * 20, rank * 20 + sizes[rank])
     z = torch.randn(sizes[rank], D, generator=torch.Generator().manual_seed(rank))
-    loss.compute(DistillInputs(student_embedding=z, student_logits=torch.zeros(len(idx), 3),
-                               labels=torch.zeros(len(idx), dtype=torch.long), teacher_embedding=z, indices=idx))
+    loss.compute(
+        DistillInputs(
+            student_embedding=z,
+            student_logits=torch.zeros(len(idx), 3),
+            labels=torch.zeros(len(idx), dtype=torch.long),
+            teacher_embedding=z,
+            indices=idx,
+        )
+    )
     torch.save({"initial": initial, "memory": loss.student_memory}, f"{out}/rank{rank}.pt")
     dist.destroy_process_group()
 

@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from distill.evaluation.evaluate import mixed_prediction_logits
-from distill.models.heads import frozen_head, head_state
 from distill.losses import build_criterion
 from distill.losses.recipes import apply_th_alpha, resolve_weights
+from distill.models.heads import frozen_head, head_state
 from featstore.errors import InvalidInput
 
 
@@ -33,14 +33,18 @@ def test_th_alpha_criterion_equals_the_papers_formula():
     from distill.losses import DistillInputs
     from distill.losses.base import kl_soft_targets
 
-    inputs = DistillInputs(student_embedding=torch.randn(6, 3), student_logits=s, labels=y, teacher_logits=t,
-                           student_logits_th=th)
+    inputs = DistillInputs(
+        student_embedding=torch.randn(6, 3), student_logits=s, labels=y, teacher_logits=t, student_logits_th=th
+    )
     alpha = 0.3
     got = build_criterion("kd", th_alpha=alpha)(inputs).total
     ce = torch.nn.functional.cross_entropy
     # CE' = (1−α)·CE(p_s, y) + α·CE(p_s^TH, y);  H' = (1−α)·H(p_s, p_t) + α·H(p_s^TH, p_t), weight 1.5
-    expected = ((1 - alpha) * ce(s, y) + alpha * ce(th, y)
-                + 1.5 * ((1 - alpha) * kl_soft_targets(s, t, 4.0) + alpha * kl_soft_targets(th, t, 4.0)))
+    expected = (
+        (1 - alpha) * ce(s, y)
+        + alpha * ce(th, y)
+        + 1.5 * ((1 - alpha) * kl_soft_targets(s, t, 4.0) + alpha * kl_soft_targets(th, t, 4.0))
+    )
     torch.testing.assert_close(got, expected)
 
 
