@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from cli.options import dataset_option, device_option, split_option
+from cli.options import dataset_option, device_option, image_size_option, loader_workers_option, split_option
 from distill.evaluation import evaluate as ev
 from distill.evaluation.metrics import FARS
 from distill.evaluation.protocols.pairs import FORMATS, read_pairs, resolve_pairs
@@ -103,6 +103,8 @@ def _parse_fars(text: str) -> tuple[float, ...]:
     "(ivf, hnsw); its recall against exact search is reported.",
 )
 @click.option("--overwrite", is_flag=True, help="Replace existing --out/--plot files.")
+@image_size_option
+@loader_workers_option
 @device_option
 def command(
     use_faiss,
@@ -122,6 +124,8 @@ def command(
     ijb_meta,
     index,
     overwrite,
+    image_size,
+    loader_workers,
     device,
 ):
     """Evaluate embeddings: classification top-1, retrieval (Recall@K, P@1, R-precision, MAP@R) and
@@ -155,7 +159,9 @@ def command(
         return
     parsed_pairs = read_pairs(pairs_file, pairs_format) if pairs_file is not None else None  # fail before work
     if model is not None:
-        queries = ev.embeddings_from_checkpoint(model, dataset, split, device, th_mix=th_mix)
+        queries = ev.embeddings_from_checkpoint(
+            model, dataset, split, device, th_mix=th_mix, image_size=image_size, loader_workers=loader_workers
+        )
     elif store is not None:
         queries = ev.embeddings_from_store(store)
     else:
@@ -166,7 +172,9 @@ def command(
         raise InvalidInput("--gallery-model needs --dataset (the split both models embed)")
     gallery = ev.embeddings_from_store(gallery_store) if gallery_store else None
     if gallery_model is not None:
-        gallery = ev.embeddings_from_checkpoint(gallery_model, dataset, split, device)
+        gallery = ev.embeddings_from_checkpoint(
+            gallery_model, dataset, split, device, image_size=image_size, loader_workers=loader_workers
+        )
     pairs = resolve_pairs(parsed_pairs, len(queries.labels), queries.names) if parsed_pairs is not None else None
     report, curves = ev.evaluate(queries, gallery=gallery, fars=fars, use_gpu=use_gpu, pairs=pairs, index=index)
     click.echo(ev.report_table(report))

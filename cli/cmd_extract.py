@@ -11,15 +11,19 @@ from cli.options import (
     dataset_option,
     device_option,
     dtype_choice,
+    image_size_option,
+    loader_workers_option,
     overwrite_option,
     quiet_option,
     seed_option,
+    skip_bad_samples_option,
     split_option,
 )
 from distill.models.inference import select_device
 from distill.models.teachers import load_teacher
 from featstore.dask_extract import extract_teacher_distributed
-from featstore.datasets import load_dataset
+from featstore.datasets import LoadOptions, load_dataset
+from featstore.datasets.base import renders_any_size
 from featstore.extract import extract_teacher
 
 
@@ -54,6 +58,9 @@ from featstore.extract import extract_teacher
     metavar="ADDR",
     help="Extract on an existing dask cluster (e.g. tcp://host:8786); its workers must see the paths.",
 )
+@image_size_option
+@loader_workers_option
+@skip_bad_samples_option
 @overwrite_option
 @quiet_option
 def command(
@@ -70,6 +77,9 @@ def command(
     device,
     workers,
     scheduler,
+    image_size,
+    loader_workers,
+    skip_bad_samples,
     overwrite,
     quiet,
 ):
@@ -93,6 +103,8 @@ def command(
         "progress": not quiet,
     }
     if workers is not None or scheduler is not None:
+        if image_size is None and renders_any_size(dataset):  # the teacher's own input size
+            image_size = _input_size(load_teacher(teacher, trust_code=trust_code))
         # Workers load the teacher themselves: pass a picklable loader and an absolute path.
         spec = str(Path(teacher).absolute()) if Path(teacher).exists() else teacher
         loader = functools.partial(load_teacher, trust_code=trust_code)
@@ -104,14 +116,26 @@ def command(
             device=select_device(device),
             workers=workers,
             scheduler=scheduler,
+            image_size=image_size,
+            skip_bad_samples=skip_bad_samples,
             **options,
         )
     else:
+        source = load_teacher(teacher, trust_code=trust_code)
+        if image_size is None and renders_any_size(dataset):
+            image_size = _input_size(source)
+        load = LoadOptions(workers=loader_workers, skip_bad_samples=skip_bad_samples)
         summary = extract_teacher(
-            load_teacher(teacher, trust_code=trust_code),
-            load_dataset(dataset, split),
+            source,
+            load_dataset(dataset, split, image_size=image_size, options=load),
             out,
             device=select_device(device),
             **options,
         )
     click.echo(summary.line())
+
+
+def _input_size(teacher) -> int | None:
+    """The square input size a teacher was trained at (None when it accepts any input)."""
+    shape = teacher.input_shape
+    return int(shape[-1]) if shape else None

@@ -7,7 +7,14 @@ from pathlib import Path
 
 import click
 
-from cli.options import dataset_option, dtype_choice, overwrite_option, split_option
+from cli.options import (
+    dataset_option,
+    dtype_choice,
+    image_size_option,
+    loader_workers_option,
+    overwrite_option,
+    split_option,
+)
 from featstore.datasets import load_dataset
 from featstore.errors import InvalidInput, OutputExists, StoreError
 from featstore.export import export_h5
@@ -75,7 +82,17 @@ def info(store: str, as_json: bool) -> None:
 )
 @click.option("--seed", type=int, default=None, help="Seed that picks the --sample rows (default 0).")
 @click.option("--trust-code", is_flag=True, help="Allow a module:function --teacher (it runs that Python code).")
-def verify(store: str, teacher_path: str | None, sample: int | None, seed: int | None, trust_code: bool) -> None:
+@image_size_option
+@loader_workers_option
+def verify(
+    store: str,
+    teacher_path: str | None,
+    sample: int | None,
+    seed: int | None,
+    trust_code: bool,
+    image_size: int | None,
+    loader_workers: int | None,
+) -> None:
     """Read every chunk of STORE and check it (readable, finite, labels in range, flagged done).
 
     With --teacher, K random (sample, view) rows are also recomputed: the stored view parameters must be
@@ -94,16 +111,22 @@ def verify(store: str, teacher_path: str | None, sample: int | None, seed: int |
     live_inputs = None
     if teacher_path is not None:  # every input is loaded (and refused with exit 2) before any checking
         from distill.models.teachers import load_teacher
-        from featstore.datasets import load_dataset
+        from featstore.datasets import LoadOptions, load_dataset
+        from featstore.datasets.base import renders_any_size
 
         opened = open_store(store, require_complete=False)
         recorded = opened.meta.get("dataset", {})
         if not recorded.get("spec") or not recorded.get("split"):
             raise StoreError(f"store {store} records no dataset spec/split to recompute rows from")
+        source = load_teacher(teacher_path, trust_code=trust_code)
+        if image_size is None and renders_any_size(recorded["spec"]):  # the size the teacher saw
+            shape = source.input_shape or (opened.meta.get("teacher") or {}).get("input_shape")
+            image_size = int(shape[-1]) if shape else None
+        options = LoadOptions(workers=loader_workers)
         live_inputs = (
             opened,
-            load_teacher(teacher_path, trust_code=trust_code),
-            load_dataset(recorded["spec"], recorded["split"]),
+            source,
+            load_dataset(recorded["spec"], recorded["split"], image_size=image_size, options=options),
         )
     report = verify_store(store)
     if live_inputs is not None:

@@ -7,7 +7,16 @@ from pathlib import Path
 
 import click
 
-from cli.options import dataset_option, device_option, overwrite_option, quiet_option, seed_option, split_option
+from cli.options import (
+    dataset_option,
+    device_option,
+    image_size_option,
+    loader_workers_option,
+    overwrite_option,
+    quiet_option,
+    seed_option,
+    split_option,
+)
 from distill.losses import RECIPES
 from distill.training.common import OptimConfig
 from distill.training.student import StudentConfig, train_student
@@ -92,6 +101,8 @@ from featstore.stream import VIEW_SAMPLING
 @click.option(
     "--resume", is_flag=True, help="Continue an interrupted run from STUDENT.resume.pt (last complete epoch)."
 )
+@image_size_option
+@loader_workers_option
 @seed_option
 @device_option
 @overwrite_option
@@ -119,6 +130,8 @@ def command(
     plot,
     tensorboard,
     resume,
+    image_size,
+    loader_workers,
     seed,
     device,
     overwrite,
@@ -161,6 +174,8 @@ def command(
             device=device,
             overwrite=overwrite,
             progress=not quiet,
+            image_size=image_size,
+            loader_workers=loader_workers,
         )
     )
     test = "n/a" if result.test_accuracy is None else f"{100 * result.test_accuracy:.2f}%"

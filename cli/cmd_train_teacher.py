@@ -6,7 +6,16 @@ from pathlib import Path
 
 import click
 
-from cli.options import dataset_option, device_option, overwrite_option, quiet_option, seed_option, split_option
+from cli.options import (
+    dataset_option,
+    device_option,
+    image_size_option,
+    loader_workers_option,
+    overwrite_option,
+    quiet_option,
+    seed_option,
+    split_option,
+)
 from distill.models.heads import HEADS
 from distill.training.common import OptimConfig
 from distill.training.teacher import TeacherConfig, train_teacher
@@ -36,6 +45,8 @@ from distill.training.teacher import TeacherConfig, train_teacher
     default=None,
     help="SH-KD: take this student checkpoint's classifier as the teacher's head, frozen.",
 )
+@image_size_option
+@loader_workers_option
 @seed_option
 @device_option
 @overwrite_option
@@ -53,6 +64,8 @@ def command(
     head_scale,
     head_margin,
     head_from,
+    image_size,
+    loader_workers,
     seed,
     device,
     overwrite,
@@ -82,6 +95,8 @@ def command(
             device=device,
             overwrite=overwrite,
             progress=not quiet,
+            image_size=image_size,
+            loader_workers=loader_workers,
         )
     )
     test = "n/a" if result.test_accuracy is None else f"{100 * result.test_accuracy:.2f}%"

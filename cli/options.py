@@ -15,7 +15,7 @@ def dataset_option(required: bool = True):
         "dataset",
         required=required,
         metavar="SPEC",
-        help="Dataset spec: digits | cifar100:DIR | folder:DIR.",
+        help="Dataset spec: digits | cifar100:DIR | folder:DIR[?size=S] | mxrec:DIR[?size=S].",
     )
 
 
@@ -34,3 +34,22 @@ overwrite_option = click.option("--overwrite", is_flag=True, help="Replace an ex
 seed_option = click.option("--seed", type=int, default=0, show_default=True, help="Random seed.")
 quiet_option = click.option("--quiet", is_flag=True, help="No progress bars.")
 dtype_choice = click.Choice(DTYPES)
+image_size_option = click.option(
+    "--image-size",
+    type=click.IntRange(min=1),
+    default=None,
+    metavar="S",
+    help="Render views at S×S (datasets read from files; default: the spec's size=, or the model's input size).",
+)
+loader_workers_option = click.option(
+    "--loader-workers",
+    type=click.IntRange(min=0),
+    default=None,
+    metavar="N",
+    help="DataLoader processes decoding images (datasets read from files; default: CPUs - 1, at most 8).",
+)
+skip_bad_samples_option = click.option(
+    "--skip-bad-samples",
+    is_flag=True,
+    help="Leave unreadable images/records out (counted in the store's provenance) instead of stopping.",
+)

@@ -51,13 +51,14 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from featstore.datasets import ImageDataset, load_dataset
+from featstore.datasets import Dataset, LoadOptions, load_dataset
 from featstore.errors import InvalidInput, StoreError
 from featstore.extract import (
     ExtractSummary,
     TeacherSource,
-    extract_chunk,
+    extract_chunks,
     open_or_create_store,
+    record_left_out,
     summarise,
     validate_request,
 )
@@ -86,6 +87,8 @@ class _Job:
     batch_size: int
     device: str
     gpus: tuple[str, ...] | None  # pin worker k to gpus[k % len(gpus)] (LocalCluster on CUDA only)
+    image_size: int | None = None  # --image-size: what views are rendered to
+    skip_bad_samples: bool = False
 
 
 # -- per-process worker state ---------------------------------------------------------------------------
@@ -93,7 +96,7 @@ class _Job:
 # worker that moves on to another job drops the old ones instead of accumulating them.
 _CACHE_LOCK = threading.Lock()
 _TEACHER: tuple[tuple, TeacherSource] | None = None
-_DATASET: tuple[tuple, ImageDataset] | None = None
+_DATASET: tuple[tuple, Dataset] | None = None
 _PREPARED: tuple | None = None
 LOADS: Counter = Counter()  # loads done by this process, by kind ("teacher", "dataset"): for tests/diagnostics
 
@@ -143,12 +146,15 @@ def _cached_teacher(job: _Job) -> TeacherSource:
     return _TEACHER[1]
 
 
-def _cached_dataset(job: _Job) -> ImageDataset:
+def _cached_dataset(job: _Job) -> Dataset:
     global _DATASET
     key = (job.dataset_spec, job.split, job.dataset_fingerprint)
     if _DATASET is None or _DATASET[0] != key:
         _DATASET = None
-        dataset = load_dataset(job.dataset_spec, job.split)
+        # decoded in the dask worker itself: the dask workers are the parallelism (and, being daemons, could
+        # not start DataLoader processes)
+        options = LoadOptions(workers=0, skip_bad_samples=job.skip_bad_samples)
+        dataset = load_dataset(job.dataset_spec, job.split, image_size=job.image_size, options=options)
         LOADS["dataset"] += 1
         if dataset.fingerprint() != job.dataset_fingerprint:
             raise StoreError(
@@ -167,8 +173,7 @@ def _extract_task(job: _Job, chunks: list[int]) -> int:
         dataset = _cached_dataset(job)
     store = open_store(job.url, require_complete=False, writable=True)
     device = torch.device(job.device)
-    for chunk in chunks:
-        extract_chunk(store, chunk, teacher, dataset, seed=job.seed, batch_size=job.batch_size, device=device)
+    extract_chunks(store, chunks, teacher, dataset, seed=job.seed, batch_size=job.batch_size, device=device)
     return len(chunks)
 
 
@@ -300,6 +305,8 @@ def extract_teacher_distributed(
     scheduler: str | None = None,
     chunks_per_task: int = 4,
     connect_timeout: float = CONNECT_TIMEOUT_S,
+    image_size: int | None = None,
+    skip_bad_samples: bool = False,
 ) -> ExtractSummary:
     """Create (or resume) the store at ``url`` like :func:`featstore.extract.extract_teacher`, with the chunks
     computed by dask workers: a LocalCluster of ``workers`` processes, or the cluster at ``scheduler``.
@@ -318,7 +325,7 @@ def extract_teacher_distributed(
 
     # Driver: the teacher and dataset are loaded here only for validation and the store's metadata.
     teacher = loader(*loader_args)
-    dataset = load_dataset(dataset_spec, split)
+    dataset = load_dataset(dataset_spec, split, image_size=image_size)
     validate_request(teacher, dataset, views=views, dtype=dtype, chunk_rows=chunk_rows, batch_size=batch_size)
     from dask.base import tokenize
 
@@ -336,6 +343,8 @@ def extract_teacher_distributed(
         batch_size=batch_size,
         device=str(device),
         gpus=gpus,
+        image_size=image_size,
+        skip_bad_samples=skip_bad_samples,
     )
 
     with contextlib.ExitStack() as stack:
@@ -367,6 +376,7 @@ def extract_teacher_distributed(
                     "re-run the same command to resume"
                 )
             if not store.complete:
+                record_left_out(store)
                 store.mark_complete()
     return summarise(store, computed=len(missing), seconds=time.perf_counter() - started, resumed=resumed)
 

@@ -8,8 +8,11 @@ crash computes only the missing chunks and gives arrays bit-identical to an unin
 
 from __future__ import annotations
 
+import dataclasses
+import itertools
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -18,8 +21,10 @@ import torch
 from tqdm import tqdm
 
 from featstore.codecs import check_dtype
-from featstore.datasets import ImageDataset
+from featstore.datasets import Dataset
+from featstore.datasets.lazy import chunk_digest
 from featstore.errors import InvalidInput, StoreError
+from featstore.loader import chunk_batches, identity_batches
 from featstore.lock import writer_lock
 from featstore.store import (
     FeatureStore,
@@ -32,7 +37,7 @@ from featstore.store import (
     remove_store,
     store_exists,
 )
-from featstore.views import PARAM_NAMES, render_views, sample_views
+from featstore.views import PARAM_NAMES
 
 
 class EmbeddingModel(Protocol):
@@ -80,7 +85,7 @@ class ExtractSummary:
         )
 
 
-def _store_meta(teacher: TeacherSource, dataset: ImageDataset, views: int, seed: int) -> dict[str, Any]:
+def _store_meta(teacher: TeacherSource, dataset: Dataset, views: int, seed: int) -> dict[str, Any]:
     return {
         "teacher": {
             "arch": teacher.arch,
@@ -140,47 +145,119 @@ def _open_for_resume(url: str, wanted: dict[str, Any]) -> FeatureStore:
     return store
 
 
+@dataclass
+class _ChunkBuffer:
+    """One chunk being filled batch by batch; rows never rendered (bad samples left out) keep zero
+    embeddings and NaN parameters, which readers take as 'left out'."""
+
+    chunk: int
+    start: int
+    embeddings: np.ndarray  # (rows, V, D) float32
+    params: np.ndarray  # (rows, V, P) float32
+    digests: list[bytes | None]
+    left_out: int = 0
+
+    @classmethod
+    def empty(cls, chunk: int, start: int, stop: int, views: int, dim: int) -> _ChunkBuffer:
+        params = np.full((stop - start, views, len(PARAM_NAMES)), np.nan, dtype=np.float32)
+        return cls(chunk, start, np.zeros((stop - start, views, dim), np.float32), params, [None] * (stop - start))
+
+    def content_digest(self) -> bytes | None:
+        if all(d is None for d in self.digests):
+            return None  # in-memory data: the fingerprint already covers every pixel
+        return chunk_digest([d if d is not None else bytes(32) for d in self.digests])
+
+
 @torch.no_grad()
-def _embed_chunk(
+def extract_chunks(
+    store: FeatureStore,
+    chunks: list[int],
     teacher: TeacherSource,
-    dataset: ImageDataset,
-    rows: np.ndarray,
-    params: np.ndarray,
+    dataset: Dataset,
+    *,
+    seed: int,
     batch_size: int,
     device: torch.device,
-) -> np.ndarray:
-    """(len(rows), V, D) float32 embeddings; batches are fixed slices of the chunk, so results never
-    depend on what else ran (a resumed chunk equals an uninterrupted one)."""
-    images = dataset.get_images(rows)
-    out = np.empty((len(rows), params.shape[1], teacher.embedding_dim), dtype=np.float32)
-    for view in range(params.shape[1]):
-        rendered = render_views(images, params[:, view], dataset.view_policy)
-        for start in range(0, len(rows), batch_size):
-            x = rendered[start : start + batch_size].to(device)
-            out[start : start + batch_size, view] = teacher.model.forward_features(x).float().cpu().numpy()
-    return out
+    on_written: Callable[[int], None] | None = None,
+) -> None:
+    """Compute and write ``chunks`` (every view of their rows), each flagged done once written: the unit of
+    work and of resume, shared by the single-process loop and distributed workers.
+
+    Images come from :func:`featstore.loader.chunk_batches` in fixed ``batch_size`` slices of each chunk,
+    so results never depend on what else ran (a resumed chunk equals an uninterrupted one)."""
+    bounds = [(c, *store.chunk_bounds(c)) for c in chunks]
+    views, dim = store.shape.num_views, teacher.embedding_dim
+    buffers = {c: _ChunkBuffer.empty(c, start, stop, views, dim) for c, start, stop in bounds[:1]}
+    order = iter(bounds)
+    current = next(order, None)
+    batches = chunk_batches(dataset, bounds, num_views=views, seed=seed, batch_size=batch_size, device=device)
+    for chunk, first, rendered in itertools.chain(batches, [(None, None, None)]):
+        while current is not None and chunk != current[0]:  # the current chunk is complete: write it
+            done = buffers.pop(current[0])
+            _write(store, done, dataset)
+            if on_written is not None:
+                on_written(done.chunk)
+            current = next(order, None)
+            if current is not None:
+                buffers[current[0]] = _ChunkBuffer.empty(*current, views, dim)
+        if rendered is None or not len(rendered.rows):
+            continue
+        buffer = buffers[chunk]
+        local = rendered.rows - buffer.start
+        for view in range(views):
+            x = rendered.x[:, view].to(device, non_blocking=True)
+            buffer.embeddings[local, view] = teacher.model.forward_features(x).float().cpu().numpy()
+        buffer.params[local] = rendered.params
+        for row, digest in zip(local.tolist(), rendered.digests):
+            buffer.digests[row] = digest
+
+
+def _write(store: FeatureStore, buffer: _ChunkBuffer, dataset: Dataset) -> None:
+    try:
+        digest = buffer.content_digest()
+        extra = {} if digest is None else {"content_digest": digest}
+        store.write_chunk(buffer.chunk, buffer.embeddings, buffer.params, **extra)
+    except OSError as exc:  # disk full, quota, I/O error: finished chunks stay, the run resumes
+        done = int(store.done_chunks().sum())
+        raise StoreError(
+            f"writing chunk {buffer.chunk} of {store.url} failed ({exc.strerror or exc}); {done}/"
+            f"{store.num_chunks} chunks are safely written — fix the cause and re-run the "
+            "same command to resume"
+        ) from None
 
 
 def extract_chunk(
     store: FeatureStore,
     chunk: int,
     teacher: TeacherSource,
-    dataset: ImageDataset,
+    dataset: Dataset,
     *,
     seed: int,
     batch_size: int,
     device: torch.device,
 ) -> None:
-    """Compute and write one chunk (every view of its rows), then flag it done: the unit of work and of
-    resume, shared by the single-process loop and distributed workers."""
-    start, stop = store.chunk_bounds(chunk)
-    rows = np.arange(start, stop)
-    params = sample_views(dataset.view_policy, seed, rows, store.shape.num_views)
-    store.write_chunk(chunk, _embed_chunk(teacher, dataset, rows, params, batch_size, device), params)
+    """Compute and write one chunk (see :func:`extract_chunks`)."""
+    extract_chunks(store, [chunk], teacher, dataset, seed=seed, batch_size=batch_size, device=device)
+
+
+def left_out_rows(store: FeatureStore) -> np.ndarray:
+    """Rows whose sample was left out at extraction (--skip-bad-samples): NaN view parameters."""
+    rows = [
+        np.flatnonzero(np.isnan(store.read_rows(*store.chunk_bounds(c))[2]).all(axis=(1, 2))) + store.chunk_bounds(c)[0]
+        for c in range(store.num_chunks)
+    ]
+    return np.concatenate(rows) if rows else np.zeros(0, np.int64)
+
+
+def record_left_out(store: FeatureStore) -> None:
+    """Count the samples left out in the store's provenance (``dataset.left_out``), before completion."""
+    rows = left_out_rows(store)
+    if len(rows):
+        store.meta.setdefault("dataset", {})["left_out"] = {"count": int(len(rows)), "rows": rows[:100].tolist()}
 
 
 def validate_request(
-    teacher: TeacherSource, dataset: ImageDataset, *, views: int, dtype: str, chunk_rows: int | None, batch_size: int
+    teacher: TeacherSource, dataset: Dataset, *, views: int, dtype: str, chunk_rows: int | None, batch_size: int
 ) -> None:
     """Every argument check, before anything is created or loaded onto a device."""
     check_dtype(dtype)
@@ -197,13 +274,12 @@ def validate_request(
 
 
 @torch.no_grad()
-def _probe_embedding_width(teacher: TeacherSource, dataset: ImageDataset) -> None:
+def _probe_embedding_width(teacher: TeacherSource, dataset: Dataset) -> None:
     """Embed one sample on the CPU: a teacher brought as code or TorchScript declares its width only through
     its head, and a mismatch would otherwise fail mid-extraction with a half-written store."""
     if len(dataset) == 0:
         return
-    rows = np.arange(1)
-    x = render_views(dataset.get_images(rows), sample_views(dataset.view_policy, 0, rows, 1)[:, 0], dataset.view_policy)
+    x = next(iter(identity_batches(_in_process_options(dataset), np.arange(1), 1))).x[:, 0]
     try:
         out = teacher.model.eval().forward_features(x.to(_model_device(teacher.model)))
     except Exception as exc:  # noqa: BLE001 - whatever the user's model raises on this input
@@ -219,6 +295,15 @@ def _probe_embedding_width(teacher: TeacherSource, dataset: ImageDataset) -> Non
         )
 
 
+def _in_process_options(dataset: Dataset) -> Dataset:
+    """The dataset read without worker processes (for a one-sample probe, workers cost more than they save)."""
+    import copy
+
+    quick = copy.copy(dataset)
+    quick.options = dataclasses.replace(dataset.options, workers=0, skip_bad_samples=False)
+    return quick
+
+
 def _model_device(model: Any) -> torch.device:
     parameter = next(iter(model.parameters()), None) if hasattr(model, "parameters") else None
     return parameter.device if parameter is not None else torch.device("cpu")
@@ -226,7 +311,7 @@ def _model_device(model: Any) -> torch.device:
 
 def open_or_create_store(
     teacher: TeacherSource,
-    dataset: ImageDataset,
+    dataset: Dataset,
     url: str,
     *,
     views: int,
@@ -294,7 +379,7 @@ def summarise(store: FeatureStore, *, computed: int, seconds: float, resumed: bo
 
 def extract_teacher(
     teacher: TeacherSource,
-    dataset: ImageDataset,
+    dataset: Dataset,
     url: str,
     *,
     views: int = 1,
@@ -324,16 +409,18 @@ def extract_teacher(
             compute={"batch_size": batch_size, "device": device.type},
         )
         missing = store.missing_chunks()
-        for chunk in tqdm(missing, desc="extract-teacher", unit="chunk", disable=not progress):
-            try:
-                extract_chunk(store, chunk, teacher, dataset, seed=seed, batch_size=batch_size, device=device)
-            except OSError as exc:  # disk full, quota, I/O error: finished chunks stay, the run resumes
-                done = int(store.done_chunks().sum())
-                raise StoreError(
-                    f"writing chunk {chunk} of {url} failed ({exc.strerror or exc}); {done}/"
-                    f"{store.num_chunks} chunks are safely written — fix the cause and re-run the "
-                    "same command to resume"
-                ) from None
+        with tqdm(total=len(missing), desc="extract-teacher", unit="chunk", disable=not progress) as bar:
+            extract_chunks(
+                store,
+                missing,
+                teacher,
+                dataset,
+                seed=seed,
+                batch_size=batch_size,
+                device=device,
+                on_written=lambda _: bar.update(),
+            )
         if not store.complete:
+            record_left_out(store)
             store.mark_complete()
     return summarise(store, computed=len(missing), seconds=time.perf_counter() - started, resumed=resumed)

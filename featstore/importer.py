@@ -18,7 +18,7 @@ import numpy as np
 
 from featstore.atomic import file_sha256
 from featstore.codecs import DTYPES, check_dtype
-from featstore.datasets import ImageDataset
+from featstore.datasets import Dataset
 from featstore.errors import InputNotFound, InvalidInput
 from featstore.extract import ExtractSummary, summarise
 from featstore.lock import writer_lock
@@ -47,7 +47,7 @@ def _exported_meta(handle: h5py.File, path: Path) -> dict:
 
 def import_h5(
     path: str | Path,
-    dataset: ImageDataset,
+    dataset: Dataset,
     url: str,
     *,
     dtype: str | None = None,
@@ -144,7 +144,9 @@ def import_h5(
                 if "views" in handle:
                     views = np.asarray(handle["views"][start:stop], dtype=np.float32)
                 else:
-                    views = np.broadcast_to(identity_params(dataset.view_policy), (stop - start, 1, len(PARAM_NAMES)))
+                    policy = dataset.view_policy
+                    sizes = dataset.source_sizes(np.arange(start, stop)) if policy.original else [None] * (stop - start)
+                    views = np.stack([identity_params(policy, s) for s in sizes])[:, None, :]
                 store.write_chunk(chunk, block, np.ascontiguousarray(views))
             store.mark_complete()
     return summarise(store, computed=store.num_chunks, seconds=time.perf_counter() - started, resumed=False)

@@ -225,9 +225,12 @@ class FeatureStore(ChunkGeometry):
         return [int(k) for k in np.flatnonzero(~self.done_chunks())]
 
     # -- writing ----------------------------------------------------------------------------------------
-    def write_chunk(self, chunk: int, embeddings: np.ndarray, views: np.ndarray) -> None:
+    def write_chunk(
+        self, chunk: int, embeddings: np.ndarray, views: np.ndarray, content_digest: bytes | None = None
+    ) -> None:
         """Write all rows of one chunk, then mark it done (the flag is written last, so a kill between the
-        two leaves the chunk 'not done' and resume recomputes it)."""
+        two leaves the chunk 'not done' and resume recomputes it). ``content_digest`` (32 bytes) is the
+        sha256 of the bytes the chunk's images were read from (lazy datasets), kept to detect changed files."""
         start, stop = self.chunk_bounds(chunk)
         expected = (stop - start, self.shape.num_views, self.shape.dim)
         if embeddings.shape != expected:
@@ -240,7 +243,16 @@ class FeatureStore(ChunkGeometry):
         if scales is not None:
             self._group["scales"].with_config(always)[start:stop] = scales
         self._group["views"].with_config(always)[start:stop] = views.astype(np.float32)
+        if content_digest is not None and "progress/content" in self._group:
+            self._group["progress/content"][chunk] = np.frombuffer(content_digest, dtype=np.uint8)
         self._group["progress/done"][chunk] = True
+
+    def content_digests(self) -> np.ndarray | None:
+        """(num_chunks, 32) uint8 content digests (all zero: none recorded); None for stores made before
+        fsd recorded them."""
+        if "progress/content" not in self._group:
+            return None
+        return np.asarray(self._group["progress/content"][:], dtype=np.uint8)
 
     def mark_complete(self) -> None:
         if not self.done_chunks().all():
@@ -589,6 +601,8 @@ def _initialise(
     )
     num_units = math.ceil(n / unit_rows)
     group.create_array("progress/done", shape=(num_units,), chunks=(1,), dtype="bool", fill_value=False)
+    # one digest per unit of work, in its own file, so concurrent workers never rewrite each other's
+    group.create_array("progress/content", shape=(num_units, 32), chunks=(1, 32), dtype="uint8", fill_value=0)
     group.create_array("head/weight", shape=head_weight.shape, dtype="float32", compressors=None)
     group["head/weight"][...] = head_weight.astype(np.float32)
     if head_bias is not None:

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from featstore import codecs
-from featstore.datasets import ImageDataset
+from featstore.datasets import Dataset
 from featstore.errors import InvalidInput, StoreError
 from featstore.store import ChunkGeometry, FeatureStore, StoreShape
 from featstore.views import PARAM_NAMES, sample_views
@@ -44,7 +44,7 @@ class GeneratedViews(ChunkGeometry):
     embedding is computed at every step instead of read.
     """
 
-    def __init__(self, dataset: ImageDataset, num_views: int, seed: int = 0, chunk_rows: int = 256) -> None:
+    def __init__(self, dataset: Dataset, num_views: int, seed: int = 0, chunk_rows: int = 256) -> None:
         if num_views <= 0 or chunk_rows <= 0:
             raise InvalidInput(f"views and chunk rows must be positive, got {num_views}, {chunk_rows}")
         self.dataset, self.seed, self.chunk_rows = dataset, seed, chunk_rows
@@ -54,7 +54,9 @@ class GeneratedViews(ChunkGeometry):
 
     def read_chunk(self, chunk: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         rows = np.arange(*self.chunk_bounds(chunk))
-        views = sample_views(self.dataset.view_policy, self.seed, rows, self.shape.num_views)
+        policy = self.dataset.view_policy
+        sizes = self.dataset.source_sizes(rows) if policy.original else None  # boxes drawn on the originals
+        views = sample_views(policy, self.seed, rows, self.shape.num_views, sizes)
         return np.zeros((len(rows), self.shape.num_views, 0), np.float32), self.dataset.labels[rows], views
 
     def read_chunks_raw(self, chunks: list[int]) -> list[tuple[np.ndarray, None, np.ndarray, np.ndarray]]:

@@ -22,11 +22,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from featstore.datasets import ImageDataset
-from featstore.errors import InvalidInput
+from featstore.datasets import Dataset
+from featstore.errors import FsdError, InvalidInput
 from featstore.extract import TeacherSource
+from featstore.loader import rows_batches
 from featstore.store import FeatureStore, open_store
-from featstore.views import PARAM_NAMES, ViewPolicy, render_views, sample_view_params
+from featstore.views import PARAM_NAMES, ViewPolicy, policy_mismatch, renderable_original, sample_view_params
 
 # Smallest per-row cosine (live teacher output vs the stored, decoded row) a healthy store must reach.
 # Measured worst rows on digits stores (trained 64-d and random 16-d convnet teachers, every row; see
@@ -195,7 +196,8 @@ def _check_chunk(store: FeatureStore, chunk: int, done: bool) -> str | None:
     bad_labels = (labels < -1) | (labels >= store.shape.num_classes)
     if bad_labels.any():
         return f"{int(bad_labels.sum())} labels outside [-1, {store.shape.num_classes})"
-    if not np.isfinite(views).all():
+    left_out = np.isnan(views).all(axis=(1, 2))  # samples left out at extraction: NaN rows, by design
+    if not np.isfinite(views[~left_out]).all():
         return "non-finite view parameters"
     return None
 
@@ -224,24 +226,19 @@ def verify_store(url: str) -> VerifyReport:
 # -- live check ------------------------------------------------------------------------------------------
 
 
-def _store_policy(store: FeatureStore, dataset: ImageDataset) -> ViewPolicy:
+def _store_policy(store: FeatureStore, dataset: Dataset) -> ViewPolicy:
     """The view policy the store records (the dataset's own when an older store did not record it)."""
     recorded = store.meta.get("views", {}).get("policy")
     if not recorded:
         return dataset.view_policy
-    return ViewPolicy(
-        kind=recorded["kind"],
-        source_size=tuple(recorded["source_size"]),
-        pad=int(recorded["pad"]),
-        flip_p=float(recorded["flip_p"]),
-        scale=tuple(recorded["scale"]),
-        ratio=tuple(recorded["ratio"]),
-    )
+    return ViewPolicy.from_dict(recorded)
 
 
 def _renderable(params: np.ndarray, policy: ViewPolicy) -> np.ndarray:
     """Which rows of (n, P) parameters describe a box render_views can cut (finite, integral, inside the
     padded image, flip 0/1) — a tampered row must be reported, not crash the renderer."""
+    if policy.original:
+        return renderable_original(params)
     h, w = policy.source_size
     finite = np.isfinite(params).all(axis=1)
     p = np.where(np.isfinite(params), params, -1.0)
@@ -281,7 +278,7 @@ def _pick_rows(store: FeatureStore, sample: int, seed: int) -> np.ndarray:
 
 
 def _identity_problems(
-    store: FeatureStore, teacher: TeacherSource, dataset: ImageDataset, policy: ViewPolicy
+    store: FeatureStore, teacher: TeacherSource, dataset: Dataset, policy: ViewPolicy
 ) -> tuple[list[str], bool]:
     """(problems, comparable): provenance mismatches, and whether rows can still be compared at all."""
     problems: list[str] = []
@@ -314,18 +311,43 @@ def _identity_problems(
             "rows cannot be paired with samples"
         )
         comparable = False
-    if policy.to_dict() != dataset.view_policy.to_dict():
-        problems.append(
-            f"the store's view policy {policy.to_dict()} is not the dataset's {dataset.view_policy.to_dict()}"
-        )
+    mismatch = policy_mismatch(policy.to_dict(), dataset.view_policy)
+    if mismatch is not None:
+        problems.append(mismatch)
+        comparable = comparable and policy.original == dataset.view_policy.original
     return problems, comparable
+
+
+def _content_problems(store: FeatureStore, dataset: Dataset, chunks: np.ndarray) -> list[str]:
+    """For each checked chunk of a lazy dataset: do its files still hold the bytes extraction read? (The
+    digest covers every row of the chunk, not just the picked ones: reading bytes is cheap, decoding is not.)"""
+    digests = store.content_digests()
+    if digests is None or not dataset.lazy:
+        return []
+    problems = []
+    for chunk in (int(c) for c in chunks):
+        want = bytes(digests[chunk])
+        if want == bytes(32):
+            continue  # extracted without a digest
+        start, stop = store.chunk_bounds(chunk)
+        try:
+            got = dataset.content_digest(np.arange(start, stop))
+        except FsdError as err:
+            problems.append(f"chunk {chunk} (rows {start}…{stop - 1}): {err}")
+            continue
+        if got != want:
+            problems.append(
+                f"chunk {chunk} (rows {start}…{stop - 1}): the dataset's files changed since extraction "
+                "(their content digest differs); re-extract the store"
+            )
+    return problems
 
 
 @torch.no_grad()
 def verify_live(
     store: FeatureStore | str,
     teacher: TeacherSource,
-    dataset: ImageDataset,
+    dataset: Dataset,
     sample: int,
     seed: int,
     *,
@@ -388,8 +410,13 @@ def verify_live(
     stored = np.concatenate(stored_rows)
     params = np.concatenate(stored_params)
 
+    left_out = np.isnan(params).all(axis=1)  # samples left out at extraction (--skip-bad-samples)
+    rows, stored, params = rows[~left_out], stored[~left_out], params[~left_out]
     if view_seed is not None:  # without a seed the stored parameters can only be replayed, not re-drawn
-        expected = np.stack([sample_view_params(policy, int(view_seed), int(s), int(v)) for s, v in rows])
+        sizes = dataset.source_sizes(rows[:, 0]) if policy.original else [None] * len(rows)
+        expected = np.stack(
+            [sample_view_params(policy, int(view_seed), int(s), int(v), size) for (s, v), size in zip(rows, sizes)]
+        ).reshape(-1, len(PARAM_NAMES))
         mismatch = ~(params == expected).all(axis=1)
         check.view_mismatches = [(int(s), int(v)) for s, v in rows[mismatch]]
     renderable = _renderable(params, policy)
@@ -403,11 +430,10 @@ def verify_live(
     device = torch.device(device)
     model = teacher.model.eval().to(device)
     live = np.empty_like(stored, dtype=np.float32)
-    for start in range(0, len(rows), batch_size):
-        stop = start + batch_size
-        images = dataset.get_images(rows[start:stop, 0])
-        x = render_views(images, params[start:stop], dataset.view_policy).to(device)
-        live[start:stop] = model.forward_features(x).float().cpu().numpy()
+    for start, rendered in zip(range(0, len(rows), batch_size), rows_batches(dataset, rows[:, 0], params, batch_size)):
+        x = rendered.x[:, 0].to(device)
+        live[start : start + len(x)] = model.forward_features(x).float().cpu().numpy()
+    check.problems += _content_problems(store, dataset, np.unique(chunk_of[kept_idx]))
 
     check.rows = rows
     check.cosines = _cosines(live, stored)

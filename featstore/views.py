@@ -9,6 +9,15 @@ Parameters of a view (``PARAM_NAMES``), in pixels of the source image after zero
 ``top, left, height, width`` of a crop box and ``flip`` (1 = horizontal flip after cropping). The crop is
 resized (bilinear) to the policy's output size when its size differs. View 0 is always the identity view:
 the un-padded image, unflipped.
+
+**Views in original-image coordinates** (kind ``original_crop``, views format 2, for datasets read from
+image files): the same five numbers are *fractions* of the original file's height and width — the
+RandomResizedCrop box FKD stores — so a view does not depend on the size it is rendered to. The teacher may
+render it at 224 × 224 and the student at 160 × 160 and both see the same part of the photograph. The box
+is drawn in pixels of the original (torchvision's RandomResizedCrop rule) and then divided by its size;
+:func:`render_original` cuts it from the decoded image and resizes it (Pillow, bilinear, antialiased). View 0 is deterministic: the central square of side
+``crop_fraction`` × the short side (Resize(size / crop_fraction) + CenterCrop(size)), or the whole image
+when ``crop_fraction`` is None (aligned faces).
 """
 
 from __future__ import annotations
@@ -22,7 +31,11 @@ import torch.nn.functional as F
 from featstore.errors import InvalidInput
 
 PARAM_NAMES: tuple[str, ...] = ("top", "left", "height", "width", "flip")
-VIEW_KINDS: tuple[str, ...] = ("shift", "resized_crop")
+VIEW_KINDS: tuple[str, ...] = ("shift", "resized_crop", "original_crop")
+ORIGINAL = "original_crop"
+# What the stored parameters of an ``original_crop`` policy mean; bump it when that meaning changes, so a
+# store whose numbers mean something else is refused instead of rendered wrongly.
+ORIGINAL_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -32,31 +45,95 @@ class ViewPolicy:
     ``shift``: a crop of the source size from the image zero-padded by ``pad`` (RandomCrop(size, padding)),
     then a flip with probability ``flip_p``. ``resized_crop``: a random box with area fraction in ``scale``
     and aspect ratio in ``ratio`` (RandomResizedCrop), resized to the source size, then the flip.
+    ``original_crop``: the RandomResizedCrop box as fractions of each original image (see the module
+    docstring); ``source_size`` and ``pad`` are unused, ``crop_fraction`` defines view 0.
     """
 
     kind: str
-    source_size: tuple[int, int]  # (H, W) of the source images, which is also the rendered size
+    source_size: tuple[int, int] = (0, 0)  # (H, W) of the source images, which is also the rendered size
     pad: int = 0
     flip_p: float = 0.5
     scale: tuple[float, float] = (0.35, 1.0)
     ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    crop_fraction: float | None = None  # original_crop only: view 0's central square (None: the whole image)
 
     def __post_init__(self) -> None:
         if self.kind not in VIEW_KINDS:
             raise InvalidInput(f"unknown view kind {self.kind!r}; valid: {', '.join(VIEW_KINDS)}")
+        if self.crop_fraction is not None and not 0 < self.crop_fraction <= 1:
+            raise InvalidInput(f"crop fraction must lie in (0, 1], got {self.crop_fraction}")
+
+    @property
+    def original(self) -> bool:
+        """Parameters are fractions of the original image (rendered from the file at any size)."""
+        return self.kind == ORIGINAL
 
     def to_dict(self) -> dict:
+        """What a store records; the pixel kinds keep exactly the keys older stores hold."""
         out = asdict(self)
         out["source_size"] = list(self.source_size)
         out["scale"] = list(self.scale)
         out["ratio"] = list(self.ratio)
-        return out
+        if not self.original:
+            del out["crop_fraction"]
+            return out
+        del out["source_size"], out["pad"]
+        return {"kind": self.kind, "version": ORIGINAL_VERSION, **{k: v for k, v in out.items() if k != "kind"}}
+
+    @classmethod
+    def from_dict(cls, recorded: dict) -> ViewPolicy:
+        """The policy a store recorded; a views format this fsd does not know is refused."""
+        version = recorded.get("version")
+        if recorded.get("kind") == ORIGINAL and version != ORIGINAL_VERSION:
+            raise InvalidInput(
+                f"the store's views are in format {version}, this fsd reads format {ORIGINAL_VERSION}: "
+                "re-extract the store with this version"
+            )
+        fraction = recorded.get("crop_fraction")
+        return cls(
+            kind=recorded["kind"],
+            source_size=tuple(recorded.get("source_size", (0, 0))),
+            pad=int(recorded.get("pad", 0)),
+            flip_p=float(recorded["flip_p"]),
+            scale=tuple(recorded["scale"]),
+            ratio=tuple(recorded["ratio"]),
+            crop_fraction=None if fraction is None else float(fraction),
+        )
 
 
-def identity_params(policy: ViewPolicy) -> np.ndarray:
-    """View 0: the whole un-padded image, not flipped."""
-    h, w = policy.source_size
-    return np.array([policy.pad, policy.pad, h, w, 0], dtype=np.float32)
+def policy_mismatch(recorded: dict | None, policy: ViewPolicy) -> str | None:
+    """Why a store's recorded view policy cannot be replayed with ``policy`` (None when it can)."""
+    if recorded is None or recorded == policy.to_dict():
+        return None
+    if policy.original and recorded.get("kind") != ORIGINAL:
+        return (
+            f"the store was made by an older fsd whose views were cut from the down-scaled stored image "
+            f"({recorded.get('kind')}); this dataset's views are cut from the original files: re-extract the store"
+        )
+    return f"the store's view policy {recorded} is not the dataset's {policy.to_dict()}"
+
+
+def identity_params(policy: ViewPolicy, size: tuple[int, int] | None = None) -> np.ndarray:
+    """View 0: the whole un-padded image, not flipped; for ``original_crop`` the central square of
+    ``crop_fraction`` × the short side of an original of ``size`` (H, W), as fractions."""
+    if not policy.original:
+        h, w = policy.source_size
+        return np.array([policy.pad, policy.pad, h, w, 0], dtype=np.float32)
+    if policy.crop_fraction is None:
+        return np.array([0, 0, 1, 1, 0], dtype=np.float32)
+    h, w = _size(size)
+    side = policy.crop_fraction * min(h, w)
+    fh, fw = side / h, side / w
+    return np.array([(1 - fh) / 2, (1 - fw) / 2, fh, fw, 0], dtype=np.float32)
+
+
+def _size(size: tuple[int, int] | None) -> tuple[int, int]:
+    if size is None:
+        raise InvalidInput("views in original-image coordinates need the original image size")
+    h, w = int(size[0]), int(size[1])
+    if h <= 0 or w <= 0:
+        raise InvalidInput(f"image size must be positive, got {h}×{w}")
+    return h, w
 
 
 def _rng(seed: int, sample: int, view: int) -> np.random.Generator:
@@ -65,11 +142,23 @@ def _rng(seed: int, sample: int, view: int) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence([int(seed), int(sample), int(view)]))
 
 
-def sample_view_params(policy: ViewPolicy, seed: int, sample: int, view: int) -> np.ndarray:
-    """The parameter vector of view ``view`` of sample ``sample`` (float32, len(PARAM_NAMES))."""
+def sample_view_params(
+    policy: ViewPolicy, seed: int, sample: int, view: int, size: tuple[int, int] | None = None
+) -> np.ndarray:
+    """The parameter vector of view ``view`` of sample ``sample`` (float32, len(PARAM_NAMES)).
+
+    ``size`` is the original image's (H, W); only ``original_crop`` needs it (its box depends on the
+    original's aspect ratio, as RandomResizedCrop's does)."""
     if view == 0:
-        return identity_params(policy)
+        return identity_params(policy, size)
     rng = _rng(seed, sample, view)
+    if policy.original:
+        h, w = _size(size)
+        if tuple(policy.scale) == (1.0, 1.0):  # flip-only views (aligned faces): always the whole image
+            return np.array([0, 0, 1, 1, int(rng.random() < policy.flip_p)], dtype=np.float32)
+        top, left, ch, cw = _random_resized_box(rng, h, w, policy.scale, policy.ratio)
+        flip = int(rng.random() < policy.flip_p)
+        return np.array([top / h, left / w, ch / h, cw / w, flip], dtype=np.float32)
     h, w = policy.source_size
     if policy.kind == "shift":
         top = int(rng.integers(0, 2 * policy.pad + 1))
@@ -99,13 +188,54 @@ def _random_resized_box(
     return (h - side) // 2, (w - side) // 2, side, side
 
 
-def sample_views(policy: ViewPolicy, seed: int, samples: np.ndarray, num_views: int) -> np.ndarray:
-    """Parameters for every (sample, view): shape (len(samples), num_views, P), float32."""
+def sample_views(
+    policy: ViewPolicy, seed: int, samples: np.ndarray, num_views: int, sizes: np.ndarray | None = None
+) -> np.ndarray:
+    """Parameters for every (sample, view): shape (len(samples), num_views, P), float32; ``sizes`` (n, 2)
+    are the originals' (H, W), needed by ``original_crop`` only."""
     out = np.empty((len(samples), num_views, len(PARAM_NAMES)), dtype=np.float32)
     for row, sample in enumerate(samples):
+        size = None if sizes is None else tuple(sizes[row])
         for view in range(num_views):
-            out[row, view] = sample_view_params(policy, seed, int(sample), view)
+            out[row, view] = sample_view_params(policy, seed, int(sample), view, size)
     return out
+
+
+def renderable_original(params: np.ndarray) -> np.ndarray:
+    """Which rows of (n, P) ``original_crop`` parameters describe a box inside the image (finite fractions,
+    positive size, flip 0/1): a tampered row must be reported, not crash the renderer."""
+    finite = np.isfinite(params).all(axis=1)
+    p = np.where(np.isfinite(params), params, -1.0).astype(np.float64)
+    top, left, ch, cw, flip = (p[:, k] for k in range(len(PARAM_NAMES)))
+    slack = 1e-6  # float32 fractions of an integral box may exceed 1 in the last bit
+    inside = (top >= 0) & (left >= 0) & (ch > 0) & (cw > 0) & (top + ch <= 1 + slack) & (left + cw <= 1 + slack)
+    return finite & inside & np.isin(flip, (0.0, 1.0))
+
+
+def _snap(coordinate: float) -> float:
+    """A box edge within 1/1000 pixel of an integer is that integer: float32 fractions of an integral box
+    (every RandomResizedCrop box) then cut exactly those pixels, as torchvision's crop + resize would."""
+    nearest = round(coordinate)
+    return float(nearest) if abs(coordinate - nearest) < 1e-3 else coordinate
+
+
+def render_original(image, params: np.ndarray, out_size: tuple[int, int]):  # noqa: ANN001, ANN201 - PIL types
+    """One ``original_crop`` view of a decoded PIL image: the fractional box cut and resized (bilinear,
+    antialiased) to ``out_size`` (H, W), then flipped — torchvision's crop + resize for an integral box. Deterministic, so the teacher and the
+    student get identical pixels from identical parameters at the same size."""
+    from PIL import Image
+
+    import math
+
+    h, w = image.height, image.width
+    top, left, ch, cw, flip = (float(v) for v in params)
+    box = tuple(_snap(b) for b in (left * w, top * h, min(w, (left + cw) * w), min(h, (top + ch) * h)))
+    # crop to the enclosing pixel box first, as torchvision's resized_crop does (a resize with a box alone
+    # would blend in pixels from outside the box at its edges), then resize the exact box inside it
+    outer = (math.floor(box[0]), math.floor(box[1]), math.ceil(box[2]), math.ceil(box[3]))
+    inner = (box[0] - outer[0], box[1] - outer[1], box[2] - outer[0], box[3] - outer[1])
+    out = image.crop(outer).resize((int(out_size[1]), int(out_size[0])), Image.Resampling.BILINEAR, box=inner)
+    return out.transpose(Image.Transpose.FLIP_LEFT_RIGHT) if flip >= 0.5 else out
 
 
 def render_views(images: torch.Tensor, params: np.ndarray | torch.Tensor, policy: ViewPolicy) -> torch.Tensor:
@@ -114,6 +244,8 @@ def render_views(images: torch.Tensor, params: np.ndarray | torch.Tensor, policy
     Deterministic on a given device: the teacher (at extraction) and the student (at training) call this
     same function with the same stored parameters, so they see identical pixels.
     """
+    if policy.original:
+        raise InvalidInput("views in original-image coordinates are rendered from the image files, not a tensor")
     params = torch.as_tensor(params, dtype=torch.float32).cpu().numpy().astype(np.int64)
     if images.ndim != 4 or params.shape != (images.shape[0], len(PARAM_NAMES)):
         raise InvalidInput(f"render_views: images {tuple(images.shape)} and params {params.shape} disagree")

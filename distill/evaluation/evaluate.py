@@ -80,16 +80,27 @@ def mixed_prediction_logits(ckpt, embeddings: np.ndarray, logits: np.ndarray, we
 
 
 def embeddings_from_checkpoint(
-    path: str | Path, dataset_spec: str, split: str = "test", device: str = "auto", th_mix: float | None = None
+    path: str | Path,
+    dataset_spec: str,
+    split: str = "test",
+    device: str = "auto",
+    th_mix: float | None = None,
+    image_size: int | None = None,
+    loader_workers: int | None = None,
 ) -> EmbeddingSet:
     """Run a teacher or student checkpoint over a dataset split (identity views). ``th_mix`` = w mixes the
-    student's prediction with its teacher head's (see :func:`mixed_prediction_logits`)."""
+    student's prediction with its teacher head's (see :func:`mixed_prediction_logits`). Datasets read from
+    files render at ``image_size``, by default the size the model was trained at."""
     from distill.models.checkpoint import load_checkpoint
     from distill.models.inference import embed_dataset, select_device
-    from featstore.datasets import load_dataset
+    from featstore.datasets import LoadOptions, load_dataset
+    from featstore.datasets.base import renders_any_size
 
     ckpt = load_checkpoint(path)
-    dataset = load_dataset(dataset_spec, split)
+    trained = ckpt.dataset.get("image_shape") or []
+    if image_size is None and renders_any_size(dataset_spec) and len(trained) == 3:
+        image_size = int(trained[-1])
+    dataset = load_dataset(dataset_spec, split, image_size=image_size, options=LoadOptions(workers=loader_workers))
     if list(ckpt.dataset.get("image_shape", [])) != list(dataset.image_shape):
         raise InvalidInput(
             f"{path} expects images {ckpt.dataset.get('image_shape')}, {dataset_spec} gives {list(dataset.image_shape)}"

@@ -10,8 +10,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from featstore.datasets.base import ImageDataset
+from featstore.datasets.base import Dataset
 from featstore.errors import InvalidInput
+from featstore.loader import identity_batches
 
 DEVICES = ("auto", "cpu", "cuda")
 
@@ -29,13 +30,13 @@ def select_device(name: str = "auto") -> torch.device:
 
 @torch.no_grad()
 def embed_dataset(
-    model: nn.Module, dataset: ImageDataset, device: torch.device, batch_size: int = 512
+    model: nn.Module, dataset: Dataset, device: torch.device, batch_size: int = 512
 ) -> tuple[np.ndarray, np.ndarray]:
     """(embeddings float32 (N, D), logits float32 (N, C)) of the identity view of every sample."""
     model.eval().to(device)
     embeddings, logits = [], []
-    for start in range(0, len(dataset), batch_size):
-        x = dataset.get_images(np.arange(start, min(start + batch_size, len(dataset)))).to(device)
+    for rendered in identity_batches(dataset, np.arange(len(dataset)), batch_size, device):
+        x = rendered.x[:, 0].to(device, non_blocking=True)
         z = model.forward_features(x)
         embeddings.append(z.float().cpu())
         logits.append(model.forward_head(z).float().cpu())

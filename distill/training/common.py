@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from distill.models.inference import embed_dataset
-from featstore.datasets import ImageDataset
+from featstore.datasets import Dataset
 from featstore.errors import InvalidInput
 from featstore.views import sample_view_params
 
@@ -48,17 +48,20 @@ def check_positive(**values: float) -> None:
             raise InvalidInput(f"{name.replace('_', '-')} must be positive, got {value}")
 
 
-def accuracy(model: nn.Module, dataset: ImageDataset, device: torch.device) -> float:
+def accuracy(model: nn.Module, dataset: Dataset, device: torch.device) -> float:
     _, logits = embed_dataset(model, dataset, device)
     return float((logits.argmax(1) == dataset.labels).mean())
 
 
-def epoch_views(dataset: ImageDataset, seed: int, epoch: int) -> np.ndarray:
+VIEW_SEED = 1_000_003  # online (teacher) training draws its views with seeds from here on, apart from extraction's
+
+
+def epoch_views(dataset: Dataset, seed: int, epoch: int) -> np.ndarray:
     """Fresh random views for online training (teacher training): one non-identity view per sample.
 
     Drawn with the store's own view sampler under a seed space disjoint from extraction's, so the teacher
     is trained on the same kind of views it later teaches with.
     """
     return np.stack(
-        [sample_view_params(dataset.view_policy, 1_000_003 + seed, int(i), epoch + 1) for i in range(len(dataset))]
+        [sample_view_params(dataset.view_policy, VIEW_SEED + seed, int(i), epoch + 1) for i in range(len(dataset))]
     )

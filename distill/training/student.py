@@ -11,7 +11,6 @@ about individual recipes: the criterion is built from data (distill/losses/recip
 
 from __future__ import annotations
 
-import itertools
 import json
 import time
 from dataclasses import asdict, dataclass, field
@@ -31,11 +30,12 @@ from distill.training.common import OptimConfig, accuracy, check_positive, make_
 from distill.training.curves import TensorBoardLog, plot_training_curves
 from distill.training.ddp import init_distributed
 from featstore.atomic import atomic_path, atomic_write_text
-from featstore.datasets import ImageDataset, load_dataset
+from featstore.datasets import Dataset, LoadOptions, load_dataset
 from featstore.errors import CheckpointError, InputNotFound, InvalidInput, OutputExists, StoreError
+from featstore.loader import stream_views
 from featstore.store import FeatureStore, open_store
 from featstore.stream import GeneratedViews, StoreStream
-from featstore.views import render_views
+from featstore.views import policy_mismatch
 
 
 @dataclass
@@ -67,6 +67,8 @@ class StudentConfig:
     plot: Path | None = None  # training curves PNG (each loss term, test accuracy)
     tensorboard: Path | None = None  # TensorBoard log directory (needs the tensorboard package)
     progress: bool = True
+    image_size: int | None = None  # --image-size: render views at this size (datasets read from files)
+    loader_workers: int | None = None  # --loader-workers: DataLoader processes (None: from the CPU count)
 
 
 @dataclass
@@ -87,8 +89,15 @@ def resume_path_for(out: Path) -> Path:
     return out.with_name(out.stem + ".resume.pt")
 
 
-def check_store_matches(store: FeatureStore, dataset: ImageDataset) -> None:
+def check_store_matches(store: FeatureStore, dataset: Dataset) -> None:
     """Training pairs store row i with dataset sample i: refuse unless the store was made from this split."""
+    # the student re-renders each stored view from its parameters with the dataset's view policy: it must be
+    # the policy the teacher's views were rendered with, or embeddings are paired with other pixels
+    recorded = (store.meta.get("views") or {}).get("policy")
+    mismatch = policy_mismatch(recorded, dataset.view_policy)
+    older = mismatch is not None and dataset.view_policy.original and recorded.get("kind") != "original_crop"
+    if mismatch is not None and older:  # an older fsd's store: say so rather than "another dataset"
+        raise StoreError(f"store {store.url}: {mismatch}")
     made_from = store.meta.get("dataset", {})
     if made_from.get("fingerprint") != dataset.fingerprint():
         raise StoreError(
@@ -96,13 +105,10 @@ def check_store_matches(store: FeatureStore, dataset: ImageDataset) -> None:
             f"{made_from.get('split')!r} (fingerprint {str(made_from.get('fingerprint'))[:12]}), not from "
             f"{dataset.spec!r} split {dataset.split!r} (fingerprint {dataset.fingerprint()[:12]})"
         )
-    # the student re-renders each stored view from its parameters with the dataset's view policy: it must be
-    # the policy the teacher's views were rendered with, or embeddings are paired with other pixels
-    policy = (store.meta.get("views") or {}).get("policy")
-    if policy is not None and policy != dataset.view_policy.to_dict():
+    if mismatch is not None:
         raise StoreError(
-            f"store {store.url} was extracted with view policy {policy}, but dataset {dataset.spec!r} renders "
-            f"views with {dataset.view_policy.to_dict()}: the student would see other pixels than the teacher"
+            f"store {store.url}: {mismatch} (dataset {dataset.spec!r}): the student would see other pixels than "
+            "the teacher"
         )
 
 
@@ -178,7 +184,7 @@ class TeacherSide:
             return self.model.forward_features(x)
 
 
-def teacher_side(config: StudentConfig, dataset: ImageDataset, device: torch.device) -> TeacherSide:
+def teacher_side(config: StudentConfig, dataset: Dataset, device: torch.device) -> TeacherSide:
     if (config.store is None) == (config.online_teacher is None):
         raise InvalidInput("give exactly one of --store and --online-teacher")
     if config.store is not None:
@@ -219,7 +225,7 @@ def teacher_side(config: StudentConfig, dataset: ImageDataset, device: torch.dev
 
 
 def _run_identity(
-    config: StudentConfig, teacher: TeacherSide, dataset: ImageDataset, weights: dict[str, float], world_size: int
+    config: StudentConfig, teacher: TeacherSide, dataset: Dataset, weights: dict[str, float], world_size: int
 ) -> dict[str, Any]:
     """What must match for --resume to continue a run rather than mix two different ones."""
     return {
@@ -297,8 +303,13 @@ def train_student(config: StudentConfig) -> StudentResult:
     criterion = build_criterion(config.recipe, config.loss, config.temperature, config.th_alpha)  # fails early
     if config.plot is not None and config.plot.exists() and not (config.overwrite or config.resume):
         raise OutputExists(f"{config.plot} already exists (use --overwrite to replace it)")
-    dataset = load_dataset(config.dataset, config.split)
-    test = load_dataset(config.dataset, config.eval_split) if config.eval_split else None
+    options = LoadOptions(workers=config.loader_workers)
+    dataset = load_dataset(config.dataset, config.split, image_size=config.image_size, options=options)
+    test = (
+        load_dataset(config.dataset, config.eval_split, image_size=config.image_size, options=options)
+        if config.eval_split
+        else None
+    )
 
     started = time.perf_counter()
     dist = init_distributed(config.device)
@@ -381,8 +392,8 @@ def train_student(config: StudentConfig) -> StudentResult:
         stream.set_epoch(epoch)
         step.train()
         sums = torch.zeros(len(criterion.weights) + 2, dtype=torch.float64)  # total, terms…, samples
-        for batch in itertools.islice(stream, steps_per_epoch):
-            x = render_views(dataset.get_images(batch.indices), batch.view_params, dataset.view_policy).to(device)
+        for batch, x in stream_views(dataset, stream, limit=steps_per_epoch, device=device):
+            x = x.to(device, non_blocking=True)
             total, terms = runner(
                 x,
                 batch.labels.to(device),

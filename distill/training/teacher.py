@@ -20,17 +20,17 @@ from distill.models import count_parameters, create_model
 from distill.models.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from distill.models.inference import select_device
 from distill.training.common import (
+    VIEW_SEED,
     OptimConfig,
     accuracy,
     check_positive,
-    epoch_views,
     make_optimizer,
     seed_everything,
 )
 from featstore.atomic import file_sha256
-from featstore.datasets import load_dataset
+from featstore.datasets import LoadOptions, load_dataset
 from featstore.errors import InvalidInput, OutputExists
-from featstore.views import render_views
+from featstore.loader import drawn_batches
 
 
 @dataclass
@@ -52,6 +52,8 @@ class TeacherConfig:
     device: str = "auto"
     overwrite: bool = False
     progress: bool = True
+    image_size: int | None = None  # --image-size: render views at this size (datasets read from files)
+    loader_workers: int | None = None  # --loader-workers: DataLoader processes (None: from the CPU count)
 
 
 @dataclass
@@ -94,8 +96,13 @@ def train_teacher(config: TeacherConfig) -> TeacherResult:
     started = time.perf_counter()
     device = select_device(config.device)
     generator = seed_everything(config.seed)
-    train = load_dataset(config.dataset, config.split)
-    test = load_dataset(config.dataset, config.eval_split) if config.eval_split else None
+    options = LoadOptions(workers=config.loader_workers)
+    train = load_dataset(config.dataset, config.split, image_size=config.image_size, options=options)
+    test = (
+        load_dataset(config.dataset, config.eval_split, image_size=config.image_size, options=options)
+        if config.eval_split
+        else None
+    )
     shared = load_checkpoint(config.head_from, kind="student") if config.head_from is not None else None
     model_config = {
         "num_classes": train.num_classes,
@@ -127,12 +134,13 @@ def train_teacher(config: TeacherConfig) -> TeacherResult:
     log = []
     for epoch in tqdm(range(config.epochs), desc="train-teacher", unit="epoch", disable=not config.progress):
         model.train()
-        params = epoch_views(train, config.seed, epoch)
         order = torch.randperm(len(train), generator=generator).numpy()
         total, seen = 0.0, 0
-        for start in range(0, usable, config.batch_size):
-            idx = order[start : min(start + config.batch_size, usable)]
-            x = render_views(train.get_images(idx), params[idx], train.view_policy).to(device)
+        # fresh views each epoch, drawn under a seed space disjoint from extraction's (see epoch_views)
+        views = drawn_batches(train, order[:usable], config.batch_size, seed=VIEW_SEED + config.seed, view=epoch + 1)
+        for rendered in views:
+            idx = rendered.rows
+            x = rendered.x[:, 0].to(device)
             y = torch.from_numpy(train.labels[idx]).to(device)
             loss = F.cross_entropy(model.head.training_logits(model.forward_features(x), y), y)
             optimizer.zero_grad(set_to_none=True)

@@ -1,9 +1,10 @@
-"""Datasets named by a spec string (``digits``, ``cifar100:DIR``, ``folder:DIR``), one module per format.
+"""Datasets named by a spec string, one module per format: ``digits``, ``cifar100:DIR`` (in memory),
+``folder:DIR`` and ``mxrec:DIR`` (lazy, decoded by DataLoader workers).
 
 Importing this package registers every format; ``load_dataset(spec, split)`` builds one.
 """
 
-from featstore.datasets import digits, images  # noqa: F401  (registration side effects)
-from featstore.datasets.base import DATASETS, SPLITS, ImageDataset, load_dataset
+from featstore.datasets import cifar100, digits, folder, mxrec  # noqa: F401  (registration side effects)
+from featstore.datasets.base import DATASETS, SPLITS, Dataset, ImageDataset, LoadOptions, SampleViews, load_dataset
 
-__all__ = ["DATASETS", "SPLITS", "ImageDataset", "load_dataset"]
+__all__ = ["DATASETS", "SPLITS", "Dataset", "ImageDataset", "LoadOptions", "SampleViews", "load_dataset"]

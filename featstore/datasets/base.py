@@ -1,62 +1,108 @@
-"""Datasets: named by a SPEC string, split deterministically, fingerprinted.
+"""Datasets: named by a SPEC string, split deterministically, fingerprinted — an index, not a pixel array.
 
-The interface is deliberately small — labels, a way to fetch source images by index, a view policy and a
-fingerprint — because the store and the trainer only ever need rows by index: the store row i *is*
-dataset sample i of the split, and the fingerprint is how training proves the pairing is right.
-``digits`` is built in; ``cifar100:DIR`` and ``folder:DIR`` plug into the same registry.
+The interface is deliberately small because the store and the trainer only ever need rows by index: the
+store row i *is* dataset sample i of the split, and the fingerprint is how training proves the pairing is
+right. A :class:`Dataset` knows its labels, its view policy, the size its views are rendered to, and how to
+produce the views of one sample (:meth:`Dataset.load_views`, what DataLoader workers call) or of a batch
+(:meth:`Dataset.render`, for the in-process path). Small sets (``digits``, ``cifar100``) hold their pixels
+in memory (:class:`ImageDataset`); sets read from files (``folder``, ``mxrec``) decode a sample only when it
+is asked for (:class:`featstore.datasets.lazy.LazyImageDataset`), in worker processes
+(:mod:`featstore.loader`).
 """
 
 from __future__ import annotations
 
 import hashlib
+import inspect
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import torch
 
-from featstore.errors import InvalidInput
+from featstore.errors import InputNotFound, InvalidInput
 from featstore.registry import Registry
-from featstore.views import ViewPolicy
+from featstore.views import ViewPolicy, identity_params, render_views, sample_view_params
 
 DATASETS: Registry = Registry("dataset")
 SPLITS = ("train", "test")
 
 
-@dataclass
-class ImageDataset:
-    """An in-memory labelled image split.
+@dataclass(frozen=True)
+class LoadOptions:
+    """How a dataset is read, not what it is (never part of a fingerprint): DataLoader worker processes
+    (``None``: a default from the CPU count) and whether unreadable samples are left out."""
 
-    ``images`` are float32 (N, C, H, W) in the model's input scale; ``labels`` int64 (N,).
+    workers: int | None = None
+    skip_bad_samples: bool = False
+
+
+@dataclass
+class SampleViews:
+    """The rendered views of one sample, as a loader worker returns them."""
+
+    x: torch.Tensor  # (V, C, H, W) float32, normalised model input
+    params: np.ndarray  # (V, P) float32 view parameters (drawn here when the request carried none)
+    digest: bytes | None  # sha256 of the bytes read for this sample (None: in-memory data)
+
+
+class Dataset(ABC):
+    """What every registered dataset offers (see the module docstring).
+
+    Subclasses set ``spec``, ``split``, ``labels`` (int64, N), ``num_classes``, ``view_policy`` and
+    ``options``; ``lazy`` says whether samples are decoded on demand (then the loader uses workers).
     """
 
+    lazy: ClassVar[bool] = False
     spec: str
     split: str
-    images: np.ndarray
     labels: np.ndarray
     num_classes: int
     view_policy: ViewPolicy
-    _fingerprint: str | None = field(default=None, repr=False)
+    options: LoadOptions
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
 
     @property
+    @abstractmethod
     def image_shape(self) -> tuple[int, int, int]:
-        return tuple(int(s) for s in self.images.shape[1:])  # type: ignore[return-value]
+        """(C, H, W) of the model input the views are rendered to."""
+
+    @abstractmethod
+    def fingerprint(self) -> str:
+        """A hash of what pairs store rows with samples (order, labels, content or index)."""
+
+    @abstractmethod
+    def source_sizes(self, rows: np.ndarray) -> np.ndarray:
+        """(n, 2) int64 (H, W) of the original images of ``rows`` (what view boxes are drawn on)."""
+
+    @abstractmethod
+    def load_views(
+        self, row: int, params: np.ndarray | None, seed: int = 0, view_ids: tuple[int, ...] = (0,)
+    ) -> SampleViews:
+        """Render sample ``row``: with the given (V, P) parameters, or drawing those of ``view_ids`` from
+        (seed, row, view) when ``params`` is None."""
+
+    def render(self, rows: np.ndarray, params: np.ndarray) -> torch.Tensor:
+        """(n, C, H, W) float32: one view per row, from (n, P) parameters (the in-process path)."""
+        rows = np.asarray(rows, dtype=np.int64)
+        if not len(rows):
+            return torch.zeros((0, *self.image_shape))
+        return torch.stack([self.load_views(int(r), np.asarray(p)[None]).x[0] for r, p in zip(rows, params)])
 
     def get_images(self, indices: np.ndarray | list[int]) -> torch.Tensor:
-        """Source images of the given sample indices, as a float32 tensor (n, C, H, W)."""
-        return torch.from_numpy(self.images[np.asarray(indices, dtype=np.int64)])
+        """View 0 (the deterministic view) of the given samples, float32 (n, C, H, W)."""
+        rows = np.asarray(indices, dtype=np.int64)
+        sizes = self.source_sizes(rows)
+        return self.render(rows, np.stack([identity_params(self.view_policy, tuple(s)) for s in sizes]))
 
-    def fingerprint(self) -> str:
-        """sha256 over the split's pixels and labels: changes if any sample, label or order changes."""
-        if self._fingerprint is None:
-            digest = hashlib.sha256()
-            digest.update(f"{self.spec}|{self.split}|{self.images.shape}|{self.images.dtype}".encode())
-            digest.update(np.ascontiguousarray(self.images).tobytes())
-            digest.update(np.ascontiguousarray(self.labels, dtype=np.int64).tobytes())
-            self._fingerprint = digest.hexdigest()
-        return self._fingerprint
+    def content_digest(self, rows: np.ndarray) -> bytes | None:
+        """sha256 over the per-sample digests of ``rows`` (None for in-memory data, whose fingerprint
+        already covers every pixel)."""
+        return None
 
     def describe(self) -> dict:
         return {
@@ -69,10 +115,102 @@ class ImageDataset:
         }
 
 
-def load_dataset(spec: str, split: str = "train") -> ImageDataset:
-    """Build the dataset named by ``spec`` (``digits``, ``cifar100:DIR``, ``folder:DIR``) for ``split``."""
+@dataclass
+class ImageDataset(Dataset):
+    """An in-memory labelled image split (``digits``, ``cifar100``).
+
+    ``images`` are float32 (N, C, H, W) in the model's input scale; ``labels`` int64 (N,).
+    """
+
+    spec: str
+    split: str
+    images: np.ndarray
+    labels: np.ndarray
+    num_classes: int
+    view_policy: ViewPolicy
+    _fingerprint: str | None = field(default=None, repr=False)
+    options: LoadOptions = field(default_factory=LoadOptions, repr=False)
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return tuple(int(s) for s in self.images.shape[1:])  # type: ignore[return-value]
+
+    def get_images(self, indices: np.ndarray | list[int]) -> torch.Tensor:
+        """Source images of the given sample indices, as a float32 tensor (n, C, H, W)."""
+        return torch.from_numpy(self.images[np.asarray(indices, dtype=np.int64)])
+
+    def render(self, rows: np.ndarray, params: np.ndarray) -> torch.Tensor:
+        return render_views(self.get_images(rows), params, self.view_policy)
+
+    def source_sizes(self, rows: np.ndarray) -> np.ndarray:
+        return np.tile(np.asarray(self.images.shape[2:], dtype=np.int64), (len(rows), 1))
+
+    def load_views(
+        self, row: int, params: np.ndarray | None, seed: int = 0, view_ids: tuple[int, ...] = (0,)
+    ) -> SampleViews:
+        if params is None:
+            params = np.stack([sample_view_params(self.view_policy, seed, row, v) for v in view_ids])
+        image = self.get_images([row]).expand(len(params), -1, -1, -1)
+        return SampleViews(render_views(image, params, self.view_policy), np.asarray(params, np.float32), None)
+
+    def fingerprint(self) -> str:
+        """sha256 over the split's pixels and labels: changes if any sample, label or order changes."""
+        if self._fingerprint is None:
+            digest = hashlib.sha256()
+            digest.update(f"{self.spec}|{self.split}|{self.images.shape}|{self.images.dtype}".encode())
+            digest.update(np.ascontiguousarray(self.images).tobytes())
+            digest.update(np.ascontiguousarray(self.labels, dtype=np.int64).tobytes())
+            self._fingerprint = digest.hexdigest()
+        return self._fingerprint
+
+
+def directory_of(argument: str, spec: str, kind: str) -> Path:
+    """The directory a ``kind:DIR`` spec names, checked to exist."""
+    if not argument:
+        raise InvalidInput(f"dataset spec {spec!r}: give a directory, as in '{kind}:DIR'")
+    path = Path(argument).expanduser()
+    if not path.exists():
+        raise InputNotFound(f"dataset directory not found: {path}")
+    if not path.is_dir():
+        raise InvalidInput(f"dataset spec {spec!r}: {path} is not a directory")
+    return path
+
+
+def check_image_size(spec: str, image_size: int | None, native: tuple[int, ...]) -> None:
+    """In-memory sets render at their stored size only: another ``--image-size`` is refused."""
+    if image_size is not None and (image_size, image_size) != tuple(native):
+        raise InvalidInput(
+            f"dataset {spec!r} renders its images at {native[0]}×{native[1]} only; --image-size {image_size} "
+            "applies to datasets read from image files (folder:, mxrec:)"
+        )
+
+
+def load_dataset(
+    spec: str,
+    split: str = "train",
+    *,
+    image_size: int | None = None,
+    options: LoadOptions | None = None,
+) -> Dataset:
+    """Build the dataset named by ``spec`` (``digits``, ``cifar100:DIR``, ``folder:DIR``, ``mxrec:DIR``…)
+    for ``split``; ``image_size`` overrides the size views are rendered to (``--image-size``)."""
     if split not in SPLITS:
         raise InvalidInput(f"unknown split {split!r}; valid: {', '.join(SPLITS)}")
+    if image_size is not None and image_size <= 0:
+        raise InvalidInput(f"image size must be positive, got {image_size}")
     name, _, argument = spec.partition(":")
     factory = DATASETS.get(name)
-    return factory(spec, argument, split)
+    # factories that render from files take the size; in-memory ones are checked here
+    if "image_size" in inspect.signature(factory).parameters:
+        dataset = factory(spec, argument, split, image_size=image_size)
+    else:
+        dataset = factory(spec, argument, split)
+        check_image_size(spec, image_size, dataset.image_shape[1:])
+    dataset.options = options or LoadOptions()
+    return dataset
+
+
+def renders_any_size(spec: str) -> bool:
+    """Whether the dataset ``spec`` names renders its views at any ``image_size`` (read from files)."""
+    name = spec.partition(":")[0]
+    return name in DATASETS and "image_size" in inspect.signature(DATASETS.get(name)).parameters

@@ -12,7 +12,6 @@ import pytest
 import torch
 import zarr
 
-import featstore.extract as extract_mod
 from featstore.errors import InvalidInput, StoreError
 from featstore.extract import extract_teacher
 from featstore.store import FeatureStore, open_store
@@ -294,15 +293,20 @@ def test_invalid_arguments(tmp_path, teacher, make_teacher, small_digits) -> Non
     assert not (tmp_path / "bad").exists()  # nothing is created on bad input
 
 
-def test_extract_module_uses_fixed_batches_inside_chunk(teacher, small_digits) -> None:
-    """_embed_chunk is independent of batch size (up to float rounding) and of the rows' chunk context."""
-    rows = np.arange(16, 32)
+def test_extract_module_uses_fixed_batches_inside_chunk(tmp_path, teacher, small_digits) -> None:
+    """A chunk's embeddings are independent of the batch size (up to float rounding), repeatable to the bit,
+    and each row is the teacher's output on its rendered view."""
+    a = open_store(run(teacher, small_digits, tmp_path / "a", batch_size=16).url).read_chunk(1)
+    b = open_store(run(teacher, small_digits, tmp_path / "b", batch_size=16).url).read_chunk(1)
+    c = open_store(run(teacher, small_digits, tmp_path / "c", batch_size=5).url).read_chunk(1)
+    assert np.array_equal(a[0], b[0])
+    np.testing.assert_allclose(a[0], c[0], rtol=1e-5, atol=1e-6)
+    rows = np.arange(CHUNK, 2 * CHUNK)
     params = sample_views(small_digits.view_policy, SEED, rows, V)
-    a = extract_mod._embed_chunk(teacher, small_digits, rows, params, 16, torch.device("cpu"))
-    b = extract_mod._embed_chunk(teacher, small_digits, rows, params, 16, torch.device("cpu"))
-    c = extract_mod._embed_chunk(teacher, small_digits, rows, params, 5, torch.device("cpu"))
-    assert np.array_equal(a, b)
-    np.testing.assert_allclose(a, c, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(a[2], params)
+    with torch.no_grad():
+        x = render_views(small_digits.get_images(rows), params[:, 1], small_digits.view_policy)
+        np.testing.assert_allclose(a[0][:, 1], teacher.model.forward_features(x).numpy(), rtol=1e-5, atol=1e-6)
 
 
 def test_resume_without_chunk_rows_uses_store_layout(tmp_path, teacher, small_digits) -> None:
