@@ -101,6 +101,13 @@ from featstore.stream import VIEW_SAMPLING
 @click.option(
     "--resume", is_flag=True, help="Continue an interrupted run from STUDENT.resume.pt (last complete epoch)."
 )
+@click.option(
+    "--eval-split",
+    type=click.Choice(["test", "train", "none"]),
+    default="test",
+    show_default=True,
+    help="Split scored after every epoch (none: no evaluation, e.g. for a RecordIO set without a test split).",
+)
 @image_size_option
 @loader_workers_option
 @seed_option
@@ -130,6 +137,7 @@ def command(
     plot,
     tensorboard,
     resume,
+    eval_split,
     image_size,
     loader_workers,
     seed,
@@ -174,6 +182,7 @@ def command(
             device=device,
             overwrite=overwrite,
             progress=not quiet,
+            eval_split=None if eval_split == "none" else eval_split,
             image_size=image_size,
             loader_workers=loader_workers,
         )

@@ -45,6 +45,13 @@ from distill.training.teacher import TeacherConfig, train_teacher
     default=None,
     help="SH-KD: take this student checkpoint's classifier as the teacher's head, frozen.",
 )
+@click.option(
+    "--eval-split",
+    type=click.Choice(["test", "train", "none"]),
+    default="test",
+    show_default=True,
+    help="Split scored after every epoch (none: no evaluation, e.g. for a RecordIO set without a test split).",
+)
 @image_size_option
 @loader_workers_option
 @seed_option
@@ -64,6 +71,7 @@ def command(
     head_scale,
     head_margin,
     head_from,
+    eval_split,
     image_size,
     loader_workers,
     seed,
@@ -95,6 +103,7 @@ def command(
             device=device,
             overwrite=overwrite,
             progress=not quiet,
+            eval_split=None if eval_split == "none" else eval_split,
             image_size=image_size,
             loader_workers=loader_workers,
         )

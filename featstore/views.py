@@ -223,9 +223,9 @@ def render_original(image, params: np.ndarray, out_size: tuple[int, int]):  # no
     """One ``original_crop`` view of a decoded PIL image: the fractional box cut and resized (bilinear,
     antialiased) to ``out_size`` (H, W), then flipped — torchvision's crop + resize for an integral box. Deterministic, so the teacher and the
     student get identical pixels from identical parameters at the same size."""
-    from PIL import Image
-
     import math
+
+    from PIL import Image
 
     h, w = image.height, image.width
     top, left, ch, cw, flip = (float(v) for v in params)

@@ -110,23 +110,27 @@ class LazyImageDataset(Dataset):
         """Encoded bytes → a PIL RGB image (first frame of an animation); :class:`BadSample` naming it."""
         import io
 
-        from PIL import Image
+        from PIL import Image, UnidentifiedImageError
 
         try:
             with Image.open(io.BytesIO(data)) as image:
                 image.load()
                 return image.convert("RGB")
+        except UnidentifiedImageError:
+            raise BadSample(f"{self.name}: cannot read image {self.where(row)}: not an image file") from None
         except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
             raise BadSample(f"{self.name}: cannot read image {self.where(row)}: {err}") from None
 
     def _size_of(self, row: int, data: bytes) -> tuple[int, int]:
         import io
 
-        from PIL import Image
+        from PIL import Image, UnidentifiedImageError
 
         try:
             with Image.open(io.BytesIO(data)) as image:
                 return image.height, image.width
+        except UnidentifiedImageError:
+            raise BadSample(f"{self.name}: cannot read image {self.where(row)}: not an image file") from None
         except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
             raise BadSample(f"{self.name}: cannot read image {self.where(row)}: {err}") from None
 
