@@ -29,7 +29,7 @@ from distill.training.common import (
 )
 from featstore.atomic import file_sha256
 from featstore.datasets import load_dataset
-from featstore.errors import InvalidInput, OutputExists
+from featstore.errors import InvalidInput, OutputExists, TrainingDiverged
 from featstore.views import render_views
 
 
@@ -88,7 +88,8 @@ def train_teacher(config: TeacherConfig) -> TeacherResult:
     out = Path(config.out)
     if out.exists() and not config.overwrite:
         raise OutputExists(f"{out} already exists (use --overwrite to replace it)")
-    check_positive(epochs=config.epochs, batch_size=config.batch_size, lr=config.optim.lr)
+    check_positive(epochs=config.epochs, batch_size=config.batch_size)
+    config.optim.validate()
     if config.embedding_dim is not None:
         check_positive(embedding_dim=config.embedding_dim)
     started = time.perf_counter()
@@ -135,6 +136,11 @@ def train_teacher(config: TeacherConfig) -> TeacherResult:
             x = render_views(train.get_images(idx), params[idx], train.view_policy).to(device)
             y = torch.from_numpy(train.labels[idx]).to(device)
             loss = F.cross_entropy(model.head.training_logits(model.forward_features(x), y), y)
+            if not bool(torch.isfinite(loss.detach())):  # stop before a NaN reaches the weights
+                raise TrainingDiverged(
+                    f"the loss became non-finite ({float(loss)}) at epoch {epoch + 1} step "
+                    f"{start // config.batch_size + 1}; nothing was written (a lower --lr usually cures it)"
+                )
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
