@@ -290,7 +290,13 @@ class StudentRun:
         self.global_step += 1
         values = {name: float(terms[name].detach()) for name in self.criterion.weights}
         t5 = tick()
-        phases = {"render": t1 - t0, "teacher": t2 - t1, "forward": t3 - t2, "backward": t4 - t3, "optimizer": t5 - t4}
+        phases = {
+            "render": t1 - t0,
+            "teacher": t2 - t1,
+            "forward": t3 - t2,
+            "backward": t4 - t3,
+            "optimizer+log": t5 - t4,
+        }
         return StepStats(float(total.detach()), values, len(batch.indices), phases, batch.indices)
 
     def _check_finite(self, total: torch.Tensor, terms: dict[str, torch.Tensor]) -> None:
