@@ -1,10 +1,10 @@
-"""Datasets named by a spec string, one module per format: ``digits``, ``cifar100:DIR`` (in memory),
-``folder:DIR`` and ``mxrec:DIR`` (lazy, decoded by DataLoader workers).
+"""Datasets named by a spec string, one module per format: ``digits``, ``cifar100:DIR``, ``idx:DIR`` (in
+memory), ``folder:DIR`` and ``mxrec:DIR`` (lazy, decoded by DataLoader workers).
 
 Importing this package registers every format; ``load_dataset(spec, split)`` builds one.
 """
 
-from featstore.datasets import cifar100, digits, folder, mxrec  # noqa: F401  (registration side effects)
+from featstore.datasets import cifar100, digits, folder, idx, mxrec  # noqa: F401  (registration side effects)
 from featstore.datasets.base import DATASETS, SPLITS, Dataset, ImageDataset, LoadOptions, SampleViews, load_dataset
 
 __all__ = ["DATASETS", "SPLITS", "Dataset", "ImageDataset", "LoadOptions", "SampleViews", "load_dataset"]

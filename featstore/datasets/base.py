@@ -4,7 +4,7 @@ The interface is deliberately small because the store and the trainer only ever 
 store row i *is* dataset sample i of the split, and the fingerprint is how training proves the pairing is
 right. A :class:`Dataset` knows its labels, its view policy, the size its views are rendered to, and how to
 produce the views of one sample (:meth:`Dataset.load_views`, what DataLoader workers call) or of a batch
-(:meth:`Dataset.render`, for the in-process path). Small sets (``digits``, ``cifar100``) hold their pixels
+(:meth:`Dataset.render`, for the in-process path). Small sets (``digits``, ``cifar100``, ``idx``) hold their pixels
 in memory (:class:`ImageDataset`); sets read from files (``folder``, ``mxrec``) decode a sample only when it
 is asked for (:class:`featstore.datasets.lazy.LazyImageDataset`), in worker processes
 (:mod:`featstore.loader`).
@@ -161,6 +161,32 @@ class ImageDataset(Dataset):
             digest.update(np.ascontiguousarray(self.images).tobytes())
             digest.update(np.ascontiguousarray(self.labels, dtype=np.int64).tobytes())
             self._fingerprint = digest.hexdigest()
+        return self._fingerprint
+
+
+@dataclass
+class DirImageDataset(ImageDataset):
+    """An in-memory :class:`ImageDataset` read from a directory: its fingerprint ignores where it is.
+
+    ``fingerprint_name`` replaces ``spec`` in the hash (see the module docstring); ``class_names`` are the
+    label names when known (index = label), else ``None``.
+    """
+
+    fingerprint_name: str = ""
+    class_names: tuple[str, ...] | None = None
+
+    def fingerprint(self) -> str:
+        if self._fingerprint is None:
+            # The base class's hash, computed as if the spec were the canonical, path-free name.
+            canonical = ImageDataset(
+                spec=self.fingerprint_name,
+                split=self.split,
+                images=self.images,
+                labels=self.labels,
+                num_classes=self.num_classes,
+                view_policy=self.view_policy,
+            )
+            self._fingerprint = canonical.fingerprint()
         return self._fingerprint
 
 

@@ -22,44 +22,17 @@ rendered pixels, so distillation is unaffected; only the border colour differs.
 from __future__ import annotations
 
 import pickle
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from featstore.datasets.base import DATASETS, ImageDataset, directory_of
+from featstore.datasets.base import DATASETS, DirImageDataset, directory_of
 from featstore.errors import InputNotFound, InvalidInput
 from featstore.views import ViewPolicy
 
 CIFAR100_MEAN = (0.5071, 0.4867, 0.4408)
 CIFAR100_STD = (0.2675, 0.2565, 0.2761)
-
-
-@dataclass
-class DirImageDataset(ImageDataset):
-    """An in-memory :class:`ImageDataset` read from a directory: its fingerprint ignores where it is.
-
-    ``fingerprint_name`` replaces ``spec`` in the hash (see the module docstring); ``class_names`` are the
-    label names when known (index = label), else ``None``.
-    """
-
-    fingerprint_name: str = ""
-    class_names: tuple[str, ...] | None = None
-
-    def fingerprint(self) -> str:
-        if self._fingerprint is None:
-            # The base class's hash, computed as if the spec were the canonical, path-free name.
-            canonical = ImageDataset(
-                spec=self.fingerprint_name,
-                split=self.split,
-                images=self.images,
-                labels=self.labels,
-                num_classes=self.num_classes,
-                view_policy=self.view_policy,
-            )
-            self._fingerprint = canonical.fingerprint()
-        return self._fingerprint
 
 
 def _normalise_(images: np.ndarray, mean: tuple[float, ...], std: tuple[float, ...]) -> np.ndarray:
