@@ -103,19 +103,19 @@ def test_student_at_another_size_sees_the_same_crop(setup) -> None:
 
 
 def test_resume_is_bit_identical_on_the_lazy_path(setup, tmp_path, monkeypatch) -> None:
-    import distill.training.student as student_mod
+    from distill.training.run import StudentRun
 
     full = train_student(student(setup, tmp_path / "full.pt"))
-    save = student_mod._save_resume_state
+    save = StudentRun.save_resume_state
 
-    def save_then_stop(*args, **kwargs):  # interrupted right after epoch 1's state is safely written
-        save(*args, **kwargs)
+    def save_then_stop(self, *args, **kwargs):  # interrupted right after epoch 1's state is safely written
+        save(self, *args, **kwargs)
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(student_mod, "_save_resume_state", save_then_stop)
+    monkeypatch.setattr(StudentRun, "save_resume_state", save_then_stop)
     with pytest.raises(KeyboardInterrupt):
         train_student(student(setup, tmp_path / "part.pt"))
-    monkeypatch.setattr(student_mod, "_save_resume_state", save)
+    monkeypatch.setattr(StudentRun, "save_resume_state", save)
     assert resume_path_for(tmp_path / "part.pt").exists() and not (tmp_path / "part.pt").exists()
     resumed = train_student(student(setup, tmp_path / "part.pt", resume=True, loader_workers=2))
     a, b = load_checkpoint(full.path).state_dict, load_checkpoint(resumed.path).state_dict
