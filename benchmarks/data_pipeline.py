@@ -284,7 +284,7 @@ def memory_vs_n(work: Path, sizes: tuple[int, int], image_size: int, workers: in
 
     out: dict[str, Any] = {}
     for n in sizes:
-        root = make_jpegs(work / f"jpegs-{n}", n, classes=100, low=48, high=96, seed=n)
+        root = make_jpegs(work / f"jpegs-{n}", n, classes=100, low=32, high=64, seed=n)
         spec = f"folder:{root}?size={image_size}"
         teacher = work / f"teacher-{n}.pt"
         source = teacher_source(image_size, 100)
@@ -310,10 +310,10 @@ def memory_vs_n(work: Path, sizes: tuple[int, int], image_size: int, workers: in
         )
         store = work / f"store-{n}.zarr"
         common = ["--loader-workers", str(workers), "--device", "cpu", "--quiet"]
-        extract = ["extract-teacher", "--teacher", str(teacher), "--dataset", spec, "--out", str(store), "--views", "2"]
+        extract = ["extract-teacher", "--teacher", str(teacher), "--dataset", spec, "--out", str(store), "--views", "1"]
         out[f"extract_{n}_mb"] = peak_rss_mb([*extract, "--overwrite", *common])
         train = ["train-student", "--store", str(store), "--dataset", spec, "--out", str(work / f"s-{n}.pt")]
-        train += ["--epochs", "1", "--batch-size", "128", "--recipe", "kd", "--eval-split", "none", "--overwrite"]
+        train += ["--epochs", "1", "--batch-size", "256", "--recipe", "kd", "--eval-split", "none", "--overwrite"]
         out[f"train_{n}_mb"] = peak_rss_mb([*train, *common])
     small, large = sizes
     for kind in ("extract", "train"):
@@ -417,7 +417,7 @@ def main() -> None:
 
     workers = default_workers() if args.workers is None else args.workers
     quick = args.quick
-    images, rounds, size, batch = (120, 1, 32, 32) if quick else (3000, 3, 64, 64)
+    images, rounds, size, batch = (120, 1, 32, 32) if quick else (1500, 3, 64, 64)
     memory_sizes = (300, 600) if quick else (5000, 40000)
     results: dict[str, Any] = {
         "meta": {

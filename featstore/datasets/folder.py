@@ -15,7 +15,8 @@ normalised with the ImageNet mean (0.485, 0.456, 0.406) and std (0.229, 0.224, 0
 Options follow the directory after the *last* ``?`` as ``key=value`` pairs joined by ``&``: ``size``
 (default 32: the rendered size, overridden per command by ``--image-size``) and ``resize`` (default
 ``round(size * 9 / 8)``); view 0 is Resize(resize) + CenterCrop(size), i.e. the central square of
-``size / resize`` of the short side, at whatever size it is rendered. The fingerprint is the index's
+``size / resize`` of the short side (exactly 8/9 unless ``resize`` is given), at whatever size it is
+rendered. The fingerprint is the index's
 (relative paths, byte sizes, labels, order) and ignores both options and where ``DIR`` lies.
 
 Views: ``original_crop`` with flip 0.5 and area scale (0.35, 1.0): RandomResizedCrop + flip, drawn on each
@@ -37,6 +38,7 @@ from featstore.views import ORIGINAL, ViewPolicy
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp"})
 FOLDER_DEFAULT_SIZE = 32
 FOLDER_OPTIONS = ("size", "resize")
+DEFAULT_CROP = 8 / 9  # view 0 = Resize(size * 9 / 8) + CenterCrop(size), torchvision's usual 32 → 36 ratio
 
 
 def parse_folder_argument(argument: str, spec: str) -> tuple[str, int, int]:
@@ -137,7 +139,11 @@ def _folder(spec: str, argument: str, split: str, image_size: int | None = None)
     root = directory_of(directory, spec, "folder")
     keys, sizes, labels, classes, split_dir = folder_index(root, split)
     rendered = image_size or size
-    policy = ViewPolicy(kind=ORIGINAL, flip_p=0.5, scale=(0.35, 1.0), crop_fraction=size / resize)
+    # view 0's crop: size/resize when resize= is given, else 8/9 (32 of 36) whatever the size, so that specs
+    # differing only in size= (a teacher at 224, a student at 160) describe the same views
+    explicit = "resize=" in (argument.rpartition("?")[2] if "?" in argument else "")
+    crop = size / resize if explicit else DEFAULT_CROP
+    policy = ViewPolicy(kind=ORIGINAL, flip_p=0.5, scale=(0.35, 1.0), crop_fraction=crop)
     return FolderDataset(
         split_dir,
         spec=spec,

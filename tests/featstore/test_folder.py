@@ -129,6 +129,10 @@ def test_same_crop_at_any_image_size(folder_dir, folder_train) -> None:
     assert small.image_shape == (3, 16, 16)
     assert small.fingerprint() == folder_train.fingerprint()
     assert small.view_policy == folder_train.view_policy
+    # size= alone keeps view 0's 8/9 crop (a teacher spec at 100 and a student spec at 32 agree) …
+    assert load_dataset(f"folder:{folder_dir}?size=100").view_policy == folder_train.view_policy
+    # … resize= sets it
+    assert load_dataset(f"folder:{folder_dir}?size=24&resize=32").view_policy.crop_fraction == 0.75
     params = sample_views(small.view_policy, 1, np.arange(3), 2, small.source_sizes(np.arange(3)))[:, 1]
     big = folder_train.render(np.arange(3), params)
     down = torch.nn.functional.avg_pool2d(big, 2)  # the same crop at 32 then halved ≈ rendered at 16
