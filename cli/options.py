@@ -15,7 +15,7 @@ def dataset_option(required: bool = True):
         "dataset",
         required=required,
         metavar="SPEC",
-        help="Dataset spec: digits | cifar100:DIR | folder:DIR.",
+        help="Dataset spec: digits | cifar100:DIR | folder:DIR | idx:DIR (idx: = Debian's Fashion-MNIST).",
     )
 
 
