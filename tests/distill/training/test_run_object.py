@@ -40,28 +40,31 @@ def config(store: str, out: Path, **kwargs) -> StudentConfig:
 def test_a_nan_loss_stops_the_run_naming_the_step_and_keeps_the_last_good_state(store, tmp_path, monkeypatch):
     out = tmp_path / "s.pt"
     steps = StudentRun.build(config(store, out)).steps_per_epoch
-    real_render, calls = run_module.render_views, {"n": 0}
+    real_views, calls = run_module.stream_views, {"n": 0}
 
     def poisoned(*args, **kwargs):  # the second step of epoch 2 sees NaN pixels → NaN loss
-        calls["n"] += 1
-        x = real_render(*args, **kwargs)
-        return x * float("nan") if calls["n"] == steps + 2 else x
+        for batch, x in real_views(*args, **kwargs):
+            calls["n"] += 1
+            yield batch, (x * float("nan") if calls["n"] == steps + 2 else x)
 
-    monkeypatch.setattr(run_module, "render_views", poisoned)
+    monkeypatch.setattr(run_module, "stream_views", poisoned)
     with pytest.raises(TrainingDiverged, match=r"epoch 2 step 2 .*epoch 1\) is kept in .*--resume"):
         train_student(config(store, out))
     assert not out.exists()  # no NaN model written
     state = torch.load(resume_path_for(out), weights_only=True)
     assert state["epoch"] == 1
     assert all(torch.isfinite(v).all() for v in state["step"].values() if v.is_floating_point())
-    monkeypatch.setattr(run_module, "render_views", real_render)
+    monkeypatch.setattr(run_module, "stream_views", real_views)
     result = train_student(config(store, out, resume=True))  # the kept state resumes to a finished run
     assert result.path.exists() and not resume_path_for(out).exists()
 
 
 def test_a_nan_in_the_first_epoch_writes_nothing(store, tmp_path, monkeypatch):
     out = tmp_path / "s.pt"
-    monkeypatch.setattr(run_module, "render_views", lambda *a, **k: torch.full((len(a[0]), 1, 8, 8), math.nan))
+    real_views = run_module.stream_views
+    monkeypatch.setattr(
+        run_module, "stream_views", lambda *a, **k: ((b, torch.full_like(x, math.nan)) for b, x in real_views(*a, **k))
+    )
     with pytest.raises(TrainingDiverged, match="epoch 1 step 1 .*nothing was written"):
         train_student(config(store, out))
     assert list(tmp_path.iterdir()) == []
