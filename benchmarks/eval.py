@@ -21,7 +21,7 @@ def bench_eval(ctx: Context) -> dict[str, Any]:
     import torch
     from pytorch_metric_learning.utils.accuracy_calculator import AccuracyCalculator
 
-    from distill.evaluation.evaluate import EmbeddingSet, retrieval_report
+    from distill.evaluation import EmbeddingSet, retrieval_report
     from distill.evaluation.search import faiss_gpu_available
 
     s = ctx.sizes
