@@ -1,8 +1,8 @@
 """What every benchmark script uses to publish: its own part of ``benchmarks/RESULTS.md`` and its JSON file.
 
 Each script owns one part of ``RESULTS.md`` — a ``## `` section (:func:`replace_section`) or a block between
-two markers (:func:`replace_block`, the throughput figures of :mod:`benchmarks.run`) — so re-running one
-never touches the figures another wrote. Files are replaced atomically: a killed run leaves the old file.
+two markers (:func:`replace_block`, the throughput figures of :mod:`benchmarks.run`) — or the marked table of
+a doc (:func:`replace_marked`), so re-running one never touches what another wrote. Files are replaced atomically: a killed run leaves the old file.
 """
 
 from __future__ import annotations
@@ -41,6 +41,19 @@ def replace_block(path: Path, start: str, end: str, block: str) -> None:
         cut = 1 if lines and lines[0].startswith("# ") else 0
         text = "\n".join(lines[:cut] + [""] + block.split("\n") + [""] + lines[cut:])
     atomic_write_text(path, text.rstrip("\n") + "\n")
+
+
+def replace_marked(doc: Path, start: str, end: str, body: str, heading: str | None = None) -> None:
+    """Put ``body`` between the markers ``start`` and ``end`` of a hand-written ``doc`` (docs/results.md,
+    docs/store.md); when the markers are absent, append them (under ``heading``, if given) at the end."""
+    block = f"{start}\n{body}\n{end}"
+    text = doc.read_text() if doc.exists() else ""
+    if start in text and end in text and text.index(start) < text.index(end):
+        text = text[: text.index(start)] + block + text[text.index(end) + len(end) :]
+    else:
+        lead = f"{heading}\n\n" if heading else ""
+        text = text.rstrip("\n") + ("\n\n" if text else "") + lead + block + "\n"
+    atomic_write_text(doc, text)
 
 
 def json_default(value: Any) -> Any:

@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from benchmarks.results_md import replace_marked, write_json
 from distill.evaluation import embeddings_from_checkpoint, evaluate
 from distill.models.checkpoint import file_sha256, load_checkpoint, load_teacher_source
 from distill.training.student import StudentConfig, train_student
@@ -123,17 +124,10 @@ def markdown(results: dict[str, Any]) -> str:
 
 def write_table(doc: Path, table: str) -> None:
     """Replace the marked block of ``doc`` (append a marked block when the markers are absent)."""
-    block = f"{START}\n{table}\n{END}"
-    text = doc.read_text() if doc.exists() else ""
-    if START in text and END in text and text.index(START) < text.index(END):
-        text = text[: text.index(START)] + block + text[text.index(END) + len(END) :]
-    else:
-        text = text.rstrip("\n") + ("\n\n" if text else "") + block + "\n"
-    doc.parent.mkdir(parents=True, exist_ok=True)
-    doc.write_text(text)
+    replace_marked(doc, START, END, table)
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -153,36 +147,119 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     if args.render_only:
-        write_table(args.out, markdown(json.loads(args.json.read_text())))
-        log(f"rewrote the table in {args.out} from {args.json}")
-        return 0
+        return args
     if args.seeds < 1 or args.epochs < 1 or args.teacher_epochs < 1 or args.views < 1:
         parser.error("--seeds, --epochs, --teacher-epochs and --views must be positive")
     if args.workdir is None:
         parser.error("--workdir is required (unless --render-only)")
-    assert set(ORDER) == set(DTYPES), "a new store dtype needs a row here"
+    return args
 
+
+def ensure_teacher(teacher_path: Path, args: argparse.Namespace) -> None:
+    """Train the digits teacher unless ``teacher_path`` already holds one (an interrupted run resumes)."""
+    if teacher_path.exists():
+        log(f"reusing teacher {teacher_path}")
+        return
+    log(f"training teacher ({args.teacher_epochs} epochs)")
+    result = train_teacher(
+        TeacherConfig(dataset=DATASET, out=teacher_path, epochs=args.teacher_epochs, device=args.device, progress=False)
+    )
+    log(f"teacher: train acc {result.train_accuracy:.4f}, test acc {result.test_accuracy:.4f}, {result.seconds:.0f} s")
+
+
+def measure_store(store: FeatureStore, reference: np.ndarray, teacher, train, device: str) -> dict[str, Any]:
+    """Size on disk, reconstruction error against the float32 store, and the live check over every row."""
+    n, v, _ = reference.shape
+    raw, stored = store.nbytes_embeddings()
+    decoded = all_rows(store)
+    error = np.abs(decoded - reference)
+    live = verify_live(store, teacher, train, n * v, seed=0, device=device)
+    row = {
+        "bytes_stored_embeddings": stored,
+        "bytes_raw_float32": raw,
+        "bytes_store_total": store.nbytes_stored(),
+        "bytes_per_embedding": stored / (n * v),
+        "compression_ratio": raw / stored,
+        "chunk_rows": store.chunk_rows,
+        "chunks": store.num_chunks,
+        "max_abs_error": float(error.max()),
+        "mean_abs_error": float(error.mean()),
+        "min_cosine": float(row_cosines(decoded, reference).min()),
+        "live_check": live.to_dict(),
+        "live_threshold": LIVE_COSINE_THRESHOLDS[store.dtype],
+    }
+    log(
+        f"{store.dtype}: {row['bytes_per_embedding']:.1f} B/emb, {row['compression_ratio']:.2f}×, "
+        f"max|Δ| {row['max_abs_error']:.2e}, min cos {row['min_cosine']:.8f}, {live.line()}"
+    )
+    return row
+
+
+def student_scores(dtype: str, work: Path, args: argparse.Namespace) -> dict[str, Any]:
+    """One student per seed from the ``dtype`` store: mean ± std of top-1 and R@1 on the test split."""
+    scores = []
+    for seed in range(args.seeds):
+        out = work / f"student_{dtype}_seed{seed}.pt"
+        result = train_student(
+            StudentConfig(
+                store=str(work / f"store_{dtype}.zarr"),
+                dataset=DATASET,
+                out=out,
+                recipe=args.recipe,
+                epochs=args.epochs,
+                seed=seed,
+                device=args.device,
+                overwrite=True,
+                progress=False,
+            )
+        )
+        scores.append(score(out, args.device))
+        log(
+            f"student {dtype} seed {seed}: top-1 {scores[-1]['top1']:.4f}, R@1 {scores[-1]['r1']:.4f} "
+            f"({result.seconds:.0f} s)"
+        )
+    return {"top1": mean_std([s["top1"] for s in scores]), "r1": mean_std([s["r1"] for s in scores])}
+
+
+def describe_setup(reference: np.ndarray, teacher_path: Path, args: argparse.Namespace) -> dict[str, Any]:
+    n, v, d = reference.shape
+    teacher_ckpt = load_checkpoint(teacher_path, kind="teacher")
+    return {
+        "dataset": DATASET,
+        "samples": n,
+        "views": v,
+        "dim": d,
+        "test_samples": len(load_dataset(DATASET, "test")),
+        "teacher_arch": teacher_ckpt.arch,
+        "teacher_epochs": int(teacher_ckpt.extra.get("epochs", args.teacher_epochs)),
+        "teacher_sha256": file_sha256(teacher_path),
+        "student_arch": "convnet_student",
+        "recipe": args.recipe,
+        "student_epochs": args.epochs,
+        "seeds": list(range(args.seeds)),
+        "view_seed": 0,
+        "device": args.device,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "machine": f"{platform.machine()} CPU" if args.device == "cpu" else args.device,
+        "date": time.strftime("%Y-%m-%d"),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.render_only:
+        write_table(args.out, markdown(json.loads(args.json.read_text())))
+        log(f"rewrote the table in {args.out} from {args.json}")
+        return 0
+    assert set(ORDER) == set(DTYPES), "a new store dtype needs a row here"
     started = time.perf_counter()
     work = args.workdir
     work.mkdir(parents=True, exist_ok=True)
     teacher_path = work / "teacher.pt"
-    if teacher_path.exists():
-        log(f"reusing teacher {teacher_path}")
-    else:
-        log(f"training teacher ({args.teacher_epochs} epochs)")
-        result = train_teacher(
-            TeacherConfig(
-                dataset=DATASET, out=teacher_path, epochs=args.teacher_epochs, device=args.device, progress=False
-            )
-        )
-        log(
-            f"teacher: train acc {result.train_accuracy:.4f}, test acc {result.test_accuracy:.4f}, "
-            f"{result.seconds:.0f} s"
-        )
-    teacher_ckpt = load_checkpoint(teacher_path, kind="teacher")
+    ensure_teacher(teacher_path, args)
     teacher = load_teacher_source(teacher_path)
     train = load_dataset(DATASET, "train")
-
     stores: dict[str, FeatureStore] = {}
     for dtype in ORDER:
         url = str(work / f"store_{dtype}.zarr")
@@ -191,90 +268,18 @@ def main(argv: list[str] | None = None) -> int:
         )
         log(summary.line())
         stores[dtype] = open_store(url)
-
     reference = all_rows(stores["float32"])
-    n, v, d = reference.shape
-    rows: dict[str, Any] = {}
+    rows = {dtype: measure_store(stores[dtype], reference, teacher, train, args.device) for dtype in ORDER}
     for dtype in ORDER:
-        store = stores[dtype]
-        raw, stored = store.nbytes_embeddings()
-        decoded = all_rows(store)
-        error = np.abs(decoded - reference)
-        live = verify_live(store, teacher, train, n * v, seed=0, device=args.device)
-        rows[dtype] = {
-            "bytes_stored_embeddings": stored,
-            "bytes_raw_float32": raw,
-            "bytes_store_total": store.nbytes_stored(),
-            "bytes_per_embedding": stored / (n * v),
-            "compression_ratio": raw / stored,
-            "chunk_rows": store.chunk_rows,
-            "chunks": store.num_chunks,
-            "max_abs_error": float(error.max()),
-            "mean_abs_error": float(error.mean()),
-            "min_cosine": float(row_cosines(decoded, reference).min()),
-            "live_check": live.to_dict(),
-            "live_threshold": LIVE_COSINE_THRESHOLDS[dtype],
-        }
-        log(
-            f"{dtype}: {rows[dtype]['bytes_per_embedding']:.1f} B/emb, {rows[dtype]['compression_ratio']:.2f}×, "
-            f"max|Δ| {rows[dtype]['max_abs_error']:.2e}, min cos {rows[dtype]['min_cosine']:.8f}, {live.line()}"
-        )
-
-    for dtype in ORDER:
-        scores = []
-        for seed in range(args.seeds):
-            out = work / f"student_{dtype}_seed{seed}.pt"
-            result = train_student(
-                StudentConfig(
-                    store=str(work / f"store_{dtype}.zarr"),
-                    dataset=DATASET,
-                    out=out,
-                    recipe=args.recipe,
-                    epochs=args.epochs,
-                    seed=seed,
-                    device=args.device,
-                    overwrite=True,
-                    progress=False,
-                )
-            )
-            scores.append(score(out, args.device))
-            log(
-                f"student {dtype} seed {seed}: top-1 {scores[-1]['top1']:.4f}, R@1 {scores[-1]['r1']:.4f} "
-                f"({result.seconds:.0f} s)"
-            )
-        rows[dtype]["student"] = {
-            "top1": mean_std([s["top1"] for s in scores]),
-            "r1": mean_std([s["r1"] for s in scores]),
-        }
-
+        rows[dtype]["student"] = student_scores(dtype, work, args)
     results = {
-        "setup": {
-            "dataset": DATASET,
-            "samples": n,
-            "views": v,
-            "dim": d,
-            "test_samples": len(load_dataset(DATASET, "test")),
-            "teacher_arch": teacher_ckpt.arch,
-            "teacher_epochs": int(teacher_ckpt.extra.get("epochs", args.teacher_epochs)),
-            "teacher_sha256": file_sha256(teacher_path),
-            "student_arch": "convnet_student",
-            "recipe": args.recipe,
-            "student_epochs": args.epochs,
-            "seeds": list(range(args.seeds)),
-            "view_seed": 0,
-            "device": args.device,
-            "torch": torch.__version__,
-            "python": platform.python_version(),
-            "machine": f"{platform.machine()} CPU" if args.device == "cpu" else args.device,
-            "date": time.strftime("%Y-%m-%d"),
-        },
+        "setup": describe_setup(reference, teacher_path, args),
         "teacher": score(teacher_path, args.device),
         "mean_abs_value": float(np.abs(reference).mean()),
         "dtypes": rows,
         "seconds": time.perf_counter() - started,
     }
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(results, indent=2) + "\n")
+    write_json(args.json, results)
     table = markdown(results)
     write_table(args.out, table)
     print(table)

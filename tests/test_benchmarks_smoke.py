@@ -140,3 +140,19 @@ def test_eval_floor_certificate_is_a_bound() -> None:
     edge = 0.5 / (1 + u) - 0.3 / (1 - u)  # the gap the output rounding alone eats; ε must fit in the rest
     assert module.certified(vals[:1], 2, eps=edge / 2 * 0.999).tolist() == [True]
     assert module.certified(vals[:1], 2, eps=edge / 2 * 1.001).tolist() == [False]
+
+
+def test_replace_marked_keeps_the_hand_written_doc(tmp_path: Path) -> None:
+    """The docs tables (paper_table, margin_heads, store_dtypes): only the text between the markers changes;
+    absent markers are appended once, under the heading given."""
+    from benchmarks.results_md import replace_marked
+
+    doc = tmp_path / "results.md"
+    doc.write_text("# Results\n\nintro\n\n<!-- t:start -->\nold\n<!-- t:end -->\n\noutro\n")
+    replace_marked(doc, "<!-- t:start -->", "<!-- t:end -->", "| new |")
+    assert doc.read_text() == "# Results\n\nintro\n\n<!-- t:start -->\n| new |\n<!-- t:end -->\n\noutro\n"
+    for body in ("first", "second"):
+        replace_marked(doc, "<!-- m:start -->", "<!-- m:end -->", body, heading="## Margin heads")
+    text = doc.read_text()
+    assert text.endswith("outro\n\n## Margin heads\n\n<!-- m:start -->\nsecond\n<!-- m:end -->\n")
+    assert text.count("## Margin heads") == 1 and "first" not in text
