@@ -86,7 +86,8 @@ def _collate(items: list[tuple[int, SampleViews | str]]) -> Rendered:
     good = [(row, s) for row, s in items if isinstance(s, SampleViews)]
     bad = [(row, s) for row, s in items if isinstance(s, str)]
     if good:
-        x = torch.stack([s.x for _, s in good])
+        # default_collate stacks straight into shared memory inside a worker: no second copy on the way out
+        x = torch.utils.data.default_collate([s.x for _, s in good])
         params = np.stack([s.params for _, s in good])
     else:
         x, params = torch.zeros((0, 0)), np.zeros((0, 0, 0), np.float32)

@@ -59,7 +59,8 @@ def test_corrupt_image_is_one_error_line_or_left_out(work, tmp_path) -> None:
     store = open_store(tmp_path / "skip.zarr")
     assert store.meta["dataset"]["left_out"] == {"count": 1, "rows": [11]}
     assert np.isnan(store.read_rows(11, 12)[2]).all()
-    assert invoke("store", "verify", tmp_path / "skip.zarr").exit_code == 0
+    verified = invoke("store", "verify", tmp_path / "skip.zarr")
+    assert verified.exit_code == 0, verified.output
     result = invoke(
         "train-student",
         "--store",
