@@ -156,3 +156,23 @@ def test_replace_marked_keeps_the_hand_written_doc(tmp_path: Path) -> None:
     text = doc.read_text()
     assert text.endswith("outro\n\n## Margin heads\n\n<!-- m:start -->\nsecond\n<!-- m:end -->\n")
     assert text.count("## Margin heads") == 1 and "first" not in text
+
+
+def test_a_subject_script_runs_alone(tmp_path: Path) -> None:
+    """``python -m benchmarks.eval`` is the driver with its one section: only that section and its figure are
+    written, and RESULTS.md names the equivalent ``benchmarks.run`` call."""
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks.eval", "--quick", "--eval-n", "2000", "--out-dir", str(tmp_path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-4000:]
+    results = json.loads((tmp_path / "run.json").read_text())
+    assert results["meta"]["sections"] == ["eval"]
+    assert not (set(SECTIONS) - {"eval"}) & set(results)  # no other section ran
+    assert results["eval"]["n"] == 2000 and results["eval"]["values_equal"] is True
+    assert [f["key"] for f in results["figures"]] == ["eval_vs_pml"]
+    assert "`python -m benchmarks.run --sections eval --quick --eval-n 2000" in (tmp_path / "RESULTS.md").read_text()
