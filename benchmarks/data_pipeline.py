@@ -1,6 +1,6 @@
 """Real-scale data: fsd's lazy image pipeline against torchvision, memory against N, index fingerprints.
 
-Run ``python benchmarks/data_pipeline.py`` (``--quick`` for a small smoke run); it prints its section and
+Run ``python -m benchmarks.data_pipeline`` from the repository root (``--quick`` for a small smoke run); it prints its section and
 writes it into ``benchmarks/RESULTS.md`` (section "Real-scale data") and ``data_pipeline.json``. Figures:
 
 * **loader speed** — images/s of fsd's pipeline (:func:`featstore.loader.drawn_batches` over ``folder:``: a
@@ -40,11 +40,10 @@ from typing import Any
 
 import numpy as np
 
+from benchmarks.results_md import publish
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-sys.path.insert(0, str(HERE))
-
-from results_md import publish  # noqa: E402
 
 SECTION = "## Real-scale data (benchmarks/data_pipeline.py)"
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -382,7 +381,7 @@ def markdown(r: dict[str, Any]) -> str:
     lines = [
         SECTION,
         "",
-        f"`python benchmarks/data_pipeline.py{' --quick' if m['quick'] else ''}` on {m['date']}, {m['machine']}; "
+        f"`python -m benchmarks.data_pipeline{' --quick' if m['quick'] else ''}` on {m['date']}, {m['machine']}; "
         f"{m['workers']} loader worker(s) for every pipeline, batch {m['batch']}, images rendered at "
         f"{m['size']}×{m['size']}, {m['images']:,} generated JPEGs for the speed figures; medians of "
         f"{m['rounds']} interleaved rounds. Raw numbers: `data_pipeline.json`.",
