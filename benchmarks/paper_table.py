@@ -25,7 +25,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-RECIPES = ("vanilla", "kd", "kde", "kde-th", "th-kd", "crd", "crd-th", "rkd", "pkt")
+RECIPES = ("vanilla", "kd", "kde", "kde-th", "th-kd", "crd", "crd-exact", "crd-th", "rkd", "pkt", "sp")
 METRICS = (
     ("top-1", ("classification", "top1")),
     ("R@1", ("retrieval", "recall_at_k", "1")),
