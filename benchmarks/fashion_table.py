@@ -221,7 +221,7 @@ def main() -> None:
             sh_epochs = args.sh_teacher_epochs or args.teacher_epochs
             sh_jobs = [
                 (s, str(work / f"vanilla_s{s}.pt"), str(work / f"teacher_sh_s{s}.pt"), str(work / f"teacher_sh_s{s}.zarr"),
-                 sh_epochs, args.teacher_arch, train_spec, train_spec, test_spec)
+                 sh_epochs, args.teacher_arch, teacher_spec, train_spec, test_spec)
                 for s in range(args.seeds)
             ]  # fmt: skip
             sh = list(pool.map(_teacher, sh_jobs))
