@@ -47,7 +47,7 @@ def _student(args: tuple) -> tuple[str, int, dict, float]:
     import torch
 
     torch.set_num_threads(1)
-    from distill.evaluation import evaluate as ev
+    import distill.evaluation as ev
     from distill.training.student import StudentConfig, train_student
 
     name, recipe, seed, store, gallery_store, out, epochs, arch, train_spec, test_spec = args
@@ -102,7 +102,7 @@ def _teacher(args: tuple) -> tuple[int, str, float, float]:
     extract_teacher(
         load_teacher_source(out), load_dataset(train_spec), store, views=2, seed=0, overwrite=True, progress=False
     )
-    from distill.evaluation import evaluate as ev
+    import distill.evaluation as ev
 
     top1 = ev.evaluate(ev.embeddings_from_checkpoint(out, test_spec, "test"))[0]["classification"]["top1"]
     return seed, store, top1, time.perf_counter() - started
@@ -185,7 +185,7 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(1)
-    from distill.evaluation import evaluate as ev
+    import distill.evaluation as ev
 
     started = time.perf_counter()
     work = args.workdir
