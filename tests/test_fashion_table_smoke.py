@@ -42,4 +42,4 @@ def test_fashion_table_runs_end_to_end(tmp_path: Path) -> None:
     assert "old" not in text and text.startswith("# Results\n\nintro") and text.rstrip().endswith("kept")
     for row in ("teacher", *ROWS):
         assert f"| {row}" in text
-    assert "--train-limit 200 --test-limit 100" in text
+    assert "--train-limit 200 --teacher-limit 200 --test-limit 100" in text
