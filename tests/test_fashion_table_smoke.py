@@ -1,4 +1,4 @@
-"""Smoke test of benchmarks/fashion_table.py on the Debian package's real Fashion-MNIST files: one seed, one
+"""Smoke test of ``python -m benchmarks.fashion_table`` on the Debian package's real Fashion-MNIST files: one seed, one
 epoch, 200 training and 100 test images, four rows (vanilla, crd, sp and the SH-KD pipeline) — every stage
 runs and writes a table with finite figures; nothing looks at their values. Skips without the package."""
 
@@ -14,7 +14,7 @@ import pytest
 
 from featstore.datasets.idx import DEBIAN_FASHION_MNIST
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "fashion_table.py"
+ROOT = Path(__file__).resolve().parents[1]
 ROWS = ("vanilla", "crd", "sp", "sh-kd")
 
 
@@ -28,10 +28,10 @@ def test_fashion_table_runs_end_to_end(tmp_path: Path) -> None:
         "# Results\n\nintro\n\n## Fashion-MNIST\n\n<!-- fashion-table:start -->\nold\n<!-- fashion-table:end -->\nkept\n"
     )
     done = subprocess.run(
-        [sys.executable, str(SCRIPT), "--seeds", "1", "--epochs", "1", "--teacher-epochs", "1",
+        [sys.executable, "-m", "benchmarks.fashion_table", "--seeds", "1", "--epochs", "1", "--teacher-epochs", "1",
          "--train-limit", "200", "--teacher-limit", "200", "--test-limit", "100", "--recipes", ",".join(ROWS),
          "--jobs", "1", "--workdir", str(tmp_path / "work"), "--out", str(results), "--json", str(tmp_path / "f.json")],
-        capture_output=True, text=True, timeout=300, check=False,
+        capture_output=True, text=True, timeout=300, check=False, cwd=ROOT,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-4000:]
     data = json.loads((tmp_path / "f.json").read_text())
