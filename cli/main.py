@@ -13,7 +13,8 @@ import sys
 import click
 from click.shell_completion import CompletionItem
 
-from featstore.errors import FsdError
+from cli.types import finite_floats
+from featstore.errors import ENVIRONMENT_ERRNOS, FsdError
 
 COMMAND_MODULES: dict[str, str] = {
     "train-teacher": "cli.cmd_train_teacher",
@@ -53,7 +54,7 @@ class FsdGroup(click.Group):
         module = COMMAND_MODULES.get(cmd_name)
         if module is None:
             return None
-        command = importlib.import_module(module).command
+        command = finite_floats(importlib.import_module(module).command)
         command.short_help = COMMAND_SUMMARIES[cmd_name]  # one summary, wherever it is shown
         return command
 
@@ -73,6 +74,19 @@ class FsdGroup(click.Group):
         except FsdError as exc:
             message = " ".join(str(exc).split())  # one line, whatever the message held
             click.echo(f"Error: {message}", err=True)
+            ctx.exit(getattr(exc, "exit_code", 2))
+        except KeyboardInterrupt:  # where no command said more (what was kept, how to resume)
+            click.echo("Error: interrupted (Ctrl-C); nothing was finished", err=True)
+            ctx.exit(130)
+        except OSError as exc:
+            if exc.errno not in ENVIRONMENT_ERRNOS:
+                raise
+            where = f" ({exc.filename})" if exc.filename else ""
+            click.echo(
+                f"Error: {exc.strerror or exc}{where}; finished outputs are kept — free space or fix the folder's "
+                "permissions and re-run the same command",
+                err=True,
+            )
             ctx.exit(2)
 
 

@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 from featstore.codecs import check_dtype
 from featstore.datasets import ImageDataset
-from featstore.errors import InvalidInput, StoreError
+from featstore.errors import Interrupted, InvalidInput, StoreError
 from featstore.lock import writer_lock
 from featstore.store import (
     FeatureStore,
@@ -124,6 +124,23 @@ def _check_same_head(store: FeatureStore, teacher: TeacherSource, url: str) -> N
             f"store {url} holds another head than this teacher's (other weights); refusing to resume into it "
             "(use --overwrite to replace it)"
         )
+
+
+def mark_complete(store: FeatureStore) -> None:
+    """Set ``complete``; a full disk here leaves every chunk written and only the flag to set again."""
+    try:
+        store.mark_complete()
+    except OSError as exc:
+        raise StoreError(
+            f"marking {store.url} complete failed ({exc.strerror or exc}); every chunk is written — fix the cause "
+            "and re-run the same command to finish"
+        ) from None
+
+
+def _nothing_finished(url: str) -> bool:
+    """True for a store whose every progress flag is false: re-creating it loses no work."""
+    store = open_store(url, require_complete=False, check=False)
+    return not store.done_chunks().any()
 
 
 def _open_for_resume(url: str, wanted: dict[str, Any]) -> FeatureStore:
@@ -248,6 +265,10 @@ def open_or_create_store(
         meta["compute"] = dict(compute)
     if store_exists(url) and overwrite:
         remove_store(url)
+    if store_exists(url) and not overwrite and _nothing_finished(url):
+        # an earlier run failed before its first chunk (e.g. a teacher that output NaN): nothing to keep
+        warnings.warn(f"store {url} holds no finished chunk: re-initialising it", RuntimeWarning, stacklevel=3)
+        remove_store(url)
     if store_exists(url):
         store = _open_for_resume(url, {**meta, "dtype": dtype, "chunk_rows": chunk_rows})
         _check_same_head(store, teacher, url)
@@ -334,6 +355,12 @@ def extract_teacher(
                     f"{store.num_chunks} chunks are safely written — fix the cause and re-run the "
                     "same command to resume"
                 ) from None
+            except KeyboardInterrupt:
+                done = int(store.done_chunks().sum())
+                raise Interrupted(
+                    f"interrupted; {done}/{store.num_chunks} chunks of {url} are safely written: re-run the same "
+                    "command to resume"
+                ) from None
         if not store.complete:
-            store.mark_complete()
+            mark_complete(store)
     return summarise(store, computed=len(missing), seconds=time.perf_counter() - started, resumed=resumed)

@@ -6,6 +6,7 @@ importing training.
 
 from __future__ import annotations
 
+import math
 import random
 from dataclasses import dataclass
 
@@ -44,8 +45,8 @@ def make_optimizer(params, config: OptimConfig, total_steps: int):
 
 def check_positive(**values: float) -> None:
     for name, value in values.items():
-        if value is None or value <= 0:
-            raise InvalidInput(f"{name.replace('_', '-')} must be positive, got {value}")
+        if value is None or not value > 0 or not math.isfinite(value):  # `not > 0` also refuses NaN
+            raise InvalidInput(f"{name.replace('_', '-')} must be positive and finite, got {value}")
 
 
 def accuracy(model: nn.Module, dataset: ImageDataset, device: torch.device) -> float:

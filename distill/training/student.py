@@ -30,6 +30,7 @@ from distill.models.heads import frozen_head, head_from_store, head_state
 from distill.training.common import OptimConfig, accuracy, check_positive, make_optimizer, seed_everything
 from distill.training.curves import TensorBoardLog, plot_training_curves
 from distill.training.ddp import init_distributed
+from distill.training.outputs import keep_resume_state, output_locked
 from featstore.atomic import atomic_path, atomic_write_text
 from featstore.datasets import ImageDataset, load_dataset
 from featstore.errors import CheckpointError, InputNotFound, InvalidInput, OutputExists, StoreError
@@ -279,10 +280,12 @@ def _load_resume_state(path: Path, identity: dict[str, Any]) -> dict[str, Any]:
     return state
 
 
+@output_locked(resume_path_for)
 def train_student(config: StudentConfig) -> StudentResult:
     """Train (or with ``config.resume`` continue) a student; under torchrun, one process per rank."""
     out = Path(config.out)
     resume_path = resume_path_for(out)
+    keep_resume_state(resume_path, config.resume, config.overwrite)
     if config.resume and not resume_path.exists():
         raise InputNotFound(
             f"nothing to resume: {resume_path} does not exist"

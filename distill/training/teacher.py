@@ -27,6 +27,7 @@ from distill.training.common import (
     make_optimizer,
     seed_everything,
 )
+from distill.training.outputs import output_locked
 from featstore.atomic import file_sha256
 from featstore.datasets import load_dataset
 from featstore.errors import InvalidInput, OutputExists
@@ -83,6 +84,7 @@ def install_frozen_head(model: torch.nn.Module, student: Checkpoint, path: Path,
     }
 
 
+@output_locked()
 def train_teacher(config: TeacherConfig) -> TeacherResult:
     """Train and save; refuses an existing output before doing any work."""
     out = Path(config.out)
