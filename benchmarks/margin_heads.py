@@ -110,6 +110,8 @@ def main() -> None:
             print(head, recipe, metrics, flush=True)
 
     def cell(values):
+        if len(values) < 2:  # one seed has no spread (and statistics.stdev refuses it)
+            return f"{100 * statistics.fmean(values):.2f}"
         return f"{100 * statistics.fmean(values):.2f} ± {100 * statistics.stdev(values):.2f}"
 
     rows = []

@@ -55,7 +55,15 @@ def _parse_fars(text: str) -> tuple[float, ...]:
     help="Cross-model retrieval against this checkpoint's embeddings of the same --dataset/--split "
     "(e.g. student queries, teacher gallery).",
 )
-@click.option("--far", "far_text", default=",".join(f"{f:g}" for f in FARS), show_default=True)
+@click.option(
+    "--far",
+    "far_text",
+    default=",".join(f"{f:g}" for f in FARS),
+    show_default=True,
+    metavar="F,...",
+    help="False-accept rates in (0, 1] at which verification reports TAR (the share of genuine pairs accepted "
+    "at the threshold that accepts that share of impostor pairs).",
+)
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Report JSON.")
 @click.option(
     "--pairs",

@@ -57,7 +57,13 @@ from featstore.stream import VIEW_SAMPLING
 @click.option("--temperature", type=float, default=4.0, show_default=True, help="KD temperature T.")
 @click.option("--epochs", type=int, default=30, show_default=True)
 @click.option("--batch-size", type=int, default=64, show_default=True)
-@click.option("--lr", type=float, default=0.05, show_default=True)
+@click.option(
+    "--lr",
+    type=float,
+    default=0.05,
+    show_default=True,
+    help="Peak learning rate of SGD (momentum 0.9, weight decay 5e-4), annealed to 0 by a cosine schedule over all steps.",
+)
 @click.option(
     "--view-sampling",
     type=click.Choice(VIEW_SAMPLING),

@@ -28,12 +28,19 @@ class FiniteFloat(click.ParamType):
         return f"FiniteFloat({self.base!r})"
 
 
+SEED = click.IntRange(0, 2**32 - 1)
+"""Seeds: numpy's SeedSequence refuses negative ones and torch overflows past 64 bits, deep inside a run."""
+
+
 def finite_floats(command: click.Command) -> click.Command:
-    """Make every float option of ``command`` (and of its subcommands) a :class:`FiniteFloat`: one validator
-    for every command, including ones added later with a plain ``type=float``."""
+    """Make every float option of ``command`` (and of its subcommands) a :class:`FiniteFloat`, and every
+    integer ``--…seed`` option a :data:`SEED`: one validator for every command, including ones added later
+    with a plain ``type=float`` / ``type=int``."""
     for param in command.params:
         if isinstance(param.type, click.types.FloatParamType):
             param.type = FiniteFloat(param.type)
+        elif param.name and param.name.endswith("seed") and param.type is click.INT:
+            param.type = SEED
     for sub in getattr(command, "commands", {}).values():
         finite_floats(sub)
     return command

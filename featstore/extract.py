@@ -206,9 +206,20 @@ def validate_request(
             raise InvalidInput(f"{name} must be positive, got {value}")
     if chunk_rows is not None and chunk_rows <= 0:
         raise InvalidInput(f"chunk-rows must be positive, got {chunk_rows}")
+    if chunk_rows is not None and chunk_rows > len(dataset):
+        raise InvalidInput(
+            f"chunk-rows {chunk_rows} exceeds the split's {len(dataset)} samples (one chunk would hold them all; "
+            f"use at most {len(dataset)}, or leave it out for the default)"
+        )
     if teacher.input_shape is not None and list(teacher.input_shape) != list(dataset.image_shape):
         raise InvalidInput(
             f"teacher expects input {teacher.input_shape}, dataset {dataset.spec} gives {list(dataset.image_shape)}"
+        )
+    classes = int(np.asarray(teacher.head_weight).shape[0])
+    if classes < dataset.num_classes:  # the stored head would score labels it has no row for: training crashes
+        raise InvalidInput(
+            f"teacher {teacher.arch!r} has a head over {classes} classes, but dataset {dataset.spec} has "
+            f"{dataset.num_classes}: its logits cannot cover the dataset's labels"
         )
     _probe_embedding_width(teacher, dataset)
 

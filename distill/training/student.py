@@ -34,7 +34,7 @@ from distill.training.outputs import keep_resume_state, output_locked
 from featstore.atomic import atomic_path, atomic_write_text
 from featstore.datasets import ImageDataset, load_dataset
 from featstore.errors import CheckpointError, InputNotFound, InvalidInput, OutputExists, StoreError
-from featstore.store import FeatureStore, open_store
+from featstore.store import FeatureStore, default_chunk_rows, open_store
 from featstore.stream import GeneratedViews, StoreStream
 from featstore.views import render_views
 
@@ -207,7 +207,9 @@ def teacher_side(config: StudentConfig, dataset: ImageDataset, device: torch.dev
     head = frozen_head(
         teacher.head_type, torch.from_numpy(teacher.head_weight), bias, teacher.head_scale, teacher.head_margin
     )
-    source = GeneratedViews(dataset, config.views, seed=config.view_seed)
+    # the chunk size a default store of this teacher would have, so the chunk order (the stream) is the same
+    rows = default_chunk_rows(len(dataset), config.views, teacher.embedding_dim, "float16")
+    source = GeneratedViews(dataset, config.views, seed=config.view_seed, chunk_rows=rows)
     return TeacherSide(
         source,
         head.to(device),
