@@ -771,7 +771,8 @@ def _comparability_notes(reports: dict[str, dict[str, Any]]) -> list[str]:
     datasets = {name: data(r) for name, r in reports.items()}
     if len(set(datasets.values())) > 1:
         notes.append(
-            "note: the reports come from different datasets (" + ", ".join(f"{n}: {v}" for n, v in datasets.items())
+            "note: the reports come from different datasets ("
+            + ", ".join(f"{n}: {v}" for n, v in datasets.items())
             + "); their numbers are not comparable"
         )
 
