@@ -167,7 +167,7 @@ def command(
     elif store is not None:
         queries = ev.embeddings_from_store(store)
     else:
-        queries = ev.embeddings_from_h5(embeddings)
+        queries = ev.embeddings_from_h5(embeddings, labels_required=parsed_pairs is None)  # pairs need no labels
     if gallery_store and gallery_model:
         raise InvalidInput("give at most one of --gallery-store and --gallery-model")
     if gallery_model is not None and not dataset:

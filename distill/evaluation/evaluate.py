@@ -177,6 +177,11 @@ def embeddings_from_h5(path: str | Path, *, labels_required: bool = True, with_f
             lab = np.full(emb.shape[0], -1, dtype=np.int64)
         else:
             lab = handle["labels"]
+        if emb.ndim == 3:
+            raise InvalidInput(
+                f"{path}: embeddings {emb.shape} hold one embedding per view (N, V, D); evaluate one view: "
+                "`fsd store export STORE --view 0` writes (N, D)"
+            )
         if emb.ndim != 2 or lab.ndim != 1 or emb.shape[0] != lab.shape[0]:
             raise InvalidInput(
                 f"{path}: embeddings {emb.shape} and labels {lab.shape} do not match (need (N, D), (N,))"

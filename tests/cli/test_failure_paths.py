@@ -62,8 +62,11 @@ def test_library_refuses_non_finite_sizes():
     from distill.training.common import check_positive
     from featstore.errors import InvalidInput
 
-    for bad in (float("nan"), float("inf"), 0.0, -1.0):
-        with pytest.raises(InvalidInput, match="positive and finite"):
+    for bad in (float("nan"), float("inf"), float("-inf")):
+        with pytest.raises(InvalidInput, match="finite number"):
+            check_positive(lr=bad)
+    for bad in (0.0, -1.0):
+        with pytest.raises(InvalidInput, match="positive"):
             check_positive(lr=bad)
     check_positive(lr=1e-3, epochs=3)
 
