@@ -3,7 +3,7 @@ student's verification over vanilla? Writes a section of docs/results.md.
 
     python benchmarks/margin_heads.py [--seeds 3] [--epochs 30]
 
-Each digit class is treated as an identity; verification is TAR@FAR over all test pairs (DESIGN.md §4).
+Each digit class is treated as an identity; verification is TAR@FAR over all test pairs (docs/evaluation.md).
 For each teacher head (linear, arcface, cosface): one teacher, a 2-view store, then students (vanilla,
 th-kd, kde-th) per seed; TH-KD with a margin head uses the margin-free cosine logits × s.
 """

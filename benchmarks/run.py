@@ -9,7 +9,7 @@ replaces only the block between its own markers; other sections (``benchmarks/ta
 
 Sections (``--sections``, default all):
 
-* ``training`` — one training step of resnet8x4 (the CIFAR student of PAPER.md) on 32×32 inputs through the
+* ``training`` — one training step of resnet8x4 (the CIFAR student of docs/methods.md) on 32×32 inputs through the
   trainer's own pieces (StoreStream → render_views → TeacherSide.embed → DistillStep → backward → SGD step →
   schedule → loss logging, as in ``distill.training.student``): vanilla (a plain CE step, no store), store-KD,
   store-TH-KD, store-CRD (RepDistiller's 16,384 negatives), online-KD and online-TH-KD (resnet32x4 run

@@ -1,6 +1,6 @@
 """The ``fsd`` command group. Commands live one per module; this file wires them and maps errors.
 
-Error contract (DESIGN.md §3): an :class:`FsdError` — anything the user can fix — becomes one line
+Error contract (docs/cli.md): an :class:`FsdError` — anything the user can fix — becomes one line
 ``Error: …`` on stderr and exit code 2, with no traceback; click's own usage errors also exit 2; anything
 else is a bug and exits 1 with its traceback.
 """

@@ -1,4 +1,4 @@
-"""Evaluation: embeddings from a checkpoint, a store or an HDF5 file → a report of DESIGN.md §4's metrics.
+"""Evaluation: embeddings from a checkpoint, a store or an HDF5 file → a report of docs/evaluation.md's metrics.
 
 This module gathers embeddings and orchestrates; the numbers themselves come from the pure functions of
 :mod:`distill.evaluation.metrics`, and neighbour search from :mod:`distill.evaluation.search` (FAISS, GPU when present; exact unless an
@@ -344,7 +344,7 @@ def evaluate(
     index_options: dict[str, Any] | None = None,
     ijb: Any = None,
 ) -> tuple[dict[str, Any], dict]:
-    """The report dict of DESIGN.md §4 and the ROC curve(s) for plotting: (report, {name: (far, tar)}).
+    """The report dict of docs/evaluation.md and the ROC curve(s) for plotting: (report, {name: (far, tar)}).
 
     Verification covers every unordered pair of known-label samples, computed exactly in bounded memory by
     :func:`distill.evaluation.verification.streaming_verification`; with ``pairs`` (from :mod:`distill.evaluation.protocols.pairs`) it covers

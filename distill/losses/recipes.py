@@ -1,6 +1,6 @@
 """Recipes are data: a name → {loss name: weight}. The criterion is their weighted sum.
 
-Weights follow the HeadSharingKD README (resnet32x4 → resnet8x4) where it gives them (PAPER.md):
+Weights follow the HeadSharingKD README (resnet32x4 → resnet8x4) where it gives them (docs/methods.md):
 ``th-kd`` = 1·CE + 1.5·KD + 0.02·TH. ``kd`` is the same without the TH term so that the two differ only by
 the shared head. ``rkd``/``sp`` use RepDistiller's β for those losses; ``pkt`` does not (see below). KDE's weight is per-sample-sum (see distill/losses/kde.py): 0.1·Σ over a batch of 64 is
 about the scale of the KD term early in training.

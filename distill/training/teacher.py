@@ -1,7 +1,7 @@
 """Train a teacher with cross-entropy, on random views of the split, and save its checkpoint.
 
 The teacher is trained once; afterwards only its store is used. Margin heads (arcface, cosface) train
-with their margin. ``head_from`` is SH-KD's step 2 (PAPER.md): the teacher's classifier is *replaced* by a
+with their margin. ``head_from`` is SH-KD's step 2 (docs/methods.md): the teacher's classifier is *replaced* by a
 trained student's classifier, frozen, so the teacher's backbone learns a representation that the small
 student's classifier can read.
 """
