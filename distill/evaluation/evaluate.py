@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from tqdm import tqdm
 
 from distill.evaluation import metrics
 from distill.evaluation.protocols.pairs import Pairs, pairs_report
@@ -94,7 +95,7 @@ def embeddings_from_checkpoint(
         raise InvalidInput(
             f"{path} expects images {ckpt.dataset.get('image_shape')}, {dataset_spec} gives {list(dataset.image_shape)}"
         )
-    embeddings, logits = embed_dataset(ckpt.build_model(), dataset, select_device(device))
+    embeddings, logits = embed_dataset(ckpt.build_model(), dataset, select_device(device), desc="embed")
     if th_mix is not None:
         logits = mixed_prediction_logits(ckpt, embeddings, logits, th_mix)
     if ckpt.num_classes != dataset.num_classes:
@@ -124,7 +125,7 @@ def embeddings_from_store(url: str, view: int = 0) -> EmbeddingSet:
         raise InvalidInput(f"view {view} outside the store's {store.shape.num_views} views")
     embeddings = np.empty((store.shape.num_samples, store.shape.dim), dtype=np.float32)
     labels = np.empty(store.shape.num_samples, dtype=np.int64)
-    for chunk in range(store.num_chunks):
+    for chunk in tqdm(range(store.num_chunks), desc="read store", unit="chunk", disable=None, leave=False):
         start, stop = store.chunk_bounds(chunk)
         rows, chunk_labels, _ = store.read_chunk(chunk)
         embeddings[start:stop] = rows[:, view]
