@@ -29,7 +29,7 @@ def _student(args):
     import torch
 
     torch.set_num_threads(1)
-    from distill.evaluation import evaluate as ev
+    import distill.evaluation as ev
     from distill.training.student import StudentConfig, train_student
 
     head, recipe, seed, store, out, epochs = args
@@ -45,7 +45,7 @@ def _student(args):
             progress=False,
         )
     )
-    report, _ = ev.evaluate(ev.embeddings_from_checkpoint(out, "digits", "test"))
+    report = ev.run_eval(ev.EvalRequest(model=out, dataset="digits")).report
     v = report["verification"]
     return (
         head,
@@ -63,7 +63,7 @@ def _teacher(args):
     import torch
 
     torch.set_num_threads(1)
-    from distill.evaluation import evaluate as ev
+    import distill.evaluation as ev
     from distill.models.checkpoint import load_teacher_source
     from distill.training.teacher import TeacherConfig, train_teacher
     from featstore.datasets import load_dataset
@@ -78,7 +78,7 @@ def _teacher(args):
     extract_teacher(
         load_teacher_source(teacher), load_dataset("digits"), store, views=2, overwrite=True, progress=False
     )
-    report, _ = ev.evaluate(ev.embeddings_from_checkpoint(teacher, "digits", "test"))
+    report = ev.run_eval(ev.EvalRequest(model=teacher, dataset="digits")).report
     return head, store, report["verification"]["tar_at_far"]["1e-03"]
 
 

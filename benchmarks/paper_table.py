@@ -51,7 +51,7 @@ def _student(args: tuple) -> tuple[str, int, dict]:
     import torch
 
     torch.set_num_threads(1)
-    from distill.evaluation import evaluate as ev
+    import distill.evaluation as ev
     from distill.training.student import StudentConfig, train_student
 
     recipe, seed, store, gallery_store, out, epochs = args
@@ -67,9 +67,7 @@ def _student(args: tuple) -> tuple[str, int, dict]:
             progress=False,
         )
     )
-    report, _ = ev.evaluate(
-        ev.embeddings_from_checkpoint(out, "digits", "test"), gallery=ev.embeddings_from_store(gallery_store)
-    )
+    report = ev.run_eval(ev.EvalRequest(model=out, dataset="digits", gallery_store=gallery_store)).report
     return recipe, seed, _metrics(report)
 
 
@@ -121,7 +119,7 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(1)
-    from distill.evaluation import evaluate as ev
+    import distill.evaluation as ev
     from distill.models.checkpoint import load_teacher_source
     from distill.training.teacher import TeacherConfig, train_teacher
     from featstore.datasets import load_dataset
@@ -138,9 +136,7 @@ def main() -> None:
     extract_teacher(
         load_teacher_source(teacher), load_dataset("digits"), store, views=2, overwrite=True, progress=False
     )
-    teacher_report, _ = ev.evaluate(
-        ev.embeddings_from_checkpoint(teacher, "digits", "test"), gallery=ev.embeddings_from_store(store)
-    )
+    teacher_report = ev.run_eval(ev.EvalRequest(model=teacher, dataset="digits", gallery_store=store)).report
     print(f"teacher: test top-1 {t.test_accuracy:.4f}", flush=True)
 
     results: dict[str, list[dict]] = {}

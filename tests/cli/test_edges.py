@@ -217,7 +217,7 @@ def test_help_explains_far_and_lr(h):
 
 
 def test_compare_notes_reports_from_different_datasets():
-    from distill.evaluation.evaluate import side_by_side_table
+    from distill.evaluation.compare import side_by_side_table
 
     def report(dataset, fingerprint):
         return {
