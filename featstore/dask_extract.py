@@ -54,7 +54,7 @@ from tqdm import tqdm
 
 from featstore.codecs import DEFAULT_DTYPE
 from featstore.datasets import ImageDataset, load_dataset
-from featstore.errors import Interrupted, InvalidInput, StoreError
+from featstore.errors import ENVIRONMENT_ERRNOS, Interrupted, InvalidInput, StoreError
 from featstore.extract import (
     ExtractSummary,
     TeacherSource,
@@ -297,6 +297,13 @@ def _run_tasks(client: Any, job: _Job, missing: list[int], chunks_per_task: int,
         raise StoreError(
             f"distributed extraction of {job.url} failed: {type(exc).__name__}: {exc}; the chunks "
             "written so far are kept, re-run the same command to resume"
+        ) from None
+    except OSError as exc:  # a worker's disk full / read-only store, re-raised here after its retries
+        if exc.errno not in ENVIRONMENT_ERRNOS:
+            raise
+        raise StoreError(
+            f"a worker writing {job.url} failed ({exc.strerror or exc}); the chunks written so far are kept — fix "
+            "the cause and re-run the same command to resume"
         ) from None
     except KeyboardInterrupt:
         raise Interrupted(
