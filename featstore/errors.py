@@ -51,8 +51,10 @@ class OutputLocked(FsdError, FileExistsError):
     """Another live process is writing the same training output."""
 
 
-class Interrupted(FsdError):
-    """The user pressed Ctrl-C; the message says what was kept and how to continue. Exit code 130 (SIGINT)."""
+class Interrupted(FsdError, KeyboardInterrupt):
+    """The user pressed Ctrl-C; the message says what was kept and how to continue. Exit code 130 (SIGINT).
+
+    Still a KeyboardInterrupt, so Python callers that stop on Ctrl-C keep doing so."""
 
     exit_code = 130
 
