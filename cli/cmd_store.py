@@ -87,6 +87,14 @@ def info(store: str, as_json: bool) -> None:
 )
 @click.option("--seed", type=int, default=None, help="Seed that picks the --sample rows (default 0).")
 @click.option("--trust-code", is_flag=True, help="Allow a module:function --teacher (it runs that Python code).")
+@click.option(
+    "--dataset",
+    "dataset_spec",
+    default=None,
+    metavar="SPEC",
+    help="With --teacher: the dataset spec to recompute rows from (default: the one the store records; give it "
+    "when that was a relative folder: path and you run from elsewhere). Its fingerprint must be the store's.",
+)
 @image_size_option
 @loader_workers_option
 def verify(
@@ -95,6 +103,7 @@ def verify(
     sample: int | None,
     seed: int | None,
     trust_code: bool,
+    dataset_spec: str | None,
     image_size: int | None,
     loader_workers: int | None,
 ) -> None:
@@ -109,8 +118,10 @@ def verify(
 
     Example: fsd store verify store.zarr --teacher teacher.pt --sample 256
     """
-    if teacher_path is None and (sample is not None or seed is not None):
-        raise InvalidInput("--sample and --seed need --teacher (the live check recomputes rows with the teacher)")
+    if teacher_path is None and (sample is not None or seed is not None or dataset_spec is not None):
+        raise InvalidInput(
+            "--sample, --seed and --dataset need --teacher (the live check recomputes rows with the teacher)"
+        )
     if sample is not None and sample <= 0:
         raise InvalidInput(f"--sample must be positive, got {sample}")
     live_inputs = None
@@ -124,14 +135,14 @@ def verify(
         if not recorded.get("spec") or not recorded.get("split"):
             raise StoreError(f"store {store} records no dataset spec/split to recompute rows from")
         source = load_teacher(teacher_path, trust_code=trust_code)
-        if image_size is None and renders_any_size(recorded["spec"]):  # the size the teacher saw
+        if image_size is None and renders_any_size(dataset_spec or recorded["spec"]):  # the size the teacher saw
             shape = source.input_shape or (opened.meta.get("teacher") or {}).get("input_shape")
             image_size = int(shape[-1]) if shape else None
         options = LoadOptions(workers=loader_workers)
         live_inputs = (
             opened,
             source,
-            load_dataset(recorded["spec"], recorded["split"], image_size=image_size, options=options),
+            load_dataset(dataset_spec or recorded["spec"], recorded["split"], image_size=image_size, options=options),
         )
     report = verify_store(store)
     if live_inputs is not None:

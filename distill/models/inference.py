@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 from torch import nn
+from tqdm import tqdm
 
 from featstore.datasets.base import Dataset
 from featstore.errors import InvalidInput
@@ -30,12 +31,17 @@ def select_device(name: str = "auto") -> torch.device:
 
 @torch.no_grad()
 def embed_dataset(
-    model: nn.Module, dataset: Dataset, device: torch.device, batch_size: int = 512
+    model: nn.Module, dataset: Dataset, device: torch.device, batch_size: int = 512, desc: str | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(embeddings float32 (N, D), logits float32 (N, C)) of the identity view of every sample."""
+    """(embeddings float32 (N, D), logits float32 (N, C)) of the identity view of every sample; with ``desc``,
+    a progress bar on a terminal (evaluation of a large split must not look hung)."""
     model.eval().to(device)
     embeddings, logits = [], []
-    for rendered in identity_batches(dataset, np.arange(len(dataset)), batch_size, device):
+    batches = identity_batches(dataset, np.arange(len(dataset)), batch_size, device)
+    total = -(-len(dataset) // batch_size)
+    for rendered in tqdm(
+        batches, desc=desc, unit="batch", total=total, disable=True if desc is None else None, leave=False
+    ):
         x = rendered.x[:, 0].to(device, non_blocking=True)
         z = model.forward_features(x)
         embeddings.append(z.float().cpu())
