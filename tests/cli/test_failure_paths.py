@@ -287,16 +287,16 @@ def test_an_unexpected_oserror_is_still_a_bug_report(h, work, monkeypatch):
 def test_ctrl_c_during_extraction_says_how_to_resume(h, work, monkeypatch):
     import featstore.extract
 
-    real = featstore.extract.extract_chunk
+    real = featstore.extract._write
     calls = {"n": 0}
 
-    def chunk(*args, **kwargs):
+    def chunk(*args, **kwargs):  # Ctrl-C while the third chunk is being written
         calls["n"] += 1
         if calls["n"] == 3:
             raise KeyboardInterrupt
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(featstore.extract, "extract_chunk", chunk)
+    monkeypatch.setattr(featstore.extract, "_write", chunk)
     out = work.dir / "new.zarr"
     args = ["extract-teacher", "--teacher", work.teacher, "--dataset", "digits", "--out", out]
     result = h.invoke(*args, "--views", h.VIEWS, "--chunk-rows", h.CHUNK_ROWS, "--quiet")
