@@ -32,7 +32,13 @@ def _parse_fars(text: str) -> tuple[float, ...]:
     required=True,
     help="Use FAISS for neighbour search (required; faiss-gpu when present).",
 )
-@click.option("--model", type=click.Path(path_type=Path), default=None, help="Teacher or student checkpoint.")
+@click.option(
+    "--model",
+    default=None,
+    metavar="MODEL",
+    help="Teacher or student checkpoint, or any teacher spec (onnx:PATH, timm:NAME, torchscript:PATH, …).",
+)
+@click.option("--trust-code", is_flag=True, help="Allow a module:function --model (it runs that Python code).")
 @dataset_option(required=False)
 @split_option("test")
 @click.option("--store", default=None, metavar="STORE", help="Evaluate a store's identity-view embeddings.")
@@ -50,8 +56,8 @@ def _parse_fars(text: str) -> tuple[float, ...]:
 )
 @click.option(
     "--gallery-model",
-    type=click.Path(path_type=Path),
     default=None,
+    metavar="MODEL",
     help="Cross-model retrieval against this checkpoint's embeddings of the same --dataset/--split "
     "(e.g. student queries, teacher gallery).",
 )
@@ -107,6 +113,7 @@ def _parse_fars(text: str) -> tuple[float, ...]:
 def command(
     use_faiss,
     model,
+    trust_code,
     dataset,
     split,
     store,
@@ -155,7 +162,7 @@ def command(
         return
     parsed_pairs = read_pairs(pairs_file, pairs_format) if pairs_file is not None else None  # fail before work
     if model is not None:
-        queries = ev.embeddings_from_checkpoint(model, dataset, split, device, th_mix=th_mix)
+        queries = ev.embeddings_from_checkpoint(model, dataset, split, device, th_mix=th_mix, trust_code=trust_code)
     elif store is not None:
         queries = ev.embeddings_from_store(store)
     else:
@@ -166,7 +173,7 @@ def command(
         raise InvalidInput("--gallery-model needs --dataset (the split both models embed)")
     gallery = ev.embeddings_from_store(gallery_store) if gallery_store else None
     if gallery_model is not None:
-        gallery = ev.embeddings_from_checkpoint(gallery_model, dataset, split, device)
+        gallery = ev.embeddings_from_checkpoint(gallery_model, dataset, split, device, trust_code=trust_code)
     pairs = resolve_pairs(parsed_pairs, len(queries.labels), queries.names) if parsed_pairs is not None else None
     report, curves = ev.evaluate(queries, gallery=gallery, fars=fars, use_gpu=use_gpu, pairs=pairs, index=index)
     click.echo(ev.report_table(report))

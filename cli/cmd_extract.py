@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from cli.options import (
+    TEACHER_SPEC_HELP,
     dataset_option,
     device_option,
     dtype_choice,
@@ -28,9 +29,15 @@ from featstore.extract import extract_teacher
     "--teacher",
     required=True,
     metavar="TEACHER",
-    help="fsd teacher checkpoint, torchscript:PATH, or module:function (needs --trust-code).",
+    help=TEACHER_SPEC_HELP,
 )
 @click.option("--trust-code", is_flag=True, help="Allow a module:function teacher (it runs that Python code).")
+@click.option(
+    "--drop-head",
+    is_flag=True,
+    help="Leave the teacher's classifier out of the store (e.g. one over other classes); fit one later with "
+    "fsd store fit-head.",
+)
 @dataset_option()
 @split_option("train")
 @click.option("--out", required=True, metavar="STORE", help="Store path or fsspec URL (e.g. store.zarr).")
@@ -59,6 +66,7 @@ from featstore.extract import extract_teacher
 def command(
     teacher,
     trust_code,
+    drop_head,
     dataset,
     split,
     out,
@@ -81,6 +89,9 @@ def command(
     With --workers N or --scheduler ADDR the chunks are computed by dask workers (same bytes as a
     single-process run).
 
+    A teacher without a classifier (an ONNX face model, a timm backbone) gives a head-less store: fit
+    its head with fsd store fit-head before TH-KD.
+
     Example: fsd extract-teacher --teacher teacher.pt --dataset digits --out store.zarr --views 2
     """
     options = {
@@ -95,7 +106,7 @@ def command(
     if workers is not None or scheduler is not None:
         # Workers load the teacher themselves: pass a picklable loader and an absolute path.
         spec = str(Path(teacher).absolute()) if Path(teacher).exists() else teacher
-        loader = functools.partial(load_teacher, trust_code=trust_code)
+        loader = functools.partial(load_teacher, trust_code=trust_code, drop_head=drop_head)
         summary = extract_teacher_distributed(
             (loader, spec),
             dataset,
@@ -108,7 +119,7 @@ def command(
         )
     else:
         summary = extract_teacher(
-            load_teacher(teacher, trust_code=trust_code),
+            load_teacher(teacher, trust_code=trust_code, drop_head=drop_head),
             load_dataset(dataset, split),
             out,
             device=select_device(device),

@@ -61,10 +61,10 @@ def info(store: str, as_json: bool) -> None:
 @click.option(
     "--teacher",
     "teacher_path",
-    metavar="CKPT",
+    metavar="TEACHER",
     default=None,
-    help="Teacher checkpoint the store was extracted from: also recompute --sample random (sample, view) "
-    "rows live and compare them with the stored rows.",
+    help="Teacher the store was extracted from (any teacher spec: checkpoint, onnx:, timm:, …): also "
+    "recompute --sample random (sample, view) rows live and compare them with the stored rows.",
 )
 @click.option(
     "--sample",

@@ -18,9 +18,9 @@ from featstore.stream import VIEW_SAMPLING
 @click.option("--store", default=None, metavar="STORE", help="Feature store written by extract-teacher.")
 @click.option(
     "--online-teacher",
-    type=click.Path(dir_okay=False, path_type=Path),
     default=None,
-    help="Baseline instead of --store: run this teacher checkpoint at every step.",
+    metavar="TEACHER",
+    help="Baseline instead of --store: run this teacher (any teacher spec, as extract-teacher) at every step.",
 )
 @click.option(
     "--views",
@@ -90,6 +90,9 @@ from featstore.stream import VIEW_SAMPLING
     help="Also log per-epoch scalars to this TensorBoard directory (needs tensorboard).",
 )
 @click.option(
+    "--trust-code", is_flag=True, help="Allow module:function teachers and students (runs that Python code)."
+)
+@click.option(
     "--resume", is_flag=True, help="Continue an interrupted run from STUDENT.resume.pt (last complete epoch)."
 )
 @seed_option
@@ -118,6 +121,7 @@ def command(
     skip_bad_chunks,
     plot,
     tensorboard,
+    trust_code,
     resume,
     seed,
     device,
@@ -157,6 +161,7 @@ def command(
             skip_bad_chunks=skip_bad_chunks,
             plot=plot,
             tensorboard=tensorboard,
+            trust_code=trust_code,
             resume=resume,
             device=device,
             overwrite=overwrite,

@@ -8,6 +8,7 @@ crash computes only the missing chunks and gives arrays bit-identical to an unin
 
 from __future__ import annotations
 
+import dataclasses
 import time
 import warnings
 from dataclasses import dataclass
@@ -48,13 +49,23 @@ class TeacherSource:
     model: Any  # an nn.Module implementing EmbeddingModel
     arch: str
     checkpoint_sha256: str
-    embedding_dim: int
+    embedding_dim: int  # None only until extraction's probe for a head-less teacher of unknown width
     input_shape: list[int] | None  # None: any input (teachers brought as code or TorchScript)
-    head_type: str
-    head_weight: np.ndarray  # (C, D)
+    head_type: str | None  # None with head_weight None: a head-less embedding model (ONNX, pooled timm)
+    head_weight: np.ndarray | None  # (C, D)
     head_bias: np.ndarray | None
     head_scale: float | None = None
     head_margin: float | None = None
+
+    @property
+    def has_head(self) -> bool:
+        return self.head_weight is not None
+
+    def without_head(self) -> TeacherSource:
+        """The same network as a head-less embedding model (its classifier left out of the store)."""
+        return dataclasses.replace(
+            self, head_type=None, head_weight=None, head_bias=None, head_scale=None, head_margin=None
+        )
 
 
 @dataclass
@@ -88,7 +99,9 @@ def _store_meta(teacher: TeacherSource, dataset: ImageDataset, views: int, seed:
             "embedding_dim": teacher.embedding_dim,
             "input_shape": list(teacher.input_shape or dataset.image_shape),
         },
-        "head": {
+        "head": None
+        if not teacher.has_head
+        else {
             "type": teacher.head_type,
             "num_classes": int(teacher.head_weight.shape[0]),
             "scale": teacher.head_scale,
@@ -98,6 +111,7 @@ def _store_meta(teacher: TeacherSource, dataset: ImageDataset, views: int, seed:
             "spec": dataset.spec,
             "split": dataset.split,
             "num_samples": len(dataset),
+            "num_classes": int(dataset.num_classes),
             "fingerprint": dataset.fingerprint(),
         },
         "views": {
@@ -113,6 +127,13 @@ def _store_meta(teacher: TeacherSource, dataset: ImageDataset, views: int, seed:
 def _check_same_head(store: FeatureStore, teacher: TeacherSource, url: str) -> None:
     """The head a resumed store holds must be this teacher's, to the bit: the provenance hash alone cannot
     tell for every teacher source, and a mismatch would mix two teachers' chunks under one head."""
+    if store.has_head != teacher.has_head:
+        raise StoreError(
+            f"store {url} was extracted {'with' if store.has_head else 'without'} a teacher head and this teacher "
+            f"{'has' if teacher.has_head else 'has none'}; refusing to resume into it (use --overwrite to replace it)"
+        )
+    if not teacher.has_head:
+        return
     stored_bias = store.head_bias()  # one read of the array, not one per comparison
     if stored_bias is None or teacher.head_bias is None:
         same_bias = stored_bias is None and teacher.head_bias is None
@@ -189,11 +210,26 @@ def validate_request(
             raise InvalidInput(f"{name} must be positive, got {value}")
     if chunk_rows is not None and chunk_rows <= 0:
         raise InvalidInput(f"chunk-rows must be positive, got {chunk_rows}")
+    check_head_classes(teacher, dataset.num_classes, dataset.spec)
+    adapt = getattr(teacher.model, "adapt_to_dataset", None)
+    if adapt is not None:  # e.g. an ONNX teacher converting this dataset's normalisation to its own
+        adapt(dataset)
     if teacher.input_shape is not None and list(teacher.input_shape) != list(dataset.image_shape):
         raise InvalidInput(
             f"teacher expects input {teacher.input_shape}, dataset {dataset.spec} gives {list(dataset.image_shape)}"
         )
     _probe_embedding_width(teacher, dataset)
+
+
+def check_head_classes(teacher: TeacherSource, num_classes: int, where: str) -> None:
+    """A teacher head over another number of classes than the dataset's cannot teach it (TH-KD would crash
+    mid-training on the logits' shape): refuse it with the ways out."""
+    if teacher.has_head and int(teacher.head_weight.shape[0]) != int(num_classes):
+        raise InvalidInput(
+            f"teacher {teacher.arch!r} has a head over {int(teacher.head_weight.shape[0])} classes but dataset "
+            f"{where} has {num_classes}: extract without it (--drop-head) and fit one on the stored embeddings "
+            "with fsd store fit-head"
+        )
 
 
 @torch.no_grad()
@@ -212,9 +248,12 @@ def _probe_embedding_width(teacher: TeacherSource, dataset: ImageDataset) -> Non
             f"{type(exc).__name__}: {exc}"
         ) from None
     width = int(out.shape[-1]) if out.ndim == 2 else None
+    if teacher.embedding_dim is None and width is not None:  # a head-less teacher declares no width
+        teacher.embedding_dim = width
     if width != teacher.embedding_dim:
+        expects = "its head expects" if teacher.has_head else "it declares"
         raise InvalidInput(
-            f"teacher {teacher.arch!r} returns embeddings of shape {tuple(out.shape)} but its head expects "
+            f"teacher {teacher.arch!r} returns embeddings of shape {tuple(out.shape)} but {expects} "
             f"(batch, {teacher.embedding_dim})"
         )
 
@@ -260,7 +299,8 @@ def open_or_create_store(
                 stacklevel=3,
             )
         return store, True
-    shape = StoreShape(len(dataset), views, teacher.embedding_dim, len(PARAM_NAMES), int(teacher.head_weight.shape[0]))
+    classes = int(teacher.head_weight.shape[0]) if teacher.has_head else int(dataset.num_classes)
+    shape = StoreShape(len(dataset), views, teacher.embedding_dim, len(PARAM_NAMES), classes)
     rows_per_chunk = chunk_rows or default_chunk_rows(len(dataset), views, teacher.embedding_dim, dtype)
     store = create_store(
         url,

@@ -203,7 +203,7 @@ class FeatureStore(ChunkGeometry):
             num_views=int(emb.shape[1]),
             dim=int(emb.shape[2]),
             num_params=int(group["views"].shape[2]),
-            num_classes=int(group["head/weight"].shape[0]),
+            num_classes=_num_classes(group, self.meta),
         )
         self._row_arrays: dict[str, Any] | None = None
         self._chunk_files: dict[str, _ChunkFiles | None] | None = None
@@ -382,10 +382,23 @@ class FeatureStore(ChunkGeometry):
         """All labels (int64, N) — small next to the embeddings, so loading them whole is fine."""
         return np.asarray(self._group["labels"][:], dtype=np.int64)
 
+    @property
+    def has_head(self) -> bool:
+        """False for a store extracted from a head-less teacher (an ONNX or a pooled timm embedding model)
+        until ``fsd store fit-head`` trains one on the stored embeddings."""
+        return _has_head(self._group)
+
     def head_weight(self) -> np.ndarray:
+        if not self.has_head:
+            raise StoreError(
+                f"store {self.url} has no teacher head (its teacher came without a classifier); "
+                f"fit one on the stored embeddings with: fsd store fit-head {self.url} --head arcface"
+            )
         return np.asarray(self._group["head/weight"][:], dtype=np.float32)
 
     def head_bias(self) -> np.ndarray | None:
+        if not self.has_head:
+            return None
         head = self._group["head"]
         return np.asarray(head["bias"][:], dtype=np.float32) if "bias" in head else None
 
@@ -394,7 +407,12 @@ class FeatureStore(ChunkGeometry):
         """Compressed bytes of all arrays (what the store costs on disk, metadata excluded)."""
         return int(
             sum(arr.nbytes_stored() for _, arr in self._group.arrays())
-            + sum(arr.nbytes_stored() for name in ("head", "progress") for _, arr in self._group[name].arrays())
+            + sum(
+                arr.nbytes_stored()
+                for name in ("head", "progress")
+                if name in self._group
+                for _, arr in self._group[name].arrays()
+            )
         )
 
     def nbytes_embeddings(self) -> tuple[int, int]:
@@ -424,6 +442,22 @@ class FeatureStore(ChunkGeometry):
             "compression_ratio_vs_float32": raw / stored if stored else None,
             **{key: self.meta.get(key) for key in ("teacher", "head", "dataset", "views", "created", "fsd_version")},
         }
+
+
+def _has_head(group: zarr.Group) -> bool:
+    return "head" in group and "weight" in group["head"]
+
+
+def _num_classes(group: zarr.Group, meta: dict[str, Any]) -> int:
+    """The head's rows; for a head-less store the dataset's class count (recorded since head-less stores
+    exist), else one more than the largest label."""
+    if _has_head(group):
+        return int(group["head/weight"].shape[0])
+    recorded = (meta.get("dataset") or {}).get("num_classes")
+    if recorded:
+        return int(recorded)
+    labels = np.asarray(group["labels"][:])
+    return int(labels.max()) + 1 if labels.size else 0
 
 
 def identity_of(meta: dict[str, Any]) -> dict[str, Any]:
@@ -499,11 +533,12 @@ def create_store(
     chunk_rows: int,
     labels: np.ndarray,
     shard: int | None = None,
-    head_weight: np.ndarray,
+    head_weight: np.ndarray | None,
     head_bias: np.ndarray | None,
     meta: dict[str, Any],
 ) -> FeatureStore:
-    """Create an empty store (every chunk 'not done', ``complete`` false) with labels and head written.
+    """Create an empty store (every chunk 'not done', ``complete`` false) with labels and head written
+    (no ``head/`` group when ``head_weight`` is None: a head-less teacher).
 
     ``meta`` carries the ``teacher``, ``head``, ``dataset`` and ``views`` attribute dicts; format, dtype,
     chunk_rows, creation time and version are added here. Refuses to replace anything that exists.
@@ -554,7 +589,7 @@ def _initialise(
     factor: int,
     unit_rows: int,
     labels: np.ndarray,
-    head_weight: np.ndarray,
+    head_weight: np.ndarray | None,
     head_bias: np.ndarray | None,
     meta: dict[str, Any],
 ) -> None:
@@ -589,11 +624,8 @@ def _initialise(
     )
     num_units = math.ceil(n / unit_rows)
     group.create_array("progress/done", shape=(num_units,), chunks=(1,), dtype="bool", fill_value=False)
-    group.create_array("head/weight", shape=head_weight.shape, dtype="float32", compressors=None)
-    group["head/weight"][...] = head_weight.astype(np.float32)
-    if head_bias is not None:
-        group.create_array("head/bias", shape=head_bias.shape, dtype="float32", compressors=None)
-        group["head/bias"][...] = head_bias.astype(np.float32)
+    if head_weight is not None:
+        write_head_arrays(group, head_weight, head_bias)
     group["labels"][...] = np.asarray(labels, dtype=np.int64)
     attrs = {
         "format": FORMAT_VERSION,
@@ -607,3 +639,12 @@ def _initialise(
     }
     json.dumps(attrs)  # fail here, not half-way, if something is not JSON
     group.attrs["fsd"] = attrs
+
+
+def write_head_arrays(group: zarr.Group, weight: np.ndarray, bias: np.ndarray | None, name: str = "head") -> None:
+    """The classifier arrays ``name/weight`` (C, D) [and ``name/bias`` (C,)], uncompressed float32."""
+    group.create_array(f"{name}/weight", shape=weight.shape, dtype="float32", compressors=None)
+    group[f"{name}/weight"][...] = weight.astype(np.float32)
+    if bias is not None:
+        group.create_array(f"{name}/bias", shape=bias.shape, dtype="float32", compressors=None)
+        group[f"{name}/bias"][...] = bias.astype(np.float32)

@@ -210,7 +210,7 @@ def verify_store(url: str) -> VerifyReport:
         report.problems.append(f"attributes say {expected_n} samples, arrays hold {store.shape.num_samples}")
     if store.meta.get("views", {}).get("count") not in (None, store.shape.num_views):
         report.problems.append("attributes and arrays disagree on the number of views")
-    if not np.isfinite(store.head_weight()).all():
+    if store.has_head and not np.isfinite(store.head_weight()).all():
         report.problems.append("head weights are not finite")
     done = store.done_chunks()
     for chunk in range(store.num_chunks):
@@ -302,9 +302,13 @@ def _identity_problems(
             f"{list(dataset.image_shape)}"
         )
         comparable = False
-    head = store.head_weight()
-    if head.shape != teacher.head_weight.shape or not np.array_equal(head, teacher.head_weight.astype(np.float32)):
-        problems.append("the stored head/weight is not the teacher's classifier weights")
+    fitted = bool((store.meta.get("head") or {}).get("fitted"))  # fsd store fit-head: not the teacher's own
+    if teacher.has_head and not store.has_head:
+        problems.append("the store has no head but the teacher has a classifier")
+    elif teacher.has_head and not fitted:
+        head = store.head_weight()
+        if head.shape != teacher.head_weight.shape or not np.array_equal(head, teacher.head_weight.astype(np.float32)):
+            problems.append("the stored head/weight is not the teacher's classifier weights")
     recorded_data = store.meta.get("dataset", {})
     if recorded_data.get("fingerprint") != dataset.fingerprint() or len(dataset) != store.shape.num_samples:
         problems.append(
@@ -402,6 +406,8 @@ def verify_live(
 
     device = torch.device(device)
     model = teacher.model.eval().to(device)
+    if hasattr(model, "adapt_to_dataset"):  # e.g. an ONNX teacher converting the dataset's normalisation
+        model.adapt_to_dataset(dataset)
     live = np.empty_like(stored, dtype=np.float32)
     for start in range(0, len(rows), batch_size):
         stop = start + batch_size

@@ -80,14 +80,25 @@ def mixed_prediction_logits(ckpt, embeddings: np.ndarray, logits: np.ndarray, we
 
 
 def embeddings_from_checkpoint(
-    path: str | Path, dataset_spec: str, split: str = "test", device: str = "auto", th_mix: float | None = None
+    path: str | Path,
+    dataset_spec: str,
+    split: str = "test",
+    device: str = "auto",
+    th_mix: float | None = None,
+    trust_code: bool = False,
 ) -> EmbeddingSet:
-    """Run a teacher or student checkpoint over a dataset split (identity views). ``th_mix`` = w mixes the
-    student's prediction with its teacher head's (see :func:`mixed_prediction_logits`)."""
+    """Run a model over a dataset split (identity views): an fsd teacher or student checkpoint, or any teacher
+    spec (``onnx:``, ``timm:``, ``torchscript:``, ``module:function``). ``th_mix`` = w mixes a student's
+    prediction with its teacher head's (see :func:`mixed_prediction_logits`)."""
     from distill.models.checkpoint import load_checkpoint
     from distill.models.inference import embed_dataset, select_device
+    from distill.models.teachers import is_checkpoint_spec
     from featstore.datasets import load_dataset
 
+    if not is_checkpoint_spec(path):
+        if th_mix is not None:
+            raise InvalidInput("--th-mix needs a student checkpoint trained by fsd (it carries the teacher head)")
+        return embeddings_from_model_spec(str(path), dataset_spec, split, device, trust_code)
     ckpt = load_checkpoint(path)
     dataset = load_dataset(dataset_spec, split)
     if list(ckpt.dataset.get("image_shape", [])) != list(dataset.image_shape):
@@ -112,6 +123,28 @@ def embeddings_from_checkpoint(
             "fingerprint": dataset.fingerprint(),
         },
     )
+
+
+def embeddings_from_model_spec(
+    spec: str, dataset_spec: str, split: str = "test", device: str = "auto", trust_code: bool = False
+) -> EmbeddingSet:
+    """A non-checkpoint model (see :func:`distill.models.teachers.load_teacher`) over a dataset split; logits
+    only when it has a head over the dataset's classes."""
+    from distill.models.inference import embed_source, select_device
+    from distill.models.teachers import load_teacher
+    from featstore.datasets import load_dataset
+
+    source = load_teacher(spec, trust_code=trust_code)
+    dataset = load_dataset(dataset_spec, split)
+    if source.input_shape is not None and list(source.input_shape) != list(dataset.image_shape):
+        raise InvalidInput(
+            f"{spec} expects images {source.input_shape}, {dataset_spec} gives {list(dataset.image_shape)}"
+        )
+    embeddings, logits = embed_source(source, dataset, select_device(device))
+    if logits is not None and logits.shape[1] != dataset.num_classes:
+        logits = None
+    meta = {"kind": "model", "path": spec, "arch": source.arch, "dataset": dataset_spec, "split": split}
+    return EmbeddingSet(embeddings, dataset.labels.copy(), logits, {**meta, "fingerprint": dataset.fingerprint()})
 
 
 def embeddings_from_store(url: str, view: int = 0) -> EmbeddingSet:

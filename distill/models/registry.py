@@ -15,6 +15,9 @@ from torch import nn
 from featstore.registry import Registry
 
 MODELS: Registry = Registry("model")
+TEACHER_SOURCES: Registry = Registry("teacher source")
+"""Scheme (the part before ``:`` in ``onnx:PATH``, ``timm:NAME``…) → loader ``(argument, options) ->
+TeacherSource``; filled by :mod:`distill.models.teachers` and its sibling modules."""
 
 
 def create_model(name: str, **config: Any) -> nn.Module:

@@ -25,14 +25,16 @@ from tqdm import tqdm
 
 from distill.losses import DistillInputs, TrainingContext, build_criterion
 from distill.models import count_parameters, create_model
-from distill.models.checkpoint import Checkpoint, load_teacher_source, save_checkpoint
+from distill.models.checkpoint import Checkpoint, save_checkpoint
 from distill.models.heads import frozen_head, head_from_store, head_state
+from distill.models.teachers import load_teacher
 from distill.training.common import OptimConfig, accuracy, check_positive, make_optimizer, seed_everything
 from distill.training.curves import TensorBoardLog, plot_training_curves
 from distill.training.ddp import init_distributed
 from featstore.atomic import atomic_path, atomic_write_text
 from featstore.datasets import ImageDataset, load_dataset
 from featstore.errors import CheckpointError, InputNotFound, InvalidInput, OutputExists, StoreError
+from featstore.extract import check_head_classes
 from featstore.store import FeatureStore, open_store
 from featstore.stream import GeneratedViews, StoreStream
 from featstore.views import render_views
@@ -60,7 +62,8 @@ class StudentConfig:
     device: str = "auto"
     overwrite: bool = False
     resume: bool = False  # continue from STUDENT.resume.pt (written after every epoch)
-    online_teacher: Path | None = None  # baseline: run this teacher every step instead of reading a store
+    online_teacher: str | Path | None = None  # baseline: run this teacher (any teacher spec) every step
+    trust_code: bool = False  # module:function teachers/students run Python code only when asked to
     views: int = 2  # online baseline only: views per sample, drawn as extraction would draw them
     view_seed: int = 0  # online baseline only: the extraction seed those views replay
     skip_bad_chunks: bool = False  # skip (with a warning) store chunks that fail to decode or hold NaN/Inf
@@ -184,6 +187,16 @@ def teacher_side(config: StudentConfig, dataset: ImageDataset, device: torch.dev
     if config.store is not None:
         store = open_store(config.store)
         check_store_matches(store, dataset)
+        if not store.has_head:
+            raise InvalidInput(
+                f"store {store.url} has no teacher head, which training needs; fit one on the stored "
+                f"embeddings first: fsd store fit-head {store.url} --head arcface"
+            )
+        if store.shape.num_classes != dataset.num_classes:
+            raise InvalidInput(
+                f"store {store.url}: its teacher head has {store.shape.num_classes} classes, dataset "
+                f"{dataset.spec} has {dataset.num_classes}; refit it with fsd store fit-head --overwrite"
+            )
         return TeacherSide(
             store,
             head_from_store(store).to(device),
@@ -196,9 +209,17 @@ def teacher_side(config: StudentConfig, dataset: ImageDataset, device: torch.dev
                 "view_seed": (store.meta.get("views") or {}).get("seed"),
             },
         )
-    teacher = load_teacher_source(config.online_teacher)
-    if list(teacher.input_shape) != list(dataset.image_shape):
+    teacher = load_teacher(config.online_teacher, trust_code=config.trust_code)
+    if not teacher.has_head:
+        raise InvalidInput(
+            f"online teacher {config.online_teacher} has no classifier head; extract a store, fit a head on it "
+            "(fsd store fit-head) and train from the store"
+        )
+    check_head_classes(teacher, dataset.num_classes, dataset.spec)
+    if teacher.input_shape is not None and list(teacher.input_shape) != list(dataset.image_shape):
         raise InvalidInput(f"teacher expects input {teacher.input_shape}, dataset gives {list(dataset.image_shape)}")
+    if hasattr(teacher.model, "adapt_to_dataset"):
+        teacher.model.adapt_to_dataset(dataset)
     bias = None if teacher.head_bias is None else torch.from_numpy(teacher.head_bias)
     head = frozen_head(
         teacher.head_type, torch.from_numpy(teacher.head_weight), bias, teacher.head_scale, teacher.head_margin

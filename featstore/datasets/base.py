@@ -26,7 +26,8 @@ SPLITS = ("train", "test")
 class ImageDataset:
     """An in-memory labelled image split.
 
-    ``images`` are float32 (N, C, H, W) in the model's input scale; ``labels`` int64 (N,).
+    ``images`` are float32 (N, C, H, W) in the model's input scale (``normalisation`` says which);
+    ``labels`` int64 (N,).
     """
 
     spec: str
@@ -36,6 +37,9 @@ class ImageDataset:
     num_classes: int
     view_policy: ViewPolicy
     _fingerprint: str | None = field(default=None, repr=False)
+    # (mean, std) per channel that turned [0, 1] pixels into ``images``: lets a model that wants other
+    # input scaling (an ONNX face model's (x - 127.5) / 127.5) recover the pixels. None: not declared.
+    normalisation: tuple[tuple[float, ...], tuple[float, ...]] | None = None
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])

@@ -224,6 +224,7 @@ def _cifar100(spec: str, argument: str, split: str) -> DirImageDataset:
         view_policy=policy,
         fingerprint_name="cifar100",
         class_names=class_names,
+        normalisation=(CIFAR100_MEAN, CIFAR100_STD),
     )
 
 
@@ -364,6 +365,7 @@ def _folder(spec: str, argument: str, split: str) -> DirImageDataset:
         view_policy=policy,
         fingerprint_name=f"folder?size={size}&resize={resize}",
         class_names=tuple(classes),
+        normalisation=(IMAGENET_MEAN, IMAGENET_STD),
     )
 
 
