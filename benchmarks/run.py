@@ -272,96 +272,30 @@ class StepResult:
 
 
 class StoreTrainer:
-    """The state ``distill.training.student`` builds (criterion, teacher side, student, projection, stream,
-    DistillStep, optimiser, schedule), built by the same library calls; :meth:`step` is its loop body."""
+    """A store (or online-teacher) variant: fsd's own student run object, ``StudentRun``, driven one step at a
+    time. Nothing of the trainer is rebuilt here, so the benchmark measures the code ``fsd train-student``
+    runs; ``chunk_rows`` lays the online baseline's views out like the store's, so every variant reads the
+    same batches."""
 
     def __init__(self, config, dataset, device, amp: bool, chunk_rows: int, total_steps: int) -> None:
-        import torch
-        from torch import nn
+        from dataclasses import replace as _replace
 
-        from distill.losses import TrainingContext, build_criterion
-        from distill.models import create_model
-        from distill.training.common import make_optimizer, seed_everything
-        from distill.training.student import DistillStep, teacher_side
-        from featstore.stream import GeneratedViews, StoreStream
+        from distill.training.run import StudentRun
 
-        self.criterion = build_criterion(config.recipe, config.loss, config.temperature, config.th_alpha)
-        self.teacher = teacher_side(config, dataset, device)
-        if self.teacher.model is not None:
-            # the online baseline: views in the store's chunk geometry, so batches equal the store variants'
-            self.teacher.source = GeneratedViews(dataset, config.views, seed=config.view_seed, chunk_rows=chunk_rows)
-        source = self.teacher.source
-        seed_everything(config.seed)
-        model_config = {
-            "num_classes": source.shape.num_classes,
-            "in_channels": dataset.image_shape[0],
-            "embedding_dim": config.embedding_dim or self.teacher.dim,
-        }
-        student = create_model(config.arch, **model_config).to(device)
-        projection = (
-            nn.Identity()
-            if model_config["embedding_dim"] == self.teacher.dim
-            else nn.Linear(model_config["embedding_dim"], self.teacher.dim, bias=False)
-        ).to(device)
-        stream = StoreStream(source, config.batch_size, seed=config.seed, view_sampling=config.view_sampling)
-        self.criterion.setup(
-            TrainingContext(
-                store=source,
-                student_dim=model_config["embedding_dim"],
-                teacher_dim=self.teacher.dim,
-                num_samples=source.shape.num_samples,
-                device=device,
-                seed=config.seed,
-            )
-        )
-        self.runner = DistillStep(student, projection, self.criterion, self.teacher.head).to(device)
-        self.runner.train()
-        trainable = [p for p in self.runner.parameters() if p.requires_grad]
-        self.optimizer, self.scheduler = make_optimizer(trainable, config.optim, total_steps)
-        self.batches = endless(stream)
-        self.sums = torch.zeros(len(self.criterion.weights) + 2, dtype=torch.float64)
-        self.dataset, self.device, self.amp = dataset, device, amp
+        del dataset, total_steps  # the run loads its own dataset and sizes its schedule from its config
+        self.run = StudentRun.build(_replace(config, amp="bf16" if amp else None), chunk_rows=chunk_rows)
+        self.run.step.train()
+        self.criterion, self.teacher = self.run.criterion, self.run.teacher
+        self.batches = endless(self.run.stream)
         self.clock = Clock(device)
 
     def step(self) -> StepResult:
-        import torch
-
-        from featstore.views import render_views
-
-        clock, dataset, device = self.clock, self.dataset, self.device
-        t0 = clock()
+        t0 = self.clock()
         batch = next(self.batches)
-        t1 = clock()
-        x = render_views(dataset.get_images(batch.indices), batch.view_params, dataset.view_policy).to(device)
-        t2 = clock()
-        with autocast(device, self.amp):
-            embedding = self.teacher.embed(batch.embeddings.to(device), x)
-            t3 = clock()
-            total, terms = self.runner(
-                x, batch.labels.to(device), embedding, torch.from_numpy(batch.indices).to(device)
-            )
-        t4 = clock()
-        self.optimizer.zero_grad(set_to_none=True)
-        total.backward()
-        t5 = clock()
-        self.optimizer.step()
-        self.scheduler.step()
-        n = len(batch.indices)
-        values = [float(total.detach())] + [float(terms[name].detach()) for name in self.criterion.weights]
-        self.sums += torch.tensor([v * n for v in values] + [n], dtype=torch.float64)
-        t6 = clock()
-        return StepResult(
-            t6 - t0,
-            {
-                "stream": t1 - t0,
-                "render": t2 - t1,
-                "teacher": t3 - t2,
-                "forward": t4 - t3,
-                "backward": t5 - t4,
-                "optimizer+log": t6 - t5,
-            },
-            batch.indices,
-        )
+        t1 = self.clock()
+        stats = self.run.train_step(batch, clock=self.clock)
+        t2 = self.clock()
+        return StepResult(t2 - t0, {"stream": t1 - t0, **stats.phases}, batch.indices)
 
 
 class VanillaTrainer:

@@ -9,6 +9,7 @@ import click
 
 from cli.options import (
     TEACHER_SPEC_HELP,
+    config_option,
     dataset_option,
     device_option,
     dtype_choice,
@@ -16,12 +17,13 @@ from cli.options import (
     quiet_option,
     seed_option,
     split_option,
+    trust_code_option,
 )
 from distill.models.inference import select_device
 from distill.models.teachers import load_teacher
-from featstore.dask_extract import extract_teacher_distributed
-from featstore.datasets import load_dataset
-from featstore.extract import extract_teacher
+from featstore.extract import DaskExecutor, ExtractConfig, extract_store
+
+E = ExtractConfig
 
 
 @click.command("extract-teacher")
@@ -31,7 +33,7 @@ from featstore.extract import extract_teacher
     metavar="TEACHER",
     help=TEACHER_SPEC_HELP,
 )
-@click.option("--trust-code", is_flag=True, help="Allow a module:function teacher (it runs that Python code).")
+@trust_code_option
 @click.option(
     "--drop-head",
     is_flag=True,
@@ -41,10 +43,10 @@ from featstore.extract import extract_teacher
 @dataset_option()
 @split_option("train")
 @click.option("--out", required=True, metavar="STORE", help="Store path or fsspec URL (e.g. store.zarr).")
-@click.option("--views", type=int, default=1, show_default=True, help="Views per sample (view 0 = identity).")
-@click.option("--dtype", type=dtype_choice, default="float16", show_default=True)
-@click.option("--chunk-rows", type=int, default=None, help="Samples per chunk (default: a few MB per chunk).")
-@click.option("--batch-size", type=int, default=256, show_default=True)
+@config_option(E, "views", help="Views per sample (view 0 = identity).")
+@config_option(E, "dtype", type=dtype_choice)
+@config_option(E, "chunk_rows", type=int, help="Samples per chunk (default: a few MB per chunk).")
+@config_option(E, "batch_size")
 @seed_option
 @device_option
 @click.option(
@@ -63,24 +65,7 @@ from featstore.extract import extract_teacher
 )
 @overwrite_option
 @quiet_option
-def command(
-    teacher,
-    trust_code,
-    drop_head,
-    dataset,
-    split,
-    out,
-    views,
-    dtype,
-    chunk_rows,
-    batch_size,
-    seed,
-    device,
-    workers,
-    scheduler,
-    overwrite,
-    quiet,
-):
+def command(teacher, trust_code, drop_head, device, workers, scheduler, quiet, **options):
     """Embed every (sample, view) with the teacher and write a Zarr feature store.
 
     Re-running the same command resumes an interrupted extraction (only missing chunks are computed);
@@ -94,35 +79,11 @@ def command(
 
     Example: fsd extract-teacher --teacher teacher.pt --dataset digits --out store.zarr --views 2
     """
-    options = {
-        "views": views,
-        "dtype": dtype,
-        "chunk_rows": chunk_rows,
-        "batch_size": batch_size,
-        "seed": seed,
-        "overwrite": overwrite,
-        "progress": not quiet,
-    }
-    if workers is not None or scheduler is not None:
-        # Workers load the teacher themselves: pass a picklable loader and an absolute path.
-        spec = str(Path(teacher).absolute()) if Path(teacher).exists() else teacher
-        loader = functools.partial(load_teacher, trust_code=trust_code, drop_head=drop_head)
-        summary = extract_teacher_distributed(
-            (loader, spec),
-            dataset,
-            split,
-            out,
-            device=select_device(device),
-            workers=workers,
-            scheduler=scheduler,
-            **options,
-        )
-    else:
-        summary = extract_teacher(
-            load_teacher(teacher, trust_code=trust_code, drop_head=drop_head),
-            load_dataset(dataset, split),
-            out,
-            device=select_device(device),
-            **options,
-        )
+    config = ExtractConfig(**options, device=str(select_device(device)), progress=not quiet)
+    executor = None if workers is None and scheduler is None else DaskExecutor(workers=workers, scheduler=scheduler)
+    # A picklable loader and an absolute path: dask workers load the teacher themselves.
+    spec = str(Path(teacher).absolute()) if executor is not None and Path(teacher).exists() else teacher
+    summary = extract_store(
+        config, (functools.partial(load_teacher, trust_code=trust_code, drop_head=drop_head), spec), executor
+    )
     click.echo(summary.line())

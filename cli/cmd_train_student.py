@@ -7,127 +7,74 @@ from pathlib import Path
 
 import click
 
-from cli.options import dataset_option, device_option, overwrite_option, quiet_option, seed_option, split_option
+from cli.options import (
+    config_option,
+    dataset_option,
+    device_option,
+    overwrite_option,
+    quiet_option,
+    seed_option,
+    split_fields,
+    split_option,
+)
 from distill.losses import RECIPES
-from distill.training.common import OptimConfig
+from distill.models import MODELS
+from distill.training.amp import AMP_DTYPES
+from distill.training.common import OPTIMIZERS, OptimConfig
 from distill.training.student import StudentConfig, train_student
 from featstore.stream import VIEW_SAMPLING
 
+S, OPT = StudentConfig, OptimConfig
+PATH = click.Path(dir_okay=False, path_type=Path)
+
 
 @click.command("train-student")
-@click.option("--store", default=None, metavar="STORE", help="Feature store written by extract-teacher.")
-@click.option(
-    "--online-teacher",
-    default=None,
+@config_option(S, "store", metavar="STORE", help="Feature store written by extract-teacher.")
+@config_option(
+    S,
+    "online_teacher",
+    type=str,
     metavar="TEACHER",
-    help="Baseline instead of --store: run this teacher (any teacher spec, as extract-teacher) at every step.",
+    help="Baseline instead of --store: run this teacher (any teacher spec, as extract-teacher takes) at every step.",
 )
-@click.option(
-    "--views",
-    type=int,
-    default=2,
-    show_default=True,
-    help="With --online-teacher: views per sample (drawn exactly as extract-teacher draws them).",
-)
-@click.option(
-    "--view-seed",
-    type=int,
-    default=0,
-    show_default=True,
-    help="With --online-teacher: the extraction seed whose views are replayed.",
-)
+@config_option(S, "views", help="With --online-teacher: views per sample (drawn as extract-teacher draws them).")
+@config_option(S, "view_seed", help="With --online-teacher: the extraction seed whose views are replayed.")
 @dataset_option()
 @split_option("train")
-@click.option("--arch", default="convnet_student", show_default=True, help="Registered model name.")
-@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True, help="Checkpoint to write.")
-@click.option("--recipe", default="th-kd", show_default=True, help=f"One of: {', '.join(RECIPES)}.")
+@config_option(S, "arch", metavar="ARCH", help="Student architecture, one of: " + ", ".join(MODELS.names()) + ".")
+@click.option("--out", type=PATH, required=True, help="Checkpoint to write.")
+@config_option(S, "recipe", help=f"One of: {', '.join(RECIPES)}.")
+@config_option(S, "loss", metavar="NAME=W,...", help='Override/add loss weights, e.g. "ce=1,kd=1.5,th=0.02".')
+@config_option(S, "th_alpha", type=float, help="Paper form of TH-KD: share CE and KD between the heads (0–1).")
+@config_option(S, "temperature", help="KD temperature T.")
+@config_option(S, "epochs")
+@config_option(S, "batch_size")
+@config_option(OPT, "lr", help="Peak learning rate of --optimizer, annealed per step by a cosine schedule to 0.")
+@config_option(OPT, "optimizer", type=click.Choice(OPTIMIZERS), help="SGD (momentum 0.9) or AdamW.")
+@config_option(OPT, "weight_decay", help="Weight decay of the optimiser.")
+@config_option(OPT, "warmup_epochs", help="Linear warm-up (from 1 % of --lr) before the cosine, in epochs.")
+@config_option(OPT, "grad_clip", type=float, help="Clip the global gradient norm to this value every step.")
 @click.option(
-    "--loss",
-    "loss_spec",
+    "--amp",
+    type=click.Choice(["auto", *AMP_DTYPES]),
     default=None,
-    metavar="NAME=W,...",
-    help='Override/add loss weights, e.g. "ce=1,kd=1.5,th=0.02".',
+    is_flag=False,
+    flag_value="auto",
+    help="Mixed precision: bf16 (CPU, CUDA) or fp16 (CUDA, with loss scaling); --amp alone picks.",
 )
-@click.option(
-    "--th-alpha",
-    type=float,
-    default=None,
-    help="Paper form of TH-KD: share CE and KD between the student head and the teacher head (0–1).",
-)
-@click.option("--temperature", type=float, default=4.0, show_default=True, help="KD temperature T.")
-@click.option("--epochs", type=int, default=30, show_default=True)
-@click.option("--batch-size", type=int, default=64, show_default=True)
-@click.option("--lr", type=float, default=0.05, show_default=True)
-@click.option(
-    "--view-sampling",
-    type=click.Choice(VIEW_SAMPLING),
-    default="random",
-    show_default=True,
-    help="Which stored view each sample gets per epoch: random, or cycle through them.",
-)
-@click.option(
-    "--embedding-dim",
-    type=int,
-    default=None,
-    help="Student embedding size (default: the teacher's; otherwise a projection to it is trained).",
-)
-@click.option("--init-head-from-teacher", is_flag=True, help="Initialise the student's classifier from the teacher's.")
-@click.option(
-    "--skip-bad-chunks",
-    is_flag=True,
-    help="Skip store chunks that fail to decode or hold NaN/Inf (default: stop with an error).",
-)
-@click.option(
-    "--plot",
-    type=click.Path(dir_okay=False, path_type=Path),
-    default=None,
-    help="Write training curves (each loss term, test accuracy) as PNG.",
-)
-@click.option(
-    "--tensorboard",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=None,
-    help="Also log per-epoch scalars to this TensorBoard directory (needs tensorboard).",
-)
-@click.option(
-    "--trust-code", is_flag=True, help="Allow module:function teachers and students (runs that Python code)."
-)
-@click.option(
-    "--resume", is_flag=True, help="Continue an interrupted run from STUDENT.resume.pt (last complete epoch)."
-)
+@config_option(S, "view_sampling", type=click.Choice(VIEW_SAMPLING), help="Stored view per sample: random|cycle.")
+@config_option(S, "embedding_dim", type=int, help="Student embedding size (default: the teacher's, else projected).")
+@config_option(S, "init_head_from_teacher", help="Initialise the student's classifier from the teacher's.")
+@config_option(S, "skip_bad_chunks", help="Skip store chunks that fail to decode or hold NaN/Inf (default: error).")
+@config_option(S, "plot", type=PATH, help="Write training curves (each loss term, test accuracy) as PNG.")
+@config_option(S, "tensorboard", type=click.Path(file_okay=False, path_type=Path), help="TensorBoard log folder.")
+@config_option(S, "trust_code", help="Allow module:function teachers and students (runs that Python code).")
+@config_option(S, "resume", help="Continue an interrupted run from STUDENT.resume.pt (last complete epoch).")
 @seed_option
 @device_option
 @overwrite_option
 @quiet_option
-def command(
-    store,
-    online_teacher,
-    views,
-    view_seed,
-    dataset,
-    split,
-    arch,
-    out,
-    recipe,
-    loss_spec,
-    th_alpha,
-    temperature,
-    epochs,
-    batch_size,
-    lr,
-    view_sampling,
-    embedding_dim,
-    init_head_from_teacher,
-    skip_bad_chunks,
-    plot,
-    tensorboard,
-    trust_code,
-    resume,
-    seed,
-    device,
-    overwrite,
-    quiet,
-):
+def command(quiet: bool, **options) -> None:
     """Train a student by streaming teacher embeddings from STORE (the teacher never runs).
 
     Writes the checkpoint and a JSON training log beside it (STUDENT.log.json); after every epoch the
@@ -137,41 +84,12 @@ def command(
 
     Example: fsd train-student --store store.zarr --dataset digits --out student.pt --recipe th-kd
     """
-    result = train_student(
-        StudentConfig(
-            store=store,
-            online_teacher=online_teacher,
-            views=views,
-            view_seed=view_seed,
-            dataset=dataset,
-            split=split,
-            arch=arch,
-            out=out,
-            recipe=recipe,
-            loss=loss_spec,
-            th_alpha=th_alpha,
-            temperature=temperature,
-            epochs=epochs,
-            batch_size=batch_size,
-            optim=OptimConfig(lr=lr),
-            seed=seed,
-            view_sampling=view_sampling,
-            embedding_dim=embedding_dim,
-            init_head_from_teacher=init_head_from_teacher,
-            skip_bad_chunks=skip_bad_chunks,
-            plot=plot,
-            tensorboard=tensorboard,
-            trust_code=trust_code,
-            resume=resume,
-            device=device,
-            overwrite=overwrite,
-            progress=not quiet,
-        )
-    )
-    test = "n/a" if result.test_accuracy is None else f"{100 * result.test_accuracy:.2f}%"
+    optim = OptimConfig(**split_fields(options, OptimConfig))
+    result = train_student(StudentConfig(**options, optim=optim, progress=not quiet))
     if os.environ.get("RANK", "0") != "0":
         return  # under torchrun only rank 0 reports
+    test = "n/a" if result.test_accuracy is None else f"{100 * result.test_accuracy:.2f}%"
     click.echo(
-        f"student {out} [{recipe}]: {result.parameters:,} parameters, test top-1 {test}, "
+        f"student {result.path} [{options['recipe']}]: {result.parameters:,} parameters, test top-1 {test}, "
         f"{result.seconds:.1f} s; log {result.log_path}"
     )

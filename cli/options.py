@@ -1,6 +1,11 @@
-"""Options shared by several commands, as decorators, so every command spells them the same way."""
+"""Options shared by several commands, as decorators, so every command spells them the same way; and
+``config_option``, which takes an option's default from the library's config dataclass so that each default
+is written once, in the config, and the CLI cannot drift from the Python API."""
 
 from __future__ import annotations
+
+import dataclasses
+from typing import Any
 
 import click
 
@@ -21,7 +26,7 @@ def dataset_option(required: bool = True):
         "dataset",
         required=required,
         metavar="SPEC",
-        help="Dataset spec: digits | cifar100:DIR | folder:DIR.",
+        help="Dataset spec: digits | cifar100:DIR | folder:DIR | idx:DIR (idx: = Debian's Fashion-MNIST).",
     )
 
 
@@ -40,3 +45,33 @@ overwrite_option = click.option("--overwrite", is_flag=True, help="Replace an ex
 seed_option = click.option("--seed", type=int, default=0, show_default=True, help="Random seed.")
 quiet_option = click.option("--quiet", is_flag=True, help="No progress bars.")
 dtype_choice = click.Choice(DTYPES)
+trust_code_option = click.option(
+    "--trust-code", is_flag=True, help="Allow a module:function model (it runs that Python code)."
+)
+
+
+def config_default(cls: type, name: str) -> Any:
+    """The default of dataclass ``cls``'s field ``name`` (its default_factory called, if that is how it is set)."""
+    for f in dataclasses.fields(cls):
+        if f.name == name:
+            if f.default is not dataclasses.MISSING:
+                return f.default
+            if f.default_factory is not dataclasses.MISSING:
+                return f.default_factory()
+            return None  # required by the config, but optional on the command line (e.g. --store vs --online-teacher)
+    raise TypeError(f"{cls.__name__} has no field {name!r}")
+
+
+def config_option(cls: type, name: str, *decls: str, **kwargs: Any):
+    """``click.option`` whose default is the config dataclass's (shown in --help unless it is None)."""
+    default = config_default(cls, name)
+    kwargs.setdefault("show_default", default is not None and not isinstance(default, bool))
+    if isinstance(default, bool) and default is False and "is_flag" not in kwargs:
+        kwargs["is_flag"] = True
+    return click.option(*(decls or (f"--{name.replace('_', '-')}",)), name, default=default, **kwargs)
+
+
+def split_fields(options: dict[str, Any], cls: type) -> dict[str, Any]:
+    """Pop from ``options`` the entries that are fields of dataclass ``cls`` (to build a nested config)."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    return {k: options.pop(k) for k in list(options) if k in names}

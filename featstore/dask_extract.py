@@ -51,6 +51,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
+from featstore.codecs import DEFAULT_DTYPE
 from featstore.datasets import ImageDataset, load_dataset
 from featstore.errors import InvalidInput, StoreError
 from featstore.extract import (
@@ -291,7 +292,7 @@ def extract_teacher_distributed(
     url: str | Path,
     *,
     views: int = 1,
-    dtype: str = "float16",
+    dtype: str = DEFAULT_DTYPE,
     chunk_rows: int | None = None,
     batch_size: int = 256,
     seed: int = 0,

@@ -42,3 +42,7 @@ class UnknownName(FsdError, KeyError):
 
     def __str__(self) -> str:  # KeyError would quote the message
         return str(self.args[0]) if self.args else ""
+
+
+class TrainingDiverged(FsdError, ArithmeticError):
+    """Training produced a non-finite loss or weight: the run stops rather than write a NaN model."""

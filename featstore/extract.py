@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from featstore.codecs import check_dtype
+from featstore.codecs import DEFAULT_DTYPE, check_dtype
 from featstore.datasets import ImageDataset
 from featstore.errors import InvalidInput, StoreError
 from featstore.lock import writer_lock
@@ -338,7 +338,7 @@ def extract_teacher(
     url: str,
     *,
     views: int = 1,
-    dtype: str = "float16",
+    dtype: str = DEFAULT_DTYPE,
     chunk_rows: int | None = None,
     batch_size: int = 256,
     seed: int = 0,
@@ -377,3 +377,66 @@ def extract_teacher(
         if not store.complete:
             store.mark_complete()
     return summarise(store, computed=len(missing), seconds=time.perf_counter() - started, resumed=resumed)
+
+
+@dataclass(frozen=True)
+class ExtractConfig:
+    """What to extract: the one set of options (and their defaults) every extraction caller shares."""
+
+    dataset: str  # a dataset spec (digits, folder:DIR, …), so dask workers can load it themselves
+    out: str  # store path or fsspec URL
+    split: str = "train"
+    views: int = 1  # views per sample; view 0 is the identity view
+    dtype: str = DEFAULT_DTYPE
+    chunk_rows: int | None = None  # None: a few MB per chunk (featstore.store.default_chunk_rows)
+    batch_size: int = 256
+    seed: int = 0
+    device: str = "cpu"
+    overwrite: bool = False
+    progress: bool = True
+
+
+@dataclass(frozen=True)
+class DaskExecutor:
+    """Run extraction's chunks on dask workers: a LocalCluster of ``workers`` processes, or ``scheduler``."""
+
+    workers: int | None = None
+    scheduler: str | None = None
+    chunks_per_task: int = 4
+
+
+def extract_store(config: ExtractConfig, teacher: Any, executor: DaskExecutor | None = None) -> ExtractSummary:
+    """The one extraction entry: fill (or resume) ``config.out`` with the teacher's embeddings.
+
+    ``teacher`` is a zero-argument loader, or a picklable ``(function, argument)`` pair, returning a
+    :class:`TeacherSource` (featstore never imports distill, so the caller says how to load it). Without an
+    executor the teacher runs in this process; with one, each dask worker loads its own copy. Both give the
+    same bytes.
+    """
+    options = {
+        "views": config.views,
+        "dtype": config.dtype,
+        "chunk_rows": config.chunk_rows,
+        "batch_size": config.batch_size,
+        "seed": config.seed,
+        "device": config.device,
+        "overwrite": config.overwrite,
+        "progress": config.progress,
+    }
+    if executor is not None:
+        from featstore.dask_extract import extract_teacher_distributed
+
+        return extract_teacher_distributed(
+            teacher,
+            config.dataset,
+            config.split,
+            config.out,
+            workers=executor.workers,
+            scheduler=executor.scheduler,
+            chunks_per_task=executor.chunks_per_task,
+            **options,
+        )
+    from featstore.datasets import load_dataset
+
+    loaded = teacher[0](teacher[1]) if isinstance(teacher, tuple) else teacher()
+    return extract_teacher(loaded, load_dataset(config.dataset, config.split), config.out, **options)

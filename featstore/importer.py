@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
+from typing import Any
 
 import h5py
 import numpy as np
@@ -22,7 +23,15 @@ from featstore.datasets import ImageDataset
 from featstore.errors import InputNotFound, InvalidInput
 from featstore.extract import ExtractSummary, summarise
 from featstore.lock import writer_lock
-from featstore.store import StoreShape, create_store, default_chunk_rows, local_path, remove_store, store_exists
+from featstore.store import (
+    FeatureStore,
+    StoreShape,
+    create_store,
+    default_chunk_rows,
+    local_path,
+    remove_store,
+    store_exists,
+)
 from featstore.views import PARAM_NAMES, identity_params
 
 DEFAULT_IMPORT_DTYPE = "float16"
@@ -45,6 +54,85 @@ def _exported_meta(handle: h5py.File, path: Path) -> dict:
     return meta if isinstance(meta, dict) else {}
 
 
+def _read_checked(handle: h5py.File, path: Path, dataset: ImageDataset) -> tuple[int, int, int, np.ndarray, Any]:
+    """(N, V, D, head weight, head bias) of a file whose layout, labels and head fit ``dataset``."""
+    for name in ("embeddings", "labels", "head/weight"):
+        if name not in handle:
+            raise InvalidInput(f"{path} has no dataset {name!r} (needs embeddings, labels, head/weight)")
+    emb = handle["embeddings"]
+    if emb.ndim not in (2, 3):
+        raise InvalidInput(f"{path}: embeddings must be (N, D) or (N, V, D), got {emb.shape}")
+    n, v, d = (emb.shape[0], 1, emb.shape[1]) if emb.ndim == 2 else emb.shape
+    labels = np.asarray(handle["labels"][...])
+    weight = np.asarray(handle["head/weight"][...], dtype=np.float32)
+    bias = np.asarray(handle["head/bias"][...], dtype=np.float32) if "head/bias" in handle else None
+    if n != len(dataset):
+        raise InvalidInput(f"{path} holds {n} rows, dataset {dataset.spec}/{dataset.split} has {len(dataset)}")
+    if not np.array_equal(labels.astype(np.int64), dataset.labels):
+        raise InvalidInput(f"{path}: labels differ from dataset {dataset.spec}/{dataset.split}'s (row order?)")
+    if weight.ndim != 2 or weight.shape[1] != d or (bias is not None and bias.shape != (weight.shape[0],)):
+        raise InvalidInput(f"{path}: head/weight {weight.shape} does not fit embeddings of dim {d}")
+    if "views" in handle and handle["views"].shape != (n, v, len(PARAM_NAMES)):
+        raise InvalidInput(f"{path}: views {handle['views'].shape}, expected {(n, v, len(PARAM_NAMES))}")
+    if v > 1 and "views" not in handle:
+        raise InvalidInput(f"{path}: {v} views per sample but no 'views' parameters to replay them")
+    return n, v, d, weight, bias
+
+
+def _store_meta(path: Path, dataset: ImageDataset, exported: dict, shape: tuple[int, int, int], classes: int) -> dict:
+    """The store attributes of an import. An fsd export carries its head type (a margin head's logits are
+    s·cos, not W·z) and its view seed; a file from elsewhere is a linear head with no seed."""
+    n, v, d = shape
+    head = exported.get("head") or {}
+    margin_head = head.get("type") in ("arcface", "cosface")
+    views_meta = exported.get("views") or {}
+    same_views = "exported_view" in exported and exported["exported_view"] is None and views_meta.get("count") == v
+    return {
+        "teacher": {
+            "arch": "imported",
+            "checkpoint_sha256": file_sha256(path),
+            "embedding_dim": d,
+            "input_shape": list(dataset.image_shape),
+            "source": str(path),
+        },
+        "head": {
+            "type": head["type"] if margin_head else "linear",
+            "num_classes": classes,
+            "scale": head.get("scale") if margin_head else None,
+            "margin": head.get("margin") if margin_head else None,
+        },
+        "dataset": {
+            "spec": dataset.spec,
+            "split": dataset.split,
+            "num_samples": n,
+            "fingerprint": dataset.fingerprint(),
+        },
+        "views": {
+            "count": v,
+            "kind": dataset.view_policy.kind,
+            "params_names": list(PARAM_NAMES),
+            "seed": views_meta.get("seed") if same_views else None,
+            "policy": dataset.view_policy.to_dict(),
+        },
+    }
+
+
+def _copy_chunks(store: FeatureStore, handle: h5py.File, path: Path, dataset: ImageDataset, url: str) -> None:
+    """Write every chunk from the file; a non-finite row removes the half-made store and is refused."""
+    v, d, emb = store.shape.num_views, store.shape.dim, handle["embeddings"]
+    for chunk in range(store.num_chunks):
+        start, stop = store.chunk_bounds(chunk)
+        block = np.asarray(emb[start:stop], dtype=np.float32).reshape(stop - start, v, d)
+        if not np.isfinite(block).all():
+            remove_store(url)
+            raise InvalidInput(f"{path}: non-finite embeddings in rows {start}–{stop - 1}")
+        if "views" in handle:
+            views = np.asarray(handle["views"][start:stop], dtype=np.float32)
+        else:
+            views = np.broadcast_to(identity_params(dataset.view_policy), (stop - start, 1, len(PARAM_NAMES)))
+        store.write_chunk(chunk, block, np.ascontiguousarray(views))
+
+
 def import_h5(
     path: str | Path,
     dataset: ImageDataset,
@@ -54,6 +142,7 @@ def import_h5(
     chunk_rows: int | None = None,
     overwrite: bool = False,
 ) -> ExtractSummary:
+    """Create the store at ``url`` from an HDF5 file of embeddings of ``dataset``'s rows, in order."""
     path = Path(path)
     if dtype is not None:
         check_dtype(dtype)
@@ -65,63 +154,11 @@ def import_h5(
         raise InvalidInput(f"chunk-rows must be positive, got {chunk_rows}")
     started = time.perf_counter()
     with h5py.File(path, "r") as handle:
-        for name in ("embeddings", "labels", "head/weight"):
-            if name not in handle:
-                raise InvalidInput(f"{path} has no dataset {name!r} (needs embeddings, labels, head/weight)")
-        emb = handle["embeddings"]
-        if emb.ndim not in (2, 3):
-            raise InvalidInput(f"{path}: embeddings must be (N, D) or (N, V, D), got {emb.shape}")
-        n, v, d = (emb.shape[0], 1, emb.shape[1]) if emb.ndim == 2 else emb.shape
-        labels = np.asarray(handle["labels"][...])
-        weight = np.asarray(handle["head/weight"][...], dtype=np.float32)
-        bias = np.asarray(handle["head/bias"][...], dtype=np.float32) if "head/bias" in handle else None
-        if n != len(dataset):
-            raise InvalidInput(f"{path} holds {n} rows, dataset {dataset.spec}/{dataset.split} has {len(dataset)}")
-        if not np.array_equal(labels.astype(np.int64), dataset.labels):
-            raise InvalidInput(f"{path}: labels differ from dataset {dataset.spec}/{dataset.split}'s (row order?)")
-        if weight.ndim != 2 or weight.shape[1] != d or (bias is not None and bias.shape != (weight.shape[0],)):
-            raise InvalidInput(f"{path}: head/weight {weight.shape} does not fit embeddings of dim {d}")
-        if "views" in handle and handle["views"].shape != (n, v, len(PARAM_NAMES)):
-            raise InvalidInput(f"{path}: views {handle['views'].shape}, expected {(n, v, len(PARAM_NAMES))}")
-        if v > 1 and "views" not in handle:
-            raise InvalidInput(f"{path}: {v} views per sample but no 'views' parameters to replay them")
+        n, v, d, weight, bias = _read_checked(handle, path, dataset)
         exported = _exported_meta(handle, path)
         if dtype is None:  # keep an exported store's dtype: importing a float32 store must not round it
             dtype = exported.get("dtype") if exported.get("dtype") in DTYPES else DEFAULT_IMPORT_DTYPE
-        rows = chunk_rows or default_chunk_rows(n, v, d, dtype)
-        head = exported.get("head") or {}
-        margin_head = head.get("type") in ("arcface", "cosface")
-        views_meta = exported.get("views") or {}
-        same_views = "exported_view" in exported and exported["exported_view"] is None and views_meta.get("count") == v
-        meta = {
-            "teacher": {
-                "arch": "imported",
-                "checkpoint_sha256": file_sha256(path),
-                "embedding_dim": d,
-                "input_shape": list(dataset.image_shape),
-                "source": str(path),
-            },
-            # an fsd export carries its head type (a margin head's logits are s·cos, not W·z) and view seed
-            "head": {
-                "type": head["type"] if margin_head else "linear",
-                "num_classes": int(weight.shape[0]),
-                "scale": head.get("scale") if margin_head else None,
-                "margin": head.get("margin") if margin_head else None,
-            },
-            "dataset": {
-                "spec": dataset.spec,
-                "split": dataset.split,
-                "num_samples": n,
-                "fingerprint": dataset.fingerprint(),
-            },
-            "views": {
-                "count": v,
-                "kind": dataset.view_policy.kind,
-                "params_names": list(PARAM_NAMES),
-                "seed": views_meta.get("seed") if same_views else None,
-                "policy": dataset.view_policy.to_dict(),
-            },
-        }
+        meta = _store_meta(path, dataset, exported, (n, v, d), int(weight.shape[0]))
         with writer_lock(local_path(url)):
             if store_exists(url) and overwrite:
                 remove_store(url)
@@ -129,22 +166,12 @@ def import_h5(
                 url,
                 shape=StoreShape(n, v, d, len(PARAM_NAMES), int(weight.shape[0])),
                 dtype=dtype,
-                chunk_rows=rows,
+                chunk_rows=chunk_rows or default_chunk_rows(n, v, d, dtype),
                 labels=dataset.labels,
                 head_weight=weight,
                 head_bias=bias,
                 meta=meta,
             )
-            for chunk in range(store.num_chunks):
-                start, stop = store.chunk_bounds(chunk)
-                block = np.asarray(emb[start:stop], dtype=np.float32).reshape(stop - start, v, d)
-                if not np.isfinite(block).all():
-                    remove_store(url)
-                    raise InvalidInput(f"{path}: non-finite embeddings in rows {start}–{stop - 1}")
-                if "views" in handle:
-                    views = np.asarray(handle["views"][start:stop], dtype=np.float32)
-                else:
-                    views = np.broadcast_to(identity_params(dataset.view_policy), (stop - start, 1, len(PARAM_NAMES)))
-                store.write_chunk(chunk, block, np.ascontiguousarray(views))
+            _copy_chunks(store, handle, path, dataset, url)
             store.mark_complete()
     return summarise(store, computed=store.num_chunks, seconds=time.perf_counter() - started, resumed=False)

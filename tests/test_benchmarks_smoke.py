@@ -118,7 +118,7 @@ def test_eval_floor_runs_and_its_certified_rows_are_exact(tmp_path: Path) -> Non
     assert 0.0 < result["certified_fraction"] <= 1.0
     assert result["max_abs_difference_vs_faiss_on_certified_rows"] <= 1e-5
     for key in ("pml", "fsd", "faiss_exact_search", "bf16_half_gemm", "select", "exact_rerank"):
-        assert math.isfinite(result["seconds"][key]) and result["seconds"][key] >= 0
+        assert math.isfinite(result["seconds"][key]) and result["seconds"][key] > 0  # each stage did real work
     content = results_md.read_text()
     assert "kept as is" in content and "## Exact retrieval: the floor on this machine" in content
 

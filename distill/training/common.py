@@ -6,6 +6,7 @@ importing training.
 
 from __future__ import annotations
 
+import math
 import random
 from dataclasses import dataclass
 
@@ -27,25 +28,64 @@ def seed_everything(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
+OPTIMIZERS = ("sgd", "adamw")
+
+
 @dataclass(frozen=True)
 class OptimConfig:
-    """RepDistiller's CIFAR optimiser (SGD, momentum 0.9, wd 5e-4) with a cosine schedule over the run."""
+    """The optimiser and its schedule. Default: RepDistiller's CIFAR optimiser (SGD, momentum 0.9, wd 5e-4)
+    with a cosine schedule over the whole run; ``warmup_epochs`` > 0 prepends a linear warm-up (from 1 % of
+    ``lr``) and the cosine covers the rest; ``grad_clip`` clips the global gradient norm every step."""
 
     lr: float = 0.05
     momentum: float = 0.9
     weight_decay: float = 5e-4
+    optimizer: str = "sgd"  # sgd | adamw (AdamW ignores momentum)
+    warmup_epochs: float = 0.0
+    grad_clip: float | None = None
+
+    def validate(self) -> None:
+        """Refuse what would train nonsense: non-finite or non-positive rates, an unknown optimiser."""
+        if self.optimizer not in OPTIMIZERS:
+            raise InvalidInput(f"unknown optimizer {self.optimizer!r}; valid: {', '.join(OPTIMIZERS)}")
+        check_positive(lr=self.lr)
+        check_finite(momentum=self.momentum, weight_decay=self.weight_decay, warmup_epochs=self.warmup_epochs)
+        if self.momentum < 0 or self.weight_decay < 0 or self.warmup_epochs < 0:
+            raise InvalidInput("--momentum, --weight-decay and --warmup-epochs must not be negative")
+        if self.grad_clip is not None:
+            check_positive(grad_clip=self.grad_clip)
 
 
-def make_optimizer(params, config: OptimConfig, total_steps: int):
-    optimizer = torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, total_steps))
+def make_optimizer(params, config: OptimConfig, total_steps: int, warmup_steps: int = 0):
+    """(optimizer, per-step scheduler). Without warm-up the schedule is exactly CosineAnnealingLR over
+    ``total_steps`` (what every run before the warm-up option used, so old results replay bit for bit)."""
+    params = list(params)
+    if config.optimizer == "adamw":
+        optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    else:
+        optimizer = torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
+    warmup_steps = min(max(0, warmup_steps), max(0, total_steps - 1))
+    if warmup_steps == 0:
+        return optimizer, torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, total_steps))
+    warm = torch.optim.lr_scheduler.LinearLR(optimizer, start_factor=0.01, end_factor=1.0, total_iters=warmup_steps)
+    cosine = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, total_steps - warmup_steps))
+    scheduler = torch.optim.lr_scheduler.SequentialLR(optimizer, [warm, cosine], milestones=[warmup_steps])
     return optimizer, scheduler
 
 
 def check_positive(**values: float) -> None:
+    """Each value must be a finite number > 0 (NaN compares false with everything, so it is named here)."""
+    check_finite(**values)
     for name, value in values.items():
-        if value is None or value <= 0:
-            raise InvalidInput(f"{name.replace('_', '-')} must be positive, got {value}")
+        if value <= 0:
+            raise InvalidInput(f"--{name.replace('_', '-')} must be positive, got {value}")
+
+
+def check_finite(**values: float | None) -> None:
+    """Each value must be a finite number: a NaN or infinite option trains a NaN model."""
+    for name, value in values.items():
+        if value is None or not math.isfinite(float(value)):
+            raise InvalidInput(f"--{name.replace('_', '-')} must be a finite number, got {value}")
 
 
 def accuracy(model: nn.Module, dataset: ImageDataset, device: torch.device) -> float:

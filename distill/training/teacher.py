@@ -29,7 +29,7 @@ from distill.training.common import (
 )
 from featstore.atomic import file_sha256
 from featstore.datasets import load_dataset
-from featstore.errors import InvalidInput, OutputExists
+from featstore.errors import InvalidInput, OutputExists, TrainingDiverged
 from featstore.views import render_views
 
 
@@ -83,19 +83,9 @@ def install_frozen_head(model: torch.nn.Module, student: Checkpoint, path: Path,
     }
 
 
-def train_teacher(config: TeacherConfig) -> TeacherResult:
-    """Train and save; refuses an existing output before doing any work."""
-    out = Path(config.out)
-    if out.exists() and not config.overwrite:
-        raise OutputExists(f"{out} already exists (use --overwrite to replace it)")
-    check_positive(epochs=config.epochs, batch_size=config.batch_size, lr=config.optim.lr)
-    if config.embedding_dim is not None:
-        check_positive(embedding_dim=config.embedding_dim)
-    started = time.perf_counter()
-    device = select_device(config.device)
-    generator = seed_everything(config.seed)
-    train = load_dataset(config.dataset, config.split)
-    test = load_dataset(config.dataset, config.eval_split) if config.eval_split else None
+def build_teacher_model(config: TeacherConfig, train, device) -> tuple[torch.nn.Module, dict, dict]:
+    """(model, model_config as recorded, provenance). With ``head_from`` (SH-KD) the teacher takes the student's
+    head type and embedding size, and the student's classifier is installed frozen."""
     shared = load_checkpoint(config.head_from, kind="student") if config.head_from is not None else None
     model_config = {
         "num_classes": train.num_classes,
@@ -117,13 +107,11 @@ def train_teacher(config: TeacherConfig) -> TeacherResult:
     provenance: dict = {}
     if shared is not None:
         provenance = install_frozen_head(model, shared, config.head_from, train.num_classes)
-    # a last batch of one sample has no batch statistics (BatchNorm refuses it in training): it is left out
-    usable = len(train) - (1 if len(train) % config.batch_size == 1 else 0)
-    if usable < 2:
-        raise InvalidInput(f"training needs at least 2 samples per batch; the split has {len(train)}")
-    steps_per_epoch = -(-usable // config.batch_size)
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    optimizer, scheduler = make_optimizer(trainable, config.optim, config.epochs * steps_per_epoch)
+    return model, model_config, provenance
+
+
+def train_epochs(model, train, config: TeacherConfig, optimizer, scheduler, generator, usable: int, device) -> list:
+    """The CE loop: fresh random views every epoch, batches in a seeded random order; returns the epoch log."""
     log = []
     for epoch in tqdm(range(config.epochs), desc="train-teacher", unit="epoch", disable=not config.progress):
         model.train()
@@ -135,6 +123,11 @@ def train_teacher(config: TeacherConfig) -> TeacherResult:
             x = render_views(train.get_images(idx), params[idx], train.view_policy).to(device)
             y = torch.from_numpy(train.labels[idx]).to(device)
             loss = F.cross_entropy(model.head.training_logits(model.forward_features(x), y), y)
+            if not bool(torch.isfinite(loss.detach())):  # stop before a NaN reaches the weights
+                raise TrainingDiverged(
+                    f"the loss became non-finite ({float(loss)}) at epoch {epoch + 1} step "
+                    f"{start // config.batch_size + 1}; nothing was written (a lower --lr usually cures it)"
+                )
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -142,6 +135,32 @@ def train_teacher(config: TeacherConfig) -> TeacherResult:
             total += float(loss.detach()) * len(idx)
             seen += len(idx)
         log.append({"epoch": epoch + 1, "loss": total / seen})
+    return log
+
+
+def train_teacher(config: TeacherConfig) -> TeacherResult:
+    """Train and save; refuses an existing output before doing any work."""
+    out = Path(config.out)
+    if out.exists() and not config.overwrite:
+        raise OutputExists(f"{out} already exists (use --overwrite to replace it)")
+    check_positive(epochs=config.epochs, batch_size=config.batch_size)
+    config.optim.validate()
+    if config.embedding_dim is not None:
+        check_positive(embedding_dim=config.embedding_dim)
+    started = time.perf_counter()
+    device = select_device(config.device)
+    generator = seed_everything(config.seed)
+    train = load_dataset(config.dataset, config.split)
+    test = load_dataset(config.dataset, config.eval_split) if config.eval_split else None
+    model, model_config, provenance = build_teacher_model(config, train, device)
+    # a last batch of one sample has no batch statistics (BatchNorm refuses it in training): it is left out
+    usable = len(train) - (1 if len(train) % config.batch_size == 1 else 0)
+    if usable < 2:
+        raise InvalidInput(f"training needs at least 2 samples per batch; the split has {len(train)}")
+    steps_per_epoch = -(-usable // config.batch_size)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer, scheduler = make_optimizer(trainable, config.optim, config.epochs * steps_per_epoch)
+    log = train_epochs(model, train, config, optimizer, scheduler, generator, usable, device)
     train_acc = accuracy(model, train, device)
     test_acc = accuracy(model, test, device) if test is not None else None
     ckpt = Checkpoint(

@@ -3,7 +3,7 @@
 The interface is deliberately small — labels, a way to fetch source images by index, a view policy and a
 fingerprint — because the store and the trainer only ever need rows by index: the store row i *is*
 dataset sample i of the split, and the fingerprint is how training proves the pairing is right.
-``digits`` is built in; ``cifar100:DIR`` and ``folder:DIR`` plug into the same registry.
+``digits`` is built in; ``cifar100:DIR``, ``folder:DIR`` and ``idx:DIR`` plug into the same registry.
 """
 
 from __future__ import annotations
@@ -74,7 +74,7 @@ class ImageDataset:
 
 
 def load_dataset(spec: str, split: str = "train") -> ImageDataset:
-    """Build the dataset named by ``spec`` (``digits``, ``cifar100:DIR``, ``folder:DIR``) for ``split``."""
+    """Build the dataset named by ``spec`` (``digits``, ``cifar100:DIR``, ``folder:DIR``, ``idx:DIR``) for ``split``."""
     if split not in SPLITS:
         raise InvalidInput(f"unknown split {split!r}; valid: {', '.join(SPLITS)}")
     name, _, argument = spec.partition(":")

@@ -115,7 +115,10 @@ def test_live_check_with_the_stores_teacher_passes(stores, teacher, small_digits
     check = verify_live(open_store(stores[dtype]), teacher, small_digits, ALL_ROWS, seed=0)
     assert check.ok, check.lines()
     assert check.checked == 120 * V and check.threshold == LIVE_COSINE_THRESHOLDS[dtype]
-    assert check.min_cosine >= LIVE_COSINE_THRESHOLDS[dtype] and check.max_abs_error >= 0
+    assert check.min_cosine >= LIVE_COSINE_THRESHOLDS[dtype]
+    # the live recomputation differs from the stored rows by the dtype's rounding only (float32: none at all,
+    # as extraction and the live check run the same forward on the same pixels)
+    assert check.max_abs_error <= {"float32": 0.0, "float16": 2e-3, "bfloat16": 2e-2, "int8": 5e-2}[dtype]
     assert check.line().startswith(f"live check: {120 * V} rows, cosine min ") and check.line().endswith(": OK")
     if dtype == "float32":
         assert check.min_cosine > 1 - 1e-9

@@ -135,7 +135,7 @@ def test_resume_identity_covers_the_stored_views_and_the_ranks():
     dtype or view seed), nor with another number of ranks (steps per epoch and the schedule differ)."""
     from types import SimpleNamespace
 
-    from distill.training.student import _run_identity
+    from distill.training.resume import run_identity as _run_identity
 
     config = StudentConfig(store="s.zarr", dataset="digits", out=Path("s.pt"))
     dataset = load_dataset("digits")

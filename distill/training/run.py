@@ -1,0 +1,475 @@
+"""One student training run as an object: built once from a config, then driven step → epoch → save.
+
+The CLI (``fsd train-student``), the demo, the online-teacher baseline and ``benchmarks/`` all drive this
+same object, so a benchmark measures the trainer users run rather than a copy of it.
+
+Each step takes a batch of stored teacher embeddings from the stream, renders the student's input images
+with the *same* stored view parameters (consistent teaching), computes teacher logits as the stored head
+applied to the stored embeddings, and minimises the recipe's weighted losses. The run knows nothing about
+individual recipes: the criterion is built from data (distill/losses/recipes.py).
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from distill.losses import Criterion, DistillInputs, TrainingContext, build_criterion
+from distill.models import count_parameters, create_model
+from distill.models.checkpoint import Checkpoint, save_checkpoint
+from distill.models.heads import head_state
+from distill.training.amp import Amp
+from distill.training.common import accuracy, check_positive, make_optimizer, seed_everything
+from distill.training.curves import TensorBoardLog, plot_training_curves
+from distill.training.ddp import DistributedContext, init_distributed
+from distill.training.resume import load_resume_state, run_identity, save_resume_state
+from distill.training.teacher_side import TeacherSide, teacher_side
+from featstore.atomic import atomic_write_text
+from featstore.datasets import ImageDataset, load_dataset
+from featstore.errors import InputNotFound, InvalidInput, OutputExists, TrainingDiverged
+from featstore.stream import StoreStream, StreamBatch
+from featstore.views import render_views
+
+if TYPE_CHECKING:
+    from distill.training.student import StudentConfig, StudentResult
+
+
+def init_head_from(student_head: nn.Module, teacher_head: nn.Module) -> None:
+    """Start the student's classifier from the teacher's (official-code option; it stays trainable)."""
+    if student_head.weight.shape != teacher_head.weight.shape:
+        raise InvalidInput(
+            f"cannot initialise the student head {tuple(student_head.weight.shape)} from the "
+            f"teacher head {tuple(teacher_head.weight.shape)}: sizes differ"
+        )
+    with torch.no_grad():
+        student_head.weight.copy_(teacher_head.weight)
+        if student_head.bias is not None and teacher_head.bias is not None:
+            student_head.bias.copy_(teacher_head.bias)
+
+
+def head_cosine(student_head: nn.Module, teacher_head: nn.Module) -> float | None:
+    """Mean over classes of cos(student row c, teacher row c) — how far the two classifiers agree (logged
+    per epoch as in the official TH-KD code). None when the sizes differ."""
+    if student_head.weight.shape != teacher_head.weight.shape:
+        return None
+    with torch.no_grad():
+        return float(torch.nn.functional.cosine_similarity(student_head.weight, teacher_head.weight, dim=1).mean())
+
+
+class DistillStep(nn.Module):
+    """Everything trainable in one module — student, projection P, loss parameters (e.g. CRD's
+    projections) — so that one DistributedDataParallel wrapper synchronises all of it. ``forward`` is one
+    training step's loss; the frozen teacher head only ever sees stored or projected embeddings."""
+
+    def __init__(
+        self, student: nn.Module, projection: nn.Module, criterion: nn.Module, teacher_head: nn.Module
+    ) -> None:
+        super().__init__()
+        self.student, self.projection, self.criterion = student, projection, criterion
+        self.teacher_head = teacher_head  # frozen: no parameter requires grad
+
+    def forward(
+        self, x: torch.Tensor, labels: torch.Tensor, teacher_embedding: torch.Tensor, indices: torch.Tensor
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        z_s = self.student.forward_features(x)
+        z_s_t = self.projection(z_s)
+        with torch.no_grad():
+            teacher_logits = self.teacher_head(teacher_embedding)
+        inputs = DistillInputs(
+            student_embedding=z_s,
+            student_logits=self.student.head.training_logits(z_s, labels),
+            labels=labels,
+            teacher_embedding=teacher_embedding,
+            teacher_logits=teacher_logits,
+            student_logits_th=self.teacher_head(z_s_t),
+            student_embedding_t=z_s_t,
+            indices=indices,
+        )
+        result = self.criterion(inputs)
+        return result.total, result.terms
+
+
+@dataclass
+class StepStats:
+    """What one step reports: its loss terms (floats), batch size, and optional phase timings."""
+
+    total: float
+    terms: dict[str, float]
+    samples: int
+    phases: dict[str, float]
+    indices: Any  # the batch's sample ids (numpy), so benchmark variants can check they saw the same rows
+
+
+def log_path_for(out: Path) -> Path:
+    return out.with_name(out.stem + ".log.json")
+
+
+def resume_path_for(out: Path) -> Path:
+    return out.with_name(out.stem + ".resume.pt")
+
+
+def check_outputs(config: StudentConfig) -> None:
+    """Refuse before any work: nothing to resume, or an output that exists without --overwrite."""
+    out = Path(config.out)
+    resume_path = resume_path_for(out)
+    if config.resume and not resume_path.exists():
+        raise InputNotFound(
+            f"nothing to resume: {resume_path} does not exist"
+            + (f" ({out} is already complete)" if out.exists() else "")
+        )
+    if not config.resume:
+        for path in (out, log_path_for(out)):
+            if path.exists() and not config.overwrite:
+                raise OutputExists(f"{path} already exists (use --overwrite to replace it)")
+    if config.plot is not None and config.plot.exists() and not (config.overwrite or config.resume):
+        raise OutputExists(f"{config.plot} already exists (use --overwrite to replace it)")
+
+
+def check_options(config: StudentConfig) -> None:
+    check_positive(epochs=config.epochs, batch_size=config.batch_size, temperature=config.temperature)
+    config.optim.validate()
+    if config.embedding_dim is not None:
+        check_positive(embedding_dim=config.embedding_dim)
+    if config.th_alpha is not None and not (math.isfinite(config.th_alpha) and 0 <= config.th_alpha <= 1):
+        raise InvalidInput(f"--th-alpha must lie in [0, 1], got {config.th_alpha}")
+
+
+class StudentRun:
+    """A student run's whole state. ``StudentRun.build(config)`` validates and builds; ``train_step``,
+    ``run_epoch`` and ``save`` are the loop's pieces; ``fit`` is the loop ``train_student`` runs."""
+
+    def __init__(self, config: StudentConfig, criterion: Criterion, dataset: ImageDataset) -> None:
+        """Use :meth:`build`; this only stores what :meth:`build` made, in the order it made it."""
+        self.config, self.criterion, self.dataset = config, criterion, dataset
+        self.out = Path(config.out)
+        self.log: list[dict[str, Any]] = []
+        self.first_epoch = 0
+        self.started = time.perf_counter()
+
+    @classmethod
+    def build(cls, config: StudentConfig, *, chunk_rows: int | None = None) -> StudentRun:
+        """Validate the config, then build dataset, teacher side, student, projection, stream, loss, optimiser.
+
+        ``chunk_rows`` (online baseline only) lays the generated views out in a store's chunk geometry, so the
+        baseline reads exactly the batches a store run of that geometry reads.
+        """
+        check_outputs(config)
+        check_options(config)
+        criterion = build_criterion(config.recipe, config.loss, config.temperature, config.th_alpha)  # fails early
+        run = cls(config, criterion, load_dataset(config.dataset, config.split))
+        run.test = load_dataset(config.dataset, config.eval_split) if config.eval_split else None
+        run.dist = init_distributed(config.device)
+        run.device = run.dist.device
+        run.amp = Amp.create(config.amp, run.device)
+        run.teacher = teacher_side(config, run.dataset, run.device, chunk_rows=chunk_rows)
+        run._build_models()
+        run._build_stream()
+        run._build_optimisation()
+        if config.resume:
+            run.restore()
+        return run
+
+    def _build_models(self) -> None:
+        config, teacher = self.config, self.teacher
+        seed_everything(config.seed)
+        self.model_config = {
+            "num_classes": teacher.source.shape.num_classes,
+            "in_channels": self.dataset.image_shape[0],
+            "embedding_dim": config.embedding_dim or teacher.dim,
+        }
+        self.student = create_model(config.arch, **self.model_config).to(self.device)
+        # P: the student embedding → the teacher's space, trained with the student when the sizes differ
+        dim = self.model_config["embedding_dim"]
+        self.projection = (nn.Identity() if dim == teacher.dim else nn.Linear(dim, teacher.dim, bias=False)).to(
+            self.device
+        )
+        if config.init_head_from_teacher:
+            init_head_from(self.student.head, teacher.head)
+
+    def _build_stream(self) -> None:
+        config, dist = self.config, self.dist
+        self.stream = StoreStream(
+            self.teacher.source,
+            config.batch_size,
+            seed=config.seed,
+            view_sampling=config.view_sampling,
+            rank=dist.rank,
+            world_size=dist.world_size,
+            skip_bad_chunks=config.skip_bad_chunks,
+        )
+        steps = self.stream.batches_per_rank()  # equal on every rank, so collective ops never wait forever
+        if not dist.active and self.stream.num_samples() % config.batch_size == 1:
+            steps -= 1  # a last batch of one sample has no batch statistics (BatchNorm refuses it)
+        if steps <= 0:
+            raise InvalidInput(
+                f"no full training step per epoch: {self.stream.num_samples()} samples on rank {dist.rank} of "
+                f"{dist.world_size} at batch size {config.batch_size} (use a smaller --batch-size, fewer ranks, "
+                "or a store with more chunks: --chunk-rows at extraction)"
+            )
+        self.steps_per_epoch = steps
+
+    def _build_optimisation(self) -> None:
+        config, source = self.config, self.teacher.source
+        self.criterion.setup(
+            TrainingContext(
+                store=source,
+                student_dim=self.model_config["embedding_dim"],
+                teacher_dim=self.teacher.dim,
+                num_samples=source.shape.num_samples,
+                device=self.device,
+                seed=config.seed,
+                skip_bad_chunks=config.skip_bad_chunks,
+            )
+        )
+        self.step = DistillStep(self.student, self.projection, self.criterion, self.teacher.head).to(self.device)
+        self.trainable = [p for p in self.step.parameters() if p.requires_grad]
+        warmup = round(config.optim.warmup_epochs * self.steps_per_epoch)
+        self.optimizer, self.scheduler = make_optimizer(
+            self.trainable, config.optim, config.epochs * self.steps_per_epoch, warmup_steps=warmup
+        )
+        self.identity = run_identity(config, self.teacher, self.dataset, self.criterion.weights, self.dist.world_size)
+        self.runner = self.dist.wrap(self.step)
+        self.global_step = 0
+
+    # -- the loop's pieces ---------------------------------------------------------------------------------
+    def restore(self) -> None:
+        """Continue from the resume state of the last complete epoch (its identity must be this run's)."""
+        state = load_resume_state(resume_path_for(self.out), self.identity)
+        self.step.load_state_dict(state["step"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        for name, rng_state in state["rng"].items():
+            self.criterion.losses[name].generator.set_state(rng_state)
+        self.log, self.first_epoch = list(state["log"]), int(state["epoch"])
+        self.global_step = self.first_epoch * self.steps_per_epoch
+
+    def describe(self) -> str:
+        """One line: the effective loss weights and the optimisation, printed when a run starts."""
+        c, o = self.config, self.config.optim
+        loss = " + ".join(f"{w:g}·{name}" for name, w in self.criterion.weights.items())
+        extra = [f"T={c.temperature:g}"] + ([f"th_alpha={c.th_alpha:g}"] if c.th_alpha is not None else [])
+        schedule = f"cosine, warm-up {o.warmup_epochs:g} epochs" if o.warmup_epochs else "cosine"
+        clip = f", grad-clip {o.grad_clip:g}" if o.grad_clip else ""
+        return (
+            f"train-student [{c.recipe}]: loss = {loss} ({', '.join(extra)}); {o.optimizer} lr {o.lr:g} ({schedule}"
+            f"{clip}), wd {o.weight_decay:g}; {c.epochs} epochs × {self.steps_per_epoch} steps of {c.batch_size}"
+            f"; {self.device.type}{', amp ' + self.amp.dtype_name if self.amp.enabled else ''}"
+        )
+
+    def train_step(self, batch: StreamBatch, clock: Callable[[], float] | None = None) -> StepStats:
+        """One optimisation step on one stream batch. With ``clock``, each phase is timed (benchmarks)."""
+        tick = clock or (lambda: 0.0)
+        t0 = tick()
+        dataset, device = self.dataset, self.device
+        x = render_views(dataset.get_images(batch.indices), batch.view_params, dataset.view_policy).to(device)
+        t1 = tick()
+        with self.amp.autocast():
+            embedding = self.teacher.embed(batch.embeddings.to(device), x)
+            t2 = tick()
+            total, terms = self.runner(
+                x, batch.labels.to(device), embedding, torch.from_numpy(batch.indices).to(device)
+            )
+        t3 = tick()
+        self._check_finite(total, terms)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.amp.backward(total)
+        t4 = tick()
+        self.amp.step(self.optimizer, self.trainable, self.config.optim.grad_clip)
+        self.scheduler.step()
+        self.global_step += 1
+        values = {name: float(terms[name].detach()) for name in self.criterion.weights}
+        t5 = tick()
+        phases = {
+            "render": t1 - t0,
+            "teacher": t2 - t1,
+            "forward": t3 - t2,
+            "backward": t4 - t3,
+            "optimizer+log": t5 - t4,
+        }
+        return StepStats(float(total.detach()), values, len(batch.indices), phases, batch.indices)
+
+    def _check_finite(self, total: torch.Tensor, terms: dict[str, torch.Tensor]) -> None:
+        """A NaN/Inf loss stops the run before it reaches the weights; under DDP every rank stops together."""
+        bad = torch.tensor([0.0 if bool(torch.isfinite(total.detach())) else 1.0])
+        bad = self.dist.all_reduce_sum(bad)
+        if float(bad) == 0:
+            return
+        epoch = self.global_step // self.steps_per_epoch + 1
+        step = self.global_step % self.steps_per_epoch + 1
+        values = ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in terms.items())
+        kept = (
+            f"the last good state (epoch {epoch - 1}) is kept in {resume_path_for(self.out)}: fix the cause, then "
+            "run again with --resume"
+            if epoch > 1
+            else "nothing was written"
+        )
+        raise TrainingDiverged(
+            f"the loss became non-finite at epoch {epoch} step {step} ({values or 'total=' + str(float(total))}); "
+            f"{kept} (a lower --lr, --grad-clip or a finite store/head usually cures it)"
+        )
+
+    def run_epoch(self, epoch: int, on_step: Callable[[StepStats], None] | None = None) -> dict[str, Any]:
+        """Train one epoch, evaluate, and return its log entry (also appended to ``self.log``)."""
+        epoch_start = time.perf_counter()
+        self.stream.set_epoch(epoch)
+        self.step.train()
+        names = ["total", *self.criterion.weights]
+        sums = torch.zeros(len(names) + 1, dtype=torch.float64)  # total, terms…, samples
+        for batch in itertools.islice(self.stream, self.steps_per_epoch):
+            stats = self.train_step(batch)
+            values = [stats.total] + [stats.terms[name] for name in self.criterion.weights]
+            sums += torch.tensor([v * stats.samples for v in values] + [stats.samples], dtype=torch.float64)
+            if on_step is not None:
+                on_step(stats)
+        sums = self.dist.all_reduce_sum(sums)
+        entry: dict[str, Any] = {
+            "epoch": epoch + 1,
+            "lr": self.scheduler.get_last_lr()[0],
+            "loss": {k: float(sums[i] / sums[-1]) for i, k in enumerate(names)},
+            "seconds": time.perf_counter() - epoch_start,
+        }
+        cosine = head_cosine(self.student.head, self.teacher.head)
+        if cosine is not None:
+            entry["head_cosine"] = cosine
+        self._check_weights(epoch)
+        if self.test is not None and self.dist.is_main:
+            entry["test_accuracy"] = accuracy(self.student, self.test, self.device)
+        self.log.append(entry)
+        return entry
+
+    def _check_weights(self, epoch: int) -> None:
+        if all(bool(torch.isfinite(p).all()) for p in self.step.parameters()):
+            return
+        raise TrainingDiverged(
+            f"the student's weights became non-finite in epoch {epoch + 1}; the last good state"
+            + (f" (epoch {epoch}) is kept in {resume_path_for(self.out)}" if epoch else " does not exist")
+        )
+
+    def save_resume_state(self, epochs_done: int) -> None:
+        if self.dist.is_main:
+            state_path = resume_path_for(self.out)
+            save_resume_state(
+                state_path, self.step, self.optimizer, self.scheduler, epochs_done, self.log, self.identity
+            )
+        self.dist.barrier()
+
+    def checkpoint(self) -> Checkpoint:
+        """The finished student, with everything needed to evaluate it and trace how it was made."""
+        config, dataset = self.config, self.dataset
+        return Checkpoint(
+            kind="student",
+            arch=config.arch,
+            model_config=self.model_config,
+            state_dict={k: v.cpu() for k, v in self.student.state_dict().items()},
+            head_type=self.student.head.head_type,
+            embedding_dim=self.model_config["embedding_dim"],
+            num_classes=self.teacher.source.shape.num_classes,
+            dataset={
+                "spec": dataset.spec,
+                "split": dataset.split,
+                "fingerprint": dataset.fingerprint(),
+                "image_shape": list(dataset.image_shape),
+            },
+            extra={
+                "recipe": config.recipe,
+                "weights": self.criterion.weights,
+                "th_alpha": config.th_alpha,
+                "temperature": config.temperature,
+                "seed": config.seed,
+                "epochs": config.epochs,
+                "batch_size": config.batch_size,
+                "optim": asdict(config.optim),
+                "amp": self.amp.dtype_name if self.amp.enabled else None,
+                "view_sampling": config.view_sampling,
+                "world_size": self.dist.world_size,
+                "store": self.teacher.provenance,
+                "teacher_head": head_state(self.teacher.head),
+                "projection": {k: v.cpu() for k, v in self.projection.state_dict().items()},
+                "init_head_from_teacher": config.init_head_from_teacher,
+                "log": self.log,
+                "test_accuracy": self.test_accuracy,
+            },
+        )
+
+    @property
+    def test_accuracy(self) -> float | None:
+        return self.log[-1].get("test_accuracy") if self.log else None
+
+    def save(self) -> Path:
+        """Write the checkpoint, the JSON log and the curves (rank 0), then drop the resume state."""
+        log_path = log_path_for(self.out)
+        if self.dist.is_main:
+            save_checkpoint(self.checkpoint(), self.out, overwrite=True)
+            weights = self.criterion.weights
+            atomic_write_text(
+                log_path, json.dumps({"recipe": self.config.recipe, "weights": weights, "epochs": self.log}, indent=2)
+            )
+            if self.config.plot is not None:
+                plot_training_curves(self.log, self.config.plot, title=f"{self.config.arch} [{self.config.recipe}]")
+            resume_path_for(self.out).unlink(missing_ok=True)  # the run is complete: nothing left to resume
+        return log_path
+
+    def fit(self) -> StudentResult:
+        """The whole loop: every remaining epoch (resume state after each), then the outputs."""
+        from distill.training.student import StudentResult
+
+        config, dist = self.config, self.dist
+        show = config.progress and dist.is_main
+        if show:
+            print(self.describe(), file=sys.stderr, flush=True)
+        board = TensorBoardLog(config.tensorboard) if config.tensorboard is not None and dist.is_main else None
+        bar = tqdm(
+            total=config.epochs * self.steps_per_epoch,
+            initial=self.first_epoch * self.steps_per_epoch,
+            desc=f"train-student [{config.recipe}]",
+            unit="step",
+            disable=not show,
+        )
+        try:
+            for epoch in range(self.first_epoch, config.epochs):
+
+                def on_step(stats: StepStats, epoch: int = epoch) -> None:
+                    bar.update(1)
+                    lr = self.scheduler.get_last_lr()[0]
+                    bar.set_postfix_str(f"epoch {epoch + 1}/{config.epochs} loss {stats.total:.3f} lr {lr:.3g}", False)
+
+                entry = self.run_epoch(epoch, on_step if show else None)
+                if "test_accuracy" in entry:
+                    bar.set_postfix_str(
+                        f"epoch {epoch + 1}/{config.epochs} loss {entry['loss']['total']:.3f} "
+                        f"acc {entry['test_accuracy']:.3f}"
+                    )
+                if board is not None:
+                    board.log_epoch(entry)
+                self.save_resume_state(epoch + 1)
+        finally:
+            bar.close()
+        log_path = self.save()
+        if board is not None:
+            board.close()
+        self.close()
+        return StudentResult(
+            self.out,
+            log_path,
+            self.test_accuracy,
+            count_parameters(self.student),
+            time.perf_counter() - self.started,
+            self.log,
+        )
+
+    def close(self) -> None:
+        self.dist.close()
+
+
+__all__ = ["DistillStep", "DistributedContext", "StepStats", "StudentRun", "TeacherSide"]

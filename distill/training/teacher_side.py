@@ -1,0 +1,126 @@
+"""Where a student run's teacher outputs come from: a feature store (read) or a teacher network (run online).
+
+The online form is the baseline fsd is measured against: the same data path, views and losses, but the
+teacher's embedding is computed at every step instead of read from a store.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import nn
+
+from distill.models.heads import frozen_head, head_from_store
+from distill.models.teachers import load_teacher
+from featstore.codecs import DEFAULT_DTYPE
+from featstore.datasets import ImageDataset
+from featstore.errors import InvalidInput, StoreError
+from featstore.extract import check_head_classes
+from featstore.store import FeatureStore, default_chunk_rows, open_store
+from featstore.stream import GeneratedViews
+
+if TYPE_CHECKING:
+    from distill.training.student import StudentConfig
+
+
+def check_store_matches(store: FeatureStore, dataset: ImageDataset) -> None:
+    """Training pairs store row i with dataset sample i: refuse unless the store was made from this split."""
+    made_from = store.meta.get("dataset", {})
+    if made_from.get("fingerprint") != dataset.fingerprint():
+        raise StoreError(
+            f"store {store.url} was extracted from dataset {made_from.get('spec')!r} split "
+            f"{made_from.get('split')!r} (fingerprint {str(made_from.get('fingerprint'))[:12]}), not from "
+            f"{dataset.spec!r} split {dataset.split!r} (fingerprint {dataset.fingerprint()[:12]})"
+        )
+    # the student re-renders each stored view from its parameters with the dataset's view policy: it must be
+    # the policy the teacher's views were rendered with, or embeddings are paired with other pixels
+    policy = (store.meta.get("views") or {}).get("policy")
+    if policy is not None and policy != dataset.view_policy.to_dict():
+        raise StoreError(
+            f"store {store.url} was extracted with view policy {policy}, but dataset {dataset.spec!r} renders "
+            f"views with {dataset.view_policy.to_dict()}: the student would see other pixels than the teacher"
+        )
+
+
+@dataclass
+class TeacherSide:
+    """Where the teacher's outputs come from: a store (read) or, for the online baseline, a network (run)."""
+
+    source: FeatureStore | GeneratedViews  # what the stream iterates: rows, labels, view parameters
+    head: nn.Module  # the frozen classifier g_t
+    dim: int
+    provenance: dict[str, Any]  # recorded in the checkpoint, and part of the --resume identity
+    model: nn.Module | None = None  # online baseline only
+
+    def embed(self, stored: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        if self.model is None:
+            return stored
+        with torch.no_grad():
+            return self.model.forward_features(x)
+
+
+def teacher_side(
+    config: StudentConfig, dataset: ImageDataset, device: torch.device, chunk_rows: int | None = None
+) -> TeacherSide:
+    """The store's side, or the online baseline's. The baseline's views are laid out in a store's chunk
+    geometry — ``chunk_rows``, by default that of the store ``extract-teacher`` writes with its defaults — so
+    it streams exactly the batches a store run of that geometry streams."""
+    if (config.store is None) == (config.online_teacher is None):
+        raise InvalidInput("give exactly one of --store and --online-teacher")
+    if config.store is not None:
+        store = open_store(config.store)
+        check_store_matches(store, dataset)
+        if not store.has_head:
+            raise InvalidInput(
+                f"store {store.url} has no teacher head, which training needs; fit one on the stored "
+                f"embeddings first: fsd store fit-head {store.url} --head arcface"
+            )
+        if store.shape.num_classes != dataset.num_classes:
+            raise InvalidInput(
+                f"store {store.url}: its teacher head has {store.shape.num_classes} classes, dataset "
+                f"{dataset.spec} has {dataset.num_classes}; refit it with fsd store fit-head --overwrite"
+            )
+        return TeacherSide(
+            store,
+            head_from_store(store).to(device),
+            store.shape.dim,
+            {
+                "url": store.url,
+                "teacher": store.meta.get("teacher"),
+                "views": store.shape.num_views,
+                "dtype": store.dtype,
+                "view_seed": (store.meta.get("views") or {}).get("seed"),
+            },
+        )
+    teacher = load_teacher(config.online_teacher, trust_code=config.trust_code)
+    if not teacher.has_head:
+        raise InvalidInput(
+            f"online teacher {config.online_teacher} has no classifier head; extract a store, fit a head on it "
+            "(fsd store fit-head) and train from the store"
+        )
+    check_head_classes(teacher, dataset.num_classes, dataset.spec)
+    if teacher.input_shape is not None and list(teacher.input_shape) != list(dataset.image_shape):
+        raise InvalidInput(f"teacher expects input {teacher.input_shape}, dataset gives {list(dataset.image_shape)}")
+    if hasattr(teacher.model, "adapt_to_dataset"):  # an ONNX teacher: this dataset's normalisation
+        teacher.model.adapt_to_dataset(dataset)
+    bias = None if teacher.head_bias is None else torch.from_numpy(teacher.head_bias)
+    head = frozen_head(
+        teacher.head_type, torch.from_numpy(teacher.head_weight), bias, teacher.head_scale, teacher.head_margin
+    )
+    if chunk_rows is None:  # the geometry `extract-teacher` gives a default store: the same stream, batch for batch
+        chunk_rows = default_chunk_rows(len(dataset), config.views, teacher.embedding_dim, DEFAULT_DTYPE)
+    source = GeneratedViews(dataset, config.views, seed=config.view_seed, chunk_rows=chunk_rows)
+    return TeacherSide(
+        source,
+        head.to(device),
+        teacher.embedding_dim,
+        {
+            "online_teacher": str(config.online_teacher),
+            "teacher": {"arch": teacher.arch, "checkpoint_sha256": teacher.checkpoint_sha256},
+            "views": config.views,
+            "view_seed": config.view_seed,
+        },
+        model=teacher.model.eval().to(device),
+    )
