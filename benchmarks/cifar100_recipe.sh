@@ -95,7 +95,7 @@ import json, pathlib, sys
 
 rows = {pathlib.Path(p).stem: json.loads(pathlib.Path(p).read_text()) for p in sys.argv[1:]}
 try:
-    from distill.evaluation.evaluate import comparison_table
+    from distill.evaluation import comparison_table
     print(comparison_table(rows))
 except ImportError:  # a python without fsd: top-1 only
     for name, report in rows.items():

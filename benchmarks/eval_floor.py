@@ -1,6 +1,6 @@
 """How fast can *exact* leave-one-out retrieval get on this machine? The floor behind the eval / PML figure.
 
-``benchmarks/run.py`` measures ``fsd eval``'s retrieval (:func:`distill.evaluation.evaluate.retrieval_report`) against
+``benchmarks/run.py`` measures ``fsd eval``'s retrieval (:func:`distill.evaluation.report.retrieval_report`) against
 pytorch-metric-learning's AccuracyCalculator; issue #5 asks for ≤ 0.5 with the same values. Both tools run
 the same exact FAISS search (an N × N × D float32 GEMM plus a top-k heap), so the ratio sits at ~1. This
 script measures, in one process and on the same data, every part of the one design that could halve that
@@ -150,7 +150,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     import torch
     from pytorch_metric_learning.utils.accuracy_calculator import AccuracyCalculator
 
-    from distill.evaluation.evaluate import EmbeddingSet, retrieval_report
+    from distill.evaluation import EmbeddingSet, retrieval_report
 
     torch.set_num_threads(os.cpu_count() or 1)
     x, y = clustered_embeddings(args.n, args.dim, args.classes, seed=0)

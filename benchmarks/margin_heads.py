@@ -29,7 +29,7 @@ def _student(args):
     import torch
 
     torch.set_num_threads(1)
-    from distill.evaluation import evaluate as ev
+    import distill.evaluation as ev
     from distill.training.student import StudentConfig, train_student
 
     head, recipe, seed, store, out, epochs = args
@@ -63,7 +63,7 @@ def _teacher(args):
     import torch
 
     torch.set_num_threads(1)
-    from distill.evaluation import evaluate as ev
+    import distill.evaluation as ev
     from distill.models.checkpoint import load_teacher_source
     from distill.training.teacher import TeacherConfig, train_teacher
     from featstore.datasets import load_dataset

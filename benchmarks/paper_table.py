@@ -51,7 +51,7 @@ def _student(args: tuple) -> tuple[str, int, dict]:
     import torch
 
     torch.set_num_threads(1)
-    from distill.evaluation import evaluate as ev
+    import distill.evaluation as ev
     from distill.training.student import StudentConfig, train_student
 
     recipe, seed, store, gallery_store, out, epochs = args
@@ -120,7 +120,7 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(1)
-    from distill.evaluation import evaluate as ev
+    import distill.evaluation as ev
     from distill.models.checkpoint import load_teacher_source
     from distill.training.teacher import TeacherConfig, train_teacher
     from featstore.datasets import load_dataset

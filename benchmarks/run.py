@@ -22,7 +22,7 @@ Sections (``--sections``, default all):
   same batch size; then ``extract_teacher_distributed`` on a LocalCluster of 2 worker processes against 1.
 * ``amortisation`` — whole ``train_student`` runs: k students from one store (one extraction + k store runs)
   against k online-teacher runs; k = 1, 3, 10 composed from the measured extraction and run times.
-* ``eval`` — ``distill.evaluation.evaluate.retrieval_report`` against pytorch-metric-learning's AccuracyCalculator
+* ``eval`` — ``distill.evaluation.report.retrieval_report`` against pytorch-metric-learning's AccuracyCalculator
   (P@1, R-precision, MAP@R, k = max_bin_count) on the same clustered embeddings; values must agree to 1e-6.
 
 Data are synthetic (no download): uint8 noise images written in the cifar-100-python layout and read through
@@ -796,7 +796,7 @@ def bench_eval(ctx: Context) -> dict[str, Any]:
     import torch
     from pytorch_metric_learning.utils.accuracy_calculator import AccuracyCalculator
 
-    from distill.evaluation.evaluate import EmbeddingSet, retrieval_report
+    from distill.evaluation import EmbeddingSet, retrieval_report
     from distill.evaluation.search import faiss_gpu_available
 
     s = ctx.sizes

@@ -5,7 +5,7 @@ Makes N random clustered embeddings (default 20,000 × 128, 1,000 classes of 20:
 
 * ``streaming``: :func:`distill.evaluation.verification.streaming_verification` (CPU, numpy tiles), which returns the
   report and a down-sampled ROC curve;
-* ``materialising``: the previous evaluation path, :func:`distill.evaluation.search.pair_scores` (all 2 × 10^8 scores) +
+* ``materialising``: the previous evaluation path, :func:`distill.evaluation.testing.pair_scores` (all 2 × 10^8 scores) +
   :func:`distill.evaluation.metrics.verification_metrics` + :func:`distill.evaluation.metrics.roc_curve`.
 
 It records wall time, peak RSS (``resource.getrusage``) and the RSS before the metric started (so the
@@ -62,7 +62,7 @@ def worker(args: argparse.Namespace) -> None:
     """One method in this (fresh) process; prints one JSON line."""
     from distill.evaluation import verification as ver
     from distill.evaluation.metrics import FARS, roc_curve, verification_metrics
-    from distill.evaluation.search import pair_scores
+    from distill.evaluation.testing import pair_scores
 
     x, y = make_data(args.n, args.dim, args.classes, args.seed)
     passes = 0

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from distill.evaluation import evaluate as ev
+import distill.evaluation as ev
 
 
 @click.command("compare")

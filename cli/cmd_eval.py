@@ -6,8 +6,8 @@ from pathlib import Path
 
 import click
 
+import distill.evaluation as ev
 from cli.options import dataset_option, device_option, split_option
-from distill.evaluation import evaluate as ev
 from distill.evaluation.metrics import FARS
 from distill.evaluation.protocols.pairs import FORMATS, read_pairs, resolve_pairs
 from distill.evaluation.search import INDEX_TYPES

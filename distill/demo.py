@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from distill.evaluation import evaluate as ev
+import distill.evaluation as ev
 from distill.models.checkpoint import load_teacher_source
 from distill.training.student import StudentConfig, train_student
 from distill.training.teacher import TeacherConfig, train_teacher

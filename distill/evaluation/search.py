@@ -25,6 +25,7 @@ import faiss
 import numpy as np
 
 from distill.evaluation.metrics import UNKNOWN_LABEL
+from distill.evaluation.validate import as_matrix, positive_int
 from featstore.errors import InvalidInput
 
 PAD_INDEX: int = -1
@@ -40,35 +41,13 @@ DEFAULT_EF_SEARCH: int = 128
 """HNSW search breadth when none is given (raised to k when k is larger)."""
 
 
-def _matrix(x: Any, name: str) -> np.ndarray:
-    """A finite 2-D float array (any float/int dtype accepted; the caller's array is not modified)."""
-    if hasattr(x, "detach") and hasattr(x, "cpu"):  # torch tensor, without importing torch
-        x = x.detach().cpu().numpy()
-    a = np.asarray(x)
-    if a.ndim != 2:
-        raise InvalidInput(f"{name} must be a 2-D array (n, dim), got shape {a.shape}")
-    if a.shape[1] == 0:
-        raise InvalidInput(f"{name} has dimension 0")
-    if not (np.issubdtype(a.dtype, np.floating) or np.issubdtype(a.dtype, np.integer)):
-        raise InvalidInput(f"{name} must hold real numbers, got dtype {a.dtype}")
-    if not np.all(np.isfinite(a)):
-        raise InvalidInput(f"{name} contains NaN or infinite values")
-    return a
-
-
-def _positive_int(v: Any, name: str) -> int:
-    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v <= 0:
-        raise InvalidInput(f"{name} must be a positive integer, got {v!r}")
-    return int(v)
-
-
 def l2_normalize(x: np.ndarray) -> np.ndarray:
     """float32, C-contiguous copy of ``x`` (n, dim) with rows of unit L2 norm; all-zero rows stay zero.
 
     The norm is taken in float64 so large or tiny float32 values neither overflow nor underflow; zero rows are
     divided by 1 instead of 0, so they give score 0 against everything rather than NaN.
     """
-    a = _matrix(x, "embeddings")
+    a = as_matrix(x, "embeddings")
     norms = np.linalg.norm(a.astype(np.float64, copy=False), axis=1, keepdims=True)
     out = a / np.where(norms > 0, norms, 1.0)
     return np.ascontiguousarray(out, dtype=np.float32)
@@ -135,13 +114,13 @@ def resolve_index_params(
     if index == "ivf":
         if nlist is None:
             nlist = max(1, min(round(4 * math.sqrt(n)), n // 39))
-        nlist = _positive_int(nlist, "nlist")
+        nlist = positive_int(nlist, "nlist")
         if nlist > n:
             raise InvalidInput(f"nlist={nlist} exceeds the {num_gallery} gallery items (k-means needs one per list)")
-        nprobe = max(16, nlist // 4) if nprobe is None else _positive_int(nprobe, "nprobe")
+        nprobe = max(16, nlist // 4) if nprobe is None else positive_int(nprobe, "nprobe")
         return {"type": "ivf", "nlist": nlist, "nprobe": min(nprobe, nlist)}
-    hnsw_m = _positive_int(hnsw_m, "hnsw_m")
-    ef = DEFAULT_EF_SEARCH if ef_search is None else _positive_int(ef_search, "ef_search")
+    hnsw_m = positive_int(hnsw_m, "hnsw_m")
+    ef = DEFAULT_EF_SEARCH if ef_search is None else positive_int(ef_search, "ef_search")
     return {"type": "hnsw", "M": hnsw_m, "efConstruction": max(40, 2 * hnsw_m), "efSearch": max(ef, int(k))}
 
 
@@ -284,10 +263,10 @@ def knn_search(
     Raises :class:`InvalidInput` on non-2-D or non-finite input, mismatched dimensions, k <= 0, an unknown
     ``index`` or bad index parameters, or ``exclude_self`` with a gallery that is not the query set.
     """
-    k = _positive_int(k, "k")
-    query_batch = _positive_int(query_batch, "query_batch")
-    q = l2_normalize(_matrix(queries, "queries"))
-    g = q if gallery is queries else l2_normalize(_matrix(gallery, "gallery"))
+    k = positive_int(k, "k")
+    query_batch = positive_int(query_batch, "query_batch")
+    q = l2_normalize(as_matrix(queries, "queries"))
+    g = q if gallery is queries else l2_normalize(as_matrix(gallery, "gallery"))
     if q.shape[1] != g.shape[1]:
         raise InvalidInput(f"queries have dimension {q.shape[1]} but the gallery has {g.shape[1]}")
     if exclude_self and not (gallery is queries or np.array_equal(q, g)):
@@ -348,9 +327,9 @@ def recall_vs_exact(
     Only the sampled queries are searched exactly, so the check costs ``max_queries / nq`` of an exact search.
     Returns ``(recall, num_queries_checked)`` with recall as in :func:`topk_recall`.
     """
-    query_batch = _positive_int(query_batch, "query_batch")
-    q = l2_normalize(_matrix(queries, "queries"))
-    g = q if gallery is queries else l2_normalize(_matrix(gallery, "gallery"))
+    query_batch = positive_int(query_batch, "query_batch")
+    q = l2_normalize(as_matrix(queries, "queries"))
+    g = q if gallery is queries else l2_normalize(as_matrix(gallery, "gallery"))
     a = np.asarray(approx_ids)
     if a.ndim != 2 or a.shape[0] != q.shape[0] or a.shape[1] == 0:
         raise InvalidInput(f"approx_ids must be (num_queries={q.shape[0]}, k), got shape {a.shape}")
@@ -358,7 +337,7 @@ def recall_vs_exact(
         raise InvalidInput("exclude_self=True needs the gallery to be the query set itself (same rows, same order)")
     nq = q.shape[0]
     rows = np.arange(nq)
-    if max_queries is not None and nq > _positive_int(max_queries, "max_queries"):
+    if max_queries is not None and nq > positive_int(max_queries, "max_queries"):
         rows = np.sort(np.random.default_rng(seed).choice(nq, size=max_queries, replace=False))
     self_ids = rows.astype(np.int64) if exclude_self else None
     _, exact = _knn(q[rows], g, a.shape[1], self_ids, use_gpu, query_batch, {"type": "exact"})
@@ -405,7 +384,7 @@ def labels_at(indices: np.ndarray, labels: Any) -> np.ndarray:
 def normalised_known(embeddings: Any, labels: Any) -> tuple[np.ndarray, np.ndarray]:
     """Validated, L2-normalised float32 rows and int64 labels of the known (label != -1) samples — the
     input every all-pairs scorer starts from."""
-    x = _matrix(embeddings, "embeddings")
+    x = as_matrix(embeddings, "embeddings")
     if hasattr(labels, "detach") and hasattr(labels, "cpu"):
         labels = labels.detach().cpu().numpy()
     y = np.asarray(labels)
@@ -416,37 +395,3 @@ def normalised_known(embeddings: Any, labels: Any) -> tuple[np.ndarray, np.ndarr
     y = y.astype(np.int64, copy=False)
     keep = y != UNKNOWN_LABEL
     return l2_normalize(x[keep]), np.ascontiguousarray(y[keep])
-
-
-def pair_scores(embeddings: Any, labels: Any, block: int = 4096) -> tuple[np.ndarray, np.ndarray]:
-    """Cosine similarities of all unordered pairs i < j, split into (genuine, impostor) float32 arrays.
-
-    Genuine = same label, impostor = different labels; samples labelled -1 (unknown) are dropped first. The
-    score matrix is computed ``block`` rows at a time against the rows from the block on (only the upper
-    triangle is needed), so at most ``block x n`` scores exist besides the outputs, which are preallocated from
-    the class sizes. Pairs come in row-major (i, j) order of the kept samples. Note that the outputs alone hold
-    n(n-1)/2 floats: all-pairs verification is for evaluation sets of moderate size.
-    """
-    block = _positive_int(block, "block")
-    x, y = normalised_known(embeddings, labels)
-    n = y.size
-
-    _, class_sizes = np.unique(y, return_counts=True)
-    n_gen = int(np.sum(class_sizes * (class_sizes - 1) // 2))
-    n_imp = n * (n - 1) // 2 - n_gen
-    genuine = np.empty(n_gen, dtype=np.float32)
-    impostor = np.empty(n_imp, dtype=np.float32)
-    gi = ii = 0
-    for start in range(0, n, block):
-        stop = min(start + block, n)
-        sims = x[start:stop] @ x[start:].T  # (rows, n - start); column c is sample start + c
-        upper = np.arange(n - start)[None, :] > np.arange(stop - start)[:, None]  # j > i
-        same = y[start:stop, None] == y[None, start:]
-        g = sims[upper & same]
-        m = sims[upper & ~same]
-        genuine[gi : gi + g.size] = g
-        impostor[ii : ii + m.size] = m
-        gi += g.size
-        ii += m.size
-    assert gi == n_gen and ii == n_imp
-    return genuine, impostor

@@ -40,192 +40,22 @@ number.
 from __future__ import annotations
 
 import math
-import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
-from distill.evaluation.metrics import FARS, _check_far, far_key
-from distill.evaluation.search import _positive_int, normalised_known
+from distill.evaluation.metrics import FARS, far_key
+from distill.evaluation.pair_tiles import float32_keys, make_backend, tiled_pair_scores, tiles
+from distill.evaluation.search import normalised_known
+from distill.evaluation.validate import check_far, positive_int
 from featstore.errors import InvalidInput
 
 __all__ = ["float32_keys", "streaming_verification", "tiled_pair_scores"]
 
-_SIGN = 0x80000000
 _ALL = 0xFFFFFFFF
 DEFAULT_GENUINE_CAP = 1 << 24
 """Genuine keys held at once for the exact AUC (64 MiB of uint32)."""
-
-
-def float32_keys(scores: Any) -> np.ndarray:
-    """Order-preserving uint32 keys of float32 scores (no NaN): ``a < b`` iff ``key(a) < key(b)`` and
-    ``a == b`` iff ``key(a) == key(b)``; ``-0.0`` and ``+0.0`` get the same key.
-
-    key = bits XOR (0xFFFFFFFF if negative else 0x80000000): negative floats reverse their order and end up
-    below the positive ones. Adding +0.0 first turns -0.0 into +0.0 (IEEE round-to-nearest).
-    """
-    return _keys_inplace(np.array(scores, dtype=np.float32))
-
-
-def _keys_inplace(s: np.ndarray) -> np.ndarray:
-    """:func:`float32_keys` of a float32 array the caller owns (it is modified): two passes, one temporary."""
-    s += np.float32(0.0)
-    bits = s.view(np.int32)
-    mask = bits >> 31  # -1 for negative numbers, 0 otherwise
-    mask |= np.int32(-(1 << 31))
-    mask ^= bits
-    return mask.view(np.uint32)
-
-
-def _tiles(n: int, block: int) -> Iterator[tuple[int, int, int, int]]:
-    """Upper-triangular tiles (rows i0:i1, columns j0:j1, j0 >= i0) covering every pair i < j once."""
-    for i0 in range(0, n, block):
-        i1 = min(i0 + block, n)
-        for j0 in range(i0, n, block):
-            yield i0, i1, j0, min(j0 + block, n)
-
-
-class _NumpyBackend:
-    """Tiles scored with numpy (BLAS) on the CPU; keys are uint32."""
-
-    name = "numpy"
-
-    def __init__(self, x: np.ndarray, y: np.ndarray) -> None:
-        self.x, self.y = x, y
-
-    def scores(self, i0: int, i1: int, j0: int, j1: int) -> np.ndarray:
-        return self.x[i0:i1] @ self.x[j0:j1].T
-
-    def tile(self, i0: int, i1: int, j0: int, j1: int) -> tuple[np.ndarray, np.ndarray]:
-        """(keys, same-label) of the tile's pairs i < j, flattened."""
-        keys = _keys_inplace(self.scores(i0, i1, j0, j1))
-        same = self.y[i0:i1, None] == self.y[None, j0:j1]
-        if i0 == j0:  # diagonal tile: only j > i
-            upper = np.triu(np.ones(keys.shape, dtype=bool), 1)
-            return keys[upper], same[upper]
-        return keys.reshape(-1), same.reshape(-1)
-
-    def bincount(self, a: np.ndarray, length: int) -> np.ndarray:
-        return np.bincount(a, minlength=length).astype(np.int64, copy=False)
-
-    def table(self, a: np.ndarray) -> np.ndarray:
-        return a
-
-    def keys_table(self, keys: np.ndarray) -> np.ndarray:
-        return keys
-
-    def searchsorted(self, seq: np.ndarray, v: np.ndarray, side: str) -> np.ndarray:
-        return np.searchsorted(seq, v, side=side)
-
-    def concat(self, parts: list[np.ndarray]) -> np.ndarray:
-        return np.concatenate(parts)
-
-    def to_keys(self, a: np.ndarray) -> np.ndarray:
-        return np.asarray(a, dtype=np.uint32)
-
-    def size(self, a: np.ndarray) -> int:
-        return int(a.shape[0])
-
-    def total(self, a: np.ndarray) -> int:
-        return int(a.sum())
-
-    def close(self) -> None:
-        pass
-
-
-class _TorchBackend:
-    """Tiles scored with torch (CUDA for speed; any device works); keys are int64 holding the uint32 value."""
-
-    def __init__(self, x: np.ndarray, y: np.ndarray, device: str) -> None:
-        import torch
-
-        self.torch = torch
-        self.device = torch.device(device)
-        self.name = f"torch-{self.device.type}"
-        self._tf32 = torch.backends.cuda.matmul.allow_tf32
-        torch.backends.cuda.matmul.allow_tf32 = False  # TF32 would round the scores to 10-bit mantissas
-        self.x = torch.from_numpy(x).to(self.device)
-        self.y = torch.from_numpy(y).to(self.device)
-
-    def close(self) -> None:
-        self.torch.backends.cuda.matmul.allow_tf32 = self._tf32
-
-    def scores(self, i0: int, i1: int, j0: int, j1: int) -> Any:
-        return self.x[i0:i1] @ self.x[j0:j1].T
-
-    def tile(self, i0: int, i1: int, j0: int, j1: int) -> tuple[Any, Any]:
-        torch = self.torch
-        bits = (self.scores(i0, i1, j0, j1) + 0.0).view(torch.int32).to(torch.int64) & _ALL
-        keys = torch.where(bits >= _SIGN, _ALL - bits, bits | _SIGN)
-        same = self.y[i0:i1, None] == self.y[None, j0:j1]
-        if i0 == j0:
-            upper = torch.triu(torch.ones(keys.shape, dtype=torch.bool, device=self.device), 1)
-            return keys[upper], same[upper]
-        return keys.reshape(-1), same.reshape(-1)
-
-    def bincount(self, a: Any, length: int) -> np.ndarray:
-        return self.torch.bincount(a, minlength=length).cpu().numpy().astype(np.int64, copy=False)
-
-    def table(self, a: np.ndarray) -> Any:
-        a = np.asarray(a)
-        return self.torch.from_numpy(a if a.dtype == bool else a.astype(np.int64)).to(self.device)
-
-    def keys_table(self, keys: np.ndarray) -> Any:
-        return self.torch.from_numpy(keys.astype(np.int64)).to(self.device)
-
-    def searchsorted(self, seq: Any, v: Any, side: str) -> Any:
-        return self.torch.searchsorted(seq, v, right=side == "right")
-
-    def concat(self, parts: list[Any]) -> Any:
-        return self.torch.cat(parts)
-
-    def to_keys(self, a: Any) -> np.ndarray:
-        return a.cpu().numpy().astype(np.uint32)
-
-    def size(self, a: Any) -> int:
-        return int(a.shape[0])
-
-    def total(self, a: Any) -> int:
-        return int(a.sum().item())
-
-
-def tiled_pair_scores(embeddings: Any, labels: Any, block: int = 2048) -> tuple[np.ndarray, np.ndarray]:
-    """(genuine, impostor) float32 scores of all pairs i < j, computed by exactly the numpy tiles that
-    :func:`streaming_verification` uses with the same ``block`` — the reference its exactness is stated
-    against. Materialises every score: for tests and small sets only."""
-    block = _positive_int(block, "block")
-    x, y = normalised_known(embeddings, labels)
-    backend = _NumpyBackend(x, y)
-    gen, imp = [], []
-    for i0, i1, j0, j1 in _tiles(y.size, block):
-        s = backend.scores(i0, i1, j0, j1)
-        same = y[i0:i1, None] == y[None, j0:j1]
-        valid = np.triu(np.ones(s.shape, dtype=bool), 1) if i0 == j0 else np.ones(s.shape, dtype=bool)
-        gen.append(s[valid & same])
-        imp.append(s[valid & ~same])
-    empty = np.empty(0, dtype=np.float32)
-    return (np.concatenate(gen) if gen else empty).astype(np.float32), (np.concatenate(imp) if imp else empty).astype(
-        np.float32
-    )
-
-
-def _make_backend(x: np.ndarray, y: np.ndarray, use_gpu: bool | None, torch_device: str | None) -> Any:
-    if torch_device is not None:  # testing hook: the torch code path on any device (e.g. "cpu")
-        return _TorchBackend(x, y, torch_device)
-    if use_gpu is False:
-        return _NumpyBackend(x, y)
-    try:
-        import torch
-
-        cuda = bool(torch.cuda.is_available())
-    except Exception:  # a broken CUDA install must not break CPU evaluation
-        cuda = False
-    if cuda:
-        return _TorchBackend(x, y, "cuda")
-    if use_gpu:
-        warnings.warn("use_gpu=True but no CUDA device is available; scoring on the CPU", RuntimeWarning, stacklevel=3)
-    return _NumpyBackend(x, y)
 
 
 class _Counts:
@@ -302,13 +132,13 @@ def streaming_verification(
         far · N_imp < 1, everything when there are no genuine or no impostor pairs); the ROC points are
         float64 arrays on the exact curve (empty when undefined).
     """
-    block = _positive_int(block, "block")
-    genuine_cap = _positive_int(genuine_cap, "genuine_cap")
+    block = positive_int(block, "block")
+    genuine_cap = positive_int(genuine_cap, "genuine_cap")
     if isinstance(roc_points, bool) or not isinstance(roc_points, (int, np.integer)) or roc_points < 3:
         raise InvalidInput(f"roc_points must be an integer >= 3, got {roc_points!r}")
     if isinstance(bins, bool) or not isinstance(bins, (int, np.integer)) or bins not in {1 << b for b in range(12, 21)}:
         raise InvalidInput(f"bins must be a power of two from 4096 to 1048576, got {bins!r}")
-    checked = [(far_key(f), _check_far(f)) for f in fars]
+    checked = [(far_key(f), check_far(f)) for f in fars]
     keys = [k for k, _ in checked]
     if len(set(keys)) != len(keys):
         raise InvalidInput(f"FARs {list(fars)!r} give duplicate report keys {keys!r}")
@@ -322,7 +152,7 @@ def streaming_verification(
     if n_gen == 0 or n_imp == 0:
         return _empty_report(n_gen, n_imp, keys), empty_curve
 
-    backend = _make_backend(x, y, use_gpu, _torch_device)
+    backend = make_backend(x, y, use_gpu, _torch_device)
     try:
         return _run(backend, n, n_gen, n_imp, checked, block, int(bins), roc_points, genuine_cap)
     finally:
@@ -390,7 +220,7 @@ def _first_pass(
     hg = np.zeros(bins, dtype=np.int64)
     gen_keys = np.empty(collect, dtype=np.uint32) if collect is not None else None
     filled = 0
-    for tile in _tiles(n, block):
+    for tile in tiles(n, block):
         k, same = backend.tile(*tile)
         if backend.size(k) == 0:
             continue
@@ -483,7 +313,7 @@ def _later_passes(
         collect = to_collect.pop(0) if to_collect else None
         collect_dev = bool_table(collect) if collect is not None else None
         parts: list[np.ndarray] = []
-        for tile in _tiles(n, block):
+        for tile in tiles(n, block):
             k, same = backend.tile(*tile)
             if backend.size(k) == 0:
                 continue

@@ -26,7 +26,8 @@ from typing import Any
 import numpy as np
 
 from distill.evaluation import metrics
-from distill.evaluation.search import _matrix, l2_normalize
+from distill.evaluation.search import l2_normalize
+from distill.evaluation.validate import as_matrix
 from featstore.errors import InputNotFound, InvalidInput
 
 FORMATS: tuple[str, ...] = ("auto", "index", "names", "lfw")
@@ -273,7 +274,7 @@ def _name_index(names: Sequence[str]) -> dict[str, int]:
 
 def score_pairs(embeddings: Any, a: np.ndarray, b: np.ndarray, chunk: int = 1 << 16) -> np.ndarray:
     """float32 cosine similarity of rows ``a[p]`` and ``b[p]`` for every pair p, ``chunk`` pairs at a time."""
-    x = l2_normalize(_matrix(embeddings, "embeddings"))
+    x = l2_normalize(as_matrix(embeddings, "embeddings"))
     a, b = np.asarray(a, dtype=np.int64), np.asarray(b, dtype=np.int64)
     if a.shape != b.shape or a.ndim != 1:
         raise InvalidInput("pair index arrays must be 1-D and of equal length")

@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
+import distill.evaluation as ev
 import distill.evaluation.search as knn
 from cli.main import cli
-from distill.evaluation import evaluate as ev
 from distill.evaluation.search import (
     PAD_INDEX,
     approximate_recall,
@@ -27,26 +27,8 @@ from distill.evaluation.search import (
     resolve_index_params,
     topk_recall,
 )
+from distill.evaluation.testing import brute_topk, brute_topk_recall
 from featstore.errors import InvalidInput
-
-
-def brute_topk(q: np.ndarray, g: np.ndarray, k: int, exclude_self: bool = False) -> np.ndarray:
-    qn = q / np.linalg.norm(q, axis=1, keepdims=True)
-    gn = g / np.linalg.norm(g, axis=1, keepdims=True)
-    sims = qn.astype(np.float64) @ gn.astype(np.float64).T
-    if exclude_self:
-        np.fill_diagonal(sims, -np.inf)
-    return np.argsort(-sims, axis=1, kind="stable")[:, :k]
-
-
-def brute_recall(exact: np.ndarray, approx: np.ndarray) -> float:
-    found = total = 0
-    for e_row, a_row in zip(exact.tolist(), approx.tolist()):
-        for e in e_row:
-            if e >= 0:
-                total += 1
-                found += e in a_row
-    return found / total
 
 
 @pytest.fixture(autouse=True)
@@ -106,7 +88,7 @@ def test_approximate_recall_is_high_with_generous_parameters(big, index, options
     exact = brute_topk(q, g, 10)
     recall = approximate_recall(q, g, 10, index, use_gpu=False, **options)
     assert recall > 0.9
-    assert recall == pytest.approx(brute_recall(exact, ids))  # same index, same parameters: deterministic
+    assert recall == pytest.approx(brute_topk_recall(exact, ids))  # same index, same parameters: deterministic
     assert ids.shape == (300, 10) and ids.dtype == np.int64 and scores.dtype == np.float32
     assert np.all(np.diff(scores, axis=1) <= 1e-6)  # sorted by descending score
     # the scores are true cosines of the returned items
@@ -122,7 +104,7 @@ def test_approximate_leave_one_out_never_returns_self(big, index, options) -> No
     _, ids = knn_search(x, x, 8, exclude_self=True, use_gpu=False, index=index, **options)
     assert ids.shape == (2000, 8)
     assert not np.any(ids == np.arange(2000)[:, None])
-    assert brute_recall(brute_topk(x, x, 8, exclude_self=True), ids) > 0.9
+    assert brute_topk_recall(brute_topk(x, x, 8, exclude_self=True), ids) > 0.9
 
 
 def test_ivf_with_one_probe_pads_what_it_cannot_find() -> None:
@@ -185,18 +167,18 @@ def test_topk_recall_against_brute_force() -> None:
     rng = np.random.default_rng(4)
     exact = rng.integers(-1, 50, size=(700, 12))
     approx = rng.integers(-1, 50, size=(700, 9))
-    assert topk_recall(exact, approx) == pytest.approx(brute_recall(exact, approx))
+    assert topk_recall(exact, approx) == pytest.approx(brute_topk_recall(exact, approx))
 
 
 def test_recall_vs_exact_samples_queries(big) -> None:
     g, q = big
     _, approx = knn_search(q, g, 10, use_gpu=False, index="ivf", nlist=64, nprobe=2)
     full, n_full = recall_vs_exact(q, g, approx, max_queries=None, use_gpu=False)
-    assert n_full == 300 and full == pytest.approx(brute_recall(brute_topk(q, g, 10), approx))
+    assert n_full == 300 and full == pytest.approx(brute_topk_recall(brute_topk(q, g, 10), approx))
     part, n_part = recall_vs_exact(q, g, approx, max_queries=50, seed=3, use_gpu=False)
     assert n_part == 50 and 0 < part <= 1
     rows = np.sort(np.random.default_rng(3).choice(300, size=50, replace=False))
-    assert part == pytest.approx(brute_recall(brute_topk(q[rows], g, 10), approx[rows]))
+    assert part == pytest.approx(brute_topk_recall(brute_topk(q[rows], g, 10), approx[rows]))
     # leave-one-out: the exact reference excludes each sampled query's own row too
     x = g[:1000]
     _, loo = knn_search(x, x, 8, exclude_self=True, use_gpu=False, index="ivf", nlist=32, nprobe=2)
@@ -205,7 +187,7 @@ def test_recall_vs_exact_samples_queries(big) -> None:
     sims = (x / np.linalg.norm(x, axis=1, keepdims=True)) @ (x / np.linalg.norm(x, axis=1, keepdims=True)).T
     sims[np.arange(1000), np.arange(1000)] = -np.inf
     want = np.argsort(-sims[rows], axis=1, kind="stable")[:, :8]
-    assert got == pytest.approx(brute_recall(want, loo[rows]))
+    assert got == pytest.approx(brute_topk_recall(want, loo[rows]))
 
 
 def test_resolve_index_params_and_bad_parameters(big) -> None:
@@ -255,7 +237,7 @@ def test_retrieval_report_with_an_approximate_index(index) -> None:
     assert set(section) == {"type", "k", "recall_vs_exact@k", "num_queries_checked", "params"}
     assert section["recall_vs_exact@k"] > 0.9
     _, ids = knn_search(emb, emb, 24, exclude_self=True, use_gpu=False, index=index)
-    assert section["recall_vs_exact@k"] == pytest.approx(brute_recall(brute_topk(emb, emb, 24, True), ids))
+    assert section["recall_vs_exact@k"] == pytest.approx(brute_topk_recall(brute_topk(emb, emb, 24, True), ids))
     for key in ("precision_at_1", "map_at_r"):
         assert approx[key] == pytest.approx(exact[key], abs=0.05)
     # cross-model retrieval against a gallery uses the index too

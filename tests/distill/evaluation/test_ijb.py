@@ -16,10 +16,9 @@ import pytest
 from click.testing import CliRunner
 
 from cli.main import cli
-from distill.evaluation.metrics import far_key, verification_metrics
+from distill.evaluation.metrics import far_key, identification_metrics, verification_metrics
 from distill.evaluation.protocols.ijb import (
     face_rows,
-    identification_metrics,
     ijb_evaluation,
     ijb_identification,
     ijb_verification,
@@ -27,6 +26,7 @@ from distill.evaluation.protocols.ijb import (
     template_embeddings,
     template_rows,
 )
+from distill.evaluation.testing import brute_identification, brute_templates
 from featstore.errors import InputNotFound, InvalidInput
 
 CSV_HEADER = "TEMPLATE_ID,SUBJECT_ID,FILENAME,SIGHTING_ID,FACE_X,FACE_Y,FACE_WIDTH,FACE_HEIGHT"
@@ -150,24 +150,6 @@ def test_template_embeddings_quality_flip_and_face_normalisation_by_hand() -> No
     # zero quality everywhere: a zero template, which stays zero (score 0 against everything)
     _, zero = template_embeddings(x, None, [1, 1], [1, 2], quality=[0.0, 0.0])
     assert np.all(zero == 0)
-
-
-def brute_templates(x, t, m, quality=None, flip=None, normalize_faces=False) -> dict[int, np.ndarray]:
-    """Loops over dicts, float64, normalised with np.linalg.norm."""
-    out: dict[int, np.ndarray] = {}
-    for tid in sorted(set(t.tolist())):
-        media: dict[int, list[np.ndarray]] = {}
-        for i in range(len(t)):
-            if t[i] == tid:
-                f = x[i].astype(np.float64) + (0 if flip is None else flip[i].astype(np.float64))
-                if normalize_faces:
-                    f = f / np.linalg.norm(f)
-                if quality is not None:
-                    f = f * quality[i]
-                media.setdefault(int(m[i]), []).append(f)
-        v = np.mean([np.mean(fs, axis=0) for fs in media.values()], axis=0)
-        out[tid] = v / np.linalg.norm(v)
-    return out
 
 
 @pytest.mark.parametrize(
@@ -360,34 +342,6 @@ def test_identification_metrics_bad_input() -> None:
         identification_metrics(np.zeros((2, 0), dtype=int), [0.1, 0.2], [1, 2], [])
 
 
-def brute_identification(gallery, g_subj, probes, p_subj, ranks, fpirs) -> dict:
-    """float64 similarity matrix, per-probe full sort, thresholds by exhaustive search."""
-    g = gallery / np.linalg.norm(gallery, axis=1, keepdims=True)
-    p = probes / np.linalg.norm(probes, axis=1, keepdims=True)
-    sims = p.astype(np.float64) @ g.astype(np.float64).T
-    g_subj, p_subj = np.asarray(g_subj), np.asarray(p_subj)
-    mated = [s in set(g_subj.tolist()) for s in p_subj]
-    out: dict = {}
-    for r in ranks:
-        hits = [p_subj[i] in g_subj[np.argsort(-sims[i])[:r]] for i in range(len(p)) if mated[i]]
-        out[f"rank_{r}"] = sum(hits) / len(hits)
-    top1 = sims.max(axis=1)
-    correct = np.array([g_subj[np.argmax(sims[i])] == p_subj[i] for i in range(len(p))])
-    nm = top1[~np.array(mated)]
-    ma = np.array(mated)
-    out["tpir_at_fpir"] = {}
-    for f in fpirs:
-        n = math.floor(f * nm.size)
-        if n < 1:
-            out["tpir_at_fpir"][far_key(f)] = None
-            continue
-        cands = np.concatenate([[-np.inf], top1])
-        out["tpir_at_fpir"][far_key(f)] = max(
-            np.sum(correct & ma & (top1 > t)) / ma.sum() for t in cands if np.sum(nm > t) <= n
-        )
-    return out
-
-
 def test_ijb_identification_against_brute_force() -> None:
     rng = np.random.default_rng(11)
     centers = rng.normal(size=(80, 16))
@@ -479,7 +433,7 @@ def test_read_meta_ijbb_names_and_optional_parts(tmp_path: Path) -> None:
 
 
 def test_pair_file_fast_path_equals_line_parser(tmp_path: Path) -> None:
-    from distill.evaluation.protocols.ijb import _parse_pairs, _parse_pairs_by_line
+    from distill.evaluation.protocols.ijb_meta import _parse_pairs, _parse_pairs_by_line
 
     rng = np.random.default_rng(0)
     rows = rng.integers(1, 5, size=(500, 2))

@@ -11,19 +11,9 @@ import numpy as np
 import pytest
 
 import distill.evaluation.search as knn
-from distill.evaluation.search import PAD_INDEX, faiss_gpu_available, knn_search, l2_normalize, labels_at, pair_scores
+from distill.evaluation.search import PAD_INDEX, faiss_gpu_available, knn_search, l2_normalize, labels_at
+from distill.evaluation.testing import brute_knn, brute_pair_scores, pair_scores
 from featstore.errors import InvalidInput
-
-
-def brute_knn(q: np.ndarray, g: np.ndarray, k: int, exclude_self: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    """float64 full similarity matrix, full argsort per row."""
-    qn = q / np.linalg.norm(q, axis=1, keepdims=True)
-    gn = g / np.linalg.norm(g, axis=1, keepdims=True)
-    sims = qn.astype(np.float64) @ gn.astype(np.float64).T
-    if exclude_self:
-        np.fill_diagonal(sims, -np.inf)
-    order = np.argsort(-sims, axis=1, kind="stable")[:, :k]
-    return np.take_along_axis(sims, order, axis=1), order
 
 
 @pytest.fixture
@@ -239,20 +229,8 @@ def test_labels_at_maps_padding_to_unknown() -> None:
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# pair_scores
+# pair_scores (distill.evaluation.testing: the materialising reference)
 # ----------------------------------------------------------------------------------------------------------------
-
-
-def brute_pairs(x: np.ndarray, labels: np.ndarray) -> tuple[list[float], list[float]]:
-    keep = labels != -1
-    x, labels = x[keep].astype(np.float64), labels[keep]
-    x = x / np.linalg.norm(x, axis=1, keepdims=True)
-    gen, imp = [], []
-    for i in range(len(labels)):
-        for j in range(i + 1, len(labels)):
-            s = float(x[i] @ x[j])
-            (gen if labels[i] == labels[j] else imp).append(s)
-    return gen, imp
 
 
 @pytest.mark.parametrize("block", [1, 7, 64, 4096])
@@ -263,7 +241,7 @@ def test_pair_scores_match_brute_force(block: int) -> None:
     labels = rng.integers(0, 12, size=n)
     labels[::11] = -1  # unknowns are dropped
     gen, imp = pair_scores(x, labels, block=block)
-    ref_gen, ref_imp = brute_pairs(x, labels)
+    ref_gen, ref_imp = brute_pair_scores(x, labels)
     assert gen.dtype == imp.dtype == np.float32
     m = int(np.sum(labels != -1))
     assert gen.size + imp.size == m * (m - 1) // 2

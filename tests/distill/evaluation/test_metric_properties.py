@@ -8,8 +8,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from distill.evaluation import metrics
-from distill.evaluation.evaluate import EmbeddingSet, retrieval_report
-from distill.evaluation.search import pair_scores
+from distill.evaluation.report import retrieval_report
+from distill.evaluation.sources import EmbeddingSet
+from distill.evaluation.testing import pair_scores
 
 SETTINGS = settings(max_examples=25, deadline=None)
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import math
-from decimal import ROUND_FLOOR, Decimal
 
 import numpy as np
 import pytest
@@ -25,66 +24,10 @@ from distill.evaluation.metrics import (
     verification_metrics,
 )
 from distill.evaluation.search import knn_search, l2_normalize, labels_at
+from distill.evaluation.testing import brute_eer, brute_retrieval, brute_roc_auc, brute_tar_at_far
 from featstore.errors import InvalidInput
 
 PAD = UNKNOWN_LABEL
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# brute-force references (deliberately naive: python loops, full matrices, no shared code with the module)
-# ----------------------------------------------------------------------------------------------------------------
-
-
-def ref_retrieval(order_labels: list[list[int]], query_labels: list[int], rs: list[int], ks=(1, 2, 4, 8)) -> dict:
-    """Per-query loops over fully ranked neighbour label lists."""
-    recall = {k: [] for k in ks}
-    p1, rp, ap = [], [], []
-    for labs, q, r in zip(order_labels, query_labels, rs):
-        if r == 0 or q == -1:
-            continue
-        rel = [1 if lab == q else 0 for lab in labs]
-        for k in ks:
-            recall[k].append(1.0 if any(rel[:k]) else 0.0)
-        p1.append(float(rel[0]))
-        rp.append(sum(rel[:r]) / r)
-        total = 0.0
-        for i in range(1, r + 1):
-            if rel[i - 1]:
-                total += sum(rel[:i]) / i
-        ap.append(total / r)
-    n = len(p1)
-    return {
-        "recall_at_k": {str(k): sum(v) / n for k, v in recall.items()},
-        "precision_at_1": sum(p1) / n,
-        "r_precision": sum(rp) / n,
-        "map_at_r": sum(ap) / n,
-        "num_queries": n,
-    }
-
-
-def ref_tar(gen: list[float], imp: list[float], far: float) -> float | None:
-    desc = sorted(imp, reverse=True)
-    k = int((Decimal(repr(far)) * len(desc)).to_integral_value(rounding=ROUND_FLOOR))
-    if k < 1:
-        return None
-    t = desc[k] if k < len(desc) else -math.inf  # s_(k+1), 1-indexed
-    return sum(1 for g in gen if g > t) / len(gen)
-
-
-def ref_auc(gen: np.ndarray, imp: np.ndarray) -> float:
-    gt = (gen[:, None] > imp[None, :]).sum()
-    eq = (gen[:, None] == imp[None, :]).sum()
-    return (gt + 0.5 * eq) / (gen.size * imp.size)
-
-
-def ref_eer(gen: list[float], imp: list[float]) -> float:
-    best = None
-    for t in [-math.inf] + sorted(set(gen) | set(imp)):
-        far = sum(1 for s in imp if s > t) / len(imp)
-        frr = sum(1 for s in gen if s <= t) / len(gen)
-        if best is None or abs(far - frr) < best[0]:
-            best = (abs(far - frr), (far + frr) / 2)
-    return best[1]
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -220,7 +163,7 @@ def test_retrieval_matches_brute_force_on_random_data() -> None:
     order = np.argsort(-sims, axis=1, kind="stable")[:, : n - 1]  # every other sample, best first
     order_labels = labels[order]
     rs = [int(np.sum(labels == labels[i])) - 1 for i in range(n)]
-    expected = ref_retrieval(order_labels.tolist(), labels.tolist(), rs)
+    expected = brute_retrieval(order_labels.tolist(), labels.tolist(), rs)
 
     r = count_relevant(labels, labels, leave_one_out=True)
     assert r.tolist() == rs
@@ -395,11 +338,11 @@ def test_verification_matches_brute_force_with_ties(seed: int) -> None:
     m = verification_metrics(gen, imp, fars=fars)
     gl, il = gen.tolist(), imp.tolist()
     for far in fars:
-        expected = ref_tar(gl, il, far)
+        expected = brute_tar_at_far(gl, il, far)
         assert m["tar_at_far"][far_key(far)] == expected  # exactly
         assert tar_at_far(gen, imp, far) == expected
-    assert m["roc_auc"] == pytest.approx(ref_auc(gen.astype(np.float64), imp.astype(np.float64)), abs=1e-12)
-    assert m["eer"] == pytest.approx(ref_eer(gl, il), abs=1e-12)
+    assert m["roc_auc"] == pytest.approx(brute_roc_auc(gen.astype(np.float64), imp.astype(np.float64)), abs=1e-12)
+    assert m["eer"] == pytest.approx(brute_eer(gl, il), abs=1e-12)
     assert roc_auc(gen, imp) == m["roc_auc"] and equal_error_rate(gen, imp) == m["eer"]
 
 
@@ -407,10 +350,10 @@ def test_verification_matches_brute_force_continuous() -> None:
     rng = np.random.default_rng(7)
     gen = rng.normal(0.6, 0.2, size=300)
     imp = rng.normal(0.0, 0.3, size=4000)
-    assert roc_auc(gen, imp) == pytest.approx(ref_auc(gen, imp), abs=1e-12)
-    assert equal_error_rate(gen, imp) == pytest.approx(ref_eer(gen.tolist(), imp.tolist()), abs=1e-12)
+    assert roc_auc(gen, imp) == pytest.approx(brute_roc_auc(gen, imp), abs=1e-12)
+    assert equal_error_rate(gen, imp) == pytest.approx(brute_eer(gen.tolist(), imp.tolist()), abs=1e-12)
     for far in (1e-3, 1e-2, 0.1):
-        assert tar_at_far(gen, imp, far) == ref_tar(gen.tolist(), imp.tolist(), far)
+        assert tar_at_far(gen, imp, far) == brute_tar_at_far(gen.tolist(), imp.tolist(), far)
 
 
 # ----------------------------------------------------------------------------------------------------------------

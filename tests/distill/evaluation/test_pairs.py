@@ -9,7 +9,7 @@ from fractions import Fraction
 import numpy as np
 import pytest
 
-from distill.evaluation import evaluate as ev
+import distill.evaluation as ev
 from distill.evaluation.metrics import count_relevant, far_key, verification_metrics
 from distill.evaluation.protocols.pairs import (
     best_threshold,
@@ -22,6 +22,7 @@ from distill.evaluation.protocols.pairs import (
     resolve_pairs,
     score_pairs,
 )
+from distill.evaluation.testing import brute_lfw_correct
 from featstore.errors import InputNotFound, InvalidInput
 
 # 2-D unit vectors with exact float32 cosines: e0 = (1, 0), e1 = (0, 1), e2 = (-1, 0), e3 = (1, 0)
@@ -268,7 +269,7 @@ def test_pairs_protocol_needs_no_labels() -> None:
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# CMC (distill.evaluation.evaluate helper)
+# CMC (distill.evaluation.metrics.cmc_from_neighbors, distill.evaluation.report.cmc_curve)
 # ----------------------------------------------------------------------------------------------------------------
 
 
@@ -301,10 +302,6 @@ def test_cmc_by_hand_and_equals_recall() -> None:
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def brute_accuracy(scores: list[float], same: list[bool], t: float) -> int:
-    return sum(1 for s, y in zip(scores, same) if (s > t) == y)
-
-
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_lfw_accuracy_matches_brute_force(seed: int) -> None:
     rng = np.random.default_rng(seed)
@@ -320,11 +317,11 @@ def test_lfw_accuracy_matches_brute_force(seed: int) -> None:
         test = [(float(s), bool(y)) for s, y, g in zip(scores, same, folds) if g == f]
         best_t, best_correct = None, -1
         for t in [-math.inf] + sorted({s for s, _ in train}):  # ascending: the first maximum is the lowest t
-            correct = brute_accuracy([s for s, _ in train], [y for _, y in train], t)
+            correct = brute_lfw_correct([s for s, _ in train], [y for _, y in train], t)
             if correct > best_correct:
                 best_t, best_correct = t, correct
         expected_t.append(None if math.isinf(best_t) else best_t)
-        expected_acc.append(brute_accuracy([s for s, _ in test], [y for _, y in test], best_t) / len(test))
+        expected_acc.append(brute_lfw_correct([s for s, _ in test], [y for _, y in test], best_t) / len(test))
     assert out["fold_threshold"] == expected_t
     assert out["fold_accuracy"] == expected_acc
     mean = sum(expected_acc) / n_folds

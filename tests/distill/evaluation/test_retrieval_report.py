@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from distill.evaluation.evaluate import EmbeddingSet, retrieval_report
+from distill.evaluation.report import retrieval_report
+from distill.evaluation.sources import EmbeddingSet
 
 
 def test_small_sets_keep_every_recall_key() -> None:

@@ -14,16 +14,15 @@ Exactness is stated for the scores the tiles produce. Two kinds of data make the
 from __future__ import annotations
 
 import json
-import math
-from decimal import ROUND_FLOOR, Decimal
 
 import numpy as np
 import pytest
 
-from distill.evaluation import evaluate as ev
+import distill.evaluation as ev
+from distill.evaluation import pair_tiles
 from distill.evaluation import verification as ver
 from distill.evaluation.metrics import FARS, far_key, roc_curve, verification_metrics
-from distill.evaluation.search import pair_scores
+from distill.evaluation.testing import brute_eer, brute_pair_scores, brute_roc_auc, brute_tar_at_far, pair_scores
 from distill.evaluation.verification import float32_keys, streaming_verification, tiled_pair_scores
 from featstore.errors import InvalidInput
 
@@ -31,7 +30,7 @@ FARS_ALL = (*FARS, 2.5e-3, 0.3, 0.5, 1.0)
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# data and brute-force references (python loops, no shared code with the module)
+# data (the brute-force references are distill.evaluation.testing's)
 # ----------------------------------------------------------------------------------------------------------------
 
 
@@ -47,44 +46,6 @@ def exact_embeddings(n: int, seed: int, zero_rows: int = 2) -> np.ndarray:
             x[i] = rng.choice([-1.0, 1.0], size=16)
     x[:zero_rows] = 0.0  # zero rows score 0 (sometimes -0.0) against everything
     return x
-
-
-def ref_tar(gen: list[float], imp: list[float], far: float) -> float | None:
-    desc = sorted(imp, reverse=True)
-    k = int((Decimal(repr(far)) * len(desc)).to_integral_value(rounding=ROUND_FLOOR))
-    if k < 1:
-        return None
-    t = desc[k] if k < len(desc) else -math.inf
-    return sum(1 for g in gen if g > t) / len(gen)
-
-
-def ref_auc(gen: list[float], imp: list[float]) -> float:
-    twice = sum(2 * (i < g) + (i == g) for g in gen for i in imp)
-    return twice / (2 * len(gen) * len(imp))
-
-
-def ref_eer(gen: list[float], imp: list[float]) -> float:
-    best = None
-    for t in [-math.inf] + sorted(set(gen) | set(imp)):
-        far = sum(1 for s in imp if s > t) / len(imp)
-        frr = sum(1 for s in gen if s <= t) / len(gen)
-        if best is None or abs(far - frr) < best[0]:
-            best = (abs(far - frr), (far + frr) / 2)
-    return best[1]
-
-
-def brute_pairs(x: np.ndarray, labels: np.ndarray) -> tuple[list[float], list[float]]:
-    """All pairs i < j by explicit loops over float64 cosines of the raw rows (exact data only)."""
-    keep = [i for i in range(len(labels)) if labels[i] != -1]
-    rows = [[float(v) for v in x[i]] for i in range(len(labels))]
-    norms = [math.sqrt(sum(v * v for v in r)) for r in rows]
-    gen, imp = [], []
-    for a_pos, i in enumerate(keep):
-        for j in keep[a_pos + 1 :]:
-            dot = sum(a * b for a, b in zip(rows[i], rows[j]))
-            s = dot / (norms[i] * norms[j]) if norms[i] and norms[j] else 0.0
-            (gen if labels[i] == labels[j] else imp).append(s)
-    return gen, imp
 
 
 def check_curve(far: np.ndarray, tar: np.ndarray, gen: np.ndarray, imp: np.ndarray, max_points: int) -> None:
@@ -179,8 +140,8 @@ def test_radix_sizes_and_multi_pass_auc(bins: int, cap: int, block: int, monkeyp
     y = np.random.default_rng(3).integers(0, 6, size=n)
     gen, imp = pair_scores(x, y)
     passes = []
-    tiles = ver._tiles
-    monkeypatch.setattr(ver, "_tiles", lambda *a: passes.append(1) or tiles(*a))
+    tiles = ver.tiles
+    monkeypatch.setattr(ver, "tiles", lambda *a: passes.append(1) or tiles(*a))
     report, _ = streaming_verification(x, y, FARS_ALL, block=block, bins=bins, genuine_cap=cap, use_gpu=False)
     assert report == verification_metrics(gen, imp, FARS_ALL)
     assert len(passes) == 2 if cap >= gen.size else len(passes) >= 4  # pass 1, refine + collect, count groups
@@ -227,14 +188,14 @@ def test_matches_independent_brute_force() -> None:
     x = exact_embeddings(n, seed=11)
     y = np.random.default_rng(11).integers(0, 5, size=n)
     y[0], y[1] = 50, -1
-    gen, imp = brute_pairs(x, y)
+    gen, imp = brute_pair_scores(x, y)
     fars = (1e-3, 3e-3, 1e-2, 0.1, 0.5)
     report, _ = streaming_verification(x, y, fars, block=16, use_gpu=False)
     assert report["num_genuine"] == len(gen) and report["num_impostor"] == len(imp)
     for far in fars:
-        assert report["tar_at_far"][far_key(far)] == ref_tar(gen, imp, far)
-    assert report["roc_auc"] == pytest.approx(ref_auc(gen, imp), abs=1e-15)
-    assert report["eer"] == pytest.approx(ref_eer(gen, imp), abs=1e-15)
+        assert report["tar_at_far"][far_key(far)] == brute_tar_at_far(gen, imp, far)
+    assert report["roc_auc"] == pytest.approx(brute_roc_auc(gen, imp), abs=1e-15)
+    assert report["eer"] == pytest.approx(brute_eer(gen, imp), abs=1e-15)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -272,14 +233,14 @@ def test_nondeterministic_backend_is_refused(monkeypatch) -> None:
     x = exact_embeddings(60, seed=4)
     y = np.arange(60) % 4
     calls = {"n": 0}
-    original = ver._NumpyBackend.scores
+    original = pair_tiles.NumpyBackend.scores
 
     def drifting(self, i0, i1, j0, j1):
         calls["n"] += 1
         s = original(self, i0, i1, j0, j1)
         return s if calls["n"] == 1 else s * np.float32(0.5)  # pass 2 sees other scores
 
-    monkeypatch.setattr(ver._NumpyBackend, "scores", drifting)
+    monkeypatch.setattr(pair_tiles.NumpyBackend, "scores", drifting)
     with pytest.raises(RuntimeError, match="not deterministic"):
         streaming_verification(x, y, block=1000, use_gpu=False)
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from distill.evaluation.evaluate import mixed_prediction_logits
+from distill.evaluation.sources import mixed_prediction_logits
 from distill.losses import build_criterion
 from distill.losses.recipes import apply_th_alpha, resolve_weights
 from distill.models.heads import frozen_head, head_state

@@ -1,0 +1,193 @@
+"""Tiles of all-pairs cosine scores, on numpy (CPU) or torch (CUDA), and their order-preserving integer keys.
+
+One responsibility: produce the scores of every pair i < j of L2-normalised rows tile by tile — ``x[i0:i1] @
+x[j0:j1].T`` — with the genuine/impostor split, and turn float32 scores into uint32 keys that count exactly
+(:func:`float32_keys`). :mod:`distill.evaluation.verification` counts these keys in a few passes;
+:func:`tiled_pair_scores` materialises the very same scores, the reference its exactness is stated against.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+
+from distill.evaluation.search import normalised_known
+from distill.evaluation.validate import positive_int
+
+__all__ = ["NumpyBackend", "TorchBackend", "float32_keys", "keys_inplace", "make_backend", "tiled_pair_scores", "tiles"]
+
+_SIGN = 0x80000000
+_ALL = 0xFFFFFFFF
+
+
+def float32_keys(scores: Any) -> np.ndarray:
+    """Order-preserving uint32 keys of float32 scores (no NaN): ``a < b`` iff ``key(a) < key(b)`` and
+    ``a == b`` iff ``key(a) == key(b)``; ``-0.0`` and ``+0.0`` get the same key.
+
+    key = bits XOR (0xFFFFFFFF if negative else 0x80000000): negative floats reverse their order and end up
+    below the positive ones. Adding +0.0 first turns -0.0 into +0.0 (IEEE round-to-nearest).
+    """
+    return keys_inplace(np.array(scores, dtype=np.float32))
+
+
+def keys_inplace(s: np.ndarray) -> np.ndarray:
+    """:func:`float32_keys` of a float32 array the caller owns (it is modified): two passes, one temporary."""
+    s += np.float32(0.0)
+    bits = s.view(np.int32)
+    mask = bits >> 31  # -1 for negative numbers, 0 otherwise
+    mask |= np.int32(-(1 << 31))
+    mask ^= bits
+    return mask.view(np.uint32)
+
+
+def tiles(n: int, block: int) -> Iterator[tuple[int, int, int, int]]:
+    """Upper-triangular tiles (rows i0:i1, columns j0:j1, j0 >= i0) covering every pair i < j once."""
+    for i0 in range(0, n, block):
+        i1 = min(i0 + block, n)
+        for j0 in range(i0, n, block):
+            yield i0, i1, j0, min(j0 + block, n)
+
+
+class NumpyBackend:
+    """Tiles scored with numpy (BLAS) on the CPU; keys are uint32."""
+
+    name = "numpy"
+
+    def __init__(self, x: np.ndarray, y: np.ndarray) -> None:
+        self.x, self.y = x, y
+
+    def scores(self, i0: int, i1: int, j0: int, j1: int) -> np.ndarray:
+        return self.x[i0:i1] @ self.x[j0:j1].T
+
+    def tile(self, i0: int, i1: int, j0: int, j1: int) -> tuple[np.ndarray, np.ndarray]:
+        """(keys, same-label) of the tile's pairs i < j, flattened."""
+        keys = keys_inplace(self.scores(i0, i1, j0, j1))
+        same = self.y[i0:i1, None] == self.y[None, j0:j1]
+        if i0 == j0:  # diagonal tile: only j > i
+            upper = np.triu(np.ones(keys.shape, dtype=bool), 1)
+            return keys[upper], same[upper]
+        return keys.reshape(-1), same.reshape(-1)
+
+    def bincount(self, a: np.ndarray, length: int) -> np.ndarray:
+        return np.bincount(a, minlength=length).astype(np.int64, copy=False)
+
+    def table(self, a: np.ndarray) -> np.ndarray:
+        return a
+
+    def keys_table(self, keys: np.ndarray) -> np.ndarray:
+        return keys
+
+    def searchsorted(self, seq: np.ndarray, v: np.ndarray, side: str) -> np.ndarray:
+        return np.searchsorted(seq, v, side=side)
+
+    def concat(self, parts: list[np.ndarray]) -> np.ndarray:
+        return np.concatenate(parts)
+
+    def to_keys(self, a: np.ndarray) -> np.ndarray:
+        return np.asarray(a, dtype=np.uint32)
+
+    def size(self, a: np.ndarray) -> int:
+        return int(a.shape[0])
+
+    def total(self, a: np.ndarray) -> int:
+        return int(a.sum())
+
+    def close(self) -> None:
+        pass
+
+
+class TorchBackend:
+    """Tiles scored with torch (CUDA for speed; any device works); keys are int64 holding the uint32 value."""
+
+    def __init__(self, x: np.ndarray, y: np.ndarray, device: str) -> None:
+        import torch
+
+        self.torch = torch
+        self.device = torch.device(device)
+        self.name = f"torch-{self.device.type}"
+        self._tf32 = torch.backends.cuda.matmul.allow_tf32
+        torch.backends.cuda.matmul.allow_tf32 = False  # TF32 would round the scores to 10-bit mantissas
+        self.x = torch.from_numpy(x).to(self.device)
+        self.y = torch.from_numpy(y).to(self.device)
+
+    def close(self) -> None:
+        self.torch.backends.cuda.matmul.allow_tf32 = self._tf32
+
+    def scores(self, i0: int, i1: int, j0: int, j1: int) -> Any:
+        return self.x[i0:i1] @ self.x[j0:j1].T
+
+    def tile(self, i0: int, i1: int, j0: int, j1: int) -> tuple[Any, Any]:
+        torch = self.torch
+        bits = (self.scores(i0, i1, j0, j1) + 0.0).view(torch.int32).to(torch.int64) & _ALL
+        keys = torch.where(bits >= _SIGN, _ALL - bits, bits | _SIGN)
+        same = self.y[i0:i1, None] == self.y[None, j0:j1]
+        if i0 == j0:
+            upper = torch.triu(torch.ones(keys.shape, dtype=torch.bool, device=self.device), 1)
+            return keys[upper], same[upper]
+        return keys.reshape(-1), same.reshape(-1)
+
+    def bincount(self, a: Any, length: int) -> np.ndarray:
+        return self.torch.bincount(a, minlength=length).cpu().numpy().astype(np.int64, copy=False)
+
+    def table(self, a: np.ndarray) -> Any:
+        a = np.asarray(a)
+        return self.torch.from_numpy(a if a.dtype == bool else a.astype(np.int64)).to(self.device)
+
+    def keys_table(self, keys: np.ndarray) -> Any:
+        return self.torch.from_numpy(keys.astype(np.int64)).to(self.device)
+
+    def searchsorted(self, seq: Any, v: Any, side: str) -> Any:
+        return self.torch.searchsorted(seq, v, right=side == "right")
+
+    def concat(self, parts: list[Any]) -> Any:
+        return self.torch.cat(parts)
+
+    def to_keys(self, a: Any) -> np.ndarray:
+        return a.cpu().numpy().astype(np.uint32)
+
+    def size(self, a: Any) -> int:
+        return int(a.shape[0])
+
+    def total(self, a: Any) -> int:
+        return int(a.sum().item())
+
+
+def tiled_pair_scores(embeddings: Any, labels: Any, block: int = 2048) -> tuple[np.ndarray, np.ndarray]:
+    """(genuine, impostor) float32 scores of all pairs i < j, computed by exactly the numpy tiles that
+    :func:`streaming_verification` uses with the same ``block`` — the reference its exactness is stated
+    against. Materialises every score: for tests and small sets only."""
+    block = positive_int(block, "block")
+    x, y = normalised_known(embeddings, labels)
+    backend = NumpyBackend(x, y)
+    gen, imp = [], []
+    for i0, i1, j0, j1 in tiles(y.size, block):
+        s = backend.scores(i0, i1, j0, j1)
+        same = y[i0:i1, None] == y[None, j0:j1]
+        valid = np.triu(np.ones(s.shape, dtype=bool), 1) if i0 == j0 else np.ones(s.shape, dtype=bool)
+        gen.append(s[valid & same])
+        imp.append(s[valid & ~same])
+    empty = np.empty(0, dtype=np.float32)
+    return (np.concatenate(gen) if gen else empty).astype(np.float32), (np.concatenate(imp) if imp else empty).astype(
+        np.float32
+    )
+
+
+def make_backend(x: np.ndarray, y: np.ndarray, use_gpu: bool | None, torch_device: str | None) -> Any:
+    if torch_device is not None:  # testing hook: the torch code path on any device (e.g. "cpu")
+        return TorchBackend(x, y, torch_device)
+    if use_gpu is False:
+        return NumpyBackend(x, y)
+    try:
+        import torch
+
+        cuda = bool(torch.cuda.is_available())
+    except Exception:  # a broken CUDA install must not break CPU evaluation
+        cuda = False
+    if cuda:
+        return TorchBackend(x, y, "cuda")
+    if use_gpu:
+        warnings.warn("use_gpu=True but no CUDA device is available; scoring on the CPU", RuntimeWarning, stacklevel=3)
+    return NumpyBackend(x, y)

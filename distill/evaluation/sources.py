@@ -1,0 +1,261 @@
+"""Where evaluated embeddings come from: a checkpoint run over a dataset split, a feature store's stored
+teacher embeddings, or an HDF5 file — each gathered into one :class:`EmbeddingSet`.
+
+One responsibility: read and validate the embeddings (and labels, logits, names, flipped embeddings) a report is
+computed from; nothing here computes a metric.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from featstore.errors import InputNotFound, InvalidInput
+
+__all__ = [
+    "EmbeddingSet",
+    "embeddings_from_checkpoint",
+    "embeddings_from_h5",
+    "embeddings_from_model_spec",
+    "embeddings_from_store",
+    "mixed_prediction_logits",
+]
+
+
+@dataclass
+class EmbeddingSet:
+    """What is evaluated: L2-normalisation happens in the metrics, so raw embeddings are kept here."""
+
+    embeddings: np.ndarray  # (N, D) float32
+    labels: np.ndarray  # (N,) int64, -1 = unknown
+    logits: np.ndarray | None = None  # (N, C) when a classifier head is available
+    source: dict[str, Any] = field(default_factory=dict)
+    names: list[str] | None = None  # (N,) sample names (e.g. LFW image names) for name-based pairs files
+    flip: np.ndarray | None = None  # (N, D) embeddings of the horizontally flipped images (IJB flip-sum)
+
+    def __post_init__(self) -> None:
+        if self.embeddings.ndim != 2 or self.labels.ndim != 1 or len(self.embeddings) != len(self.labels):
+            raise InvalidInput(
+                f"embeddings {self.embeddings.shape} and labels {self.labels.shape} do not match (need (N, D) and (N,))"
+            )
+        if self.names is not None and len(self.names) != len(self.labels):
+            raise InvalidInput(f"{len(self.names)} names for {len(self.labels)} embeddings")
+        if len(self.labels) < 2:
+            raise InvalidInput(f"need at least 2 embeddings to evaluate, got {len(self.labels)}")
+        if not np.isfinite(self.embeddings).all():
+            raise InvalidInput("embeddings contain NaN or infinite values")
+        if self.flip is not None:
+            if self.flip.shape != self.embeddings.shape:
+                raise InvalidInput(
+                    f"flipped embeddings {self.flip.shape} do not match the embeddings {self.embeddings.shape}"
+                )
+            if not np.isfinite(self.flip).all():
+                raise InvalidInput("flipped embeddings contain NaN or infinite values")
+
+
+def mixed_prediction_logits(ckpt, embeddings: np.ndarray, logits: np.ndarray, weight: float) -> np.ndarray:
+    """log p' with p' = (1−w)·softmax(student head) + w·softmax(teacher head on P z) — the paper's mixed
+    prediction, from the teacher head and projection a student checkpoint carries."""
+    import torch
+
+    from distill.models.heads import frozen_head
+
+    if not 0.0 <= weight <= 1.0:
+        raise InvalidInput(f"--th-mix must lie in [0, 1], got {weight}")
+    state = ckpt.extra.get("teacher_head")
+    if ckpt.kind != "student" or not state:
+        raise InvalidInput("--th-mix needs a student checkpoint trained by fsd (it carries the teacher head)")
+    head = frozen_head(state["type"], state["weight"], state["bias"], state["scale"], state["margin"])
+    with torch.no_grad():
+        z = torch.from_numpy(embeddings)
+        weight_p = ckpt.extra.get("projection", {}).get("weight")
+        if weight_p is not None:
+            z = z @ weight_p.t()
+        p_th = torch.softmax(head(z), dim=1)
+        p_s = torch.softmax(torch.from_numpy(logits), dim=1)
+        return torch.log((1 - weight) * p_s + weight * p_th).numpy()
+
+
+def embeddings_from_checkpoint(
+    path: str | Path,
+    dataset_spec: str,
+    split: str = "test",
+    device: str = "auto",
+    th_mix: float | None = None,
+    trust_code: bool = False,
+) -> EmbeddingSet:
+    """Run a model over a dataset split (identity views): an fsd teacher or student checkpoint, or any teacher
+    spec (``onnx:``, ``timm:``, ``torchscript:``, ``module:function``). ``th_mix`` = w mixes a student's
+    prediction with its teacher head's (see :func:`mixed_prediction_logits`)."""
+    from distill.models.checkpoint import load_checkpoint
+    from distill.models.inference import embed_dataset, select_device
+    from distill.models.teachers import is_checkpoint_spec
+    from featstore.datasets import load_dataset
+
+    if not is_checkpoint_spec(path):
+        if th_mix is not None:
+            raise InvalidInput("--th-mix needs a student checkpoint trained by fsd (it carries the teacher head)")
+        return embeddings_from_model_spec(str(path), dataset_spec, split, device, trust_code)
+    ckpt = load_checkpoint(path)
+    dataset = load_dataset(dataset_spec, split)
+    if list(ckpt.dataset.get("image_shape", [])) != list(dataset.image_shape):
+        raise InvalidInput(
+            f"{path} expects images {ckpt.dataset.get('image_shape')}, {dataset_spec} gives {list(dataset.image_shape)}"
+        )
+    embeddings, logits = embed_dataset(ckpt.build_model(), dataset, select_device(device))
+    if th_mix is not None:
+        logits = mixed_prediction_logits(ckpt, embeddings, logits, th_mix)
+    if ckpt.num_classes != dataset.num_classes:
+        logits = None  # a head over other classes cannot be scored against these labels
+    return EmbeddingSet(
+        embeddings,
+        dataset.labels.copy(),
+        logits,
+        {
+            "kind": ckpt.kind,
+            "path": str(path),
+            "arch": ckpt.arch,
+            "dataset": dataset_spec,
+            "split": split,
+            "fingerprint": dataset.fingerprint(),
+        },
+    )
+
+
+def embeddings_from_model_spec(
+    spec: str, dataset_spec: str, split: str = "test", device: str = "auto", trust_code: bool = False
+) -> EmbeddingSet:
+    """A non-checkpoint model (see :func:`distill.models.teachers.load_teacher`) over a dataset split; logits
+    only when it has a head over the dataset's classes."""
+    from distill.models.inference import embed_source, select_device
+    from distill.models.teachers import load_teacher
+    from featstore.datasets import load_dataset
+
+    source = load_teacher(spec, trust_code=trust_code)
+    dataset = load_dataset(dataset_spec, split)
+    if source.input_shape is not None and list(source.input_shape) != list(dataset.image_shape):
+        raise InvalidInput(
+            f"{spec} expects images {source.input_shape}, {dataset_spec} gives {list(dataset.image_shape)}"
+        )
+    embeddings, logits = embed_source(source, dataset, select_device(device))
+    if logits is not None and logits.shape[1] != dataset.num_classes:
+        logits = None
+    meta = {"kind": "model", "path": spec, "arch": source.arch, "dataset": dataset_spec, "split": split}
+    return EmbeddingSet(embeddings, dataset.labels.copy(), logits, {**meta, "fingerprint": dataset.fingerprint()})
+
+
+def embeddings_from_store(url: str, view: int = 0) -> EmbeddingSet:
+    """The stored teacher embeddings of one view (identity by default), read chunk by chunk; logits from
+    the stored head, so the teacher's top-1 is reported too."""
+    from featstore.store import open_store
+
+    store = open_store(url)
+    if not 0 <= view < store.shape.num_views:
+        raise InvalidInput(f"view {view} outside the store's {store.shape.num_views} views")
+    embeddings = np.empty((store.shape.num_samples, store.shape.dim), dtype=np.float32)
+    labels = np.empty(store.shape.num_samples, dtype=np.int64)
+    for chunk in range(store.num_chunks):
+        start, stop = store.chunk_bounds(chunk)
+        rows, chunk_labels, _ = store.read_chunk(chunk)
+        embeddings[start:stop] = rows[:, view]
+        labels[start:stop] = chunk_labels
+    import torch
+
+    from distill.models.heads import head_from_store
+
+    logits = None  # a head-less store (until fsd store fit-head) reports no top-1
+    if store.has_head:
+        with torch.no_grad():
+            logits = head_from_store(store)(torch.from_numpy(embeddings)).numpy()
+    dataset = store.meta.get("dataset", {})
+    return EmbeddingSet(
+        embeddings,
+        labels,
+        logits,
+        {
+            "kind": "store",
+            "path": url,
+            "dataset": dataset.get("spec"),
+            "split": dataset.get("split"),
+            "fingerprint": dataset.get("fingerprint"),
+        },
+    )
+
+
+def embeddings_from_h5(path: str | Path, *, labels_required: bool = True, with_flip: bool = False) -> EmbeddingSet:
+    """HDF5 with datasets ``embeddings`` (N, D) and ``labels`` (N,), optionally ``names`` (N,) strings (for
+    name-based pairs files and IJB meta files); anything else is a clear error.
+
+    ``labels_required=False`` (IJB: identities come from the meta files) accepts a file without ``labels``
+    (all samples then have the unknown label -1); ``with_flip=True`` also reads the optional
+    ``embeddings_flip`` (N, D) (embeddings of the flipped images) into :attr:`EmbeddingSet.flip`.
+    """
+    import h5py
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputNotFound(f"embeddings file {path} does not exist")
+    if not h5py.is_hdf5(path):
+        raise InvalidInput(f"{path} is not an HDF5 file")
+    with h5py.File(path, "r") as handle:
+        needed = ("embeddings", "labels") if labels_required or "labels" in handle else ("embeddings",)
+        for name in needed:
+            if name not in handle or not isinstance(handle[name], h5py.Dataset):
+                raise InvalidInput(f"{path} has no dataset {name!r} (it needs 'embeddings' (N, D) and 'labels' (N,))")
+        emb = handle["embeddings"]
+        if "labels" not in needed:
+            if emb.ndim != 2:
+                raise InvalidInput(f"{path}: embeddings {emb.shape} must be (N, D)")
+            lab = np.full(emb.shape[0], -1, dtype=np.int64)
+        else:
+            lab = handle["labels"]
+        if emb.ndim != 2 or lab.ndim != 1 or emb.shape[0] != lab.shape[0]:
+            raise InvalidInput(
+                f"{path}: embeddings {emb.shape} and labels {lab.shape} do not match (need (N, D), (N,))"
+            )
+        if not (np.issubdtype(emb.dtype, np.floating) or np.issubdtype(emb.dtype, np.integer)):
+            raise InvalidInput(f"{path}: embeddings have non-numeric dtype {emb.dtype}")
+        if not np.issubdtype(lab.dtype, np.integer):
+            raise InvalidInput(f"{path}: labels must be integers, got dtype {lab.dtype}")
+        embeddings = np.asarray(emb[...], dtype=np.float32)
+        labels = np.asarray(lab[...], dtype=np.int64)
+        names = _h5_names(handle, path, len(labels))
+        flip = _h5_flip(handle, path, emb.shape) if with_flip else None
+    if (labels < -1).any():
+        raise InvalidInput(f"{path}: labels must be ≥ 0 (or -1 for unknown)")
+    return EmbeddingSet(embeddings, labels, None, {"kind": "embeddings", "path": str(path)}, names, flip)
+
+
+def _h5_flip(handle: Any, path: Path, shape: tuple[int, ...]) -> np.ndarray | None:
+    """The optional ``embeddings_flip`` dataset: (N, D) numbers like ``embeddings``."""
+    import h5py
+
+    if "embeddings_flip" not in handle:
+        return None
+    ds = handle["embeddings_flip"]
+    if not isinstance(ds, h5py.Dataset) or ds.shape != tuple(shape):
+        raise InvalidInput(f"{path}: 'embeddings_flip' must be a dataset of shape {tuple(shape)} like 'embeddings'")
+    if not (np.issubdtype(ds.dtype, np.floating) or np.issubdtype(ds.dtype, np.integer)):
+        raise InvalidInput(f"{path}: embeddings_flip have non-numeric dtype {ds.dtype}")
+    return np.asarray(ds[...], dtype=np.float32)
+
+
+def _h5_names(handle: Any, path: Path, n: int) -> list[str] | None:
+    """The optional ``names`` dataset: N strings (variable or fixed length, UTF-8)."""
+    import h5py
+
+    if "names" not in handle:
+        return None
+    ds = handle["names"]
+    if not isinstance(ds, h5py.Dataset) or ds.ndim != 1 or ds.shape[0] != n:
+        raise InvalidInput(f"{path}: 'names' must be a dataset of {n} strings (one per embedding)")
+    if h5py.check_string_dtype(ds.dtype) is None and ds.dtype.kind not in "SU":
+        raise InvalidInput(f"{path}: 'names' must hold strings, got dtype {ds.dtype}")
+    try:
+        raw = ds.asstr()[...] if h5py.check_string_dtype(ds.dtype) is not None else ds[...]
+        return [v.decode("utf-8") if isinstance(v, bytes) else str(v) for v in raw.tolist()]
+    except UnicodeDecodeError:
+        raise InvalidInput(f"{path}: 'names' are not valid UTF-8") from None

@@ -1,0 +1,90 @@
+"""Argument checks shared by every evaluation module: arrays in, validated numpy arrays out, or an
+:class:`~featstore.errors.InvalidInput` with a message that names the argument.
+
+One module meant to be shared, so that search, metrics, verification and the protocols fail with the same
+words for the same mistake (and none of them reaches into another's private helpers).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from fractions import Fraction
+from typing import Any
+
+import numpy as np
+
+from featstore.errors import InvalidInput
+
+__all__ = ["as_matrix", "check_far", "check_ks", "int_vector", "positive_int", "score_vector", "to_numpy"]
+
+
+def to_numpy(x: Any) -> np.ndarray:
+    """Accept numpy arrays, sequences and (without importing torch) CPU/GPU tensors."""
+    if hasattr(x, "detach") and hasattr(x, "cpu"):
+        x = x.detach().cpu().numpy()
+    return np.asarray(x)
+
+
+def int_vector(x: Any, name: str) -> np.ndarray:
+    a = to_numpy(x)
+    if a.ndim != 1:
+        raise InvalidInput(f"{name} must be a 1-D array, got shape {a.shape}")
+    if a.size and not np.issubdtype(a.dtype, np.integer):
+        raise InvalidInput(f"{name} must hold integers, got dtype {a.dtype}")
+    return a.astype(np.int64, copy=False)
+
+
+def score_vector(x: Any, name: str) -> np.ndarray:
+    """A 1-D finite float array. float32 stays float32 (scores can be billions of pairs; no silent 2x copy)."""
+    a = to_numpy(x)
+    if a.ndim != 1:
+        raise InvalidInput(f"{name} must be a 1-D array of scores, got shape {a.shape}")
+    if not np.issubdtype(a.dtype, np.floating):
+        if a.size and not (np.issubdtype(a.dtype, np.integer) or a.dtype == np.bool_):
+            raise InvalidInput(f"{name} must hold real numbers, got dtype {a.dtype}")
+        a = a.astype(np.float64)
+    if not np.all(np.isfinite(a)):
+        raise InvalidInput(f"{name} contains NaN or infinite scores")
+    return a
+
+
+def as_matrix(x: Any, name: str) -> np.ndarray:
+    """A finite 2-D float array (any float/int dtype accepted; the caller's array is not modified)."""
+    if hasattr(x, "detach") and hasattr(x, "cpu"):  # torch tensor, without importing torch
+        x = x.detach().cpu().numpy()
+    a = np.asarray(x)
+    if a.ndim != 2:
+        raise InvalidInput(f"{name} must be a 2-D array (n, dim), got shape {a.shape}")
+    if a.shape[1] == 0:
+        raise InvalidInput(f"{name} has dimension 0")
+    if not (np.issubdtype(a.dtype, np.floating) or np.issubdtype(a.dtype, np.integer)):
+        raise InvalidInput(f"{name} must hold real numbers, got dtype {a.dtype}")
+    if not np.all(np.isfinite(a)):
+        raise InvalidInput(f"{name} contains NaN or infinite values")
+    return a
+
+
+def positive_int(v: Any, name: str) -> int:
+    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v <= 0:
+        raise InvalidInput(f"{name} must be a positive integer, got {v!r}")
+    return int(v)
+
+
+def check_far(far: float) -> Fraction:
+    """Return ``far`` as the exact decimal it prints as (see :func:`distill.evaluation.metrics.tar_at_far` for why)."""
+    if isinstance(far, bool) or not isinstance(far, (int, float, np.floating, np.integer)):
+        raise InvalidInput(f"FAR must be a number, got {far!r}")
+    if not (math.isfinite(far) and 0.0 < far <= 1.0):
+        raise InvalidInput(f"FAR must be in (0, 1], got {far!r}")
+    return Fraction(repr(float(far)))
+
+
+def check_ks(ks: Sequence[int]) -> tuple[int, ...]:
+    try:
+        out = tuple(int(k) for k in ks)
+    except (TypeError, ValueError):
+        raise InvalidInput(f"ks must be a sequence of positive integers, got {ks!r}") from None
+    if not out or any(k <= 0 for k in out) or any(int(k) != k for k in ks):
+        raise InvalidInput(f"ks must be a non-empty sequence of positive integers, got {ks!r}")
+    return tuple(sorted(set(out)))
