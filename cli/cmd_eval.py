@@ -108,6 +108,14 @@ def _parse_fars(text: str) -> tuple[float, ...]:
     help="Neighbour search for retrieval: exact, or an approximate FAISS index for large galleries "
     "(ivf, hnsw); its recall against exact search is reported.",
 )
+@click.option(
+    "--bin",
+    "bin_files",
+    type=click.Path(dir_okay=False, path_type=Path),
+    multiple=True,
+    help="With --model: insightface verification .bin (lfw.bin, cfp_fp.bin, …), 10-fold accuracy with flip "
+    "test; repeatable. Without --dataset only the .bin results are reported.",
+)
 @click.option("--overwrite", is_flag=True, help="Replace existing --out/--plot files.")
 @device_option
 def command(
@@ -128,6 +136,7 @@ def command(
     th_mix,
     ijb_meta,
     index,
+    bin_files,
     overwrite,
     device,
 ):
@@ -142,10 +151,17 @@ def command(
     Example: fsd eval --faiss --embeddings lfw.h5 --pairs pairs.txt --out lfw.json
 
     Example: fsd eval --faiss --embeddings ijbc.h5 --ijb-meta IJBC --out ijbc.json
+
+    Example: fsd eval --faiss --model student.pt --bin lfw.bin --bin cfp_fp.bin --out faces.json
     """
     sources = [s for s in (model, store, embeddings) if s is not None]
     if len(sources) != 1:
         raise InvalidInput("give exactly one of --model, --store, --embeddings")
+    if bin_files and model is None:
+        raise InvalidInput("--bin needs --model (the network that embeds the .bin images)")
+    if bin_files and not dataset:
+        _bin_only(model, bin_files, trust_code, device, out, overwrite)
+        return
     if model is not None and not dataset:
         raise InvalidInput("--model needs --dataset")
     if th_mix is not None and model is None:
@@ -177,6 +193,8 @@ def command(
     pairs = resolve_pairs(parsed_pairs, len(queries.labels), queries.names) if parsed_pairs is not None else None
     report, curves = ev.evaluate(queries, gallery=gallery, fars=fars, use_gpu=use_gpu, pairs=pairs, index=index)
     click.echo(ev.report_table(report))
+    if bin_files:
+        report["bin"] = _bin_results(model, bin_files, trust_code, device)
     for line in _protocol_lines(report["verification"]):
         click.echo(line)
     if out is not None:
@@ -207,6 +225,32 @@ def _check_ijb_usage(ijb_meta, embeddings, pairs_file, gallery_store, gallery_mo
             raise InvalidInput(f"--ijb-meta cannot be combined with {flag} (the IJB meta files define the protocol)")
     if index != "exact":
         raise InvalidInput("--index applies to retrieval, which --ijb-meta does not run (IJB 1:N search is exact)")
+
+
+def _bin_results(model, bin_files, trust_code, device) -> dict:
+    from distill.evaluation.face import bin_reports, load_face_model
+    from distill.evaluation.protocols.bin import read_bin
+    from distill.models.inference import select_device
+
+    for path in bin_files:  # every file checked before the model is loaded
+        read_bin(path)
+    results = bin_reports(load_face_model(model, trust_code=trust_code), list(bin_files), select_device(device))
+    for name, r in results.items():
+        click.echo(
+            f"  {name:<12} {100 * r['accuracy']:.2f}% ± {100 * r['accuracy_std']:.2f} ({r['pairs']} pairs, "
+            f"{r['folds']}-fold, flip test; without flip {100 * r['accuracy_without_flip']:.2f}%)"
+        )
+    return results
+
+
+def _bin_only(model, bin_files, trust_code, device, out, overwrite) -> None:
+    if out is not None and out.exists() and not overwrite:
+        raise OutputExists(f"{out} already exists (use --overwrite to replace it)")
+    click.echo(f"verification .bin results of {model}")
+    report = {"source": {"model": str(model)}, "bin": _bin_results(model, bin_files, trust_code, device)}
+    if out is not None:
+        ev.write_report(report, out)
+        click.echo(f"report written to {out}")
 
 
 def _ijb(meta_dir: Path, embeddings: Path, fars, use_gpu, out, plot, cmc_plot) -> None:

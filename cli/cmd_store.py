@@ -169,3 +169,12 @@ def import_(
         file, load_dataset(dataset, split), out, dtype=dtype, chunk_rows=chunk_rows, overwrite=overwrite
     )
     click.echo(summary.line().replace("wrote", "imported into", 1))
+
+
+def _register_fit_head() -> None:
+    from cli.cmd_fit_head import command as fit_head
+
+    command.add_command(fit_head)
+
+
+_register_fit_head()

@@ -127,6 +127,9 @@ def _store_meta(teacher: TeacherSource, dataset: ImageDataset, views: int, seed:
 def _check_same_head(store: FeatureStore, teacher: TeacherSource, url: str) -> None:
     """The head a resumed store holds must be this teacher's, to the bit: the provenance hash alone cannot
     tell for every teacher source, and a mismatch would mix two teachers' chunks under one head."""
+    fitted = bool((store.meta.get("head") or {}).get("fitted"))  # fsd store fit-head, after extraction
+    if fitted and not teacher.has_head:
+        return
     if store.has_head != teacher.has_head:
         raise StoreError(
             f"store {url} was extracted {'with' if store.has_head else 'without'} a teacher head and this teacher "

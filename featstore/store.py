@@ -10,6 +10,7 @@ never rewrite each other's flags.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime as _dt
 import json
 import math
@@ -401,6 +402,39 @@ class FeatureStore(ChunkGeometry):
             return None
         head = self._group["head"]
         return np.asarray(head["bias"][:], dtype=np.float32) if "bias" in head else None
+
+    def install_head(
+        self, weight: np.ndarray, bias: np.ndarray | None, head_meta: dict[str, Any], *, overwrite: bool = False
+    ) -> None:
+        """Write a (fitted) classifier as ``head/`` and record ``head_meta`` in the attributes.
+
+        Local stores get it atomically: the arrays are built under a hidden sibling name and renamed into
+        place, so readers see the old head or the new one, never a half-written one (the attributes,
+        written last, then describe it). A store that has a head is refused unless ``overwrite``.
+        """
+        if self.has_head and not overwrite:
+            raise OutputExists(f"store {self.url} already has a head (use --overwrite to replace it)")
+        if weight.ndim != 2 or weight.shape[1] != self.shape.dim:
+            raise StoreError(f"head weight {weight.shape} does not fit the store's {self.shape.dim}-d embeddings")
+        local = local_path(self.url)
+        if local is None:  # fsspec stores have no rename: arrays first, attributes last
+            if self.has_head:
+                del self._group["head"]
+            write_head_arrays(self._group, weight, bias)
+        else:
+            token = uuid.uuid4().hex[:8]
+            building = f".head-building-{token}"
+            write_head_arrays(self._group, weight, bias, name=building)
+            root = local.absolute()
+            aside = root / f".head-old-{token}"
+            if self.has_head:
+                os.rename(root / "head", aside)
+            os.rename(root / building, root / "head")
+            shutil.rmtree(aside, ignore_errors=True)
+            self._group = zarr.open_group(_zarr_store(self.url), mode="r+")
+        self.meta["head"] = dict(head_meta)
+        self._group.attrs["fsd"] = self.meta
+        self.shape = dataclasses.replace(self.shape, num_classes=int(weight.shape[0]))
 
     # -- sizes ------------------------------------------------------------------------------------------
     def nbytes_stored(self) -> int:

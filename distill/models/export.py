@@ -148,3 +148,38 @@ def export_model(
     diff = float(np.abs(z.numpy() - z_exp).max())
     diff_logits = None if logits is None else float(np.abs(logits.numpy() - logits_exp).max())
     return ExportResult(path, fmt, with_head, diff, diff_logits, int(sample.shape[0]))
+
+
+def export_checkpoint(
+    checkpoint: str | Path,
+    out: str | Path,
+    *,
+    fmt: str = "onnx",
+    with_head: bool = False,
+    sample: int = 16,
+    overwrite: bool = False,
+) -> ExportResult:
+    """Export an fsd checkpoint and record the parity check in ``OUT.parity.json``. The parity sample is
+    ``sample`` seeded standard-normal inputs of the checkpoint's image shape: the dataset's normalised scale,
+    without needing the dataset at hand."""
+    from distill.models.checkpoint import load_checkpoint
+    from featstore.atomic import atomic_write_text
+
+    ckpt = load_checkpoint(checkpoint)
+    model = ckpt.build_model()
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(sample, *ckpt.dataset["image_shape"], generator=generator)
+    meta = {"fsd.arch": ckpt.arch, "fsd.kind": ckpt.kind, "fsd.dataset": ckpt.dataset.get("spec", "")}
+    if ckpt.dataset.get("normalisation"):
+        meta["fsd.normalisation"] = json.dumps(ckpt.dataset["normalisation"])
+    result = export_model(model, out, x, fmt=fmt, with_head=with_head, metadata=meta, overwrite=overwrite)
+    record = {
+        "checkpoint": str(checkpoint),
+        "format": fmt,
+        "with_head": with_head,
+        "sample": sample,
+        "max_abs_diff_embedding": result.max_abs_diff,
+        "max_abs_diff_logits": result.max_abs_diff_logits,
+    }
+    atomic_write_text(Path(str(out) + ".parity.json"), json.dumps(record, indent=2) + "\n")
+    return result

@@ -26,5 +26,13 @@ def create_model(name: str, **config: Any) -> nn.Module:
     return factory(**{k: v for k, v in config.items() if v is not None})
 
 
+def accepts(name: str, option: str) -> bool:
+    """Whether the registered constructor ``name`` takes ``option`` (e.g. ``input_size``, which face backbones
+    need to size their embedding layer and the others do not take)."""
+    import inspect
+
+    return option in inspect.signature(MODELS.get(name)).parameters
+
+
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())

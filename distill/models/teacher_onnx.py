@@ -22,6 +22,7 @@ onnxruntime offers it, else the CPU, with torch's thread count.
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
 from typing import Any
 
@@ -91,6 +92,10 @@ class OnnxEmbedder(nn.Module):
         if not 0 <= self.output < len(outputs):
             raise InvalidInput(f"teacher {spec!r}: output {self.output} outside the model's {len(outputs)} outputs")
         self._affine: tuple[np.ndarray, np.ndarray] | None = None  # set by adapt_to_dataset
+        # fsd export records the normalisation of the dataset the network was trained on: how to scale
+        # images that come from no dataset (a .bin, a folder for fsd embed) for it
+        recorded = meta.get("fsd.normalisation")
+        self.recorded_normalisation = tuple(tuple(v) for v in json.loads(recorded)) if recorded else None
 
     @property
     def needs_pixels(self) -> bool:
