@@ -41,7 +41,12 @@ PATH = click.Path(dir_okay=False, path_type=Path)
 @config_option(S, "view_seed", help="With --online-teacher: the extraction seed whose views are replayed.")
 @dataset_option()
 @split_option("train")
-@config_option(S, "arch", metavar="ARCH", help="Student architecture, one of: " + ", ".join(MODELS.names()) + ".")
+@config_option(
+    S,
+    "arch",
+    metavar="ARCH",
+    help="Student architecture, one of: " + ", ".join(MODELS.names()) + "; or timm:NAME, torchvision:NAME.",
+)
 @click.option("--out", type=PATH, required=True, help="Checkpoint to write.")
 @config_option(S, "recipe", help=f"One of: {', '.join(RECIPES)}.")
 @config_option(S, "loss", metavar="NAME=W,...", help='Override/add loss weights, e.g. "ce=1,kd=1.5,th=0.02".')

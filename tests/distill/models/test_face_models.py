@@ -43,3 +43,13 @@ def test_112_faces_give_512_d():
     with torch.no_grad():
         assert model.forward_features(torch.rand(2, 3, 112, 112)).shape == (2, 512)
     assert {"iresnet18", "iresnet34", "iresnet50", "iresnet100", "mobilefacenet"} <= set(MODELS.names())
+
+
+def test_train_student_help_lists_the_architectures():
+    from click.testing import CliRunner
+
+    from cli.main import cli
+
+    text = " ".join(CliRunner().invoke(cli, ["train-student", "--help"]).output.split())
+    for name in ("mobilefacenet", "iresnet100", "convnet_student", "timm:NAME"):
+        assert name in text

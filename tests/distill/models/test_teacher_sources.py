@@ -250,3 +250,28 @@ def test_a_library_that_cannot_be_imported_is_a_clear_error(monkeypatch):
     monkeypatch.setitem(sys.modules, "timm", None)  # what `import timm` meets when it is not installed
     with pytest.raises(InvalidInput, match="timm"):
         load_teacher("timm:resnet18")
+
+
+def test_timm_and_torchvision_students_keep_the_split(monkeypatch):
+    class Pooled(nn.Module):  # what timm.create_model(num_classes=0) returns: pooled features
+        def __init__(self, in_chans: int) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(in_chans, 6, 3, padding=1)
+            self.num_features = 6
+
+        def forward(self, x):
+            return self.conv(x).mean(dim=(2, 3))
+
+    fake = types.ModuleType("timm")
+    fake.create_model = lambda name, pretrained=False, num_classes=0, in_chans=3: Pooled(in_chans)
+    monkeypatch.setitem(sys.modules, "timm", fake)
+    student = create_model("timm:tiny", num_classes=10, in_channels=1, embedding_dim=16)
+    x = torch.rand(4, 1, 8, 8)
+    student.eval()
+    with torch.no_grad():
+        z = student.forward_features(x)
+        assert z.shape == (4, 16)
+        torch.testing.assert_close(student(x), student.forward_head(z))
+    from distill.models.registry import accepts
+
+    assert not accepts("timm:tiny", "input_size")
