@@ -45,7 +45,7 @@ def _student(args):
             progress=False,
         )
     )
-    report, _ = ev.evaluate(ev.embeddings_from_checkpoint(out, "digits", "test"))
+    report = ev.run_eval(ev.EvalRequest(model=out, dataset="digits")).report
     v = report["verification"]
     return (
         head,
@@ -78,7 +78,7 @@ def _teacher(args):
     extract_teacher(
         load_teacher_source(teacher), load_dataset("digits"), store, views=2, overwrite=True, progress=False
     )
-    report, _ = ev.evaluate(ev.embeddings_from_checkpoint(teacher, "digits", "test"))
+    report = ev.run_eval(ev.EvalRequest(model=teacher, dataset="digits")).report
     return head, store, report["verification"]["tar_at_far"]["1e-03"]
 
 

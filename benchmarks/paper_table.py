@@ -67,9 +67,7 @@ def _student(args: tuple) -> tuple[str, int, dict]:
             progress=False,
         )
     )
-    report, _ = ev.evaluate(
-        ev.embeddings_from_checkpoint(out, "digits", "test"), gallery=ev.embeddings_from_store(gallery_store)
-    )
+    report = ev.run_eval(ev.EvalRequest(model=out, dataset="digits", gallery_store=gallery_store)).report
     return recipe, seed, _metrics(report)
 
 
@@ -137,9 +135,7 @@ def main() -> None:
     extract_teacher(
         load_teacher_source(teacher), load_dataset("digits"), store, views=2, overwrite=True, progress=False
     )
-    teacher_report, _ = ev.evaluate(
-        ev.embeddings_from_checkpoint(teacher, "digits", "test"), gallery=ev.embeddings_from_store(store)
-    )
+    teacher_report = ev.run_eval(ev.EvalRequest(model=teacher, dataset="digits", gallery_store=store)).report
     print(f"teacher: test top-1 {t.test_accuracy:.4f}", flush=True)
 
     results: dict[str, list[dict]] = {}

@@ -9,7 +9,7 @@ Trains one digits teacher (``convnet_teacher``), extracts a store of the train s
 * the live check of ``fsd store verify --teacher`` over every row (minimum cosine, in the JSON),
 
 then trains the default student (``convnet_student``, recipe ``th-kd``) from each store for each seed and
-evaluates top-1 and R@1 on the digits test split (``distill.evaluation.evaluate``, the report builder): mean ± sample std over seeds.
+evaluates top-1 and R@1 on the digits test split (``distill.evaluation.run_eval``, as ``fsd eval``): mean ± sample std over seeds.
 
 The markdown table replaces the text between ``<!-- dtype-table:start -->`` and ``<!-- dtype-table:end -->``
 in ``--out`` (docs/store.md; the rest of the document is hand-written), and every number goes to a JSON
@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from distill.evaluation import embeddings_from_checkpoint, evaluate
+from distill.evaluation import EvalRequest, run_eval
 from distill.models.checkpoint import file_sha256, load_checkpoint, load_teacher_source
 from distill.training.student import StudentConfig, train_student
 from distill.training.teacher import TeacherConfig, train_teacher
@@ -61,7 +61,7 @@ def row_cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def score(path: Path, device: str) -> dict[str, float]:
-    report, _ = evaluate(embeddings_from_checkpoint(path, DATASET, "test", device=device))
+    report = run_eval(EvalRequest(model=path, dataset=DATASET, device=device)).report
     return {"top1": float(report["classification"]["top1"]), "r1": float(report["retrieval"]["recall_at_k"]["1"])}
 
 

@@ -54,6 +54,11 @@ def info(store: str, as_json: bool) -> None:
     )
     click.echo(f"views        {data['views']['count']} × {data['views']['kind']} (seed {data['views']['seed']})")
     click.echo(f"created      {data['created']} by fsd {data['fsd_version']}")
+    if not data["checksums"]:
+        click.echo(
+            f"note         format {data['format']} store: its chunks carry no checksums, so damage that still "
+            "decodes is only caught by `fsd store verify --teacher`; re-extract to get them"
+        )
 
 
 @command.command("verify")
@@ -96,7 +101,7 @@ def verify(store: str, teacher_path: str | None, sample: int | None, seed: int |
         from distill.models.teachers import load_teacher
         from featstore.datasets import load_dataset
 
-        opened = open_store(store, require_complete=False)
+        opened = open_store(store, require_complete=False, check=False)  # damage is reported, not raised
         recorded = opened.meta.get("dataset", {})
         if not recorded.get("spec") or not recorded.get("split"):
             raise StoreError(f"store {store} records no dataset spec/split to recompute rows from")

@@ -4,6 +4,7 @@ after the store.
 The public API (each name imported on first use)::
 
     from distill import StudentConfig, train_student, create_model, load_checkpoint, load_teacher
+    from distill import EvalRequest, run_eval  # `fsd eval` as a function
 
 Rooms: ``distill.models`` (backbones, heads, checkpoints, teacher sources, inference), ``distill.losses``
 (registered losses and recipes), ``distill.training`` (trainers, the run object, resume, DDP, curves) and
@@ -31,6 +32,11 @@ _EXPORTS = {
     "StudentRun": "distill.training.run",
     "train_student": "distill.training.student",
     "TeacherConfig": "distill.training.teacher",
+    "EmbeddingSet": "distill.evaluation.sources",
+    "EvalRequest": "distill.evaluation.request",
+    "EvalResult": "distill.evaluation.request",
+    "evaluate": "distill.evaluation.report",
+    "run_eval": "distill.evaluation.request",
     "train_teacher": "distill.training.teacher",
 }
 __all__ = sorted(_EXPORTS)

@@ -99,14 +99,8 @@ def run_demo(
         students[recipe] = out
 
     echo("[4/4] evaluating on the digits test split (FAISS)")
-    gallery = ev.embeddings_from_store(store_url)
-    reports: dict[str, dict[str, Any]] = {}
-    curves = {}
-    for name, path in {"teacher": teacher_path, **{f"student {r}": p for r, p in students.items()}}.items():
-        report, curve = ev.evaluate(ev.embeddings_from_checkpoint(path, "digits", "test"), gallery=gallery)
-        reports[name] = report
-        curves[name] = curve[""]
-        ev.write_report(report, workdir / f"report_{path.stem}.json")
+    models = {"teacher": teacher_path, **{f"student {r}": p for r, p in students.items()}}
+    reports, curves = _evaluate(workdir, store_url, models)
     ev.plot_roc(curves, workdir / "roc.png", title="digits test — ROC")
     table = ev.comparison_table(reports, DEMO_COLUMNS)
     seconds = time.perf_counter() - started
@@ -134,3 +128,18 @@ def run_demo(
         f"({summary.compression_ratio:.2f}× smaller than float32); files in {workdir}/"
     )
     return DemoResult(workdir, table, reports, seconds, summary.bytes_stored, summary.compression_ratio)
+
+
+def _evaluate(workdir: Path, store_url: str, models: dict[str, Path]) -> tuple[dict[str, dict[str, Any]], dict]:
+    """Each model on the digits test split, cross-model against the teacher's store, through the request that
+    ``fsd eval`` runs; each report is written beside the model as ``report_<stem>.json``."""
+    reports: dict[str, dict[str, Any]] = {}
+    curves = {}
+    for name, path in models.items():
+        out = workdir / f"report_{path.stem}.json"
+        result = ev.run_eval(
+            ev.EvalRequest(model=path, dataset="digits", gallery_store=store_url, out=out, overwrite=True)
+        )
+        reports[name] = result.report
+        curves[name] = result.curves[""]
+    return reports, curves

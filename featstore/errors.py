@@ -29,6 +29,14 @@ class StoreError(FsdError, ValueError):
     """A feature store that is not a store, is incomplete, or does not belong to the given inputs."""
 
 
+class StoreDamaged(StoreError):
+    """A store whose metadata, arrays or chunks fail the integrity checks; ``problems`` lists every finding."""
+
+    def __init__(self, message: str, problems: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.problems = list(problems or [message])
+
+
 class StoreLocked(StoreError):
     """Another live process holds the store's writer lock."""
 

@@ -1,6 +1,7 @@
-"""The feature store: a Zarr v3 group holding a teacher's embeddings per (sample, view) — format version 1.
+"""The feature store: a Zarr v3 group holding a teacher's embeddings per (sample, view) — format version 2.
 
-Layout and attributes are those of DESIGN.md §2. This module is the only one that touches zarr arrays:
+Layout and attributes are those of docs/store.md. Format 2 adds a crc32c checksum to every chunk of every
+array and a digest of the labels (featstore/integrity.py); format 1 stores are still read. This module is the only one that touches zarr arrays:
 callers create, open, write whole chunks, read whole chunks, and mark completion through
 :class:`FeatureStore`. Chunks run along the sample axis only, so a chunk holds every view of its rows and
 one read serves any view choice; ``progress/done`` has one zarr chunk per element so concurrent writers
@@ -26,14 +27,16 @@ from typing import Any
 import numcodecs.blosc
 import numpy as np
 import zarr
-from zarr.codecs import BloscCodec, BytesCodec
+from zarr.codecs import BloscCodec, BytesCodec, Crc32cCodec, ZstdCodec
 from zarr.core.sync import sync as zarr_sync
 
-from featstore import codecs
+from featstore import codecs, integrity
 from featstore.atomic import ensure_parent
-from featstore.errors import InputNotFound, OutputExists, StoreError
+from featstore.errors import InputNotFound, OutputExists, StoreDamaged, StoreError
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_FORMATS = (1, 2)
+"""Format 2 = format 1 + a crc32c on every chunk + ``labels_sha256``; stores written before keep reading."""
 TARGET_CHUNK_BYTES = 4 * 1024 * 1024  # uncompressed embedding bytes per chunk: "a few MB"
 MIN_CHUNKS_FOR_SHUFFLE = 16  # small stores still get enough chunks for chunk-shuffled streaming
 MAX_UNSHARDED_CHUNKS = 4096  # beyond this many chunks per array, chunks are grouped into shards
@@ -95,10 +98,11 @@ def _zarr_store(url: str) -> Any:
     return url
 
 
-def _compressor(dtype: str) -> BloscCodec:
+def _compressor(dtype: str) -> tuple[BloscCodec, Crc32cCodec]:
+    """Blosc, then a crc32c of the compressed bytes: a flipped bit that would still decompress is caught."""
     # Bit-shuffle groups the sign/exponent bits of 16-bit floats, which is what makes them compress.
     shuffle = "bitshuffle" if dtype in ("float16", "bfloat16") else "shuffle"
-    return BloscCodec(cname="zstd", clevel=5, shuffle=shuffle)
+    return BloscCodec(cname="zstd", clevel=5, shuffle=shuffle), Crc32cCodec()
 
 
 class _ChunkFiles:
@@ -112,9 +116,10 @@ class _ChunkFiles:
     instead (embeddings, views, scales: :meth:`FeatureStore.missing_chunk_files`) or asks zarr (labels).
     """
 
-    def __init__(self, array: Any, root: Path) -> None:
+    def __init__(self, array: Any, root: Path, crc: bool) -> None:
         self._array = array
         self._root = root
+        self._crc = crc
         self._dtype = np.dtype(array.dtype).newbyteorder("<")
         self._chunk_shape = tuple(int(x) for x in array.metadata.chunk_grid.chunk_shape)
 
@@ -131,12 +136,13 @@ class _ChunkFiles:
             array.shards is None
             and grid is not None
             and tuple(grid) == (chunk_rows, *array.shape[1:])
-            and len(codecs_) == 2
+            and len(codecs_) in (2, 3)
             and isinstance(codecs_[0], BytesCodec)
             and (codecs_[0].endian is None or codecs_[0].endian.value == "little")
             and isinstance(codecs_[1], BloscCodec)
+            and (len(codecs_) == 2 or isinstance(codecs_[2], Crc32cCodec))
         )
-        return cls(array, Path(store.root) / array.store_path.path) if plain else None
+        return cls(array, Path(store.root) / array.store_path.path, len(codecs_) == 3) if plain else None
 
     def _key(self, chunk: int) -> str:
         return self._array.metadata.encode_chunk_key((chunk,) + (0,) * (len(self._chunk_shape) - 1))
@@ -152,6 +158,8 @@ class _ChunkFiles:
             data = (self._root / key).read_bytes()
         except (FileNotFoundError, IsADirectoryError, NotADirectoryError):  # zarr's LocalStore: "no chunk"
             return None
+        if self._crc:  # format 2: the checksum zarr's crc32c codec appended, checked before decompressing
+            data = integrity.check_crc(data, key)
         out = np.empty(self._chunk_shape, dtype=self._dtype)
         # Blosc's frame header (16 bytes: ..., nbytes, blocksize, cbytes as little-endian uint32) must match
         # the file and the chunk: Blosc itself would read past a truncated buffer instead of failing.
@@ -195,16 +203,21 @@ class FeatureStore(ChunkGeometry):
     """An open store. Obtain one from :func:`create_store` or :func:`open_store`."""
 
     def __init__(self, url: str, group: zarr.Group) -> None:
+        """Refuses (:class:`StoreDamaged`) a store whose attributes and arrays disagree: nothing reads a store
+        whose geometry it cannot trust (integrity.layout_problems)."""
         self.url = url
         self._group = group
         self.meta: dict[str, Any] = dict(group.attrs["fsd"])
-        emb = group["embeddings"]
+        arrays, problems = integrity.layout_problems(group, self.meta)
+        if problems:
+            raise StoreDamaged(f"store {url}: " + "; ".join(problems), problems)
+        emb = arrays["embeddings"]
         self.shape = StoreShape(
             num_samples=int(emb.shape[0]),
             num_views=int(emb.shape[1]),
             dim=int(emb.shape[2]),
-            num_params=int(group["views"].shape[2]),
-            num_classes=_num_classes(group, self.meta),
+            num_params=int(arrays["views"].shape[2]),
+            num_classes=_num_classes(arrays, self.meta, group),
         )
         self._row_arrays: dict[str, Any] | None = None
         self._chunk_files: dict[str, _ChunkFiles | None] | None = None
@@ -217,6 +230,43 @@ class FeatureStore(ChunkGeometry):
     @property
     def complete(self) -> bool:
         return bool(self.meta.get("complete", False))
+
+    @property
+    def checksummed(self) -> bool:
+        """Format 2 and later: every chunk carries a crc32c and the labels a recorded digest."""
+        return int(self.meta.get("format", 1)) >= 2
+
+    def _per_chunk(self) -> tuple[str, ...]:
+        """Arrays of which every chunk has a file (format 2 writes labels chunks even when all -1)."""
+        return WRITTEN_PER_CHUNK + (("labels",) if self.checksummed else ())
+
+    def labels_mismatch(self, labels: np.ndarray) -> str | None:
+        """Why the stored labels are not ``labels`` (the dataset's, row for row), or None when they are: a
+        store whose labels were shifted or lost would otherwise train every sample against another class."""
+        stored = self.labels()
+        labels = np.asarray(labels, dtype=np.int64)
+        if stored.shape != labels.shape:
+            return f"store {self.url} holds {len(stored)} labels, the dataset {len(labels)}"
+        differ = np.flatnonzero(stored != labels)
+        if not len(differ):
+            return None
+        first = int(differ[0])
+        return (
+            f"store {self.url}: array labels differs from the dataset's labels at {len(differ)} rows (first row "
+            f"{first}: stored {int(stored[first])}, dataset {int(labels[first])}); the store was damaged — re-extract it"
+        )
+
+    def content_problems(self) -> list[str]:
+        """Head finite, labels in range and equal to the recorded digest (integrity.content_problems)."""
+
+        def read(name: str) -> np.ndarray | None:
+            if name.startswith("head/") and not self.has_head:
+                raise KeyError(name)  # a head-less store: nothing to check
+            if name == "head/bias":
+                return self.head_bias()
+            return self.labels() if name == "labels" else self.head_weight()
+
+        return integrity.content_problems(self.meta, self.shape.num_classes, read)
 
     # -- progress ---------------------------------------------------------------------------------------
     def done_chunks(self) -> np.ndarray:
@@ -297,15 +347,38 @@ class FeatureStore(ChunkGeometry):
         raw: dict[str, np.ndarray] = {}
         try:
             for name, reader in readers.items():
-                part = reader.read(chunk, stop - start)
+                try:
+                    part = reader.read(chunk, stop - start)
+                except Exception as exc:  # reported per chunk, as zarr's own read failures are
+                    return self._read_error(name, chunk, exc)
                 if part is None:
-                    if name in WRITTEN_PER_CHUNK:
+                    if name in self._per_chunk():
                         return StoreError(self._missing_message(chunk, [name]))
-                    return None  # labels: all -1 (unknown) is a legitimate fill-value chunk
+                    return None  # format 1 labels: all -1 (unknown) is a legitimate fill-value chunk
                 raw[name] = part
-        except Exception as exc:  # reported per chunk, as zarr's own read failures are
+        except Exception as exc:  # noqa: BLE001 - reported per chunk
             return exc
-        return self._raw_parts(raw)
+        return self._validated(chunk, self._raw_parts(raw))
+
+    def _read_error(self, name: str, chunk: int | str, exc: BaseException) -> StoreError:
+        """One message for any failure to read a chunk, naming the store, the array and the chunk."""
+        if isinstance(exc, StoreError):
+            return exc
+        what = f"chunk {chunk}" if isinstance(chunk, int) else chunk
+        why = f"{type(exc).__name__}: {exc}"
+        if "checksum" in str(exc).lower():  # zarr's crc32c codec, or integrity.check_crc on the direct path
+            why = "checksum mismatch: the chunk file changed after it was written"
+        return StoreError(
+            f"store {self.url}: array {name}, {what} cannot be read ({why}); "
+            "run `fsd store verify` and re-extract the store"
+        )
+
+    def _validated(self, chunk: int, parts: tuple) -> tuple | StoreError:
+        """A decoded chunk, or the StoreError its labels or view parameters earn (integrity.chunk_problems)."""
+        problems = integrity.chunk_problems(parts[2], parts[3], self.shape.num_classes)
+        if problems:
+            return StoreDamaged(f"store {self.url}: chunk {chunk} is damaged: {'; '.join(problems)}", problems)
+        return parts
 
     def missing_chunk_files(self, chunk: int) -> list[str]:
         """Arrays whose file for ``chunk`` is absent although :meth:`write_chunk` always writes one (local stores
@@ -313,7 +386,7 @@ class FeatureStore(ChunkGeometry):
         readers = self._direct_readers()
         if readers is None:
             return []
-        return [name for name in WRITTEN_PER_CHUNK if name in readers and not readers[name].exists(chunk)]
+        return [name for name in self._per_chunk() if name in readers and not readers[name].exists(chunk)]
 
     def _missing_message(self, chunk: int, names: list[str]) -> str:
         return (
@@ -335,16 +408,23 @@ class FeatureStore(ChunkGeometry):
         """The same through zarr: every array of every chunk fetched concurrently in one sync call."""
         names = list(arrays)
 
+        async def fetch(name: str, chunk: int) -> Any:
+            try:
+                return await arrays[name]._async_array.getitem(slice(*self.chunk_bounds(chunk)))
+            except Exception as exc:  # noqa: BLE001 - named by array and chunk
+                raise self._read_error(name, chunk, exc) from None
+
         async def fetch_chunk(chunk: int) -> list[Any]:
-            selection = slice(*self.chunk_bounds(chunk))
-            return await asyncio.gather(*(arrays[name]._async_array.getitem(selection) for name in names))
+            return await asyncio.gather(*(fetch(name, chunk) for name in names))
 
         async def fetch_all() -> list[Any]:
             return await asyncio.gather(*(fetch_chunk(c) for c in chunks), return_exceptions=True)
 
         return [
-            result if isinstance(result, BaseException) else self._raw_parts(dict(zip(names, result)))
-            for result in zarr_sync(fetch_all())
+            result
+            if isinstance(result, BaseException)
+            else self._validated(c, self._raw_parts(dict(zip(names, result))))
+            for c, result in zip(chunks, zarr_sync(fetch_all()))
         ]
 
     def read_chunk_raw(self, chunk: int) -> tuple[np.ndarray, np.ndarray | None, np.ndarray, np.ndarray]:
@@ -357,31 +437,55 @@ class FeatureStore(ChunkGeometry):
         """Stored rows (any leading shape, last axis D) → float32."""
         return codecs.decode(stored, self.dtype, scales)
 
+    def _read(self, name: str, start: int | None = None, stop: int | None = None) -> np.ndarray:
+        """Rows [start, stop) of one array (all of it by default) through zarr, any failure a StoreError
+        naming the array and the rows (zarr's crc32c codec raises ValueError on a checksum mismatch)."""
+        array = self._arrays()[name] if name in self._arrays() else self._group[name]
+        try:
+            return array[start:stop]
+        except Exception as exc:  # noqa: BLE001 - blosc, checksum and I/O failures alike
+            if start is None:
+                where = "a chunk"
+            elif (
+                self.chunk_rows
+                and start % self.chunk_rows == 0
+                and stop == self.chunk_bounds(start // self.chunk_rows)[1]
+            ):
+                where = start // self.chunk_rows
+            else:
+                where = f"rows {start}-{stop}"
+            raise self._read_error(name, where, exc) from None
+
     def read_rows(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(embeddings float32 (n, V, D), labels (n,), views (n, V, P)) for rows [start, stop)."""
-        stored = self._arrays()["embeddings"][start:stop]
-        scales = self._arrays()["scales"][start:stop] if self.dtype == "int8" else None
-        labels = np.asarray(self._arrays()["labels"][start:stop], dtype=np.int64)
-        views = np.asarray(self._arrays()["views"][start:stop], dtype=np.float32)
+        stored = self._read("embeddings", start, stop)
+        scales = self._read("scales", start, stop) if self.dtype == "int8" else None
+        labels = np.asarray(self._read("labels", start, stop), dtype=np.int64)
+        views = np.asarray(self._read("views", start, stop), dtype=np.float32)
         return self.decode(stored, scales), labels, views
 
     def read_chunk(self, chunk: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(embeddings float32 (n, V, D), labels, views) of one chunk; StoreError if its files are missing."""
+        """(embeddings float32 (n, V, D), labels, views) of one chunk; StoreError naming the array and the
+        chunk if a file is missing, does not decode, fails its checksum, or holds bad labels or views."""
         missing = self.missing_chunk_files(chunk)
         if missing:
             raise StoreError(self._missing_message(chunk, missing))
-        return self.read_rows(*self.chunk_bounds(chunk))
+        embeddings, labels, views = self.read_rows(*self.chunk_bounds(chunk))
+        checked = self._validated(chunk, (embeddings, None, labels, views))
+        if isinstance(checked, StoreError):
+            raise checked
+        return embeddings, labels, views
 
     def read_scales(self, chunk: int) -> np.ndarray | None:
         """The int8 per-row scales of one chunk (None for float stores)."""
         if self.dtype != "int8":
             return None
         start, stop = self.chunk_bounds(chunk)
-        return np.asarray(self._group["scales"][start:stop], dtype=np.float32)
+        return np.asarray(self._read("scales", start, stop), dtype=np.float32)
 
     def labels(self) -> np.ndarray:
         """All labels (int64, N) — small next to the embeddings, so loading them whole is fine."""
-        return np.asarray(self._group["labels"][:], dtype=np.int64)
+        return np.asarray(self._read("labels"), dtype=np.int64)
 
     @property
     def has_head(self) -> bool:
@@ -395,36 +499,37 @@ class FeatureStore(ChunkGeometry):
                 f"store {self.url} has no teacher head (its teacher came without a classifier); "
                 f"fit one on the stored embeddings with: fsd store fit-head {self.url} --head arcface"
             )
-        return np.asarray(self._group["head/weight"][:], dtype=np.float32)
+        return np.asarray(self._read("head/weight"), dtype=np.float32)
 
     def head_bias(self) -> np.ndarray | None:
         if not self.has_head:
             return None
         head = self._group["head"]
-        return np.asarray(head["bias"][:], dtype=np.float32) if "bias" in head else None
+        return np.asarray(self._read("head/bias"), dtype=np.float32) if "bias" in head else None
 
     def install_head(
         self, weight: np.ndarray, bias: np.ndarray | None, head_meta: dict[str, Any], *, overwrite: bool = False
     ) -> None:
         """Write a (fitted) classifier as ``head/`` and record ``head_meta`` in the attributes.
 
-        Local stores get it atomically: the arrays are built under a hidden sibling name and renamed into
-        place, so readers see the old head or the new one, never a half-written one (the attributes,
+        Local stores get it atomically: the arrays are built under a hidden name inside the store and renamed
+        into place, so readers see the old head or the new one, never a half-written one (the attributes,
         written last, then describe it). A store that has a head is refused unless ``overwrite``.
         """
         if self.has_head and not overwrite:
             raise OutputExists(f"store {self.url} already has a head (use --overwrite to replace it)")
         if weight.ndim != 2 or weight.shape[1] != self.shape.dim:
             raise StoreError(f"head weight {weight.shape} does not fit the store's {self.shape.dim}-d embeddings")
+        crc = self.checksummed
         local = local_path(self.url)
         if local is None:  # fsspec stores have no rename: arrays first, attributes last
             if self.has_head:
                 del self._group["head"]
-            write_head_arrays(self._group, weight, bias)
+            write_head_arrays(self._group, weight, bias, crc=crc)
         else:
             token = uuid.uuid4().hex[:8]
             building = f".head-building-{token}"
-            write_head_arrays(self._group, weight, bias, name=building)
+            write_head_arrays(self._group, weight, bias, name=building, crc=crc)
             root = local.absolute()
             aside = root / f".head-old-{token}"
             if self.has_head:
@@ -473,7 +578,10 @@ class FeatureStore(ChunkGeometry):
             "chunks": {"total": self.num_chunks, "done": int(self.done_chunks().sum())},
             "complete": self.complete,
             "bytes_stored": self.nbytes_stored(),
-            "compression_ratio_vs_float32": raw / stored if stored else None,
+            # an incomplete store's ratio would count chunks not yet written as free
+            "compression_ratio_vs_float32": raw / stored if stored and self.complete else None,
+            "format": int(self.meta.get("format", 1)),
+            "checksums": self.checksummed,
             **{key: self.meta.get(key) for key in ("teacher", "head", "dataset", "views", "created", "fsd_version")},
         }
 
@@ -482,11 +590,11 @@ def _has_head(group: zarr.Group) -> bool:
     return "head" in group and "weight" in group["head"]
 
 
-def _num_classes(group: zarr.Group, meta: dict[str, Any]) -> int:
+def _num_classes(arrays: dict[str, Any], meta: dict[str, Any], group: zarr.Group) -> int:
     """The head's rows; for a head-less store the dataset's class count (recorded since head-less stores
     exist), else one more than the largest label."""
-    if _has_head(group):
-        return int(group["head/weight"].shape[0])
+    if "head/weight" in arrays:
+        return int(arrays["head/weight"].shape[0])
     recorded = (meta.get("dataset") or {}).get("num_classes")
     if recorded:
         return int(recorded)
@@ -525,18 +633,29 @@ def _open_group(url: str, mode: str) -> zarr.Group:
         group = zarr.open_group(_zarr_store(url), mode=mode)
     except Exception as exc:  # noqa: BLE001 - zarr raises many kinds for "not a group"
         raise StoreError(f"{url} is not a Zarr feature store ({type(exc).__name__}: {exc})") from None
-    if "fsd" not in group.attrs or "embeddings" not in group:
+    if "fsd" not in group.attrs:  # a missing array is damage, named when the layout is checked
         raise StoreError(f"{url} is a Zarr group but not an fsd feature store (no fsd attributes)")
     fmt = group.attrs["fsd"].get("format")
-    if fmt != FORMAT_VERSION:
-        raise StoreError(f"store {url} has format {fmt!r}; this fsd reads format {FORMAT_VERSION}")
+    if fmt not in READABLE_FORMATS:
+        readable = ", ".join(map(str, READABLE_FORMATS))
+        raise StoreError(f"store {url} has format {fmt!r}; this fsd reads formats {readable}")
     return group
 
 
-def open_store(url: str | Path, *, require_complete: bool = True, writable: bool = False) -> FeatureStore:
-    """Open an existing store; refuse an incomplete one unless ``require_complete=False``."""
+def open_store(
+    url: str | Path, *, require_complete: bool = True, writable: bool = False, check: bool = True
+) -> FeatureStore:
+    """Open an existing store; refuse an incomplete one unless ``require_complete=False``.
+
+    Every reader comes through here: the layout is always checked (:class:`FeatureStore`); with ``check`` the
+    head, the labels and their digest are too (:class:`StoreDamaged` lists what is wrong). ``store verify``
+    passes ``check=False`` and reports the same problems instead of stopping at the first."""
     url = str(url)
     store = FeatureStore(url, _open_group(url, "r+" if writable else "r"))
+    if check:
+        problems = store.content_problems()
+        if problems:
+            raise StoreDamaged(f"store {url}: " + "; ".join(problems), problems)
     if require_complete and not store.complete:
         done, total = int(store.done_chunks().sum()), store.num_chunks
         raise StoreError(
@@ -571,8 +690,7 @@ def create_store(
     head_bias: np.ndarray | None,
     meta: dict[str, Any],
 ) -> FeatureStore:
-    """Create an empty store (every chunk 'not done', ``complete`` false) with labels and head written
-    (no ``head/`` group when ``head_weight`` is None: a head-less teacher).
+    """Create an empty store (every chunk 'not done', ``complete`` false) with labels and head written.
 
     ``meta`` carries the ``teacher``, ``head``, ``dataset`` and ``views`` attribute dicts; format, dtype,
     chunk_rows, creation time and version are added here. Refuses to replace anything that exists.
@@ -657,16 +775,26 @@ def _initialise(
         fill_value=0,
     )
     num_units = math.ceil(n / unit_rows)
-    group.create_array("progress/done", shape=(num_units,), chunks=(1,), dtype="bool", fill_value=False)
-    if head_weight is not None:
+    group.create_array(
+        "progress/done",
+        shape=(num_units,),
+        chunks=(1,),
+        dtype="bool",
+        fill_value=False,
+        compressors=(ZstdCodec(), Crc32cCodec()),
+    )
+    if head_weight is not None:  # None: a head-less teacher (fsd store fit-head adds one later)
         write_head_arrays(group, head_weight, head_bias)
-    group["labels"][...] = np.asarray(labels, dtype=np.int64)
+    labels = np.asarray(labels, dtype=np.int64)
+    # every labels chunk gets its file (even all -1): a missing one is then damage, not "unknown labels"
+    group["labels"].with_config({"write_empty_chunks": True})[...] = labels
     attrs = {
         "format": FORMAT_VERSION,
         "complete": False,
         **meta,
         "dtype": dtype,
         "chunk_rows": int(unit_rows),
+        "labels_sha256": integrity.labels_digest(labels),
         "sharding": None if factor == 1 else {"inner_chunk_rows": int(chunk_rows), "chunks_per_shard": int(factor)},
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "fsd_version": fsd_version(),
@@ -675,10 +803,14 @@ def _initialise(
     group.attrs["fsd"] = attrs
 
 
-def write_head_arrays(group: zarr.Group, weight: np.ndarray, bias: np.ndarray | None, name: str = "head") -> None:
-    """The classifier arrays ``name/weight`` (C, D) [and ``name/bias`` (C,)], uncompressed float32."""
-    group.create_array(f"{name}/weight", shape=weight.shape, dtype="float32", compressors=None)
+def write_head_arrays(
+    group: zarr.Group, weight: np.ndarray, bias: np.ndarray | None, name: str = "head", crc: bool = True
+) -> None:
+    """The classifier arrays ``name/weight`` (C, D) [and ``name/bias`` (C,)], float32, crc32c-checked
+    (format 2; ``crc=False`` for a format-1 store)."""
+    codec = Crc32cCodec() if crc else None
+    group.create_array(f"{name}/weight", shape=weight.shape, dtype="float32", compressors=codec)
     group[f"{name}/weight"][...] = weight.astype(np.float32)
     if bias is not None:
-        group.create_array(f"{name}/bias", shape=bias.shape, dtype="float32", compressors=None)
+        group.create_array(f"{name}/bias", shape=bias.shape, dtype="float32", compressors=codec)
         group[f"{name}/bias"][...] = bias.astype(np.float32)

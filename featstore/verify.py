@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from featstore.datasets import ImageDataset
-from featstore.errors import InvalidInput
+from featstore.errors import InvalidInput, StoreDamaged
 from featstore.extract import TeacherSource
 from featstore.store import FeatureStore, open_store
 from featstore.views import PARAM_NAMES, ViewPolicy, render_views, sample_view_params
@@ -164,6 +164,7 @@ class VerifyReport:
     chunks_checked: int = 0
     bad_chunks: dict[int, str] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)  # store-level problems (attributes, head)
+    notes: list[str] = field(default_factory=list)  # facts that are no failure (e.g. a format 1 store)
     live: LiveCheck | None = None  # set when a live check was run (fsd store verify --teacher)
 
     @property
@@ -172,6 +173,7 @@ class VerifyReport:
 
     def lines(self) -> list[str]:
         out = [f"store {self.url}: {self.chunks_checked} chunks checked, {len(self.bad_chunks)} bad"]
+        out += [f"  note: {n}" for n in self.notes]
         out += [f"  problem: {p}" for p in self.problems]
         out += [f"  bad chunk {k}: {why}" for k, why in sorted(self.bad_chunks.items())]
         if self.live is not None:
@@ -186,6 +188,8 @@ def _check_chunk(store: FeatureStore, chunk: int, done: bool) -> str | None:
     try:
         embeddings, labels, views = store.read_chunk(chunk)
         scales = store.read_scales(chunk)
+    except StoreDamaged as exc:  # decoded, but labels or view parameters are out of bounds
+        return "; ".join(exc.problems)
     except Exception as exc:  # noqa: BLE001 - any decode failure is exactly what we report
         return f"unreadable ({type(exc).__name__}: {exc})"
     if scales is not None and not (np.isfinite(scales).all() and (scales > 0).all()):
@@ -201,18 +205,24 @@ def _check_chunk(store: FeatureStore, chunk: int, done: bool) -> str | None:
 
 
 def verify_store(url: str) -> VerifyReport:
-    store = open_store(url, require_complete=False)
+    """Every check of the open gate (layout, head, labels digest), reported rather than raised, then every
+    chunk read through the same checked path the trainers use."""
     report = VerifyReport(url=url)
+    try:
+        store = open_store(url, require_complete=False, check=False)
+    except StoreDamaged as exc:  # arrays and attributes disagree: no chunk can be trusted, none is read
+        report.problems += exc.problems
+        return report
     if not store.complete:
         report.problems.append("store is not marked complete")
-    expected_n = store.meta.get("dataset", {}).get("num_samples")
-    if expected_n is not None and expected_n != store.shape.num_samples:
-        report.problems.append(f"attributes say {expected_n} samples, arrays hold {store.shape.num_samples}")
-    if store.meta.get("views", {}).get("count") not in (None, store.shape.num_views):
-        report.problems.append("attributes and arrays disagree on the number of views")
-    if store.has_head and not np.isfinite(store.head_weight()).all():
-        report.problems.append("head weights are not finite")
-    done = store.done_chunks()
+    report.problems += store.content_problems()
+    if not store.checksummed:
+        report.notes.append("format 1 store: chunks carry no checksums (only decoding and value checks apply)")
+    try:
+        done = store.done_chunks()
+    except Exception as exc:  # noqa: BLE001 - a damaged progress array
+        report.problems.append(f"array progress/done cannot be read ({type(exc).__name__}: {exc})")
+        return report
     for chunk in range(store.num_chunks):
         why = _check_chunk(store, chunk, bool(done[chunk]))
         report.chunks_checked += 1
@@ -318,6 +328,10 @@ def _identity_problems(
             "rows cannot be paired with samples"
         )
         comparable = False
+    else:
+        mismatch = store.labels_mismatch(dataset.labels)
+        if mismatch is not None:
+            problems.append(mismatch)
     if policy.to_dict() != dataset.view_policy.to_dict():
         problems.append(
             f"the store's view policy {policy.to_dict()} is not the dataset's {dataset.view_policy.to_dict()}"

@@ -4,15 +4,17 @@ reports, tables and plots. Never imports training.
 What a script needs is importable from here (loaded on first use, so ``import distill.evaluation`` stays cheap
 and FAISS is imported only when a search runs)::
 
-    from distill.evaluation import embeddings_from_h5, evaluate, report_table
+    from distill.evaluation import EvalRequest, run_eval
 
-    report, curves = evaluate(embeddings_from_h5("embeddings.h5"))
-    print(report_table(report))
+    result = run_eval(EvalRequest(embeddings="embeddings.h5", pairs="pairs.txt", out="report.json"), echo=print)
+    result.report["verification"]["tar_at_far"]["1e-03"]
 
-Rooms: :mod:`~distill.evaluation.sources` (where embeddings come from), :mod:`~distill.evaluation.report`
-(building a report), :mod:`~distill.evaluation.metrics` (pure functions and their name → function table),
+or, from arrays, ``evaluate(EmbeddingSet(embeddings, labels))`` and ``report_table(report)``.
+
+Rooms: :mod:`~distill.evaluation.request` (one request, one run: what ``fsd eval`` calls),
+:mod:`~distill.evaluation.sources` (where embeddings come from), :mod:`~distill.evaluation.report` (building a report), :mod:`~distill.evaluation.metrics` (pure functions and their name → function table),
 :mod:`~distill.evaluation.search` (the one FAISS import), :mod:`~distill.evaluation.verification` (exact
-all-pairs verification in bounded memory), :mod:`~distill.evaluation.protocols` (pairs/LFW, IJB),
+all-pairs verification in bounded memory, over :mod:`~distill.evaluation.pair_tiles`), :mod:`~distill.evaluation.protocols` (pairs/LFW, IJB),
 :mod:`~distill.evaluation.tables`, :mod:`~distill.evaluation.plots`, :mod:`~distill.evaluation.compare`,
 :mod:`~distill.evaluation.validate` (shared argument checks) and :mod:`~distill.evaluation.testing`
 (brute-force reference implementations for tests).
@@ -20,10 +22,14 @@ all-pairs verification in bounded memory), :mod:`~distill.evaluation.protocols` 
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from featstore._lazy import lazy_exports
 
 _EXPORTS: dict[str, str] = {
+    "EvalRequest": "request",
+    "EvalResult": "request",
+    "run_eval": "request",
     "EmbeddingSet": "sources",
     "embeddings_from_checkpoint": "sources",
     "embeddings_from_h5": "sources",
@@ -59,6 +65,8 @@ _EXPORTS: dict[str, str] = {
 __all__ = [
     "CMC_MAX_RANK",
     "EmbeddingSet",
+    "EvalRequest",
+    "EvalResult",
     "FARS",
     "IjbMeta",
     "METRICS",
@@ -83,6 +91,7 @@ __all__ = [
     "report_table",
     "resolve_pairs",
     "retrieval_report",
+    "run_eval",
     "side_by_side_table",
     "streaming_verification",
     "verification_report",
@@ -104,6 +113,7 @@ if TYPE_CHECKING:  # what static tools see; at run time the names load lazily th
         verification_report,
         write_report,
     )
+    from distill.evaluation.request import EvalRequest, EvalResult, run_eval
     from distill.evaluation.search import knn_search
     from distill.evaluation.sources import (
         EmbeddingSet,
@@ -116,15 +126,4 @@ if TYPE_CHECKING:  # what static tools see; at run time the names load lazily th
     from distill.evaluation.verification import streaming_verification
 
 
-def __getattr__(name: str) -> Any:
-    """Import the module that defines ``name`` on first use (PEP 562)."""
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = lazy_exports(__name__, {name: f"{__name__}.{module}" for name, module in _EXPORTS.items()})

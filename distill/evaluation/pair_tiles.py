@@ -14,8 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from distill.evaluation.search import normalised_known
-from distill.evaluation.validate import positive_int
+from distill.evaluation.validate import normalised_known, positive_int
 
 __all__ = ["NumpyBackend", "TorchBackend", "float32_keys", "keys_inplace", "make_backend", "tiled_pair_scores", "tiles"]
 

@@ -18,7 +18,6 @@ import numpy as np
 
 from distill.evaluation import metrics
 from distill.evaluation.protocols.pairs import Pairs, pairs_report
-from distill.evaluation.search import knn_search, labels_at, recall_vs_exact, resolve_index_params
 from distill.evaluation.sources import EmbeddingSet
 from distill.evaluation.verification import streaming_verification
 from featstore.atomic import atomic_write_text
@@ -57,6 +56,8 @@ def retrieval_report(
     ``{"type", "k", "recall_vs_exact@k", "num_queries_checked", "params"}``: the fraction of the exact top-k
     neighbours the index found, checked on ``recall_queries`` random queries (all when ``None``).
     """
+    from distill.evaluation.search import knn_search, labels_at  # FAISS loads when a search runs
+
     opts = dict(index_options or {})
     search = dict(use_gpu=use_gpu, index=index, **opts)
     q_known = metrics.known_mask(queries.labels)
@@ -117,6 +118,8 @@ def _index_section(
     recall_queries: int | None,
 ) -> dict[str, Any]:
     """What the report says about an approximate search: its parameters and its recall against exact search."""
+    from distill.evaluation.search import recall_vs_exact, resolve_index_params
+
     k = int(idx.shape[1])
     recall, checked = recall_vs_exact(
         q_emb,
@@ -283,6 +286,8 @@ def write_report(report: dict[str, Any], path: str | Path) -> None:
 
 def cmc_curve(queries: EmbeddingSet, max_rank: int = CMC_MAX_RANK, use_gpu: bool | None = None) -> np.ndarray:
     """Leave-one-out CMC of ``queries`` up to rank min(max_rank, N - 1), N = known-label samples."""
+    from distill.evaluation.search import knn_search, labels_at
+
     known = metrics.known_mask(queries.labels)
     emb, lab = queries.embeddings[known], queries.labels[known]
     k = min(max_rank, len(lab) - 1)

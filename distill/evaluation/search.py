@@ -24,8 +24,7 @@ from typing import Any
 import faiss
 import numpy as np
 
-from distill.evaluation.metrics import UNKNOWN_LABEL
-from distill.evaluation.validate import as_matrix, positive_int
+from distill.evaluation.validate import UNKNOWN_LABEL, as_matrix, l2_normalize, positive_int
 from featstore.errors import InvalidInput
 
 PAD_INDEX: int = -1
@@ -39,18 +38,6 @@ DEFAULT_HNSW_M: int = 32
 
 DEFAULT_EF_SEARCH: int = 128
 """HNSW search breadth when none is given (raised to k when k is larger)."""
-
-
-def l2_normalize(x: np.ndarray) -> np.ndarray:
-    """float32, C-contiguous copy of ``x`` (n, dim) with rows of unit L2 norm; all-zero rows stay zero.
-
-    The norm is taken in float64 so large or tiny float32 values neither overflow nor underflow; zero rows are
-    divided by 1 instead of 0, so they give score 0 against everything rather than NaN.
-    """
-    a = as_matrix(x, "embeddings")
-    norms = np.linalg.norm(a.astype(np.float64, copy=False), axis=1, keepdims=True)
-    out = a / np.where(norms > 0, norms, 1.0)
-    return np.ascontiguousarray(out, dtype=np.float32)
 
 
 def faiss_gpu_available() -> bool:
@@ -379,19 +366,3 @@ def labels_at(indices: np.ndarray, labels: Any) -> np.ndarray:
         raise InvalidInput(f"neighbour indices out of range for {lab.size} labels")
     out = lab[np.where(idx >= 0, idx, 0)] if lab.size else np.zeros(idx.shape, dtype=np.int64)
     return np.where(idx >= 0, out, UNKNOWN_LABEL).astype(np.int64)
-
-
-def normalised_known(embeddings: Any, labels: Any) -> tuple[np.ndarray, np.ndarray]:
-    """Validated, L2-normalised float32 rows and int64 labels of the known (label != -1) samples — the
-    input every all-pairs scorer starts from."""
-    x = as_matrix(embeddings, "embeddings")
-    if hasattr(labels, "detach") and hasattr(labels, "cpu"):
-        labels = labels.detach().cpu().numpy()
-    y = np.asarray(labels)
-    if y.ndim != 1 or y.size != x.shape[0]:
-        raise InvalidInput(f"labels must be 1-D with one label per embedding ({x.shape[0]}), got shape {y.shape}")
-    if y.size and not np.issubdtype(y.dtype, np.integer):
-        raise InvalidInput(f"labels must be integers, got dtype {y.dtype}")
-    y = y.astype(np.int64, copy=False)
-    keep = y != UNKNOWN_LABEL
-    return l2_normalize(x[keep]), np.ascontiguousarray(y[keep])

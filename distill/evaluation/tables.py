@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["SUMMARY_COLUMNS", "comparison_table", "lookup", "report_table"]
+__all__ = ["SUMMARY_COLUMNS", "comparison_table", "lookup", "protocol_lines", "report_table"]
 
 
 def _fmt(value: Any) -> str:
@@ -107,4 +107,19 @@ def _ijb_lines(ijb: dict[str, Any]) -> list[str]:
         ranks = "  ".join(f"rank-{k[5:]} {_fmt(v)}" for k, v in g.items() if k.startswith("rank_"))
         tpirs = "  ".join(f"{k} {_fmt(v)}" for k, v in g["tpir_at_fpir"].items())
         lines.append(f"IJB 1:N {name:<7} {ranks}  TPIR@FPIR {tpirs}")
+    return lines
+
+
+def protocol_lines(verification: dict[str, Any]) -> list[str]:
+    """What the report table does not say about the pairs protocol (``fsd eval`` prints them below it)."""
+    if verification.get("protocol") != "pairs":
+        return []
+    p = verification["pairs"]
+    lines = [f"  protocol      {p['num_pairs']} pairs from {p['file']} ({p['format']} format)"]
+    lfw = verification.get("lfw")
+    if lfw:
+        lines.append(
+            f"  LFW accuracy  {100 * lfw['accuracy_mean']:.2f} ± {100 * lfw['accuracy_std']:.2f} "
+            f"(mean ± std over {lfw['folds']} folds, threshold chosen on the other folds)"
+        )
     return lines

@@ -16,8 +16,7 @@ from typing import Any
 import numpy as np
 
 from distill.evaluation.metrics import far_key
-from distill.evaluation.search import normalised_known
-from distill.evaluation.validate import positive_int
+from distill.evaluation.validate import normalised_known, positive_int
 from distill.evaluation.verification import tiled_pair_scores
 
 __all__ = [

@@ -16,7 +16,21 @@ import numpy as np
 
 from featstore.errors import InvalidInput
 
-__all__ = ["as_matrix", "check_far", "check_ks", "int_vector", "positive_int", "score_vector", "to_numpy"]
+UNKNOWN_LABEL: int = -1
+"""Label meaning "unknown"; also the sentinel for padded/missing neighbours (it never matches a query)."""
+
+__all__ = [
+    "UNKNOWN_LABEL",
+    "l2_normalize",
+    "normalised_known",
+    "as_matrix",
+    "check_far",
+    "check_ks",
+    "int_vector",
+    "positive_int",
+    "score_vector",
+    "to_numpy",
+]
 
 
 def to_numpy(x: Any) -> np.ndarray:
@@ -88,3 +102,31 @@ def check_ks(ks: Sequence[int]) -> tuple[int, ...]:
     if not out or any(k <= 0 for k in out) or any(int(k) != k for k in ks):
         raise InvalidInput(f"ks must be a non-empty sequence of positive integers, got {ks!r}")
     return tuple(sorted(set(out)))
+
+
+def l2_normalize(x: np.ndarray) -> np.ndarray:
+    """float32, C-contiguous copy of ``x`` (n, dim) with rows of unit L2 norm; all-zero rows stay zero.
+
+    The norm is taken in float64 so large or tiny float32 values neither overflow nor underflow; zero rows are
+    divided by 1 instead of 0, so they give score 0 against everything rather than NaN.
+    """
+    a = as_matrix(x, "embeddings")
+    norms = np.linalg.norm(a.astype(np.float64, copy=False), axis=1, keepdims=True)
+    out = a / np.where(norms > 0, norms, 1.0)
+    return np.ascontiguousarray(out, dtype=np.float32)
+
+
+def normalised_known(embeddings: Any, labels: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Validated, L2-normalised float32 rows and int64 labels of the known (label != -1) samples — the
+    input every all-pairs scorer starts from."""
+    x = as_matrix(embeddings, "embeddings")
+    if hasattr(labels, "detach") and hasattr(labels, "cpu"):
+        labels = labels.detach().cpu().numpy()
+    y = np.asarray(labels)
+    if y.ndim != 1 or y.size != x.shape[0]:
+        raise InvalidInput(f"labels must be 1-D with one label per embedding ({x.shape[0]}), got shape {y.shape}")
+    if y.size and not np.issubdtype(y.dtype, np.integer):
+        raise InvalidInput(f"labels must be integers, got dtype {y.dtype}")
+    y = y.astype(np.int64, copy=False)
+    keep = y != UNKNOWN_LABEL
+    return l2_normalize(x[keep]), np.ascontiguousarray(y[keep])

@@ -47,8 +47,7 @@ import numpy as np
 
 from distill.evaluation.metrics import FARS, far_key
 from distill.evaluation.pair_tiles import float32_keys, make_backend, tiled_pair_scores, tiles
-from distill.evaluation.search import normalised_known
-from distill.evaluation.validate import check_far, positive_int
+from distill.evaluation.validate import check_far, normalised_known, positive_int
 from featstore.errors import InvalidInput
 
 __all__ = ["float32_keys", "streaming_verification", "tiled_pair_scores"]

@@ -42,6 +42,9 @@ def check_store_matches(store: FeatureStore, dataset: ImageDataset) -> None:
             f"store {store.url} was extracted with view policy {policy}, but dataset {dataset.spec!r} renders "
             f"views with {dataset.view_policy.to_dict()}: the student would see other pixels than the teacher"
         )
+    mismatch = store.labels_mismatch(dataset.labels)  # shifted or lost labels would train on other classes
+    if mismatch is not None:
+        raise StoreError(mismatch)
 
 
 @dataclass

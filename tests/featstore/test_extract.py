@@ -94,7 +94,7 @@ def test_float32_store_equals_teacher_outputs(float32_store, reference, small_di
 
 def test_attributes_record_provenance(float32_store, small_digits, teacher) -> None:
     meta = open_store(float32_store[0]).meta
-    assert meta["format"] == 1 and meta["complete"] is True
+    assert meta["format"] == 2 and meta["complete"] is True
     assert meta["teacher"] == {
         "arch": "convnet_teacher",
         "checkpoint_sha256": "x" * 64,

@@ -128,7 +128,7 @@ def test_labels_head_and_attributes(tmp_path: Path) -> None:
     np.testing.assert_array_equal(opened.head_weight(), d["weight"])
     np.testing.assert_array_equal(opened.head_bias(), d["bias"])
     attrs = zarr.open_group(str(tmp_path / "s"), mode="r").attrs["fsd"]
-    assert attrs["format"] == FORMAT_VERSION == 1
+    assert attrs["format"] == FORMAT_VERSION == 2
     assert attrs["complete"] is True
     assert attrs["dtype"] == "float16" and attrs["chunk_rows"] == CHUNK
     for key in ("teacher", "head", "dataset", "views"):
@@ -221,7 +221,7 @@ def test_other_format_version_refused(tmp_path: Path) -> None:
     store.mark_complete()
     group = zarr.open_group(str(tmp_path / "s"), mode="r+")
     attrs = dict(group.attrs["fsd"])
-    attrs["format"] = 2
+    attrs["format"] = 3
     group.attrs["fsd"] = attrs
     with pytest.raises(StoreError, match="format"):
         open_store(tmp_path / "s")

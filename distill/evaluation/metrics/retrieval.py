@@ -14,11 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from distill.evaluation.validate import check_ks, int_vector, to_numpy
+from distill.evaluation.validate import UNKNOWN_LABEL, check_ks, int_vector, to_numpy
 from featstore.errors import InvalidInput
-
-UNKNOWN_LABEL: int = -1
-"""Label meaning "unknown"; also the sentinel for padded/missing neighbours (it never matches a query)."""
 
 DEFAULT_KS: tuple[int, ...] = (1, 2, 4, 8)
 """Default cut-offs for Recall@k."""
@@ -88,6 +85,7 @@ def retrieval_metrics(
     excluded from every metric; ``num_queries`` is the number averaged. With no query left the metric values
     are ``None``.
     """
+    # long for its docstring (the four definitions) and checks; the metrics share one pass over row chunks
     nl = to_numpy(neighbor_labels)
     if nl.ndim != 2:
         raise InvalidInput(f"neighbor_labels must be 2-D (num_queries, K), got shape {nl.shape}")

@@ -28,8 +28,8 @@ from distill.evaluation import metrics
 from distill.evaluation.metrics.identification import FPIRS, RANKS, identification_metrics
 from distill.evaluation.protocols.ijb_meta import IjbMeta, read_ijb_meta
 from distill.evaluation.protocols.pairs import pair_verification
-from distill.evaluation.search import knn_search, l2_normalize
-from distill.evaluation.validate import as_matrix, check_ks, int_vector
+from distill.evaluation.search import knn_search
+from distill.evaluation.validate import as_matrix, check_ks, int_vector, l2_normalize
 from featstore.errors import InvalidInput
 
 __all__ = [

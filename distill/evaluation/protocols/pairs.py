@@ -26,8 +26,7 @@ from typing import Any
 import numpy as np
 
 from distill.evaluation import metrics
-from distill.evaluation.search import l2_normalize
-from distill.evaluation.validate import as_matrix
+from distill.evaluation.validate import as_matrix, l2_normalize
 from featstore.errors import InputNotFound, InvalidInput
 
 FORMATS: tuple[str, ...] = ("auto", "index", "names", "lfw")
