@@ -1,6 +1,6 @@
 """How fast can *exact* leave-one-out retrieval get on this machine? The floor behind the eval / PML figure.
 
-``benchmarks/run.py`` measures ``fsd eval``'s retrieval (:func:`distill.evaluation.report.retrieval_report`) against
+``python -m benchmarks.run`` measures ``fsd eval``'s retrieval (:func:`distill.evaluation.report.retrieval_report`) against
 pytorch-metric-learning's AccuracyCalculator; issue #5 asks for ≤ 0.5 with the same values. Both tools run
 the same exact FAISS search (an N × N × D float32 GEMM plus a top-k heap), so the ratio sits at ~1. This
 script measures, in one process and on the same data, every part of the one design that could halve that
@@ -24,8 +24,8 @@ The sum of (1) and (3) is the least an exact two-stage search can cost here; div
 the best ratio that design could reach. The figures go to a JSON file and to the section
 ``## Exact retrieval: the floor on this machine`` of ``benchmarks/RESULTS.md``.
 
-Example: python benchmarks/eval_floor.py                 # N = 40,000 × 512 (about a minute)
-         python benchmarks/eval_floor.py --n 5000 --no-write
+Example: python -m benchmarks.eval_floor                 # N = 40,000 × 512 (about a minute)
+         python -m benchmarks.eval_floor --n 5000 --no-write
 """
 
 from __future__ import annotations
@@ -33,19 +33,16 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent))
-sys.path.insert(0, str(HERE))
+from benchmarks.harness import clustered_embeddings
+from benchmarks.results_md import publish
 
-from results_md import publish  # noqa: E402
-from run import clustered_embeddings  # noqa: E402
+HERE = Path(__file__).resolve().parent
 
 SECTION = "## Exact retrieval: the floor on this machine"
 CHECKED = 2000  # queries whose certified top-k is compared with FAISS' exact search
@@ -250,7 +247,7 @@ def markdown(r: dict[str, Any]) -> str:
         [
             SECTION,
             "",
-            f"`python benchmarks/eval_floor.py` (one process, same data): {p['n']:,} × {p['dim']} clustered "
+            f"`python -m benchmarks.eval_floor` (one process, same data): {p['n']:,} × {p['dim']} clustered "
             f"embeddings, {p['classes']:,} classes, leave-one-out top-{p['k']} (k' = {p['k_prime']} candidates), "
             f"{m['cpus']} CPU cores (torch capability {m['cpu_capability']}, load average {m['loadavg']}), "
             f"torch {m['torch']}, faiss {m['faiss']}.",

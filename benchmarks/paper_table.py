@@ -1,6 +1,6 @@
 """The paper's methods on digits, ≥ 3 seeds: writes the results table of docs/results.md.
 
-    python benchmarks/paper_table.py [--seeds 3] [--epochs 30] [--jobs 2]
+    python -m benchmarks.paper_table [--seeds 3] [--epochs 30] [--jobs 2]
 
 One teacher (seed 0) and one 2-view float16 store; then, per seed, a student for each recipe streamed
 from that store, and the SH-KD pipeline (a vanilla student → a teacher trained with that student's head
@@ -13,17 +13,16 @@ raw numbers to benchmarks/paper_table.json.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
-import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
+from benchmarks.results_md import replace_marked, write_json
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 RECIPES = ("vanilla", "kd", "kde", "kde-th", "th-kd", "crd", "crd-th", "rkd", "pkt")
 METRICS = (
@@ -104,7 +103,7 @@ def _summary(values: list[float]) -> str:
     return f"{mean:.2f} ± {std:.2f}"
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--epochs", type=int, default=30)
@@ -113,31 +112,34 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, default=ROOT / "benchmarks" / "_work" / "paper")
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "results.md")
     parser.add_argument("--json", type=Path, default=ROOT / "benchmarks" / "paper_table.json")
-    args = parser.parse_args()
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
-    import torch
+    return parser.parse_args()
 
-    torch.set_num_threads(1)
+
+def train_reference(work: Path, teacher_epochs: int) -> tuple[Path, str, float, dict]:
+    """The seed-0 teacher, its 2-view float16 store and its own report: (path, store, test top-1, report)."""
     import distill.evaluation as ev
     from distill.models.checkpoint import load_teacher_source
     from distill.training.teacher import TeacherConfig, train_teacher
     from featstore.datasets import load_dataset
     from featstore.extract import extract_teacher
 
-    started = time.perf_counter()
-    work = args.workdir
-    work.mkdir(parents=True, exist_ok=True)
     teacher = work / "teacher.pt"
     store = str(work / "teacher.zarr")
     t = train_teacher(
-        TeacherConfig(dataset="digits", out=teacher, epochs=args.teacher_epochs, overwrite=True, progress=False)
+        TeacherConfig(dataset="digits", out=teacher, epochs=teacher_epochs, overwrite=True, progress=False)
     )
     extract_teacher(
         load_teacher_source(teacher), load_dataset("digits"), store, views=2, overwrite=True, progress=False
     )
-    teacher_report = ev.run_eval(ev.EvalRequest(model=teacher, dataset="digits", gallery_store=store)).report
+    report = ev.run_eval(ev.EvalRequest(model=teacher, dataset="digits", gallery_store=store)).report
     print(f"teacher: test top-1 {t.test_accuracy:.4f}", flush=True)
+    return teacher, store, t.test_accuracy, report
 
+
+def train_students(args: argparse.Namespace, store: str) -> tuple[dict[str, list[dict]], list[float]]:
+    """Every recipe × seed from the store, then SH-KD per seed; returns the metrics per method and the SH-KD
+    teachers' test top-1."""
+    work = args.workdir
     results: dict[str, list[dict]] = {}
     jobs = [(r, s, store, store, str(work / f"{r}_s{s}.pt"), args.epochs) for r in RECIPES for s in range(args.seeds)]
     with ProcessPoolExecutor(args.jobs) as pool:
@@ -162,7 +164,11 @@ def main() -> None:
         for _, seed, metrics in pool.map(_student, sh_students):
             results.setdefault("sh-kd", []).append(metrics)
             print(f"sh-kd    seed {seed}: {metrics}", flush=True)
-    sh_teacher_acc = [acc for _, _, acc in sh]
+    return results, [acc for _, _, acc in sh]
+
+
+def render_table(args, teacher_report: dict, teacher_top1: float, results: dict, sh_top1: list[float], seconds) -> str:
+    import torch
 
     rows = [
         "| teacher (convnet_teacher, 1 run) | "
@@ -172,40 +178,45 @@ def main() -> None:
     for recipe in (*RECIPES, "sh-kd"):
         cells = [_summary([r[m] for r in results[recipe]]) for m, _ in METRICS]
         rows.append(f"| {recipe} | " + " | ".join(cells) + " |")
-    table = "\n".join(
+    return "\n".join(
         [
             f"digits test split (450 images); student `convnet_student` ({args.epochs} epochs) streamed from a 2-view "
             f"float16 store of `convnet_teacher` ({args.teacher_epochs} epochs); mean ± std over {args.seeds} seeds, %. "
             "x-R@1: student queries against the teacher's stored train-split gallery. "
-            f"SH-KD teachers (student head frozen): test top-1 {_summary(sh_teacher_acc)} vs {100 * t.test_accuracy:.2f} "
+            f"SH-KD teachers (student head frozen): test top-1 {_summary(sh_top1)} vs {100 * teacher_top1:.2f} "
             "for the ordinary teacher.",
             "",
             "| method | " + " | ".join(m for m, _ in METRICS) + " |",
             "|---|" + "---:|" * len(METRICS),
             *rows,
             "",
-            f"Generated by `python benchmarks/paper_table.py --seeds {args.seeds} --epochs {args.epochs}` in "
-            f"{time.perf_counter() - started:.0f} s on {platform.machine()} ({os.cpu_count()} cores), "
+            f"Generated by `python -m benchmarks.paper_table --seeds {args.seeds} --epochs {args.epochs}` in "
+            f"{seconds:.0f} s on {platform.machine()} ({os.cpu_count()} cores), "
             f"torch {torch.__version__}, {time.strftime('%Y-%m-%d')}.",
         ]
     )
-    text = args.out.read_text() if args.out.exists() else f"# Results\n\n{START}\n{END}\n"
-    if START not in text:
-        text += f"\n{START}\n{END}\n"
-    head, rest = text.split(START, 1)
-    args.out.write_text(head + START + "\n" + table + "\n" + END + rest.split(END, 1)[1])
-    args.json.write_text(
-        json.dumps(
-            {
-                "teacher": _metrics(teacher_report),
-                "sh_teacher_top1": sh_teacher_acc,
-                "students": results,
-                "seeds": args.seeds,
-                "epochs": args.epochs,
-            },
-            indent=2,
-        )
-    )
+
+
+def main() -> None:
+    args = parse_args()
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    import torch
+
+    torch.set_num_threads(1)
+    started = time.perf_counter()
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    _, store, teacher_top1, teacher_report = train_reference(args.workdir, args.teacher_epochs)
+    results, sh_top1 = train_students(args, store)
+    table = render_table(args, teacher_report, teacher_top1, results, sh_top1, time.perf_counter() - started)
+    replace_marked(args.out, START, END, table)
+    raw = {
+        "teacher": _metrics(teacher_report),
+        "sh_teacher_top1": sh_top1,
+        "students": results,
+        "seeds": args.seeds,
+        "epochs": args.epochs,
+    }
+    write_json(args.json, raw)
     print(table)
 
 

@@ -13,8 +13,8 @@ difference is what the metric itself needed), asserts that both reports are iden
 EER bit for bit), writes a JSON file and replaces the section ``## Exact TAR@FAR at N = 20,000`` of
 ``benchmarks/RESULTS.md`` (created if absent; other sections are left alone).
 
-Example: python benchmarks/tar_at_far.py            # the full run (minutes; several GB for the materialising path)
-         python benchmarks/tar_at_far.py --n 3000 --no-write   # a quick check
+Example: python -m benchmarks.tar_at_far            # the full run (minutes; several GB for the materialising path)
+         python -m benchmarks.tar_at_far --n 3000 --no-write   # a quick check
 """
 
 from __future__ import annotations
@@ -32,10 +32,9 @@ from typing import Any
 
 import numpy as np
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
+from benchmarks.results_md import publish
 
-from results_md import publish  # noqa: E402
+HERE = Path(__file__).resolve().parent
 
 SECTION = "## Exact TAR@FAR at N = 20,000"
 
@@ -67,14 +66,14 @@ def worker(args: argparse.Namespace) -> None:
     x, y = make_data(args.n, args.dim, args.classes, args.seed)
     passes = 0
     if args.worker == "streaming":
-        tiles = ver._tiles
+        tiles = ver.tiles  # counted where verification looks it up: one call per pass over the pairs
 
         def counted(*a: Any):
             nonlocal passes
             passes += 1
             return tiles(*a)
 
-        ver._tiles = counted
+        ver.tiles = counted
     before = rss_mib()
     started = time.perf_counter()
     if args.worker == "streaming":
@@ -105,7 +104,8 @@ def worker(args: argparse.Namespace) -> None:
 def run_child(method: str, args: argparse.Namespace) -> dict[str, Any]:
     cmd = [
         sys.executable,
-        __file__,
+        "-m",
+        "benchmarks.tar_at_far",
         "--worker",
         method,
         "--n",
@@ -120,7 +120,7 @@ def run_child(method: str, args: argparse.Namespace) -> dict[str, Any]:
         str(args.block),
     ]
     print(f"[{time.strftime('%H:%M:%S')}] {method} ...", flush=True)
-    done = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    done = subprocess.run(cmd, capture_output=True, text=True, check=False, cwd=HERE.parent)
     if done.returncode != 0:
         raise SystemExit(f"{method} failed (exit {done.returncode}):\n{done.stderr}")
     result = json.loads(done.stdout.strip().splitlines()[-1])
@@ -138,7 +138,7 @@ def markdown(results: dict[str, Any]) -> str:
     v = s["report"]
     tars = ", ".join(f"{k}: {'null' if t is None else f'{t:.6f}'}" for k, t in v["tar_at_far"].items())
     intro = (
-        f"`python benchmarks/tar_at_far.py` — N = {p['n']:,} embeddings, D = {p['dim']}, {p['classes']:,} "
+        f"`python -m benchmarks.tar_at_far` — N = {p['n']:,} embeddings, D = {p['dim']}, {p['classes']:,} "
         f"classes ({v['num_genuine']:,} genuine, {v['num_impostor']:,} impostor pairs), CPU only "
         f"(numpy/OpenBLAS; no GPU on this machine), tiles of {p['block']}² scores. Each method ran in a fresh "
         "process; *metric RSS* = peak RSS − RSS just before the call. Raw numbers: "

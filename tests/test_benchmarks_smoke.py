@@ -1,4 +1,5 @@
-"""Smoke test of benchmarks/run.py: ``--quick`` runs end to end and writes valid JSON and a RESULTS.md.
+"""Smoke test of the benchmarks: ``python -m benchmarks.run --quick`` runs every section end to end and writes
+valid JSON and a RESULTS.md; the report writer keeps other sections; eval_floor runs and certifies.
 
 Benchmarks are not tests: nothing here looks at a timing or a ratio's value, only that every section ran,
 that each figure is a finite number, and that fsd's retrieval values equalled pytorch-metric-learning's.
@@ -13,13 +14,14 @@ import subprocess
 import sys
 from pathlib import Path
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "run.py"
+ROOT = Path(__file__).resolve().parents[1]
 SECTIONS = ("training", "stream", "extraction", "dask", "amortisation", "eval")
 
 
 def test_quick_benchmark_writes_valid_json(tmp_path: Path) -> None:
     done = subprocess.run(
-        [sys.executable, str(SCRIPT), "--quick", "--out-dir", str(tmp_path), "--workdir", str(tmp_path)],
+        [sys.executable, "-m", "benchmarks.run", "--quick", "--out-dir", str(tmp_path), "--workdir", str(tmp_path)],
+        cwd=ROOT,
         capture_output=True,
         text=True,
         timeout=600,
@@ -64,15 +66,8 @@ def test_quick_benchmark_writes_valid_json(tmp_path: Path) -> None:
 
 def test_results_md_keeps_other_sections(tmp_path: Path) -> None:
     """Re-writing RESULTS.md replaces only the script's own block (tar_at_far.py's section survives)."""
-    import importlib.util
+    from benchmarks import report as module
 
-    spec = importlib.util.spec_from_file_location("fsd_benchmarks_run", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    try:
-        spec.loader.exec_module(module)
-    finally:
-        del sys.modules[spec.name]
     path = tmp_path / "RESULTS.md"
     other = "## Exact TAR@FAR at N = 20,000\n\nkept as is\n"
     path.write_text("# Benchmark results\n\n" + other)
@@ -84,9 +79,6 @@ def test_results_md_keeps_other_sections(tmp_path: Path) -> None:
     assert content.count(module.START) == 1 and content.endswith(other)
 
 
-FLOOR_SCRIPT = SCRIPT.parent / "eval_floor.py"
-
-
 def test_eval_floor_runs_and_its_certified_rows_are_exact(tmp_path: Path) -> None:
     """benchmarks/eval_floor.py at a small N: valid JSON, its section written, and on every row its
     certificate accepts, the reranked top-k equals FAISS' exact top-k (the script checks that itself)."""
@@ -95,7 +87,8 @@ def test_eval_floor_runs_and_its_certified_rows_are_exact(tmp_path: Path) -> Non
     done = subprocess.run(
         [
             sys.executable,
-            str(FLOOR_SCRIPT),
+            "-m",
+            "benchmarks.eval_floor",
             "--n",
             "3000",
             "--classes",
@@ -107,6 +100,7 @@ def test_eval_floor_runs_and_its_certified_rows_are_exact(tmp_path: Path) -> Non
             "--json",
             str(tmp_path / "floor.json"),
         ],
+        cwd=ROOT,
         capture_output=True,
         text=True,
         timeout=600,
@@ -126,14 +120,11 @@ def test_eval_floor_runs_and_its_certified_rows_are_exact(tmp_path: Path) -> Non
 def test_eval_floor_certificate_is_a_bound() -> None:
     """The ε of eval_floor bounds |bf16 score − exact score| on real bf16 products, and the certificate
     accepts a row only when its k-th approximate score clears the (k')-th by more than the error allows."""
-    import importlib.util
-
     import numpy as np
     import torch
 
-    spec = importlib.util.spec_from_file_location("fsd_benchmarks_eval_floor", FLOOR_SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    from benchmarks import eval_floor as module
+
     rng = np.random.default_rng(0)
     x = rng.standard_normal((300, 64)).astype(np.float32)
     x /= np.linalg.norm(x, axis=1, keepdims=True)
@@ -149,3 +140,39 @@ def test_eval_floor_certificate_is_a_bound() -> None:
     edge = 0.5 / (1 + u) - 0.3 / (1 - u)  # the gap the output rounding alone eats; ε must fit in the rest
     assert module.certified(vals[:1], 2, eps=edge / 2 * 0.999).tolist() == [True]
     assert module.certified(vals[:1], 2, eps=edge / 2 * 1.001).tolist() == [False]
+
+
+def test_replace_marked_keeps_the_hand_written_doc(tmp_path: Path) -> None:
+    """The docs tables (paper_table, margin_heads, store_dtypes): only the text between the markers changes;
+    absent markers are appended once, under the heading given."""
+    from benchmarks.results_md import replace_marked
+
+    doc = tmp_path / "results.md"
+    doc.write_text("# Results\n\nintro\n\n<!-- t:start -->\nold\n<!-- t:end -->\n\noutro\n")
+    replace_marked(doc, "<!-- t:start -->", "<!-- t:end -->", "| new |")
+    assert doc.read_text() == "# Results\n\nintro\n\n<!-- t:start -->\n| new |\n<!-- t:end -->\n\noutro\n"
+    for body in ("first", "second"):
+        replace_marked(doc, "<!-- m:start -->", "<!-- m:end -->", body, heading="## Margin heads")
+    text = doc.read_text()
+    assert text.endswith("outro\n\n## Margin heads\n\n<!-- m:start -->\nsecond\n<!-- m:end -->\n")
+    assert text.count("## Margin heads") == 1 and "first" not in text
+
+
+def test_a_subject_script_runs_alone(tmp_path: Path) -> None:
+    """``python -m benchmarks.eval`` is the driver with its one section: only that section and its figure are
+    written, and RESULTS.md names the equivalent ``benchmarks.run`` call."""
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks.eval", "--quick", "--eval-n", "2000", "--out-dir", str(tmp_path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-4000:]
+    results = json.loads((tmp_path / "run.json").read_text())
+    assert results["meta"]["sections"] == ["eval"]
+    assert not (set(SECTIONS) - {"eval"}) & set(results)  # no other section ran
+    assert results["eval"]["n"] == 2000 and results["eval"]["values_equal"] is True
+    assert [f["key"] for f in results["figures"]] == ["eval_vs_pml"]
+    assert "`python -m benchmarks.run --sections eval --quick --eval-n 2000" in (tmp_path / "RESULTS.md").read_text()
