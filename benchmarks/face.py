@@ -9,7 +9,7 @@ training step with and without mixed precision.
   of 112×112 images, through :class:`distill.training.amp.Amp` (what ``train-student --amp`` uses); median
   per-round ratio of step times. CPUs without fast bf16 make it slower, not faster: the figure says which.
 
-Example: python benchmarks/face.py --rounds 3 (writes benchmarks/face.json and its section of RESULTS.md)
+Run from the repository root: python -m benchmarks.face --rounds 3 (writes benchmarks/face.json and its section of RESULTS.md)
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -25,16 +24,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from benchmarks.results_md import publish  # noqa: E402
-from distill.models import create_model  # noqa: E402
-from distill.models.export import export_model  # noqa: E402
-from distill.models.teachers import load_teacher, source_from_parts  # noqa: E402
-from distill.training.amp import Amp  # noqa: E402
-from featstore.datasets.base import ImageDataset  # noqa: E402
-from featstore.extract import extract_teacher  # noqa: E402
-from featstore.views import ViewPolicy  # noqa: E402
+from benchmarks.results_md import publish
+from distill.models import create_model
+from distill.models.export import export_model
+from distill.models.teachers import load_teacher, source_from_parts
+from distill.training.amp import Amp
+from featstore.datasets.base import ImageDataset
+from featstore.extract import extract_teacher
+from featstore.views import ViewPolicy
 
 HEADING = "## Face pipeline (benchmarks/face.py)"
 HERE = Path(__file__).resolve().parent
@@ -117,7 +114,7 @@ def section(results: dict) -> str:
     met = "met" if e["ratio"] >= 0.8 else "**not met**"
     return (
         f"{HEADING}\n\n"
-        f"`python benchmarks/face.py` on {results['when']}, CPU, {results['threads']} torch thread(s), load average "
+        f"`python -m benchmarks.face` on {results['when']}, CPU, {results['threads']} torch thread(s), load average "
         f"{results['load']} at the start (a shared machine: ratios of interleaved rounds, absolute times are "
         "context only). Raw numbers: `face.json`.\n\n"
         "| figure | measured | goal | met |\n|---|---:|---:|:---:|\n"
