@@ -38,6 +38,19 @@ def test_split_and_sizes(name):
         create_model(name, num_classes=7, input_size=40)
 
 
+@pytest.mark.parametrize("name", ["mobilefacenet", "iresnet18"])
+def test_gradients_reach_every_parameter_and_seeds_repeat(name):
+    torch.manual_seed(3)
+    model = create_model(name, num_classes=4, in_channels=1, embedding_dim=32, input_size=16).train()
+    model(torch.randn(4, 1, 16, 16)).logsumexp(dim=1).mean().backward()
+    for pname, p in model.named_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all(), pname
+    torch.manual_seed(3)
+    again = create_model(name, num_classes=4, in_channels=1, embedding_dim=32, input_size=16)
+    for (ka, va), (kb, vb) in zip(model.state_dict().items(), again.state_dict().items(), strict=True):
+        assert ka == kb and (torch.equal(va, vb) or "running" in ka or "num_batches" in ka)
+
+
 def test_112_faces_give_512_d():
     model = create_model("mobilefacenet", num_classes=5).eval()
     with torch.no_grad():
