@@ -10,7 +10,8 @@ Throughput (figures → the marked block of ``RESULTS.md`` and ``run.json``):
 
 Measurements with their own ``RESULTS.md`` section or docs table: :mod:`benchmarks.tar_at_far`,
 :mod:`benchmarks.eval_floor`, :mod:`benchmarks.store_dtypes`, :mod:`benchmarks.paper_table`,
-:mod:`benchmarks.margin_heads`; :mod:`benchmarks.results_md` is how each writes its part.
+:mod:`benchmarks.margin_heads`, :mod:`benchmarks.fashion_table`; :mod:`benchmarks.results_md` is how each writes
+its part.
 
 A new script follows the same rules: it runs as ``python -m benchmarks.<name>`` (its docstring's first
 lines say so), imports ``benchmarks.*``, ``featstore`` and ``distill`` as packages (no ``sys.path`` edits;

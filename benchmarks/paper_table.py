@@ -24,7 +24,7 @@ from benchmarks.results_md import replace_marked, write_json
 
 ROOT = Path(__file__).resolve().parents[1]
 
-RECIPES = ("vanilla", "kd", "kde", "kde-th", "th-kd", "crd", "crd-th", "rkd", "pkt")
+RECIPES = ("vanilla", "kd", "kde", "kde-th", "th-kd", "crd", "crd-exact", "crd-th", "rkd", "pkt", "sp")
 METRICS = (
     ("top-1", ("classification", "top1")),
     ("R@1", ("retrieval", "recall_at_k", "1")),

@@ -173,6 +173,13 @@ def _comparability_notes(reports: dict[str, dict[str, Any]]) -> list[str]:
             return f"pairs from {field(field(v, 'pairs'), 'file') or '?'}"
         return "all pairs"
 
+    mixes = {name: field(r.get("source"), "th_mix") for name, r in reports.items()}
+    if any(w is not None for w in mixes.values()):
+        notes.append(
+            "note: top-1 is scored on the mixed prediction p' = (1−W)·p_student + W·p_teacher-head for "
+            + ", ".join(f"{n} (W = {w})" for n, w in mixes.items() if w is not None)
+            + "; on the student head alone for the others"
+        )
     protocols = {name: protocol(r) for name, r in reports.items()}
     if len(set(protocols.values())) > 1:
         notes.append(

@@ -121,6 +121,8 @@ def embeddings_from_checkpoint(
             "dataset": dataset_spec,
             "split": split,
             "fingerprint": dataset.fingerprint(),
+            # the prediction the top-1 is scored on; recorded so `fsd compare` can tell mixed from plain
+            **({"th_mix": th_mix} if th_mix is not None else {}),
         },
     )
 

@@ -32,6 +32,7 @@ class DistillInputs:
     # differ, z_s itself otherwise) — what embedding-matching losses compare with z_t
     student_embedding_t: torch.Tensor | None = None
     indices: torch.Tensor | None = None  # (B,) int64 store/dataset sample ids (memory-bank losses)
+    student_feature_map: torch.Tensor | None = None  # the student's last pre-pool map (B, C, H, W) (SP)
 
     def __post_init__(self) -> None:
         if self.student_embedding_t is None:

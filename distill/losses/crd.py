@@ -1,24 +1,35 @@
-"""CRD: contrastive representation distillation (Tian et al., ICLR 2020), with its memory bank backed by
-the feature store.
+"""``crd``: contrastive representation distillation (Tian et al., ICLR 2020) as RepDistiller's ``CRDLoss`` runs it.
 
-Both embeddings are projected to 128-d unit vectors (trainable linear maps). Two contrastive directions:
+Both embeddings go through a trainable linear map to 128-d and are L2-normalised: v_s = ê_s(z_s), v_t = ê_t(z_t).
+Two memories of N rows (one per sample), M_s for student and M_t for teacher projections, start uniform in
+±1/√(d/3) and are momentum-updated after every step: M[i] ← normalise(m·M[i] + (1 − m)·v_i), m = 0.5.
 
-* student anchor: the positive is the teacher embedding of the *same* sample and view (from the batch);
-  negatives are teacher embeddings of K other samples. Because the teacher's embeddings are in the store,
-  the teacher side of the memory is **exact**: the raw identity-view embeddings are read once from the
-  store (chunk by chunk, kept as float16: N·D·2 bytes) and projected with the *current* teacher projection
-  — no stale momentum copy as in the original CRD. As with CRD's memory, negatives carry no gradient.
-* teacher anchor: the positive is the current student projection; negatives come from a student memory
-  of 128-d vectors indexed by sample id and momentum-updated (momentum 0.5) as in CRD.
+For each anchor i of the batch, the contrast set is (i, n_1 … n_K): its own sample first, then K negatives
+drawn *per anchor* from the samples of other classes (RepDistiller's ``cls_negative``; without replacement
+when the other classes hold at least K samples, else with). Scores are against the **detached memories**:
 
-Each direction uses the softmax (InfoNCE) form of the contrastive objective over 1 positive + K negatives
-at temperature τ = 0.07, with one set of K negatives per batch shared by its anchors; a negative that is
-the anchor's own sample is masked out. K = 16,384 by default, at most N − 1.
+    h_s(i, j) = exp(M_t[j] · v_s,i / τ) / Z_s        (student anchor, teacher memory)
+    h_t(i, j) = exp(M_s[j] · v_t,i / τ) / Z_t        (teacher anchor, student memory)
+
+with τ = 0.07 and the normalisers Z = N · mean(exp(·/τ)) over the *first* batch's (B, K+1) scores, then
+fixed for the run (kept with the memories, so --resume continues with the same Z). Each side's loss is
+NCE against a uniform noise distribution P_n = 1/N:
+
+    L = −(1/B) Σ_i [ log(h(i, i) / (h(i, i) + K·P_n + ε)) + Σ_k log(K·P_n / (h(i, n_k) + K·P_n + ε)) ]
+
+and ``crd`` = L_s + L_t (ε = 1e-7). Gradients reach v_s through L_s and v_t (the teacher projection only:
+the teacher itself is frozen) through L_t. K = 16,384 by default, at most N − 1.
+
+Under DDP the memories are updated with every rank's rows (as ``crd-exact``'s student memory) and Z is the
+mean over ranks of the first batch's estimate, so every rank keeps identical copies.
+
+The store only provides z_t, so this loss works with --online-teacher too. ``crd-exact``
+(distill/losses/crd_exact.py) is fsd's store-backed InfoNCE variant.
 """
 
 from __future__ import annotations
 
-import warnings
+import math
 
 import numpy as np
 import torch
@@ -26,75 +37,82 @@ import torch.nn.functional as F
 from torch import nn
 
 from distill.losses.base import LOSSES, DistillInputs, DistillLoss, TrainingContext
-from featstore.errors import InvalidInput, StoreError
+from distill.losses.crd_exact import gather_from_ranks
+from featstore.errors import InvalidInput
+
+EPS = 1e-7
 
 
-def _teacher_bank(
-    store, device: torch.device, skip_bad_chunks: bool = False
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """The identity-view teacher embeddings of every sample, read chunk by chunk, as float16 (N, D), and the
-    rows usable as negatives (None: all of them).
+def all_labels(source) -> np.ndarray:
+    """The label of every sample of a store (or the online baseline's generated views), int64 (N,)."""
+    if hasattr(source, "dataset"):
+        return np.asarray(source.dataset.labels, dtype=np.int64)
+    if callable(getattr(source, "labels", None)):
+        return np.asarray(source.labels(), dtype=np.int64)
+    parts = [source.read_chunk(chunk)[1] for chunk in range(source.num_chunks)]
+    return np.concatenate(parts).astype(np.int64)
 
-    A chunk that cannot be read or holds non-finite values is refused, as the stream refuses it — or, with
-    ``skip_bad_chunks``, left out of the negatives (a NaN negative would make every CRD loss NaN).
+
+class OtherClassNegatives:
+    """Per-anchor negatives from the samples of other classes (RepDistiller's ``cls_negative`` sampling)."""
+
+    def __init__(self, labels: np.ndarray, k: int, generator: torch.Generator) -> None:
+        self.k, self.generator = k, generator
+        self.others = {int(c): torch.from_numpy(np.flatnonzero(labels != c)) for c in np.unique(labels)}
+        if any(len(rows) == 0 for rows in self.others.values()):
+            raise InvalidInput("crd draws its negatives from other classes: the training data has only one class")
+
+    def draw(self, indices: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """(B, K + 1) sample ids: column 0 the anchor's own sample, then its K negatives."""
+        out = torch.empty((len(indices), self.k + 1), dtype=torch.long)
+        out[:, 0] = indices.cpu()
+        for row, label in enumerate(labels.cpu().tolist()):
+            others = self.others.get(int(label))
+            if others is None:
+                raise InvalidInput(f"crd: batch label {label} is not a class of the training data")
+            if self.k <= len(others):
+                pick = torch.randperm(len(others), generator=self.generator)[: self.k]
+            else:
+                pick = torch.randint(0, len(others), (self.k,), generator=self.generator)
+            out[row, 1:] = others[pick]
+        return out
+
+
+def memory_scores(anchor: torch.Tensor, memory: torch.Tensor, contrast: torch.Tensor) -> torch.Tensor:
+    """(B, K+1) dot products memory[contrast[i, j]] · anchor[i]; the memory carries no gradient.
+
+    When B·(K+1) rows exceed the memory, one (B, N) product then a gather is cheaper than gathering
+    B·(K+1) rows of d values (the same numbers up to summation order). The product's backward needs the
+    memory as it is now, and the memory is updated in place after the scores: hence the copy.
     """
-    bank = torch.zeros((store.shape.num_samples, store.shape.dim), dtype=torch.float16)
-    usable = torch.ones(store.shape.num_samples, dtype=torch.bool)
-    for chunk in range(store.num_chunks):
-        start, stop = store.chunk_bounds(chunk)
-        try:
-            rows, _, _ = store.read_chunk(chunk)
-            problem = None if np.isfinite(rows[:, 0]).all() else "non-finite teacher embeddings"
-        except Exception as exc:  # noqa: BLE001 - a corrupt chunk surfaces as many exception types
-            problem = f"unreadable ({type(exc).__name__}: {exc})"
-        if problem is not None:
-            message = f"chunk {chunk} of store {getattr(store, 'url', '')} is bad: {problem}"
-            if not skip_bad_chunks:
-                raise StoreError(f"{message}; run `fsd store verify` and re-extract it (or --skip-bad-chunks)")
-            warnings.warn(f"{message}; its rows are left out of CRD's negatives", RuntimeWarning, stacklevel=3)
-            usable[start:stop] = False
-            continue
-        bank[start:stop] = torch.from_numpy(np.ascontiguousarray(rows[:, 0])).to(torch.float16)
-    valid = None if usable.all() else usable.nonzero().flatten()
-    if valid is not None and len(valid) < 2:
-        raise StoreError("crd: fewer than 2 usable rows are left in the store's teacher memory")
-    return bank.to(device), valid
+    if contrast.numel() >= memory.shape[0]:
+        return (anchor @ memory.detach().clone().t()).gather(1, contrast)
+    rows = memory.detach()[contrast]  # (B, K+1, d), a copy
+    return torch.bmm(rows, anchor.unsqueeze(2)).squeeze(2)
 
 
-def _gather_from_ranks(idx: torch.Tensor, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Every rank's (indices, rows) of this step, concatenated in rank order — (idx, rows) outside DDP.
+def nce_loss(scores: torch.Tensor, num_data: int) -> torch.Tensor:
+    """RepDistiller's contrastive (NCE) loss of normalised scores h (B, 1+K), positive in column 0."""
+    k = scores.shape[1] - 1
+    noise = k / num_data
+    log_pos = torch.log(scores[:, 0] / (scores[:, 0] + noise + EPS))
+    log_neg = torch.log(noise / (scores[:, 1:] + noise + EPS))
+    return -(log_pos.sum() + log_neg.sum()) / scores.shape[0]
 
-    Why: each rank sees only its own batch, but the student memory must be one memory. Updating it on every
-    rank with every rank's rows keeps the copies identical without broadcasting them (DDP's buffer broadcast
-    would instead overwrite the other ranks' updates with rank 0's memory, leaving rows rank 0 never saw at
-    their random initial value).
-    """
+
+def _mean_over_ranks(value: float) -> float:
     import torch.distributed as dist
 
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return idx, rows
-    world = dist.get_world_size()
-    size = torch.tensor([len(idx)], device=idx.device)
-    sizes = [torch.zeros_like(size) for _ in range(world)]
-    dist.all_gather(sizes, size)
-    most = int(max(int(n) for n in sizes))
-    pad = most - len(idx)
-    idx_p = F.pad(idx, (0, pad))
-    rows_p = F.pad(rows, (0, 0, 0, pad))
-    idx_parts = [torch.empty_like(idx_p) for _ in range(world)]
-    row_parts = [torch.empty_like(rows_p) for _ in range(world)]
-    dist.all_gather(idx_parts, idx_p)
-    dist.all_gather(row_parts, rows_p)
-    keep = [int(n) for n in sizes]
-    return (
-        torch.cat([part[:n] for part, n in zip(idx_parts, keep)]),
-        torch.cat([part[:n] for part, n in zip(row_parts, keep)]),
-    )
+        return value
+    tensor = torch.tensor([value], dtype=torch.float64)
+    dist.all_reduce(tensor)
+    return float(tensor) / dist.get_world_size()
 
 
 @LOSSES.register("crd")
 class ContrastiveRepresentationKD(DistillLoss):
-    needs = ("student_embedding", "teacher_embedding", "indices")
+    needs = ("student_embedding", "teacher_embedding", "indices", "labels")
 
     def __init__(self, feat_dim: int = 128, negatives: int = 16384, tau: float = 0.07, momentum: float = 0.5) -> None:
         super().__init__()
@@ -103,52 +121,46 @@ class ContrastiveRepresentationKD(DistillLoss):
         self.feat_dim, self.negatives, self.tau, self.momentum = feat_dim, negatives, tau, momentum
         self.embed_s: nn.Module | None = None
         self.embed_t: nn.Module | None = None
-        self.generator: torch.Generator | None = None
-        self.valid_rows: torch.Tensor | None = None
+        self.generator: torch.Generator | None = None  # saved and restored by --resume
+        self.sampler: OtherClassNegatives | None = None
 
     def setup(self, context: TrainingContext) -> None:
         n = context.num_samples
-        if context.store.shape.dim == 0:
-            raise InvalidInput("crd needs a feature store: its teacher memory is the store (not --online-teacher)")
         if n < 2:
-            raise InvalidInput("crd needs at least 2 samples in the store")
-        self.k = min(self.negatives, n - 1)
+            raise InvalidInput("crd needs at least 2 training samples")
+        self.num_data, self.k = n, min(self.negatives, n - 1)
         self.embed_s = nn.Linear(context.student_dim, self.feat_dim).to(context.device)
         self.embed_t = nn.Linear(context.teacher_dim, self.feat_dim).to(context.device)
-        bank, self.valid_rows = _teacher_bank(context.store, context.device, context.skip_bad_chunks)
-        self.register_buffer("teacher_bank", bank, persistent=False)
-        if self.valid_rows is not None:
-            self.k = min(self.k, len(self.valid_rows) - 1)
         self.generator = torch.Generator(device="cpu").manual_seed(context.seed + 7)
-        memory = torch.randn(n, self.feat_dim, generator=self.generator)
-        self.register_buffer("student_memory", F.normalize(memory, dim=1).to(context.device))  # saved for --resume
+        self.sampler = OtherClassNegatives(all_labels(context.store), self.k, self.generator)
+        bound = 1.0 / math.sqrt(self.feat_dim / 3)
+        for name in ("memory_s", "memory_t"):  # persistent buffers: --resume restores them
+            initial = torch.rand(n, self.feat_dim, generator=self.generator) * (2 * bound) - bound
+            self.register_buffer(name, initial.to(context.device))
+        self.register_buffer("normaliser", torch.full((2,), -1.0, dtype=torch.float64, device=context.device))
 
     def compute(self, inputs: DistillInputs) -> torch.Tensor:
         if self.embed_s is None:
-            raise InvalidInput("crd was not set up with a store (the trainer calls criterion.setup)")
-        idx = inputs.indices.to(self.teacher_bank.device)
-        s = F.normalize(self.embed_s(inputs.student_embedding), dim=1)
-        t = F.normalize(self.embed_t(inputs.teacher_embedding), dim=1)
-        if self.valid_rows is None:
-            negatives = torch.randint(0, self.teacher_bank.shape[0], (self.k,), generator=self.generator)
-        else:  # rows of skipped chunks are never negatives
-            negatives = self.valid_rows[torch.randint(0, len(self.valid_rows), (self.k,), generator=self.generator)]
-        negatives = negatives.to(idx.device)
-        with torch.no_grad():  # negatives carry no gradient, as CRD's memory-bank negatives (and ~⅓ faster)
-            t_neg = F.normalize(self.embed_t(self.teacher_bank[negatives].to(self.embed_t.weight.dtype)), dim=1)
-        s_neg = self.student_memory[negatives]
-        own = idx[:, None] == negatives[None, :]  # (B, K): a negative that is the anchor's own sample
-        loss = self._info_nce(s, t, t_neg, own) + self._info_nce(t, s, s_neg, own)
-        with torch.no_grad():
-            idx_all, s_all = _gather_from_ranks(idx, s.detach())
-            updated = self.momentum * self.student_memory[idx_all] + (1 - self.momentum) * s_all
-            self.student_memory[idx_all] = F.normalize(updated, dim=1)
+            raise InvalidInput("crd was not set up (the trainer calls criterion.setup)")
+        v_s = F.normalize(self.embed_s(inputs.student_embedding), dim=1)
+        v_t = F.normalize(self.embed_t(inputs.teacher_embedding), dim=1)
+        idx = inputs.indices.to(self.memory_s.device)
+        contrast = self.sampler.draw(idx, inputs.labels).to(idx.device)
+        loss = self.contrast(v_s, v_t, idx, contrast)
         return loss
 
-    def _info_nce(
-        self, anchor: torch.Tensor, positive: torch.Tensor, negatives: torch.Tensor, own: torch.Tensor
-    ) -> torch.Tensor:
-        pos = (anchor * positive).sum(dim=1, keepdim=True)
-        neg = (anchor @ negatives.t()).masked_fill(own, float("-inf"))
-        logits = torch.cat([pos, neg], dim=1) / self.tau
-        return F.cross_entropy(logits, torch.zeros(len(anchor), dtype=torch.long, device=anchor.device))
+    def contrast(self, v_s: torch.Tensor, v_t: torch.Tensor, idx: torch.Tensor, contrast: torch.Tensor) -> torch.Tensor:
+        """L_s + L_t for projected, normalised v_s, v_t (B, d) and contrast ids (B, K+1); then the
+        memory update. Separate from :meth:`compute` so tests can give the memories and negatives."""
+        exp_s = torch.exp(memory_scores(v_s, self.memory_t, contrast) / self.tau)
+        exp_t = torch.exp(memory_scores(v_t, self.memory_s, contrast) / self.tau)
+        if self.normaliser[0] < 0:  # Z fixed from the first batch, as RepDistiller
+            self.normaliser[0] = _mean_over_ranks(float(exp_s.detach().mean()) * self.num_data)
+            self.normaliser[1] = _mean_over_ranks(float(exp_t.detach().mean()) * self.num_data)
+        z_s, z_t = float(self.normaliser[0]), float(self.normaliser[1])
+        loss = nce_loss(exp_s / z_s, self.num_data) + nce_loss(exp_t / z_t, self.num_data)
+        with torch.no_grad():
+            idx_all, rows = gather_from_ranks(idx, torch.cat([v_s.detach(), v_t.detach()], dim=1))
+            for memory, new in ((self.memory_s, rows[:, : self.feat_dim]), (self.memory_t, rows[:, self.feat_dim :])):
+                memory[idx_all] = F.normalize(self.momentum * memory[idx_all] + (1 - self.momentum) * new, dim=1)
+        return loss

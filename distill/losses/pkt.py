@@ -2,19 +2,19 @@
 
 Each side's batch is turned into conditional probabilities p(j | i) from cosine similarities shifted to
 [0, 1] and normalised per row; the loss is the mean over all (i, j) of p_t log(p_t / p_s), a KL divergence
-between the two neighbourhood distributions. Dimension-free, like RKD.
+between the two neighbourhood distributions. Dimension-free, like RKD. Rows are divided by ‖z‖ + ε
+(ε = 1e-7) exactly as in the authors' and RepDistiller's code.
 """
 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from distill.losses.base import LOSSES, DistillInputs, DistillLoss
 
 
 def _conditional(z: torch.Tensor, eps: float) -> torch.Tensor:
-    z = F.normalize(z, p=2, dim=1, eps=eps)
+    z = z / (z.norm(p=2, dim=1, keepdim=True) + eps)  # ‖z‖ + eps, as the official code (not max(‖z‖, eps))
     similarity = (z @ z.t() + 1.0) / 2.0
     return similarity / similarity.sum(dim=1, keepdim=True)
 

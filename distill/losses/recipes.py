@@ -2,8 +2,10 @@
 
 Weights follow the HeadSharingKD README (resnet32x4 → resnet8x4) where it gives them (PAPER.md):
 ``th-kd`` = 1·CE + 1.5·KD + 0.02·TH. ``kd`` is the same without the TH term so that the two differ only by
-the shared head. ``rkd``/``sp`` use RepDistiller's β for those losses; ``pkt`` does not (see below). KDE's weight is per-sample-sum (see distill/losses/kde.py): 0.1·Σ over a batch of 64 is
-about the scale of the KD term early in training.
+the shared head. ``rkd``/``sp`` use RepDistiller's β for those losses; ``pkt`` does not (see below). ``crd`` is RepDistiller's CRD
+objective, ``crd-exact`` fsd's store-backed variant (distill/losses/crd_exact.py). KDE's weight is
+per-sample-sum (see distill/losses/kde.py): 0.1·Σ over a batch of 64 is about the scale of the KD term early
+in training.
 """
 
 from __future__ import annotations
@@ -23,16 +25,20 @@ RECIPES: dict[str, dict[str, float]] = {
     "kde": {"ce": 1.0, "kd": 1.5, "kde": 0.1},
     "th-kd": {"ce": 1.0, "kd": 1.5, "th": 0.02},
     "kde-th": {"ce": 1.0, "kd": 1.5, "kde": 0.1, "th": 0.02},
-    # RepDistiller's β for RKD and SP. PKT's β = 30000 was set for pooled ReLU features (non-negative, so
-    # cosines in [0, 1]); on BN'd embeddings its loss is orders of magnitude larger and 30000 diverged on
-    # digits (top-1 60.8 ± 14.6 over 3 seeds), so fsd uses 10 (docs/design-notes.md).
+    # RepDistiller's β for RKD and SP (SP on the student's last pre-pool feature map, as there; see
+    # distill/losses/sp.py for the teacher side). PKT's β = 30000 was set for pooled ReLU features
+    # (non-negative, so cosines in [0, 1]); on BN'd embeddings its loss is orders of magnitude larger and
+    # 30000 diverged on digits (top-1 60.8 ± 14.6 over 3 seeds), so fsd uses 10 (docs/design-notes.md).
     "rkd": {"ce": 1.0, "rkd": 1.0},
     "pkt": {"ce": 1.0, "pkt": 10.0},
     "sp": {"ce": 1.0, "sp": 3000.0},
-    # CRD as RepDistiller runs it (β = 0.8), and with the teacher head as in the HeadSharingKD README
+    # CRD as RepDistiller runs it (NCE, momentum memories, β = 0.8), and with the teacher head as in the
+    # HeadSharingKD README
     "crd": {"ce": 1.0, "crd": 0.8},
     "crd-th": {"ce": 0.9, "kd": 1.0, "crd": 0.8, "th": 0.02},
     "crd-kd": {"ce": 1.0, "kd": 1.0, "crd": 0.8},  # SH-KD step 3 in the README
+    # fsd's store-backed InfoNCE variant (exact teacher rows); same β although its gradient is ~2× crd's
+    "crd-exact": {"ce": 1.0, "crd-exact": 0.8},
 }
 
 

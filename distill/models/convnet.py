@@ -1,7 +1,9 @@
 """Small conv-net backbones (the digits teacher and student) with an explicit embedding/head split.
 
 Every model exposes ``forward_features(x) -> z`` (the embedding the store keeps and the representation
-losses compare) and ``forward_head(z) -> logits``; ``forward`` is their composition. That split is what
+losses compare) and ``forward_head(z) -> logits``; ``forward`` is their composition. fsd's own backbones also
+split ``forward_features`` into ``forward_feature_map`` (the last pre-pool map) and ``embed_feature_map``, so
+the trainer gets both in one pass (:func:`embedding_and_feature_map`) for feature-map losses (SP). That split is what
 lets fsd attach a teacher's head to a student's embedding. Constructors are registered by name and take
 only the numbers a checkpoint needs to rebuild them.
 """
@@ -52,9 +54,16 @@ class ConvNet(nn.Module):
         self.embedding_dim = embedding_dim
         self.num_classes = num_classes
 
+    def forward_feature_map(self, x: torch.Tensor) -> torch.Tensor:
+        """The last pre-pool feature map (B, C, H, W): what RepDistiller's SP compares."""
+        return self.features(x)
+
+    def embed_feature_map(self, feature_map: torch.Tensor) -> torch.Tensor:
+        """z from the feature map: global average pooling, then the embedding layer."""
+        return self.embed(feature_map.mean(dim=(2, 3)))
+
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        pooled = self.features(x).mean(dim=(2, 3))
-        return self.embed(pooled)
+        return self.embed_feature_map(self.forward_feature_map(x))
 
     def forward_head(self, z: torch.Tensor) -> torch.Tensor:
         return self.head(z)
@@ -87,3 +96,11 @@ def convnet_student(
 ) -> ConvNet:
     """The digits student: 2 stages of 8/16 channels (~3 k parameters with a 64-d embedding, ~30× smaller)."""
     return ConvNet((8, 16), embedding_dim, num_classes, in_channels, head, head_scale, head_margin)
+
+
+def embedding_and_feature_map(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(z, last pre-pool feature map) in one forward pass; the map is None for models that do not expose it."""
+    if hasattr(model, "forward_feature_map") and hasattr(model, "embed_feature_map"):
+        feature_map = model.forward_feature_map(x)
+        return model.embed_feature_map(feature_map), feature_map
+    return model.forward_features(x), None

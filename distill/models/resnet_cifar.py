@@ -102,9 +102,16 @@ class CifarResNet(nn.Module):
             if isinstance(module, nn.Conv2d):
                 nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
 
+    def forward_feature_map(self, x: torch.Tensor) -> torch.Tensor:
+        """The last pre-pool feature map (B, C, H, W), after the last block's ReLU: RepDistiller's ``feat[-2]``
+        (the map its SP is applied to)."""
+        return self.stages(self.stem(x))
+
+    def embed_feature_map(self, feature_map: torch.Tensor) -> torch.Tensor:
+        return self.embed(feature_map.mean(dim=(2, 3)))
+
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        pooled = self.stages(self.stem(x)).mean(dim=(2, 3))
-        return self.embed(pooled)
+        return self.embed_feature_map(self.forward_feature_map(x))
 
     def forward_head(self, z: torch.Tensor) -> torch.Tensor:
         return self.head(z)

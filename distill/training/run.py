@@ -26,7 +26,7 @@ from torch import nn
 from tqdm import tqdm
 
 from distill.losses import Criterion, DistillInputs, TrainingContext, build_criterion
-from distill.models import count_parameters, create_model
+from distill.models import count_parameters, create_model, embedding_and_feature_map
 from distill.models.checkpoint import Checkpoint, save_checkpoint
 from distill.models.heads import head_state
 from distill.models.registry import accepts
@@ -83,7 +83,7 @@ class DistillStep(nn.Module):
     def forward(
         self, x: torch.Tensor, labels: torch.Tensor, teacher_embedding: torch.Tensor, indices: torch.Tensor
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        z_s = self.student.forward_features(x)
+        z_s, feature_map = embedding_and_feature_map(self.student, x)
         z_s_t = self.projection(z_s)
         with torch.no_grad():
             teacher_logits = self.teacher_head(teacher_embedding)
@@ -96,6 +96,7 @@ class DistillStep(nn.Module):
             student_logits_th=self.teacher_head(z_s_t),
             student_embedding_t=z_s_t,
             indices=indices,
+            student_feature_map=feature_map,
         )
         result = self.criterion(inputs)
         return result.total, result.terms

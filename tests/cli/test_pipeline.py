@@ -246,6 +246,18 @@ def test_eval_model_writes_report_and_plot(artifacts, h, tmp_path, which):
     assert is_png(plot)
 
 
+def test_eval_th_mix_is_recorded_and_compare_names_it(artifacts, h, tmp_path):
+    plain, mixed = tmp_path / "plain.json", tmp_path / "mixed.json"
+    base = ("eval", "--faiss", "--model", artifacts.student, "--dataset", "digits", "--out")
+    h.run_ok(*base, plain)
+    h.run_ok(*base, mixed, "--th-mix", 0.3)
+    assert "th_mix" not in json.loads(plain.read_text())["source"]
+    assert json.loads(mixed.read_text())["source"]["th_mix"] == 0.3
+    out = h.run_ok("compare", plain, mixed).stdout
+    assert "mixed prediction p' = (1−W)·p_student + W·p_teacher-head for mixed (W = 0.3)" in out
+    assert "plain (W" not in out
+
+
 def test_eval_store_reports_teacher_top1_and_self_gallery_equals_leave_one_out(artifacts, h, tmp_path):
     out = tmp_path / "report.json"
     h.run_ok("eval", "--faiss", "--store", artifacts.store, "--gallery-store", artifacts.store, "--out", out)

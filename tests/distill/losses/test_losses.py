@@ -61,6 +61,7 @@ def random_inputs(
         teacher_logits=z_t @ w_t.T + b_t,
         student_logits_th=z_s @ w_t.T + b_t,
         indices=torch.arange(batch),
+        student_feature_map=torch.randn(batch, 3, 2, 2, generator=g, dtype=dtype),
     )
 
 
@@ -558,7 +559,7 @@ class _FakeStore:
 
     def read_chunk(self, chunk: int):
         start, stop = self.chunk_bounds(chunk)
-        return self.rows[start:stop], np.zeros(stop - start, dtype=np.int64), None
+        return self.rows[start:stop], np.arange(start, stop) % C, None  # every class (CRD's negatives)
 
 
 def _context() -> TrainingContext:

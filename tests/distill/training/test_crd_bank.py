@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from distill.losses import DistillInputs, TrainingContext
-from distill.losses.crd import ContrastiveRepresentationKD
+from distill.losses.crd_exact import StoreBackedCRD as ContrastiveRepresentationKD
 from featstore.errors import StoreError
 
 N, D, CHUNK = 30, 6, 10

@@ -27,7 +27,7 @@ def _store() -> SimpleNamespace:
 
 def _rank(rank: int, port: int, out: str) -> None:
     from distill.losses import DistillInputs, TrainingContext
-    from distill.losses.crd import ContrastiveRepresentationKD
+    from distill.losses.crd_exact import StoreBackedCRD as ContrastiveRepresentationKD
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=2)
