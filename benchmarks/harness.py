@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-TEACHER_ARCH, STUDENT_ARCH = "resnet32x4", "resnet8x4"  # the CIFAR pair of PAPER.md
+TEACHER_ARCH, STUDENT_ARCH = "resnet32x4", "resnet8x4"  # the CIFAR pair of docs/methods.md
 
 
 @dataclass(frozen=True)

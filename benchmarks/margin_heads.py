@@ -3,7 +3,7 @@ student's verification over vanilla? Writes a section of docs/results.md.
 
     python -m benchmarks.margin_heads [--seeds 3] [--epochs 30]
 
-Each digit class is treated as an identity; verification is TAR@FAR over all test pairs (DESIGN.md §4).
+Each digit class is treated as an identity; verification is TAR@FAR over all test pairs (docs/evaluation.md).
 For each teacher head (linear, arcface, cosface): one teacher, a 2-view store, then students (vanilla,
 th-kd, kde-th) per seed; TH-KD with a margin head uses the margin-free cosine logits × s.
 """
@@ -110,6 +110,8 @@ def main() -> None:
             print(head, recipe, metrics, flush=True)
 
     def cell(values):
+        if len(values) < 2:  # one seed has no spread (and statistics.stdev refuses it)
+            return f"{100 * statistics.fmean(values):.2f}"
         return f"{100 * statistics.fmean(values):.2f} ± {100 * statistics.stdev(values):.2f}"
 
     rows = []

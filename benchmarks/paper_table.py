@@ -99,8 +99,9 @@ def _sh_teacher(args: tuple) -> tuple[int, str, float]:
 
 def _summary(values: list[float]) -> str:
     mean = 100 * statistics.fmean(values)
-    std = 100 * statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{mean:.2f} ± {std:.2f}"
+    if len(values) < 2:  # one seed has no spread: "± 0.00" would claim one
+        return f"{mean:.2f}"
+    return f"{mean:.2f} ± {100 * statistics.stdev(values):.2f}"
 
 
 def parse_args() -> argparse.Namespace:

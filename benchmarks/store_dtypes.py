@@ -81,6 +81,8 @@ def one_minus(cosine: float) -> str:
 
 
 def pct(stat: dict[str, Any]) -> str:
+    if len(stat.get("values", [0, 0])) < 2:  # one seed has no spread: "± 0.00" would claim one
+        return f"{100 * stat['mean']:.2f}"
     return f"{100 * stat['mean']:.2f} ± {100 * stat['std']:.2f}"
 
 

@@ -4,7 +4,7 @@
 
 (the same as ``python -m benchmarks.run --sections training,amortisation``; see :mod:`benchmarks.run`).
 
-* ``training`` — one step of resnet8x4 (the CIFAR student of PAPER.md) on 32×32 inputs: vanilla (a plain CE
+* ``training`` — one step of resnet8x4 (the CIFAR student of docs/methods.md) on 32×32 inputs: vanilla (a plain CE
   step, no store), store-KD, store-TH-KD, store-CRD (RepDistiller's 16,384 negatives), online-KD and
   online-TH-KD (resnet32x4 run every step over the same views), and the bare teacher forward. The store and
   online variants are fsd's own run object, :class:`distill.training.run.StudentRun`, stepped one batch at a

@@ -54,7 +54,15 @@ R = EvalRequest  # every default below is the request's
     help="Cross-model retrieval against this checkpoint's embeddings of the same --dataset/--split "
     "(e.g. student queries, teacher gallery).",
 )
-@click.option("--far", "fars", default=",".join(f"{f:g}" for f in config_default(R, "fars")), show_default=True)
+@click.option(
+    "--far",
+    "fars",
+    default=",".join(f"{f:g}" for f in config_default(R, "fars")),
+    show_default=True,
+    metavar="F,...",
+    help="False-accept rates in (0, 1] at which verification reports TAR (the share of genuine pairs accepted "
+    "at the threshold that accepts that share of impostor pairs).",
+)
 @click.option("--out", type=FILE, help="Report JSON.")
 @click.option(
     "--pairs",

@@ -80,7 +80,22 @@ def info(store: str, as_json: bool) -> None:
 )
 @click.option("--seed", type=int, default=None, help="Seed that picks the --sample rows (default 0).")
 @click.option("--trust-code", is_flag=True, help="Allow a module:function --teacher (it runs that Python code).")
-def verify(store: str, teacher_path: str | None, sample: int | None, seed: int | None, trust_code: bool) -> None:
+@click.option(
+    "--dataset",
+    "dataset_spec",
+    default=None,
+    metavar="SPEC",
+    help="With --teacher: the dataset spec to recompute rows from (default: the one the store records; give it "
+    "when that was a relative folder: path and you run from elsewhere). Its fingerprint must be the store's.",
+)
+def verify(
+    store: str,
+    teacher_path: str | None,
+    sample: int | None,
+    seed: int | None,
+    trust_code: bool,
+    dataset_spec: str | None,
+) -> None:
     """Read every chunk of STORE and check it (readable, finite, labels in range, flagged done).
 
     With --teacher, K random (sample, view) rows are also recomputed: the stored view parameters must be
@@ -92,8 +107,10 @@ def verify(store: str, teacher_path: str | None, sample: int | None, seed: int |
 
     Example: fsd store verify store.zarr --teacher teacher.pt --sample 256
     """
-    if teacher_path is None and (sample is not None or seed is not None):
-        raise InvalidInput("--sample and --seed need --teacher (the live check recomputes rows with the teacher)")
+    if teacher_path is None and (sample is not None or seed is not None or dataset_spec is not None):
+        raise InvalidInput(
+            "--sample, --seed and --dataset need --teacher (the live check recomputes rows with the teacher)"
+        )
     if sample is not None and sample <= 0:
         raise InvalidInput(f"--sample must be positive, got {sample}")
     live_inputs = None
@@ -108,7 +125,7 @@ def verify(store: str, teacher_path: str | None, sample: int | None, seed: int |
         live_inputs = (
             opened,
             load_teacher(teacher_path, trust_code=trust_code),
-            load_dataset(recorded["spec"], recorded["split"]),
+            load_dataset(dataset_spec or recorded["spec"], recorded["split"]),
         )
     report = verify_store(store)
     if live_inputs is not None:

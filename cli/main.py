@@ -1,6 +1,6 @@
 """The ``fsd`` command group. Commands live one per module; this file wires them and maps errors.
 
-Error contract (DESIGN.md §3): an :class:`FsdError` — anything the user can fix — becomes one line
+Error contract (docs/cli.md): an :class:`FsdError` — anything the user can fix — becomes one line
 ``Error: …`` on stderr and exit code 2, with no traceback; click's own usage errors also exit 2; anything
 else is a bug and exits 1 with its traceback.
 """
@@ -13,7 +13,8 @@ import sys
 import click
 from click.shell_completion import CompletionItem
 
-from featstore.errors import FsdError
+from cli.types import finite_floats
+from featstore.errors import ENVIRONMENT_ERRNOS, FsdError
 
 COMMAND_MODULES: dict[str, str] = {
     "train-teacher": "cli.cmd_train_teacher",
@@ -31,6 +32,9 @@ COMMAND_MODULES: dict[str, str] = {
 Why lazy: the command modules import torch, zarr and faiss (about 2 s); ``fsd --help``, ``fsd --version`` and
 ``fsd COMMAND --help`` import at most one of them.
 """
+
+DEFAULT_THREADS = 4
+"""Default cap on torch/FAISS threads: about what the small CPU models still gain from (``--threads`` overrides)."""
 
 COMMAND_SUMMARIES: dict[str, str] = {
     "train-teacher": "Train a teacher (CE or a margin head) on a dataset split.",
@@ -57,7 +61,7 @@ class FsdGroup(click.Group):
         module = COMMAND_MODULES.get(cmd_name)
         if module is None:
             return None
-        command = importlib.import_module(module).command
+        command = finite_floats(importlib.import_module(module).command)
         command.short_help = COMMAND_SUMMARIES[cmd_name]  # one summary, wherever it is shown
         return command
 
@@ -77,12 +81,33 @@ class FsdGroup(click.Group):
         except FsdError as exc:
             message = " ".join(str(exc).split())  # one line, whatever the message held
             click.echo(f"Error: {message}", err=True)
+            ctx.exit(getattr(exc, "exit_code", 2))
+        except KeyboardInterrupt:  # where no command said more (what was kept, how to resume)
+            click.echo("Error: interrupted (Ctrl-C); nothing was finished", err=True)
+            ctx.exit(130)
+        except OSError as exc:
+            if exc.errno not in ENVIRONMENT_ERRNOS:
+                raise
+            where = f" ({exc.filename})" if exc.filename else ""
+            click.echo(
+                f"Error: {exc.strerror or exc}{where}; finished outputs are kept — free space or fix the folder's "
+                "permissions and re-run the same command",
+                err=True,
+            )
             ctx.exit(2)
 
 
 @click.group(cls=FsdGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(package_name="fsd", prog_name="fsd")
-def cli() -> None:
+@click.option(
+    "--threads",
+    type=click.IntRange(min=1),
+    default=None,
+    envvar="FSD_THREADS",
+    show_envvar=True,
+    help=f"CPU threads for torch and FAISS (default: at most {DEFAULT_THREADS}, never more than torch's own default).",
+)
+def cli(threads: int | None) -> None:
     """fsd — embedding knowledge distillation with a precomputed teacher feature store.
 
     \b
@@ -92,6 +117,21 @@ def cli() -> None:
       fsd train-student   --store store.zarr --dataset digits --out student.pt --recipe th-kd
       fsd eval --faiss    --model student.pt --dataset digits --split test --out report.json
     """
+    set_threads(threads)
+
+
+def set_threads(threads: int | None) -> None:
+    """``threads`` for torch and FAISS when given; else cap them at DEFAULT_THREADS (never raise them).
+
+    Why a cap: torch starts one thread per core, and on a loaded machine those threads compete with every other
+    process — measured 4-16× slower than one thread on a shared 2-core box with the small models fsd trains on
+    CPU. Libraries only count when the command imported them (``fsd compare`` never loads torch)."""
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        torch.set_num_threads(threads or min(torch.get_num_threads(), DEFAULT_THREADS))
+    faiss = sys.modules.get("faiss")
+    if faiss is not None:
+        faiss.omp_set_num_threads(threads or min(faiss.omp_get_max_threads(), DEFAULT_THREADS))
 
 
 def main() -> None:

@@ -39,6 +39,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import signal
 import threading
 import time
 import uuid
@@ -53,11 +54,12 @@ from tqdm import tqdm
 
 from featstore.codecs import DEFAULT_DTYPE
 from featstore.datasets import ImageDataset, load_dataset
-from featstore.errors import InvalidInput, StoreError
+from featstore.errors import ENVIRONMENT_ERRNOS, Interrupted, InvalidInput, StoreError
 from featstore.extract import (
     ExtractSummary,
     TeacherSource,
     extract_chunk,
+    mark_complete,
     open_or_create_store,
     summarise,
     validate_request,
@@ -242,11 +244,28 @@ def _connect(scheduler: str, timeout_s: float) -> Iterator[Any]:
 
 
 @contextlib.contextmanager
+def _workers_ignore_ctrl_c() -> Iterator[None]:
+    """Start worker processes with SIGINT ignored (an ignored signal stays ignored in a child), then restore.
+
+    Why: Ctrl-C goes to the whole process group; every worker used to print its own KeyboardInterrupt
+    traceback (68 lines for two workers). Only the driver handles it, and says how to resume."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+@contextlib.contextmanager
 def _local_cluster(n_workers: int) -> Iterator[Any]:
     """A LocalCluster of ``n_workers`` single-threaded processes and its client, both shut down on exit."""
     from distributed import Client, LocalCluster
 
     with (
+        _workers_ignore_ctrl_c(),
         LocalCluster(
             n_workers=n_workers,
             threads_per_worker=1,
@@ -280,6 +299,17 @@ def _run_tasks(client: Any, job: _Job, missing: list[int], chunks_per_task: int,
         raise StoreError(
             f"distributed extraction of {job.url} failed: {type(exc).__name__}: {exc}; the chunks "
             "written so far are kept, re-run the same command to resume"
+        ) from None
+    except OSError as exc:  # a worker's disk full / read-only store, re-raised here after its retries
+        if exc.errno not in ENVIRONMENT_ERRNOS:
+            raise
+        raise StoreError(
+            f"a worker writing {job.url} failed ({exc.strerror or exc}); the chunks written so far are kept — fix "
+            "the cause and re-run the same command to resume"
+        ) from None
+    except KeyboardInterrupt:
+        raise Interrupted(
+            f"interrupted; the chunks of {job.url} written so far are kept: re-run the same command to resume"
         ) from None
     finally:
         client.cancel(futures)  # nothing of this run keeps going on a shared cluster after we stop
@@ -370,7 +400,7 @@ def extract_teacher_distributed(
                     "re-run the same command to resume"
                 )
             if not store.complete:
-                store.mark_complete()
+                mark_complete(store)
     return summarise(store, computed=len(missing), seconds=time.perf_counter() - started, resumed=resumed)
 
 

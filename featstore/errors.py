@@ -8,6 +8,12 @@ It lives in ``featstore`` because ``distill`` depends on ``featstore`` and never
 
 from __future__ import annotations
 
+import errno
+
+ENVIRONMENT_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO})
+"""OSErrors the machine causes, not fsd (disk full, quota, read-only or forbidden folder, I/O error): each is one
+``Error:`` line (exit 2) on every path; any other OSError stays a bug report with its traceback."""
+
 
 class FsdError(Exception):
     """Root of every error fsd raises on purpose; the message is what the user reads."""
@@ -39,6 +45,22 @@ class StoreDamaged(StoreError):
 
 class StoreLocked(StoreError):
     """Another live process holds the store's writer lock."""
+
+
+class OutputLocked(FsdError, FileExistsError):
+    """Another live process is writing the same training output."""
+
+
+class Interrupted(FsdError, KeyboardInterrupt):
+    """The user pressed Ctrl-C; the message says what was kept and how to continue. Exit code 130 (SIGINT).
+
+    Still a KeyboardInterrupt, so Python callers that stop on Ctrl-C keep doing so."""
+
+    exit_code = 130
+
+
+class WriteFailed(FsdError, OSError):
+    """Writing an output failed for a reason of the machine's (disk full, read-only); says what was kept."""
 
 
 class CheckpointError(FsdError, ValueError):

@@ -39,13 +39,15 @@ def export_h5(
             compression="gzip",
         )
         labels = handle.create_dataset("labels", shape=(n,), dtype="int64")
-        views = handle.create_dataset("views", shape=(n, v, store.shape.num_params), dtype="float32")
+        # one view exported: its parameters only, (N, 1, P), so `fsd store import` reads the file back
+        kept_views = 1 if view is not None else v
+        views = handle.create_dataset("views", shape=(n, kept_views, store.shape.num_params), dtype="float32")
         for chunk in tqdm(range(store.num_chunks), desc="export", unit="chunk", disable=not progress):
             start, stop = store.chunk_bounds(chunk)
             rows, chunk_labels, chunk_views = store.read_chunk(chunk)
             emb[start:stop] = rows if view is None else rows[:, view]
             labels[start:stop] = chunk_labels
-            views[start:stop] = chunk_views
+            views[start:stop] = chunk_views if view is None else chunk_views[:, view : view + 1]
         if store.has_head:  # a head-less store (until fsd store fit-head) exports without one
             handle.create_dataset("head/weight", data=store.head_weight())
             bias = store.head_bias()

@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from featstore.codecs import DEFAULT_DTYPE, check_dtype
 from featstore.datasets import ImageDataset
-from featstore.errors import InvalidInput, StoreError
+from featstore.errors import Interrupted, InvalidInput, StoreError
 from featstore.lock import writer_lock
 from featstore.store import (
     FeatureStore,
@@ -150,6 +150,23 @@ def _check_same_head(store: FeatureStore, teacher: TeacherSource, url: str) -> N
         )
 
 
+def mark_complete(store: FeatureStore) -> None:
+    """Set ``complete``; a full disk here leaves every chunk written and only the flag to set again."""
+    try:
+        store.mark_complete()
+    except OSError as exc:
+        raise StoreError(
+            f"marking {store.url} complete failed ({exc.strerror or exc}); every chunk is written — fix the cause "
+            "and re-run the same command to finish"
+        ) from None
+
+
+def _nothing_finished(url: str) -> bool:
+    """True for a store whose every progress flag is false: re-creating it loses no work."""
+    store = open_store(url, require_complete=False, check=False)
+    return not store.done_chunks().any()
+
+
 def _open_for_resume(url: str, wanted: dict[str, Any]) -> FeatureStore:
     store = open_store(url, require_complete=False, writable=True)
     if wanted["chunk_rows"] is None:  # not given on the command line: resume with the store's own layout
@@ -213,6 +230,11 @@ def validate_request(
             raise InvalidInput(f"{name} must be positive, got {value}")
     if chunk_rows is not None and chunk_rows <= 0:
         raise InvalidInput(f"chunk-rows must be positive, got {chunk_rows}")
+    if chunk_rows is not None and chunk_rows > len(dataset):
+        raise InvalidInput(
+            f"chunk-rows {chunk_rows} exceeds the split's {len(dataset)} samples (one chunk would hold them all; "
+            f"use at most {len(dataset)}, or leave it out for the default)"
+        )
     check_head_classes(teacher, dataset.num_classes, dataset.spec)
     adapt = getattr(teacher.model, "adapt_to_dataset", None)
     if adapt is not None:  # e.g. an ONNX teacher converting this dataset's normalisation to its own
@@ -220,6 +242,12 @@ def validate_request(
     if teacher.input_shape is not None and list(teacher.input_shape) != list(dataset.image_shape):
         raise InvalidInput(
             f"teacher expects input {teacher.input_shape}, dataset {dataset.spec} gives {list(dataset.image_shape)}"
+        )
+    classes = int(np.asarray(teacher.head_weight).shape[0])
+    if classes < dataset.num_classes:  # the stored head would score labels it has no row for: training crashes
+        raise InvalidInput(
+            f"teacher {teacher.arch!r} has a head over {classes} classes, but dataset {dataset.spec} has "
+            f"{dataset.num_classes}: its logits cannot cover the dataset's labels"
         )
     _probe_embedding_width(teacher, dataset)
 
@@ -289,6 +317,10 @@ def open_or_create_store(
     if compute is not None:
         meta["compute"] = dict(compute)
     if store_exists(url) and overwrite:
+        remove_store(url)
+    if store_exists(url) and not overwrite and _nothing_finished(url):
+        # an earlier run failed before its first chunk (e.g. a teacher that output NaN): nothing to keep
+        warnings.warn(f"store {url} holds no finished chunk: re-initialising it", RuntimeWarning, stacklevel=3)
         remove_store(url)
     if store_exists(url):
         store = _open_for_resume(url, {**meta, "dtype": dtype, "chunk_rows": chunk_rows})
@@ -377,8 +409,14 @@ def extract_teacher(
                     f"{store.num_chunks} chunks are safely written — fix the cause and re-run the "
                     "same command to resume"
                 ) from None
+            except KeyboardInterrupt:
+                done = int(store.done_chunks().sum())
+                raise Interrupted(
+                    f"interrupted; {done}/{store.num_chunks} chunks of {url} are safely written: re-run the same "
+                    "command to resume"
+                ) from None
         if not store.complete:
-            store.mark_complete()
+            mark_complete(store)
     return summarise(store, computed=len(missing), seconds=time.perf_counter() - started, resumed=resumed)
 
 

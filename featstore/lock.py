@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from featstore.atomic import ensure_parent
-from featstore.errors import StoreLocked
+from featstore.errors import FsdError, InvalidInput, StoreLocked
 
 
 def _pid_alive(pid: int) -> bool:
@@ -84,8 +84,11 @@ def _remove_if_still(lock: Path, stale: dict) -> bool:
 
 
 @contextlib.contextmanager
-def writer_lock(store_path: Path | None) -> Iterator[None]:
-    """Hold ``<store_path>.lock`` for the duration of the block (no-op for ``None``: remote stores)."""
+def writer_lock(store_path: Path | None, what: str = "store", error: type[FsdError] = StoreLocked) -> Iterator[None]:
+    """Hold ``<store_path>.lock`` for the duration of the block (no-op for ``None``: remote stores).
+
+    ``what`` names the output in the refusal (a store, a training output) and ``error`` is what is raised.
+    A folder where the lock cannot be written (read-only, full) is an :class:`InvalidInput`, not an OSError."""
     if store_path is None:
         yield
         return
@@ -95,7 +98,11 @@ def writer_lock(store_path: Path | None) -> Iterator[None]:
     ensure_parent(lock)
     me = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.time()}
     for _ in range(3):
-        if _create_with_content(lock, me):
+        try:
+            created = _create_with_content(lock, me)
+        except OSError as exc:  # read-only folder, disk full, permissions
+            raise InvalidInput(f"cannot write the lock {lock} for {what} {store_path}: {exc.strerror or exc}") from None
+        if created:
             break
         owner = _read_owner(lock)
         pid, host = owner.get("pid"), owner.get("host")
@@ -104,12 +111,12 @@ def writer_lock(store_path: Path | None) -> Iterator[None]:
                 warnings.warn(f"taking over the stale lock {lock} of dead process {pid}", RuntimeWarning, stacklevel=3)
             continue  # retry: we removed the stale lock, or someone else replaced it meanwhile
         where = f"pid {pid} on {host}" if pid else "an unknown process"
-        raise StoreLocked(
-            f"store {store_path} is being written by {where} (lock {lock}); "
+        raise error(
+            f"{what} {store_path} is being written by {where} (lock {lock}); "
             "wait for it, or delete the lock file if that process is gone"
         )
     else:  # pragma: no cover - other processes keep re-creating it
-        raise StoreLocked(f"could not acquire {lock}")
+        raise error(f"could not acquire {lock}")
     try:
         yield
     finally:

@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from featstore.datasets import ImageDataset
 from featstore.errors import InvalidInput, StoreDamaged
@@ -223,7 +224,8 @@ def verify_store(url: str) -> VerifyReport:
     except Exception as exc:  # noqa: BLE001 - a damaged progress array
         report.problems.append(f"array progress/done cannot be read ({type(exc).__name__}: {exc})")
         return report
-    for chunk in range(store.num_chunks):
+    # progress on a terminal only (tqdm's disable=None): a long verify must not look hung, a log stays clean
+    for chunk in tqdm(range(store.num_chunks), desc="verify", unit="chunk", disable=None, leave=False):
         why = _check_chunk(store, chunk, bool(done[chunk]))
         report.chunks_checked += 1
         if why:

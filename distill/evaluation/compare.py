@@ -165,6 +165,22 @@ def _comparability_notes(reports: dict[str, dict[str, Any]]) -> list[str]:
         """``section[key]`` when section is a dict (a hand-edited report may hold anything), else None."""
         return section.get(key) if isinstance(section, dict) else None
 
+    def data(r: dict[str, Any]) -> str:
+        """The evaluated data: dataset spec and split, and its fingerprint when recorded (the same name may
+        hold other pixels: a folder dataset that changed)."""
+        src = r.get("source")
+        name = f"{field(src, 'dataset') or '?'}/{field(src, 'split') or '?'}"
+        fingerprint = field(src, "fingerprint")
+        return f"{name} ({str(fingerprint)[:12]})" if fingerprint else name
+
+    datasets = {name: data(r) for name, r in reports.items()}
+    if len(set(datasets.values())) > 1:
+        notes.append(
+            "note: the reports come from different datasets ("
+            + ", ".join(f"{n}: {v}" for n, v in datasets.items())
+            + "); their numbers are not comparable"
+        )
+
     def protocol(r: dict[str, Any]) -> str:
         if isinstance(r.get("ijb"), dict):
             return f"IJB templates ({field(r['ijb'].get('protocol'), 'dataset') or '?'})"

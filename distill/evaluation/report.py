@@ -1,4 +1,4 @@
-"""Building an evaluation report: the sections of DESIGN.md §4 from an :class:`~distill.evaluation.sources.EmbeddingSet`.
+"""Building an evaluation report: the sections of docs/evaluation.md from an :class:`~distill.evaluation.sources.EmbeddingSet`.
 
 The numbers come from the pure functions of :mod:`distill.evaluation.metrics` (the sections are those of its
 :data:`~distill.evaluation.metrics.METRICS` table), neighbour search from :mod:`distill.evaluation.search` (FAISS,
@@ -154,7 +154,7 @@ def evaluate(
     index_options: dict[str, Any] | None = None,
     ijb: Any = None,
 ) -> tuple[dict[str, Any], dict]:
-    """The report dict of DESIGN.md §4 and the ROC curve(s) for plotting: (report, {name: (far, tar)}).
+    """The report dict of docs/evaluation.md and the ROC curve(s) for plotting: (report, {name: (far, tar)}).
 
     Verification covers every unordered pair of known-label samples, computed exactly in bounded memory by
     :func:`distill.evaluation.verification.streaming_verification`; with ``pairs`` (from :mod:`distill.evaluation.protocols.pairs`) it covers

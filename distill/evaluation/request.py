@@ -179,7 +179,7 @@ def _gather(req: EvalRequest) -> tuple[EmbeddingSet, EmbeddingSet | None, Any]:
     elif req.store is not None:
         queries = embeddings_from_store(req.store)
     else:
-        queries = embeddings_from_h5(req.embeddings)
+        queries = embeddings_from_h5(req.embeddings, labels_required=parsed_pairs is None)  # pairs need no labels
     if req.gallery_store and req.gallery_model:
         raise InvalidInput("give at most one of --gallery-store and --gallery-model")
     if req.gallery_model is not None and not req.dataset:

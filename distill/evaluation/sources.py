@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from tqdm import tqdm
 
 from featstore.errors import InputNotFound, InvalidInput
 
@@ -105,7 +106,7 @@ def embeddings_from_checkpoint(
         raise InvalidInput(
             f"{path} expects images {ckpt.dataset.get('image_shape')}, {dataset_spec} gives {list(dataset.image_shape)}"
         )
-    embeddings, logits = embed_dataset(ckpt.build_model(), dataset, select_device(device))
+    embeddings, logits = embed_dataset(ckpt.build_model(), dataset, select_device(device), desc="embed")
     if th_mix is not None:
         logits = mixed_prediction_logits(ckpt, embeddings, logits, th_mix)
     if ckpt.num_classes != dataset.num_classes:
@@ -159,7 +160,8 @@ def embeddings_from_store(url: str, view: int = 0) -> EmbeddingSet:
         raise InvalidInput(f"view {view} outside the store's {store.shape.num_views} views")
     embeddings = np.empty((store.shape.num_samples, store.shape.dim), dtype=np.float32)
     labels = np.empty(store.shape.num_samples, dtype=np.int64)
-    for chunk in range(store.num_chunks):
+    # progress on a terminal only (tqdm's disable=None): reading a large store must not look hung
+    for chunk in tqdm(range(store.num_chunks), desc="read store", unit="chunk", disable=None, leave=False):
         start, stop = store.chunk_bounds(chunk)
         rows, chunk_labels, _ = store.read_chunk(chunk)
         embeddings[start:stop] = rows[:, view]
@@ -214,6 +216,11 @@ def embeddings_from_h5(path: str | Path, *, labels_required: bool = True, with_f
             lab = np.full(emb.shape[0], -1, dtype=np.int64)
         else:
             lab = handle["labels"]
+        if emb.ndim == 3:
+            raise InvalidInput(
+                f"{path}: embeddings {emb.shape} hold one embedding per view (N, V, D); evaluate one view: "
+                "`fsd store export STORE --view 0` writes (N, D)"
+            )
         if emb.ndim != 2 or lab.ndim != 1 or emb.shape[0] != lab.shape[0]:
             raise InvalidInput(
                 f"{path}: embeddings {emb.shape} and labels {lab.shape} do not match (need (N, D), (N,))"

@@ -11,7 +11,7 @@ scores are recomputed tile by tile in a few passes and only counts are kept:
   two-level radix: ``bins`` buckets, each split into ``2^32 / bins`` sub-buckets later).
 * **Pass 2** refines the few buckets that matter (≤ one per FAR, one for the EER crossing, one for the
   highest impostor) into full 32-bit counts, which pins down exactly the (k+1)-th largest impostor score
-  t of the sorted-list definition (DESIGN.md §4), #genuine > t, and FAR/FRR at every threshold near the EER.
+  t of the sorted-list definition (docs/evaluation.md), #genuine > t, and FAR/FRR at every threshold near the EER.
 * **ROC AUC** is the Mann-Whitney sum over impostors i of 2·#{genuine > i} + #{genuine == i}, in Python
   integers. Pairs in different buckets come from the histograms; for buckets holding both kinds, the
   genuine keys of a group of such buckets are collected (at most ``genuine_cap`` at once) and the next

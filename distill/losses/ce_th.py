@@ -1,6 +1,6 @@
 """CE of the teacher-head prediction: CE(g_t(P z_s), y) — the α_TH part of CE' in the paper's Eq. 2.
 
-With ``th`` it forms the paper's form of TH-KD (PAPER.md): H' = (1−α)·H(p_s, p_t) + α·H(p_s^TH, p_t) and
+With ``th`` it forms the paper's form of TH-KD (docs/methods.md): H' = (1−α)·H(p_s, p_t) + α·H(p_s^TH, p_t) and
 CE' = (1−α)·CE(p_s, y) + α·CE(p_s^TH, y); :func:`distill.losses.recipes.apply_th_alpha` builds those weights.
 """
 

@@ -1,6 +1,6 @@
 """Recipes are data: a name → {loss name: weight}. The criterion is their weighted sum.
 
-Weights follow the HeadSharingKD README (resnet32x4 → resnet8x4) where it gives them (PAPER.md):
+Weights follow the HeadSharingKD README (resnet32x4 → resnet8x4) where it gives them (docs/methods.md):
 ``th-kd`` = 1·CE + 1.5·KD + 0.02·TH. ``kd`` is the same without the TH term so that the two differ only by
 the shared head. ``rkd``/``sp`` use RepDistiller's β for those losses; ``pkt`` does not (see below). ``crd`` is RepDistiller's CRD
 objective, ``crd-exact`` fsd's store-backed variant (distill/losses/crd_exact.py). KDE's weight is
@@ -26,7 +26,8 @@ RECIPES: dict[str, dict[str, float]] = {
     "th-kd": {"ce": 1.0, "kd": 1.5, "th": 0.02},
     "kde-th": {"ce": 1.0, "kd": 1.5, "kde": 0.1, "th": 0.02},
     # RepDistiller's β for RKD and SP (SP on the student's last pre-pool feature map, as there; see
-    # distill/losses/sp.py for the teacher side). PKT's β = 30000 was set for pooled ReLU features
+    # distill/losses/sp.py for the teacher side). Measured: against convnet_teacher's signed (BN) embedding
+    # SP at β = 3000 swamps CE (digits top-1 54.7, Fashion-MNIST 48.7; docs/results.md); not re-tuned. PKT's β = 30000 was set for pooled ReLU features
     # (non-negative, so cosines in [0, 1]); on BN'd embeddings its loss is orders of magnitude larger and
     # 30000 diverged on digits (top-1 60.8 ± 14.6 over 3 seeds), so fsd uses 10 (docs/design-notes.md).
     "rkd": {"ce": 1.0, "rkd": 1.0},

@@ -41,9 +41,15 @@ class Checkpoint:
     fsd_version: str = field(default_factory=fsd_version)
 
     def build_model(self) -> nn.Module:
+        sizes = [(k, v) for k, v in [*self.model_config.items(), ("embedding_dim", self.embedding_dim)] if k in SIZES]
+        bad = {k: v for k, v in sizes if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v <= 0)}
+        if bad:  # torch would fail deep inside a layer ("negative dimension"), or build a model of nothing
+            raise CheckpointError(
+                f"checkpoint {', '.join(f'{k}={v!r}' for k, v in bad.items())}: sizes must be positive integers"
+            )
         try:
             model = create_model(self.arch, **self.model_config)
-        except (TypeError, ValueError) as exc:
+        except (TypeError, ValueError, RuntimeError) as exc:
             raise CheckpointError(f"checkpoint model_config does not fit arch {self.arch!r}: {exc}") from None
         try:
             model.load_state_dict(self.state_dict)
@@ -52,6 +58,10 @@ class Checkpoint:
                 f"checkpoint weights do not fit arch {self.arch!r}: {str(exc).splitlines()[0]}"
             ) from None
         return model.eval()
+
+
+SIZES = ("embedding_dim", "num_classes", "in_channels")
+"""Integer sizes a checkpoint records; each must be positive before a model is built from them."""
 
 
 def save_checkpoint(ckpt: Checkpoint, path: str | Path, *, overwrite: bool = False) -> Path:
@@ -78,7 +88,8 @@ def load_checkpoint(path: str | Path, *, kind: str | None = None) -> Checkpoint:
         raise CheckpointError(
             f"{path} is not a safe fsd checkpoint (refused by weights_only loading: {first})"
         ) from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as exc:
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError, KeyError, IndexError, TypeError) as exc:
+        # a text or random file read as a legacy pickle fails with any of these (KeyError: an unknown opcode)
         raise CheckpointError(f"{path} is not a readable checkpoint ({type(exc).__name__})") from None
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{path} is not an fsd checkpoint (format {CHECKPOINT_FORMAT})")

@@ -6,7 +6,7 @@ one network to another: from the store onto the student (TH-KD), or from a stude
 * ``linear``: g(z) = W z + b.
 * ``arcface`` (Deng et al. 2019) and ``cosface`` (Wang et al. 2018): logits s·cos(θ_c) between the
   normalised embedding and normalised class centres; during training the target class gets the margin,
-  cos(θ + m) or cos(θ) − m. At distillation and evaluation time no margin is applied (PAPER.md: the shared
+  cos(θ + m) or cos(θ) − m. At distillation and evaluation time no margin is applied (docs/methods.md: the shared
   head works on normalised embeddings and normalised class centres, cosine logits × scale).
 """
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 from torch import nn
+from tqdm import tqdm
 
 from featstore.datasets.base import ImageDataset
 from featstore.errors import InvalidInput
@@ -29,12 +30,14 @@ def select_device(name: str = "auto") -> torch.device:
 
 @torch.no_grad()
 def embed_dataset(
-    model: nn.Module, dataset: ImageDataset, device: torch.device, batch_size: int = 512
+    model: nn.Module, dataset: ImageDataset, device: torch.device, batch_size: int = 512, desc: str | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(embeddings float32 (N, D), logits float32 (N, C)) of the identity view of every sample."""
+    """(embeddings float32 (N, D), logits float32 (N, C)) of the identity view of every sample; with ``desc``,
+    a progress bar on a terminal (evaluation of a large split must not look hung)."""
     model.eval().to(device)
     embeddings, logits = [], []
-    for start in range(0, len(dataset), batch_size):
+    starts = range(0, len(dataset), batch_size)
+    for start in tqdm(starts, desc=desc, unit="batch", disable=True if desc is None else None, leave=False):
         x = dataset.get_images(np.arange(start, min(start + batch_size, len(dataset)))).to(device)
         z = model.forward_features(x)
         embeddings.append(z.float().cpu())

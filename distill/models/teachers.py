@@ -26,7 +26,9 @@ from __future__ import annotations
 import hashlib
 import importlib
 import inspect
+import os
 import re
+import sys
 import warnings
 from pathlib import Path
 from typing import Any
@@ -114,6 +116,9 @@ def _torchscript_source(argument: str, spec: str):
 
 def _function(spec: str):
     module_name, _, function_name = spec.partition(":")
+    # like `python -m`, the current directory is importable: a teacher module beside the user's data just works
+    if "" not in sys.path and os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
     try:
         module = importlib.import_module(module_name)
         factory = getattr(module, function_name)

@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from matplotlib.ticker import MaxNLocator
+
 from distill.plotting import save_png, subplots
 
 
@@ -22,6 +24,8 @@ def plot_training_curves(log: list[dict[str, Any]], path: str | Path, title: str
         ax_acc.plot(epochs, [100 * entry["test_accuracy"] for entry in log])
     ax_acc.set_xlabel("epoch")
     ax_acc.set_ylabel("test top-1 (%)")
+    for ax in (ax_loss, ax_acc):  # epochs are whole numbers: no 0.5-epoch ticks on short runs
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     fig.suptitle(title)
     save_png(fig, path)
 

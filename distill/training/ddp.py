@@ -8,6 +8,7 @@ gloo on CPU, nccl on CUDA; each rank uses ``cuda:LOCAL_RANK`` when CUDA is used.
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -41,7 +42,11 @@ class DistributedContext:
         # that do not read them. broadcast_buffers=False: buffers that must agree are kept in step by their
         # owners (CRD's student memory gathers every rank's rows); the rest need not be copied every step
         # (CRD's teacher bank is N × D).
-        return DistributedDataParallel(module, device_ids=ids, find_unused_parameters=True, broadcast_buffers=False)
+        # static_graph instead of find_unused_parameters: the same parameters go unused every step, and DDP then
+        # learns which after the first step instead of warning on every rank that it found none to skip.
+        with warnings.catch_warnings():  # torch ≥ 2.13 deprecates the name; its successor syncs at init (CRD's bank)
+            warnings.filterwarnings("ignore", message=".*broadcast_buffers.*", category=FutureWarning)
+            return DistributedDataParallel(module, device_ids=ids, static_graph=True, broadcast_buffers=False)
 
     def all_reduce_sum(self, tensor: torch.Tensor) -> torch.Tensor:
         if self.active:

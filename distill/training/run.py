@@ -34,6 +34,7 @@ from distill.training.amp import Amp
 from distill.training.common import accuracy, check_positive, make_optimizer, seed_everything
 from distill.training.curves import TensorBoardLog, plot_training_curves
 from distill.training.ddp import DistributedContext, init_distributed
+from distill.training.outputs import keep_resume_state
 from distill.training.resume import load_resume_state, run_identity, save_resume_state
 from distill.training.teacher_side import TeacherSide, teacher_side
 from featstore.atomic import atomic_write_text
@@ -125,6 +126,7 @@ def check_outputs(config: StudentConfig) -> None:
     """Refuse before any work: nothing to resume, or an output that exists without --overwrite."""
     out = Path(config.out)
     resume_path = resume_path_for(out)
+    keep_resume_state(resume_path, config.resume, config.overwrite)  # never start over on an interrupted run
     if config.resume and not resume_path.exists():
         raise InputNotFound(
             f"nothing to resume: {resume_path} does not exist"

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from distill.training.common import OptimConfig
+from distill.training.outputs import output_locked
 from distill.training.run import StudentRun, head_cosine, init_head_from, log_path_for, resume_path_for
 from distill.training.teacher_side import TeacherSide, check_store_matches, teacher_side
 
@@ -60,6 +61,7 @@ class StudentResult:
     log: list[dict[str, Any]]
 
 
+@output_locked(resume_path_for)  # one writer per --out; Ctrl-C and a full disk say how to continue
 def train_student(config: StudentConfig) -> StudentResult:
     """Train (or with ``config.resume`` continue) a student; under torchrun, one process per rank."""
     return StudentRun.build(config).fit()

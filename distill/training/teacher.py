@@ -1,7 +1,7 @@
 """Train a teacher with cross-entropy, on random views of the split, and save its checkpoint.
 
 The teacher is trained once; afterwards only its store is used. Margin heads (arcface, cosface) train
-with their margin. ``head_from`` is SH-KD's step 2 (PAPER.md): the teacher's classifier is *replaced* by a
+with their margin. ``head_from`` is SH-KD's step 2 (docs/methods.md): the teacher's classifier is *replaced* by a
 trained student's classifier, frozen, so the teacher's backbone learns a representation that the small
 student's classifier can read.
 """
@@ -27,6 +27,7 @@ from distill.training.common import (
     make_optimizer,
     seed_everything,
 )
+from distill.training.outputs import output_locked
 from featstore.atomic import file_sha256
 from featstore.datasets import load_dataset
 from featstore.errors import InvalidInput, OutputExists, TrainingDiverged
@@ -160,6 +161,7 @@ def train_epochs(model, train, config: TeacherConfig, optimizer, scheduler, gene
     return log
 
 
+@output_locked()  # one writer per --out
 def train_teacher(config: TeacherConfig) -> TeacherResult:
     """Train and save; refuses an existing output before doing any work."""
     out = Path(config.out)

@@ -13,7 +13,7 @@ from featstore.views import ViewPolicy
 def _digits(spec: str, argument: str, split: str) -> ImageDataset:
     """scikit-learn's bundled 8×8 digits (1,797 images, 10 classes): the one real image set always present.
 
-    Split exactly as DESIGN.md §3: train_test_split(arange(1797), test_size=0.25, random_state=0,
+    Split exactly as docs/cli.md: train_test_split(arange(1797), test_size=0.25, random_state=0,
     stratify=target); pixels / 16 so they lie in [0, 1].
     """
     if argument:

@@ -1,4 +1,4 @@
-"""Image datasets read from a user-named directory: ``cifar100:DIR`` and ``folder:DIR`` (DESIGN.md §3).
+"""Image datasets read from a user-named directory: ``cifar100:DIR`` and ``folder:DIR`` (docs/cli.md).
 
 Both load a whole split into memory as float32 (N, 3, H, W) already normalised, like ``digits``: the store
 pairs row i with sample i of the split, and the fingerprint hashes the exact pixels, so the cheapest correct
@@ -16,7 +16,7 @@ its fingerprint and still matches the stores made from it; any change of a pixel
     dict with ``b"data"`` (N, 3072) uint8 (1024 red, 1024 green, 1024 blue values, rows of 32) and
     ``b"fine_labels"`` (N ints in 0..99); ``DIR/meta`` (optional) has ``b"fine_label_names"``. Pixels are
     scaled to [0, 1] and normalised with the CIFAR-100 mean (0.5071, 0.4867, 0.4408) and std (0.2675,
-    0.2565, 0.2761) (PAPER.md, the RepDistiller recipe). The pickles are opened only from the directory the
+    0.2565, 0.2761) (docs/methods.md, the RepDistiller recipe). The pickles are opened only from the directory the
     user named, and with a restricted unpickler that admits nothing but plain containers and numpy arrays
     (``encoding="bytes"`` as the Python 2 files need), so a doctored file cannot run code — it is refused
     as invalid input.

@@ -64,7 +64,7 @@ def error_lines(result: Result) -> list[str]:
 
 
 def assert_refused(result: Result, before: dict[str, str], root: Path, match: str | None = None) -> str:
-    """DESIGN.md §3 for bad input: exit 2, exactly one ``Error: …`` line, no traceback, nothing changed."""
+    """docs/cli.md for bad input: exit 2, exactly one ``Error: …`` line, no traceback, nothing changed."""
     assert result.exit_code == 2, describe(result)
     lines = error_lines(result)
     assert len(lines) == 1, describe(result)

@@ -1,7 +1,7 @@
 """The happy path through ``fsd``: train-teacher → extract-teacher → train-student → eval, store info, help.
 
 Each step is checked through its printed output *and* through the Python API (the checkpoint loads, the
-store opens, the report has DESIGN.md §4's keys)."""
+store opens, the report has docs/evaluation.md's keys)."""
 
 from __future__ import annotations
 

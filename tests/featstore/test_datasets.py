@@ -1,4 +1,4 @@
-"""Tests for featstore.datasets: the digits split of DESIGN.md §3, pixel scale, fingerprints, and errors."""
+"""Tests for featstore.datasets: the digits split of docs/cli.md, pixel scale, fingerprints, and errors."""
 
 from __future__ import annotations
 

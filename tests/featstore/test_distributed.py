@@ -23,7 +23,7 @@ from distill.models.checkpoint import load_teacher_source
 from distill.training.teacher import TeacherConfig, train_teacher
 from featstore.dask_extract import extract_teacher_distributed, load_counts, plan_workers
 from featstore.datasets import load_dataset
-from featstore.errors import CheckpointError, InvalidInput
+from featstore.errors import CheckpointError, InvalidInput, StoreError
 from featstore.extract import extract_teacher
 from featstore.store import open_store
 
@@ -166,6 +166,26 @@ def test_worker_failure_is_reported_and_store_stays_resumable(teacher_path, refe
         (load_teacher_source, str(teacher_path)), "digits", "train", str(url), scheduler=c.scheduler_address, **OPTS
     )
     assert_identical(url, reference)
+
+
+def test_disk_full_in_a_worker_is_one_clear_error(teacher_path, cluster, tmp_path):
+    """A worker's OSError (here ENOSPC) reaches the driver after its retries: one StoreError saying the written
+    chunks are kept, not a traceback (issue 15, class 3)."""
+    import errno
+
+    c, _ = cluster
+    driver = os.getpid()
+
+    def loader():
+        if os.getpid() != driver:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return load_teacher_source(teacher_path)
+
+    with pytest.raises(StoreError, match="No space left on device.*re-run the same command"):
+        extract_teacher_distributed(
+            loader, "digits", "train", str(tmp_path / "f.zarr"), scheduler=c.scheduler_address, **OPTS
+        )
+    assert not (tmp_path / "f.zarr.lock").exists()
 
 
 @pytest.mark.parametrize(

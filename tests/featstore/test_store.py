@@ -103,7 +103,7 @@ def test_round_trip_per_dtype(tmp_path: Path, dtype: str) -> None:
         np.testing.assert_array_equal(cv, views[a:b])
     np.testing.assert_array_equal(opened.read_rows(3, 12)[0], emb[3:12])
 
-    # The raw arrays use the storage dtype of DESIGN.md §2.
+    # The raw arrays use the storage dtype of docs/store.md.
     group = zarr.open_group(str(tmp_path / "s.zarr"), mode="r")
     assert group["embeddings"].dtype == np.dtype(codecs.STORAGE_DTYPE[dtype])
     assert group["embeddings"].chunks == (CHUNK, V, D)

@@ -59,7 +59,7 @@ def identification_metrics(
     * ``tpir_at_fpir[f]``: sort the non-mated probes' top-1 scores descending s_1 >= s_2 >= …, n = floor(f·N),
       threshold t = s_(n+1) (-inf when n = N); TPIR = #{mated probes whose rank-1 template is of their subject
       and whose top-1 score > t} / M, so the non-mated probes accepted (top-1 > t) are at most f·N. ``None`` where
-      f·N < 1 or M = 0 — the exact sorted definition of TAR@FAR in DESIGN.md §4.
+      f·N < 1 or M = 0 — the exact sorted definition of TAR@FAR in docs/evaluation.md.
 
     Also ``num_probes``, ``num_mated``, ``num_nonmated``.
     """

@@ -12,7 +12,7 @@ given: flip-sum, "F2"), optionally L2-normalised (off by default: the norm acts 
 detector score when given; media feature = mean of the template's faces in that media; template feature = mean
 of its media features, L2-normalised (an all-zero template stays zero and scores 0 against everything).
 
-Metrics are DESIGN.md §4's: 1:1 uses :func:`distill.evaluation.metrics.verification_metrics` on the template-pair cosine
+Metrics are docs/evaluation.md's: 1:1 uses :func:`distill.evaluation.metrics.verification_metrics` on the template-pair cosine
 scores; 1:N is defined in :func:`distill.evaluation.metrics.identification_metrics`.
 """
 
@@ -190,7 +190,7 @@ def template_rows(template_ids: np.ndarray, wanted: Any, what: str = "template")
 def ijb_verification(
     template_feats: Any, pairs: Any, labels: Any, fars: Sequence[float] = metrics.FARS
 ) -> tuple[dict[str, Any], tuple[np.ndarray, np.ndarray]]:
-    """TAR@FAR, ROC AUC and EER (DESIGN.md §4, :func:`distill.evaluation.metrics.verification_metrics`) over template
+    """TAR@FAR, ROC AUC and EER (docs/evaluation.md, :func:`distill.evaluation.metrics.verification_metrics`) over template
     pairs: ``pairs`` ``(P, 2)`` rows of ``template_feats``, ``labels`` ``(P,)`` 1/True = same subject,
     0/False = different (anything else is an error). Returns ``(report, (far, tar))``; the report also has
     ``num_pairs``."""

@@ -198,7 +198,7 @@ def read_pairs(path: str | Path, fmt: str = "auto") -> ParsedPairs:
     if not path.is_file():
         raise InputNotFound(f"pairs file {path} does not exist")
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")  # a BOM (Windows editors) must not change the format read
     except UnicodeDecodeError as exc:
         raise InvalidInput(f"{path} is not a UTF-8 text file ({exc.reason} at byte {exc.start})") from None
     return parse_pairs(text, fmt, str(path))
@@ -207,8 +207,15 @@ def read_pairs(path: str | Path, fmt: str = "auto") -> ParsedPairs:
 def resolve_pairs(parsed: ParsedPairs, num_samples: int, names: Sequence[str] | None = None) -> Pairs:
     """Turn a parsed file's references into row indices of ``num_samples`` embeddings (named ``names``)."""
     if parsed.format == "index":
-        a = np.array(parsed.first, dtype=np.int64)
-        b = np.array(parsed.second, dtype=np.int64)
+        try:
+            a = np.array(parsed.first, dtype=np.int64)
+            b = np.array(parsed.second, dtype=np.int64)
+        except OverflowError:  # an index past int64: find it the slow way, to name its line
+            i = next(k for k, (x, y) in enumerate(zip(parsed.first, parsed.second)) if max(abs(x), abs(y)) >= 2**63)
+            raise InvalidInput(
+                f"{parsed.path} line {parsed.lines[i]}: index {max(parsed.first[i], parsed.second[i], key=abs)} out "
+                f"of range for {num_samples} embeddings (valid: 0..{num_samples - 1})"
+            ) from None
         bad = np.flatnonzero((a < 0) | (a >= num_samples) | (b < 0) | (b >= num_samples))
         if bad.size:
             i = int(bad[0])

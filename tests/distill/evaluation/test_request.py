@@ -54,7 +54,7 @@ def test_run_eval_writes_what_the_command_writes(h5: Path, tmp_path: Path) -> No
 
 
 def test_the_command_shows_and_uses_the_request_defaults() -> None:
-    help_text = CliRunner().invoke(cli, ["eval", "--help"]).output
+    help_text = " ".join(CliRunner().invoke(cli, ["eval", "--help"]).output.split())  # wrapping aside
     request = ev.EvalRequest()
     assert f"[default: {','.join(f'{f:g}' for f in request.fars)}]" in help_text
     assert request.fars == metrics.FARS and request.split == "test" and request.index == "exact"

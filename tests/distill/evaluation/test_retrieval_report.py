@@ -1,4 +1,4 @@
-"""retrieval_report always reports Recall@{1,2,4,8} (DESIGN.md §4), even with fewer than 8 other samples."""
+"""retrieval_report always reports Recall@{1,2,4,8} (docs/evaluation.md), even with fewer than 8 other samples."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """Tests for distill.losses: hand-computed values, direct-formula checks written with plain torch ops, the
 TH-KD gradient path through a frozen teacher head, recipes / --loss parsing, the Criterion, and the registry.
 
-Reference: /work/shared/PAPER.md (RepDistiller convention; HeadSharingKD official-code TH-KD term).
+Reference: /work/shared/docs/methods.md (RepDistiller convention; HeadSharingKD official-code TH-KD term).
 """
 
 from __future__ import annotations
@@ -111,7 +111,7 @@ def test_kd_temperature_scales_by_t_squared():
 
 
 def test_kd_default_temperature_is_four():
-    # PAPER.md: T = 4. t = [4 ln 3, 0] → t/4 = [ln 3, 0]; KL 0.1308120 × 16 = 2.0929922.
+    # docs/methods.md: T = 4. t = [4 ln 3, 0] → t/4 = [ln 3, 0]; KL 0.1308120 × 16 = 2.0929922.
     assert LogitKD().temperature == 4.0
     assert TeacherHeadKD().temperature == 4.0
     inputs = DistillInputs(

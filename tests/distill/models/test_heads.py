@@ -2,7 +2,7 @@
 gradients, defaults, frozen heads for every type, head_state round trips, and head_from_store on a real
 store extracted with a margin-head teacher.
 
-Reference: /work/shared/PAPER.md ("with a margin (ArcFace-type) teacher head, the shared head works on
+Reference: /work/shared/docs/methods.md ("with a margin (ArcFace-type) teacher head, the shared head works on
 normalised embeddings and normalised class centres (cosine logits × scale)").
 """
 
