@@ -243,7 +243,7 @@ def validate_request(
         raise InvalidInput(
             f"teacher expects input {teacher.input_shape}, dataset {dataset.spec} gives {list(dataset.image_shape)}"
         )
-    classes = int(np.asarray(teacher.head_weight).shape[0])
+    classes = int(np.asarray(teacher.head_weight).shape[0]) if teacher.has_head else dataset.num_classes
     if classes < dataset.num_classes:  # the stored head would score labels it has no row for: training crashes
         raise InvalidInput(
             f"teacher {teacher.arch!r} has a head over {classes} classes, but dataset {dataset.spec} has "
