@@ -32,7 +32,20 @@ R = EvalRequest  # every default below is the request's
     required=True,
     help="Use FAISS for neighbour search (required; faiss-gpu when present).",
 )
-@click.option("--model", type=PATH, help="Teacher or student checkpoint.")
+@click.option(
+    "--model",
+    metavar="MODEL",
+    help="Teacher or student checkpoint, or any teacher spec (onnx:PATH, timm:NAME, torchscript:PATH, …).",
+)
+@config_option(R, "trust_code", help="Allow a module:function --model (it runs that Python code).")
+@click.option(
+    "--bin",
+    "bins",
+    type=FILE,
+    multiple=True,
+    help="With --model: an insightface verification .bin (lfw.bin, cfp_fp.bin, …), 10-fold accuracy with "
+    "flip test; repeatable. Without --dataset only the .bin results are reported.",
+)
 @dataset_option(required=False)
 @split_option(config_default(R, "split"))
 @click.option("--store", metavar="STORE", help="Evaluate a store's identity-view embeddings.")
@@ -44,7 +57,7 @@ R = EvalRequest  # every default below is the request's
 )
 @click.option(
     "--gallery-model",
-    type=PATH,
+    metavar="MODEL",
     help="Cross-model retrieval against this checkpoint's embeddings of the same --dataset/--split "
     "(e.g. student queries, teacher gallery).",
 )
@@ -103,6 +116,9 @@ def command(use_faiss: bool, **options) -> None:
     Example: fsd eval --faiss --embeddings lfw.h5 --pairs pairs.txt --out lfw.json
 
     Example: fsd eval --faiss --embeddings ijbc.h5 --ijb-meta IJBC --out ijbc.json
+
+    Example: fsd eval --faiss --model student.pt --bin lfw.bin --bin cfp_fp.bin --out faces.json
     """
+    options["bins"] = tuple(options["bins"])
     given = {name: value for name, value in options.items() if value is not None}  # unset: the request's default
     run_eval(EvalRequest(**given), echo=click.echo)

@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from cli.options import (
+    TEACHER_SPEC_HELP,
     config_option,
     dataset_option,
     device_option,
@@ -33,9 +34,15 @@ E = ExtractConfig
     "--teacher",
     required=True,
     metavar="TEACHER",
-    help="fsd teacher checkpoint, torchscript:PATH, or module:function (needs --trust-code).",
+    help=TEACHER_SPEC_HELP,
 )
 @trust_code_option
+@click.option(
+    "--drop-head",
+    is_flag=True,
+    help="Leave the teacher's classifier out of the store (e.g. one over other classes); fit one later with "
+    "fsd store fit-head.",
+)
 @dataset_option()
 @split_option("train")
 @click.option("--out", required=True, metavar="STORE", help="Store path or fsspec URL (e.g. store.zarr).")
@@ -64,7 +71,7 @@ E = ExtractConfig
 @skip_bad_samples_option
 @overwrite_option
 @quiet_option
-def command(teacher, trust_code, device, workers, scheduler, quiet, **options):
+def command(teacher, trust_code, drop_head, device, workers, scheduler, quiet, **options):
     """Embed every (sample, view) with the teacher and write a Zarr feature store.
 
     Re-running the same command resumes an interrupted extraction (only missing chunks are computed);
@@ -73,11 +80,16 @@ def command(teacher, trust_code, device, workers, scheduler, quiet, **options):
     With --workers N or --scheduler ADDR the chunks are computed by dask workers (same bytes as a
     single-process run).
 
+    A teacher without a classifier (an ONNX face model, a timm backbone) gives a head-less store: fit
+    its head with fsd store fit-head before TH-KD.
+
     Example: fsd extract-teacher --teacher teacher.pt --dataset digits --out store.zarr --views 2
     """
     config = ExtractConfig(**options, device=str(select_device(device)), progress=not quiet)
     executor = None if workers is None and scheduler is None else DaskExecutor(workers=workers, scheduler=scheduler)
     # A picklable loader and an absolute path: dask workers load the teacher themselves.
     spec = str(Path(teacher).absolute()) if executor is not None and Path(teacher).exists() else teacher
-    summary = extract_store(config, (functools.partial(load_teacher, trust_code=trust_code), spec), executor)
+    summary = extract_store(
+        config, (functools.partial(load_teacher, trust_code=trust_code, drop_head=drop_head), spec), executor
+    )
     click.echo(summary.line())

@@ -73,10 +73,10 @@ def info(store: str, as_json: bool) -> None:
 @click.option(
     "--teacher",
     "teacher_path",
-    metavar="CKPT",
+    metavar="TEACHER",
     default=None,
-    help="Teacher checkpoint the store was extracted from: also recompute --sample random (sample, view) "
-    "rows live and compare them with the stored rows.",
+    help="Teacher the store was extracted from (any teacher spec: checkpoint, onnx:, timm:, …): also "
+    "recompute --sample random (sample, view) rows live and compare them with the stored rows.",
 )
 @click.option(
     "--sample",
@@ -208,3 +208,12 @@ def import_(
         file, load_dataset(dataset, split), out, dtype=dtype, chunk_rows=chunk_rows, overwrite=overwrite
     )
     click.echo(summary.line().replace("wrote", "imported into", 1))
+
+
+def _register_fit_head() -> None:
+    from cli.cmd_fit_head import command as fit_head
+
+    command.add_command(fit_head)
+
+
+_register_fit_head()

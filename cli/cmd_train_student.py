@@ -33,12 +33,23 @@ PATH = click.Path(dir_okay=False, path_type=Path)
 
 @click.command("train-student")
 @config_option(S, "store", metavar="STORE", help="Feature store written by extract-teacher.")
-@config_option(S, "online_teacher", type=PATH, help="Baseline instead of --store: run this teacher at every step.")
+@config_option(
+    S,
+    "online_teacher",
+    type=str,
+    metavar="TEACHER",
+    help="Baseline instead of --store: run this teacher (any teacher spec, as extract-teacher takes) at every step.",
+)
 @config_option(S, "views", help="With --online-teacher: views per sample (drawn as extract-teacher draws them).")
 @config_option(S, "view_seed", help="With --online-teacher: the extraction seed whose views are replayed.")
 @dataset_option()
 @split_option("train")
-@config_option(S, "arch", metavar="ARCH", help="Student architecture, one of: " + ", ".join(MODELS.names()) + ".")
+@config_option(
+    S,
+    "arch",
+    metavar="ARCH",
+    help="Student architecture, one of: " + ", ".join(MODELS.names()) + "; or timm:NAME, torchvision:NAME.",
+)
 @click.option("--out", type=PATH, required=True, help="Checkpoint to write.")
 @config_option(S, "recipe", help=f"One of: {', '.join(RECIPES)}.")
 @config_option(S, "loss", metavar="NAME=W,...", help='Override/add loss weights, e.g. "ce=1,kd=1.5,th=0.02".')
@@ -65,6 +76,7 @@ PATH = click.Path(dir_okay=False, path_type=Path)
 @config_option(S, "skip_bad_chunks", help="Skip store chunks that fail to decode or hold NaN/Inf (default: error).")
 @config_option(S, "plot", type=PATH, help="Write training curves (each loss term, test accuracy) as PNG.")
 @config_option(S, "tensorboard", type=click.Path(file_okay=False, path_type=Path), help="TensorBoard log folder.")
+@config_option(S, "trust_code", help="Allow module:function teachers and students (runs that Python code).")
 @config_option(S, "resume", help="Continue an interrupted run from STUDENT.resume.pt (last complete epoch).")
 @eval_split_option
 @image_size_option

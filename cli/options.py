@@ -13,6 +13,12 @@ from distill.models.inference import DEVICES
 from featstore.codecs import DTYPES
 from featstore.datasets import SPLITS
 
+TEACHER_SPEC_HELP = (
+    "fsd checkpoint, onnx:PATH[?size=112&mean=127.5&std=127.5], timm:NAME[?weights=PATH], "
+    "torchvision:NAME[?weights=PATH], torchscript:PATH, or module:function (needs --trust-code)."
+)
+"""What every option naming a model (--teacher, --model, --online-teacher) accepts: one factory behind all."""
+
 
 def dataset_option(required: bool = True):
     return click.option(

@@ -174,6 +174,8 @@ def _extract_task(job: _Job, chunks: list[int]) -> int:
         _prepare_process(job.gpus)
         teacher = _cached_teacher(job)
         dataset = _cached_dataset(job)
+        if hasattr(teacher.model, "adapt_to_dataset"):  # e.g. an ONNX teacher: the dataset's normalisation
+            teacher.model.adapt_to_dataset(dataset)
     store = open_store(job.url, require_complete=False, writable=True)
     device = torch.device(job.device)
     extract_chunks(store, chunks, teacher, dataset, seed=job.seed, batch_size=job.batch_size, device=device)

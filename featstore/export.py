@@ -48,10 +48,11 @@ def export_h5(
             emb[start:stop] = rows if view is None else rows[:, view]
             labels[start:stop] = chunk_labels
             views[start:stop] = chunk_views if view is None else chunk_views[:, view : view + 1]
-        handle.create_dataset("head/weight", data=store.head_weight())
-        bias = store.head_bias()
-        if bias is not None:
-            handle.create_dataset("head/bias", data=bias)
+        if store.has_head:  # a head-less store (until fsd store fit-head) exports without one
+            handle.create_dataset("head/weight", data=store.head_weight())
+            bias = store.head_bias()
+            if bias is not None:
+                handle.create_dataset("head/bias", data=bias)
         handle.attrs["fsd"] = json.dumps({**store.meta, "exported_view": view})
     return out
 

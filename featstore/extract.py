@@ -53,13 +53,23 @@ class TeacherSource:
     model: Any  # an nn.Module implementing EmbeddingModel
     arch: str
     checkpoint_sha256: str
-    embedding_dim: int
+    embedding_dim: int  # None only until extraction's probe for a head-less teacher of unknown width
     input_shape: list[int] | None  # None: any input (teachers brought as code or TorchScript)
-    head_type: str
-    head_weight: np.ndarray  # (C, D)
+    head_type: str | None  # None with head_weight None: a head-less embedding model (ONNX, pooled timm)
+    head_weight: np.ndarray | None  # (C, D)
     head_bias: np.ndarray | None
     head_scale: float | None = None
     head_margin: float | None = None
+
+    @property
+    def has_head(self) -> bool:
+        return self.head_weight is not None
+
+    def without_head(self) -> TeacherSource:
+        """The same network as a head-less embedding model (its classifier left out of the store)."""
+        return dataclasses.replace(
+            self, head_type=None, head_weight=None, head_bias=None, head_scale=None, head_margin=None
+        )
 
 
 @dataclass
@@ -93,7 +103,9 @@ def _store_meta(teacher: TeacherSource, dataset: Dataset, views: int, seed: int)
             "embedding_dim": teacher.embedding_dim,
             "input_shape": list(teacher.input_shape or dataset.image_shape),
         },
-        "head": {
+        "head": None
+        if not teacher.has_head
+        else {
             "type": teacher.head_type,
             "num_classes": int(teacher.head_weight.shape[0]),
             "scale": teacher.head_scale,
@@ -103,6 +115,7 @@ def _store_meta(teacher: TeacherSource, dataset: Dataset, views: int, seed: int)
             "spec": dataset.spec,
             "split": dataset.split,
             "num_samples": len(dataset),
+            "num_classes": int(dataset.num_classes),
             "fingerprint": dataset.fingerprint(),
         },
         "views": {
@@ -118,6 +131,16 @@ def _store_meta(teacher: TeacherSource, dataset: Dataset, views: int, seed: int)
 def _check_same_head(store: FeatureStore, teacher: TeacherSource, url: str) -> None:
     """The head a resumed store holds must be this teacher's, to the bit: the provenance hash alone cannot
     tell for every teacher source, and a mismatch would mix two teachers' chunks under one head."""
+    fitted = bool((store.meta.get("head") or {}).get("fitted"))  # fsd store fit-head, after extraction
+    if fitted and not teacher.has_head:
+        return
+    if store.has_head != teacher.has_head:
+        raise StoreError(
+            f"store {url} was extracted {'with' if store.has_head else 'without'} a teacher head and this teacher "
+            f"{'has' if teacher.has_head else 'has none'}; refusing to resume into it (use --overwrite to replace it)"
+        )
+    if not teacher.has_head:
+        return
     stored_bias = store.head_bias()  # one read of the array, not one per comparison
     if stored_bias is None or teacher.head_bias is None:
         same_bias = stored_bias is None and teacher.head_bias is None
@@ -288,17 +311,32 @@ def validate_request(
             f"chunk-rows {chunk_rows} exceeds the split's {len(dataset)} samples (one chunk would hold them all; "
             f"use at most {len(dataset)}, or leave it out for the default)"
         )
+    check_head_classes(teacher, dataset.num_classes, dataset.spec)
+    adapt = getattr(teacher.model, "adapt_to_dataset", None)
+    if adapt is not None:  # e.g. an ONNX teacher converting this dataset's normalisation to its own
+        adapt(dataset)
     if teacher.input_shape is not None and list(teacher.input_shape) != list(dataset.image_shape):
         raise InvalidInput(
             f"teacher expects input {teacher.input_shape}, dataset {dataset.spec} gives {list(dataset.image_shape)}"
         )
-    classes = int(np.asarray(teacher.head_weight).shape[0])
+    classes = int(np.asarray(teacher.head_weight).shape[0]) if teacher.has_head else dataset.num_classes
     if classes < dataset.num_classes:  # the stored head would score labels it has no row for: training crashes
         raise InvalidInput(
             f"teacher {teacher.arch!r} has a head over {classes} classes, but dataset {dataset.spec} has "
             f"{dataset.num_classes}: its logits cannot cover the dataset's labels"
         )
     _probe_embedding_width(teacher, dataset)
+
+
+def check_head_classes(teacher: TeacherSource, num_classes: int, where: str) -> None:
+    """A teacher head over another number of classes than the dataset's cannot teach it (TH-KD would crash
+    mid-training on the logits' shape): refuse it with the ways out."""
+    if teacher.has_head and int(teacher.head_weight.shape[0]) != int(num_classes):
+        raise InvalidInput(
+            f"teacher {teacher.arch!r} has a head over {int(teacher.head_weight.shape[0])} classes but dataset "
+            f"{where} has {num_classes}: extract without it (--drop-head) and fit one on the stored embeddings "
+            "with fsd store fit-head"
+        )
 
 
 @torch.no_grad()
@@ -316,9 +354,12 @@ def _probe_embedding_width(teacher: TeacherSource, dataset: Dataset) -> None:
             f"{type(exc).__name__}: {exc}"
         ) from None
     width = int(out.shape[-1]) if out.ndim == 2 else None
+    if teacher.embedding_dim is None and width is not None:  # a head-less teacher declares no width
+        teacher.embedding_dim = width
     if width != teacher.embedding_dim:
+        expects = "its head expects" if teacher.has_head else "it declares"
         raise InvalidInput(
-            f"teacher {teacher.arch!r} returns embeddings of shape {tuple(out.shape)} but its head expects "
+            f"teacher {teacher.arch!r} returns embeddings of shape {tuple(out.shape)} but {expects} "
             f"(batch, {teacher.embedding_dim})"
         )
 
@@ -377,7 +418,8 @@ def open_or_create_store(
                 stacklevel=3,
             )
         return store, True
-    shape = StoreShape(len(dataset), views, teacher.embedding_dim, len(PARAM_NAMES), int(teacher.head_weight.shape[0]))
+    classes = int(teacher.head_weight.shape[0]) if teacher.has_head else int(dataset.num_classes)
+    shape = StoreShape(len(dataset), views, teacher.embedding_dim, len(PARAM_NAMES), classes)
     rows_per_chunk = chunk_rows or default_chunk_rows(len(dataset), views, teacher.embedding_dim, dtype)
     store = create_store(
         url,

@@ -68,13 +68,14 @@ def _array_problems(group: Any, meta: dict[str, Any], arrays: dict[str, Any]) ->
     chunk_rows = meta.get("chunk_rows")
     if not isinstance(chunk_rows, int) or isinstance(chunk_rows, bool) or chunk_rows <= 0:
         return problems + [f"attribute chunk_rows is {chunk_rows!r}, not a positive integer"]
-    head_w = arrays["head/weight"]
     expected: dict[str, tuple[int, ...]] = {
         "labels": (n,),
         "views": (n, v, int(arrays["views"].shape[-1]) if arrays["views"].ndim == 3 else -1),
         "progress/done": (math.ceil(n / chunk_rows),),
-        "head/weight": (int(head_w.shape[0]) if head_w.ndim == 2 else -1, d),
     }
+    if "head/weight" in arrays:  # absent in a head-less store (until fsd store fit-head)
+        head_w = arrays["head/weight"]
+        expected["head/weight"] = (int(head_w.shape[0]) if head_w.ndim == 2 else -1, d)
     if "scales" in arrays:
         expected["scales"] = (n, v)
     if "head/bias" in arrays:
@@ -94,15 +95,17 @@ def _array_problems(group: Any, meta: dict[str, Any], arrays: dict[str, Any]) ->
     if recorded_v is not None and recorded_v != v:
         problems.append(f"attributes say {recorded_v} views, arrays hold {v}")
     recorded_c = (meta.get("head") or {}).get("num_classes")
-    if recorded_c is not None and recorded_c != expected["head/weight"][0]:
+    if recorded_c is not None and "head/weight" in expected and recorded_c != expected["head/weight"][0]:
         problems.append(f"attributes say {recorded_c} classes, head/weight has {expected['head/weight'][0]} rows")
     return problems
 
 
-def open_arrays(group: Any, dtype: Any) -> tuple[dict[str, Any], list[str]]:
-    """Every array a store must hold (scales only for int8), and a problem line for each that is missing
-    (deleted, or its ``zarr.json`` gone) or unreadable as an array."""
-    names = ["embeddings", "labels", "views", "progress/done", "head/weight"] + (["scales"] if dtype == "int8" else [])
+def open_arrays(group: Any, dtype: Any, headless: bool = False) -> tuple[dict[str, Any], list[str]]:
+    """Every array a store must hold (scales only for int8; no head when its attributes say ``head: null``,
+    a head-less teacher's store), and a problem line for each that is missing (deleted, or its ``zarr.json``
+    gone) or unreadable as an array."""
+    names = ["embeddings", "labels", "views", "progress/done"] + ([] if headless else ["head/weight"])
+    names += ["scales"] if dtype == "int8" else []
     arrays, problems = {}, []
     for name in names:
         try:
@@ -110,7 +113,7 @@ def open_arrays(group: Any, dtype: Any) -> tuple[dict[str, Any], list[str]]:
         except Exception as exc:  # noqa: BLE001 - KeyError, or zarr's many kinds for a bad zarr.json
             problems.append(f"array {name} is missing or unreadable ({type(exc).__name__}); the store was damaged")
     try:
-        if "bias" in group["head"]:
+        if not headless and "bias" in group["head"]:
             arrays["head/bias"] = group["head/bias"]
     except Exception:  # noqa: BLE001 - head missing is already reported through head/weight
         pass
@@ -119,7 +122,7 @@ def open_arrays(group: Any, dtype: Any) -> tuple[dict[str, Any], list[str]]:
 
 def layout_problems(group: Any, meta: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
     """(the arrays, every problem found): the static part of the gate — nothing here reads a chunk."""
-    arrays, problems = open_arrays(group, meta.get("dtype"))
+    arrays, problems = open_arrays(group, meta.get("dtype"), headless="head" in meta and meta["head"] is None)
     if problems:
         return arrays, problems
     return arrays, _array_problems(group, meta, arrays)

@@ -11,6 +11,7 @@ never rewrite each other's flags.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime as _dt
 import json
 import math
@@ -216,7 +217,7 @@ class FeatureStore(ChunkGeometry):
             num_views=int(emb.shape[1]),
             dim=int(emb.shape[2]),
             num_params=int(arrays["views"].shape[2]),
-            num_classes=int(arrays["head/weight"].shape[0]),
+            num_classes=_num_classes(arrays, self.meta, group),
         )
         self._row_arrays: dict[str, Any] | None = None
         self._chunk_files: dict[str, _ChunkFiles | None] | None = None
@@ -259,6 +260,8 @@ class FeatureStore(ChunkGeometry):
         """Head finite, labels in range and equal to the recorded digest (integrity.content_problems)."""
 
         def read(name: str) -> np.ndarray | None:
+            if name.startswith("head/") and not self.has_head:
+                raise KeyError(name)  # a head-less store: nothing to check
             if name == "head/bias":
                 return self.head_bias()
             return self.labels() if name == "labels" else self.head_weight()
@@ -496,19 +499,71 @@ class FeatureStore(ChunkGeometry):
         """All labels (int64, N) — small next to the embeddings, so loading them whole is fine."""
         return np.asarray(self._read("labels"), dtype=np.int64)
 
+    @property
+    def has_head(self) -> bool:
+        """False for a store extracted from a head-less teacher (an ONNX or a pooled timm embedding model)
+        until ``fsd store fit-head`` trains one on the stored embeddings."""
+        return _has_head(self._group)
+
     def head_weight(self) -> np.ndarray:
+        if not self.has_head:
+            raise StoreError(
+                f"store {self.url} has no teacher head (its teacher came without a classifier); "
+                f"fit one on the stored embeddings with: fsd store fit-head {self.url} --head arcface"
+            )
         return np.asarray(self._read("head/weight"), dtype=np.float32)
 
     def head_bias(self) -> np.ndarray | None:
+        if not self.has_head:
+            return None
         head = self._group["head"]
         return np.asarray(self._read("head/bias"), dtype=np.float32) if "bias" in head else None
+
+    def install_head(
+        self, weight: np.ndarray, bias: np.ndarray | None, head_meta: dict[str, Any], *, overwrite: bool = False
+    ) -> None:
+        """Write a (fitted) classifier as ``head/`` and record ``head_meta`` in the attributes.
+
+        Local stores get it atomically: the arrays are built under a hidden name inside the store and renamed
+        into place, so readers see the old head or the new one, never a half-written one (the attributes,
+        written last, then describe it). A store that has a head is refused unless ``overwrite``.
+        """
+        if self.has_head and not overwrite:
+            raise OutputExists(f"store {self.url} already has a head (use --overwrite to replace it)")
+        if weight.ndim != 2 or weight.shape[1] != self.shape.dim:
+            raise StoreError(f"head weight {weight.shape} does not fit the store's {self.shape.dim}-d embeddings")
+        crc = self.checksummed
+        local = local_path(self.url)
+        if local is None:  # fsspec stores have no rename: arrays first, attributes last
+            if self.has_head:
+                del self._group["head"]
+            write_head_arrays(self._group, weight, bias, crc=crc)
+        else:
+            token = uuid.uuid4().hex[:8]
+            building = f".head-building-{token}"
+            write_head_arrays(self._group, weight, bias, name=building, crc=crc)
+            root = local.absolute()
+            aside = root / f".head-old-{token}"
+            if self.has_head:
+                os.rename(root / "head", aside)
+            os.rename(root / building, root / "head")
+            shutil.rmtree(aside, ignore_errors=True)
+            self._group = zarr.open_group(_zarr_store(self.url), mode="r+")
+        self.meta["head"] = dict(head_meta)
+        self._group.attrs["fsd"] = self.meta
+        self.shape = dataclasses.replace(self.shape, num_classes=int(weight.shape[0]))
 
     # -- sizes ------------------------------------------------------------------------------------------
     def nbytes_stored(self) -> int:
         """Compressed bytes of all arrays (what the store costs on disk, metadata excluded)."""
         return int(
             sum(arr.nbytes_stored() for _, arr in self._group.arrays())
-            + sum(arr.nbytes_stored() for name in ("head", "progress") for _, arr in self._group[name].arrays())
+            + sum(
+                arr.nbytes_stored()
+                for name in ("head", "progress")
+                if name in self._group
+                for _, arr in self._group[name].arrays()
+            )
         )
 
     def nbytes_embeddings(self) -> tuple[int, int]:
@@ -541,6 +596,22 @@ class FeatureStore(ChunkGeometry):
             "checksums": self.checksummed,
             **{key: self.meta.get(key) for key in ("teacher", "head", "dataset", "views", "created", "fsd_version")},
         }
+
+
+def _has_head(group: zarr.Group) -> bool:
+    return "head" in group and "weight" in group["head"]
+
+
+def _num_classes(arrays: dict[str, Any], meta: dict[str, Any], group: zarr.Group) -> int:
+    """The head's rows; for a head-less store the dataset's class count (recorded since head-less stores
+    exist), else one more than the largest label."""
+    if "head/weight" in arrays:
+        return int(arrays["head/weight"].shape[0])
+    recorded = (meta.get("dataset") or {}).get("num_classes")
+    if recorded:
+        return int(recorded)
+    labels = np.asarray(group["labels"][:])
+    return int(labels.max()) + 1 if labels.size else 0
 
 
 def identity_of(meta: dict[str, Any]) -> dict[str, Any]:
@@ -627,7 +698,7 @@ def create_store(
     chunk_rows: int,
     labels: np.ndarray,
     shard: int | None = None,
-    head_weight: np.ndarray,
+    head_weight: np.ndarray | None,
     head_bias: np.ndarray | None,
     meta: dict[str, Any],
 ) -> FeatureStore:
@@ -682,7 +753,7 @@ def _initialise(
     factor: int,
     unit_rows: int,
     labels: np.ndarray,
-    head_weight: np.ndarray,
+    head_weight: np.ndarray | None,
     head_bias: np.ndarray | None,
     meta: dict[str, Any],
 ) -> None:
@@ -733,11 +804,8 @@ def _initialise(
         fill_value=0,
         compressors=Crc32cCodec(),
     )
-    group.create_array("head/weight", shape=head_weight.shape, dtype="float32", compressors=Crc32cCodec())
-    group["head/weight"][...] = head_weight.astype(np.float32)
-    if head_bias is not None:
-        group.create_array("head/bias", shape=head_bias.shape, dtype="float32", compressors=Crc32cCodec())
-        group["head/bias"][...] = head_bias.astype(np.float32)
+    if head_weight is not None:  # None: a head-less teacher (fsd store fit-head adds one later)
+        write_head_arrays(group, head_weight, head_bias)
     labels = np.asarray(labels, dtype=np.int64)
     # every labels chunk gets its file (even all -1): a missing one is then damage, not "unknown labels"
     group["labels"].with_config({"write_empty_chunks": True})[...] = labels
@@ -754,3 +822,16 @@ def _initialise(
     }
     json.dumps(attrs)  # fail here, not half-way, if something is not JSON
     group.attrs["fsd"] = attrs
+
+
+def write_head_arrays(
+    group: zarr.Group, weight: np.ndarray, bias: np.ndarray | None, name: str = "head", crc: bool = True
+) -> None:
+    """The classifier arrays ``name/weight`` (C, D) [and ``name/bias`` (C,)], float32, crc32c-checked
+    (format 2; ``crc=False`` for a format-1 store)."""
+    codec = Crc32cCodec() if crc else None
+    group.create_array(f"{name}/weight", shape=weight.shape, dtype="float32", compressors=codec)
+    group[f"{name}/weight"][...] = weight.astype(np.float32)
+    if bias is not None:
+        group.create_array(f"{name}/bias", shape=bias.shape, dtype="float32", compressors=codec)
+        group[f"{name}/bias"][...] = bias.astype(np.float32)

@@ -311,9 +311,13 @@ def _identity_problems(
             f"{list(dataset.image_shape)}"
         )
         comparable = False
-    head = store.head_weight()
-    if head.shape != teacher.head_weight.shape or not np.array_equal(head, teacher.head_weight.astype(np.float32)):
-        problems.append("the stored head/weight is not the teacher's classifier weights")
+    fitted = bool((store.meta.get("head") or {}).get("fitted"))  # fsd store fit-head: not the teacher's own
+    if teacher.has_head and not store.has_head:
+        problems.append("the store has no head but the teacher has a classifier")
+    elif teacher.has_head and not fitted:
+        head = store.head_weight()
+        if head.shape != teacher.head_weight.shape or not np.array_equal(head, teacher.head_weight.astype(np.float32)):
+            problems.append("the stored head/weight is not the teacher's classifier weights")
     recorded_data = store.meta.get("dataset", {})
     if recorded_data.get("fingerprint") != dataset.fingerprint() or len(dataset) != store.shape.num_samples:
         problems.append(
@@ -445,6 +449,8 @@ def verify_live(
 
     device = torch.device(device)
     model = teacher.model.eval().to(device)
+    if hasattr(model, "adapt_to_dataset"):  # e.g. an ONNX teacher converting the dataset's normalisation
+        model.adapt_to_dataset(dataset)
     live = np.empty_like(stored, dtype=np.float32)
     for start, rendered in zip(range(0, len(rows), batch_size), rows_batches(dataset, rows[:, 0], params, batch_size)):
         x = rendered.x[:, 0].to(device)

@@ -44,7 +44,9 @@ class EvalRequest:
     ``store`` or ``embeddings``; optionally a cross-model gallery. The field names are ``fsd eval``'s options."""
 
     # sources: where the embeddings come from (distill.evaluation.sources)
-    model: Path | str | None = None  # a teacher or student checkpoint, run over dataset/split
+    model: Path | str | None = None  # a checkpoint or any model spec (onnx:, timm:, …), run over dataset/split
+    trust_code: bool = False  # a module:function model runs Python code only when asked to
+    bins: tuple[Path | str, ...] = ()  # insightface verification .bin files, run through model (flip test)
     dataset: str | None = None
     split: str = "test"
     store: str | None = None  # a store's identity-view teacher embeddings
@@ -92,8 +94,10 @@ def _check(req: EvalRequest) -> tuple[tuple[float, ...], Path | None]:
     and the CMC plot path."""
     if len([s for s in (req.model, req.store, req.embeddings) if s is not None]) != 1:
         raise InvalidInput("give exactly one of --model, --store, --embeddings")
-    if req.model is not None and not req.dataset:
-        raise InvalidInput("--model needs --dataset")
+    if req.model is not None and not req.dataset and not req.bins:
+        raise InvalidInput("--model needs --dataset (or --bin)")
+    if req.bins and req.model is None:
+        raise InvalidInput("--bin needs --model (the network that embeds the .bin images)")
     if req.th_mix is not None and req.model is None:
         raise InvalidInput("--th-mix needs --model (a student checkpoint)")
     if req.ijb_meta is not None:
@@ -136,11 +140,19 @@ def run_eval(request: EvalRequest, echo: Callable[[str], None] | None = None) ->
     use_gpu = False if request.device == "cpu" else None  # --device cpu keeps FAISS and pair scoring on the CPU
     if request.ijb_meta is not None:
         return _run_ijb(request, fars, use_gpu, cmc_plot, say)
+    _read_bins(request)  # a bad .bin fails before any model runs
+    if request.bins and not request.dataset:  # .bin files only
+        result = EvalResult({"source": {"model": str(request.model)}, "bin": _bin_results(request, say)}, {}, None)
+        if request.out is not None:
+            _write_report(result, Path(request.out), say)
+        return result
     queries, gallery, pairs = _gather(request)
     report, curves = evaluate(queries, gallery=gallery, fars=fars, use_gpu=use_gpu, pairs=pairs, index=request.index)
     say(report_table(report))
     for line in protocol_lines(report["verification"]):
         say(line)
+    if request.bins:
+        report["bin"] = _bin_results(request, say)
     result = EvalResult(report, curves, queries)
     if request.out is not None:
         _write_report(result, Path(request.out), say)
@@ -164,7 +176,7 @@ def _gather(req: EvalRequest) -> tuple[EmbeddingSet, EmbeddingSet | None, Any]:
     parsed_pairs = read_pairs(req.pairs, req.pairs_format) if req.pairs is not None else None
     if req.model is not None:
         queries = embeddings_from_checkpoint(
-            req.model, req.dataset, req.split, req.device, th_mix=req.th_mix, **_loading(req)
+            req.model, req.dataset, req.split, req.device, th_mix=req.th_mix, trust_code=req.trust_code, **_loading(req)
         )
     elif req.store is not None:
         queries = embeddings_from_store(req.store)
@@ -176,9 +188,34 @@ def _gather(req: EvalRequest) -> tuple[EmbeddingSet, EmbeddingSet | None, Any]:
         raise InvalidInput("--gallery-model needs --dataset (the split both models embed)")
     gallery = embeddings_from_store(req.gallery_store) if req.gallery_store else None
     if req.gallery_model is not None:
-        gallery = embeddings_from_checkpoint(req.gallery_model, req.dataset, req.split, req.device, **_loading(req))
+        gallery = embeddings_from_checkpoint(
+            req.gallery_model, req.dataset, req.split, req.device, trust_code=req.trust_code, **_loading(req)
+        )
     pairs = resolve_pairs(parsed_pairs, len(queries.labels), queries.names) if parsed_pairs is not None else None
     return queries, gallery, pairs
+
+
+def _read_bins(req: EvalRequest) -> None:
+    from distill.evaluation.protocols.bin import read_bin
+
+    for path in req.bins:
+        read_bin(path)
+
+
+def _bin_results(req: EvalRequest, say: Callable[[str], None]) -> dict[str, Any]:
+    """``{name: report}`` of every ``--bin`` (distill.evaluation.protocols.bin), one line printed for each."""
+    from distill.evaluation.face import bin_reports, load_face_model
+    from distill.models.inference import select_device
+
+    model = load_face_model(req.model, trust_code=req.trust_code)
+    results = bin_reports(model, [Path(p) for p in req.bins], select_device(req.device))
+    say(f"verification .bin results of {req.model}")
+    for name, r in results.items():
+        say(
+            f"  {name:<12} {100 * r['accuracy']:.2f}% ± {100 * r['accuracy_std']:.2f} ({r['pairs']} pairs, "
+            f"{r['folds']}-fold, flip test; without flip {100 * r['accuracy_without_flip']:.2f}%)"
+        )
+    return results
 
 
 def _run_ijb(

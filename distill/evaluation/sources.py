@@ -20,6 +20,7 @@ __all__ = [
     "EmbeddingSet",
     "embeddings_from_checkpoint",
     "embeddings_from_h5",
+    "embeddings_from_model_spec",
     "embeddings_from_store",
     "mixed_prediction_logits",
 ]
@@ -87,15 +88,22 @@ def embeddings_from_checkpoint(
     th_mix: float | None = None,
     image_size: int | None = None,
     loader_workers: int | None = None,
+    trust_code: bool = False,
 ) -> EmbeddingSet:
-    """Run a teacher or student checkpoint over a dataset split (identity views). ``th_mix`` = w mixes the
-    student's prediction with its teacher head's (see :func:`mixed_prediction_logits`). Datasets read from
-    files render at ``image_size``, by default the size the model was trained at."""
+    """Run a model over a dataset split (identity views): an fsd teacher or student checkpoint, or any teacher
+    spec (``onnx:``, ``timm:``, ``torchscript:``, ``module:function``). ``th_mix`` = w mixes a student's
+    prediction with its teacher head's (see :func:`mixed_prediction_logits`). Datasets read from files render
+    at ``image_size``, by default the size a checkpoint was trained at."""
     from distill.models.checkpoint import load_checkpoint
     from distill.models.inference import embed_dataset, select_device
+    from distill.models.teachers import is_checkpoint_spec
     from featstore.datasets import LoadOptions, load_dataset
     from featstore.datasets.base import renders_any_size
 
+    if not is_checkpoint_spec(path):
+        if th_mix is not None:
+            raise InvalidInput("--th-mix needs a student checkpoint trained by fsd (it carries the teacher head)")
+        return embeddings_from_model_spec(str(path), dataset_spec, split, device, trust_code)
     ckpt = load_checkpoint(path)
     trained = ckpt.dataset.get("image_shape") or []
     if image_size is None and renders_any_size(dataset_spec) and len(trained) == 3:
@@ -127,6 +135,28 @@ def embeddings_from_checkpoint(
     )
 
 
+def embeddings_from_model_spec(
+    spec: str, dataset_spec: str, split: str = "test", device: str = "auto", trust_code: bool = False
+) -> EmbeddingSet:
+    """A non-checkpoint model (see :func:`distill.models.teachers.load_teacher`) over a dataset split; logits
+    only when it has a head over the dataset's classes."""
+    from distill.models.inference import embed_source, select_device
+    from distill.models.teachers import load_teacher
+    from featstore.datasets import load_dataset
+
+    source = load_teacher(spec, trust_code=trust_code)
+    dataset = load_dataset(dataset_spec, split)
+    if source.input_shape is not None and list(source.input_shape) != list(dataset.image_shape):
+        raise InvalidInput(
+            f"{spec} expects images {source.input_shape}, {dataset_spec} gives {list(dataset.image_shape)}"
+        )
+    embeddings, logits = embed_source(source, dataset, select_device(device))
+    if logits is not None and logits.shape[1] != dataset.num_classes:
+        logits = None
+    meta = {"kind": "model", "path": spec, "arch": source.arch, "dataset": dataset_spec, "split": split}
+    return EmbeddingSet(embeddings, dataset.labels.copy(), logits, {**meta, "fingerprint": dataset.fingerprint()})
+
+
 def embeddings_from_store(url: str, view: int = 0) -> EmbeddingSet:
     """The stored teacher embeddings of one view (identity by default), read chunk by chunk; logits from
     the stored head, so the teacher's top-1 is reported too."""
@@ -147,8 +177,10 @@ def embeddings_from_store(url: str, view: int = 0) -> EmbeddingSet:
 
     from distill.models.heads import head_from_store
 
-    with torch.no_grad():
-        logits = head_from_store(store)(torch.from_numpy(embeddings)).numpy()
+    logits = None  # a head-less store (until fsd store fit-head) reports no top-1
+    if store.has_head:
+        with torch.no_grad():
+            logits = head_from_store(store)(torch.from_numpy(embeddings)).numpy()
     dataset = store.meta.get("dataset", {})
     return EmbeddingSet(
         embeddings,

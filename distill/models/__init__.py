@@ -4,7 +4,7 @@ Importing this package registers every built-in architecture. ``create_model(nam
 ``MODELS.names()`` lists them.
 """
 
-from distill.models import convnet, resnet_cifar  # noqa: F401  (registration side effects)
+from distill.models import convnet, face, hub_students, resnet_cifar  # noqa: F401  (registration side effects)
 from distill.models.convnet import embedding_and_feature_map
 from distill.models.registry import MODELS, count_parameters, create_model
 

@@ -1,11 +1,21 @@
-"""Bring your own teacher: the ways ``--teacher`` can name a network to extract from.
+"""Bring your own teacher: the one factory for every way a command can name a network (``--teacher``,
+``--model``, ``--online-teacher``).
+
+A spec is ``SCHEME:ARGUMENT`` for a registered scheme (:data:`distill.models.registry.TEACHER_SOURCES`),
+``module:function`` (Python code), or a path to an fsd checkpoint:
 
 * ``PATH`` — an fsd teacher checkpoint (``fsd train-teacher``), loaded with ``weights_only=True``.
+* ``onnx:PATH[?size=…&mean=…&std=…]`` — an ONNX embedding model (:mod:`distill.models.teacher_onnx`).
+* ``timm:NAME[?weights=PATH]``, ``torchvision:NAME[?weights=PATH]`` — library backbones with local weights
+  (:mod:`distill.models.teacher_hub`).
 * ``torchscript:PATH`` — a TorchScript file whose module has an exported ``forward_features(x)`` (or whose
   ``forward(x)`` returns the embedding) and a ``head`` submodule with ``weight`` (C, D) [and ``bias``].
 * ``module:function`` — Python code returning ``(model, embed_fn, head)``: ``embed_fn(x)`` gives the
-  embedding, ``head`` is the classifier (an ``nn.Linear`` or an fsd head). It runs arbitrary code, so it is
-  accepted only with an explicit ``--trust-code`` (``trust_code=True``).
+  embedding, ``head`` is the classifier (an ``nn.Linear`` or an fsd head, or None for a head-less model). It
+  runs arbitrary code, so it is accepted only with an explicit ``--trust-code`` (``trust_code=True``).
+
+A teacher without a classifier gives a head-less store; ``fsd store fit-head`` trains one on the stored
+embeddings afterwards. ``drop_head=True`` leaves a teacher's own head out (one over other classes).
 
 Provenance: a checkpoint or TorchScript file is identified by its sha256; code by the sha256 of the
 spec and of its module's source file, so editing the code makes a resumed extraction refuse the old store.
@@ -26,7 +36,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from distill.models import teacher_hub, teacher_onnx  # noqa: F401  (registration side effects)
 from distill.models.checkpoint import load_teacher_source
+from distill.models.registry import TEACHER_SOURCES
 from featstore.atomic import file_sha256
 from featstore.errors import CheckpointError, InputNotFound, InvalidInput
 
@@ -45,15 +57,28 @@ class _EmbedAdapter(nn.Module):
         return self._embed(x)
 
 
-def _source(model: nn.Module, embed_fn, head, arch: str, sha: str):
+def source_from_parts(embedder: nn.Module, head: Any, arch: str, sha: str, embedding_dim: int | None = None):
+    """A :class:`featstore.extract.TeacherSource` from an embedding network (``forward_features``) and its
+    classifier (None: head-less). A head-less source of unknown width learns it from extraction's probe."""
     from featstore.extract import TeacherSource
 
+    if head is None:
+        return TeacherSource(
+            model=embedder.eval(),
+            arch=arch,
+            checkpoint_sha256=sha,
+            embedding_dim=embedding_dim,  # type: ignore[arg-type]
+            input_shape=None,
+            head_type=None,
+            head_weight=None,
+            head_bias=None,
+        )
     weight = getattr(head, "weight", None)
     if not isinstance(weight, torch.Tensor) or weight.ndim != 2:
         raise InvalidInput(f"teacher {arch!r}: its head has no 2-d 'weight' (C, D)")
     bias = getattr(head, "bias", None)
     return TeacherSource(
-        model=_EmbedAdapter(model, embed_fn).eval(),
+        model=embedder.eval(),
         arch=arch,
         checkpoint_sha256=sha,
         embedding_dim=int(weight.shape[1]),
@@ -66,6 +91,10 @@ def _source(model: nn.Module, embed_fn, head, arch: str, sha: str):
     )
 
 
+def _source(model: nn.Module, embed_fn, head, arch: str, sha: str):
+    return source_from_parts(_EmbedAdapter(model, embed_fn), head, arch, sha)
+
+
 def _torchscript(path: Path):
     if not path.is_file():
         raise InputNotFound(f"TorchScript teacher {path} does not exist")
@@ -76,9 +105,13 @@ def _torchscript(path: Path):
     except Exception as exc:  # noqa: BLE001 - torch raises many kinds for "not TorchScript"
         raise CheckpointError(f"{path} is not a loadable TorchScript module ({type(exc).__name__})") from None
     embed = module.forward_features if hasattr(module, "forward_features") else module.forward
-    if not hasattr(module, "head"):
-        raise InvalidInput(f"TorchScript teacher {path} has no 'head' submodule (its classifier)")
-    return _source(module, embed, module.head, f"torchscript:{path.name}", file_sha256(path))
+    head = getattr(module, "head", None)  # none: a head-less embedding model
+    return _source(module, embed, head, f"torchscript:{path.name}", file_sha256(path))
+
+
+@TEACHER_SOURCES.register("torchscript")
+def _torchscript_source(argument: str, spec: str):
+    return _torchscript(Path(argument))
 
 
 def _function(spec: str):
@@ -102,7 +135,8 @@ def _function(spec: str):
     if source_file:
         digest.update(Path(source_file).read_bytes())
     for part in (model, head):
-        _hash_state(digest, part)
+        if part is not None:
+            _hash_state(digest, part)
     return _source(model, embed_fn, head, spec, digest.hexdigest())
 
 
@@ -118,13 +152,29 @@ def _hash_state(digest: Any, module: Any) -> None:
         digest.update(flat.view(torch.uint8).numpy().tobytes())
 
 
-def load_teacher(spec: str | Path, *, trust_code: bool = False):
+def is_checkpoint_spec(spec: str | Path) -> bool:
+    """True when ``spec`` names an fsd checkpoint file rather than a scheme or Python code (the rule
+    :func:`load_teacher` applies)."""
+    text = str(spec)
+    if Path(text).exists():
+        return True
+    scheme, sep, _ = text.partition(":")
+    return not ((sep and scheme in TEACHER_SOURCES) or _FUNCTION_SPEC.match(text))
+
+
+def load_teacher(spec: str | Path, *, trust_code: bool = False, drop_head: bool = False):
     """A :class:`featstore.extract.TeacherSource` from any supported teacher spec (see the module doc)."""
     text = str(spec)
-    if text.startswith("torchscript:"):
-        return _torchscript(Path(text[len("torchscript:") :]))
-    if _FUNCTION_SPEC.match(text) and not Path(text).exists():
+    scheme, sep, rest = text.partition(":")
+    if sep and scheme in TEACHER_SOURCES and not Path(text).exists():
+        source = TEACHER_SOURCES.get(scheme)(rest, text)
+    elif _FUNCTION_SPEC.match(text) and not Path(text).exists():
         if not trust_code:
-            raise InvalidInput(f"teacher {text!r} is Python code; it runs only with --trust-code")
-        return _function(text)
-    return load_teacher_source(text)
+            raise InvalidInput(
+                f"teacher {text!r} is neither a file nor one of {', '.join(TEACHER_SOURCES.names())}:…; as Python "
+                "code (module:function) it runs only with --trust-code"
+            )
+        source = _function(text)
+    else:
+        source = load_teacher_source(text)
+    return source.without_head() if drop_head else source

@@ -28,6 +28,7 @@ from distill.losses import Criterion, DistillInputs, TrainingContext, build_crit
 from distill.models import count_parameters, create_model, embedding_and_feature_map
 from distill.models.checkpoint import Checkpoint, save_checkpoint
 from distill.models.heads import head_state
+from distill.models.registry import accepts
 from distill.training.amp import Amp
 from distill.training.common import accuracy, check_positive, make_optimizer, seed_everything
 from distill.training.curves import TensorBoardLog, plot_training_curves
@@ -191,6 +192,8 @@ class StudentRun:
             "in_channels": self.dataset.image_shape[0],
             "embedding_dim": config.embedding_dim or teacher.dim,
         }
+        if accepts(config.arch, "input_size"):  # face backbones size their embedding layer from it
+            self.model_config["input_size"] = int(self.dataset.image_shape[-1])
         self.student = create_model(config.arch, **self.model_config).to(self.device)
         # P: the student embedding → the teacher's space, trained with the student when the sizes differ
         dim = self.model_config["embedding_dim"]
@@ -387,6 +390,7 @@ class StudentRun:
                 "split": dataset.split,
                 "fingerprint": dataset.fingerprint(),
                 "image_shape": list(dataset.image_shape),
+                "normalisation": dataset.normalisation,  # how to scale other images for it (eval --bin)
             },
             extra={
                 "recipe": config.recipe,

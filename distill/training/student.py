@@ -41,7 +41,8 @@ class StudentConfig:
     amp: str | None = None  # mixed precision: None (off), "bf16", "fp16" (CUDA) or "auto"
     overwrite: bool = False
     resume: bool = False  # continue from STUDENT.resume.pt (written after every epoch)
-    online_teacher: Path | None = None  # baseline: run this teacher every step instead of reading a store
+    online_teacher: str | Path | None = None  # baseline: run this teacher (any teacher spec) every step
+    trust_code: bool = False  # module:function teachers and students run Python code only when asked to
     views: int = 2  # online baseline only: views per sample, drawn as extraction would draw them
     view_seed: int = 0  # online baseline only: the extraction seed those views replay
     skip_bad_chunks: bool = False  # skip (with a warning) store chunks that fail to decode or hold NaN/Inf

@@ -86,9 +86,31 @@ def install_frozen_head(model: torch.nn.Module, student: Checkpoint, path: Path,
     }
 
 
+def check_head_from_options(config: TeacherConfig) -> None:
+    """SH-KD takes the student's head as it is (type, scale, margin, embedding size): options that would
+    describe another head are refused rather than silently dropped."""
+    ignored = [
+        flag
+        for flag, value, default in (
+            ("--head", config.head, "linear"),
+            ("--head-scale", config.head_scale, None),
+            ("--head-margin", config.head_margin, None),
+            ("--embedding-dim", config.embedding_dim, None),
+        )
+        if value != default
+    ]
+    if ignored:
+        raise InvalidInput(
+            f"--head-from takes the student's head as it is; {', '.join(ignored)} would be ignored: drop "
+            f"{'it' if len(ignored) == 1 else 'them'}"
+        )
+
+
 def build_teacher_model(config: TeacherConfig, train, device) -> tuple[torch.nn.Module, dict, dict]:
     """(model, model_config as recorded, provenance). With ``head_from`` (SH-KD) the teacher takes the student's
     head type and embedding size, and the student's classifier is installed frozen."""
+    if config.head_from is not None:
+        check_head_from_options(config)
     shared = load_checkpoint(config.head_from, kind="student") if config.head_from is not None else None
     model_config = {
         "num_classes": train.num_classes,
@@ -182,6 +204,7 @@ def train_teacher(config: TeacherConfig) -> TeacherResult:
             "split": train.split,
             "fingerprint": train.fingerprint(),
             "image_shape": list(train.image_shape),
+            "normalisation": train.normalisation,  # how to scale other images for it (eval --bin)
         },
         extra={
             "log": log,

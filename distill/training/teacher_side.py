@@ -12,11 +12,12 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from distill.models.checkpoint import load_teacher_source
 from distill.models.heads import frozen_head, head_from_store
+from distill.models.teachers import load_teacher
 from featstore.codecs import DEFAULT_DTYPE
 from featstore.datasets import Dataset
 from featstore.errors import InvalidInput, StoreError
+from featstore.extract import check_head_classes
 from featstore.store import FeatureStore, default_chunk_rows, open_store
 from featstore.stream import GeneratedViews
 from featstore.views import policy_mismatch
@@ -79,6 +80,16 @@ def teacher_side(
     if config.store is not None:
         store = open_store(config.store)
         check_store_matches(store, dataset)
+        if not store.has_head:
+            raise InvalidInput(
+                f"store {store.url} has no teacher head, which training needs; fit one on the stored "
+                f"embeddings first: fsd store fit-head {store.url} --head arcface"
+            )
+        if store.shape.num_classes != dataset.num_classes:
+            raise InvalidInput(
+                f"store {store.url}: its teacher head has {store.shape.num_classes} classes, dataset "
+                f"{dataset.spec} has {dataset.num_classes}; refit it with fsd store fit-head --overwrite"
+            )
         return TeacherSide(
             store,
             head_from_store(store).to(device),
@@ -91,9 +102,17 @@ def teacher_side(
                 "view_seed": (store.meta.get("views") or {}).get("seed"),
             },
         )
-    teacher = load_teacher_source(config.online_teacher)
-    if list(teacher.input_shape) != list(dataset.image_shape):
+    teacher = load_teacher(config.online_teacher, trust_code=config.trust_code)
+    if not teacher.has_head:
+        raise InvalidInput(
+            f"online teacher {config.online_teacher} has no classifier head; extract a store, fit a head on it "
+            "(fsd store fit-head) and train from the store"
+        )
+    check_head_classes(teacher, dataset.num_classes, dataset.spec)
+    if teacher.input_shape is not None and list(teacher.input_shape) != list(dataset.image_shape):
         raise InvalidInput(f"teacher expects input {teacher.input_shape}, dataset gives {list(dataset.image_shape)}")
+    if hasattr(teacher.model, "adapt_to_dataset"):  # an ONNX teacher: this dataset's normalisation
+        teacher.model.adapt_to_dataset(dataset)
     bias = None if teacher.head_bias is None else torch.from_numpy(teacher.head_bias)
     head = frozen_head(
         teacher.head_type, torch.from_numpy(teacher.head_weight), bias, teacher.head_scale, teacher.head_margin

@@ -56,6 +56,9 @@ class Dataset(ABC):
     """
 
     lazy: ClassVar[bool] = False
+    # (mean, std) per channel that turned [0, 1] pixels into the rendered input: lets a model that wants other
+    # input scaling (an ONNX face model's (x - 127.5) / 127.5) recover the pixels. None: not declared.
+    normalisation: tuple[tuple[float, ...], tuple[float, ...]] | None = None
     spec: str
     split: str
     labels: np.ndarray
@@ -130,6 +133,7 @@ class ImageDataset(Dataset):
     view_policy: ViewPolicy
     _fingerprint: str | None = field(default=None, repr=False)
     options: LoadOptions = field(default_factory=LoadOptions, repr=False)
+    normalisation: tuple[tuple[float, ...], tuple[float, ...]] | None = None
 
     @property
     def image_shape(self) -> tuple[int, int, int]:

@@ -144,6 +144,7 @@ def _cifar100(spec: str, argument: str, split: str) -> DirImageDataset:
         view_policy=policy,
         fingerprint_name="cifar100",
         class_names=class_names,
+        normalisation=(CIFAR100_MEAN, CIFAR100_STD),
     )
 
 

@@ -29,4 +29,12 @@ def _digits(spec: str, argument: str, split: str) -> ImageDataset:
     labels = bunch.target[chosen].astype(np.int64)
     # 8×8 is too small for a resized crop: views are ±1-pixel shifts plus a horizontal flip.
     policy = ViewPolicy(kind="shift", source_size=(8, 8), pad=1, flip_p=0.0)
-    return ImageDataset(spec="digits", split=split, images=images, labels=labels, num_classes=10, view_policy=policy)
+    return ImageDataset(
+        spec="digits",
+        split=split,
+        images=images,
+        labels=labels,
+        num_classes=10,
+        view_policy=policy,
+        normalisation=((0.0,), (1.0,)),
+    )

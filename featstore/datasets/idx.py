@@ -158,4 +158,5 @@ def _idx(spec: str, argument: str, split: str) -> ImageDataset:
         num_classes=num_classes,
         view_policy=policy,
         fingerprint_name=canonical,
+        normalisation=((0.0,), (1.0,)),  # pixels / 255, no mean or std
     )

@@ -85,6 +85,7 @@ class LazyImageDataset(Dataset):
         self.image_size = (int(image_size[0]), int(image_size[1]))
         self.view_policy = view_policy
         self.mean, self.std = mean, std
+        self.normalisation = (tuple(mean), tuple(std))
         self.class_names = class_names
         self.options = LoadOptions()
         self._fingerprint: str | None = None

@@ -105,6 +105,7 @@ def test_attributes_record_provenance(float32_store, small_digits, teacher) -> N
         "spec": "digits",
         "split": "train",
         "num_samples": 120,
+        "num_classes": 10,
         "fingerprint": small_digits.fingerprint(),
     }
     assert meta["views"]["count"] == V and meta["views"]["kind"] == "shift" and meta["views"]["seed"] == SEED

@@ -1,0 +1,167 @@
+"""Running a model over face images that are not a dataset: verification ``.bin`` files and image folders
+(for IJB), with the flip test and optional 5-point alignment.
+
+A model is any spec :func:`distill.models.teachers.load_teacher` takes, or an fsd checkpoint. Images come
+as uint8 RGB and are scaled the way the model was trained: a checkpoint records its dataset's
+normalisation, and so does an ONNX file ``fsd export`` wrote; other models (ONNX face models and the like)
+get the face convention (p/255 − 0.5)/0.5, which an ``onnx:…?mean=127.5&std=127.5`` teacher turns back
+into its own scaling.
+"""
+
+from __future__ import annotations
+
+import types
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from distill.evaluation.protocols import bin as bin_protocol
+from featstore.errors import InvalidInput
+
+FACE_NORMALISATION = ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
+FACE_SIZE = 112
+
+
+@dataclass
+class FaceModel:
+    """A network with ``forward_features`` and how to feed it uint8 images."""
+
+    model: Any
+    size: int
+    normalisation: tuple[tuple[float, ...], tuple[float, ...]]
+    name: str
+
+    def prepare(self, images: np.ndarray) -> torch.Tensor:
+        mean, std = (np.asarray(v, np.float32)[None, :, None, None] for v in self.normalisation)
+        return torch.from_numpy((images.astype(np.float32) / 255.0 - mean) / std)
+
+    @torch.no_grad()
+    def embed(self, images: np.ndarray, device: torch.device, batch_size: int = 128) -> tuple[np.ndarray, np.ndarray]:
+        """(embeddings, embeddings of the horizontally flipped images), float32 (N, D) each."""
+        model = self.model.eval().to(device)
+        plain, flipped = [], []
+        for start in range(0, len(images), batch_size):
+            x = self.prepare(images[start : start + batch_size]).to(device)
+            plain.append(model.forward_features(x).float().cpu())
+            flipped.append(model.forward_features(torch.flip(x, dims=[3])).float().cpu())
+        return torch.cat(plain).numpy(), torch.cat(flipped).numpy()
+
+
+def load_face_model(spec: str | Path, *, trust_code: bool = False) -> FaceModel:
+    """An fsd checkpoint (its recorded normalisation and input size) or any other model spec (the face
+    convention, its declared input size or 112)."""
+    from distill.models.checkpoint import load_checkpoint
+    from distill.models.teachers import is_checkpoint_spec, load_teacher
+
+    if is_checkpoint_spec(spec):
+        ckpt = load_checkpoint(spec)
+        shape = list(ckpt.dataset.get("image_shape") or [3, FACE_SIZE, FACE_SIZE])
+        if shape[0] != 3:
+            raise InvalidInput(f"{spec} takes {shape[0]}-channel images; face images are RGB")
+        recorded = ckpt.dataset.get("normalisation")
+        norm = tuple(tuple(float(v) for v in part) for part in recorded) if recorded else FACE_NORMALISATION
+        return FaceModel(ckpt.build_model(), int(shape[-1]), norm, Path(spec).name)  # type: ignore[arg-type]
+    source = load_teacher(spec, trust_code=trust_code)
+    norm = getattr(source.model, "recorded_normalisation", None) or FACE_NORMALISATION  # fsd-exported ONNX
+    if hasattr(source.model, "adapt_to_dataset"):
+        source.model.adapt_to_dataset(types.SimpleNamespace(spec="face images", normalisation=norm))
+    size = int(source.input_shape[-1]) if source.input_shape else FACE_SIZE
+    return FaceModel(source.model, size, norm, str(spec))
+
+
+def bin_reports(
+    model: FaceModel, paths: list[Path], device: torch.device, batch_size: int = 128
+) -> dict[str, dict[str, Any]]:
+    """``{name: report}`` for each ``.bin`` (see :mod:`distill.evaluation.protocols.bin`). Every file is read
+    and checked before the model runs on any of them."""
+    sets = [bin_protocol.read_bin(p) for p in paths]
+    names = [s.name for s in sets]
+    if len(set(names)) != len(names):
+        raise InvalidInput(f"two --bin files share a name: {', '.join(names)}")
+    reports = {}
+    for bins in sets:
+        images = bin_protocol.decode_images(bins, model.size)
+        plain, flipped = model.embed(images, device, batch_size)
+        reports[bins.name] = bin_protocol.bin_accuracy(plain, flipped, bins.same)
+    return reports
+
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+
+
+def _folder_images(root: Path) -> list[str]:
+    names = sorted(
+        p.relative_to(root).as_posix()
+        for p in root.rglob("*")
+        if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not any(part.startswith(".") for part in p.parts)
+    )
+    if not names:
+        raise InvalidInput(f"{root} holds no images ({', '.join(IMAGE_SUFFIXES)})")
+    return names
+
+
+def _load_face(path: Path, size: int, landmarks: np.ndarray | None) -> np.ndarray:
+    from PIL import Image, UnidentifiedImageError
+
+    from distill.evaluation.align import align_face
+
+    try:
+        with Image.open(path) as image:
+            rgb = image.convert("RGB")
+    except (UnidentifiedImageError, OSError) as exc:
+        raise InvalidInput(f"image {path} cannot be decoded ({type(exc).__name__})") from None
+    if landmarks is not None:
+        rgb = align_face(rgb, landmarks, size)
+    elif rgb.size != (size, size):
+        rgb = rgb.resize((size, size), Image.BILINEAR)
+    return np.asarray(rgb, dtype=np.uint8).transpose(2, 0, 1)
+
+
+def embed_folder(
+    model: FaceModel,
+    images: str | Path,
+    out: str | Path,
+    *,
+    landmarks: str | Path | None = None,
+    device: torch.device,
+    batch_size: int = 128,
+    overwrite: bool = False,
+) -> int:
+    """Embed every image of ``images`` (or, with ``landmarks``, every face the file lists, aligned) into an
+    HDF5 file with ``embeddings``, ``embeddings_flip`` and ``names`` — what ``fsd eval --ijb-meta`` reads.
+    Written atomically, batch by batch (memory does not grow with the number of images); returns the count."""
+    import json
+
+    import h5py
+
+    from distill.evaluation.align import read_landmarks
+    from featstore.atomic import atomic_path
+    from featstore.errors import InputNotFound, OutputExists
+
+    root, out = Path(images), Path(out)
+    if not root.is_dir():
+        raise InputNotFound(f"image folder {root} does not exist")
+    if out.exists() and not overwrite:
+        raise OutputExists(f"{out} already exists (use --overwrite to replace it)")
+    points = read_landmarks(landmarks) if landmarks is not None else None
+    names = list(points) if points is not None else _folder_images(root)
+    missing = [n for n in names if not (root / n).is_file()]
+    if missing:
+        raise InvalidInput(f"{len(missing)} face(s) of the landmarks file are not in {root} (first: {missing[0]!r})")
+    with atomic_path(out) as tmp, h5py.File(tmp, "w") as handle:
+        text = h5py.string_dtype("utf-8")
+        handle.create_dataset("names", data=np.asarray(names, dtype=object), dtype=text)
+        for start in range(0, len(names), batch_size):
+            batch = names[start : start + batch_size]
+            pixels = np.stack([_load_face(root / n, model.size, None if points is None else points[n]) for n in batch])
+            plain, flipped = model.embed(pixels, device, batch_size)
+            if start == 0:
+                for key in ("embeddings", "embeddings_flip"):
+                    handle.create_dataset(key, shape=(len(names), plain.shape[1]), dtype="float32")
+            handle["embeddings"][start : start + len(batch)] = plain
+            handle["embeddings_flip"][start : start + len(batch)] = flipped
+        handle.attrs["fsd"] = json.dumps({"model": model.name, "aligned": points is not None, "size": model.size})
+    return len(names)

@@ -1,0 +1,185 @@
+"""Deployment: an fsd network's embedding function (optionally with its head) as ONNX or TorchScript, with a
+parity check of the exported file against torch.
+
+What is exported is what the store and the evaluation use: ``forward_features`` (input: the dataset's
+normalised tensor, batch dimension dynamic), output ``embedding`` (N, D); with the head, a second output
+``logits`` (N, C, margin-free). The ONNX file records ``fsd.input=dataset`` in its metadata, so
+``onnx:FILE`` feeds it the dataset's tensors unchanged; TorchScript files get an exported
+``forward_features`` method and the ``head`` submodule, which ``torchscript:FILE`` reads back.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from featstore.atomic import atomic_path
+from featstore.errors import InvalidInput, OutputExists
+
+FORMATS = ("onnx", "torchscript")
+
+
+class _Embedding(nn.Module):
+    def __init__(self, model: nn.Module, with_head: bool) -> None:
+        super().__init__()
+        self.net = model
+        self.with_head = with_head
+
+    def forward(self, x: torch.Tensor):
+        z = self.net.forward_features(x)
+        return (z, self.net.forward_head(z)) if self.with_head else z
+
+
+class _Scripted(nn.Module):
+    """The TorchScript layout ``torchscript:`` teachers read: ``forward_features`` and a ``head``."""
+
+    def __init__(self, model: nn.Module, with_head: bool) -> None:
+        super().__init__()
+        self.net = model
+        if with_head:
+            self.head = model.head
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net.forward_features(x)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net.forward_features(x)
+
+
+@dataclass
+class ExportResult:
+    path: Path
+    format: str
+    with_head: bool
+    max_abs_diff: float  # embeddings, torch vs the exported file, on the parity sample
+    max_abs_diff_logits: float | None
+    sample: int
+
+    def line(self) -> str:
+        logits = "" if self.max_abs_diff_logits is None else f", logits {self.max_abs_diff_logits:.3g}"
+        return (
+            f"exported {self.path} ({self.format}{', with head' if self.with_head else ''}); parity on "
+            f"{self.sample} samples: max |Δ| embedding {self.max_abs_diff:.3g}{logits}"
+        )
+
+
+def _write_onnx(model: nn.Module, path: Path, example: torch.Tensor, with_head: bool, meta: dict) -> None:
+    import onnx
+
+    outputs = ["embedding", "logits"] if with_head else ["embedding"]
+    with atomic_path(path) as tmp, warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the TorchScript-based exporter's deprecation notices
+        torch.onnx.export(
+            _Embedding(model, with_head).eval(),
+            (example,),
+            str(tmp),
+            dynamo=False,
+            input_names=["input"],
+            output_names=outputs,
+            dynamic_axes={name: {0: "batch"} for name in ["input", *outputs]},
+            opset_version=17,
+        )
+        proto = onnx.load(str(tmp))
+        for key, value in {"fsd.input": "dataset", **meta}.items():
+            entry = proto.metadata_props.add()
+            entry.key, entry.value = key, value if isinstance(value, str) else json.dumps(value)
+        onnx.save(proto, str(tmp))
+
+
+def _write_torchscript(model: nn.Module, path: Path, example: torch.Tensor, with_head: bool) -> None:
+    wrapper = _Scripted(model, with_head).eval()
+    with atomic_path(path) as tmp, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        traced = torch.jit.trace_module(wrapper, {"forward": example, "forward_features": example})
+        traced.save(str(tmp))
+
+
+def _run_exported(path: Path, fmt: str, x: torch.Tensor, with_head: bool) -> tuple[np.ndarray, np.ndarray | None]:
+    if fmt == "onnx":
+        import onnxruntime as ort
+
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        out = session.run(None, {"input": x.numpy()})
+        return out[0], (out[1] if with_head else None)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        module = torch.jit.load(str(path), map_location="cpu")
+    with torch.no_grad():
+        z = module.forward_features(x)
+        logits = module.head(z) if with_head else None
+    return z.numpy(), None if logits is None else logits.numpy()
+
+
+def export_model(
+    model: nn.Module,
+    path: str | Path,
+    sample: torch.Tensor,
+    *,
+    fmt: str = "onnx",
+    with_head: bool = False,
+    metadata: dict | None = None,
+    overwrite: bool = False,
+) -> ExportResult:
+    """Export ``model`` (``forward_features``/``forward_head``) to ``path`` and measure parity on ``sample``
+    (a dataset batch): max |Δ| between torch's outputs and the exported file's (onnxruntime for ONNX)."""
+    if fmt not in FORMATS:
+        raise InvalidInput(f"unknown export format {fmt!r}; valid: {', '.join(FORMATS)}")
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise OutputExists(f"{path} already exists (use --overwrite to replace it)")
+    if with_head and not hasattr(model, "head"):
+        raise InvalidInput("this model has no head to export")
+    model = model.eval().cpu()
+    sample = sample.float().cpu()
+    if fmt == "onnx":
+        _write_onnx(model, path, sample[:2], with_head, metadata or {})
+    else:
+        _write_torchscript(model, path, sample[:2], with_head)
+    with torch.no_grad():
+        z = model.forward_features(sample)
+        logits = model.forward_head(z) if with_head else None
+    z_exp, logits_exp = _run_exported(path, fmt, sample, with_head)
+    diff = float(np.abs(z.numpy() - z_exp).max())
+    diff_logits = None if logits is None else float(np.abs(logits.numpy() - logits_exp).max())
+    return ExportResult(path, fmt, with_head, diff, diff_logits, int(sample.shape[0]))
+
+
+def export_checkpoint(
+    checkpoint: str | Path,
+    out: str | Path,
+    *,
+    fmt: str = "onnx",
+    with_head: bool = False,
+    sample: int = 16,
+    overwrite: bool = False,
+) -> ExportResult:
+    """Export an fsd checkpoint and record the parity check in ``OUT.parity.json``. The parity sample is
+    ``sample`` seeded standard-normal inputs of the checkpoint's image shape: the dataset's normalised scale,
+    without needing the dataset at hand."""
+    from distill.models.checkpoint import load_checkpoint
+    from featstore.atomic import atomic_write_text
+
+    ckpt = load_checkpoint(checkpoint)
+    model = ckpt.build_model()
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(sample, *ckpt.dataset["image_shape"], generator=generator)
+    meta = {"fsd.arch": ckpt.arch, "fsd.kind": ckpt.kind, "fsd.dataset": ckpt.dataset.get("spec", "")}
+    if ckpt.dataset.get("normalisation"):
+        meta["fsd.normalisation"] = json.dumps(ckpt.dataset["normalisation"])
+    result = export_model(model, out, x, fmt=fmt, with_head=with_head, metadata=meta, overwrite=overwrite)
+    record = {
+        "checkpoint": str(checkpoint),
+        "format": fmt,
+        "with_head": with_head,
+        "sample": sample,
+        "max_abs_diff_embedding": result.max_abs_diff,
+        "max_abs_diff_logits": result.max_abs_diff_logits,
+    }
+    atomic_write_text(Path(str(out) + ".parity.json"), json.dumps(record, indent=2) + "\n")
+    return result
