@@ -50,7 +50,7 @@ def embed_dataset(
 
 
 @torch.no_grad()
-def embed_source(source, dataset: ImageDataset, device: torch.device, batch_size: int = 512):
+def embed_source(source, dataset: Dataset, device: torch.device, batch_size: int = 512):
     """(embeddings (N, D), logits (N, C) or None) of a :class:`featstore.extract.TeacherSource` (any model
     spec) over the identity view of every sample; logits from its head when it has one."""
     from distill.models.heads import frozen_head

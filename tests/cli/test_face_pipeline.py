@@ -1,4 +1,4 @@
-"""The face pipeline end to end, on generated 112×112 JPEG faces (no real faces are available offline):
+"""The face pipeline end to end, on generated 112×112 JPEG faces in a RecordIO train.rec/test.rec (no real faces are available offline):
 
 fsd teacher → fsd export --onnx → extract-teacher --teacher onnx: (a head-less store) → store fit-head
 --head arcface → train-student --arch mobilefacenet --recipe th-kd → eval --bin (a .bin written here in
@@ -14,6 +14,8 @@ import pickle
 import numpy as np
 import pytest
 from PIL import Image
+
+from featstore.datasets.mxrec import write_mxrec
 
 IDENTITIES, TRAIN_PER_ID, TEST_PER_ID, SIZE = 4, 10, 6, 112
 
@@ -39,12 +41,10 @@ def _jpeg(image: Image.Image) -> bytes:
 @pytest.fixture(scope="module")
 def faces(tmp_path_factory):
     root = tmp_path_factory.mktemp("faces")
+    # the faces as insightface ships them: <split>.rec + <split>.idx in MXNet RecordIO, JPEG payloads
     for split, count, offset in (("train", TRAIN_PER_ID, 0), ("test", TEST_PER_ID, 100)):
-        for identity in range(IDENTITIES):
-            folder = root / "data" / split / f"id{identity}"
-            folder.mkdir(parents=True)
-            for k in range(count):
-                _face(identity, offset + k).save(folder / f"{k}.jpg", quality=90)
+        samples = [(_jpeg(_face(i, offset + k)), i) for i in range(IDENTITIES) for k in range(count)]
+        assert write_mxrec(root / "rec", samples, split=split) == IDENTITIES * count
     # 20 pairs (10 folds of 2): genuine pairs from the same identity, impostors across identities
     images, same = [], []
     for p in range(20):
@@ -58,7 +58,7 @@ def faces(tmp_path_factory):
 
 
 def test_face_pipeline_end_to_end(faces, h):
-    dataset = f"folder:{faces / 'data'}?size={SIZE}&resize={SIZE}"
+    dataset = f"mxrec:{faces / 'rec'}?size={SIZE}"
     teacher, onnx_teacher, store = faces / "teacher.pt", faces / "teacher.onnx", faces / "store.zarr"
     h.run_ok("train-teacher", "--dataset", dataset, "--out", teacher, "--epochs", 3, "--batch-size", 8, "--quiet")
     exported = h.run_ok("export", teacher, "--onnx", onnx_teacher).stdout
