@@ -35,6 +35,7 @@ class DemoResult:
     compression_ratio: float
 
 
+# ~90 lines: the demo is the pipeline read top to bottom (teacher → store → students → reports), on purpose.
 def run_demo(
     workdir: str | Path = "demo",
     *,

@@ -320,6 +320,7 @@ def _run_tasks(client: Any, job: _Job, missing: list[int], chunks_per_task: int,
         client.cancel(futures)  # nothing of this run keeps going on a shared cluster after we stop
 
 
+# ~90 lines: the lock, the store and the cluster share one ExitStack, so their order is kept in one place.
 def extract_teacher_distributed(
     teacher_loader: TeacherLoader,
     dataset_spec: str,

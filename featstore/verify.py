@@ -364,6 +364,7 @@ def _content_problems(store: FeatureStore, dataset: Dataset, chunks: np.ndarray)
 
 
 @torch.no_grad()
+# ~100 lines: each input check must run before any row is recomputed; the steps are listed in order below.
 def verify_live(
     store: FeatureStore | str,
     teacher: TeacherSource,
