@@ -15,11 +15,12 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from distill.models.base import EmbeddingNet
 from distill.models.heads import create_head
 from distill.models.registry import MODELS
 
 
-class ConvNet(nn.Module):
+class ConvNet(EmbeddingNet):
     """Conv-BN-ReLU stages (max-pool between stages), global average pooling, then a face-model style
     embedding layer (linear + BN) giving z, and a classifier head on z.
 
@@ -64,12 +65,6 @@ class ConvNet(nn.Module):
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.embed_feature_map(self.forward_feature_map(x))
-
-    def forward_head(self, z: torch.Tensor) -> torch.Tensor:
-        return self.head(z)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
 
 
 @MODELS.register("convnet_teacher")

@@ -28,26 +28,11 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from distill.models.heads import create_head
+from distill.models.base import EmbeddingNet
 from distill.models.registry import MODELS
 
 FACE_SIZE = 112
 FACE_DIM = 512
-
-
-class _Embedded(nn.Module):
-    """The shared tail: ``forward_features`` = body → embedding layer; ``forward_head`` = classifier."""
-
-    def _init_head(self, embedding_dim: int, num_classes: int, head: str, scale, margin) -> None:
-        self.head = create_head(head, embedding_dim, num_classes, scale=scale, margin=margin)
-        self.embedding_dim = embedding_dim
-        self.num_classes = num_classes
-
-    def forward_head(self, z: torch.Tensor) -> torch.Tensor:
-        return self.head(z)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
 
 
 class IBasicBlock(nn.Module):
@@ -71,7 +56,7 @@ class IBasicBlock(nn.Module):
         return self.body(x) + self.shortcut(x)
 
 
-class IResNet(_Embedded):
+class IResNet(EmbeddingNet):
     def __init__(
         self,
         blocks: Sequence[int],
@@ -137,7 +122,7 @@ class Bottleneck(nn.Module):
         return x + out if self.residual else out
 
 
-class MobileFaceNet(_Embedded):
+class MobileFaceNet(EmbeddingNet):
     # (output channels, expansion, blocks after the stride-2 one)
     STAGES = ((64, 128, 4), (128, 256, 6), (128, 512, 2))
 

@@ -11,13 +11,14 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from distill.models.base import EmbeddingNet
 from distill.models.heads import create_head
 from distill.models.registry import STUDENT_SOURCES
 from distill.models.teacher_hub import _last_linear, _library, _replace
 from featstore.errors import InvalidInput
 
 
-class BackboneStudent(nn.Module):
+class BackboneStudent(EmbeddingNet):
     def __init__(
         self,
         backbone: nn.Module,
@@ -37,12 +38,6 @@ class BackboneStudent(nn.Module):
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.embed(self.backbone(x))
-
-    def forward_head(self, z: torch.Tensor) -> torch.Tensor:
-        return self.head(z)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
 
 
 def _timm_backbone(name: str, in_channels: int) -> tuple[nn.Module, int]:

@@ -23,6 +23,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from distill.models.base import EmbeddingNet
 from distill.models.heads import create_head
 from distill.models.registry import MODELS
 
@@ -57,7 +58,7 @@ class BasicBlock(nn.Module):
         return self.relu(out + self.shortcut(x))
 
 
-class CifarResNet(nn.Module):
+class CifarResNet(EmbeddingNet):
     """Stem, three stages of basic blocks, global average pooling → z (optionally re-embedded) → head."""
 
     def __init__(
@@ -112,12 +113,6 @@ class CifarResNet(nn.Module):
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.embed_feature_map(self.forward_feature_map(x))
-
-    def forward_head(self, z: torch.Tensor) -> torch.Tensor:
-        return self.head(z)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
 
 
 @MODELS.register("resnet8")
