@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from cli.options import overwrite_option
+from cli.options import overwrite_option, trust_code_option
 from distill.models.export import export_checkpoint
 from featstore.errors import InvalidInput
 
@@ -19,8 +19,9 @@ PATH = click.Path(dir_okay=False, path_type=Path)
 @click.option("--torchscript", "ts_out", type=PATH, default=None, help="Write a TorchScript file.")
 @click.option("--with-head", is_flag=True, help="Also export the classifier (a second output, logits).")
 @click.option("--sample", type=int, default=16, show_default=True, help="Samples of the parity check.")
+@trust_code_option
 @overwrite_option
-def command(checkpoint, onnx_out, ts_out, with_head, sample, overwrite) -> None:
+def command(checkpoint, onnx_out, ts_out, with_head, sample, trust_code, overwrite) -> None:
     """Export CHECKPOINT's embedding network (optionally with its head); the embeddings of a sample are
     compared between torch and the exported file and max |Δ| is printed and recorded beside it
     (OUT.parity.json). `--model onnx:OUT` / `torchscript:OUT` then evaluates it.
@@ -32,5 +33,7 @@ def command(checkpoint, onnx_out, ts_out, with_head, sample, overwrite) -> None:
     fmt, out = ("onnx", onnx_out) if onnx_out is not None else ("torchscript", ts_out)
     if sample <= 0:
         raise InvalidInput(f"--sample must be positive, got {sample}")
-    result = export_checkpoint(checkpoint, out, fmt=fmt, with_head=with_head, sample=sample, overwrite=overwrite)
+    result = export_checkpoint(
+        checkpoint, out, fmt=fmt, with_head=with_head, sample=sample, overwrite=overwrite, trust_code=trust_code
+    )
     click.echo(result.line())

@@ -48,7 +48,9 @@ PATH = click.Path(dir_okay=False, path_type=Path)
     S,
     "arch",
     metavar="ARCH",
-    help="Student architecture, one of: " + ", ".join(MODELS.names()) + "; or timm:NAME, torchvision:NAME.",
+    help="Student architecture, one of: "
+    + ", ".join(MODELS.names())
+    + "; or timm:NAME, torchvision:NAME, or module:function (Python code returning an nn.Module; needs --trust-code).",
 )
 @click.option("--out", type=PATH, required=True, help="Checkpoint to write.")
 @config_option(S, "recipe", help=f"One of: {', '.join(RECIPES)}.")

@@ -63,7 +63,7 @@ def load_face_model(spec: str | Path, *, trust_code: bool = False) -> FaceModel:
             raise InvalidInput(f"{spec} takes {shape[0]}-channel images; face images are RGB")
         recorded = ckpt.dataset.get("normalisation")
         norm = tuple(tuple(float(v) for v in part) for part in recorded) if recorded else FACE_NORMALISATION
-        return FaceModel(ckpt.build_model(), int(shape[-1]), norm, Path(spec).name)  # type: ignore[arg-type]
+        return FaceModel(ckpt.build_model(trust_code=trust_code), int(shape[-1]), norm, Path(spec).name)  # type: ignore[arg-type]
     source = load_teacher(spec, trust_code=trust_code)
     norm = getattr(source.model, "recorded_normalisation", None) or FACE_NORMALISATION  # fsd-exported ONNX
     if hasattr(source.model, "adapt_to_dataset"):

@@ -113,7 +113,9 @@ def embeddings_from_checkpoint(
         raise InvalidInput(
             f"{path} expects images {ckpt.dataset.get('image_shape')}, {dataset_spec} gives {list(dataset.image_shape)}"
         )
-    embeddings, logits = embed_dataset(ckpt.build_model(), dataset, select_device(device), desc="embed")
+    embeddings, logits = embed_dataset(
+        ckpt.build_model(trust_code=trust_code), dataset, select_device(device), desc="embed"
+    )
     if th_mix is not None:
         logits = mixed_prediction_logits(ckpt, embeddings, logits, th_mix)
     if ckpt.num_classes != dataset.num_classes:

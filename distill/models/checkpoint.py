@@ -40,7 +40,9 @@ class Checkpoint:
     format: int = CHECKPOINT_FORMAT
     fsd_version: str = field(default_factory=fsd_version)
 
-    def build_model(self) -> nn.Module:
+    def build_model(self, *, trust_code: bool = False) -> nn.Module:
+        """The network with its weights; an architecture written in Python code (``module:function``) is
+        rebuilt only with ``trust_code``, and warns when that code changed since training."""
         sizes = [(k, v) for k, v in [*self.model_config.items(), ("embedding_dim", self.embedding_dim)] if k in SIZES]
         bad = {k: v for k, v in sizes if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v <= 0)}
         if bad:  # torch would fail deep inside a layer ("negative dimension"), or build a model of nothing
@@ -48,7 +50,7 @@ class Checkpoint:
                 f"checkpoint {', '.join(f'{k}={v!r}' for k, v in bad.items())}: sizes must be positive integers"
             )
         try:
-            model = create_model(self.arch, **self.model_config)
+            model = create_model(self.arch, trust_code=trust_code, **self.model_config)
         except (TypeError, ValueError, RuntimeError) as exc:
             raise CheckpointError(f"checkpoint model_config does not fit arch {self.arch!r}: {exc}") from None
         try:
@@ -57,6 +59,10 @@ class Checkpoint:
             raise CheckpointError(
                 f"checkpoint weights do not fit arch {self.arch!r}: {str(exc).splitlines()[0]}"
             ) from None
+        if trust_code and self.extra.get("code_sha256"):
+            from distill.models.code_models import check_code_source
+
+            check_code_source(self.arch, self.extra["code_sha256"])
         return model.eval()
 
 

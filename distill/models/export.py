@@ -158,6 +158,7 @@ def export_checkpoint(
     with_head: bool = False,
     sample: int = 16,
     overwrite: bool = False,
+    trust_code: bool = False,
 ) -> ExportResult:
     """Export an fsd checkpoint and record the parity check in ``OUT.parity.json``. The parity sample is
     ``sample`` seeded standard-normal inputs of the checkpoint's image shape: the dataset's normalised scale,
@@ -166,7 +167,7 @@ def export_checkpoint(
     from featstore.atomic import atomic_write_text
 
     ckpt = load_checkpoint(checkpoint)
-    model = ckpt.build_model()
+    model = ckpt.build_model(trust_code=trust_code)  # a module:function student rebuilds from its code
     generator = torch.Generator().manual_seed(0)
     x = torch.randn(sample, *ckpt.dataset["image_shape"], generator=generator)
     meta = {"fsd.arch": ckpt.arch, "fsd.kind": ckpt.kind, "fsd.dataset": ckpt.dataset.get("spec", "")}

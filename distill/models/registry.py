@@ -22,13 +22,20 @@ STUDENT_SOURCES: Registry = Registry("architecture scheme")
 TeacherSource``; filled by :mod:`distill.models.teachers` and its sibling modules."""
 
 
-def create_model(name: str, **config: Any) -> nn.Module:
-    """Build a registered model (or ``timm:NAME`` / ``torchvision:NAME``); options left as None are dropped so
-    the constructor's defaults survive."""
+def create_model(name: str, *, trust_code: bool = False, **config: Any) -> nn.Module:
+    """Build a registered model, a ``timm:NAME`` / ``torchvision:NAME`` backbone, or a ``module:function``
+    student (Python code: only with ``trust_code``); options left as None are dropped so the constructor's
+    defaults survive."""
+    from distill.models import code_models
+
     options = {k: v for k, v in config.items() if v is not None}
     scheme, sep, rest = name.partition(":")
     if sep and scheme in STUDENT_SOURCES:
         return STUDENT_SOURCES.get(scheme)(rest, **options)
+    if name not in MODELS and code_models.is_code_spec(name):
+        if not trust_code:
+            raise code_models.untrusted(name, "student")
+        return code_models.build_code_student(name, **options)
     return MODELS.get(name)(**options)
 
 
@@ -37,8 +44,12 @@ def accepts(name: str, option: str) -> bool:
     need to size their embedding layer and the others do not take)."""
     import inspect
 
+    from distill.models import code_models
+
     if name.partition(":")[0] in STUDENT_SOURCES:
         return False
+    if name not in MODELS and code_models.is_code_spec(name):
+        return option == "input_size"  # code students are probed with one batch of the dataset's size
     return option in inspect.signature(MODELS.get(name)).parameters
 
 

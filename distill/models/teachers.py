@@ -23,12 +23,6 @@ spec and of its module's source file, so editing the code makes a resumed extrac
 
 from __future__ import annotations
 
-import hashlib
-import importlib
-import inspect
-import os
-import re
-import sys
 import warnings
 from pathlib import Path
 from typing import Any
@@ -38,11 +32,10 @@ from torch import nn
 
 from distill.models import teacher_hub, teacher_onnx  # noqa: F401  (registration side effects)
 from distill.models.checkpoint import load_teacher_source
+from distill.models.code_models import call_factory, import_factory, is_code_spec, source_digest
 from distill.models.registry import TEACHER_SOURCES
 from featstore.atomic import file_sha256
 from featstore.errors import CheckpointError, InputNotFound, InvalidInput
-
-_FUNCTION_SPEC = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 
 
 class _EmbedAdapter(nn.Module):
@@ -115,25 +108,14 @@ def _torchscript_source(argument: str, spec: str):
 
 
 def _function(spec: str):
-    module_name, _, function_name = spec.partition(":")
-    # like `python -m`, the current directory is importable: a teacher module beside the user's data just works
-    if "" not in sys.path and os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())
-    try:
-        module = importlib.import_module(module_name)
-        factory = getattr(module, function_name)
-    except (ImportError, AttributeError) as exc:
-        raise InvalidInput(f"teacher {spec!r}: cannot import it ({exc})") from None
-    result = factory()
+    factory, module = import_factory(spec, "teacher")
+    result = call_factory(factory, spec, "teacher")
     if not (isinstance(result, tuple) and len(result) == 3):
         raise InvalidInput(f"teacher {spec!r} must return (model, embed_fn, head)")
     model, embed_fn, head = result
     # The identity a store records: the spec, the factory's source and the weights it returned — a factory
     # that loads its weights from a file keeps its source when the weights change.
-    digest = hashlib.sha256(spec.encode())
-    source_file = inspect.getsourcefile(module)
-    if source_file:
-        digest.update(Path(source_file).read_bytes())
+    digest = source_digest(spec, module)
     for part in (model, head):
         if part is not None:
             _hash_state(digest, part)
@@ -159,7 +141,7 @@ def is_checkpoint_spec(spec: str | Path) -> bool:
     if Path(text).exists():
         return True
     scheme, sep, _ = text.partition(":")
-    return not ((sep and scheme in TEACHER_SOURCES) or _FUNCTION_SPEC.match(text))
+    return not ((sep and scheme in TEACHER_SOURCES) or is_code_spec(text))
 
 
 def load_teacher(spec: str | Path, *, trust_code: bool = False, drop_head: bool = False):
@@ -168,7 +150,7 @@ def load_teacher(spec: str | Path, *, trust_code: bool = False, drop_head: bool 
     scheme, sep, rest = text.partition(":")
     if sep and scheme in TEACHER_SOURCES and not Path(text).exists():
         source = TEACHER_SOURCES.get(scheme)(rest, text)
-    elif _FUNCTION_SPEC.match(text) and not Path(text).exists():
+    elif is_code_spec(text) and not Path(text).exists():
         if not trust_code:
             raise InvalidInput(
                 f"teacher {text!r} is neither a file nor one of {', '.join(TEACHER_SOURCES.names())}:…; as Python "

@@ -194,7 +194,7 @@ class StudentRun:
         }
         if accepts(config.arch, "input_size"):  # face backbones size their embedding layer from it
             self.model_config["input_size"] = int(self.dataset.image_shape[-1])
-        self.student = create_model(config.arch, **self.model_config).to(self.device)
+        self.student = create_model(config.arch, trust_code=config.trust_code, **self.model_config).to(self.device)
         # P: the student embedding → the teacher's space, trained with the student when the sizes differ
         dim = self.model_config["embedding_dim"]
         self.projection = (nn.Identity() if dim == teacher.dim else nn.Linear(dim, teacher.dim, bias=False)).to(
@@ -382,7 +382,7 @@ class StudentRun:
             arch=config.arch,
             model_config=self.model_config,
             state_dict={k: v.cpu() for k, v in self.student.state_dict().items()},
-            head_type=self.student.head.head_type,
+            head_type=getattr(self.student.head, "head_type", "linear"),  # a code student's nn.Linear
             embedding_dim=self.model_config["embedding_dim"],
             num_classes=self.teacher.source.shape.num_classes,
             dataset={
@@ -410,6 +410,7 @@ class StudentRun:
                 "init_head_from_teacher": config.init_head_from_teacher,
                 "log": self.log,
                 "test_accuracy": self.test_accuracy,
+                **({"code_sha256": self.student.code_sha256} if hasattr(self.student, "code_sha256") else {}),
             },
         )
 
