@@ -172,7 +172,9 @@ def extraction_speed(root: Path, work: Path, size: int, workers: int, batch: int
 
     def fsd() -> None:
         url = str(work / f"extract-{next(counter)}.zarr")
-        extract_teacher(teacher, dataset, url, views=1, batch_size=batch, chunk_rows=1024, progress=False)
+        extract_teacher(
+            teacher, dataset, url, views=1, batch_size=batch, chunk_rows=min(1024, len(dataset)), progress=False
+        )
 
     @torch.no_grad()
     def baseline() -> None:
@@ -204,7 +206,9 @@ def training_speed(root: Path, work: Path, size: int, workers: int, batch: int, 
     dataset = load_dataset(spec, options=LoadOptions(workers=workers))
     teacher = teacher_source(size, dataset.num_classes)
     store = str(work / "train-store.zarr")
-    extract_teacher(teacher, dataset, store, views=2, batch_size=batch, chunk_rows=256, progress=False)
+    extract_teacher(
+        teacher, dataset, store, views=2, batch_size=batch, chunk_rows=min(256, len(dataset) // 2), progress=False
+    )
     config = StudentConfig(
         store=store,
         dataset=spec,
@@ -277,8 +281,9 @@ def peak_rss_mb(args: list[str]) -> float:
     return int(done.stdout.strip().splitlines()[-1]) / 1024
 
 
-def memory_vs_n(work: Path, sizes: tuple[int, int], image_size: int, workers: int) -> dict[str, Any]:
-    """Peak RSS of extract-teacher and train-student on two generated JPEG folders."""
+def memory_vs_n(work: Path, sizes: tuple[int, int], image_size: int, workers: int, repeats: int = 1) -> dict[str, Any]:
+    """Peak RSS of extract-teacher and train-student on two generated JPEG folders: the median of
+    ``repeats`` fresh processes each (one process's peak is one draw of how its allocator behaved)."""
     from distill.models.checkpoint import Checkpoint, save_checkpoint
 
     out: dict[str, Any] = {}
@@ -310,10 +315,12 @@ def memory_vs_n(work: Path, sizes: tuple[int, int], image_size: int, workers: in
         store = work / f"store-{n}.zarr"
         common = ["--loader-workers", str(workers), "--device", "cpu", "--quiet"]
         extract = ["extract-teacher", "--teacher", str(teacher), "--dataset", spec, "--out", str(store), "--views", "1"]
-        out[f"extract_{n}_mb"] = peak_rss_mb([*extract, "--overwrite", *common])
         train = ["train-student", "--store", str(store), "--dataset", spec, "--out", str(work / f"s-{n}.pt")]
         train += ["--epochs", "1", "--batch-size", "256", "--recipe", "kd", "--eval-split", "none", "--overwrite"]
-        out[f"train_{n}_mb"] = peak_rss_mb([*train, *common])
+        for kind, args in (("extract", [*extract, "--overwrite", *common]), ("train", [*train, *common])):
+            runs = [peak_rss_mb(args) for _ in range(repeats)]
+            out[f"{kind}_{n}_runs_mb"] = runs
+            out[f"{kind}_{n}_mb"] = statistics.median(runs)
     small, large = sizes
     for kind in ("extract", "train"):
         a, b = out[f"{kind}_{small}_mb"], out[f"{kind}_{large}_mb"]
@@ -396,7 +403,7 @@ def markdown(r: dict[str, Any]) -> str:
         f"{r['loader']['torchvision_images_per_s']:.0f}; extraction fsd {r['extraction']['fsd_images_per_s']:.0f}, "
         f"baseline {r['extraction']['baseline_images_per_s']:.0f}; training fsd "
         f"{r['training']['fsd_images_per_s']:.0f}, vanilla {r['training']['vanilla_images_per_s']:.0f}.",
-        f"- peak RSS (MB): extract-teacher {mem[f'extract_{small}_mb']:.0f} ({small:,} JPEGs) vs "
+        f"- peak RSS (MB, images at 32×32, median of {m.get('memory_repeats', 1)} processes each): extract-teacher {mem[f'extract_{small}_mb']:.0f} ({small:,} JPEGs) vs "
         f"{mem[f'extract_{large}_mb']:.0f} ({large:,}); train-student {mem[f'train_{small}_mb']:.0f} vs "
         f"{mem[f'train_{large}_mb']:.0f}.",
         "",
@@ -430,6 +437,7 @@ def main() -> None:
             "size": size,
             "batch": batch,
             "memory_sizes": list(memory_sizes),
+            "memory_repeats": 1 if quick else 3,
         }
     }
     with tempfile.TemporaryDirectory(prefix="fsd-data-bench-") as tmp:
@@ -438,7 +446,7 @@ def main() -> None:
         results["loader"] = loader_speed(root, size, workers, batch, rounds)
         results["extraction"] = extraction_speed(root, work, size, workers, batch, rounds)
         results["training"] = training_speed(root, work, size, workers, batch, rounds)
-        results["memory"] = memory_vs_n(work, memory_sizes, 32, workers)
+        results["memory"] = memory_vs_n(work, memory_sizes, 32, workers, repeats=1 if quick else 3)
     results["fingerprint"] = fingerprint_speed(20_000 if quick else 1_000_000)
     results["meta"]["self_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     publish(markdown(results), SECTION, results, args.json, args.results, write=not args.no_write)

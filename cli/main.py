@@ -15,6 +15,7 @@ from click.shell_completion import CompletionItem
 
 from cli.types import finite_floats
 from featstore.errors import ENVIRONMENT_ERRNOS, FsdError
+from featstore.memory import bound_heap_growth
 
 COMMAND_MODULES: dict[str, str] = {
     "train-teacher": "cli.cmd_train_teacher",
@@ -135,6 +136,8 @@ def set_threads(threads: int | None) -> None:
 
 
 def main() -> None:
+    """The ``fsd`` process: the allocator setting belongs to the process that owns it (featstore/memory.py)."""
+    bound_heap_growth()
     cli(prog_name="fsd")
 
 

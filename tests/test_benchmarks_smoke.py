@@ -176,3 +176,33 @@ def test_a_subject_script_runs_alone(tmp_path: Path) -> None:
     assert results["eval"]["n"] == 2000 and results["eval"]["values_equal"] is True
     assert [f["key"] for f in results["figures"]] == ["eval_vs_pml"]
     assert "`python -m benchmarks.run --sections eval --quick --eval-n 2000" in (tmp_path / "RESULTS.md").read_text()
+
+
+def test_quick_data_pipeline_benchmark_runs_every_figure(tmp_path: Path) -> None:
+    """``benchmarks.data_pipeline --quick``: loader, extraction, training, memory (through the real CLI
+    processes) and fingerprint figures all computed and finite; the committed RESULTS.md is not touched."""
+    out = tmp_path / "data_pipeline.json"
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "benchmarks.data_pipeline",
+            "--quick",
+            "--results",
+            str(tmp_path / "R.md"),
+            "--json",
+            str(out),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-4000:]
+    r = json.loads(out.read_text())
+    ratios = [r["loader"]["ratio"], r["extraction"]["ratio"], r["training"]["ratio"], r["fingerprint"]["seconds"]]
+    ratios += [r["memory"]["extract_growth"], r["memory"]["train_growth"]]
+    assert all(isinstance(v, float) and math.isfinite(v) for v in ratios), ratios
+    assert all(r["memory"][f"{kind}_{n}_mb"] > 50 for kind in ("extract", "train") for n in r["meta"]["memory_sizes"])
+    assert "Real-scale data" in (tmp_path / "R.md").read_text()

@@ -1,0 +1,39 @@
+"""Keep a long run's resident memory flat: large buffers are given back to the OS when freed.
+
+Why: extraction and training allocate and free batch-sized tensors (decoded batches from the loader
+workers, the teacher's activations) at every step. glibc serves a freed block of more than 128 KiB from
+``mmap`` only until the first such block is freed; then it raises its threshold (up to 32 MiB) and serves
+them from its heap, which fragments, so the resident size creeps with the number of batches. Measured with
+``fsd extract-teacher`` on generated JPEGs at 32×32 (activations of 8–32 MiB): peak RSS 365 MB for 5,000
+images and 485–640 MB for 40,000, with flat Python-level memory (tracemalloc: 0.7 vs 8.9 MB, the index).
+At 64×64 the activations exceed 32 MiB, are always mapped, and RSS was flat (+3 %).
+
+Fixing the threshold at 16 MiB (``mallopt(M_MMAP_THRESHOLD)``, which also turns the raising off) maps
+those buffers again: 345 MB for 5,000 and 355 MB for 40,000 (+3 %), for a few per cent of speed on
+32×32 images and none at 64×64 and above, where the buffers were mapped anyway. The CLI sets it once per
+process (the workers it forks inherit it); a user's own ``MALLOC_MMAP_THRESHOLD_`` wins. A library does
+not change its host's allocator, so the Python API leaves it to the caller (:func:`bound_heap_growth`).
+
+Linux/glibc only; elsewhere (macOS, musl) a no-op.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import os
+import sys
+
+M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter number
+THRESHOLD_BYTES = 16 * 1024 * 1024
+
+
+def bound_heap_growth(threshold: int = THRESHOLD_BYTES) -> bool:
+    """Serve allocations of ``threshold`` bytes and more from ``mmap`` (glibc); True when it was set."""
+    if not sys.platform.startswith("linux") or "MALLOC_MMAP_THRESHOLD_" in os.environ:
+        return False
+    try:
+        mallopt = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").mallopt
+    except (OSError, AttributeError):  # musl and other C libraries have no mallopt
+        return False
+    return bool(mallopt(M_MMAP_THRESHOLD, int(threshold)))
