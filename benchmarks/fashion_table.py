@@ -71,11 +71,12 @@ def _student(args: tuple) -> tuple[str, int, dict, float]:
     return name, seed, _metrics(report), seconds
 
 
-def _teacher(args: tuple) -> tuple[int, str, float, float]:
-    """Train a teacher (with ``head_from``: SH-KD's, on the student's frozen head) and extract its store."""
+def _teacher(args: tuple, threads: int = 1) -> tuple[int, str, float, float]:
+    """Train a teacher (with ``head_from``: SH-KD's, on the student's frozen head) and extract its store;
+    ``threads``: every core for the reference teacher (trained alone), one for SH-KD's (trained in parallel)."""
     import torch
 
-    torch.set_num_threads(1)
+    torch.set_num_threads(threads)
     from distill.models.checkpoint import load_teacher_source
     from distill.training.teacher import TeacherConfig, train_teacher
     from featstore.datasets import load_dataset
@@ -194,8 +195,10 @@ def main() -> None:
     if args.teacher is None:
         teacher = work / "teacher.pt"
         _teacher(
-            (0, None, str(teacher), store, args.teacher_epochs, args.teacher_arch, teacher_spec, train_spec, test_spec)
+            (0, None, str(teacher), store, args.teacher_epochs, args.teacher_arch, teacher_spec, train_spec, test_spec),
+            threads=len(os.sched_getaffinity(0)),
         )
+        torch.set_num_threads(1)
     else:
         teacher = args.teacher
         _extract(teacher, train_spec, store)
@@ -247,6 +250,15 @@ def main() -> None:
     print(table)
 
 
+def _teacher_origin(path: Path) -> str:
+    """How a reused teacher checkpoint was trained, from what it records."""
+    import torch
+
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    extra, data = ckpt.get("extra", {}), ckpt.get("dataset", {})
+    return f"trained for {extra.get('epochs', '?')} epochs on `{data.get('spec', '?')}` ({data.get('split', '?')})"
+
+
 def _table(args, results, seconds, teacher, sh_top1, total: float, torch_version: str) -> str:
     rows = [
         f"| teacher (`{args.teacher_arch}`, 1 run) | "
@@ -260,7 +272,7 @@ def _table(args, results, seconds, teacher, sh_top1, total: float, torch_version
     teacher_note = (
         f"trained for {args.teacher_epochs} epochs on the first {args.teacher_limit:,} training images"
         if args.teacher is None
-        else f"reused from `{args.teacher.name}`"
+        else f"reused from `{args.teacher.name}`: {_teacher_origin(args.teacher)}"
     )
     sh_note = f" SH-KD teachers (student head frozen): test top-1 {_summary(sh_top1)}." if sh_top1 else ""
     return "\n".join(

@@ -5,7 +5,8 @@ loss = ‖Ĝ_s − Ĝ_t‖²_F / B² — samples that are similar for the teache
 Because G is B × B, the two sides may have any feature sizes.
 
 ``sp`` follows RepDistiller on the student side: f_s is the student's **last pre-pool feature map**
-(C·H·W values per sample), the tensor its β = 3000 was tuned on. The teacher side is the stored teacher
+(C·H·W values per sample), the tensor its β = 3000 was tuned on (fsd's recipe uses β = 3: against a stored
+embedding 3000 swamps cross-entropy, see distill/losses/recipes.py). The teacher side is the stored teacher
 embedding: a feature store keeps embeddings, not maps, so the teacher's map (RepDistiller's other side) is
 not available. For fsd's backbones the pooled embedding is the map's spatial mean (resnet_cifar's z is
 exactly that; convnet adds linear + BN on top), so G_t keeps the teacher's sample-to-sample structure.
