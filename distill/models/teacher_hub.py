@@ -33,11 +33,46 @@ OPTIONS = ("weights", "num_classes", "pretrained", "head")
 def _library(name: str) -> Any:
     try:
         return importlib.import_module(name)
-    except Exception as exc:  # noqa: BLE001 - ImportError, or a torchvision built for another torch
-        raise InvalidInput(
-            f"{name}: teachers need the {name} package importable beside this torch ({type(exc).__name__}: "
-            f"{str(exc).splitlines()[0] if str(exc) else ''}); install one built for torch {torch.__version__}"
-        ) from None
+    except RuntimeError as exc:
+        if "torchvision::" not in str(exc):
+            raise _unusable(name, exc) from None
+        _skip_torchvision_operators(exc)
+        try:
+            return importlib.import_module(name)
+        except Exception as again:  # noqa: BLE001 - still not importable: say why
+            raise _unusable(name, again) from None
+    except Exception as exc:  # noqa: BLE001 - ImportError, or a library broken beside this torch
+        raise _unusable(name, exc) from None
+
+
+def _unusable(name: str, exc: BaseException) -> InvalidInput:
+    return InvalidInput(
+        f"{name}: these models need the {name} package importable beside this torch ({type(exc).__name__}: "
+        f"{str(exc).splitlines()[0] if str(exc) else ''}); install one built for torch {torch.__version__}"
+    )
+
+
+def _skip_torchvision_operators(exc: BaseException) -> None:
+    """Import torchvision without its compiled operators (nms, roi_align, …), which fsd never calls.
+
+    Why: PyPI's Linux torchvision wheels link torch's CUDA libraries, so beside the CPU torch wheel their
+    ``_C`` extension does not load and ``import torchvision`` fails while registering fake kernels for the
+    missing ``torchvision::nms`` ("operator torchvision::nms does not exist"). The model definitions timm and
+    ``torchvision.models`` build are plain torch modules and need none of those operators, so the
+    registrations are skipped (a warning says so) rather than refusing the whole library."""
+    import sys
+    import types
+    import warnings
+
+    for module in [m for m in sys.modules if m.split(".")[0] in ("torchvision", "timm")]:
+        del sys.modules[module]  # the half-imported package, so the next import starts clean
+    sys.modules["torchvision._meta_registrations"] = types.ModuleType("torchvision._meta_registrations")
+    warnings.warn(
+        f"torchvision's compiled operators do not load beside torch {torch.__version__} "
+        f"({str(exc).splitlines()[0]}); fsd uses only its model definitions, which do not need them",
+        RuntimeWarning,
+        stacklevel=3,
+    )
 
 
 def load_state(path: Path, spec: str) -> dict[str, torch.Tensor]:

@@ -1,5 +1,5 @@
-"""Teacher sources by scheme: onnx:, timm:, torchvision: (through stand-ins of their APIs where the library
-cannot be imported here), head-less stores, and the head/classes check."""
+"""Teacher sources by scheme: onnx:, timm:, torchvision: (stand-ins of their APIs for the edge cases; the
+real libraries in test_hub_libraries.py), head-less stores, and the head/classes check."""
 
 from __future__ import annotations
 
@@ -162,7 +162,7 @@ def test_every_model_command_takes_any_spec(tmp_path, onnx_teacher):
     assert is_checkpoint_spec(path) and not is_checkpoint_spec("onnx:x.onnx") and not is_checkpoint_spec("a.b:c")
 
 
-# -- timm / torchvision through stand-ins of the two APIs fsd calls (neither imports beside this torch) ------
+# -- timm / torchvision edge cases through stand-ins of the two APIs fsd calls (small, exact networks) ------
 
 
 class _FakeTimmNet(nn.Module):
