@@ -39,7 +39,7 @@ import torch
 from torch import nn
 
 from distill.models.base import EmbeddingNet
-from featstore.errors import InvalidInput
+from featstore.errors import FsdError, InvalidInput
 
 CODE_SPEC = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 STUDENT_ARGUMENTS = ("num_classes", "in_channels", "embedding_dim", "input_size")
@@ -74,7 +74,7 @@ def call_factory(factory: Callable[..., Any], spec: str, role: str, **arguments:
     """Call the user's function; its own failure is one line naming it (the code is the user's to debug)."""
     try:
         return factory(**arguments)
-    except InvalidInput:
+    except FsdError:  # already one readable line (e.g. a checkpoint the function loads)
         raise
     except Exception as exc:  # noqa: BLE001 - any failure of foreign code becomes one readable line
         raise InvalidInput(f"{role} {spec!r} failed: {type(exc).__name__}: {exc}") from None
