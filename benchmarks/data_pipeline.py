@@ -17,9 +17,10 @@ writes it into ``benchmarks/RESULTS.md`` (section "Real-scale data") and ``data_
   entries; goal ≤ 10 s.
 
 Rounds of each pair are interleaved and the median of per-round ratios is reported, because the machine is
-shared. torchvision is the baseline only (``pip install --no-deps torchvision==0.28.0``, the version that
-matches torch 2.13): the PyPI wheel's compiled ops do not load on the CPU build of torch, and ImageFolder
-and the transforms do not need them, so the script imports torchvision without its operator registrations.
+shared. torchvision (``torchvision==0.28.0``, the release for torch 2.13, installed by ``make test``) is the
+baseline: the PyPI wheel's compiled ops do not load on the CPU build of torch, and ImageFolder and the
+transforms do not need them, so the script imports torchvision without its operator registrations (as
+fsd's own timm/torchvision models do, distill/models/teacher_hub.py).
 """
 
 from __future__ import annotations
