@@ -42,7 +42,6 @@ from distill.models.base import EmbeddingNet
 from featstore.errors import FsdError, InvalidInput
 
 CODE_SPEC = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
-STUDENT_ARGUMENTS = ("num_classes", "in_channels", "embedding_dim", "input_size")
 
 
 def is_code_spec(text: str) -> bool:
