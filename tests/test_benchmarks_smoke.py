@@ -18,15 +18,15 @@ ROOT = Path(__file__).resolve().parents[1]
 SECTIONS = ("training", "stream", "extraction", "dask", "amortisation", "eval")
 
 
-def test_quick_benchmark_writes_valid_json(tmp_path: Path) -> None:
-    done = subprocess.run(
-        [sys.executable, "-m", "benchmarks.run", "--quick", "--out-dir", str(tmp_path), "--workdir", str(tmp_path)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
+def _run_benchmark(*args: str) -> subprocess.CompletedProcess:
+    """``python -m ARGS`` from the repository root, output captured, at most 10 minutes."""
+    return subprocess.run(
+        [sys.executable, "-m", *args], cwd=ROOT, capture_output=True, text=True, timeout=600, check=False
     )
+
+
+def test_quick_benchmark_writes_valid_json(tmp_path: Path) -> None:
+    done = _run_benchmark("benchmarks.run", "--quick", "--out-dir", str(tmp_path), "--workdir", str(tmp_path))
     assert done.returncode == 0, done.stderr[-4000:]
 
     results = json.loads((tmp_path / "run.json").read_text())
@@ -84,27 +84,18 @@ def test_eval_floor_runs_and_its_certified_rows_are_exact(tmp_path: Path) -> Non
     certificate accepts, the reranked top-k equals FAISS' exact top-k (the script checks that itself)."""
     results_md = tmp_path / "RESULTS.md"
     results_md.write_text("# Benchmark results\n\n## Exact TAR@FAR at N = 20,000\n\nkept as is\n")
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "benchmarks.eval_floor",
-            "--n",
-            "3000",
-            "--classes",
-            "100",
-            "--block",
-            "1024",
-            "--results",
-            str(results_md),
-            "--json",
-            str(tmp_path / "floor.json"),
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
+    done = _run_benchmark(
+        "benchmarks.eval_floor",
+        "--n",
+        "3000",
+        "--classes",
+        "100",
+        "--block",
+        "1024",
+        "--results",
+        str(results_md),
+        "--json",
+        str(tmp_path / "floor.json"),
     )
     assert done.returncode == 0, done.stderr[-4000:]
     result = json.loads((tmp_path / "floor.json").read_text())
@@ -161,14 +152,7 @@ def test_replace_marked_keeps_the_hand_written_doc(tmp_path: Path) -> None:
 def test_a_subject_script_runs_alone(tmp_path: Path) -> None:
     """``python -m benchmarks.eval`` is the driver with its one section: only that section and its figure are
     written, and RESULTS.md names the equivalent ``benchmarks.run`` call."""
-    done = subprocess.run(
-        [sys.executable, "-m", "benchmarks.eval", "--quick", "--eval-n", "2000", "--out-dir", str(tmp_path)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-    )
+    done = _run_benchmark("benchmarks.eval", "--quick", "--eval-n", "2000", "--out-dir", str(tmp_path))
     assert done.returncode == 0, done.stderr[-4000:]
     results = json.loads((tmp_path / "run.json").read_text())
     assert results["meta"]["sections"] == ["eval"]
@@ -182,22 +166,8 @@ def test_quick_data_pipeline_benchmark_runs_every_figure(tmp_path: Path) -> None
     """``benchmarks.data_pipeline --quick``: loader, extraction, training, memory (through the real CLI
     processes) and fingerprint figures all computed and finite; the committed RESULTS.md is not touched."""
     out = tmp_path / "data_pipeline.json"
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "benchmarks.data_pipeline",
-            "--quick",
-            "--results",
-            str(tmp_path / "R.md"),
-            "--json",
-            str(out),
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
+    done = _run_benchmark(
+        "benchmarks.data_pipeline", "--quick", "--results", str(tmp_path / "R.md"), "--json", str(out)
     )
     assert done.returncode == 0, done.stderr[-4000:]
     r = json.loads(out.read_text())

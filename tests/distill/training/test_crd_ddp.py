@@ -26,6 +26,14 @@ def _store() -> SimpleNamespace:
     )
 
 
+def _on_two_ranks(fn, tmp_path) -> None:  # noqa: ANN001 - a spawn target
+    """Run ``fn(rank, port, out)`` on two gloo ranks over a free local port; each rank writes its result."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(fn, args=(port, str(tmp_path)), nprocs=2, join=True)
+
+
 def _rank(rank: int, port: int, out: str) -> None:
     from distill.losses import DistillInputs, TrainingContext
     from distill.losses.crd_exact import StoreBackedCRD as ContrastiveRepresentationKD
@@ -55,10 +63,7 @@ def _rank(rank: int, port: int, out: str) -> None:
 
 
 def test_student_memory_gathers_every_ranks_rows(tmp_path) -> None:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    mp.spawn(_rank, args=(port, str(tmp_path)), nprocs=2, join=True)
+    _on_two_ranks(_rank, tmp_path)
     r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
     assert torch.equal(r0["memory"], r1["memory"])  # one memory on both ranks
     changed = (r0["memory"] != r0["initial"]).any(dim=1).nonzero().flatten().tolist()
@@ -99,10 +104,7 @@ def _official_rank(rank: int, port: int, out: str) -> None:
 
 
 def test_official_crd_keeps_both_memories_and_z_identical_across_ranks(tmp_path) -> None:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    mp.spawn(_official_rank, args=(port, str(tmp_path)), nprocs=2, join=True)
+    _on_two_ranks(_official_rank, tmp_path)
     r0, r1 = (torch.load(tmp_path / f"official{r}.pt", weights_only=True) for r in (0, 1))
     assert torch.equal(r0["normaliser"], r1["normaliser"]) and (r0["normaliser"] > 0).all()  # Z: the ranks' mean
     for name in ("memory_s", "memory_t"):
