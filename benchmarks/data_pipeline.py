@@ -75,6 +75,15 @@ def make_jpegs(root: Path, n: int, classes: int, low: int, high: int, seed: int 
     return root
 
 
+def random_crop_folder(root: Path, size: int) -> Any:
+    """torchvision's ImageFolder over ``root/train`` with the training views fsd's loader renders:
+    RandomResizedCrop(size, scale=(0.35, 1)) + flip + ToTensor + Normalize."""
+    datasets, transforms = torchvision_modules()
+    crop = transforms.RandomResizedCrop(size, scale=(0.35, 1.0))
+    steps = [crop, transforms.RandomHorizontalFlip(), transforms.ToTensor(), transforms.Normalize(MEAN, STD)]
+    return datasets.ImageFolder(str(root / "train"), transform=transforms.Compose(steps))
+
+
 def interleaved(pairs: dict[str, Any], rounds: int) -> dict[str, list[float]]:
     """Seconds of each callable, run round by round in turn."""
     times: dict[str, list[float]] = {k: [] for k in pairs}
@@ -92,20 +101,9 @@ def loader_speed(root: Path, size: int, workers: int, batch: int, rounds: int) -
     from featstore.datasets import LoadOptions, load_dataset
     from featstore.loader import drawn_batches
 
-    datasets, transforms = torchvision_modules()
     dataset = load_dataset(f"folder:{root}?size={size}", options=LoadOptions(workers=workers))
     rows = np.arange(len(dataset))
-    tv = datasets.ImageFolder(
-        str(root / "train"),
-        transform=transforms.Compose(
-            [
-                transforms.RandomResizedCrop(size, scale=(0.35, 1.0)),
-                transforms.RandomHorizontalFlip(),
-                transforms.ToTensor(),
-                transforms.Normalize(MEAN, STD),
-            ]
-        ),
-    )
+    tv = random_crop_folder(root, size)
     tv_loader = torch.utils.data.DataLoader(tv, batch_size=batch, num_workers=workers, prefetch_factor=4)
 
     def fsd() -> None:
@@ -202,7 +200,6 @@ def training_speed(root: Path, work: Path, size: int, workers: int, batch: int, 
     from featstore.datasets import LoadOptions, load_dataset
     from featstore.extract import extract_teacher
 
-    datasets, transforms = torchvision_modules()
     spec = f"folder:{root}?size={size}"
     dataset = load_dataset(spec, options=LoadOptions(workers=workers))
     teacher = teacher_source(size, dataset.num_classes)
@@ -225,17 +222,7 @@ def training_speed(root: Path, work: Path, size: int, workers: int, batch: int, 
     )
     run = StudentRun.build(config)
     steps = run.steps_per_epoch
-    tv = datasets.ImageFolder(
-        str(root / "train"),
-        transform=transforms.Compose(
-            [
-                transforms.RandomResizedCrop(size, scale=(0.35, 1.0)),
-                transforms.RandomHorizontalFlip(),
-                transforms.ToTensor(),
-                transforms.Normalize(MEAN, STD),
-            ]
-        ),
-    )
+    tv = random_crop_folder(root, size)
     loader = torch.utils.data.DataLoader(tv, batch_size=batch, num_workers=workers, shuffle=True, prefetch_factor=4)
     torch.manual_seed(0)
     vanilla = create_model("convnet_student", num_classes=dataset.num_classes, in_channels=3, embedding_dim=64)
