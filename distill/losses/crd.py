@@ -79,25 +79,70 @@ class OtherClassNegatives:
 
 
 def memory_scores(anchor: torch.Tensor, memory: torch.Tensor, contrast: torch.Tensor) -> torch.Tensor:
-    """(B, K+1) dot products memory[contrast[i, j]] · anchor[i]; the memory carries no gradient.
+    """(B, K+1) dot products memory[contrast[i, j]] · anchor[i], without gradient.
 
     When B·(K+1) rows exceed the memory, one (B, N) product then a gather is cheaper than gathering
-    B·(K+1) rows of d values (the same numbers up to summation order). The product's backward needs the
-    memory as it is now, and the memory is updated in place after the scores: hence the copy.
+    B·(K+1) rows of d values (the same numbers up to summation order).
     """
+    with torch.no_grad(), torch.autocast(anchor.device.type, enabled=False):  # NCE sums 16k terms: float32
+        anchor, memory = anchor.float(), memory.float()
+        if contrast.numel() >= memory.shape[0]:
+            return (anchor @ memory.t()).gather(1, contrast)
+        return torch.bmm(memory[contrast], anchor.unsqueeze(2)).squeeze(2)
+
+
+def _scores_transpose(grad: torch.Tensor, memory: torch.Tensor, contrast: torch.Tensor) -> torch.Tensor:
+    """Σ_j grad[i, j] · memory[contrast[i, j]] (B, d): the adjoint of :func:`memory_scores`, by the same route."""
     if contrast.numel() >= memory.shape[0]:
-        return (anchor @ memory.detach().clone().t()).gather(1, contrast)
-    rows = memory.detach()[contrast]  # (B, K+1, d), a copy
-    return torch.bmm(rows, anchor.unsqueeze(2)).squeeze(2)
+        dense = torch.zeros((grad.shape[0], memory.shape[0]), dtype=grad.dtype, device=grad.device)
+        return dense.scatter_add_(1, contrast, grad) @ memory
+    return torch.bmm(grad.unsqueeze(1), memory[contrast]).squeeze(1)
 
 
-def nce_loss(scores: torch.Tensor, num_data: int) -> torch.Tensor:
-    """RepDistiller's contrastive (NCE) loss of normalised scores h (B, 1+K), positive in column 0."""
-    k = scores.shape[1] - 1
+def nce_terms(log_h: torch.Tensor, num_data: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(loss, dloss/dlog_h) of RepDistiller's NCE for log-scores log h (B, 1+K), positive in column 0.
+
+    With c = K·P_n + ε, log(h + c) = log c + softplus(log h − log c) exactly: one fused, overflow-free op
+    in place of exp, add and log over the B·(K+1) scores, and its derivative is a sigmoid.
+    """
+    k = log_h.shape[1] - 1
     noise = k / num_data
-    log_pos = torch.log(scores[:, 0] / (scores[:, 0] + noise + EPS))
-    log_neg = torch.log(noise / (scores[:, 1:] + noise + EPS))
-    return -(log_pos.sum() + log_neg.sum()) / scores.shape[0]
+    log_c = math.log(noise + EPS)
+    shifted = log_h - log_c
+    log_terms = F.softplus(shifted)  # log(h + c) − log c
+    batch = log_h.shape[0]
+    positive = (log_h[:, 0] - log_c - log_terms[:, 0]).sum()
+    negative = k * batch * (math.log(noise) - log_c) - log_terms[:, 1:].sum()
+    grad = torch.sigmoid(shifted) / batch  # d(−log_neg term)/dlog h
+    grad[:, 0] -= 1.0 / batch  # d(−log_pos)/dlog h = −(1 − σ)
+    return -(positive + negative) / batch, grad
+
+
+class _MemoryNCE(torch.autograd.Function):
+    """NCE of an anchor against detached memory rows, with its gradient computed in the forward pass.
+
+    The memory is updated in place right after the scores; computing dL/d(anchor) while the memory is
+    as scored saves keeping a copy of it (or of the (B, N) product) for backward.
+    """
+
+    @staticmethod
+    def forward(ctx, anchor, memory, contrast, tau: float, log_z: float, num_data: int):  # noqa: ANN001
+        log_h = memory_scores(anchor, memory, contrast) / tau - log_z
+        loss, grad = nce_terms(log_h, num_data)
+        with torch.autocast(anchor.device.type, enabled=False):
+            grad_anchor = _scores_transpose(grad / tau, memory.float(), contrast)
+        ctx.save_for_backward(grad_anchor.to(anchor.dtype))
+        return loss
+
+    @staticmethod
+    def backward(ctx, grad_output):  # noqa: ANN001
+        (grad_anchor,) = ctx.saved_tensors
+        return grad_output * grad_anchor, None, None, None, None, None
+
+
+def memory_nce(anchor: torch.Tensor, memory: torch.Tensor, contrast: torch.Tensor, tau: float, z: float, n: int):
+    """One side of ``crd``: NCE of h(i, j) = exp(memory[contrast[i, j]] · anchor[i] / τ) / Z, P_n = 1/n."""
+    return _MemoryNCE.apply(anchor, memory.detach(), contrast, tau, math.log(z), n)
 
 
 def _mean_over_ranks(value: float) -> float:
@@ -152,13 +197,14 @@ class ContrastiveRepresentationKD(DistillLoss):
     def contrast(self, v_s: torch.Tensor, v_t: torch.Tensor, idx: torch.Tensor, contrast: torch.Tensor) -> torch.Tensor:
         """L_s + L_t for projected, normalised v_s, v_t (B, d) and contrast ids (B, K+1); then the
         memory update. Separate from :meth:`compute` so tests can give the memories and negatives."""
-        exp_s = torch.exp(memory_scores(v_s, self.memory_t, contrast) / self.tau)
-        exp_t = torch.exp(memory_scores(v_t, self.memory_s, contrast) / self.tau)
         if self.normaliser[0] < 0:  # Z fixed from the first batch, as RepDistiller
-            self.normaliser[0] = _mean_over_ranks(float(exp_s.detach().mean()) * self.num_data)
-            self.normaliser[1] = _mean_over_ranks(float(exp_t.detach().mean()) * self.num_data)
+            for side, (anchor, memory) in enumerate(((v_s, self.memory_t), (v_t, self.memory_s))):
+                first = torch.exp(memory_scores(anchor, memory, contrast) / self.tau).mean()
+                self.normaliser[side] = _mean_over_ranks(float(first) * self.num_data)
         z_s, z_t = float(self.normaliser[0]), float(self.normaliser[1])
-        loss = nce_loss(exp_s / z_s, self.num_data) + nce_loss(exp_t / z_t, self.num_data)
+        loss = memory_nce(v_s, self.memory_t, contrast, self.tau, z_s, self.num_data) + memory_nce(
+            v_t, self.memory_s, contrast, self.tau, z_t, self.num_data
+        )
         with torch.no_grad():
             idx_all, rows = gather_from_ranks(idx, torch.cat([v_s.detach(), v_t.detach()], dim=1))
             for memory, new in ((self.memory_s, rows[:, : self.feat_dim]), (self.memory_t, rows[:, self.feat_dim :])):
