@@ -54,40 +54,48 @@ def all_labels(source) -> np.ndarray:
 
 
 class OtherClassNegatives:
-    """Per-anchor negatives from the samples of other classes (RepDistiller's ``cls_negative`` sampling)."""
+    """Per-anchor negatives from the samples of other classes (RepDistiller's ``cls_negative`` sampling).
+
+    RepDistiller draws each anchor's K with ``np.random.choice(cls_negative[label], K, replace=False)``; so
+    does this, with numpy's partial shuffle (~0.1 ms for 16,384 of 54,000; ``torch.randperm`` of the whole
+    pool was 4× slower and a quarter of a CRD step). Each batch's numpy generator is seeded from the torch
+    ``generator``, whose state --resume saves, so a resumed run draws the same negatives.
+    """
 
     def __init__(self, labels: np.ndarray, k: int, generator: torch.Generator) -> None:
         self.k, self.generator = k, generator
-        self.others = {int(c): torch.from_numpy(np.flatnonzero(labels != c)) for c in np.unique(labels)}
+        self.others = {int(c): np.flatnonzero(labels != c) for c in np.unique(labels)}
         if any(len(rows) == 0 for rows in self.others.values()):
             raise InvalidInput("crd draws its negatives from other classes: the training data has only one class")
 
     def draw(self, indices: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """(B, K + 1) sample ids: column 0 the anchor's own sample, then its K negatives."""
-        out = torch.empty((len(indices), self.k + 1), dtype=torch.long)
-        out[:, 0] = indices.cpu()
+        out = np.empty((len(indices), self.k + 1), dtype=np.int64)
+        out[:, 0] = indices.cpu().numpy()
+        rng = np.random.default_rng(int(torch.randint(0, 2**63 - 1, (1,), generator=self.generator)))
         for row, label in enumerate(labels.cpu().tolist()):
             others = self.others.get(int(label))
             if others is None:
                 raise InvalidInput(f"crd: batch label {label} is not a class of the training data")
             if self.k <= len(others):
-                pick = torch.randperm(len(others), generator=self.generator)[: self.k]
+                pick = rng.choice(len(others), self.k, replace=False)
             else:
-                pick = torch.randint(0, len(others), (self.k,), generator=self.generator)
-            out[row, 1:] = others[pick]
-        return out
+                pick = rng.integers(0, len(others), self.k)
+            np.take(others, pick, out=out[row, 1:])
+        return torch.from_numpy(out)
 
 
 def memory_scores(anchor: torch.Tensor, memory: torch.Tensor, contrast: torch.Tensor) -> torch.Tensor:
     """(B, K+1) dot products memory[contrast[i, j]] · anchor[i], without gradient.
 
-    When B·(K+1) rows exceed the memory, one (B, N) product then a gather is cheaper than gathering
-    B·(K+1) rows of d values (the same numbers up to summation order).
+    When B·(K+1) rows exceed the memory, one (N, B) product then a gather is cheaper than gathering
+    B·(K+1) rows of d values (the same numbers up to summation order). The product is taken as
+    memory · anchorᵀ, not anchor · memoryᵀ: with a (N, d) row-major memory the former was 2.5× faster on CPU.
     """
     with torch.no_grad(), torch.autocast(anchor.device.type, enabled=False):  # NCE sums 16k terms: float32
         anchor, memory = anchor.float(), memory.float()
         if contrast.numel() >= memory.shape[0]:
-            return (anchor @ memory.t()).gather(1, contrast)
+            return (memory @ anchor.t()).t().contiguous().gather(1, contrast)
         return torch.bmm(memory[contrast], anchor.unsqueeze(2)).squeeze(2)
 
 
@@ -95,7 +103,7 @@ def _scores_transpose(grad: torch.Tensor, memory: torch.Tensor, contrast: torch.
     """Σ_j grad[i, j] · memory[contrast[i, j]] (B, d): the adjoint of :func:`memory_scores`, by the same route."""
     if contrast.numel() >= memory.shape[0]:
         dense = torch.zeros((grad.shape[0], memory.shape[0]), dtype=grad.dtype, device=grad.device)
-        return dense.scatter_add_(1, contrast, grad) @ memory
+        return (memory.t() @ dense.scatter_add_(1, contrast, grad).t()).t()
     return torch.bmm(grad.unsqueeze(1), memory[contrast]).squeeze(1)
 
 
