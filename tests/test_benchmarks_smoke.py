@@ -176,3 +176,14 @@ def test_quick_data_pipeline_benchmark_runs_every_figure(tmp_path: Path) -> None
     assert all(isinstance(v, float) and math.isfinite(v) for v in ratios), ratios
     assert all(r["memory"][f"{kind}_{n}_mb"] > 50 for kind in ("extract", "train") for n in r["meta"]["memory_sizes"])
     assert "Real-scale data" in (tmp_path / "R.md").read_text()
+
+
+def test_quick_crd_step_benchmark_checks_values_then_times(tmp_path: Path) -> None:
+    """``benchmarks.crd_step --quick``: the three CRD routes agree on the loss (the script asserts it before
+    timing), every step time and ratio is finite, and the section lands in the given RESULTS.md."""
+    done = _run_benchmark("benchmarks.crd_step", "--quick", "--out-dir", str(tmp_path))
+    assert done.returncode == 0, done.stderr[-4000:]
+    r = json.loads((tmp_path / "crd_step.json").read_text())["crd"]
+    figures = [*r["step_s"].values(), r["fsd_over_repdistiller_gather"], r["fsd_over_dense_autograd"]]
+    assert all(isinstance(v, float) and math.isfinite(v) and v > 0 for v in figures), figures
+    assert "CRD loss step" in (tmp_path / "RESULTS.md").read_text()
