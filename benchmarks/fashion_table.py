@@ -22,7 +22,7 @@ import os
 import platform
 import statistics
 import time
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from pathlib import Path
 
 from benchmarks.paper_table import METRICS, _metrics, _summary
@@ -153,12 +153,70 @@ def reading(results: dict[str, list[dict]], teacher: dict[str, float]) -> list[s
     return lines
 
 
+# Rough single-core costs (s) of each kind of job at the table's sizes: the scheduler starts the longest
+# ready job first, so the SH-KD chain (vanilla → SH teacher → crd-kd student) overlaps the short rows
+# instead of running alone at the end with one core idle.
+COST = {"sh-teacher": 900, "sh-kd": 350, "crd": 350, "crd-th": 350, "crd-exact": 180}
+
+
+def run_jobs(args, store: str, common: tuple, work: Path, teacher_spec: str, train_spec: str, test_spec: str):
+    """Every student (and SH-KD teacher) on ``args.jobs`` processes: ({recipe: [metrics]}, {recipe: [s]},
+    SH-KD teachers' top-1). A seed's SH-KD teacher is queued when its vanilla student is written."""
+    by_seed: dict[str, dict[int, tuple[dict, float]]] = {}
+    sh_by_seed: dict[int, float] = {}
+    plain = [r for r in args.recipes if r != "sh-kd"]
+    ready = [
+        ("student", (r, r, s, store, store, str(work / f"{r}_s{s}.pt"), *common)) for r in plain for s in range(args.seeds)
+    ]  # fmt: skip
+    sh_epochs = args.sh_teacher_epochs
+
+    def cost(job) -> float:
+        kind, payload = job
+        if kind == "teacher":
+            return COST["sh-teacher"]
+        return math.inf if payload[0] == "vanilla" else COST.get(payload[0], 50)
+
+    def record(name: str, seed: int, metrics: dict, secs: float) -> None:
+        by_seed.setdefault(name, {})[seed] = (metrics, secs)
+        print(f"{name:9s} seed {seed}: {metrics} ({secs:.0f} s)", flush=True)
+
+    with ProcessPoolExecutor(args.jobs) as pool:
+        running: dict = {}
+        while ready or running:
+            ready.sort(key=cost, reverse=True)  # vanilla first (it unlocks SH-KD), then the longest
+            while ready and len(running) < args.jobs:
+                kind, payload = ready.pop(0)
+                running[pool.submit(_teacher if kind == "teacher" else _student, payload)] = (kind, payload)
+            done, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in done:
+                kind, payload = running.pop(future)
+                if kind == "teacher":
+                    seed, sh_store, top1, secs = future.result()
+                    sh_by_seed[seed] = top1
+                    print(f"SH teacher seed {seed}: test top-1 {top1:.4f} ({secs:.0f} s)", flush=True)
+                    student = ("sh-kd", "crd-kd", seed, sh_store, store, str(work / f"shkd_s{seed}.pt"), *common)
+                    ready.append(("student", student))
+                    continue
+                name, seed, metrics, secs = future.result()
+                record(name, seed, metrics, secs)
+                if name == "vanilla" and "sh-kd" in args.recipes:
+                    sh_args = (seed, payload[5], str(work / f"teacher_sh_s{seed}.pt"),
+                               str(work / f"teacher_sh_s{seed}.zarr"), sh_epochs, args.teacher_arch, teacher_spec,
+                               train_spec, test_spec)  # fmt: skip
+                    ready.append(("teacher", sh_args))
+    # rows in recipe and seed order, whatever order the jobs finished in
+    names = [r for r in RECIPES if r in by_seed]
+    results = {name: [by_seed[name][seed][0] for seed in sorted(by_seed[name])] for name in names}
+    seconds = {name: [by_seed[name][seed][1] for seed in sorted(by_seed[name])] for name in names}
+    return results, seconds, [sh_by_seed[seed] for seed in sorted(sh_by_seed)]
+
+
 def _parse() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--epochs", type=int, default=10, help="student epochs")
+    parser.add_argument("--epochs", type=int, default=3, help="student epochs")
     parser.add_argument("--teacher-epochs", type=int, default=15)
-    parser.add_argument("--sh-teacher-epochs", type=int, default=None, help="SH-KD teachers (default --teacher-epochs)")
+    parser.add_argument("--sh-teacher-epochs", type=int, default=3, help="SH-KD teachers' epochs")
     parser.add_argument("--train-limit", type=int, default=FULL_TRAIN, help="first N training images (store, students)")
     parser.add_argument("--teacher-limit", type=int, default=FULL_TRAIN, help="first N images the teacher trains on")
     parser.add_argument("--test-limit", type=int, default=FULL_TEST, help="first N test images evaluated")
@@ -207,31 +265,8 @@ def main() -> None:
     )
     print(f"teacher: test top-1 {teacher_report['classification']['top1']:.4f}", flush=True)
 
-    results: dict[str, list[dict]] = {}
-    seconds: dict[str, list[float]] = {}
     common = (args.epochs, args.student_arch, train_spec, test_spec)
-    plain = [r for r in args.recipes if r != "sh-kd"]
-    jobs = [(r, r, s, store, store, str(work / f"{r}_s{s}.pt"), *common) for r in plain for s in range(args.seeds)]
-    sh_top1: list[float] = []
-    with ProcessPoolExecutor(args.jobs) as pool:
-        for name, seed, metrics, secs in pool.map(_student, jobs):
-            results.setdefault(name, []).append(metrics)
-            seconds.setdefault(name, []).append(secs)
-            print(f"{name:9s} seed {seed}: {metrics} ({secs:.0f} s)", flush=True)
-        if "sh-kd" in args.recipes:
-            sh_epochs = args.sh_teacher_epochs or args.teacher_epochs
-            sh_jobs = [
-                (s, str(work / f"vanilla_s{s}.pt"), str(work / f"teacher_sh_s{s}.pt"), str(work / f"teacher_sh_s{s}.zarr"),
-                 sh_epochs, args.teacher_arch, teacher_spec, train_spec, test_spec)
-                for s in range(args.seeds)
-            ]  # fmt: skip
-            sh = list(pool.map(_teacher, sh_jobs))
-            sh_top1 = [top1 for _, _, top1, _ in sh]
-            sh_jobs = [("sh-kd", "crd-kd", s, st, store, str(work / f"shkd_s{s}.pt"), *common) for s, st, _, _ in sh]
-            for name, seed, metrics, secs in pool.map(_student, sh_jobs):
-                results.setdefault(name, []).append(metrics)
-                seconds.setdefault(name, []).append(secs)
-                print(f"{name:9s} seed {seed}: {metrics} ({secs:.0f} s)", flush=True)
+    results, seconds, sh_top1 = run_jobs(args, store, common, work, teacher_spec, train_spec, test_spec)
     total = time.perf_counter() - started
     teacher_metrics = _metrics(teacher_report)
     table = _table(args, results, seconds, teacher_metrics, sh_top1, total, torch.__version__)
@@ -256,7 +291,11 @@ def _teacher_origin(path: Path) -> str:
 
     ckpt = torch.load(path, map_location="cpu", weights_only=True)
     extra, data = ckpt.get("extra", {}), ckpt.get("dataset", {})
-    return f"trained for {extra.get('epochs', '?')} epochs on `{data.get('spec', '?')}` ({data.get('split', '?')})"
+    cost = f" in {extra['seconds'] / 60:.0f} min" if "seconds" in extra else ""
+    origin = (
+        f"trained for {extra.get('epochs', '?')} epochs{cost} on `{data.get('spec', '?')}` ({data.get('split', '?')})"
+    )
+    return origin
 
 
 def _table(args, results, seconds, teacher, sh_top1, total: float, torch_version: str) -> str:
@@ -292,7 +331,9 @@ def _table(args, results, seconds, teacher, sh_top1, total: float, torch_version
             *reading(results, teacher),
             "",
             f"Generated by `python -m benchmarks.fashion_table --seeds {args.seeds} --epochs {args.epochs} "
-            f"--teacher-epochs {args.teacher_epochs} --train-limit {args.train_limit} --teacher-limit "
+            f"--teacher-arch {args.teacher_arch} "
+            + (f"--teacher {args.teacher.name} " if args.teacher else f"--teacher-epochs {args.teacher_epochs} ")
+            + f"--sh-teacher-epochs {args.sh_teacher_epochs} --train-limit {args.train_limit} --teacher-limit "
             f"{args.teacher_limit} --test-limit {args.test_limit}` in {total / 60:.0f} min on "
             f"{platform.machine()} ({os.cpu_count()} cores, {args.jobs} jobs), torch {torch_version}, "
             f"{time.strftime('%Y-%m-%d')}.",

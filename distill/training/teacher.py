@@ -212,6 +212,7 @@ def train_teacher(config: TeacherConfig) -> TeacherResult:
             "test_accuracy": test_acc,
             "seed": config.seed,
             "epochs": config.epochs,
+            "seconds": round(time.perf_counter() - started, 1),  # what the teacher cost (benchmarks report it)
             **provenance,
         },
     )
