@@ -121,8 +121,8 @@ def nce_terms(log_h: torch.Tensor, num_data: int) -> tuple[torch.Tensor, torch.T
     batch = log_h.shape[0]
     positive = (log_h[:, 0] - log_c - log_terms[:, 0]).sum()
     negative = k * batch * (math.log(noise) - log_c) - log_terms[:, 1:].sum()
-    grad = torch.sigmoid(shifted) / batch  # d(−log_neg term)/dlog h
-    grad[:, 0] -= 1.0 / batch  # d(−log_pos)/dlog h = −(1 − σ)
+    grad = torch.sigmoid(shifted) / batch  # dL/dlog h of a negative: σ(log h − log c) / B
+    grad[:, 0] -= 1.0 / batch  # of the positive: −(1 − σ) / B
     return -(positive + negative) / batch, grad
 
 
