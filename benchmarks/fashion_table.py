@@ -256,13 +256,14 @@ def main() -> None:
             (0, None, str(teacher), store, args.teacher_epochs, args.teacher_arch, teacher_spec, train_spec, test_spec),
             threads=len(os.sched_getaffinity(0)),
         )
-        torch.set_num_threads(1)
     else:
         teacher = args.teacher
+        torch.set_num_threads(len(os.sched_getaffinity(0)))  # nothing else runs yet: every core
         _extract(teacher, train_spec, store)
     teacher_report, _ = ev.evaluate(
         ev.embeddings_from_checkpoint(teacher, test_spec, "test"), gallery=ev.embeddings_from_store(store)
     )
+    torch.set_num_threads(1)
     print(f"teacher: test top-1 {teacher_report['classification']['top1']:.4f}", flush=True)
 
     common = (args.epochs, args.student_arch, train_spec, test_spec)
