@@ -148,3 +148,31 @@ def test_recipes_name_both_crds():
     assert set(build_criterion("crd").losses) == {"ce", "crd"}
     assert set(build_criterion("crd-exact").losses) == {"ce", "crd-exact"}
     assert type(build_criterion("crd").losses["crd"]).__name__ == "ContrastiveRepresentationKD"
+
+
+def test_scores_stay_float32_under_bf16_autocast_and_the_gradient_keeps_the_anchor_dtype():
+    """--amp: the 16k-term NCE is summed in float32 whatever autocast does to the projections; the loss
+    under bf16 autocast equals the float32 loss to bf16 rounding of the inputs, and gradients flow."""
+    rng = np.random.default_rng(1)
+    idx = np.array([0, 5, 9, 14])
+    contrast = torch.from_numpy(_contrast(idx, rng))
+    student = torch.from_numpy(rng.normal(size=(len(idx), D_S))).float()
+    values = []
+    for autocast in (False, True):
+        loss = _loss()
+        loss.sampler.draw = lambda indices, labels, c=contrast: c
+        z_s = student.clone().requires_grad_()
+        inputs = DistillInputs(
+            student_embedding=z_s,
+            student_logits=torch.zeros(len(idx), CLASSES),
+            labels=torch.from_numpy(idx % CLASSES),
+            teacher_embedding=torch.ones(len(idx), D_T),
+            indices=torch.from_numpy(idx),
+        )
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            value = loss(inputs)
+        value.backward()
+        assert value.dtype == torch.float32 and z_s.grad.dtype == torch.float32 and torch.isfinite(z_s.grad).all()
+        values.append(float(value.detach()))
+    assert values[1] == pytest.approx(values[0], rel=2e-2)
+    assert values[1] != values[0]  # autocast did act on the projections
