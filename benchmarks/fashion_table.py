@@ -156,10 +156,11 @@ def reading(results: dict[str, list[dict]], teacher: dict[str, float]) -> list[s
     return lines
 
 
-# Rough single-core costs (s) of each kind of job at the table's sizes: the scheduler starts the longest
-# ready job first, so the SH-KD chain (vanilla → SH teacher → crd-kd student) overlaps the short rows
-# instead of running alone at the end with one core idle.
-COST = {"sh-teacher": 900, "sh-kd": 350, "crd": 350, "crd-th": 350, "crd-exact": 180}
+# Single-core seconds of the long jobs in the published run (an SH-KD teacher, then students by row; every
+# other row ~40 s): the scheduler starts the longest ready job first, so the SH-KD chain (vanilla → SH
+# teacher → crd-kd student) overlaps the short rows instead of running alone at the end with a core idle.
+SH_TEACHER_COST = 850
+COST = {"crd": 400, "crd-th": 360, "sh-kd": 350, "crd-exact": 160}
 
 
 def run_jobs(args, store: str, common: tuple, work: Path, teacher_spec: str, train_spec: str, test_spec: str):
@@ -171,20 +172,19 @@ def run_jobs(args, store: str, common: tuple, work: Path, teacher_spec: str, tra
     ready = [
         ("student", (r, r, s, store, store, str(work / f"{r}_s{s}.pt"), *common)) for r in plain for s in range(args.seeds)
     ]  # fmt: skip
-    sh_epochs = args.sh_teacher_epochs
 
     def cost(job) -> float:
         kind, payload = job
         if kind == "teacher":
-            return COST["sh-teacher"]
-        return math.inf if payload[0] == "vanilla" else COST.get(payload[0], 50)
+            return SH_TEACHER_COST
+        return math.inf if payload[0] == "vanilla" else COST.get(payload[0], 40)
 
     def record(name: str, seed: int, metrics: dict, secs: float) -> None:
         by_seed.setdefault(name, {})[seed] = (metrics, secs)
         print(f"{name:9s} seed {seed}: {metrics} ({secs:.0f} s)", flush=True)
 
     with ProcessPoolExecutor(args.jobs) as pool:
-        running: dict = {}
+        running: dict = {}  # future → (kind, payload)
         while ready or running:
             ready.sort(key=cost, reverse=True)  # vanilla first (it unlocks SH-KD), then the longest
             while ready and len(running) < args.jobs:
@@ -204,8 +204,8 @@ def run_jobs(args, store: str, common: tuple, work: Path, teacher_spec: str, tra
                 record(name, seed, metrics, secs)
                 if name == "vanilla" and "sh-kd" in args.recipes:
                     sh_args = (seed, payload[5], str(work / f"teacher_sh_s{seed}.pt"),
-                               str(work / f"teacher_sh_s{seed}.zarr"), sh_epochs, args.teacher_arch, teacher_spec,
-                               train_spec, test_spec)  # fmt: skip
+                               str(work / f"teacher_sh_s{seed}.zarr"), args.sh_teacher_epochs, args.teacher_arch,
+                               teacher_spec, train_spec, test_spec)  # fmt: skip
                     ready.append(("teacher", sh_args))
     # rows in recipe and seed order, whatever order the jobs finished in
     names = [r for r in RECIPES if r in by_seed]
@@ -296,10 +296,9 @@ def _teacher_origin(path: Path) -> str:
     ckpt = torch.load(path, map_location="cpu", weights_only=True)
     extra, data = ckpt.get("extra", {}), ckpt.get("dataset", {})
     cost = f" in {extra['seconds'] / 60:.0f} min" if "seconds" in extra else ""
-    origin = (
+    return (
         f"trained for {extra.get('epochs', '?')} epochs{cost} on `{data.get('spec', '?')}` ({data.get('split', '?')})"
     )
-    return origin
 
 
 def _table(args, results, seconds, teacher, sh_top1, total: float, torch_version: str) -> str:
