@@ -85,6 +85,12 @@ class OtherClassNegatives:
         return torch.from_numpy(out)
 
 
+def _dense_route(memory: torch.Tensor, contrast: torch.Tensor) -> bool:
+    """Whether scores go through one product with the whole memory (B·(K+1) ≥ N) rather than gathered rows;
+    :func:`memory_scores` and its adjoint must take the same route."""
+    return contrast.numel() >= memory.shape[0]
+
+
 def memory_scores(anchor: torch.Tensor, memory: torch.Tensor, contrast: torch.Tensor) -> torch.Tensor:
     """(B, K+1) dot products memory[contrast[i, j]] · anchor[i], without gradient.
 
@@ -94,14 +100,14 @@ def memory_scores(anchor: torch.Tensor, memory: torch.Tensor, contrast: torch.Te
     """
     with torch.no_grad(), torch.autocast(anchor.device.type, enabled=False):  # NCE sums 16k terms: float32
         anchor, memory = anchor.float(), memory.float()
-        if contrast.numel() >= memory.shape[0]:
+        if _dense_route(memory, contrast):
             return (memory @ anchor.t()).t().contiguous().gather(1, contrast)
         return torch.bmm(memory[contrast], anchor.unsqueeze(2)).squeeze(2)
 
 
 def _scores_transpose(grad: torch.Tensor, memory: torch.Tensor, contrast: torch.Tensor) -> torch.Tensor:
     """Σ_j grad[i, j] · memory[contrast[i, j]] (B, d): the adjoint of :func:`memory_scores`, by the same route."""
-    if contrast.numel() >= memory.shape[0]:
+    if _dense_route(memory, contrast):
         dense = torch.zeros((grad.shape[0], memory.shape[0]), dtype=grad.dtype, device=grad.device)
         return (memory.t() @ dense.scatter_add_(1, contrast, grad).t()).t()
     return torch.bmm(grad.unsqueeze(1), memory[contrast]).squeeze(1)
