@@ -80,14 +80,11 @@ def _teacher(args: tuple, threads: int = 1) -> tuple[int, str, float, float]:
     import torch
 
     torch.set_num_threads(threads)
-    from distill.models.checkpoint import load_teacher_source
     from distill.training.teacher import TeacherConfig, train_teacher
-    from featstore.datasets import load_dataset
-    from featstore.extract import extract_teacher
 
     seed, head_from, out, store, epochs, arch, teacher_spec, train_spec, test_spec = args
     started = time.perf_counter()
-    result = train_teacher(
+    train_teacher(
         TeacherConfig(
             dataset=teacher_spec,
             out=Path(out),
@@ -100,10 +97,7 @@ def _teacher(args: tuple, threads: int = 1) -> tuple[int, str, float, float]:
             progress=False,
         )
     )
-    del result
-    extract_teacher(
-        load_teacher_source(out), load_dataset(train_spec), store, views=2, seed=0, overwrite=True, progress=False
-    )
+    _extract(Path(out), train_spec, store)
     import distill.evaluation as ev
 
     top1 = ev.evaluate(ev.embeddings_from_checkpoint(out, test_spec, "test"))[0]["classification"]["top1"]
