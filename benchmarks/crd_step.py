@@ -82,7 +82,7 @@ def measure(n: int, classes: int, batch: int, k: int, rounds: int, steps: int, d
     torch.manual_seed(0)
     loss = _setup(n, classes, k, dim)
     labels = torch.arange(n) % classes
-    others = {c: torch.from_numpy(np.flatnonzero(labels.numpy() != c)) for c in range(classes)}
+    others = {c: torch.from_numpy(rows) for c, rows in loss.sampler.others.items()}  # the same pools as fsd's
     g = torch.Generator().manual_seed(1)
     z_s = torch.randn(batch, dim, requires_grad=True)
     z_t = torch.randn(batch, dim)
@@ -91,6 +91,10 @@ def measure(n: int, classes: int, batch: int, k: int, rounds: int, steps: int, d
 
     def projected():
         return F.normalize(loss.embed_s(z_s), dim=1), F.normalize(loss.embed_t(z_t), dim=1)
+
+    def both_sides(side, v_s, v_t, contrast) -> torch.Tensor:
+        """L_s + L_t by one of the plain routes (student anchor on the teacher memory, and back)."""
+        return side(v_s, loss.memory_t, contrast, loss.tau, z, n) + side(v_t, loss.memory_s, contrast, loss.tau, z, n)
 
     def fsd_step() -> float:
         v_s, v_t = projected()
@@ -101,7 +105,7 @@ def measure(n: int, classes: int, batch: int, k: int, rounds: int, steps: int, d
     def plain_step(side) -> float:
         v_s, v_t = projected()
         contrast = randperm_draw(others, idx, labels[idx], loss.k, g)
-        value = side(v_s, loss.memory_t, contrast, loss.tau, z, n) + side(v_t, loss.memory_s, contrast, loss.tau, z, n)
+        value = both_sides(side, v_s, v_t, contrast)
         value.backward()
         return float(value.detach())
 
@@ -110,9 +114,7 @@ def measure(n: int, classes: int, batch: int, k: int, rounds: int, steps: int, d
         v_s, v_t = projected()
         contrast = loss.sampler.draw(idx, labels[idx])
         values = {
-            name: float(
-                side(v_s, loss.memory_t, contrast, loss.tau, z, n) + side(v_t, loss.memory_s, contrast, loss.tau, z, n)
-            )
+            name: float(both_sides(side, v_s, v_t, contrast))
             for name, side in (("gather", gathered_side), ("dense", dense_side))
         }
         values["fsd"] = float(loss.contrast(v_s, v_t, idx, contrast))
