@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from distill.models.inference import embed_dataset
+from distill.training.amp import Amp
 from featstore.datasets import Dataset
 from featstore.errors import InvalidInput
 from featstore.views import sample_view_params
@@ -71,6 +72,60 @@ def make_optimizer(params, config: OptimConfig, total_steps: int, warmup_steps: 
     cosine = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, total_steps - warmup_steps))
     scheduler = torch.optim.lr_scheduler.SequentialLR(optimizer, [warm, cosine], milestones=[warmup_steps])
     return optimizer, scheduler
+
+
+@dataclass
+class Optimisation:
+    """The optimiser, its per-step schedule and the step rule both trainers run.
+
+    Built from an :class:`OptimConfig` by :meth:`build`, which applies every field (optimiser, rate, momentum,
+    weight decay, warm-up, clipping), so a trainer cannot take the config and forget one of them. A step is
+    ``zero_grad`` → ``backward(loss)`` → ``step()``: the loss is scaled and unscaled under fp16 AMP, the global
+    gradient norm is clipped when ``grad_clip`` is set, and the schedule advances once per step.
+    """
+
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    params: list[nn.Parameter]
+    grad_clip: float | None
+    amp: Amp
+
+    @classmethod
+    def build(
+        cls, params, config: OptimConfig, epochs: int, steps_per_epoch: int, amp: Amp | None = None
+    ) -> Optimisation:
+        """The optimisation of ``params`` under ``config`` for a run of ``epochs`` × ``steps_per_epoch`` steps.
+
+        Args:
+            params: the trainable parameters.
+            config: the optimiser and schedule.
+            epochs: the run's length; the cosine schedule ends with the last step of the last epoch.
+            steps_per_epoch: optimiser steps per epoch (sets the warm-up length in steps).
+            amp: mixed precision of the steps (default: off).
+
+        Returns:
+            The optimisation, its schedule at step 0.
+        """
+        params = list(params)
+        warmup = round(config.warmup_epochs * steps_per_epoch)
+        optimizer, scheduler = make_optimizer(params, config, epochs * steps_per_epoch, warmup_steps=warmup)
+        return cls(optimizer, scheduler, params, config.grad_clip, amp or Amp(torch.device("cpu"), None))
+
+    def zero_grad(self) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+
+    def backward(self, loss: torch.Tensor) -> None:
+        self.amp.backward(loss)
+
+    def step(self) -> None:
+        """Clip (if asked), step the optimiser, advance the schedule."""
+        self.amp.step(self.optimizer, self.params, self.grad_clip)
+        self.scheduler.step()
+
+    @property
+    def lr(self) -> float:
+        """The learning rate the next step uses."""
+        return float(self.scheduler.get_last_lr()[0])
 
 
 def check_positive(**values: float) -> None:

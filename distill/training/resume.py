@@ -18,7 +18,7 @@ from featstore.datasets import ImageDataset
 from featstore.errors import CheckpointError
 
 if TYPE_CHECKING:
-    from distill.training.student import StudentConfig
+    from distill.training.config import StudentConfig
 
 
 def run_identity(

@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import nn
@@ -30,7 +30,8 @@ from distill.models.checkpoint import Checkpoint, save_checkpoint
 from distill.models.heads import head_state
 from distill.models.registry import accepts
 from distill.training.amp import Amp
-from distill.training.common import accuracy, check_positive, make_optimizer, seed_everything
+from distill.training.common import Optimisation, accuracy, check_positive, seed_everything
+from distill.training.config import StudentConfig, StudentResult
 from distill.training.curves import TensorBoardLog, plot_training_curves
 from distill.training.ddp import DistributedContext, init_distributed
 from distill.training.outputs import keep_resume_state
@@ -41,9 +42,6 @@ from featstore.datasets import Dataset, LoadOptions, load_dataset
 from featstore.errors import InputNotFound, InvalidInput, OutputExists, TrainingDiverged
 from featstore.loader import stream_views
 from featstore.stream import StoreStream, StreamBatch
-
-if TYPE_CHECKING:
-    from distill.training.student import StudentConfig, StudentResult
 
 
 def init_head_from(student_head: nn.Module, teacher_head: nn.Module) -> None:
@@ -240,10 +238,10 @@ class StudentRun:
         )
         self.step = DistillStep(self.student, self.projection, self.criterion, self.teacher.head).to(self.device)
         self.trainable = [p for p in self.step.parameters() if p.requires_grad]
-        warmup = round(config.optim.warmup_epochs * self.steps_per_epoch)
-        self.optimizer, self.scheduler = make_optimizer(
-            self.trainable, config.optim, config.epochs * self.steps_per_epoch, warmup_steps=warmup
+        self.optimisation = Optimisation.build(
+            self.trainable, config.optim, config.epochs, self.steps_per_epoch, amp=self.amp
         )
+        self.optimizer, self.scheduler = self.optimisation.optimizer, self.optimisation.scheduler
         self.identity = run_identity(config, self.teacher, self.dataset, self.criterion.weights, self.dist.world_size)
         self.runner = self.dist.wrap(self.step)
         self.global_step = 0
@@ -291,11 +289,10 @@ class StudentRun:
             )
         t3 = tick()
         self._check_finite(total, terms)
-        self.optimizer.zero_grad(set_to_none=True)
-        self.amp.backward(total)
+        self.optimisation.zero_grad()
+        self.optimisation.backward(total)
         t4 = tick()
-        self.amp.step(self.optimizer, self.trainable, self.config.optim.grad_clip)
-        self.scheduler.step()
+        self.optimisation.step()
         self.global_step += 1
         values = {name: float(terms[name].detach()) for name in self.criterion.weights}
         t5 = tick()
@@ -434,8 +431,6 @@ class StudentRun:
 
     def fit(self) -> StudentResult:
         """The whole loop: every remaining epoch (resume state after each), then the outputs."""
-        from distill.training.student import StudentResult
-
         config, dist = self.config, self.dist
         show = config.progress and dist.is_main
         if show:

@@ -22,9 +22,9 @@ from distill.models.inference import select_device
 from distill.training.common import (
     VIEW_SEED,
     OptimConfig,
+    Optimisation,
     accuracy,
     check_positive,
-    make_optimizer,
     seed_everything,
 )
 from distill.training.outputs import output_locked
@@ -135,8 +135,11 @@ def build_teacher_model(config: TeacherConfig, train, device) -> tuple[torch.nn.
     return model, model_config, provenance
 
 
-def train_epochs(model, train, config: TeacherConfig, optimizer, scheduler, generator, usable: int, device) -> list:
-    """The CE loop: fresh random views every epoch, batches in a seeded random order; returns the epoch log."""
+def train_epochs(
+    model, train, config: TeacherConfig, optimisation: Optimisation, generator, usable: int, device
+) -> list:
+    """The CE loop: fresh random views every epoch, batches in a seeded random order; returns the epoch log
+    (mean loss and the learning rate after the epoch's last step)."""
     log = []
     for epoch in tqdm(range(config.epochs), desc="train-teacher", unit="epoch", disable=not config.progress):
         model.train()
@@ -154,13 +157,12 @@ def train_epochs(model, train, config: TeacherConfig, optimizer, scheduler, gene
                     f"the loss became non-finite ({float(loss)}) at epoch {epoch + 1} step "
                     f"{step + 1}; nothing was written (a lower --lr usually cures it)"
                 )
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
+            optimisation.zero_grad()
+            optimisation.backward(loss)
+            optimisation.step()
             total += float(loss.detach()) * len(idx)
             seen += len(idx)
-        log.append({"epoch": epoch + 1, "loss": total / seen})
+        log.append({"epoch": epoch + 1, "loss": total / seen, "lr": optimisation.lr})
     return log
 
 
@@ -187,8 +189,8 @@ def train_teacher(config: TeacherConfig) -> TeacherResult:
         raise InvalidInput(f"training needs at least 2 samples per batch; the split has {len(train)}")
     steps_per_epoch = -(-usable // config.batch_size)
     trainable = [p for p in model.parameters() if p.requires_grad]
-    optimizer, scheduler = make_optimizer(trainable, config.optim, config.epochs * steps_per_epoch)
-    log = train_epochs(model, train, config, optimizer, scheduler, generator, usable, device)
+    optimisation = Optimisation.build(trainable, config.optim, config.epochs, steps_per_epoch)
+    log = train_epochs(model, train, config, optimisation, generator, usable, device)
     train_acc = accuracy(model, train, device)
     test_acc = accuracy(model, test, device) if test is not None else None
     ckpt = Checkpoint(

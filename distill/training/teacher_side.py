@@ -23,7 +23,7 @@ from featstore.stream import GeneratedViews
 from featstore.views import policy_mismatch
 
 if TYPE_CHECKING:
-    from distill.training.student import StudentConfig
+    from distill.training.config import StudentConfig
 
 
 def check_store_matches(store: FeatureStore, dataset: Dataset) -> None:

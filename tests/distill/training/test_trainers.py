@@ -33,6 +33,7 @@ from featstore.store import open_store
 
 TEACHER_DIM = 64
 CLASSES = 10
+TRAIN_DIGITS = 1347  # the digits train split
 
 
 @pytest.fixture(scope="module")
@@ -373,3 +374,31 @@ def test_different_seed_gives_a_different_student(base, tmp_path):
     train_student(student_config(base["store"], other, seed=1))
     first, second = load_checkpoint(base["student"]), load_checkpoint(other)
     assert not torch.equal(first.state_dict["head.weight"], second.state_dict["head.weight"])
+
+
+def _teacher_run(tmp_path, name: str, **optim) -> tuple[dict, dict]:
+    """(initial parameters, checkpoint) of a 2-epoch digits teacher trained with ``OptimConfig(**optim)``."""
+    torch.manual_seed(0)  # train_teacher seeds torch with its seed (0) before it builds the model
+    model = create_model("convnet_teacher", num_classes=10, in_channels=1)
+    initial = {name: p.detach().clone() for name, p in model.named_parameters()}  # not BN's running statistics
+    out = tmp_path / f"{name}.pt"
+    config = OptimConfig(**optim)
+    train_teacher(TeacherConfig(dataset="digits", out=out, epochs=2, eval_split=None, progress=False, optim=config))
+    return initial, load_checkpoint(out, kind="teacher")
+
+
+def test_train_teacher_applies_warmup(tmp_path):
+    # after epoch 1 of 2, the plain cosine is at lr/2; with a 1-epoch warm-up the cosine has just begun (lr)
+    _, plain = _teacher_run(tmp_path, "plain", lr=0.05)
+    _, warm = _teacher_run(tmp_path, "warm", lr=0.05, warmup_epochs=1)
+    assert plain.extra["log"][0]["lr"] == pytest.approx(0.025, rel=0.05)
+    assert warm.extra["log"][0]["lr"] == pytest.approx(0.05)
+
+
+def test_train_teacher_applies_grad_clip(tmp_path):
+    # plain SGD (no momentum, no decay): each step moves the weights by at most lr × clip in L2 norm
+    lr, clip = 0.05, 1e-4
+    initial, clipped = _teacher_run(tmp_path, "clip", lr=lr, momentum=0, weight_decay=0, grad_clip=clip)
+    steps = 2 * -(-TRAIN_DIGITS // 64)
+    moved = torch.sqrt(sum(((clipped.state_dict[k] - v) ** 2).sum() for k, v in initial.items()))
+    assert 0 < float(moved) <= lr * clip * steps * 1.001
