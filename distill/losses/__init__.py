@@ -1,7 +1,7 @@
 """Loss registry and recipes. Importing this package registers every loss module."""
 
 from distill.losses import ce, ce_th, cosine, crd, crd_exact, kd, kde, pkt, rkd, sp, th  # noqa: F401  (registration)
-from distill.losses.base import LOSSES, DistillInputs, DistillLoss, TrainingContext, kl_soft_targets
+from distill.losses.base import LOSSES, DistillInputs, DistillLoss, SeededDistillLoss, TrainingContext, kl_soft_targets
 from distill.losses.recipes import RECIPES, Criterion, build_criterion, parse_loss_spec, resolve_weights
 
 __all__ = [
@@ -10,6 +10,7 @@ __all__ = [
     "Criterion",
     "DistillInputs",
     "DistillLoss",
+    "SeededDistillLoss",
     "TrainingContext",
     "build_criterion",
     "kl_soft_targets",

@@ -7,7 +7,7 @@ registered loss takes what it needs. The trainer therefore never branches on a l
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import nn
@@ -23,7 +23,7 @@ class DistillInputs:
     """Tensors of one step. Teacher tensors come from the store (embedding) and its frozen head (logits)."""
 
     student_embedding: torch.Tensor  # z_s (B, D)
-    student_logits: torch.Tensor  # g_s(z_s) (B, C)
+    student_logits: torch.Tensor | None  # g_s(z_s) (B, C); None when no term of the recipe reads it
     labels: torch.Tensor  # (B,) int64
     teacher_embedding: torch.Tensor | None = None  # z_t (B, D_t), from the store
     teacher_logits: torch.Tensor | None = None  # g_t(z_t) (B, C), the stored head on the stored embedding
@@ -37,6 +37,15 @@ class DistillInputs:
     def __post_init__(self) -> None:
         if self.student_embedding_t is None:
             self.student_embedding_t = self.student_embedding
+
+    def with_teacher_detached(self) -> DistillInputs:
+        """The same step with the teacher's tensors cut from the graph: they are targets, and a loss must
+        never move what it is matched against (an online teacher's embedding may still carry a graph)."""
+        return replace(
+            self,
+            teacher_embedding=None if self.teacher_embedding is None else self.teacher_embedding.detach(),
+            teacher_logits=None if self.teacher_logits is None else self.teacher_logits.detach(),
+        )
 
 
 @dataclass
@@ -62,6 +71,15 @@ class DistillLoss(nn.Module):
         """Called once before training (and before the optimiser is built, so parameters created here are
         trained). Most losses need nothing."""
 
+    def resume_state(self) -> dict[str, torch.Tensor]:
+        """What ``--resume`` must save for the loss to continue exactly (e.g. a sampler's RNG state); tensors
+        only, so the state loads with ``weights_only=True``. Parameters and buffers are not part of it: they
+        are in the module's ``state_dict``, which the trainer saves with the student."""
+        return {}
+
+    def load_resume_state(self, state: dict[str, torch.Tensor]) -> None:
+        """Restore what :meth:`resume_state` returned (after :meth:`setup`)."""
+
     def forward(self, inputs: DistillInputs) -> torch.Tensor:
         tensors = []
         for name in self.needs:
@@ -72,10 +90,24 @@ class DistillLoss(nn.Module):
         batch = {t.shape[0] for t in tensors}
         if len(batch) > 1:
             raise InvalidInput(f"loss {type(self).__name__}: batch sizes disagree {sorted(batch)}")
-        return self.compute(inputs)
+        return self.compute(inputs.with_teacher_detached())
 
     def compute(self, inputs: DistillInputs) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
+
+
+class SeededDistillLoss(DistillLoss):
+    """A loss that draws random numbers (e.g. negatives) from its own ``generator``, created in :meth:`setup`;
+    the generator's state is its resumable state, so a resumed run draws what an uninterrupted one draws."""
+
+    generator: torch.Generator | None = None
+
+    def resume_state(self) -> dict[str, torch.Tensor]:
+        return {} if self.generator is None else {"generator": self.generator.get_state()}
+
+    def load_resume_state(self, state: dict[str, torch.Tensor]) -> None:
+        if "generator" in state:
+            self.generator.set_state(state["generator"])
 
 
 def matched_embeddings(inputs: DistillInputs, loss_name: str) -> tuple[torch.Tensor, torch.Tensor]:

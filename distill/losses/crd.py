@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from distill.losses.base import LOSSES, DistillInputs, DistillLoss, TrainingContext
+from distill.losses.base import LOSSES, DistillInputs, SeededDistillLoss, TrainingContext
 from distill.losses.crd_exact import gather_from_ranks
 from featstore.errors import InvalidInput
 
@@ -170,7 +170,7 @@ def _mean_over_ranks(value: float) -> float:
 
 
 @LOSSES.register("crd")
-class ContrastiveRepresentationKD(DistillLoss):
+class ContrastiveRepresentationKD(SeededDistillLoss):
     needs = ("student_embedding", "teacher_embedding", "indices", "labels")
 
     def __init__(self, feat_dim: int = 128, negatives: int = 16384, tau: float = 0.07, momentum: float = 0.5) -> None:

@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from distill.losses.base import LOSSES, DistillInputs, DistillLoss, TrainingContext
+from distill.losses.base import LOSSES, DistillInputs, SeededDistillLoss, TrainingContext
 from featstore.errors import InvalidInput, StoreError
 
 
@@ -101,7 +101,7 @@ def gather_from_ranks(idx: torch.Tensor, rows: torch.Tensor) -> tuple[torch.Tens
 
 
 @LOSSES.register("crd-exact")
-class StoreBackedCRD(DistillLoss):
+class StoreBackedCRD(SeededDistillLoss):
     needs = ("student_embedding", "teacher_embedding", "indices")
 
     def __init__(self, feat_dim: int = 128, negatives: int = 16384, tau: float = 0.07, momentum: float = 0.5) -> None:

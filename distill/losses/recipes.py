@@ -116,9 +116,22 @@ class Criterion(nn.Module):
             built[name] = factory(temperature=temperature) if takes_t else factory()
         self.losses = nn.ModuleDict(built)
 
+    @property
+    def needs(self) -> frozenset[str]:
+        """Every :class:`DistillInputs` field some term reads: the trainer computes only these."""
+        return frozenset(name for loss in self.losses.values() for name in loss.needs)
+
     def setup(self, context: TrainingContext) -> None:
         for loss in self.losses.values():
             loss.setup(context)
+
+    def resume_state(self) -> dict[str, dict[str, torch.Tensor]]:
+        """Each term's resumable state (terms that keep none are left out)."""
+        return {name: state for name, loss in self.losses.items() if (state := loss.resume_state())}
+
+    def load_resume_state(self, state: dict[str, dict[str, torch.Tensor]]) -> None:
+        for name, loss_state in state.items():
+            self.losses[name].load_resume_state(loss_state)
 
     def forward(self, inputs: DistillInputs) -> CriterionOutput:
         terms = {name: loss(inputs) for name, loss in self.losses.items()}

@@ -1,6 +1,6 @@
 """Resume identity and state: what must match for ``--resume`` to continue a run rather than mix two.
 
-The state (model, optimiser, schedule, loss RNGs, log) is written atomically after every complete epoch, so
+The state (model, optimiser, schedule, each loss's resumable state, log) is written atomically after every complete epoch, so
 a killed run loses at most the epoch in progress and ends with the same weights as an uninterrupted one.
 """
 
@@ -58,11 +58,7 @@ def save_resume_state(
         "scheduler": scheduler.state_dict(),
         "log": log,
         "identity": identity,
-        "rng": {
-            name: loss.generator.get_state()
-            for name, loss in step.criterion.losses.items()
-            if getattr(loss, "generator", None) is not None
-        },
+        "losses": step.criterion.resume_state(),
     }
     with atomic_path(path) as tmp:
         torch.save(state, tmp)

@@ -69,7 +69,13 @@ def head_cosine(student_head: nn.Module, teacher_head: nn.Module) -> float | Non
 class DistillStep(nn.Module):
     """Everything trainable in one module — student, projection P, loss parameters (e.g. CRD's
     projections) — so that one DistributedDataParallel wrapper synchronises all of it. ``forward`` is one
-    training step's loss; the frozen teacher head only ever sees stored or projected embeddings."""
+    training step's loss; the frozen teacher head only ever sees stored or projected embeddings.
+
+    The step computes only the inputs the recipe's losses declare in ``needs`` (PML's ``requires_knn``
+    pattern): a recipe without TH-KD never applies the teacher head to the student, one without SP never
+    keeps the feature map, so a new loss that needs a new tensor adds a line here and nothing runs for
+    recipes that do not use it.
+    """
 
     def __init__(
         self, student: nn.Module, projection: nn.Module, criterion: nn.Module, teacher_head: nn.Module
@@ -77,21 +83,29 @@ class DistillStep(nn.Module):
         super().__init__()
         self.student, self.projection, self.criterion = student, projection, criterion
         self.teacher_head = teacher_head  # frozen: no parameter requires grad
+        self.needs = criterion.needs
 
     def forward(
         self, x: torch.Tensor, labels: torch.Tensor, teacher_embedding: torch.Tensor, indices: torch.Tensor
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        z_s, feature_map = embedding_and_feature_map(self.student, x)
-        z_s_t = self.projection(z_s)
-        with torch.no_grad():
-            teacher_logits = self.teacher_head(teacher_embedding)
+        needs = self.needs
+        if "student_feature_map" in needs:
+            z_s, feature_map = embedding_and_feature_map(self.student, x)
+        else:
+            z_s, feature_map = self.student.forward_features(x), None
+        projected = needs & {"student_embedding_t", "student_logits_th"}
+        z_s_t = self.projection(z_s) if projected else None
+        teacher_logits = None
+        if "teacher_logits" in needs:
+            with torch.no_grad():
+                teacher_logits = self.teacher_head(teacher_embedding)
         inputs = DistillInputs(
             student_embedding=z_s,
-            student_logits=self.student.head.training_logits(z_s, labels),
+            student_logits=self.student.head.training_logits(z_s, labels) if "student_logits" in needs else None,
             labels=labels,
             teacher_embedding=teacher_embedding,
             teacher_logits=teacher_logits,
-            student_logits_th=self.teacher_head(z_s_t),
+            student_logits_th=self.teacher_head(z_s_t) if "student_logits_th" in needs else None,
             student_embedding_t=z_s_t,
             indices=indices,
             student_feature_map=feature_map,
@@ -253,8 +267,7 @@ class StudentRun:
         self.step.load_state_dict(state["step"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
-        for name, rng_state in state["rng"].items():
-            self.criterion.losses[name].generator.set_state(rng_state)
+        self.criterion.load_resume_state(state.get("losses", {}))
         self.log, self.first_epoch = list(state["log"]), int(state["epoch"])
         self.global_step = self.first_epoch * self.steps_per_epoch
 
