@@ -14,6 +14,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 SECTIONS = ("training", "stream", "extraction", "dask", "amortisation", "eval")
 
@@ -162,6 +164,7 @@ def test_a_subject_script_runs_alone(tmp_path: Path) -> None:
     assert "`python -m benchmarks.run --sections eval --quick --eval-n 2000" in (tmp_path / "RESULTS.md").read_text()
 
 
+@pytest.mark.slow  # every figure of the data-pipeline benchmark; its loader and store paths have fast tests
 def test_quick_data_pipeline_benchmark_runs_every_figure(tmp_path: Path) -> None:
     """``benchmarks.data_pipeline --quick``: loader, extraction, training, memory (through the real CLI
     processes) and fingerprint figures all computed and finite; the committed RESULTS.md is not touched."""

@@ -59,6 +59,7 @@ def run_script(*args: object, **overrides: str) -> subprocess.CompletedProcess:
 
 # ~35 s on an idle 2-core machine, 60–66 s on a shared one: 12 `fsd` processes, each ~2 s of torch import.
 # It runs in CI on purpose: it is the only test of the CIFAR-100 recipe (issue 3/6 asks for it there).
+@pytest.mark.slow  # the whole shell recipe end to end; each of its commands has its own fast test
 def test_recipe_runs_end_to_end(tmp_path):
     data = write_fake_cifar100(tmp_path / "cifar-100-python")
     work = tmp_path / "run"
