@@ -367,7 +367,7 @@ class FeatureStore(ChunkGeometry):
             for name, reader in readers.items():
                 try:
                     part = reader.read(chunk, stop - start)
-                except Exception as exc:  # reported per chunk, as zarr's own read failures are
+                except Exception as exc:  # noqa: BLE001 - reported per chunk, as zarr's own read failures are
                     return self._read_error(name, chunk, exc)
                 if part is None:
                     if name in self._per_chunk():

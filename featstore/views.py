@@ -219,7 +219,7 @@ def _snap(coordinate: float) -> float:
     return float(nearest) if abs(coordinate - nearest) < 1e-3 else coordinate
 
 
-def render_original(image, params: np.ndarray, out_size: tuple[int, int]):  # noqa: ANN001, ANN201 - PIL types
+def render_original(image, params: np.ndarray, out_size: tuple[int, int]):
     """One ``original_crop`` view of a decoded PIL image: the fractional box cut and resized (bilinear,
     antialiased) to ``out_size`` (H, W), then flipped — torchvision's crop + resize for an integral box. Deterministic, so the teacher and the
     student get identical pixels from identical parameters at the same size."""

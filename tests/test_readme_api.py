@@ -16,7 +16,7 @@ def python_api_example() -> str:
 
 def test_the_python_api_example_runs(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
-    exec(compile(python_api_example(), "README.md", "exec"), {})  # noqa: S102 - our own documentation
+    exec(compile(python_api_example(), "README.md", "exec"), {})
     out = capsys.readouterr().out
     assert re.search(r"wrote .*store\.zarr: 1347 samples × 2 views × 64 dims \(float16\)", out)
     assert re.search(r"student top-1 0\.\d{3}", out)

@@ -44,7 +44,7 @@ def faiss_gpu_available() -> bool:
     """True only if this faiss build has GPU support and sees at least one GPU; never raises."""
     try:
         return bool(hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0)
-    except Exception:  # a broken CUDA install must not break CPU evaluation
+    except Exception:  # noqa: BLE001 - a broken CUDA install must not break CPU evaluation
         return False
 
 
@@ -67,7 +67,7 @@ def _search(
     if use_gpu:
         try:
             return _search_batched(faiss.index_cpu_to_all_gpus(index), queries, k, batch)
-        except Exception as exc:  # old GPU k limits, out of GPU memory, a CPU-only build, ...
+        except Exception as exc:  # noqa: BLE001 - old GPU k limits, out of GPU memory, a CPU-only build, ...
             warnings.warn(f"FAISS GPU search failed ({exc!r}); falling back to the CPU", RuntimeWarning, stacklevel=3)
     return _search_batched(index, queries, k, batch)
 
@@ -141,7 +141,7 @@ def _search_approximate(
                 pass
             d, i = _search_batched(gpu_index, queries, k, batch)
             return _mark_missing(d, i)
-        except Exception as exc:  # GPU nprobe/k limits, out of GPU memory, a CPU-only build, ...
+        except Exception as exc:  # noqa: BLE001 - GPU nprobe/k limits, out of GPU memory, a CPU-only build, ...
             warnings.warn(f"FAISS GPU search failed ({exc!r}); falling back to the CPU", RuntimeWarning, stacklevel=3)
     return _mark_missing(*_search_batched(index, queries, k, batch))
 

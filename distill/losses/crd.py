@@ -140,7 +140,7 @@ class _MemoryNCE(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, anchor, memory, contrast, tau: float, log_z: float, num_data: int):  # noqa: ANN001
+    def forward(ctx, anchor, memory, contrast, tau: float, log_z: float, num_data: int):
         log_h = memory_scores(anchor, memory, contrast) / tau - log_z
         loss, grad = nce_terms(log_h, num_data)
         with torch.autocast(anchor.device.type, enabled=False):
@@ -149,7 +149,7 @@ class _MemoryNCE(torch.autograd.Function):
         return loss
 
     @staticmethod
-    def backward(ctx, grad_output):  # noqa: ANN001
+    def backward(ctx, grad_output):
         (grad_anchor,) = ctx.saved_tensors
         return grad_output * grad_anchor, None, None, None, None, None
 

@@ -81,7 +81,7 @@ class FolderDataset(LazyImageDataset):
 
     name = "folder"
 
-    def __init__(self, root: Path, **kwargs) -> None:  # noqa: ANN003 - LazyImageDataset's arguments
+    def __init__(self, root: Path, **kwargs) -> None:
         super().__init__(**kwargs)
         self.root = root  # DIR/<split>
 

@@ -55,9 +55,9 @@ class RecordFile:
         self._handle = None
         self._pid = -1
 
-    def _file(self):  # noqa: ANN202 - a binary file object, reopened after a fork (DataLoader workers)
+    def _file(self):
         if self._handle is None or self._pid != os.getpid():
-            self._handle, self._pid = open(self.rec, "rb"), os.getpid()  # noqa: SIM115 - kept open on purpose
+            self._handle, self._pid = open(self.rec, "rb"), os.getpid()
         return self._handle
 
     def __getstate__(self) -> dict:
@@ -127,7 +127,7 @@ class MXRecDataset(LazyImageDataset):
 
     name = "mxrec"
 
-    def __init__(self, records: RecordFile, record_keys: np.ndarray, **kwargs) -> None:  # noqa: ANN003
+    def __init__(self, records: RecordFile, record_keys: np.ndarray, **kwargs) -> None:
         super().__init__(**kwargs)
         self.records, self.record_keys = records, record_keys
 
@@ -145,7 +145,7 @@ class MXRecDataset(LazyImageDataset):
             )
         return payload
 
-    def decode(self, row: int, data: bytes):  # noqa: ANN201 - a PIL image
+    def decode(self, row: int, data: bytes):
         return super().decode(row, unpack_header(data, self.where(row))[2])
 
     def _size_of(self, row: int, data: bytes) -> tuple[int, int]:

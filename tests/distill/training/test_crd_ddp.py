@@ -26,7 +26,7 @@ def _store() -> SimpleNamespace:
     )
 
 
-def _on_two_ranks(fn, tmp_path) -> None:  # noqa: ANN001 - a spawn target
+def _on_two_ranks(fn, tmp_path) -> None:
     """Run ``fn(rank, port, out)`` on two gloo ranks over a free local port; each rank writes its result."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
