@@ -7,27 +7,15 @@ from pathlib import Path
 
 import click
 
-from cli.options import (
-    config_option,
-    dataset_option,
-    device_option,
-    eval_split_option,
-    image_size_option,
-    loader_workers_option,
-    overwrite_option,
-    quiet_option,
-    seed_option,
-    split_fields,
-    split_option,
-)
+from cli.options import config_option, data_options, optim_options, run_options, split_fields
 from distill.losses import RECIPES
 from distill.models import MODELS
 from distill.training.amp import AMP_DTYPES
-from distill.training.common import OPTIMIZERS, OptimConfig
+from distill.training.common import OptimConfig
 from distill.training.student import StudentConfig, train_student
 from featstore.stream import VIEW_SAMPLING
 
-S, OPT = StudentConfig, OptimConfig
+S = StudentConfig
 PATH = click.Path(dir_okay=False, path_type=Path)
 
 
@@ -42,8 +30,7 @@ PATH = click.Path(dir_okay=False, path_type=Path)
 )
 @config_option(S, "views", help="With --online-teacher: views per sample (drawn as extract-teacher draws them).")
 @config_option(S, "view_seed", help="With --online-teacher: the extraction seed whose views are replayed.")
-@dataset_option()
-@split_option("train")
+@data_options("train")
 @config_option(
     S,
     "arch",
@@ -59,11 +46,7 @@ PATH = click.Path(dir_okay=False, path_type=Path)
 @config_option(S, "temperature", help="KD temperature T.")
 @config_option(S, "epochs")
 @config_option(S, "batch_size")
-@config_option(OPT, "lr", help="Peak learning rate of --optimizer, annealed per step by a cosine schedule to 0.")
-@config_option(OPT, "optimizer", type=click.Choice(OPTIMIZERS), help="SGD (momentum 0.9) or AdamW.")
-@config_option(OPT, "weight_decay", help="Weight decay of the optimiser.")
-@config_option(OPT, "warmup_epochs", help="Linear warm-up (from 1 % of --lr) before the cosine, in epochs.")
-@config_option(OPT, "grad_clip", type=float, help="Clip the global gradient norm to this value every step.")
+@optim_options()
 @click.option(
     "--amp",
     type=click.Choice(["auto", *AMP_DTYPES]),
@@ -80,13 +63,7 @@ PATH = click.Path(dir_okay=False, path_type=Path)
 @config_option(S, "tensorboard", type=click.Path(file_okay=False, path_type=Path), help="TensorBoard log folder.")
 @config_option(S, "trust_code", help="Allow module:function teachers and students (runs that Python code).")
 @config_option(S, "resume", help="Continue an interrupted run from STUDENT.resume.pt (last complete epoch).")
-@eval_split_option
-@image_size_option
-@loader_workers_option
-@seed_option
-@device_option
-@overwrite_option
-@quiet_option
+@run_options()
 def command(quiet: bool, **options) -> None:
     """Train a student by streaming teacher embeddings from STORE (the teacher never runs).
 

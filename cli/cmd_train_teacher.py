@@ -6,48 +6,29 @@ from pathlib import Path
 
 import click
 
-from cli.options import (
-    config_option,
-    dataset_option,
-    device_option,
-    eval_split_option,
-    image_size_option,
-    loader_workers_option,
-    overwrite_option,
-    quiet_option,
-    seed_option,
-    split_fields,
-    split_option,
-)
+from cli.options import config_option, data_options, optim_options, run_options, split_fields
 from distill.models import MODELS
 from distill.models.heads import HEADS
 from distill.training.common import OptimConfig
 from distill.training.teacher import TeacherConfig, train_teacher
 
-T, OPT = TeacherConfig, OptimConfig
+T = TeacherConfig
 PATH = click.Path(dir_okay=False, path_type=Path)
 
 
 @click.command("train-teacher")
-@dataset_option()
-@split_option("train")
+@data_options("train")
 @config_option(T, "arch", metavar="ARCH", help="Architecture, one of: " + ", ".join(MODELS.names()) + ".")
 @click.option("--out", type=PATH, required=True, help="Checkpoint to write.")
 @config_option(T, "epochs")
 @config_option(T, "batch_size")
-@config_option(OPT, "lr", help="Peak learning rate of SGD (momentum 0.9), annealed per step by a cosine to 0.")
+@optim_options()
 @config_option(T, "embedding_dim", type=int, help="Embedding size (default: the arch's).")
 @config_option(T, "head", type=click.Choice(HEADS.names()), help="Classifier head; arcface/cosface are margin heads.")
 @config_option(T, "head_scale", type=float, help="Margin heads: logit scale s (default 30).")
 @config_option(T, "head_margin", type=float, help="Margin heads: margin m (arcface 0.5, cosface 0.35).")
 @config_option(T, "head_from", type=PATH, help="SH-KD: take this student checkpoint's classifier as the head, frozen.")
-@eval_split_option
-@image_size_option
-@loader_workers_option
-@seed_option
-@device_option
-@overwrite_option
-@quiet_option
+@run_options()
 def command(quiet: bool, **options) -> None:
     """Train a teacher (CE, or a margin head: --head arcface|cosface) on a dataset split.
 

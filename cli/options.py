@@ -10,6 +10,7 @@ from typing import Any
 import click
 
 from distill.models.inference import DEVICES
+from distill.training.common import OPTIMIZERS, OptimConfig
 from featstore.codecs import DTYPES
 from featstore.datasets import SPLITS
 
@@ -105,3 +106,43 @@ eval_split_option = click.option(
     callback=lambda _ctx, _param, value: None if value == "none" else value,
     help="Split scored after every epoch (none: no evaluation, e.g. a RecordIO set without a test split).",
 )
+
+
+def compose(*decorators):
+    """One decorator applying ``decorators`` in the order they are listed (the first is the outermost, so
+    ``--help`` lists the options in that order)."""
+
+    def apply(command):
+        for decorator in reversed(decorators):
+            command = decorator(command)
+        return command
+
+    return apply
+
+
+def data_options(split: str = "train"):
+    """What both trainers read: the dataset, its split, the split scored after every epoch, and how images
+    are rendered and decoded."""
+    return compose(dataset_option(), split_option(split), eval_split_option, image_size_option, loader_workers_option)
+
+
+def optim_options():
+    """Every field of :class:`~distill.training.common.OptimConfig`, for both trainers (the command splits them
+    out with ``split_fields(options, OptimConfig)``)."""
+    return compose(
+        config_option(OptimConfig, "lr", help="Peak learning rate, annealed per step by a cosine schedule to 0."),
+        config_option(OptimConfig, "optimizer", type=click.Choice(OPTIMIZERS), help="SGD (with --momentum) or AdamW."),
+        config_option(OptimConfig, "momentum", help="SGD momentum (AdamW ignores it)."),
+        config_option(OptimConfig, "weight_decay", help="Weight decay of the optimiser."),
+        config_option(
+            OptimConfig, "warmup_epochs", help="Linear warm-up (from 1 % of --lr) before the cosine, in epochs."
+        ),
+        config_option(
+            OptimConfig, "grad_clip", type=float, help="Clip the global gradient norm to this value every step."
+        ),
+    )
+
+
+def run_options():
+    """How a run executes and what it may replace: seed, device, --overwrite, --quiet."""
+    return compose(seed_option, device_option, overwrite_option, quiet_option)

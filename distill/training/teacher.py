@@ -9,7 +9,7 @@ student's classifier can read.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -214,6 +214,7 @@ def train_teacher(config: TeacherConfig) -> TeacherResult:
             "test_accuracy": test_acc,
             "seed": config.seed,
             "epochs": config.epochs,
+            "optim": asdict(config.optim),
             "seconds": round(time.perf_counter() - started, 1),  # what the teacher cost (benchmarks report it)
             **provenance,
         },
