@@ -1,11 +1,10 @@
 """Recipes are data: a name → {loss name: weight}. The criterion is their weighted sum.
 
 Weights follow the HeadSharingKD README (resnet32x4 → resnet8x4) where it gives them (docs/methods.md):
-``th-kd`` = 1·CE + 1.5·KD + 0.02·TH. ``kd`` is the same without the TH term so that the two differ only by
-the shared head. ``rkd``/``sp`` use RepDistiller's β for those losses; ``pkt`` does not (see below). ``crd`` is RepDistiller's CRD
-objective, ``crd-exact`` fsd's store-backed variant (distill/losses/crd_exact.py). KDE's weight is
-per-sample-sum (see distill/losses/kde.py): 0.1·Σ over a batch of 64 is about the scale of the KD term early
-in training.
+``th-kd`` = 1·CE + 1.5·KD + 0.02·TH, and ``kd`` is the same without the TH term, so that the two differ only by
+the shared head. ``crd`` is RepDistiller's CRD objective, ``crd-exact`` fsd's store-backed variant
+(distill/losses/crd_exact.py). KDE's weight applies to a per-sample sum (distill/losses/kde.py), so 0.1 puts
+it at about the scale of the KD term early in training at batch size 64.
 """
 
 from __future__ import annotations
@@ -25,13 +24,9 @@ RECIPES: dict[str, dict[str, float]] = {
     "kde": {"ce": 1.0, "kd": 1.5, "kde": 0.1},
     "th-kd": {"ce": 1.0, "kd": 1.5, "th": 0.02},
     "kde-th": {"ce": 1.0, "kd": 1.5, "kde": 0.1, "th": 0.02},
-    # RepDistiller's β for RKD and SP (SP on the student's last pre-pool feature map, as there; see
-    # distill/losses/sp.py for the teacher side). Measured: against convnet_teacher's signed (BN) embedding
-    # SP at RepDistiller's β = 3000 swamps CE (digits top-1 54.7, Fashion-MNIST 48.7). Re-tuned against the
-    # stored embedding (digits, 30 epochs, 2 seeds, top-1 %): β 3000 → 56.6, 300 → 70.6, 30 → 96.7,
-    # 10 → 97.0, 3 → 98.4, 1 → 98.3 (vanilla 97.8), so fsd uses 3 (docs/design-notes.md). PKT's β = 30000 was set for pooled ReLU features
-    # (non-negative, so cosines in [0, 1]); on BN'd embeddings its loss is orders of magnitude larger and
-    # 30000 diverged on digits (top-1 60.8 ± 14.6 over 3 seeds), so fsd uses 10 (docs/design-notes.md).
+    # RKD at RepDistiller's β; SP and PKT at β re-tuned for a batch-normalised (signed) teacher embedding,
+    # against which RepDistiller's β (3000 and 30000, set for pooled ReLU features) swamp CE
+    # (docs/design-notes.md gives the sweep)
     "rkd": {"ce": 1.0, "rkd": 1.0},
     "pkt": {"ce": 1.0, "pkt": 10.0},
     "sp": {"ce": 1.0, "sp": 3.0},
