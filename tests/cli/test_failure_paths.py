@@ -103,7 +103,7 @@ def test_a_refused_run_leaves_no_folder_behind(h, work):
     from featstore.errors import InvalidInput
 
     before = work.snapshot()
-    with pytest.raises(InvalidInput):
+    with pytest.raises(InvalidInput, match="--temperature must be a finite number"):
         train_student(
             StudentConfig(
                 store=str(work.store), dataset="digits", out=work.dir / "a" / "b" / "s.pt", temperature=float("nan")

@@ -45,7 +45,7 @@ def test_unknown_name_lists_valid() -> None:
     reg: Registry = Registry("loss")
     reg.register("kd")(object)
     reg.register("ce")(object)
-    with pytest.raises(UnknownName) as info:
+    with pytest.raises(UnknownName, match="unknown loss 'kde'") as info:
         reg.get("kde")
     assert str(info.value) == "unknown loss 'kde'; valid: ce, kd"
     assert isinstance(info.value, KeyError) and isinstance(info.value, FsdError)

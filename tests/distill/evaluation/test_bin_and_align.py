@@ -51,7 +51,7 @@ def test_read_bin_round_trip_and_refusals(tmp_path):
     with pytest.raises(InvalidInput, match="two images per pair"):
         read_bin(odd)
     (tmp_path / "junk.bin").write_bytes(b"\x00garbage")
-    with pytest.raises(InvalidInput):
+    with pytest.raises(InvalidInput, match=r"is not a verification \.bin"):
         read_bin(tmp_path / "junk.bin")
 
 

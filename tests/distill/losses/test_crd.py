@@ -137,7 +137,7 @@ def test_k_capped_memory_initialisation_and_refusals():
     bound = 1 / math.sqrt(FEAT / 3)  # RepDistiller's uniform ±1/√(d/3) initial memory
     assert loss.memory_s.abs().max() <= bound and loss.memory_s.std() > bound / 3
     assert (loss.normaliser < 0).all()  # Z not yet set
-    with pytest.raises(InvalidInput):
+    with pytest.raises(InvalidInput, match="must be positive"):
         ContrastiveRepresentationKD(tau=0)
     one_class = types.SimpleNamespace(shape=_Store.shape, labels=lambda: np.zeros(N, np.int64))
     with pytest.raises(InvalidInput, match="only one class"):

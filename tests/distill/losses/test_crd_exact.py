@@ -96,7 +96,7 @@ def test_student_memory_is_momentum_updated_and_normalised():
 
 
 def test_crd_needs_a_store_and_valid_options():
-    with pytest.raises(InvalidInput):
+    with pytest.raises(InvalidInput, match="must be positive"):
         ContrastiveRepresentationKD(tau=0)
     online = types.SimpleNamespace(shape=types.SimpleNamespace(dim=0))
     with pytest.raises(InvalidInput, match="feature store"):

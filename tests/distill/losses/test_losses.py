@@ -403,46 +403,58 @@ def test_build_criterion_zero_weight_term_is_not_built():
 
 
 def test_unknown_loss_lists_valid_names():
-    with pytest.raises(UnknownName) as info:
+    with pytest.raises(UnknownName, match="unknown loss 'focal'") as info:
         parse_loss_spec("ce=1,focal=2")
     msg = str(info.value)
     assert "focal" in msg
     for name in LOSSES.names():
         assert name in msg
     assert isinstance(info.value, FsdError) and isinstance(info.value, KeyError)
-    with pytest.raises(UnknownName):
+    with pytest.raises(UnknownName, match="unknown loss 'nope'"):
         resolve_weights("kd", "nope=1")
-    with pytest.raises(UnknownName):
+    with pytest.raises(UnknownName, match="unknown loss 'nope'"):
         Criterion({"nope": 1.0})
 
 
 def test_unknown_recipe_lists_valid_names():
-    with pytest.raises(UnknownName) as info:
+    with pytest.raises(UnknownName, match="unknown recipe 'crd-xx'") as info:
         resolve_weights("crd-xx")
     msg = str(info.value)
     assert "crd-th" in msg
     for name in RECIPES:
         assert name in msg
     assert not msg.startswith(("'", '"'))  # UnknownName.__str__ does not quote like KeyError
-    with pytest.raises(UnknownName):
+    with pytest.raises(UnknownName, match="unknown recipe 'nope'"):
         build_criterion("nope")
 
 
 @pytest.mark.parametrize(
-    "spec", ["ce", "ce=x", "ce=-1", "ce=nan", "", " , ", "ce=", "ce=inf", "ce=1,kd=-0.5", "ce=1,kd"]
+    "spec,reason",
+    [
+        ("ce", "is not NAME=WEIGHT"),
+        ("ce=x", "is not a number"),
+        ("ce=-1", "must be finite and ≥ 0"),
+        ("ce=nan", "must be finite and ≥ 0"),
+        ("", "--loss is empty"),
+        (" , ", "--loss is empty"),
+        ("ce=", "is not a number"),
+        ("ce=inf", "must be finite and ≥ 0"),
+        ("ce=1,kd=-0.5", "weight of 'kd' must be finite"),
+        ("ce=1,kd", "'kd' is not NAME=WEIGHT"),
+    ],
 )
-def test_malformed_loss_spec_is_invalid_input(spec):
-    with pytest.raises(InvalidInput):
+def test_malformed_loss_spec_is_invalid_input(spec, reason):
+    with pytest.raises(InvalidInput, match=reason):
         parse_loss_spec(spec)
 
 
 def test_malformed_spec_via_build_criterion():
-    with pytest.raises(InvalidInput):
+    with pytest.raises(InvalidInput, match="must be finite"):
         build_criterion("kd", "kd=-1")
 
 
 def test_all_zero_weights_rejected_up_front():
-    with pytest.raises(InvalidInput):
+    with pytest.raises(InvalidInput, match="leaves no loss term"):
         build_criterion("vanilla", "ce=0")
 
 
@@ -599,7 +611,7 @@ def test_duplicate_registration_raises_and_keeps_original():
 
     reg: Registry = Registry("thing")
     reg.register("a")(int)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="registered twice"):
         reg.register("a")(float)
     assert reg.get("a") is int
     with pytest.raises(UnknownName, match="valid: a"):

@@ -336,7 +336,7 @@ def test_kde_and_cos_fall_back_to_the_student_embedding(cls):
     z_s, z_t = randn(B, 16, seed=23), randn(B, 16, seed=24)
     assert cls()(inputs(z_s, z_t)).item() == pytest.approx(cls()(inputs(z_s, z_t, z_s)).item(), rel=1e-12)
     assert cls()(inputs(z_t * 2, z_t)).item() == pytest.approx(0.0, abs=1e-12)
-    with pytest.raises(InvalidInput):  # different dims and no projection
+    with pytest.raises(InvalidInput, match="needs equal embedding shapes"):  # different dims and no projection
         cls()(inputs(randn(B, 8), z_t))
 
 

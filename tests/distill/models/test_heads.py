@@ -208,7 +208,7 @@ def test_linear_head_training_logits_ignore_labels():
 def test_registry_knows_the_three_heads():
     for name in ("linear", "arcface", "cosface"):
         assert HEADS.get(name).head_type == name
-    with pytest.raises(UnknownName):
+    with pytest.raises(UnknownName, match="unknown head 'sphereface'"):
         HEADS.get("sphereface")
 
 
@@ -272,7 +272,7 @@ def test_frozen_head_passes_gradient_to_its_input_only():
 
 def test_frozen_head_unknown_type():
     w, _ = _weights()
-    with pytest.raises(UnknownName):
+    with pytest.raises(UnknownName, match="unknown head 'nope'"):
         frozen_head("nope", w)
 
 

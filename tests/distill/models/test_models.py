@@ -109,7 +109,7 @@ def test_create_model_is_deterministic_under_seed(name):
 
 
 def test_unknown_model_is_unknown_name():
-    with pytest.raises(UnknownName) as info:
+    with pytest.raises(UnknownName, match="unknown model 'resnet9000'") as info:
         create_model("resnet9000", **CONFIG)
     msg = str(info.value)
     assert "resnet9000" in msg

@@ -136,7 +136,7 @@ def test_head_swap_between_teacher_and_student():
         z_s = student.forward_features(cifar_batch())
         torch.testing.assert_close(student(cifar_batch()), teacher.forward_head(z_s))
     # different embedding sizes refuse the swap
-    with pytest.raises(RuntimeError):
+    with pytest.raises(RuntimeError, match="size mismatch"):
         build("resnet20").head.load_state_dict({k[len("head.") :]: v for k, v in head_t.items()})
 
 

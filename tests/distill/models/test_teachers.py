@@ -71,10 +71,10 @@ def test_module_function_teacher_needs_trust_code(tmp_path, monkeypatch):
 
 
 def test_bad_teacher_specs(tmp_path):
-    with pytest.raises(InputNotFound):
+    with pytest.raises(InputNotFound, match="does not exist"):
         load_teacher(f"torchscript:{tmp_path / 'missing.ts'}")
     (tmp_path / "junk.ts").write_bytes(b"not torchscript")
-    with pytest.raises(CheckpointError):
+    with pytest.raises(CheckpointError, match="not a loadable TorchScript"):
         load_teacher(f"torchscript:{tmp_path / 'junk.ts'}")
     with pytest.raises(InvalidInput, match="cannot import"):
         load_teacher("no_such_module_xyz:build", trust_code=True)

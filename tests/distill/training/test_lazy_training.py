@@ -113,7 +113,7 @@ def test_resume_is_bit_identical_on_the_lazy_path(setup, tmp_path, monkeypatch) 
         raise KeyboardInterrupt
 
     monkeypatch.setattr(StudentRun, "save_resume_state", save_then_stop)
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(KeyboardInterrupt, match="last complete epoch"):
         train_student(student(setup, tmp_path / "part.pt"))
     monkeypatch.setattr(StudentRun, "save_resume_state", save)
     assert resume_path_for(tmp_path / "part.pt").exists() and not (tmp_path / "part.pt").exists()

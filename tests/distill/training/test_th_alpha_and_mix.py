@@ -22,7 +22,7 @@ def test_th_alpha_splits_ce_and_kd_between_the_heads():
     assert weights == pytest.approx({"ce": 0.75, "kd": 1.125, "ce_th": 0.25, "th": 0.02 + 0.375})
     assert apply_th_alpha({"ce": 1.0, "kd": 2.0}, 0.0) == {"ce": 1.0, "kd": 2.0, "ce_th": 0.0, "th": 0.0}
     assert resolve_weights("kd", th_alpha=1.0) == {"ce_th": 1.0, "th": 1.5}  # zero-weight terms dropped
-    with pytest.raises(InvalidInput):
+    with pytest.raises(InvalidInput, match="--th-alpha must lie in"):
         resolve_weights("kd", th_alpha=1.5)
 
 
@@ -66,7 +66,7 @@ def test_mixed_prediction_is_the_convex_mix_of_probabilities():
     for w in (0.0, 0.4, 1.0):
         got = np.exp(mixed_prediction_logits(ckpt, z, student_logits, w))
         np.testing.assert_allclose(got, (1 - w) * p_s + w * p_th, rtol=1e-5, atol=1e-6)
-    with pytest.raises(InvalidInput):
+    with pytest.raises(InvalidInput, match="--th-mix must lie in"):
         mixed_prediction_logits(ckpt, z, student_logits, 1.2)
     with pytest.raises(InvalidInput, match="student"):
         mixed_prediction_logits(types.SimpleNamespace(kind="teacher", extra={}), z, student_logits, 0.5)
