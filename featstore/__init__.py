@@ -31,6 +31,8 @@ _EXPORTS = {
     "ImageDataset": "featstore.datasets",
     "LoadOptions": "featstore.datasets",
     "load_dataset": "featstore.datasets",
+    "load_eval_dataset": "featstore.datasets",
+    "SpecQuery": "featstore.spec_query",
     "DATASETS": "featstore.datasets",
     "ViewPolicy": "featstore.views",
     "render_views": "featstore.views",

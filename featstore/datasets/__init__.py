@@ -5,6 +5,28 @@ Importing this package registers every format; ``load_dataset(spec, split)`` bui
 """
 
 from featstore.datasets import cifar100, digits, folder, idx, mxrec  # noqa: F401  (registration side effects)
-from featstore.datasets.base import DATASETS, SPLITS, Dataset, ImageDataset, LoadOptions, SampleViews, load_dataset
+from featstore.datasets.base import (
+    DATASETS,
+    MAX_IMAGE_SIZE,
+    SPLITS,
+    Dataset,
+    ImageDataset,
+    LoadOptions,
+    SampleViews,
+    SplitNotFound,
+    load_dataset,
+    load_eval_dataset,
+)
 
-__all__ = ["DATASETS", "SPLITS", "Dataset", "ImageDataset", "LoadOptions", "SampleViews", "load_dataset"]
+__all__ = [
+    "DATASETS",
+    "MAX_IMAGE_SIZE",
+    "SPLITS",
+    "Dataset",
+    "ImageDataset",
+    "LoadOptions",
+    "SampleViews",
+    "SplitNotFound",
+    "load_dataset",
+    "load_eval_dataset",
+]

@@ -28,6 +28,13 @@ from featstore.views import ViewPolicy, identity_params, render_views, sample_vi
 
 DATASETS: Registry = Registry("dataset")
 SPLITS = ("train", "test")
+MAX_IMAGE_SIZE = 2048
+"""The largest size views are rendered to (``--image-size``, ``?size=``): one 2048 × 2048 RGB view is 48 MiB
+of float32, so a typo such as 200000 is refused before anything is allocated for it."""
+
+
+class SplitNotFound(InputNotFound):
+    """The dataset exists but has no files for the asked split (insightface's face sets ship ``train`` only)."""
 
 
 @dataclass(frozen=True)
@@ -226,18 +233,47 @@ def load_dataset(
     for ``split``; ``image_size`` overrides the size views are rendered to (``--image-size``)."""
     if split not in SPLITS:
         raise InvalidInput(f"unknown split {split!r}; valid: {', '.join(SPLITS)}")
-    if image_size is not None and image_size <= 0:
-        raise InvalidInput(f"image size must be positive, got {image_size}")
+    if image_size is not None and not 0 < image_size <= MAX_IMAGE_SIZE:
+        raise InvalidInput(f"image size must lie in 1…{MAX_IMAGE_SIZE}, got {image_size}")
+    options = options or LoadOptions()
     name, _, argument = spec.partition(":")
     factory = DATASETS.get(name)
-    # factories that render from files take the size; in-memory ones are checked here
-    if "image_size" in inspect.signature(factory).parameters:
-        dataset = factory(spec, argument, split, image_size=image_size)
+    accepts = inspect.signature(factory).parameters
+    # factories that list files take the load options (to skip what cannot be listed) ...
+    extra = {"options": options} if "options" in accepts else {}
+    # ... and factories that render from files take the size; in-memory ones are checked here
+    if "image_size" in accepts:
+        dataset = factory(spec, argument, split, image_size=image_size, **extra)
     else:
-        dataset = factory(spec, argument, split)
+        dataset = factory(spec, argument, split, **extra)
         check_image_size(spec, image_size, dataset.image_shape[1:])
-    dataset.options = options or LoadOptions()
+    dataset.options = options
     return dataset
+
+
+def load_eval_dataset(
+    spec: str,
+    split: str | None,
+    *,
+    image_size: int | None = None,
+    options: LoadOptions | None = None,
+) -> Dataset | None:
+    """The split a training run evaluates on, or None: when ``split`` is None, and when the dataset has no
+    such split (then a warning says so and names ``--eval-split none``, which silences it). Any other
+    problem of the split is an error, as :func:`load_dataset` raises it."""
+    if split is None:
+        return None
+    try:
+        return load_dataset(spec, split, image_size=image_size, options=options)
+    except SplitNotFound as err:
+        import warnings
+
+        warnings.warn(
+            f"{err}: training evaluates nothing on the {split!r} split (--eval-split none says so and silences this)",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+        return None
 
 
 def renders_any_size(spec: str) -> bool:

@@ -1,55 +1,92 @@
-"""``folder:DIR[?size=S&resize=R]``: an ImageFolder tree of image files, read lazily at any image size.
+"""``folder:DIR[?size=S&resize=R&scale=LO,HI]``: an ImageFolder tree of image files, read lazily at any size.
 
 Layout: ``DIR/<split>/<class>/<image>`` (torchvision's ImageFolder). Classes are the sorted (code-point
 order, as ImageFolder) names of the sub-folders of ``DIR/train`` — for both splits, so label i means the
 same class in each; a class folder under ``DIR/test`` that ``DIR/train`` lacks is an error, one missing from
 ``DIR/test`` is fine, an empty class folder is an error. Images are the files with suffix .png .jpg .jpeg
 .bmp .gif .webp (any case) anywhere below a class folder, taken in sorted order of their path relative to
-it; hidden files and folders (``.name``) and other files are skipped.
+it; hidden files and folders (``.name``) and other files are skipped. Directory symlinks are followed, each
+directory once (by device and inode: a link back to an ancestor adds nothing); a class folder that cannot
+be listed is an error, and so is a sub-folder below it unless ``--skip-bad-samples`` leaves it out with a
+warning (:mod:`featstore.datasets.files`). A split without its folder (``DIR/test`` absent) is
+:class:`~featstore.datasets.base.SplitNotFound`.
 
-Building the index lists the tree and stats every file (no image is opened). A sample is decoded only when
-one of its views is asked for: Pillow, converted to RGB (first frame of an animation), the view's box cut
-from the *original* image and resized to ``size`` × ``size`` (bilinear, antialiased), scaled to [0, 1] and
-normalised with the ImageNet mean (0.485, 0.456, 0.406) and std (0.229, 0.224, 0.225).
+Building the index lists the tree and stats every file (no image is opened). A sample is read only when
+one of its views is asked for — a regular file of at most 64 MiB, anything else (a FIFO, a device) is a bad
+sample — and decoded by :func:`featstore.datasets.images.decode_rgb` (8-bit RGB, 16-bit images scaled, first
+frame of an animation); the view's box is cut from the *original* image and resized to ``size`` × ``size``
+(bilinear, antialiased), scaled to [0, 1] and normalised with the ImageNet mean (0.485, 0.456, 0.406) and
+std (0.229, 0.224, 0.225).
 
-Options follow the directory after the *last* ``?`` as ``key=value`` pairs joined by ``&``: ``size``
-(default 32: the rendered size, overridden per command by ``--image-size``) and ``resize`` (default
-``round(size * 9 / 8)``); view 0 is Resize(resize) + CenterCrop(size), i.e. the central square of
-``size / resize`` of the short side (exactly 8/9 unless ``resize`` is given), at whatever size it is
-rendered. The fingerprint is the index's
-(relative paths, byte sizes, labels, order) and ignores both options and where ``DIR`` lies.
+Options follow the directory after the *last* ``?`` as ``key=value`` pairs joined by ``&``
+(:class:`featstore.spec_query.SpecQuery`):
 
-Views: ``original_crop`` with flip 0.5 and area scale (0.35, 1.0): RandomResizedCrop + flip, drawn on each
-original file's own width and height.
+* ``size`` (default 32, at most 2048): the rendered size, overridden per command by ``--image-size``;
+* ``resize`` (default ``round(size * 9 / 8)``): view 0 is Resize(resize) + CenterCrop(size), i.e. the
+  central square of ``size / resize`` of the short side (exactly 8/9 unless ``resize`` is given), at
+  whatever size it is rendered;
+* ``scale`` (default ``0.35,1``): the area range of the other views' RandomResizedCrop boxes, as fractions
+  of each original (torchvision's ImageNet default is ``0.08,1``).
+
+Views: ``original_crop`` with flip 0.5 and area ``scale``: RandomResizedCrop + flip, drawn on each original
+file's own width and height. The fingerprint is the index's (relative paths, byte sizes, labels, order) and
+ignores the options and where ``DIR`` lies; the view policy (with ``scale``) is recorded by the store.
 """
 
 from __future__ import annotations
 
 import os
+import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from featstore.datasets.base import DATASETS, directory_of
-from featstore.datasets.lazy import BadSample, LazyImageDataset, parse_options
+from featstore.datasets.base import DATASETS, MAX_IMAGE_SIZE, LoadOptions, SplitNotFound, directory_of
+from featstore.datasets.files import UnreadableFile, list_files, read_file
+from featstore.datasets.lazy import BadSample, LazyImageDataset
 from featstore.errors import InputNotFound, InvalidInput
+from featstore.spec_query import SpecQuery
 from featstore.views import ORIGINAL, ViewPolicy
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp"})
 FOLDER_DEFAULT_SIZE = 32
-FOLDER_OPTIONS = ("size", "resize")
+FOLDER_OPTIONS = ("size", "resize", "scale")
 DEFAULT_CROP = 8 / 9  # view 0 = Resize(size * 9 / 8) + CenterCrop(size), torchvision's usual 32 → 36 ratio
+DEFAULT_SCALE = (0.35, 1.0)
+
+
+@dataclass(frozen=True)
+class FolderSpec:
+    """What ``DIR?size=…&resize=…&scale=…`` says (see the module docstring)."""
+
+    directory: str
+    size: int
+    resize: int
+    crop: float  # view 0's central square, as a fraction of the short side
+    scale: tuple[float, float]
+
+
+def parse_folder_spec(argument: str, spec: str) -> FolderSpec:
+    """``DIR[?size=S][&resize=R][&scale=LO,HI]`` → its :class:`FolderSpec`, strictly."""
+    directory, query = SpecQuery.split(argument, spec, FOLDER_OPTIONS, what="dataset spec")
+    size = query.int("size", FOLDER_DEFAULT_SIZE, low=1, high=MAX_IMAGE_SIZE)
+    resize = query.int("resize", int(round(size * 9 / 8)), low=1, high=64 * MAX_IMAGE_SIZE)
+    if resize < size:
+        raise InvalidInput(f"dataset spec {spec!r}: resize ({resize}) must be at least size ({size})")
+    low, high = query.floats("scale", DEFAULT_SCALE, count=2, low=0.0, high=1.0, ascending=True)
+    if low <= 0:
+        raise InvalidInput(f"dataset spec {spec!r}: scale's lower bound must be above 0, got {low:g}")
+    # view 0's crop: size/resize when resize= is given, else 8/9 (32 of 36) whatever the size, so that specs
+    # differing only in size= (a teacher at 224, a student at 160) describe the same views
+    crop = size / resize if "resize" in query else DEFAULT_CROP
+    return FolderSpec(directory, size, resize, crop, (low, high))
 
 
 def parse_folder_argument(argument: str, spec: str) -> tuple[str, int, int]:
-    """``DIR[?size=S][&resize=R]`` → (DIR, size, resize), strictly (see the module docstring)."""
-    directory, sep, query = argument.rpartition("?") if "?" in argument else (argument, "", "")
-    options = parse_options(query, spec, FOLDER_OPTIONS) if sep else {}
-    size = options.get("size", FOLDER_DEFAULT_SIZE)
-    resize = options.get("resize", int(round(size * 9 / 8)))
-    if resize < size:
-        raise InvalidInput(f"dataset spec {spec!r}: resize ({resize}) must be at least size ({size})")
-    return directory, size, resize
+    """``DIR[?size=S][&resize=R][&scale=LO,HI]`` → (DIR, size, resize)."""
+    parsed = parse_folder_spec(argument, spec)
+    return parsed.directory, parsed.size, parsed.resize
 
 
 def _is_hidden(name: str) -> bool:
@@ -57,23 +94,26 @@ def _is_hidden(name: str) -> bool:
 
 
 def class_folders(split_dir: Path) -> list[str]:
-    return sorted(e.name for e in os.scandir(split_dir) if e.is_dir() and not _is_hidden(e.name))
+    """The sorted non-hidden sub-folders of ``split_dir`` (its classes)."""
+    try:
+        return sorted(e.name for e in os.scandir(split_dir) if e.is_dir() and not _is_hidden(e.name))
+    except OSError as err:
+        raise InvalidInput(f"folder: cannot list folder {split_dir}: {err.strerror or err}") from None
 
 
-def image_files(class_dir: Path) -> list[tuple[str, int]]:
-    """(path relative to ``class_dir``, byte size) of every image below it, sorted by that path."""
-    found: list[tuple[str, int]] = []
-    for dirpath, dirnames, filenames in os.walk(class_dir, followlinks=True):
-        dirnames[:] = [d for d in dirnames if not _is_hidden(d)]
-        relative = Path(dirpath).relative_to(class_dir)
-        for name in filenames:
-            if not _is_hidden(name) and os.path.splitext(name)[1].lower() in IMAGE_SUFFIXES:
-                try:
-                    size = os.stat(os.path.join(dirpath, name)).st_size
-                except OSError as err:
-                    raise InvalidInput(f"folder: cannot read image {Path(dirpath) / name}: {err.strerror}") from None
-                found.append(((relative / name).as_posix(), size))
-    return sorted(found)
+def image_files(class_dir: Path, skip_unlisted: bool = False) -> list[tuple[str, int]]:
+    """(path relative to ``class_dir``, byte size) of every image below it, sorted by that path; sub-folders
+    that cannot be listed are an error, or with ``skip_unlisted`` left out with a warning."""
+    listing = list_files(class_dir, IMAGE_SUFFIXES, skip_unlisted=skip_unlisted, what="folder")
+    if listing.unlisted:
+        where, reason = listing.unlisted[0]
+        warnings.warn(
+            f"folder: {len(listing.unlisted)} folder(s) below {class_dir} cannot be listed (first: {where}: "
+            f"{reason}); their images are left out (--skip-bad-samples)",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+    return listing.files
 
 
 class FolderDataset(LazyImageDataset):
@@ -93,17 +133,20 @@ class FolderDataset(LazyImageDataset):
 
     def read_bytes(self, row: int) -> bytes:
         try:
-            return self.path(row).read_bytes()
-        except OSError as err:
-            raise BadSample(f"folder: cannot read image {self.path(row)}: {err.strerror or err}") from None
+            return read_file(self.path(row))
+        except UnreadableFile as err:
+            raise BadSample(f"folder: cannot read image {self.path(row)}: {err}") from None
 
 
-def folder_index(root: Path, split: str) -> tuple[list[str], list[int], list[int], list[str], Path]:
+def folder_index(
+    root: Path, split: str, skip_unlisted: bool = False
+) -> tuple[list[str], list[int], list[int], list[str], Path]:
     """(keys, byte sizes, labels, class names, split dir) of ``root``'s ``split`` (see the module docstring)."""
     train_dir, split_dir = root / "train", root / split
     for needed in dict.fromkeys((train_dir, split_dir)):
         if not needed.is_dir():
-            raise InputNotFound(f"folder: {needed} not found (expected {root}/<train|test>/<class>/<images>)")
+            missing = SplitNotFound if needed == split_dir and train_dir.is_dir() else InputNotFound
+            raise missing(f"folder: {needed} not found (expected {root}/<train|test>/<class>/<images>)")
     classes = class_folders(train_dir)
     if not classes:
         raise InvalidInput(f"folder: no class sub-folders in {train_dir}")
@@ -121,7 +164,7 @@ def folder_index(root: Path, split: str) -> tuple[list[str], list[int], list[int
     sizes: list[int] = []
     labels: list[int] = []
     for name in split_classes:
-        found = image_files(split_dir / name)
+        found = image_files(split_dir / name, skip_unlisted)
         if not found:
             raise InvalidInput(
                 f"folder: class folder {split_dir / name} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})"
@@ -133,17 +176,16 @@ def folder_index(root: Path, split: str) -> tuple[list[str], list[int], list[int
 
 
 @DATASETS.register("folder")
-def _folder(spec: str, argument: str, split: str, image_size: int | None = None) -> FolderDataset:
-    """``folder:DIR[?size=S&resize=R]``: DIR/<split>/<class>/<image> (see the module docstring)."""
-    directory, size, resize = parse_folder_argument(argument, spec)
-    root = directory_of(directory, spec, "folder")
-    keys, sizes, labels, classes, split_dir = folder_index(root, split)
-    rendered = image_size or size
-    # view 0's crop: size/resize when resize= is given, else 8/9 (32 of 36) whatever the size, so that specs
-    # differing only in size= (a teacher at 224, a student at 160) describe the same views
-    explicit = "resize=" in (argument.rpartition("?")[2] if "?" in argument else "")
-    crop = size / resize if explicit else DEFAULT_CROP
-    policy = ViewPolicy(kind=ORIGINAL, flip_p=0.5, scale=(0.35, 1.0), crop_fraction=crop)
+def _folder(
+    spec: str, argument: str, split: str, image_size: int | None = None, options: LoadOptions | None = None
+) -> FolderDataset:
+    """``folder:DIR[?size=S&resize=R&scale=LO,HI]``: DIR/<split>/<class>/<image> (see the module docstring)."""
+    parsed = parse_folder_spec(argument, spec)
+    root = directory_of(parsed.directory, spec, "folder")
+    skip = options is not None and options.skip_bad_samples
+    keys, sizes, labels, classes, split_dir = folder_index(root, split, skip_unlisted=skip)
+    rendered = image_size or parsed.size
+    policy = ViewPolicy(kind=ORIGINAL, flip_p=0.5, scale=parsed.scale, crop_fraction=parsed.crop)
     return FolderDataset(
         split_dir,
         spec=spec,
@@ -158,4 +200,12 @@ def _folder(spec: str, argument: str, split: str, image_size: int | None = None)
     )
 
 
-__all__ = ["FOLDER_DEFAULT_SIZE", "IMAGE_SUFFIXES", "FolderDataset", "folder_index", "parse_folder_argument"]
+__all__ = [
+    "FOLDER_DEFAULT_SIZE",
+    "IMAGE_SUFFIXES",
+    "FolderDataset",
+    "FolderSpec",
+    "folder_index",
+    "parse_folder_argument",
+    "parse_folder_spec",
+]

@@ -22,7 +22,7 @@ Options follow the directory after the last ``?`` as ``key=value`` joined by ``&
   first N are a near-balanced subset): for quick experiments and CI.
 * ``flip=P`` — the views' horizontal-flip probability (default 0: a flipped digit or letter is another
   glyph; 0.5 suits Fashion-MNIST's clothes).
-* ``pad=K`` — the views' shift: RandomCrop(size, padding=K) (default 2).
+* ``pad=K`` — the views' shift: RandomCrop(size, padding=K) (default 2, at most 256).
 
 The fingerprint hashes ``idx`` plus the options instead of the directory, so a moved folder keeps it.
 """
@@ -37,12 +37,14 @@ import numpy as np
 
 from featstore.datasets.base import DATASETS, DirImageDataset, ImageDataset
 from featstore.errors import InputNotFound, InvalidInput
+from featstore.spec_query import SpecQuery
 from featstore.views import ViewPolicy
 
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 UNSIGNED_BYTE = 0x08
 PREFIXES = {"train": "train", "test": "t10k"}
 OPTIONS = ("limit", "flip", "pad")
+MAX_PAD = 256  # the views' zero padding: more would only allocate (every shift then shows padding alone)
 
 
 def _read_bytes(path: Path) -> bytes:
@@ -96,19 +98,14 @@ def _find(directory: Path, prefix: str, kind: str, ndim: int) -> Path:
 
 
 def _parse(argument: str, spec: str) -> tuple[Path, dict[str, float]]:
-    directory, sep, query = argument.rpartition("?") if "?" in argument else (argument, "", "")
-    options: dict[str, float] = {}
-    for item in filter(None, query.split("&")) if sep else ():
-        key, eq, value = item.partition("=")
-        if key not in OPTIONS or not eq or key in options:
-            raise InvalidInput(f"dataset spec {spec!r}: bad option {item!r} (valid: {', '.join(OPTIONS)}, once each)")
-        try:
-            number = float(value) if key == "flip" else int(value)
-        except ValueError:
-            raise InvalidInput(f"dataset spec {spec!r}: {key} must be a number, got {value!r}") from None
-        if (key == "flip" and not 0 <= number <= 1) or (key == "limit" and number < 1) or (key == "pad" and number < 0):
-            raise InvalidInput(f"dataset spec {spec!r}: {key}={value} is out of range")
-        options[key] = number
+    """(directory, the options given, typed); see the module docstring."""
+    directory, query = SpecQuery.split(argument, spec, OPTIONS, what="dataset spec")
+    typed = {
+        "limit": query.int("limit", None, low=1, high=1 << 31),
+        "flip": query.float("flip", None, low=0.0, high=1.0),
+        "pad": query.int("pad", None, low=0, high=MAX_PAD),
+    }
+    options = {key: value for key, value in typed.items() if value is not None}
     path = Path(directory).expanduser() if directory else DEBIAN_FASHION_MNIST
     if not path.is_dir():
         hint = " (install the Debian package dataset-fashion-mnist, or give idx:DIR)" if not directory else ""

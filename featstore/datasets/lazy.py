@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from featstore.datasets.base import Dataset, LoadOptions, SampleViews
+from featstore.datasets.images import UnreadableImage, decode_rgb, image_size
 from featstore.errors import InvalidInput
 from featstore.views import ViewPolicy, render_original, sample_view_params
 
@@ -108,31 +109,17 @@ class LazyImageDataset(Dataset):
         """Where sample ``row`` lives, for error messages (a path, or a record of a file)."""
 
     def decode(self, row: int, data: bytes) -> Any:
-        """Encoded bytes → a PIL RGB image (first frame of an animation); :class:`BadSample` naming it."""
-        import io
-
-        from PIL import Image, UnidentifiedImageError
-
+        """Encoded bytes → a PIL RGB image (:func:`featstore.datasets.images.decode_rgb`); :class:`BadSample`
+        naming the sample."""
         try:
-            with Image.open(io.BytesIO(data)) as image:
-                image.load()
-                return image.convert("RGB")
-        except UnidentifiedImageError:
-            raise BadSample(f"{self.name}: cannot read image {self.where(row)}: not an image file") from None
-        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
+            return decode_rgb(data)
+        except UnreadableImage as err:
             raise BadSample(f"{self.name}: cannot read image {self.where(row)}: {err}") from None
 
     def _size_of(self, row: int, data: bytes) -> tuple[int, int]:
-        import io
-
-        from PIL import Image, UnidentifiedImageError
-
         try:
-            with Image.open(io.BytesIO(data)) as image:
-                return image.height, image.width
-        except UnidentifiedImageError:
-            raise BadSample(f"{self.name}: cannot read image {self.where(row)}: not an image file") from None
-        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
+            return image_size(data)
+        except UnreadableImage as err:
             raise BadSample(f"{self.name}: cannot read image {self.where(row)}: {err}") from None
 
     def source_sizes(self, rows: np.ndarray) -> np.ndarray:
@@ -152,24 +139,3 @@ class LazyImageDataset(Dataset):
 
     def content_digest(self, rows: np.ndarray) -> bytes:
         return chunk_digest([hashlib.sha256(self.read_bytes(int(r))).digest() for r in rows])
-
-
-def parse_options(query: str, spec: str, allowed: tuple[str, ...]) -> dict[str, int]:
-    """``key=value&key=value`` with positive integer values, strictly (unknown/repeated keys refused)."""
-    import re
-
-    options: dict[str, int] = {}
-    if not query:
-        raise InvalidInput(f"dataset spec {spec!r}: nothing after '?'; options: {', '.join(k + '=N' for k in allowed)}")
-    for item in query.split("&"):
-        key, eq, value = item.partition("=")
-        if not eq:
-            raise InvalidInput(f"dataset spec {spec!r}: option {item!r} is not key=value")
-        if key not in allowed:
-            raise InvalidInput(f"dataset spec {spec!r}: unknown option {key!r}; valid: {', '.join(allowed)}")
-        if key in options:
-            raise InvalidInput(f"dataset spec {spec!r}: option {key!r} given twice")
-        if not re.fullmatch(r"[1-9][0-9]{0,5}", value):
-            raise InvalidInput(f"dataset spec {spec!r}: option {key} must be a positive integer, got {value!r}")
-        options[key] = int(value)
-    return options

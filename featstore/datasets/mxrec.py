@@ -16,9 +16,16 @@ The byte layout (dmlc-core's RecordIO, MXNet's ``recordio.pack``), read here wit
 
 Without a header record (``flag`` 0 in record 0) every record is an image and the labels are read from
 every record's header once. The split is ``DIR/<split>.rec`` + ``DIR/<split>.idx`` (insightface ships only
-``train``). Views: aligned faces, so view 0 is the whole image and the other views are horizontal flips of
+``train``; a missing split is :class:`~featstore.datasets.base.SplitNotFound`, which training turns into "no
+evaluation"). Views: aligned faces, so view 0 is the whole image and the other views are horizontal flips of
 it (no crop), rendered at ``size`` × ``size`` (default 112, or ``--image-size``), normalised with mean 0.5
 and std 0.5 as insightface does. The fingerprint is the index's: record keys, record byte sizes and labels.
+
+Every number read from the files is checked before it is used: ``.idx`` keys and offsets are ASCII digits
+below 2⁶³, each key listed once and every offset inside the ``.rec``; the header record's range cannot
+claim more records than the ``.idx`` lists; header and identity labels must be finite integers, a class
+index below :data:`MAX_CLASSES` (float32 labels are exact integers up to 2²⁴ only). A file that breaks
+one is one :class:`~featstore.errors.InvalidInput` naming the file and record.
 
 :func:`write_mxrec` writes a pair in exactly this layout (what the tests use, and a way to pack a folder).
 """
@@ -26,6 +33,7 @@ and std 0.5 as insightface does. The fingerprint is the index's: record keys, re
 from __future__ import annotations
 
 import os
+import re
 import struct
 from collections.abc import Iterable
 from pathlib import Path
@@ -33,9 +41,10 @@ from pathlib import Path
 import numpy as np
 
 from featstore.atomic import atomic_path
-from featstore.datasets.base import DATASETS, directory_of
-from featstore.datasets.lazy import BadSample, LazyImageDataset, parse_options
-from featstore.errors import InputNotFound, InvalidInput
+from featstore.datasets.base import DATASETS, MAX_IMAGE_SIZE, SplitNotFound, directory_of
+from featstore.datasets.lazy import BadSample, LazyImageDataset
+from featstore.errors import InvalidInput
+from featstore.spec_query import SpecQuery
 from featstore.views import ORIGINAL, ViewPolicy
 
 MAGIC = 0xCED7230A
@@ -44,6 +53,16 @@ IR_SIZE = struct.calcsize(IR_FORMAT)  # 24
 FACE_MEAN = (0.5, 0.5, 0.5)
 FACE_STD = (0.5, 0.5, 0.5)
 MXREC_OPTIONS = ("size",)
+MAX_CLASSES = 1 << 24
+"""Labels are float32 in RecordIO headers, exact integers only below 2²⁴: the bound of a class index."""
+_IDX_LINE = re.compile(r"([0-9]{1,19})\t([0-9]{1,19})")
+
+
+def _whole(value: float, where: str, what: str, high: int = MAX_CLASSES) -> int:
+    """A float32 header value that must be an integer in [0, high): anything else is invalid input."""
+    if not (np.isfinite(value) and float(value).is_integer() and 0 <= value < high):
+        raise InvalidInput(f"mxrec: {where} has {what} {value!r}, not an integer in 0…{high - 1}")
+    return int(value)
 
 
 class RecordFile:
@@ -52,6 +71,11 @@ class RecordFile:
     def __init__(self, rec: Path, offsets: dict[int, int]) -> None:
         self.rec, self.offsets = rec, offsets
         self.file_size = rec.stat().st_size
+        last = max(offsets.values(), default=0)
+        if last + 8 > self.file_size:
+            raise InvalidInput(
+                f"mxrec: {rec} is truncated: its .idx points at byte {last}, the file has {self.file_size}"
+            )
         self._handle = None
         self._pid = -1
 
@@ -104,19 +128,23 @@ def unpack_header(payload: bytes, where: str) -> tuple[int, np.ndarray, bytes]:
 
 
 def read_idx(path: Path) -> dict[int, int]:
-    """``key<TAB>offset`` lines → {key: offset}; a malformed or cut-off line is an error naming it."""
+    """``key<TAB>offset`` lines → {key: offset}; a malformed, out-of-range, repeated or cut-off line is an
+    error naming it."""
     offsets: dict[int, int] = {}
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="ascii")
     except (OSError, UnicodeDecodeError) as err:
         raise InvalidInput(f"mxrec: cannot read {path}: {err}") from None
     if text and not text.endswith("\n"):
         raise InvalidInput(f"mxrec: {path} is truncated (its last line has no end)")
-    for number, line in enumerate(text.splitlines(), 1):
-        fields = line.split("\t")
-        if len(fields) != 2 or not all(f.strip().isdigit() for f in fields):
-            raise InvalidInput(f"mxrec: {path} line {number} is not 'key<TAB>offset': {line[:60]!r}")
-        offsets[int(fields[0])] = int(fields[1])
+    for number, line in enumerate(text.split("\n")[:-1], 1):
+        match = _IDX_LINE.fullmatch(line.strip(" \r"))
+        if match is None or max(int(match[1]), int(match[2])) >= 1 << 63:
+            raise InvalidInput(f"mxrec: {path} line {number} is not 'key<TAB>offset' below 2^63: {line[:60]!r}")
+        key = int(match[1])
+        if key in offsets:
+            raise InvalidInput(f"mxrec: {path} line {number} lists record {key} a second time")
+        offsets[key] = int(match[2])
     if not offsets:
         raise InvalidInput(f"mxrec: {path} lists no records")
     return offsets
@@ -138,7 +166,7 @@ class MXRecDataset(LazyImageDataset):
         """The record's payload (IRHeader + image); its header label must be the index's label."""
         payload = self.records.read(int(self.record_keys[row]))
         _, labels, _ = unpack_header(payload, self.where(row))
-        if int(labels[0]) != int(self.labels[row]):
+        if not labels[0] == self.labels[row]:  # NaN included
             raise BadSample(
                 f"mxrec: {self.where(row)} has label {labels[0]:g} in its header, but its identity range "
                 f"gives {int(self.labels[row])}"
@@ -158,8 +186,9 @@ def _record_index(records: RecordFile) -> tuple[np.ndarray, np.ndarray, int]:
     where0 = f"record 0 of {records.rec}"
     flag, head, _ = unpack_header(records.read(0), where0) if 0 in records.offsets else (0, np.zeros(1), b"")
     if flag >= 2 and 0 in records.offsets:
-        first, stop = int(head[0]), int(head[1])
-        missing = [k for k in range(1, stop) if k not in records.offsets]
+        bound = len(records.offsets) + 1
+        first, stop = (_whole(v, where0, "a record number", bound) for v in head[:2])
+        missing = [k for k in range(1, stop) if k not in records.offsets] if first <= stop else []
         if first < 1 or stop < first or missing:
             raise InvalidInput(
                 f"mxrec: {where0} says images 1…{first - 1} and identities {first}…{stop - 1}, but "
@@ -167,8 +196,9 @@ def _record_index(records: RecordFile) -> tuple[np.ndarray, np.ndarray, int]:
             )
         labels = np.full(first - 1, -1, dtype=np.int64)
         for cls, key in enumerate(range(first, stop)):
-            _, span, _ = unpack_header(records.read(key), f"identity record {key} of {records.rec}")
-            start, end = int(span[0]), int(span[-1]) if len(span) > 1 else int(span[0])
+            where = f"identity record {key} of {records.rec}"
+            _, span, _ = unpack_header(records.read(key), where)
+            start, end = (_whole(v, where, "an image number", first + 1) for v in (span[0], span[-1]))
             if not 1 <= start <= end <= first:
                 raise InvalidInput(f"mxrec: identity record {key} of {records.rec} has a bad image range {start}…{end}")
             labels[start - 1 : end - 1] = cls
@@ -176,9 +206,13 @@ def _record_index(records: RecordFile) -> tuple[np.ndarray, np.ndarray, int]:
             raise InvalidInput(f"mxrec: image record {int(np.argmax(labels < 0)) + 1} belongs to no identity range")
         return np.arange(1, first, dtype=np.int64), labels, stop - first
     keys = np.array(sorted(records.offsets), dtype=np.int64)
-    labels = np.array([int(unpack_header(records.read(int(k)), f"record {k}")[1][0]) for k in keys], np.int64)
-    if (labels < 0).any():
-        raise InvalidInput(f"mxrec: record {int(keys[np.argmax(labels < 0)])} has a negative label")
+    labels = np.array(
+        [
+            _whole(unpack_header(records.read(int(k)), f"record {k}")[1][0], f"record {k} of {records.rec}", "label")
+            for k in keys
+        ],
+        np.int64,
+    )
     return keys, labels, int(labels.max()) + 1
 
 
@@ -194,18 +228,17 @@ def _record_sizes(records: RecordFile, keys: np.ndarray) -> np.ndarray:
 @DATASETS.register("mxrec")
 def _mxrec(spec: str, argument: str, split: str, image_size: int | None = None) -> MXRecDataset:
     """``mxrec:DIR[?size=S]``: DIR/<split>.rec + DIR/<split>.idx (see the module docstring)."""
-    directory, sep, query = argument.rpartition("?") if "?" in argument else (argument, "", "")
-    options = parse_options(query, spec, MXREC_OPTIONS) if sep else {}
+    directory, query = SpecQuery.split(argument, spec, MXREC_OPTIONS, what="dataset spec")
+    size = image_size or query.int("size", 112, low=1, high=MAX_IMAGE_SIZE)
     root = directory_of(directory, spec, "mxrec")
     rec, idx = root / f"{split}.rec", root / f"{split}.idx"
     for needed in (rec, idx):
         if not needed.is_file():
-            raise InputNotFound(f"mxrec: {needed} not found (expected {split}.rec and {split}.idx in {root})")
+            raise SplitNotFound(f"mxrec: {needed} not found (expected {split}.rec and {split}.idx in {root})")
     records = RecordFile(rec, read_idx(idx))
     keys, labels, num_classes = _record_index(records)
     if not len(keys):
         raise InvalidInput(f"mxrec: {rec} holds no image records")
-    size = image_size or options.get("size", 112)
     return MXRecDataset(
         records,
         keys,

@@ -1,0 +1,163 @@
+"""The ``?key=value&key=value`` query of a spec string (``folder:DIR?size=64``, ``mxrec:DIR?size=112``,
+``idx:DIR?limit=100``, and model specs), parsed once and read through typed, bounded getters.
+
+Why one parser: every spec format takes options the same way, so every format refuses the same mistakes
+the same way — an unknown key (the error lists the valid ones), a key given twice, an item that is not
+``key=value``, a value that is not a number or lies outside its bounds — each as one :class:`InvalidInput`
+line naming the spec. Bounds are part of every numeric getter, so a declared size (``?size=999999``) is
+refused before anything is allocated for it.
+
+Usage::
+
+    head, query = SpecQuery.split("DIR?size=64&scale=0.08,1", spec, keys=("size", "scale"))
+    size = query.int("size", 32, low=1, high=4096)
+    scale = query.floats("scale", (0.35, 1.0), count=2, low=0.0, high=1.0)
+
+The query starts after the *last* ``?`` (a directory may contain ``?``, a value never does).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Sequence
+
+from featstore.errors import InvalidInput
+
+_INTEGER = re.compile(r"[+-]?[0-9]{1,30}")
+_NUMBER = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]{1,3})?")
+_TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
+
+
+class SpecQuery:
+    """The options of one spec: ``{key: raw text}``, checked against the keys the format accepts."""
+
+    def __init__(self, items: dict[str, str], spec: str, keys: Sequence[str], what: str = "spec") -> None:
+        self.items, self.spec, self.keys, self.what = dict(items), spec, tuple(keys), what
+
+    @classmethod
+    def parse(cls, query: str, spec: str, keys: Sequence[str], what: str = "spec") -> SpecQuery:
+        """Parse ``query`` (the text after ``?``); unknown, repeated or malformed items are refused.
+
+        Args:
+            query: ``key=value`` items joined by ``&``.
+            spec: the whole spec, named in every error.
+            keys: the keys this format accepts.
+            what: how errors name the spec (``"dataset spec"``, ``"teacher spec"``).
+
+        Returns:
+            The parsed query; its getters convert and bound each value.
+        """
+        self = cls({}, spec, keys, what)
+        if not query:
+            raise self._error(f"nothing after '?'; options: {self._valid()}")
+        for item in query.split("&"):
+            key, eq, value = item.partition("=")
+            if not eq or not key:
+                raise self._error(f"option {item!r} is not key=value")
+            if key not in self.keys:
+                raise self._error(f"unknown option {key!r}; valid: {self._valid()}")
+            if key in self.items:
+                raise self._error(f"option {key!r} given twice")
+            self.items[key] = value
+        return self
+
+    @classmethod
+    def split(cls, text: str, spec: str, keys: Sequence[str], what: str = "spec") -> tuple[str, SpecQuery]:
+        """(the part before the last ``?``, its parsed query); an empty query when there is no ``?``."""
+        if "?" not in text:
+            return text, cls({}, spec, keys, what)
+        head, _, query = text.rpartition("?")
+        return head, cls.parse(query, spec, keys, what)
+
+    def __contains__(self, key: str) -> bool:
+        return key in self.items
+
+    def given(self) -> dict[str, str]:
+        """The raw ``{key: value}`` the spec gave (for a canonical, path-free name of the options)."""
+        return dict(self.items)
+
+    def int(self, key: str, default: int | None, *, low: int | None = None, high: int | None = None) -> int | None:
+        """``key`` as an integer within [low, high], or ``default`` when the spec does not give it."""
+        if key not in self.items:
+            return default
+        value = self.items[key]
+        if not _INTEGER.fullmatch(value):
+            raise self._error(f"{key} must be an integer, got {value!r}")
+        return self._bounded(key, int(value), low, high)
+
+    def float(
+        self, key: str, default: float | None, *, low: float | None = None, high: float | None = None
+    ) -> float | None:
+        """``key`` as a finite number within [low, high], or ``default``."""
+        if key not in self.items:
+            return default
+        return self._bounded(key, self._number(key, self.items[key]), low, high)
+
+    def floats(
+        self,
+        key: str,
+        default: tuple[float, ...] | None,
+        *,
+        count: int,
+        low: float | None = None,
+        high: float | None = None,
+        ascending: bool = False,
+    ) -> tuple[float, ...] | None:
+        """``key`` as ``count`` comma-separated finite numbers within [low, high] (non-decreasing when
+        ``ascending``), or ``default``."""
+        if key not in self.items:
+            return default
+        parts = self.items[key].split(",")
+        if len(parts) != count:
+            raise self._error(f"{key} takes {count} comma-separated numbers, got {self.items[key]!r}")
+        values = tuple(self._bounded(key, self._number(key, p), low, high) for p in parts)
+        if ascending and any(a > b for a, b in zip(values, values[1:])):
+            raise self._error(f"{key}={self.items[key]}: the numbers must not decrease")
+        return values
+
+    def bool(self, key: str, default: bool | None) -> bool | None:
+        """``key`` as a flag (1/true/yes/on or 0/false/no/off), or ``default``."""
+        if key not in self.items:
+            return default
+        value = self.items[key].lower()
+        if value not in _TRUE + _FALSE:
+            raise self._error(f"{key} must be one of {', '.join(_TRUE + _FALSE)}, got {self.items[key]!r}")
+        return value in _TRUE
+
+    def choice(self, key: str, default: str | None, choices: Sequence[str]) -> str | None:
+        """``key`` as one of ``choices``, or ``default``."""
+        if key not in self.items:
+            return default
+        if self.items[key] not in choices:
+            raise self._error(f"{key} must be one of {', '.join(choices)}, got {self.items[key]!r}")
+        return self.items[key]
+
+    def text(self, key: str, default: str | None) -> str | None:
+        """``key`` as given (non-empty), or ``default``."""
+        if key not in self.items:
+            return default
+        if not self.items[key]:
+            raise self._error(f"{key} is empty")
+        return self.items[key]
+
+    def _number(self, key: str, value: str) -> float:
+        number = float(value) if _NUMBER.fullmatch(value) else math.nan
+        if not math.isfinite(number):
+            raise self._error(f"{key} must be a finite number, got {value!r}")
+        return number
+
+    def _bounded(self, key: str, value, low, high):  # noqa: ANN001, ANN202 - int or float alike
+        if (low is not None and value < low) or (high is not None and value > high):
+            bounds = f"[{'-∞' if low is None else low}, {'∞' if high is None else high}]"
+            raise self._error(f"{key}={self.items[key]} is out of range {bounds}")
+        return value
+
+    def _valid(self) -> str:
+        return ", ".join(self.keys) if self.keys else "none"
+
+    def _error(self, message: str) -> InvalidInput:
+        return InvalidInput(f"{self.what} {self.spec!r}: {message}")
+
+
+__all__ = ["SpecQuery"]
