@@ -347,9 +347,9 @@ def check_head_classes(teacher: TeacherSource, num_classes: int, where: str) -> 
 def _probe_embedding_width(teacher: TeacherSource, dataset: Dataset) -> None:
     """Embed one sample on the CPU: a teacher brought as code or TorchScript declares its width only through
     its head, and a mismatch would otherwise fail mid-extraction with a half-written store."""
-    if len(dataset) == 0:
+    x = _first_readable_sample(dataset)
+    if x is None:
         return
-    x = next(iter(identity_batches(_in_process_options(dataset), np.arange(1), 1))).x[:, 0]
     try:
         out = teacher.model.eval().forward_features(x.to(_model_device(teacher.model)))
     except Exception as exc:  # noqa: BLE001 - whatever the user's model raises on this input
@@ -368,13 +368,19 @@ def _probe_embedding_width(teacher: TeacherSource, dataset: Dataset) -> None:
         )
 
 
-def _in_process_options(dataset: Dataset) -> Dataset:
-    """The dataset read without worker processes (for a one-sample probe, workers cost more than they save)."""
+def _first_readable_sample(dataset: Dataset) -> torch.Tensor | None:
+    """View 0 of sample 0, read in process (for a one-sample probe, workers cost more than they save); with
+    ``skip_bad_samples``, of the first sample that reads (None when none does: extraction then reports them)."""
     import copy
 
     quick = copy.copy(dataset)
-    quick.options = dataclasses.replace(dataset.options, workers=0, skip_bad_samples=False)
-    return quick
+    quick.options = dataclasses.replace(dataset.options, workers=0)
+    with warnings.catch_warnings():  # a skipped sample is reported by the extraction itself, once
+        warnings.simplefilter("ignore", RuntimeWarning)
+        for rendered in identity_batches(quick, np.arange(len(dataset)), 1):
+            if len(rendered.rows):
+                return rendered.x[:, 0]
+    return None
 
 
 def _model_device(model: Any) -> torch.device:

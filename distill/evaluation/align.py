@@ -23,6 +23,10 @@ ARCFACE_TEMPLATE = np.array(
 )
 """Left eye, right eye, nose tip, left and right mouth corner in a 112×112 aligned face (insightface)."""
 
+MAX_COORDINATE = 1e6
+"""The largest landmark coordinate accepted, in pixels: far beyond any photo, and small enough that the
+alignment's squares stay finite (1e200 would overflow them to inf)."""
+
 
 def similarity_transform(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
     """The 2×3 matrix [sR | t] minimising Σ‖sR·src_i + t − dst_i‖² (Umeyama 1991, no reflection)."""
@@ -61,7 +65,12 @@ def read_landmarks(path: str | Path) -> dict[str, np.ndarray]:
     if not path.is_file():
         raise InputNotFound(f"landmarks file {path} does not exist")
     found: dict[str, np.ndarray] = {}
-    for number, line in enumerate(path.read_text().splitlines(), start=1):
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = path.read_bytes()[: exc.start].count(b"\n") + 1
+        raise InvalidInput(f"{path}:{line}: not UTF-8 text (save the landmarks file as UTF-8)") from None
+    for number, line in enumerate(text.splitlines(), start=1):
         tokens = line.split()
         if not tokens:
             continue
@@ -75,6 +84,8 @@ def read_landmarks(path: str | Path) -> dict[str, np.ndarray]:
             raise InvalidInput(f"{path}:{number}: the coordinates are not numbers") from None
         if not np.isfinite(points).all():
             raise InvalidInput(f"{path}:{number}: non-finite coordinates")
+        if np.abs(points).max() > MAX_COORDINATE:
+            raise InvalidInput(f"{path}:{number}: a coordinate beyond ±{MAX_COORDINATE:g} pixels")
         if tokens[0] in found:
             raise InvalidInput(f"{path}:{number}: image {tokens[0]!r} is listed twice")
         found[tokens[0]] = points

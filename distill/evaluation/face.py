@@ -93,26 +93,46 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
 
 def _folder_images(root: Path) -> list[str]:
-    names = sorted(
-        p.relative_to(root).as_posix()
-        for p in root.rglob("*")
-        if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not any(part.startswith(".") for part in p.parts)
-    )
+    """The images below ``root`` (featstore's bounded lister: each directory once, hidden entries skipped),
+    as relative names that HDF5 can store (UTF-8)."""
+    from featstore.datasets.files import list_files
+
+    names = [name for name, _ in list_files(root, IMAGE_SUFFIXES, what="embed").files]
     if not names:
         raise InvalidInput(f"{root} holds no images ({', '.join(IMAGE_SUFFIXES)})")
+    for name in names:
+        _check_utf8(name, f"image {root / name!r}")
     return names
 
 
+def _check_utf8(name: str, what: str) -> None:
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidInput(f"{what}: the name is not UTF-8, which the HDF5 names dataset needs; rename it") from None
+
+
+def _face_path(root: Path, name: str, where: str) -> Path:
+    """``root / name`` for a name of the landmarks file, which must stay inside ``root``."""
+    from pathlib import PurePosixPath
+
+    relative = PurePosixPath(name)
+    if not name or relative.is_absolute() or ".." in relative.parts:
+        raise InvalidInput(f"{where}: face {name!r} is not a path inside --images {root}")
+    return root / relative
+
+
 def _load_face(path: Path, size: int, landmarks: np.ndarray | None) -> np.ndarray:
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image
 
     from distill.evaluation.align import align_face
+    from featstore.datasets.files import UnreadableFile, read_file
+    from featstore.datasets.images import UnreadableImage, decode_rgb
 
     try:
-        with Image.open(path) as image:
-            rgb = image.convert("RGB")
-    except (UnidentifiedImageError, OSError) as exc:
-        raise InvalidInput(f"image {path} cannot be decoded ({type(exc).__name__})") from None
+        rgb = decode_rgb(read_file(path))
+    except (UnreadableFile, UnreadableImage) as exc:
+        raise InvalidInput(f"image {path} cannot be decoded: {exc}") from None
     if landmarks is not None:
         rgb = align_face(rgb, landmarks, size)
     elif rgb.size != (size, size):
@@ -148,6 +168,9 @@ def embed_folder(
         raise OutputExists(f"{out} already exists (use --overwrite to replace it)")
     points = read_landmarks(landmarks) if landmarks is not None else None
     names = list(points) if points is not None else _folder_images(root)
+    if points is not None:
+        for name in names:
+            _face_path(root, name, f"landmarks file {landmarks}")
     missing = [n for n in names if not (root / n).is_file()]
     if missing:
         raise InvalidInput(f"{len(missing)} face(s) of the landmarks file are not in {root} (first: {missing[0]!r})")

@@ -38,7 +38,7 @@ from distill.training.outputs import keep_resume_state
 from distill.training.resume import load_resume_state, run_identity, save_resume_state
 from distill.training.teacher_side import TeacherSide, teacher_side
 from featstore.atomic import atomic_write_text
-from featstore.datasets import Dataset, LoadOptions, load_dataset
+from featstore.datasets import Dataset, LoadOptions, load_dataset, load_eval_dataset
 from featstore.errors import InputNotFound, InvalidInput, OutputExists, TrainingDiverged
 from featstore.loader import stream_views
 from featstore.stream import StoreStream, StreamBatch
@@ -184,7 +184,7 @@ class StudentRun:
         criterion = build_criterion(config.recipe, config.loss, config.temperature, config.th_alpha)  # fails early
         load = {"image_size": config.image_size, "options": LoadOptions(workers=config.loader_workers)}
         run = cls(config, criterion, load_dataset(config.dataset, config.split, **load))
-        run.test = load_dataset(config.dataset, config.eval_split, **load) if config.eval_split else None
+        run.test = load_eval_dataset(config.dataset, config.eval_split, **load)
         run.dist = init_distributed(config.device)
         run.device = run.dist.device
         run.amp = Amp.create(config.amp, run.device)

@@ -29,7 +29,7 @@ from distill.training.common import (
 )
 from distill.training.outputs import output_locked
 from featstore.atomic import file_sha256
-from featstore.datasets import LoadOptions, load_dataset
+from featstore.datasets import LoadOptions, load_dataset, load_eval_dataset
 from featstore.errors import InvalidInput, OutputExists, TrainingDiverged
 from featstore.loader import drawn_batches
 
@@ -181,7 +181,7 @@ def train_teacher(config: TeacherConfig) -> TeacherResult:
     generator = seed_everything(config.seed)
     load = {"image_size": config.image_size, "options": LoadOptions(workers=config.loader_workers)}
     train = load_dataset(config.dataset, config.split, **load)
-    test = load_dataset(config.dataset, config.eval_split, **load) if config.eval_split else None
+    test = load_eval_dataset(config.dataset, config.eval_split, **load)
     model, model_config, provenance = build_teacher_model(config, train, device)
     # a last batch of one sample has no batch statistics (BatchNorm refuses it in training): it is left out
     usable = len(train) - (1 if len(train) % config.batch_size == 1 else 0)

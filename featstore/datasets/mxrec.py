@@ -133,8 +133,12 @@ def read_idx(path: Path) -> dict[int, int]:
     offsets: dict[int, int] = {}
     try:
         text = path.read_text(encoding="ascii")
-    except (OSError, UnicodeDecodeError) as err:
-        raise InvalidInput(f"mxrec: cannot read {path}: {err}") from None
+    except UnicodeDecodeError as err:
+        raise InvalidInput(
+            f"mxrec: {path} is not ASCII text (byte {err.start}); expected 'key<TAB>offset' lines"
+        ) from None
+    except OSError as err:
+        raise InvalidInput(f"mxrec: cannot read {path}: {err.strerror or err}") from None
     if text and not text.endswith("\n"):
         raise InvalidInput(f"mxrec: {path} is truncated (its last line has no end)")
     for number, line in enumerate(text.split("\n")[:-1], 1):
@@ -229,7 +233,8 @@ def _record_sizes(records: RecordFile, keys: np.ndarray) -> np.ndarray:
 def _mxrec(spec: str, argument: str, split: str, image_size: int | None = None) -> MXRecDataset:
     """``mxrec:DIR[?size=S]``: DIR/<split>.rec + DIR/<split>.idx (see the module docstring)."""
     directory, query = SpecQuery.split(argument, spec, MXREC_OPTIONS, what="dataset spec")
-    size = image_size or query.int("size", 112, low=1, high=MAX_IMAGE_SIZE)
+    size = query.int("size", 112, low=1, high=MAX_IMAGE_SIZE)  # checked even when --image-size overrides it
+    size = image_size or size
     root = directory_of(directory, spec, "mxrec")
     rec, idx = root / f"{split}.rec", root / f"{split}.idx"
     for needed in (rec, idx):

@@ -30,9 +30,12 @@ from typing import Any
 import numpy as np
 
 from distill.evaluation.protocols.pairs import lfw_accuracy
+from featstore.datasets.files import UnreadableFile, read_file
+from featstore.datasets.images import UnreadableImage, decode_rgb
 from featstore.errors import InputNotFound, InvalidInput
 
 BIN_FOLDS = 10
+MAX_BIN_BYTES = 4 << 30  # a regular file of at most 4 GiB (insightface's largest, cfp_fp.bin, is ~0.1 GiB)
 
 
 class _NoGlobals(pickle.Unpickler):
@@ -61,10 +64,14 @@ class BinSet:
 def read_bin(path: str | Path) -> BinSet:
     """Parse a verification ``.bin`` safely (see the module docstring); every defect is :class:`InvalidInput`."""
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise InputNotFound(f"verification file {path} does not exist")
     try:
-        content = _NoGlobals(io.BytesIO(path.read_bytes()), encoding="bytes").load()
+        data = read_file(path, limit=MAX_BIN_BYTES)
+    except UnreadableFile as exc:
+        raise InvalidInput(f"verification file {path} cannot be read: {exc}") from None
+    try:
+        content = _NoGlobals(io.BytesIO(data), encoding="bytes").load()
     except pickle.UnpicklingError as exc:
         raise InvalidInput(
             f"{path} is not a verification .bin: its pickle holds objects other than images and flags ({exc})"
@@ -84,16 +91,17 @@ def read_bin(path: str | Path) -> BinSet:
 
 
 def decode_images(bins: BinSet, size: int) -> np.ndarray:
-    """uint8 (2P, 3, size, size) RGB; images of another size are resized (bilinear), as arcface_torch does."""
-    from PIL import Image, UnidentifiedImageError
+    """uint8 (2P, 3, size, size) RGB; images of another size are resized (bilinear), as arcface_torch does.
+    Decoding is fsd's one image decoder (:func:`featstore.datasets.images.decode_rgb`: 16-bit images scaled,
+    decompression bombs refused)."""
+    from PIL import Image
 
     out = np.empty((len(bins.images), 3, size, size), dtype=np.uint8)
     for i, data in enumerate(bins.images):
         try:
-            with Image.open(io.BytesIO(data)) as image:
-                rgb = image.convert("RGB")
-        except (UnidentifiedImageError, OSError) as exc:
-            raise InvalidInput(f"{bins.name}.bin: image {i} cannot be decoded ({type(exc).__name__})") from None
+            rgb = decode_rgb(data)
+        except UnreadableImage as exc:
+            raise InvalidInput(f"{bins.name}.bin: image {i} cannot be decoded: {exc}") from None
         if rgb.size != (size, size):
             rgb = rgb.resize((size, size), Image.BILINEAR)
         out[i] = np.asarray(rgb, dtype=np.uint8).transpose(2, 0, 1)
