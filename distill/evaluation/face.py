@@ -168,12 +168,12 @@ def embed_folder(
         raise OutputExists(f"{out} already exists (use --overwrite to replace it)")
     points = read_landmarks(landmarks) if landmarks is not None else None
     names = list(points) if points is not None else _folder_images(root)
-    if points is not None:
-        for name in names:
-            _face_path(root, name, f"landmarks file {landmarks}")
-    missing = [n for n in names if not (root / n).is_file()]
-    if missing:
-        raise InvalidInput(f"{len(missing)} face(s) of the landmarks file are not in {root} (first: {missing[0]!r})")
+    if points is not None:  # the folder's own listing needs no check: its files are read through read_file
+        missing = [n for n in names if not _face_path(root, n, f"landmarks file {landmarks}").is_file()]
+        if missing:
+            raise InvalidInput(
+                f"{len(missing)} face(s) of the landmarks file are not in {root} (first: {missing[0]!r})"
+            )
     with atomic_path(out) as tmp, h5py.File(tmp, "w") as handle:
         text = h5py.string_dtype("utf-8")
         handle.create_dataset("names", data=np.asarray(names, dtype=object), dtype=text)

@@ -186,6 +186,25 @@ def mxrec_case(payloads: Callable[[], list[bytes]], idx: str | None = None, quer
     return build
 
 
+def embed(images: Callable[[Path], None], landmarks: str | bytes | None = None) -> Callable:
+    def build(data: Path, teacher: Path) -> list[str]:
+        folder = data / "faces"
+        folder.mkdir()
+        (folder / "a.png").write_bytes(png(np.full((SIZE, SIZE, 3), 90, np.uint8)))
+        images(folder)
+        args = ["embed", "--model", str(teacher), "--images", str(folder), "--out", "{out}"]
+        if landmarks is not None:
+            path = data / "points.txt"
+            path.write_bytes(landmarks if isinstance(landmarks, bytes) else landmarks.encode())
+            args += ["--landmarks", str(path)]
+        return args
+
+    return build
+
+
+POINTS = "38 51 73 51 56 71 41 92 70 92 0.9"
+
+
 def run_case(case: Case, tmp_path: Path, teacher: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     data, outputs = tmp_path / "data", tmp_path / "out"
     data.mkdir()
@@ -268,6 +287,7 @@ CLASS1 = {
     "folder ?size=999999": Case(folder_case(lambda t: None, query="?size=999999"), "size=999999 is out of range"),
     "mxrec ?size=999999": Case(mxrec_case(face_records, query="?size=999999"), "size=999999 is out of range"),
     "--image-size 200000": Case(folder_case(lambda t: None, "--image-size", "200000"), "image size must lie in"),
+    "FIFO named .png in embed --images": Case(embed(lambda f: os.mkfifo(f / "b.png")), "not a regular file (a FIFO)"),
 }
 
 
@@ -381,30 +401,17 @@ def big_label() -> list[bytes]:
     return [pack_header(0, 0.0, image), pack_header(0, 1e18, image, key=1)]
 
 
+def nan_image_label() -> list[bytes]:
+    records = face_records()
+    records[1] = pack_header(0, float("nan"), png(np.full((SIZE, SIZE, 3), 90, np.uint8)), key=1)
+    return records
+
+
 def bin_with_bomb(data: Path, teacher: Path) -> list[str]:
     image = png(np.full((SIZE, SIZE, 3), 90, np.uint8))
     images = [image] * 19 + [bomb_png()]
     (data / "faces.bin").write_bytes(pickle.dumps((images, [True, False] * 5), protocol=4))
     return ["eval", "--faiss", "--model", str(teacher), "--bin", str(data / "faces.bin"), "--out", "{out}"]
-
-
-def embed(images: Callable[[Path], None], landmarks: str | bytes | None = None) -> Callable:
-    def build(data: Path, teacher: Path) -> list[str]:
-        folder = data / "faces"
-        folder.mkdir()
-        (folder / "a.png").write_bytes(png(np.full((SIZE, SIZE, 3), 90, np.uint8)))
-        images(folder)
-        args = ["embed", "--model", str(teacher), "--images", str(folder), "--out", "{out}"]
-        if landmarks is not None:
-            path = data / "points.txt"
-            path.write_bytes(landmarks if isinstance(landmarks, bytes) else landmarks.encode())
-            args += ["--landmarks", str(path)]
-        return args
-
-    return build
-
-
-POINTS = "38 51 73 51 56 71 41 92 70 92 0.9"
 
 
 def bomb(folder: Path) -> None:
@@ -426,6 +433,7 @@ CLASS3 = {
     "NaN in an identity record": Case(mxrec_case(with_identity([float("nan"), 5.0])), "not an integer"),
     "inf in an identity record": Case(mxrec_case(with_identity([3.0, float("inf")])), "not an integer"),
     "a 1e18 label": Case(mxrec_case(big_label), "has label"),
+    "NaN label of an image record": Case(mxrec_case(nan_image_label), "has label nan in its header"),
     "decompression bomb in eval --bin": Case(bin_with_bomb, "image 19 cannot be decoded"),
     "decompression bomb in embed": Case(embed(bomb), "pixels"),
     "landmarks in Latin-1": Case(embed(lambda f: None, ("caf\xe9.png " + POINTS).encode("latin-1")), "not UTF-8"),
