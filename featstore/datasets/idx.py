@@ -36,6 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from featstore.datasets.base import DATASETS, DirImageDataset, ImageDataset
+from featstore.datasets.files import UnreadableFile, read_file
 from featstore.errors import InputNotFound, InvalidInput
 from featstore.spec_query import SpecQuery
 from featstore.views import ViewPolicy
@@ -44,18 +45,26 @@ DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 UNSIGNED_BYTE = 0x08
 PREFIXES = {"train": "train", "test": "t10k"}
 OPTIONS = ("limit", "flip", "pad")
+MAX_IDX_BYTES = 4 << 30  # EMNIST ByClass, the largest IDX set, is ~0.6 GiB uncompressed
 MAX_PAD = 256  # the views' zero padding: more would only allocate (every shift then shows padding alone)
 
 
 def _read_bytes(path: Path) -> bytes:
-    """The file's (decompressed) content; a damaged gzip stream is invalid input naming the file."""
+    """The file's (decompressed) content, at most :data:`MAX_IDX_BYTES`; a damaged gzip stream or a gzip
+    bomb is invalid input naming the file."""
     try:
         if path.suffix == ".gz":
             with gzip.open(path, "rb") as handle:
-                return handle.read()
-        return path.read_bytes()
+                data = handle.read(MAX_IDX_BYTES + 1)
+        else:
+            data = read_file(path, limit=MAX_IDX_BYTES)
+    except UnreadableFile as exc:
+        raise InvalidInput(f"IDX file {path} is unreadable: {exc}") from None
     except (OSError, EOFError, zlib.error) as exc:
         raise InvalidInput(f"IDX file {path} is unreadable ({type(exc).__name__}: {exc})") from None
+    if len(data) > MAX_IDX_BYTES:
+        raise InvalidInput(f"IDX file {path} holds more than {MAX_IDX_BYTES} bytes (decompressed)")
+    return data
 
 
 def read_idx(path: Path, ndim: int, limit: int | None = None) -> np.ndarray:

@@ -42,6 +42,7 @@ import numpy as np
 
 from featstore.atomic import atomic_path
 from featstore.datasets.base import DATASETS, MAX_IMAGE_SIZE, SplitNotFound, directory_of
+from featstore.datasets.files import MAX_SAMPLE_BYTES
 from featstore.datasets.lazy import BadSample, LazyImageDataset
 from featstore.errors import InvalidInput
 from featstore.spec_query import SpecQuery
@@ -102,6 +103,8 @@ class RecordFile:
             if magic != MAGIC:
                 raise BadSample(f"mxrec: record {key} of {self.rec} does not start with the RecordIO magic")
             cflag, length = lrec >> 29, lrec & ((1 << 29) - 1)
+            if length + sum(map(len, parts)) > MAX_SAMPLE_BYTES:
+                raise BadSample(f"mxrec: record {key} of {self.rec} is over {MAX_SAMPLE_BYTES} bytes")
             data = f.read(length)
             if len(data) < length:
                 raise BadSample(f"mxrec: record {key} of {self.rec} is truncated (file ends inside it)")
