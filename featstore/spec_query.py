@@ -21,11 +21,13 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Sequence
+from typing import TypeVar
 
 from featstore.errors import InvalidInput
 
 _INTEGER = re.compile(r"[+-]?[0-9]{1,30}")
 _NUMBER = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]{1,3})?")
+Number = TypeVar("Number", int, float)
 _TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
 
 
@@ -147,7 +149,7 @@ class SpecQuery:
             raise self._error(f"{key} must be a finite number, got {value!r}")
         return number
 
-    def _bounded(self, key: str, value, low, high):  # noqa: ANN001, ANN202 - int or float alike
+    def _bounded(self, key: str, value: Number, low: float | None, high: float | None) -> Number:
         if (low is not None and value < low) or (high is not None and value > high):
             bounds = f"[{'-∞' if low is None else low}, {'∞' if high is None else high}]"
             raise self._error(f"{key}={self.items[key]} is out of range {bounds}")

@@ -52,7 +52,7 @@ def deadline(seconds: float) -> Iterator[None]:
     """Raise TimeoutError in the test if the block runs longer than ``seconds`` (a blocked open() of a FIFO
     is interrupted too)."""
 
-    def fire(signum, frame):  # noqa: ANN001, ARG001
+    def fire(signum, frame):
         raise TimeoutError(f"still running after {seconds} s")
 
     previous = signal.signal(signal.SIGALRM, fire)
@@ -334,7 +334,7 @@ def unreadable(relative: str) -> Callable[[pytest.MonkeyPatch, Path], None]:
     def patch(monkeypatch: pytest.MonkeyPatch, data: Path) -> None:
         target, real = str(data / "imgs" / relative), os.scandir
 
-        def scandir(path="."):  # noqa: ANN001, ANN202
+        def scandir(path="."):
             if os.fspath(path) == target:
                 raise PermissionError(13, "Permission denied", target)
             return real(path)
