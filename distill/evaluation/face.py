@@ -101,7 +101,7 @@ def _folder_images(root: Path) -> list[str]:
     if not names:
         raise InvalidInput(f"{root} holds no images ({', '.join(IMAGE_SUFFIXES)})")
     for name in names:
-        _check_utf8(name, f"image {root / name!r}")
+        _check_utf8(name, f"image {str(root / name)!r}")
     return names
 
 
