@@ -77,17 +77,21 @@ def list_files(root: Path, suffixes: Collection[str], *, skip_unlisted: bool = F
             if _hidden(entry.name):
                 continue
             path = directory / entry.name
+            image = os.path.splitext(entry.name)[1].lower() in suffixes
             try:
-                is_dir = entry.is_dir()
-                if is_dir:
+                if entry.is_dir():
                     identity = _identity(entry)
-                elif os.path.splitext(entry.name)[1].lower() in suffixes:
+                elif image:
                     listing.files.append((path.relative_to(root).as_posix(), entry.stat().st_size))
                     continue
                 else:
                     continue
-            except OSError as err:
-                raise InvalidInput(f"{what}: cannot read {path}: {err.strerror or err}") from None
+            except OSError as err:  # a link loop (ELOOP), a file gone since the listing, …
+                reason = err.strerror or str(err)
+                if image or not skip_unlisted:
+                    raise InvalidInput(f"{what}: cannot read {path}: {reason}") from None
+                listing.unlisted.append((path, reason))  # what it is cannot be known: a folder left out
+                continue
             if identity not in seen:  # each directory once, whatever links lead to it
                 seen.add(identity)
                 pending.append(path)

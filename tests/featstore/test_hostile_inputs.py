@@ -255,6 +255,11 @@ def links_to_dot(tree: Path) -> None:
     (tree / "train" / "c0" / "sub" / "up").symlink_to("..", target_is_directory=True)
 
 
+def link_cycle(tree: Path) -> None:
+    (tree / "train" / "c1" / "a").symlink_to("b")
+    (tree / "train" / "c1" / "b").symlink_to("a")
+
+
 def fifo(tree: Path) -> None:
     os.mkfifo(tree / "train" / "c0" / "0.png.tmp")
     os.replace(tree / "train" / "c0" / "0.png.tmp", tree / "train" / "c0" / "0.png")
@@ -276,6 +281,10 @@ def huge_header() -> list[bytes]:
 
 CLASS1 = {
     "links to . do not loop": Case(folder_case(links_to_dot), None, samples(2 * PER_CLASS)),
+    "links to each other": Case(folder_case(link_cycle), "Too many levels of symbolic links"),
+    "links to each other, --skip-bad-samples": Case(
+        folder_case(link_cycle, "--skip-bad-samples"), None, samples(2 * PER_CLASS)
+    ),
     "FIFO named .png": Case(folder_case(fifo), "not a regular file (a FIFO)"),
     "FIFO named .png, --skip-bad-samples": Case(folder_case(fifo, "--skip-bad-samples"), None, left_out(1)),
     "link to /dev/zero named .png": Case(
