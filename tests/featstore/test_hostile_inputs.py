@@ -310,21 +310,36 @@ def test_class1_bounded(name, tmp_path, teacher, monkeypatch) -> None:
 GREY = 128
 
 
-def wide_images() -> dict[str, bytes]:
-    """A mid-grey image in each wide integer mode (TIFF carries I;16B and I; Pillow reads by content)."""
+def png16(color_type: int, channels: int, value: int) -> bytes:
+    """A 16-bit PNG of one value in every channel, written by hand (Pillow writes 16-bit grey only)."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    row = b"\x00" + struct.pack(">H", value) * channels * SIZE
+    header = struct.pack(">IIBBBBB", SIZE, SIZE, 16, color_type, 0, 0, 0)
+    body = chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(row * SIZE)) + chunk(b"IEND", b"")
+    return b"\x89PNG\r\n\x1a\n" + body
+
+
+def wide_images() -> dict[str, tuple[bytes, str]]:
+    """A mid-grey image in each wide integer mode, with the mode Pillow opens it in (TIFF carries I;16B and
+    I; Pillow reads by content, whatever the suffix)."""
     level = np.full((SIZE, SIZE), GREY * 257, np.uint16)
     return {
-        "I;16": png(level),
-        "I;16B": png(Image.frombytes("I;16B", (SIZE, SIZE), level.astype(">u2").tobytes()), "TIFF"),
-        "I": png(Image.frombytes("I", (SIZE, SIZE), level.astype(np.int32).tobytes()), "TIFF"),
+        "16-bit grey PNG": (png(level), "I;16"),
+        "I;16B": (png(Image.frombytes("I;16B", (SIZE, SIZE), level.astype(">u2").tobytes()), "TIFF"), "I;16B"),
+        "I": (png(Image.frombytes("I", (SIZE, SIZE), level.astype(np.int32).tobytes()), "TIFF"), "I"),
+        "16-bit RGB PNG": (png16(2, 3, GREY * 257), "RGB"),
+        "16-bit grey + alpha PNG": (png16(4, 2, GREY * 257), "RGBA"),
     }
 
 
-@pytest.mark.parametrize("mode", ["I;16", "I;16B", "I"])
-def test_class2_wide_images_render_as_their_8bit_twins(mode, tmp_path) -> None:
+@pytest.mark.parametrize("name", list(wide_images()))
+def test_class2_wide_images_render_as_their_8bit_twins(name, tmp_path) -> None:
     from distill.evaluation.protocols.bin import BinSet, decode_images
 
-    data = wide_images()[mode]
+    data, mode = wide_images()[name]
     assert Image.open(io.BytesIO(data)).mode == mode
     tree = write_tree(tmp_path / "imgs", per_class=1)
     (tree / "train" / "c0" / "0.png").write_bytes(data)
