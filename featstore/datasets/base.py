@@ -258,9 +258,19 @@ def load_eval_dataset(
     image_size: int | None = None,
     options: LoadOptions | None = None,
 ) -> Dataset | None:
-    """The split a training run evaluates on, or None: when ``split`` is None, and when the dataset has no
-    such split (then a warning says so and names ``--eval-split none``, which silences it). Any other
-    problem of the split is an error, as :func:`load_dataset` raises it."""
+    """The split a training run evaluates on, or None.
+
+    Args:
+        spec: the dataset spec, as for :func:`load_dataset`.
+        split: the split to evaluate on; None evaluates nothing.
+        image_size: the size views are rendered to (``--image-size``).
+        options: how the split is read.
+
+    Returns:
+        The dataset; None when ``split`` is None, or when the dataset has no such split (insightface ships
+        ``train.rec`` only): then a warning says so and names ``--eval-split none``, which silences it. Any
+        other problem of the split is an error, as :func:`load_dataset` raises it.
+    """
     if split is None:
         return None
     try:
