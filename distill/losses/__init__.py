@@ -1,6 +1,19 @@
 """Loss registry and recipes. Importing this package registers every loss module."""
 
-from distill.losses import ce, ce_th, cosine, crd, crd_exact, kd, kde, pkt, rkd, sp, th  # noqa: F401  (registration)
+from distill.losses import (  # noqa: F401  (registration)
+    ce,
+    ce_th,
+    cosine,
+    crd,
+    crd_exact,
+    kd,
+    kde,
+    pkt,
+    rkd,
+    sp,
+    th,
+    triplet,
+)
 from distill.losses.base import LOSSES, DistillInputs, DistillLoss, SeededDistillLoss, TrainingContext, kl_soft_targets
 from distill.losses.recipes import RECIPES, Criterion, build_criterion, parse_loss_spec, resolve_weights
 

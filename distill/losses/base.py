@@ -59,6 +59,8 @@ class TrainingContext:
     device: torch.device
     seed: int = 0
     skip_bad_chunks: bool = False  # --skip-bad-chunks: memory banks leave bad chunks out instead of refusing
+    batch_size: int = 0  # samples per step (0: unknown), for losses that mine pairs inside a batch
+    samples_per_class: int | None = None  # K of class-balanced batches (--samples-per-class), None: plain stream
 
 
 class DistillLoss(nn.Module):

@@ -4,7 +4,8 @@ Weights follow the HeadSharingKD README (resnet32x4 → resnet8x4) where it give
 ``th-kd`` = 1·CE + 1.5·KD + 0.02·TH, and ``kd`` is the same without the TH term, so that the two differ only by
 the shared head. ``crd`` is RepDistiller's CRD objective, ``crd-exact`` fsd's store-backed variant
 (distill/losses/crd_exact.py). KDE's weight applies to a per-sample sum (distill/losses/kde.py), so 0.1 puts
-it at about the scale of the KD term early in training at batch size 64.
+it at about the scale of the KD term early in training at batch size 64. ``kd-triplet``/``th-kd-triplet`` add
+fsd's triplet term (distill/losses/triplet.py) at weight 1.
 """
 
 from __future__ import annotations
@@ -37,6 +38,11 @@ RECIPES: dict[str, dict[str, float]] = {
     "crd-kd": {"ce": 1.0, "kd": 1.0, "crd": 0.8},  # SH-KD step 3 in the README
     # fsd's store-backed InfoNCE variant (exact teacher rows); same β although its gradient is ~2× crd's
     "crd-exact": {"ce": 1.0, "crd-exact": 0.8},
+    # KD (and TH-KD) plus a batch-hard triplet term on the student embedding (cosine, margin 0.2): weight 1,
+    # untuned — at the start the term is about the margin (≈ 0.2–0.4) against CE ≈ 2.3, so it shapes the
+    # embedding without outweighing the labels. Best with class-balanced batches (--samples-per-class).
+    "kd-triplet": {"ce": 1.0, "kd": 1.5, "triplet": 1.0},
+    "th-kd-triplet": {"ce": 1.0, "kd": 1.5, "th": 0.02, "triplet": 1.0},
 }
 
 
