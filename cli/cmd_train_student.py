@@ -56,6 +56,13 @@ PATH = click.Path(dir_okay=False, path_type=Path)
     help="Mixed precision: bf16 (CPU, CUDA) or fp16 (CUDA, with loss scaling); --amp alone picks.",
 )
 @config_option(S, "view_sampling", type=click.Choice(VIEW_SAMPLING), help="Stored view per sample: random|cycle.")
+@config_option(
+    S,
+    "samples_per_class",
+    type=int,
+    metavar="K",
+    help="Class-balanced batches: --batch-size / K classes × K samples each (for the triplet loss's positives).",
+)
 @config_option(S, "embedding_dim", type=int, help="Student embedding size (default: the teacher's, else projected).")
 @config_option(S, "init_head_from_teacher", help="Initialise the student's classifier from the teacher's.")
 @config_option(S, "skip_bad_chunks", help="Skip store chunks that fail to decode or hold NaN/Inf (default: error).")

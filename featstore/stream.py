@@ -4,6 +4,13 @@ Why chunk-shuffled: a compressed store is read efficiently a whole chunk at a ti
 the whole array must never be loaded. So each epoch permutes the chunk order, reads a few chunks into a
 shuffle buffer, shuffles the rows inside it and yields batches; the next group of chunks is read in a
 background thread while the current one is consumed. Every sample appears exactly once per epoch.
+
+Class-balanced batches (``samples_per_class=K``, for losses that mine pairs inside a batch, such as the
+triplet loss) keep that reading pattern: the rows of each group of chunks, already shuffled, are cut per
+class into blocks of K, and each batch takes one block from each of batch_size / K distinct classes
+(:func:`balanced_order`). Rows that do not make a batch yet — under K of a class, or blocks of classes the
+group holds too few of — carry over into the next group; the last group packs what is left, so every sample
+still appears exactly once per epoch and an epoch has as many batches as the plain stream.
 """
 
 from __future__ import annotations
@@ -23,6 +30,52 @@ from featstore.store import ChunkGeometry, FeatureStore, StoreShape
 from featstore.views import PARAM_NAMES, sample_views
 
 VIEW_SAMPLING = ("random", "cycle")
+
+
+def balanced_order(
+    labels: np.ndarray, batch_size: int, per_class: int, rng: np.random.Generator, *, carry_limit: int, final: bool
+) -> tuple[np.ndarray, np.ndarray]:
+    """Arrange rows into class-balanced batches: (positions of full batches, batch after batch; positions
+    carried over to the next group).
+
+    ``labels`` are the rows' classes in their shuffled order. Each class's rows are cut into blocks of
+    ``per_class``; a batch takes one block from each of ``batch_size // per_class`` distinct classes, drawn
+    with probability proportional to the blocks a class has left (so no class is used up early). When the
+    rows left over exceed ``carry_limit`` — or ``final``, at the end of an epoch — the remaining blocks are
+    packed into batches in a random order that may repeat a class (each class in such a batch still has
+    ``per_class`` rows, so every anchor has a positive); with ``final`` the rows under a block (fewer than
+    ``per_class`` of a class) go last, grouped by class. What is carried is then under
+    ``carry_limit`` + one batch, or under one batch when ``final``.
+    """
+    classes_per_batch = batch_size // per_class
+    blocks: dict[int, list[np.ndarray]] = {}
+    loose: list[np.ndarray] = []
+    for label in np.unique(labels):
+        positions = np.flatnonzero(labels == label)
+        whole = len(positions) // per_class * per_class
+        blocks[int(label)] = list(positions[:whole].reshape(-1, per_class))
+        loose.append(positions[whole:])
+    batches: list[np.ndarray] = []
+    while True:
+        open_classes = [c for c, left in blocks.items() if left]
+        if len(open_classes) < classes_per_batch:
+            break
+        weights = np.array([len(blocks[c]) for c in open_classes], dtype=np.float64)
+        chosen = rng.choice(len(open_classes), classes_per_batch, replace=False, p=weights / weights.sum())
+        batches.append(np.concatenate([blocks[open_classes[i]].pop() for i in chosen]))
+    rest = [block for c in sorted(blocks) for block in blocks[c]]
+    rest = [rest[i] for i in rng.permutation(len(rest))]
+    rows_left = sum(map(len, rest)) + sum(map(len, loose))
+    empty = np.zeros(0, np.int64)
+    if final or rows_left > carry_limit:  # pack the leftover blocks (and, at the end, the loose rows) too
+        tail = np.concatenate([*rest, *(loose if final else []), empty]).astype(np.int64)
+        full = len(tail) // batch_size * batch_size
+        batches += list(tail[:full].reshape(-1, batch_size))
+        carried = np.concatenate([tail[full:], *([] if final else loose), empty])
+    else:
+        carried = np.concatenate([*rest, *loose, empty])
+    order = np.concatenate([*batches, empty]).astype(np.int64)
+    return order, carried.astype(np.int64)
 
 
 @dataclass
@@ -75,7 +128,9 @@ class StoreStream:
 
     ``rank``/``world_size`` shard the chunk list so distributed workers read disjoint chunks;
     ``view_sampling="random"`` draws a stored view per sample per epoch, ``"cycle"`` takes
-    view (epoch + sample) mod V so every view is used equally often.
+    view (epoch + sample) mod V so every view is used equally often. ``samples_per_class=K`` makes
+    class-balanced batches of batch_size / K classes × K samples (the module docstring); their carry is
+    bounded by one group of chunks or batch_size / K + 1 chunks, whichever is larger.
     """
 
     def __init__(
@@ -91,9 +146,12 @@ class StoreStream:
         drop_last: bool = False,
         prefetch: bool = True,
         skip_bad_chunks: bool = False,
+        samples_per_class: int | None = None,
     ) -> None:
         if batch_size <= 0:
             raise InvalidInput(f"batch-size must be positive, got {batch_size}")
+        if samples_per_class is not None:
+            check_balanced(batch_size, samples_per_class, store.shape.num_classes)
         if view_sampling not in VIEW_SAMPLING:
             raise InvalidInput(f"unknown view sampling {view_sampling!r}; valid: {', '.join(VIEW_SAMPLING)}")
         if not 0 <= rank < world_size:
@@ -107,6 +165,7 @@ class StoreStream:
         self.drop_last = drop_last
         self.prefetch = prefetch
         self.skip_bad_chunks = skip_bad_chunks
+        self.samples_per_class = samples_per_class
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -203,12 +262,28 @@ class StoreStream:
                 selected = (rows[shuffle], vid, embeddings, labels[shuffle], views[shuffle, vid])
                 if carry is not None:
                     selected = tuple(np.concatenate([c, s]) for c, s in zip(carry, selected))
+                if self.samples_per_class is not None:
+                    order, kept = balanced_order(
+                        selected[3],
+                        self.batch_size,
+                        self.samples_per_class,
+                        rng,
+                        carry_limit=self._carry_limit(len(rows)),
+                        final=g == len(groups) - 1,
+                    )
+                    selected, carry_part = tuple(a[order] for a in selected), tuple(a[kept] for a in selected)
                 full = len(selected[0]) // self.batch_size * self.batch_size
                 for start in range(0, full, self.batch_size):
                     yield self._batch(selected, slice(start, start + self.batch_size))
-                carry = tuple(a[full:] for a in selected)
+                carry = carry_part if self.samples_per_class is not None else tuple(a[full:] for a in selected)
         if carry is not None and len(carry[0]) and not self.drop_last:
             yield self._batch(carry, slice(0, len(carry[0])))
+
+    def _carry_limit(self, group_rows: int) -> int:
+        """Rows balanced batching may carry between groups: a group, or P + 1 chunks where chunks hold one
+        class each (a store in class order), so P distinct classes can meet — bounded, whatever the store."""
+        classes_per_batch = self.batch_size // self.samples_per_class
+        return max(group_rows, (classes_per_batch + 1) * self.store.chunk_rows, self.batch_size)
 
     @staticmethod
     def _batch(arrays: tuple[np.ndarray, ...], part: slice) -> StreamBatch:
@@ -219,4 +294,18 @@ class StoreStream:
             embeddings=torch.from_numpy(np.ascontiguousarray(embeddings, dtype=np.float32)),
             labels=torch.from_numpy(labels.astype(np.int64)),
             view_params=views,
+        )
+
+
+def check_balanced(batch_size: int, samples_per_class: int, num_classes: int) -> None:
+    """Class-balanced batches need K ≥ 2 (a positive), B a multiple of K, and 2 ≤ B / K ≤ the classes."""
+    k = samples_per_class
+    if k < 2:
+        raise InvalidInput(f"--samples-per-class must be at least 2 (a sample and a positive), got {k}")
+    if batch_size % k:
+        raise InvalidInput(f"--batch-size {batch_size} is not a multiple of --samples-per-class {k}")
+    if not 2 <= batch_size // k <= num_classes:
+        raise InvalidInput(
+            f"--batch-size {batch_size} / --samples-per-class {k} = {batch_size // k} classes per batch; it must "
+            f"lie between 2 (a negative) and the store's {num_classes} classes"
         )

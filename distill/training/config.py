@@ -30,6 +30,7 @@ class StudentConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     seed: int = 0
     view_sampling: str = "random"
+    samples_per_class: int | None = None  # class-balanced batches: batch_size / K classes × K samples each
     embedding_dim: int | None = None  # student embedding size; default the teacher's (else a projection is trained)
     init_head_from_teacher: bool = False  # start the student's (trainable) head from the teacher's
     device: str = "auto"

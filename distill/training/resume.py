@@ -45,6 +45,8 @@ def run_identity(
         "view_sampling": config.view_sampling,
         "temperature": config.temperature,
         "init_head_from_teacher": config.init_head_from_teacher,
+        # only when set, so the resume state of a plain run keeps its identity
+        **({"samples_per_class": config.samples_per_class} if config.samples_per_class else {}),
     }
 
 

@@ -225,6 +225,7 @@ class StudentRun:
             rank=dist.rank,
             world_size=dist.world_size,
             skip_bad_chunks=config.skip_bad_chunks,
+            samples_per_class=config.samples_per_class,
         )
         steps = self.stream.batches_per_rank()  # equal on every rank, so collective ops never wait forever
         if not dist.active and self.stream.num_samples() % config.batch_size == 1:
@@ -248,6 +249,8 @@ class StudentRun:
                 device=self.device,
                 seed=config.seed,
                 skip_bad_chunks=config.skip_bad_chunks,
+                batch_size=config.batch_size,
+                samples_per_class=config.samples_per_class,
             )
         )
         self.step = DistillStep(self.student, self.projection, self.criterion, self.teacher.head).to(self.device)
@@ -278,10 +281,12 @@ class StudentRun:
         extra = [f"T={c.temperature:g}"] + ([f"th_alpha={c.th_alpha:g}"] if c.th_alpha is not None else [])
         schedule = f"cosine, warm-up {o.warmup_epochs:g} epochs" if o.warmup_epochs else "cosine"
         clip = f", grad-clip {o.grad_clip:g}" if o.grad_clip else ""
+        k = c.samples_per_class
+        balanced = f" ({c.batch_size // k} classes × {k})" if k else ""
         return (
             f"train-student [{c.recipe}]: loss = {loss} ({', '.join(extra)}); {o.optimizer} lr {o.lr:g} ({schedule}"
             f"{clip}), wd {o.weight_decay:g}; {c.epochs} epochs × {self.steps_per_epoch} steps of {c.batch_size}"
-            f"; {self.device.type}{', amp ' + self.amp.dtype_name if self.amp.enabled else ''}"
+            f"{balanced}; {self.device.type}{', amp ' + self.amp.dtype_name if self.amp.enabled else ''}"
         )
 
     def train_step(
@@ -413,6 +418,7 @@ class StudentRun:
                 "optim": asdict(config.optim),
                 "amp": self.amp.dtype_name if self.amp.enabled else None,
                 "view_sampling": config.view_sampling,
+                "samples_per_class": config.samples_per_class,
                 "world_size": self.dist.world_size,
                 "store": self.teacher.provenance,
                 "teacher_head": head_state(self.teacher.head),
