@@ -20,6 +20,9 @@ Options follow the directory after the last ``?`` as ``key=value`` joined by ``&
 
 * ``limit=N`` — only the first N samples of each split (Fashion-MNIST's files are already shuffled, so the
   first N are a near-balanced subset): for quick experiments and CI.
+* ``per_class=N`` — only the first N samples of each class, in file order (a fixed, stratified subset: N
+  of every class, e.g. ``per_class=1000`` is 10,000 Fashion-MNIST images); refused when a class has fewer.
+  Applied after ``limit``.
 * ``flip=P`` — the views' horizontal-flip probability (default 0: a flipped digit or letter is another
   glyph; 0.5 suits Fashion-MNIST's clothes).
 * ``pad=K`` — the views' shift: RandomCrop(size, padding=K) (default 2, at most 256).
@@ -44,7 +47,7 @@ from featstore.views import ViewPolicy
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 UNSIGNED_BYTE = 0x08
 PREFIXES = {"train": "train", "test": "t10k"}
-OPTIONS = ("limit", "flip", "pad")
+OPTIONS = ("limit", "per_class", "flip", "pad")
 MAX_IDX_BYTES = 4 << 30  # EMNIST ByClass, the largest IDX set, is ~0.6 GiB uncompressed
 MAX_PAD = 256  # the views' zero padding: more would only allocate (every shift then shows padding alone)
 
@@ -111,6 +114,7 @@ def _parse(argument: str, spec: str) -> tuple[Path, dict[str, float]]:
     directory, query = SpecQuery.split(argument, spec, OPTIONS, what="dataset spec")
     typed = {
         "limit": query.int("limit", None, low=1, high=1 << 31),
+        "per_class": query.int("per_class", None, low=1, high=1 << 31),
         "flip": query.float("flip", None, low=0.0, high=1.0),
         "pad": query.int("pad", None, low=0, high=MAX_PAD),
     }
@@ -138,12 +142,28 @@ def _load_split(directory: Path, split: str, limit: int | None) -> tuple[np.ndar
     return images, labels, label_path
 
 
+def first_per_class(labels: np.ndarray, per_class: int, path: Path) -> np.ndarray:
+    """Row indices (in file order) of the first ``per_class`` samples of every class present."""
+    keep = []
+    for label in np.unique(labels):
+        rows = np.flatnonzero(labels == label)
+        if len(rows) < per_class:
+            raise InvalidInput(
+                f"IDX file {path}: per_class={per_class}, but class {int(label)} has {len(rows)} samples"
+            )
+        keep.append(rows[:per_class])
+    return np.sort(np.concatenate(keep))
+
+
 @DATASETS.register("idx")
 def _idx(spec: str, argument: str, split: str) -> ImageDataset:
     """MNIST-format IDX files (see the module docstring); ``idx:`` alone is Debian's Fashion-MNIST."""
     directory, options = _parse(argument, spec)
     limit = int(options["limit"]) if "limit" in options else None
     images, labels, label_path = _load_split(directory, split, limit)
+    if "per_class" in options:
+        keep = first_per_class(labels, int(options["per_class"]), label_path)
+        images, labels = images[keep], labels[keep]
     # the classes are those of the whole training split, whichever split (and limit) is loaded
     train_labels = read_idx(_find(directory, PREFIXES["train"], "labels", 1), 1)
     num_classes = int(train_labels.max()) + 1

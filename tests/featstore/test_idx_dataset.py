@@ -71,6 +71,11 @@ def test_options_and_fingerprint(tmp_path) -> None:
     shutil.copytree(root, moved)
     assert load_dataset(f"idx:{moved}", "train").fingerprint() == full.fingerprint()  # the folder moved
     assert small.fingerprint() != full.fingerprint()
+    per_class = load_dataset(f"idx:{root}?per_class=2", "train")  # labels i % 4: rows 0–7, two of each class
+    np.testing.assert_array_equal(per_class.images, full.images[:8])
+    assert per_class.fingerprint() != full.fingerprint()
+    with pytest.raises(InvalidInput, match="class 0 has 3"):
+        load_dataset(f"idx:{root}?per_class=4", "train")
     other = make_idx(tmp_path / "other", seed=1)
     assert load_dataset(f"idx:{other}", "train").fingerprint() != full.fingerprint()  # other pixels
 
@@ -125,7 +130,14 @@ def test_label_out_of_range_truncated_gzip_and_missing(tmp_path) -> None:
         load_dataset(f"idx:{root}", "train")
     with pytest.raises(InputNotFound, match="not found"):
         load_dataset(f"idx:{tmp_path / 'nowhere'}", "train")
-    for spec in ("idx:?limit=0", "idx:?size=3", "idx:?flip=2", "idx:?limit=x", "idx:?limit=1&limit=2"):
+    for spec in (
+        "idx:?limit=0",
+        "idx:?size=3",
+        "idx:?flip=2",
+        "idx:?limit=x",
+        "idx:?limit=1&limit=2",
+        "idx:?per_class=0",
+    ):
         with pytest.raises(InvalidInput):
             load_dataset(spec.replace("idx:", f"idx:{root}"), "test")
 
@@ -144,3 +156,5 @@ def test_debian_fashion_mnist() -> None:
     assert 0.28 < float(test.images.mean()) < 0.29  # its known mean pixel (0.286)
     small = load_dataset("idx:?limit=600", "train")
     assert len(small) == 600 and set(small.labels.tolist()) == set(range(10))
+    stratified = load_dataset("idx:?per_class=50", "train")
+    assert np.bincount(stratified.labels).tolist() == [50] * 10
