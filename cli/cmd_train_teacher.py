@@ -28,6 +28,9 @@ PATH = click.Path(dir_okay=False, path_type=Path)
 @config_option(T, "head_scale", type=float, help="Margin heads: logit scale s (default 30).")
 @config_option(T, "head_margin", type=float, help="Margin heads: margin m (arcface 0.5, cosface 0.35).")
 @config_option(T, "head_from", type=PATH, help="SH-KD: take this student checkpoint's classifier as the head, frozen.")
+@config_option(
+    T, "init_from", type=PATH, help="Start the backbone (not the head) from this teacher checkpoint (same --arch)."
+)
 @run_options()
 def command(quiet: bool, **options) -> None:
     """Train a teacher (CE, or a margin head: --head arcface|cosface) on a dataset split.

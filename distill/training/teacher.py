@@ -46,6 +46,7 @@ class TeacherConfig:
     head_scale: float | None = None
     head_margin: float | None = None
     head_from: Path | None = None  # SH-KD: a student checkpoint whose head is copied in and frozen
+    init_from: Path | None = None  # start the backbone (not the head) from this teacher checkpoint
     epochs: int = 30
     batch_size: int = 64
     optim: OptimConfig = OptimConfig()
@@ -82,6 +83,25 @@ def install_frozen_head(model: torch.nn.Module, student: Checkpoint, path: Path,
             "sha256": file_sha256(path),
             "recipe": student.extra.get("recipe"),
             "test_accuracy": student.extra.get("test_accuracy"),
+        }
+    }
+
+
+def init_backbone(model: torch.nn.Module, arch: str, path: Path) -> dict:
+    """Copy every weight but the head's from teacher checkpoint ``path`` (same architecture); provenance."""
+    source = load_checkpoint(path, kind="teacher")
+    if source.arch != arch:
+        raise InvalidInput(f"--init-from {path}: its architecture is {source.arch!r}, not {arch!r}")
+    backbone = {k: v for k, v in source.state_dict.items() if not k.startswith("head.")}
+    missing, unexpected = model.load_state_dict(backbone, strict=False)
+    missing = [k for k in missing if not k.startswith("head.")]
+    if missing or unexpected:
+        raise InvalidInput(f"--init-from {path}: weights do not fit the model ({(missing + unexpected)[:3]} …)")
+    return {
+        "init_from": {
+            "path": str(path),
+            "sha256": file_sha256(path),
+            "test_accuracy": source.extra.get("test_accuracy"),
         }
     }
 
@@ -130,8 +150,10 @@ def build_teacher_model(config: TeacherConfig, train, device) -> tuple[torch.nn.
     model = create_model(config.arch, **model_config).to(device)
     model_config = {k: v for k, v in model_config.items() if v is not None}
     provenance: dict = {}
+    if config.init_from is not None:
+        provenance.update(init_backbone(model, config.arch, config.init_from))
     if shared is not None:
-        provenance = install_frozen_head(model, shared, config.head_from, train.num_classes)
+        provenance.update(install_frozen_head(model, shared, config.head_from, train.num_classes))
     return model, model_config, provenance
 
 
