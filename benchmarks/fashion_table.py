@@ -2,6 +2,7 @@
 docs/results.md.
 
     python -m benchmarks.fashion_table [--teacher CKPT] [--seeds 3] [--epochs 3] [--jobs 2]
+    python -m benchmarks.fashion_table --converged …   (the converged table: benchmarks/fashion_converged.py)
 
 Reads the Debian package dataset-fashion-mnist through ``idx:`` (``apt-get install dataset-fashion-mnist``).
 One teacher (``resnet20``, 15 epochs; or ``--teacher CKPT`` to reuse one), one 2-view store of the first
@@ -24,6 +25,7 @@ import math
 import os
 import platform
 import statistics
+import sys
 import time
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from pathlib import Path
@@ -339,4 +341,9 @@ def _table(args, results, seconds, teacher, sh_top1, total: float, torch_version
 
 
 if __name__ == "__main__":
-    main()
+    if "--converged" in sys.argv[1:]:
+        from benchmarks.fashion_converged import main as converged
+
+        converged([arg for arg in sys.argv[1:] if arg != "--converged"])
+    else:
+        main()
