@@ -114,3 +114,19 @@ def check_batches_hold_positives(context: TrainingContext, who: str) -> None:
             RuntimeWarning,
             stacklevel=2,
         )
+
+
+@LOSSES.register("triplet-semihard")
+class SemiHardTripletMargin(TripletMargin):
+    """``triplet`` with semi-hard mining, by name (``--loss triplet-semihard=1``)."""
+
+    def __init__(self, margin: float = 0.2, distance: str | Distance = "cosine") -> None:
+        super().__init__(margin=margin, mining="semi-hard", distance=distance)
+
+
+@LOSSES.register("triplet-all")
+class AllTripletMargin(TripletMargin):
+    """``triplet`` over every triplet of the batch, by name (``--loss triplet-all=1``)."""
+
+    def __init__(self, margin: float = 0.2, distance: str | Distance = "cosine") -> None:
+        super().__init__(margin=margin, mining="all", distance=distance)

@@ -52,6 +52,14 @@ def test_equals_pytorch_metric_learning_values_and_gradients(mining, distance):
         torch.testing.assert_close(ours_z.grad, theirs_z.grad)
 
 
+def test_registered_variants_mine_as_named():
+    from distill.losses import LOSSES
+
+    assert LOSSES.get("triplet")().mining == "batch-hard"
+    assert LOSSES.get("triplet-semihard")().mining == "semi-hard"
+    assert LOSSES.get("triplet-all")().mining == "all"
+
+
 def test_hand_computed_batch_hard_cosine():
     # classes 0: e1, (e1+e2)/√2 ; class 1: e2. Anchor 0: hardest positive cos 1/√2, hardest negative cos 0
     z = torch.tensor([[1.0, 0.0], [1.0, 1.0], [0.0, 1.0]], dtype=torch.float64)
