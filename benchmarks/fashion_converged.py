@@ -65,7 +65,7 @@ CONVERGED = 0.02  # the last epoch changes the training loss by less than this f
 # measured take the closest measured one), a resnet20 epoch and a 2-view extraction per 1,000 images, one
 # student's evaluation on 10,000 test images against a 10,000-row gallery, and each job's start-up.
 EPOCH_SECONDS = {
-    "vanilla": 1.7, "kd": 1.7, "th-kd": 1.9, "kd-triplet": 1.7, "sp": 2.3, "pkt": 2.3, "rkd": 3.0, "crd": 5.0,
+    "vanilla": 1.8, "kd": 1.9, "th-kd": 2.0, "kd-triplet": 1.7, "sp": 2.3, "pkt": 2.3, "rkd": 3.0, "crd": 4.8,
     "crd-exact": 5.1,
 }  # fmt: skip
 SIMILAR = {"kde": "kd", "kde-th": "th-kd", "crd-th": "crd", "sh-kd": "crd", "th-kd-triplet": "th-kd"}
@@ -498,6 +498,11 @@ def main(argv: list[str] | None = None) -> None:
     if planned > 60 * args.budget_min:
         print("warning: over the budget; --short-seeds RECIPE=N runs the longest rows on fewer seeds", flush=True)
     if args.estimate_only:
+        for recipe in args.recipes:
+            cost = job_cost(Job(0.0, "student", recipe, 0), args)
+            if recipe == "sh-kd":
+                cost += job_cost(Job(0.0, "sh-teacher", recipe, 0), args)
+            print(f"  {recipe:14s} {cost:6.0f} s per seed × {seeds_of(recipe, args)}")
         return
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     import torch
