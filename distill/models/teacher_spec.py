@@ -6,6 +6,8 @@ unknown or repeated key, or a value of the wrong type, is an error naming the sp
 
 from __future__ import annotations
 
+import math
+import re
 from collections.abc import Iterable
 from typing import Any
 
@@ -36,21 +38,46 @@ def check_known(spec: str, options: dict[str, str], known: Iterable[str]) -> Non
         )
 
 
-def floats(spec: str, key: str, value: str) -> tuple[float, ...]:
-    """``127.5`` or ``123.7,116.3,103.5`` → a tuple of positive-or-any floats (one per channel or one for all)."""
+def floats(spec: str, key: str, value: str, *, positive: bool = False) -> tuple[float, ...]:
+    """``127.5`` or ``123.7,116.3,103.5`` → a tuple of finite floats (one per channel or one for all);
+    ``positive`` refuses zero and negative values (a standard deviation divides)."""
     try:
         numbers = tuple(float(v) for v in value.split(","))
     except ValueError:
         raise InvalidInput(f"teacher {spec!r}: option {key}={value!r} is not a number or a comma list") from None
     if len(numbers) not in (1, 3):
         raise InvalidInput(f"teacher {spec!r}: option {key} takes 1 or 3 values, got {len(numbers)}")
+    if not all(math.isfinite(v) for v in numbers):
+        raise InvalidInput(f"teacher {spec!r}: option {key}={value!r} must be finite numbers")
+    if positive and not all(v > 0 for v in numbers):
+        raise InvalidInput(f"teacher {spec!r}: option {key}={value!r} must be positive (it divides the pixels)")
     return numbers
 
 
-def positive_int(spec: str, key: str, value: str) -> int:
-    if not value.isdigit() or int(value) <= 0:
+def positive_int(spec: str, key: str, value: str, *, at_most: int | None = None) -> int:
+    """A positive decimal integer (ASCII digits only), at most ``at_most`` when given."""
+    if not re.fullmatch(r"[0-9]{1,12}", value) or int(value) <= 0:
         raise InvalidInput(f"teacher {spec!r}: option {key}={value!r} must be a positive integer")
+    if at_most is not None and int(value) > at_most:
+        raise InvalidInput(f"teacher {spec!r}: option {key}={value} exceeds the bound of {at_most}")
     return int(value)
+
+
+def size_pair(spec: str, key: str, value: str, *, at_most: int) -> tuple[int, int]:
+    """``S`` (square) or ``H,W`` → (height, width), each a positive integer of at most ``at_most``."""
+    parts = value.split(",")
+    if len(parts) not in (1, 2):
+        raise InvalidInput(f"teacher {spec!r}: option {key}={value!r} must be S or H,W (positive integers)")
+    sides = [positive_int(spec, key, part, at_most=at_most) for part in parts]
+    return (sides[0], sides[-1])
+
+
+def choice(spec: str, key: str, value: str, allowed: Iterable[str]) -> str:
+    """``value`` when it is one of ``allowed``, else an error listing them."""
+    allowed = tuple(allowed)
+    if value not in allowed:
+        raise InvalidInput(f"teacher {spec!r}: {key} must be {' or '.join(allowed)}, got {value!r}")
+    return value
 
 
 def flag(spec: str, key: str, value: str) -> bool:
