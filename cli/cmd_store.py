@@ -137,7 +137,7 @@ def verify(
         source = load_teacher(teacher_path, trust_code=trust_code)
         if image_size is None and renders_any_size(dataset_spec or recorded["spec"]):  # the size the teacher saw
             shape = source.input_shape or (opened.meta.get("teacher") or {}).get("input_shape")
-            image_size = int(shape[-1]) if shape else None
+            image_size = tuple(shape[1:]) if shape else None  # (H, W)
         options = LoadOptions(workers=loader_workers)
         live_inputs = (
             opened,

@@ -90,7 +90,7 @@ class _Job:
     batch_size: int
     device: str
     gpus: tuple[str, ...] | None  # pin worker k to gpus[k % len(gpus)] (LocalCluster on CUDA only)
-    image_size: int | None = None  # --image-size: what views are rendered to
+    image_size: int | tuple[int, int] | None = None  # --image-size (S) or the teacher's (H, W): the rendered size
     skip_bad_samples: bool = False
 
 
@@ -339,7 +339,7 @@ def extract_teacher_distributed(
     scheduler: str | None = None,
     chunks_per_task: int = 4,
     connect_timeout: float = CONNECT_TIMEOUT_S,
-    image_size: int | None = None,
+    image_size: int | tuple[int, int] | None = None,
     skip_bad_samples: bool = False,
 ) -> ExtractSummary:
     """Create (or resume) the store at ``url`` like :func:`featstore.extract.extract_teacher`, with the chunks

@@ -571,7 +571,7 @@ def extract_store(config: ExtractConfig, teacher: Any, executor: DaskExecutor | 
     image_size = config.image_size
     if image_size is None and renders_any_size(config.dataset):  # render at the teacher's own input size
         loaded = teacher[0](teacher[1]) if isinstance(teacher, tuple) else teacher()
-        image_size = int(loaded.input_shape[-1]) if loaded.input_shape else None
+        image_size = tuple(loaded.input_shape[1:]) if loaded.input_shape else None  # (H, W)
     if executor is not None:
         from featstore.dask_extract import extract_teacher_distributed
 

@@ -88,6 +88,19 @@ class SpecQuery:
             raise self._error(f"{key} must be an integer, got {value!r}")
         return self._bounded(key, int(value), low, high)
 
+    def sides(
+        self, key: str, default: tuple[int, int] | None, *, low: int | None = None, high: int | None = None
+    ) -> tuple[int, int] | None:
+        """``key`` as an image size: ``S`` (a square) or ``H,W``, each an integer within [low, high]; or
+        ``default``."""
+        if key not in self.items:
+            return default
+        parts = self.items[key].split(",")
+        if len(parts) not in (1, 2) or not all(_INTEGER.fullmatch(p) for p in parts):
+            raise self._error(f"{key} must be an integer S or H,W, got {self.items[key]!r}")
+        height, width = (self._bounded(key, int(p), low, high) for p in (parts[0], parts[-1]))
+        return (height, width)
+
     def float(
         self, key: str, default: float | None, *, low: float | None = None, high: float | None = None
     ) -> float | None:

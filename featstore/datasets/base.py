@@ -213,12 +213,26 @@ def directory_of(argument: str, spec: str, kind: str) -> Path:
     return path
 
 
-def check_image_size(spec: str, image_size: int | None, native: tuple[int, ...]) -> None:
+ImageSize = int | tuple[int, int]  # S (a square) or (H, W)
+
+
+def as_hw(image_size: ImageSize | None) -> tuple[int, int] | None:
+    """``image_size`` as (H, W): an int is a square; None stays None."""
+    if image_size is None:
+        return None
+    if isinstance(image_size, int):
+        return (image_size, image_size)
+    height, width = (int(v) for v in image_size)
+    return (height, width)
+
+
+def check_image_size(spec: str, image_size: ImageSize | None, native: tuple[int, ...]) -> None:
     """In-memory sets render at their stored size only: another ``--image-size`` is refused."""
-    if image_size is not None and (image_size, image_size) != tuple(native):
+    wanted = as_hw(image_size)
+    if wanted is not None and wanted != tuple(native):
         raise InvalidInput(
-            f"dataset {spec!r} renders its images at {native[0]}×{native[1]} only; --image-size {image_size} "
-            "applies to datasets read from image files (folder:, mxrec:)"
+            f"dataset {spec!r} renders its images at {native[0]}×{native[1]} only; an image size of "
+            f"{wanted[0]}×{wanted[1]} applies to datasets read from image files (folder:, mxrec:)"
         )
 
 
@@ -226,27 +240,30 @@ def load_dataset(
     spec: str,
     split: str = "train",
     *,
-    image_size: int | None = None,
+    image_size: ImageSize | None = None,
     options: LoadOptions | None = None,
 ) -> Dataset:
     """Build the dataset named by ``spec`` (``digits``, ``cifar100:DIR``, ``folder:DIR``, ``mxrec:DIR``…)
-    for ``split``; ``image_size`` overrides the size views are rendered to (``--image-size``)."""
+    for ``split``; ``image_size`` (S, or (H, W)) overrides the size views are rendered to (``--image-size``,
+    or a teacher's input size)."""
     if split not in SPLITS:
         raise InvalidInput(f"unknown split {split!r}; valid: {', '.join(SPLITS)}")
-    if image_size is not None and not 0 < image_size <= MAX_IMAGE_SIZE:
-        raise InvalidInput(f"image size must lie in 1…{MAX_IMAGE_SIZE}, got {image_size}")
+    hw = as_hw(image_size)
+    if hw is not None and not all(0 < side <= MAX_IMAGE_SIZE for side in hw):
+        shown = image_size if isinstance(image_size, int) else f"{hw[0]}×{hw[1]}"
+        raise InvalidInput(f"image size must lie in 1…{MAX_IMAGE_SIZE}, got {shown}")
     options = options or LoadOptions()
     name, _, argument = spec.partition(":")
     factory = DATASETS.get(name)
     accepts = inspect.signature(factory).parameters
     # factories that list files take the load options (to skip what cannot be listed) ...
     extra = {"options": options} if "options" in accepts else {}
-    # ... and factories that render from files take the size; in-memory ones are checked here
+    # ... and factories that render from files take the size, as (H, W); in-memory ones are checked here
     if "image_size" in accepts:
-        dataset = factory(spec, argument, split, image_size=image_size, **extra)
+        dataset = factory(spec, argument, split, image_size=hw, **extra)
     else:
         dataset = factory(spec, argument, split, **extra)
-        check_image_size(spec, image_size, dataset.image_shape[1:])
+        check_image_size(spec, hw, dataset.image_shape[1:])
     dataset.options = options
     return dataset
 
@@ -255,7 +272,7 @@ def load_eval_dataset(
     spec: str,
     split: str | None,
     *,
-    image_size: int | None = None,
+    image_size: ImageSize | None = None,
     options: LoadOptions | None = None,
 ) -> Dataset | None:
     """The split a training run evaluates on, or None.

@@ -1,4 +1,4 @@
-"""``folder:DIR[?size=S&resize=R&scale=LO,HI]``: an ImageFolder tree of image files, read lazily at any size.
+"""``folder:DIR[?size=S|H,W&resize=R&scale=LO,HI]``: an ImageFolder tree of image files, read lazily at any size.
 
 Layout: ``DIR/<split>/<class>/<image>`` (torchvision's ImageFolder). Classes are the sorted (code-point
 order, as ImageFolder) names of the sub-folders of ``DIR/train`` — for both splits, so label i means the
@@ -22,6 +22,8 @@ Options follow the directory after the *last* ``?`` as ``key=value`` pairs joine
 (:class:`featstore.spec_query.SpecQuery`):
 
 * ``size`` (default 32, at most 2048): the rendered size, overridden per command by ``--image-size``;
+  ``size=H,W`` renders H×W images (a text-line recognizer's 48×320), and view 0 is then the whole image
+  resized, as such inputs come framed already (``resize`` does not apply);
 * ``resize`` (default ``round(size * 9 / 8)``): view 0 is Resize(resize) + CenterCrop(size), i.e. the
   central square of ``size / resize`` of the short side (exactly 8/9 unless ``resize`` is given), at
   whatever size it is rendered;
@@ -61,30 +63,37 @@ class FolderSpec:
     """What ``DIR?size=…&resize=…&scale=…`` says (see the module docstring)."""
 
     directory: str
-    size: int
-    resize: int
-    crop: float  # view 0's central square, as a fraction of the short side
+    size: tuple[int, int]  # (H, W)
+    resize: int | None  # None for a non-square size
+    crop: float | None  # view 0's central square, as a fraction of the short side; None: the whole image
     scale: tuple[float, float]
 
 
 def parse_folder_spec(argument: str, spec: str) -> FolderSpec:
-    """``DIR[?size=S][&resize=R][&scale=LO,HI]`` → its :class:`FolderSpec`, strictly."""
+    """``DIR[?size=S|H,W][&resize=R][&scale=LO,HI]`` → its :class:`FolderSpec`, strictly."""
     directory, query = SpecQuery.split(argument, spec, FOLDER_OPTIONS, what="dataset spec")
-    size = query.int("size", FOLDER_DEFAULT_SIZE, low=1, high=MAX_IMAGE_SIZE)
-    resize = query.int("resize", int(round(size * 9 / 8)), low=1, high=64 * MAX_IMAGE_SIZE)
-    if resize < size:
-        raise InvalidInput(f"dataset spec {spec!r}: resize ({resize}) must be at least size ({size})")
+    size = query.sides("size", (FOLDER_DEFAULT_SIZE, FOLDER_DEFAULT_SIZE), low=1, high=MAX_IMAGE_SIZE)
     low, high = query.floats("scale", DEFAULT_SCALE, count=2, low=0.0, high=1.0, ascending=True)
     if low <= 0:
         raise InvalidInput(f"dataset spec {spec!r}: scale's lower bound must be above 0, got {low:g}")
+    if size[0] != size[1]:  # text lines, person crops: framed already, so view 0 is the whole image
+        if "resize" in query:
+            raise InvalidInput(
+                f"dataset spec {spec!r}: resize= applies to a square size; a {size[0]},{size[1]} size renders "
+                "the whole image"
+            )
+        return FolderSpec(directory, size, None, None, (low, high))
+    resize = query.int("resize", int(round(size[0] * 9 / 8)), low=1, high=64 * MAX_IMAGE_SIZE)
+    if resize < size[0]:
+        raise InvalidInput(f"dataset spec {spec!r}: resize ({resize}) must be at least size ({size[0]})")
     # view 0's crop: size/resize when resize= is given, else 8/9 (32 of 36) whatever the size, so that specs
     # differing only in size= (a teacher at 224, a student at 160) describe the same views
-    crop = size / resize if "resize" in query else DEFAULT_CROP
+    crop = size[0] / resize if "resize" in query else DEFAULT_CROP
     return FolderSpec(directory, size, resize, crop, (low, high))
 
 
-def parse_folder_argument(argument: str, spec: str) -> tuple[str, int, int]:
-    """``DIR[?size=S][&resize=R][&scale=LO,HI]`` → (DIR, size, resize)."""
+def parse_folder_argument(argument: str, spec: str) -> tuple[str, tuple[int, int], int | None]:
+    """``DIR[?size=S|H,W][&resize=R][&scale=LO,HI]`` → (DIR, (H, W), resize; None for a non-square size)."""
     parsed = parse_folder_spec(argument, spec)
     return parsed.directory, parsed.size, parsed.resize
 
@@ -177,9 +186,14 @@ def folder_index(
 
 @DATASETS.register("folder")
 def _folder(
-    spec: str, argument: str, split: str, image_size: int | None = None, options: LoadOptions | None = None
+    spec: str,
+    argument: str,
+    split: str,
+    image_size: tuple[int, int] | None = None,
+    options: LoadOptions | None = None,
 ) -> FolderDataset:
-    """``folder:DIR[?size=S&resize=R&scale=LO,HI]``: DIR/<split>/<class>/<image> (see the module docstring)."""
+    """``folder:DIR[?size=S|H,W&resize=R&scale=LO,HI]``: DIR/<split>/<class>/<image> (see the module
+    docstring)."""
     parsed = parse_folder_spec(argument, spec)
     root = directory_of(parsed.directory, spec, "folder")
     skip = options is not None and options.skip_bad_samples
@@ -194,7 +208,7 @@ def _folder(
         sizes=np.asarray(sizes, dtype=np.int64),
         labels=np.asarray(labels, dtype=np.int64),
         num_classes=len(classes),
-        image_size=(rendered, rendered),
+        image_size=rendered,
         view_policy=policy,
         class_names=tuple(classes),
     )

@@ -233,11 +233,11 @@ def _record_sizes(records: RecordFile, keys: np.ndarray) -> np.ndarray:
 
 
 @DATASETS.register("mxrec")
-def _mxrec(spec: str, argument: str, split: str, image_size: int | None = None) -> MXRecDataset:
+def _mxrec(spec: str, argument: str, split: str, image_size: tuple[int, int] | None = None) -> MXRecDataset:
     """``mxrec:DIR[?size=S]``: DIR/<split>.rec + DIR/<split>.idx (see the module docstring)."""
     directory, query = SpecQuery.split(argument, spec, MXREC_OPTIONS, what="dataset spec")
     size = query.int("size", 112, low=1, high=MAX_IMAGE_SIZE)  # checked even when --image-size overrides it
-    size = image_size or size
+    rendered = image_size or (size, size)
     root = directory_of(directory, spec, "mxrec")
     rec, idx = root / f"{split}.rec", root / f"{split}.idx"
     for needed in (rec, idx):
@@ -256,7 +256,7 @@ def _mxrec(spec: str, argument: str, split: str, image_size: int | None = None) 
         sizes=_record_sizes(records, keys),
         labels=labels,
         num_classes=num_classes,
-        image_size=(size, size),
+        image_size=rendered,
         view_policy=ViewPolicy(kind=ORIGINAL, flip_p=0.5, scale=(1.0, 1.0), ratio=(1.0, 1.0), crop_fraction=None),
         mean=FACE_MEAN,
         std=FACE_STD,

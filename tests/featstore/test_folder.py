@@ -167,9 +167,11 @@ def test_fingerprint_from_the_index(tmp_path, folder_dir, folder_train) -> None:
 
 
 def test_parse_folder_argument() -> None:
-    assert parse_folder_argument("d", "s") == ("d", 32, 36)
-    assert parse_folder_argument("d?size=64", "s") == ("d", 64, 72)
-    assert parse_folder_argument("a?b?size=8&resize=8", "s") == ("a?b", 8, 8)
+    assert parse_folder_argument("d", "s") == ("d", (32, 32), 36)
+    assert parse_folder_argument("d?size=64", "s") == ("d", (64, 64), 72)
+    assert parse_folder_argument("a?b?size=8&resize=8", "s") == ("a?b", (8, 8), 8)
+    assert parse_folder_argument("d?size=48,320", "s") == ("d", (48, 320), None)  # H,W: the whole image
+    assert parse_folder_argument("d?size=40,40", "s") == ("d", (40, 40), 45)
     for bad, match in [
         ("d?", "nothing after"),
         ("d?size", "key=value"),
@@ -184,6 +186,11 @@ def test_parse_folder_argument() -> None:
         ("d?scale=nan,1", "finite number"),
         ("d?size=4&size=4", "twice"),
         ("d?size=32&resize=16", "at least"),
+        ("d?size=48,320&resize=60", "square size"),
+        ("d?size=48,", "integer S or H,W"),
+        ("d?size=1,2,3", "integer S or H,W"),
+        ("d?size=48,99999", "out of range"),
+        ("d?resize=4,4", "must be an integer"),
     ]:
         with pytest.raises(InvalidInput, match=match):
             parse_folder_argument(bad, "folder:" + bad)
