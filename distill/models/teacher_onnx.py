@@ -4,7 +4,9 @@ The models face users hold (insightface's released ``w600k_r50.onnx``, ``glintr1
 files of the embedding network only: no classifier, a fixed 112×112 input, and pixels scaled as
 (p − 127.5) / 127.5 on 0..255 RGB values. fsd's datasets hand over tensors already normalised their own way
 (``ImageDataset.normalisation``), so this adapter turns them back into pixels and into the model's scaling:
-x_model = (255·(x·std_d + mean_d) − mean) / std, per channel, an affine map fixed once per dataset.
+x_model = (255·(x·std_d + mean_d) − mean) / std, per channel, fixed once per dataset. Pixels that come
+back as whole 0..255 levels (up to float32 rounding: every image decoded from an 8-bit file) are rounded to
+them first, so the model sees exactly the (p − mean) / std its authors computed.
 
 Where each setting comes from, first match wins:
 
@@ -57,6 +59,7 @@ MAX_SIDE = 8192  # the largest height or width fsd feeds a model (a declared 100
 MAX_ELEMENTS = 2**28  # the largest input one call may take: batch × C × H × W values (1 GiB of float32)
 _FLOAT_INPUTS = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64}
 _SILENT = 4  # onnxruntime's log severity that prints nothing below fatal
+_WHOLE_LEVEL = 1e-3  # pixels this close to whole 0..255 levels are 8-bit values seen through float32
 
 
 def _session(path: Path) -> Any:
@@ -149,7 +152,7 @@ class OnnxEmbedder(nn.Module):
         else:
             self.output = 0 if len(outputs) == 1 else choose_embedding(spec, path, outputs)
         self.output_name = outputs[self.output].name
-        self._affine: tuple[np.ndarray, np.ndarray] | None = None  # set by adapt_to_dataset
+        self._affine: tuple[np.ndarray, ...] | None = None  # set by adapt_to_dataset
         # fsd export records the normalisation of the dataset the network was trained on: how to scale
         # images that come from no dataset (a .bin, a folder for fsd embed) for it
         self.recorded_normalisation = _recorded_normalisation(spec, meta.get("fsd.normalisation"))
@@ -210,9 +213,14 @@ class OnnxEmbedder(nn.Module):
         channels = self.channels or (int(image_shape[0]) if image_shape is not None else 3)
         mean_d, std_d = (_per_channel(v, channels, f"dataset {dataset.spec}'s normalisation") for v in declared)
         mean, std = (_per_channel(v, channels, f"teacher {self.spec!r}") for v in (self.pixel_mean, self.pixel_std))
-        scale = std_d * 255.0 / std
-        shift = (mean_d * 255.0 - mean) / std
-        self._affine = (scale[None, :, None, None].astype(np.float32), shift[None, :, None, None].astype(np.float32))
+        # two steps, not one fused affine map: the pixels in between are snapped back to whole 8-bit levels
+        # when they are that (see prepare)
+        self._affine = (
+            (std_d * 255.0)[None, :, None, None].astype(np.float32),
+            (mean_d * 255.0)[None, :, None, None].astype(np.float32),
+            mean[None, :, None, None].astype(np.float32),
+            std[None, :, None, None].astype(np.float32),
+        )
 
     def _check_images(self, dataset: Any, image_shape: tuple[int, ...]) -> None:
         wanted = (self.channels, self.height, self.width)
@@ -233,7 +241,14 @@ class OnnxEmbedder(nn.Module):
             raise InvalidInput(f"teacher {self.spec!r}: adapt_to_dataset() must run before embedding")
         array = x.detach().float().cpu().numpy()
         if self._affine is not None:
-            array = array * self._affine[0] + self._affine[1]
+            to_pixels, offset, mean, std = self._affine
+            pixels = array * to_pixels + offset
+            whole = np.rint(pixels)
+            # images decoded from 8-bit files come back as whole levels up to float32 rounding (~1e-5): the
+            # model then sees exactly its authors' (p − mean) / std, which sensitive networks need
+            if np.abs(pixels - whole).max(initial=0.0) < _WHOLE_LEVEL:
+                pixels = whole
+            array = (pixels - mean) / std
         if self.bgr:
             array = array[:, ::-1]
         if self.layout == "nhwc":
