@@ -44,6 +44,9 @@ class Form:
     size: tuple[int | str, int | str] = (SIDE, SIDE)
     layout: str = "nchw"
     logits_first: bool = False
+    extra: str = ""  # another output after the embedding: "aux" (a second head on the pooled features),
+    # "feature_map" (the ReLU's map, with the logits as the only 2-D output)
+    input_type: int | None = None  # another element type for the input (e.g. uint8)
     float16: bool = False
     opset: int = 17
     meta: dict[str, str] = field(default_factory=dict)
@@ -103,7 +106,21 @@ def write_model(path: Path, form: Form) -> Path:
         nodes.append(helper.make_node("Gemm", ["embedding", "head_w"], ["logits"]))
         weights.append(_tensor("head_w", HEAD_W, form.float16))
         outputs.insert(0, helper.make_tensor_value_info("logits", elem, [form.batch, CLASSES]))
-    graph = helper.make_graph(nodes, "form", [helper.make_tensor_value_info("input", elem, shape)], outputs, weights)
+    if form.extra == "aux":
+        nodes.append(helper.make_node("Gemm", ["flat", "aux_w"], ["aux"]))
+        weights.append(_tensor("aux_w", RNG.normal(0, 1, (4, WIDTH)), form.float16))
+        outputs.append(helper.make_tensor_value_info("aux", elem, [form.batch, WIDTH]))
+    if form.extra == "feature_map":
+        nodes.append(helper.make_node("Gemm", ["embedding", "head_w"], ["logits"]))
+        weights.append(_tensor("head_w", HEAD_W, form.float16))
+        outputs = [
+            helper.make_tensor_value_info("logits", elem, [form.batch, CLASSES]),
+            helper.make_tensor_value_info("relu", elem, [form.batch, 4, h, w]),
+        ]
+    if form.input_type is not None:
+        nodes.insert(0, helper.make_node("Cast", ["raw"], ["input"], to=elem))
+    source = ("raw", form.input_type) if form.input_type is not None else ("input", elem)
+    graph = helper.make_graph(nodes, "form", [helper.make_tensor_value_info(*source, shape)], outputs, weights)
     opset = helper.make_opsetid("", form.opset)
     model = helper.make_model(graph, opset_imports=[opset], ir_version=helper.find_min_ir_version_for([opset]))
     for key, value in form.meta.items():
@@ -216,3 +233,69 @@ def test_onnx_form_extracts_verifies_and_evaluates(h, tmp_path, images, referenc
     faces = tmp_path / "faces.json"
     h.run_ok("eval", "--faiss", "--model", spec, "--bin", verification_bin, "--out", faces)
     assert 0.0 <= json.loads(faces.read_text())["bin"]["pairs"]["accuracy"] <= 1.0
+
+
+def write_failing_model(path: Path) -> Path:
+    """A model that loads but fails when run: it reshapes its 3×32×32 input to rows of 7 values."""
+    rows = helper.make_tensor("rows", TensorProto.INT64, [2], [-1, 7])
+    graph = helper.make_graph(
+        [helper.make_node("Reshape", ["input", "rows"], ["embedding"])],
+        "fails",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 3, SIDE, SIDE])],
+        [helper.make_tensor_value_info("embedding", TensorProto.FLOAT, ["batch", 7])],
+        [rows],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    onnx.save(model, str(path))
+    return path
+
+
+# (form, spec options, words the one Error line holds); grouped as docs/reliability.md groups bad input
+REFUSED = {
+    # bounds, checked before any array of the size exists
+    "declared-100000x100000": (Form(size=(100000, 100000)), "", "bound of 8192"),
+    "size-999999": (Form(size=("height", "width")), "?size=999999", "bound of 8192"),
+    "fixed-batch-100000": (Form(batch=100000), "", "bound of 268435456"),
+    # one Error: line, never a traceback
+    "output-not-an-output": (Form(logits_first=True), "?output=abc", "not one of the model's outputs: logits"),
+    "output-index-out-of-range": (Form(logits_first=True), "?output=2", "not one of the model's outputs"),
+    "size-not-a-number": (Form(size=("height", "width")), "?size=abc", "must be a positive integer"),
+    "size-three-numbers": (Form(size=("height", "width")), "?size=4,5,6", "must be s or h,w"),
+    "size-disagrees-with-fixed": (Form(), "?size=48", "fixed at 32"),
+    "metadata-not-json": (Form(meta={"fsd.normalisation": "{not json"}), "", "is not json"),
+    "metadata-bad-layout": (Form(meta={"layout": "chw"}), "", "layout must be nchw or nhwc"),
+    "nhwc-bgr-on-nchw": (Form(), "?layout=nhwc&channels=bgr", "contradicts the model's input"),
+    "two-embeddings": (Form(extra="aux"), "", "none is clearly the embedding"),
+    "logits-beside-feature-map": (Form(extra="feature_map"), "", "none is clearly the embedding"),
+    "uint8-input": (Form(input_type=TensorProto.UINT8), "", "fsd feeds float"),
+    # noise: no warning before the line
+    "std-zero": (Form(), "?mean=127.5&std=0", "must be positive"),
+    "mean-without-std": (Form(), "?mean=127.5", "give both mean and std"),
+}
+
+
+@pytest.mark.parametrize("name", REFUSED, ids=REFUSED)
+def test_onnx_model_or_spec_that_cannot_run_is_one_error_line(h, tmp_path, images, capfd, name):
+    form, query, words = REFUSED[name]
+    spec = f"onnx:{write_model(tmp_path / 'model.onnx', form)}{query}"
+    before = h.snapshot(tmp_path)
+    capfd.readouterr()
+    result = h.invoke("extract-teacher", "--teacher", spec, "--dataset", f"folder:{images}", "--out",
+                      tmp_path / "store.zarr", "--loader-workers", "0", "--quiet")  # fmt: skip
+    h.assert_refused(result, before, tmp_path, match=words)  # nothing written: no store directory
+    assert result.stderr.startswith("Error: ") and "Warning" not in result.stderr, h.describe(result)
+    assert capfd.readouterr().err == ""  # nothing from numpy or onnxruntime on the process's own stderr
+
+
+def test_onnx_model_that_fails_when_run_is_one_error_line_and_onnxruntime_stays_quiet(h, tmp_path, images, capfd):
+    spec = f"onnx:{write_failing_model(tmp_path / 'fails.onnx')}"
+    before = h.snapshot(tmp_path)
+    capfd.readouterr()
+    for args in (
+        ["extract-teacher", "--teacher", spec, "--dataset", f"folder:{images}", "--out", tmp_path / "s.zarr"],
+        ["eval", "--faiss", "--model", spec, "--dataset", f"folder:{images}", "--out", tmp_path / "r.json"],
+    ):
+        result = h.invoke(*args, "--loader-workers", "0")
+        line = h.assert_refused(result, before, tmp_path, match="fails on")
+        assert "cannot be reshaped" in line and result.stderr.startswith("Error: ")
+    assert "onnxruntime" not in capfd.readouterr().err  # its coloured log line never precedes the Error: line
