@@ -83,6 +83,17 @@ def test_onnx_teacher_extracts_what_torch_computes(tmp_path, onnx_teacher, digit
         store.head_weight()
 
 
+def test_onnx_export_with_head_gives_its_embedding_not_its_logits(tmp_path, onnx_teacher, digits_test):
+    """fsd export --with-head writes (embedding, logits): the embedding is found from the graph (the logits
+    are computed from it); ?output= names either."""
+    _, net = onnx_teacher
+    path = tmp_path / "with_head.onnx"
+    export_model(net, path, digits_test.get_images(np.arange(8)), with_head=True)
+    assert load_teacher(f"onnx:{path}").embedding_dim == 16
+    assert load_teacher(f"onnx:{path}?output=logits").embedding_dim == 10
+    assert load_teacher(f"onnx:{path}?output=1").model.output_name == "logits"
+
+
 def test_onnx_pixel_normalisation_is_the_affine_map(tmp_path):
     """mean/std in 0..255 units: x_model = (255·(x·std_d + mean_d) − mean) / std, per channel."""
     path = _identity_onnx(tmp_path / "id.onnx", ["batch", 3, 2, 2])
