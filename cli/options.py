@@ -27,7 +27,7 @@ def dataset_option(required: bool = True):
         "dataset",
         required=required,
         metavar="SPEC",
-        help="Dataset spec: digits | cifar100:DIR | folder:DIR[?size=S] | mxrec:DIR[?size=S] | idx:DIR (idx: = Debian's Fashion-MNIST).",
+        help="Dataset spec: digits | cifar100:DIR | folder:DIR[?size=S|H,W] | mxrec:DIR[?size=S] | idx:DIR (idx: = Debian's Fashion-MNIST).",
     )
 
 

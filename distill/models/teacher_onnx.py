@@ -235,6 +235,11 @@ class OnnxEmbedder(nn.Module):
             return
         model = "×".join("any" if d is None else str(d) for d in wanted)
         got = "×".join(str(d) for d in image_shape)
+        if self.channels is not None and image_shape and self.channels != image_shape[0]:
+            raise InvalidInput(
+                f"teacher {self.spec!r} takes {model} (C×H×W) images, dataset {dataset.spec} gives {got}: "
+                f"{image_shape[0]}-channel images for a {self.channels}-channel model"
+            )
         raise InvalidInput(
             f"teacher {self.spec!r} takes {model} (C×H×W) images, dataset {dataset.spec} gives {got}; render the "
             "dataset at the model's size (--image-size, or the dataset's size= option)"
