@@ -53,10 +53,11 @@ from distill.models import teacher_spec as opts
 from distill.models.onnx_outputs import choose_embedding, resolve_output
 from distill.models.registry import TEACHER_SOURCES
 from featstore.atomic import file_sha256
+from featstore.datasets import MAX_IMAGE_SIZE
 from featstore.errors import CheckpointError, InputNotFound, InvalidInput
 
 OPTIONS = ("size", "mean", "std", "layout", "channels", "output")
-MAX_SIDE = 8192  # the largest height or width fsd feeds a model (a declared 100000 is refused, not allocated)
+MAX_SIDE = MAX_IMAGE_SIZE  # the largest side fsd renders, so fed to a model (a declared 100000 is refused)
 MAX_ELEMENTS = 2**28  # the largest input one call may take: batch × C × H × W values (1 GiB of float32)
 _FLOAT_INPUTS = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64}
 _SILENT = 4  # onnxruntime's log severity that prints nothing below fatal

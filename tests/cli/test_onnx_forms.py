@@ -253,8 +253,8 @@ def write_failing_model(path: Path) -> Path:
 # (form, spec options, words the one Error line holds); grouped as docs/reliability.md groups bad input
 REFUSED = {
     # bounds, checked before any array of the size exists
-    "declared-100000x100000": (Form(size=(100000, 100000)), "", "bound of 8192"),
-    "size-999999": (Form(size=("height", "width")), "?size=999999", "bound of 8192"),
+    "declared-100000x100000": (Form(size=(100000, 100000)), "", "bound of 2048"),
+    "size-999999": (Form(size=("height", "width")), "?size=999999", "bound of 2048"),
     "fixed-batch-100000": (Form(batch=100000), "", "bound of 268435456"),
     # one Error: line, never a traceback
     "output-not-an-output": (Form(logits_first=True), "?output=abc", "not one of the model's outputs: logits"),
