@@ -213,7 +213,7 @@ def test_onnx_form_extracts_verifies_and_evaluates(h, tmp_path, images, referenc
     h.run_ok("extract-teacher", "--teacher", spec, "--dataset", dataset, "--out", store, "--dtype", "float32",
              "--quiet", *common)  # fmt: skip
     expected = _expected(reference, dataset, image_size=SIDE if other_size else None)
-    tolerance = 2e-2 * np.abs(expected).max() if form is not None and form.float16 else 1e-5
+    tolerance = 4e-3 * np.abs(expected).max() if form is not None and form.float16 else 1e-5  # fp16: ~10 ulp
     np.testing.assert_allclose(_stored(store), expected, atol=tolerance, rtol=0)
     assert open_store(str(store)).shape.dim == WIDTH  # the embedding, never the logits
     h.run_ok("store", "verify", store, "--teacher", spec, *common)
