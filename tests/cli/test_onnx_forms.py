@@ -299,3 +299,19 @@ def test_onnx_model_that_fails_when_run_is_one_error_line_and_onnxruntime_stays_
         line = h.assert_refused(result, before, tmp_path, match="fails on")
         assert "cannot be reshaped" in line and result.stderr.startswith("Error: ")
     assert "onnxruntime" not in capfd.readouterr().err  # its coloured log line never precedes the Error: line
+
+
+@pytest.mark.slow
+def test_non_square_fixed_batch_model_through_dask_workers_gives_the_same_bytes(h, tmp_path, images):
+    """A model fixed at batch 4 and 24×40 (H×W): --workers renders the dataset at (24, 40) in every worker, as
+    one process does, and writes the same bytes; store verify renders it so again."""
+    model = write_model(tmp_path / "wide.onnx", Form(batch=4, size=(24, 40)))
+    spec, dataset = f"onnx:{model}", f"folder:{images}?size=24,40"
+    stored = []
+    for name, extra in (("one.zarr", []), ("dask.zarr", ["--workers", "1"])):
+        h.run_ok("extract-teacher", "--teacher", spec, "--dataset", dataset, "--out", tmp_path / name, "--dtype",
+                 "float32", "--device", "cpu", "--loader-workers", "0", "--quiet", *extra)  # fmt: skip
+        assert open_store(str(tmp_path / name)).meta["teacher"]["input_shape"] == [3, 24, 40]
+        stored.append(_stored(tmp_path / name))
+    np.testing.assert_array_equal(stored[0], stored[1])
+    h.run_ok("store", "verify", tmp_path / "one.zarr", "--teacher", spec, "--loader-workers", "0")
