@@ -94,6 +94,42 @@ def test_onnx_export_with_head_gives_its_embedding_not_its_logits(tmp_path, onnx
     assert load_teacher(f"onnx:{path}?output=1").model.output_name == "logits"
 
 
+def test_onnx_embedding_beside_a_linear_score_is_the_embedding(tmp_path):
+    """Two (batch, D) outputs computed from the same features, neither from the other: the one that is not a
+    linear layer's result (through its activation) is the embedding; two of a kind are refused."""
+    weight = helper.make_tensor("w", TensorProto.FLOAT, [12, 2], np.ones(24, np.float32))
+    nodes = [
+        helper.make_node("Flatten", ["input"], ["flat"], axis=1),
+        helper.make_node("Relu", ["flat"], ["embedding"]),
+        helper.make_node("Gemm", ["flat", "w"], ["gemm"]),
+        helper.make_node("Sigmoid", ["gemm"], ["score"]),
+    ]
+    outputs = [
+        helper.make_tensor_value_info("score", TensorProto.FLOAT, ["batch", 2]),
+        helper.make_tensor_value_info("embedding", TensorProto.FLOAT, ["batch", 12]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "scored",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 3, 2, 2])],
+        outputs,
+        [weight],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    onnx.save(model, str(tmp_path / "scored.onnx"))
+    assert load_teacher(f"onnx:{tmp_path / 'scored.onnx'}").model.output_name == "embedding"
+    nodes[1] = helper.make_node("Gemm", ["flat", "w"], ["embedding"])  # now both are linear layers' results
+    outputs[1] = helper.make_tensor_value_info("embedding", TensorProto.FLOAT, ["batch", 2])
+    graph = helper.make_graph(
+        nodes, "two", [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 3, 2, 2])], outputs, [weight]
+    )
+    onnx.save(
+        helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), str(tmp_path / "two.onnx")
+    )
+    with pytest.raises(InvalidInput, match=r"none is clearly the embedding .*: score \(batch, 2\), embedding"):
+        load_teacher(f"onnx:{tmp_path / 'two.onnx'}")
+
+
 def test_onnx_pixel_normalisation_is_the_affine_map(tmp_path):
     """mean/std in 0..255 units: x_model = (255·(x·std_d + mean_d) − mean) / std, per channel."""
     path = _identity_onnx(tmp_path / "id.onnx", ["batch", 3, 2, 2])
