@@ -42,6 +42,7 @@ import hashlib
 import json
 import math
 import re
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -207,6 +208,7 @@ class OnnxEmbedder(nn.Module):
         image_shape = getattr(dataset, "image_shape", None)
         if image_shape is not None:
             self._check_images(dataset, tuple(int(d) for d in image_shape))
+        self._warn_square_crop(dataset)
         if not self.needs_pixels:
             self._affine = None
             return
@@ -226,6 +228,20 @@ class OnnxEmbedder(nn.Module):
             (mean_d * 255.0)[None, :, None, None].astype(np.float32),
             mean[None, :, None, None].astype(np.float32),
             std[None, :, None, None].astype(np.float32),
+        )
+
+    def _warn_square_crop(self, dataset: Any) -> None:
+        """A non-square model fed views whose first is a centre *square* (a square dataset spec rendered at
+        the model's size) sees that square stretched: a text line loses its ends. Say how to keep it whole."""
+        policy = getattr(dataset, "view_policy", None)
+        if self.size is None or self.size[0] == self.size[1] or getattr(policy, "crop_fraction", None) is None:
+            return
+        warnings.warn(
+            f"teacher {self.spec!r} takes {self.size[0]}×{self.size[1]} images, but view 0 of dataset "
+            f"{dataset.spec} is a centre square stretched to that size; give the dataset "
+            f"size={self.size[0]},{self.size[1]} to render whole images",
+            RuntimeWarning,
+            stacklevel=2,
         )
 
     def _check_images(self, dataset: Any, image_shape: tuple[int, ...]) -> None:

@@ -315,3 +315,14 @@ def test_non_square_fixed_batch_model_through_dask_workers_gives_the_same_bytes(
         stored.append(_stored(tmp_path / name))
     np.testing.assert_array_equal(stored[0], stored[1])
     h.run_ok("store", "verify", tmp_path / "one.zarr", "--teacher", spec, "--loader-workers", "0")
+
+
+def test_non_square_model_on_a_square_dataset_spec_warns_that_view_0_is_a_stretched_square(tmp_path, images):
+    from distill.models.teachers import load_teacher
+
+    source = load_teacher(f"onnx:{write_model(tmp_path / 'wide.onnx', Form(size=(24, 40)))}")
+    with pytest.warns(RuntimeWarning, match="give the dataset size=24,40"):
+        source.model.adapt_to_dataset(load_dataset(f"folder:{images}", "train", image_size=(24, 40)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the whole image: nothing to say
+        source.model.adapt_to_dataset(load_dataset(f"folder:{images}?size=24,40", "train"))
