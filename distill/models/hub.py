@@ -253,8 +253,13 @@ class HubEmbedder(nn.Module):
                 f"for the data's size with ?{option}={size[0]} ({base}?{option}={size[0]}), or resize the data to "
                 f"{fixed[0]} px"
             )
-        if not self._runs(max(size), channels, device) and self._runs(LARGEST_PROBE_SIDE, channels, device):
-            low, high = max(size), LARGEST_PROBE_SIDE  # fails at low, runs at high
+        low = max(size)
+        if self._runs(low, channels, device):
+            return None
+        high = 2 * low  # doubled until it runs (small sides first: a large forward is slow), then bisected
+        while high <= LARGEST_PROBE_SIDE and not self._runs(high, channels, device):
+            low, high = high, 2 * high
+        if high <= LARGEST_PROBE_SIDE:
             while high - low > 1:
                 middle = (low + high) // 2
                 low, high = (low, middle) if self._runs(middle, channels, device) else (middle, high)

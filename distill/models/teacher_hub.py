@@ -55,7 +55,6 @@ def load_state(path: Path, spec: str) -> dict[str, torch.Tensor]:
     return state
 
 
-
 def _parse(argument: str, spec: str) -> tuple[str, dict[str, Any], dict[str, str]]:
     name, options = opts.split_options(argument)
     if not name:
