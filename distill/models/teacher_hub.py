@@ -33,6 +33,9 @@ from featstore.errors import CheckpointError, InputNotFound, InvalidInput
 OPTIONS = ("weights", "num_classes", "pretrained", "head")
 """The options fsd reads; every other ``?key=value`` goes to the library's model factory (``img_size=64``)."""
 
+WIDTH_PROBE_SIDE = 64
+"""Side of the one image that measures a head-less torchvision model's width (small: any side gives it)."""
+
 
 def load_state(path: Path, spec: str) -> dict[str, torch.Tensor]:
     """A state_dict from ``path`` without running pickled code; a ``{"state_dict": …}`` wrapper is opened."""
@@ -169,4 +172,7 @@ def torchvision_teacher(argument: str, spec: str):
     model = hub.create_torchvision(name, spec, pretrained=parsed["pretrained"], **kwargs)
     _load_weights(model, state, spec)
     identity = _identity(f"torchvision:{name}", parsed, options, model)
-    return _source(hub.split_torchvision(model.eval(), spec), parsed, spec, f"torchvision:{name}", identity)
+    split = hub.split_torchvision(model.eval(), spec)
+    if split.width is None:  # a pooled stand-in for the classifier: the width is the pooled map's channels
+        split.width = hub.probe(split.embedder, WIDTH_PROBE_SIDE, 3)
+    return _source(split, parsed, spec, f"torchvision:{name}", identity)
