@@ -4,12 +4,12 @@ Fine-grained users hold ImageNet backbones from these two libraries. Both are bu
 and then loaded from the user's file (``torch.load(weights_only=True)``, or a ``.safetensors`` file), so
 nothing is downloaded — ``pretrained=1`` asks the library to fetch its own weights and is the one option that
 needs a network. ``num_classes=K`` sizes the classifier to a checkpoint fine-tuned on K classes (by default
-it is read from the weights); ``head=0`` leaves the classifier out (a head-less embedding model).
+it is read from the weights); ``head=0`` leaves the classifier out (a head-less embedding model). Every other
+option is the library's (``img_size=64``), passed to its factory.
 
-The embedding is the pooled pre-logits feature: timm's ``forward_head(forward_features(x), pre_logits=True)``;
-for torchvision the input of the network's last ``nn.Linear`` (its classifier, which becomes the head).
-Both libraries are imported only when such a teacher is asked for; timm needs a torchvision that matches
-the installed torch.
+The embedding and the head follow the libraries' own contracts (:mod:`distill.models.hub`). Two warnings,
+once per spec: random weights (distilling from them is almost always a mistake), and a classifier that is not
+a linear layer (the store will be head-less; ``fsd store fit-head`` gives it one).
 """
 
 from __future__ import annotations
