@@ -27,6 +27,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from distill.models import teacher_spec as opts
 from featstore.errors import FsdError, InputNotFound, InvalidInput
 
 CLASSIFIER_ATTRIBUTES = ("fc", "classifier", "heads", "head")
@@ -151,17 +152,82 @@ class Split:
     why_no_head: str | None  # set when a classifier exists that fsd cannot store
 
 
-def split_timm(model: nn.Module, spec: str) -> Split:
-    """timm's contract: the embedding is ``forward_head(forward_features(x), pre_logits=True)``."""
-    classifier = model.get_classifier() if hasattr(model, "get_classifier") else None
+def split_timm(model: nn.Module, spec: str, *, with_head: bool = True) -> Split:
+    """timm's contract: the embedding is ``forward_head(forward_features(x), pre_logits=True)``.
+
+    The head is the model's classifier as one linear map of that embedding: an ``nn.Linear``, a 1×1
+    convolution (DLA), or the mean of two linear classifiers (distilled DeiT, EfficientFormer: what their
+    ``forward_head`` returns in eval mode); it is kept only when it reproduces the model's own logits on a
+    sample, so a classifier with a layer of its own after the embedding (LeViT's BN + linear) is left out."""
     width = int(getattr(model, "head_hidden_size", None) or model.num_features)
     embedder = HubEmbedder(model, spec, "timm")
-    if isinstance(classifier, nn.Linear):
-        return Split(embedder, classifier, width, None)
+    if not with_head:
+        return Split(embedder, None, width, None)
+    try:
+        classifier = model.get_classifier()
+    except AttributeError:  # built with num_classes=0 where get_classifier reaches into the removed head
+        classifier = None
     if classifier is None or isinstance(classifier, nn.Identity):
         return Split(embedder, None, width, None)
-    kind = "two classifiers" if isinstance(classifier, tuple) else type(classifier).__name__
-    return Split(embedder, None, width, f"its classifier ({kind}) is not a linear layer")
+    parts = classifier if isinstance(classifier, tuple) else (classifier,)
+    linears = [_as_linear(part) for part in parts]
+    kind = " + ".join(type(part).__name__ for part in parts)
+    if any(linear is None for linear in linears):
+        return Split(embedder, None, width, f"its classifier ({kind}) is not a linear layer")
+    head = linears[0] if len(linears) == 1 else _mean_linear(linears)  # type: ignore[arg-type]
+    if not _reproduces_logits(embedder, head):
+        return Split(embedder, None, width, f"its classifier ({kind}) is not one linear map of the embedding")
+    return Split(embedder, head, width, None)
+
+
+def _as_linear(module: Any) -> nn.Linear | None:
+    """``module`` as an ``nn.Linear`` of the same map: itself, or a 1×1 convolution's weights; else None."""
+    if isinstance(module, nn.Linear):
+        return module
+    if isinstance(module, nn.Conv2d) and module.kernel_size == (1, 1) and module.groups == 1:
+        linear = nn.Linear(module.in_channels, module.out_channels, bias=module.bias is not None)
+        linear.weight.data.copy_(module.weight.detach().flatten(1))
+        if module.bias is not None:
+            linear.bias.data.copy_(module.bias.detach())
+        return linear
+    return None
+
+
+def _in_channels(model: nn.Module) -> int:
+    """The channels the network's first convolution (or patch embedding) takes."""
+    first = next((p for p in model.parameters() if p.ndim == 4), None)
+    return int(first.shape[1]) if first is not None else 3
+
+
+def _mean_linear(linears: list[nn.Linear]) -> nn.Linear:
+    """One linear layer computing the mean of ``linears``' outputs."""
+    mean = nn.Linear(linears[0].in_features, linears[0].out_features, bias=True)
+    mean.weight.data.copy_(torch.stack([lin.weight.detach() for lin in linears]).mean(0))
+    biases = [lin.bias.detach() if lin.bias is not None else torch.zeros(lin.out_features) for lin in linears]
+    mean.bias.data.copy_(torch.stack(biases).mean(0))
+    return mean
+
+
+@torch.no_grad()
+def _reproduces_logits(embedder: HubEmbedder, head: nn.Linear) -> bool:
+    """Whether ``head(embedding)`` equals the model's own logits on one random image (in eval mode)."""
+    model = embedder.model
+    fixed = embedder._fixed_size()
+    sides = [fixed[0]] if fixed else [64, int((model.pretrained_cfg or {}).get("input_size", (3, 224))[-1])]
+    was_training = model.training
+    model.eval()
+    try:
+        for side in sides:
+            try:
+                features = model.forward_features(torch.randn(1, _in_channels(model), side, side))
+            except (RuntimeError, AssertionError, ValueError, IndexError):
+                continue
+            logits = model.forward_head(features)
+            mine = head(model.forward_head(features, pre_logits=True))
+            return mine.shape == logits.shape and torch.allclose(mine, logits, rtol=1e-4, atol=1e-5)
+        return False
+    finally:
+        model.train(was_training)
 
 
 def split_torchvision(model: nn.Module, spec: str) -> Split:
@@ -275,9 +341,15 @@ class HubEmbedder(nn.Module):
             if not (getattr(self.model, "pretrained_cfg", None) or {}).get("fixed_input_size"):
                 return None
             patch_embed = getattr(self.model, "patch_embed", None)
-            img_size = getattr(patch_embed, "img_size", None) or self.model.pretrained_cfg.get("input_size")[-2:]
             if getattr(patch_embed, "dynamic_img_size", False):
                 return None
+            asked = opts.split_options(self.spec)[1].get("img_size")  # what the model was built for, if given
+            img_size = (
+                opts.library_value(asked)
+                if asked
+                else getattr(patch_embed, "img_size", None) or self.model.pretrained_cfg.get("input_size")[-2:]
+            )
+            img_size = img_size if isinstance(img_size, tuple | list) else (img_size, img_size)
             return (int(img_size[0]), int(img_size[1]))
         side = getattr(self.model, "image_size", None)  # torchvision's ViT and MaxViT
         return (int(side), int(side)) if isinstance(side, int) else None

@@ -33,7 +33,8 @@ def _timm_backbone(argument: str, in_channels: int) -> tuple[hub.HubEmbedder, in
     name, spec, pretrained, kwargs = _options(argument, "timm")
     if kwargs.setdefault("in_chans", in_channels) != in_channels:
         raise InvalidInput(f"{spec}: in_chans={kwargs['in_chans']}, but the dataset has {in_channels} channel(s)")
-    split = hub.split_timm(hub.create_timm(name, spec, pretrained=pretrained, num_classes=0, **kwargs), spec)
+    model = hub.create_timm(name, spec, pretrained=pretrained, num_classes=0, **kwargs)
+    split = hub.split_timm(model, spec, with_head=False)
     return split.embedder, split.width
 
 

@@ -76,9 +76,11 @@ def _parse(argument: str, spec: str) -> tuple[str, dict[str, Any], dict[str, str
     return name, parsed, options
 
 
-def _classes_in(state: dict[str, torch.Tensor], key: str | None) -> int | None:
-    weight = state.get(f"{key}.weight") if key else None
-    return int(weight.shape[0]) if isinstance(weight, torch.Tensor) and weight.ndim == 2 else None
+def _classes_in(state: dict[str, torch.Tensor], key: str | tuple[str, ...] | None) -> int | None:
+    """The class count of the classifier weights under ``key`` (timm names two for a distilled model)."""
+    key = key[0] if isinstance(key, tuple | list) and key else key
+    weight = state.get(f"{key}.weight") if isinstance(key, str) else None
+    return int(weight.shape[0]) if isinstance(weight, torch.Tensor) and weight.ndim >= 2 else None
 
 
 def _identity(spec_name: str, parsed: dict[str, Any], options: dict[str, str], model: nn.Module) -> str:

@@ -55,6 +55,7 @@ TIMM = [
     Row("timm:levit_128s?img_size=32", head=False),
     Row("timm:vit_tiny_patch16_224?img_size=32&patch_size=8", fast=True),
     Row("timm:deit_tiny_patch16_224?img_size=32&patch_size=8"),
+    Row("timm:deit_tiny_distilled_patch16_224?img_size=32&patch_size=8", head=False),
     Row("timm:swin_tiny_patch4_window7_224?img_size=32&window_size=4"),
     Row("timm:mobileone_s0"),
     Row("timm:densenet121"),
@@ -69,7 +70,7 @@ TIMM = [
     Row("timm:efficientformerv2_s0?img_size=32"),
     Row("timm:poolformerv2_s12"),
     Row("timm:pvt_v2_b0"),
-    Row("timm:tiny_vit_5m_224?img_size=32"),
+    Row("timm:tiny_vit_5m_224"),
     Row("timm:starnet_s050"),
 ]
 
@@ -87,7 +88,7 @@ TORCHVISION = [
     Row("torchvision:googlenet"),
     Row("torchvision:inception_v3", side=75),
     Row("torchvision:swin_t"),
-    Row("torchvision:vit_b_16?image_size=32&patch_size=8"),
+    Row("torchvision:vit_b_16?image_size=32"),
     Row("torchvision:fcn_resnet50", head=False),
 ]
 

@@ -164,3 +164,16 @@ def test_random_weights_and_an_unsplittable_classifier_each_warn_once(timm):
     assert sum("random weights" in m for m in messages) == 1, messages
     assert sum("head-less" in m and "fsd store fit-head" in m for m in messages) == 1, messages
     assert first.head_weight is None and first.embedding_dim == 384
+
+
+@pytest.mark.parametrize("spec", ["timm:dla46_c", "timm:efficientformerv2_s0?img_size=32"])
+def test_a_conv_or_two_averaged_classifiers_become_one_linear_head(spec, timm):
+    """DLA classifies with a 1×1 convolution, a distilled EfficientFormer with the mean of two linear heads:
+    both are one linear map of the embedding, stored as the head and reproducing the model's logits."""
+    source = load_teacher(spec)
+    net = source.model.model
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        z = source.model.forward_features(x)
+        logits = z @ torch.from_numpy(source.head_weight).T + torch.from_numpy(source.head_bias)
+        torch.testing.assert_close(logits, net.forward_head(net.forward_features(x)), rtol=1e-4, atol=1e-5)
