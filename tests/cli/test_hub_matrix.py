@@ -194,3 +194,16 @@ def test_as_a_teacher_it_extracts_and_verifies(row, images, libraries, tmp_path)
     assert ("head-less" in said) == (not row.head), said
     verified = _ok("store", "verify", store, "--teacher", teacher, "--sample", 4)
     assert "0 bad" in verified.stdout and "live check: 4 rows" in verified.stdout, verified.stdout
+
+
+def test_a_fixed_size_model_at_another_size_is_one_error_line_naming_the_option(h, images, stores, tmp_path):
+    """Without ``?img_size=32`` a ViT built for 224 px refuses the 32-px data, as student and as teacher, and
+    writes nothing."""
+    spec, before = f"folder:{images}?size={SIDE}", h.snapshot(tmp_path)
+    student = h.invoke("train-student", "--store", stores(SIDE), "--dataset", spec, "--out", tmp_path / "s.pt",
+                       "--arch", "timm:vit_tiny_patch16_224", "--epochs", 1, "--batch-size", 8,
+                       "--loader-workers", 0, "--quiet")  # fmt: skip
+    h.assert_refused(student, before, tmp_path, match="?img_size=32")
+    teacher = h.invoke("extract-teacher", "--teacher", "timm:vit_tiny_patch16_224?head=0", "--dataset", spec,
+                       "--out", tmp_path / "t.zarr", "--loader-workers", 0, "--quiet")  # fmt: skip
+    h.assert_refused(teacher, before, tmp_path, match="?img_size=32")

@@ -178,3 +178,14 @@ def test_a_conv_or_two_averaged_classifiers_become_one_linear_head(spec, timm):
         z = source.model.forward_features(x)
         logits = z @ torch.from_numpy(source.head_weight).T + torch.from_numpy(source.head_bias)
         torch.testing.assert_close(logits, net.forward_head(net.forward_features(x)), rtol=1e-4, atol=1e-5)
+
+
+def test_library_options_are_parsed_to_the_types_the_factories_take():
+    from distill.models.teacher_spec import library_kwargs
+
+    options = {"img_size": "64", "drop_path_rate": "0.1", "class_token": "false", "global_pool": "avg",
+               "img_size2": "64,96", "act": "none", "weights": "w.pt"}  # fmt: skip
+    assert library_kwargs(options, ("weights",)) == {
+        "img_size": 64, "drop_path_rate": 0.1, "class_token": False, "global_pool": "avg", "img_size2": (64, 96),
+        "act": None,
+    }  # fmt: skip
