@@ -20,7 +20,7 @@ Rounds of each pair are interleaved and the median of per-round ratios is report
 shared. torchvision (``torchvision==0.28.0``, the release for torch 2.13, installed by ``make test``) is the
 baseline: the PyPI wheel's compiled ops do not load on the CPU build of torch, and ImageFolder and the
 transforms do not need them, so the script imports torchvision without its operator registrations (as
-fsd's own timm/torchvision models do, distill/models/teacher_hub.py).
+fsd's own timm/torchvision models do, distill/models/hub.py).
 """
 
 from __future__ import annotations

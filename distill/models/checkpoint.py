@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from distill.models import create_model
+from distill.models.registry import create_model
 from featstore.atomic import atomic_path, file_sha256
 from featstore.errors import CheckpointError, InputNotFound, OutputExists
 from featstore.store import fsd_version

@@ -10,7 +10,7 @@ of a checkpoint trained from code, ``export``…) refuses unless the user passed
 ``nn.Module`` of one of two shapes:
 
 * a **backbone**: images ``(B, C, H, W)`` → pooled features ``(B, F)``. fsd adds what the
-  timm/torchvision students get (:class:`distill.models.hub_students.BackboneStudent`): a linear + BN
+  timm/torchvision students get (:class:`distill.models.backbone.BackboneStudent`): a linear + BN
   embedding layer to ``embedding_dim`` (the teacher's width, so TH-KD can put the teacher's head on it)
   and a fresh classifier head;
 * an **fsd-shaped model**: it has ``forward_features(x) -> (B, embedding_dim)`` and a ``head`` module
@@ -38,6 +38,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from distill.models.backbone import BackboneStudent
 from distill.models.base import EmbeddingNet
 from featstore.errors import FsdError, InvalidInput
 
@@ -134,8 +135,6 @@ def build_code_student(
     head_margin: float | None = None,
 ) -> EmbeddingNet:
     """The student a ``module:function`` spec builds (see the module docstring); trust is checked by the caller."""
-    from distill.models.hub_students import BackboneStudent
-
     factory, module = import_factory(spec, "student")
     given = {
         "num_classes": num_classes,

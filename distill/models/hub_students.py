@@ -1,67 +1,49 @@
-"""``timm:NAME`` and ``torchvision:NAME`` students: a library backbone with fsd's embedding/head split.
+"""``timm:NAME[?OPTION=VALUE…]`` and ``torchvision:NAME[?…]`` students: a library backbone with fsd's
+embedding/head split.
 
-The backbone's pooled pre-logits feature goes through a face-model style embedding layer (linear + BN) to
-``embedding_dim`` — the size TH-KD needs to reach the teacher's head — and then to a fresh classifier head.
-Both libraries are imported only when such an architecture is asked for (see
-:mod:`distill.models.teacher_hub` on installing them beside the CPU torch wheel).
+The backbone's pooled pre-logits feature (the libraries' own contract, :mod:`distill.models.hub`) goes through
+:class:`distill.models.backbone.BackboneStudent`'s embedding layer and a fresh classifier head. Options of the
+spec's query go to the library's factory (``timm:vit_tiny_patch16_224?img_size=64&drop_path_rate=0.1``);
+``pretrained=1`` starts from the library's own weights (the one option that needs a network). The backbone is
+probed once at the data's image size, so a model that cannot take it is an ``Error:`` line before training.
 """
 
 from __future__ import annotations
 
-import torch
-from torch import nn
-
-from distill.models.base import EmbeddingNet
-from distill.models.heads import create_head
+from distill.models import hub
+from distill.models import teacher_spec as opts
+from distill.models.backbone import BackboneStudent
 from distill.models.registry import STUDENT_SOURCES
-from distill.models.teacher_hub import _last_linear, _library, _replace
 from featstore.errors import InvalidInput
 
-
-class BackboneStudent(EmbeddingNet):
-    def __init__(
-        self,
-        backbone: nn.Module,
-        width: int,
-        num_classes: int,
-        embedding_dim: int | None,
-        head: str,
-        head_scale: float | None,
-        head_margin: float | None,
-    ) -> None:
-        super().__init__()
-        self.backbone = backbone
-        dim = embedding_dim or width
-        self.embed = nn.Sequential(nn.Linear(width, dim, bias=False), nn.BatchNorm1d(dim))
-        self.head = create_head(head, dim, num_classes, scale=head_scale, margin=head_margin)
-        self.embedding_dim, self.num_classes = dim, num_classes
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.embed(self.backbone(x))
+OPTIONS = ("pretrained",)
+"""The option fsd reads itself; every other one is the library's."""
 
 
-def _timm_backbone(name: str, in_channels: int) -> tuple[nn.Module, int]:
-    timm = _library("timm")
-    try:
-        model = timm.create_model(name, pretrained=False, num_classes=0, in_chans=in_channels)
-    except RuntimeError as exc:
-        raise InvalidInput(f"student timm:{name}: {str(exc).splitlines()[0]}") from None
-    return model, int(model.num_features)
+def _options(argument: str, library: str) -> tuple[str, str, bool, dict]:
+    name, options = opts.split_options(argument)
+    spec = f"student {library}:{argument}"
+    if not name:
+        raise InvalidInput(f"{spec}: name the architecture, as in '{library}:resnet18'")
+    pretrained = opts.flag(spec, "pretrained", options.get("pretrained", "0"))
+    return name, spec, pretrained, opts.library_kwargs(options, OPTIONS)
 
 
-def _torchvision_backbone(name: str, in_channels: int) -> tuple[nn.Module, int]:
-    models = _library("torchvision.models")
+def _timm_backbone(argument: str, in_channels: int) -> tuple[hub.HubEmbedder, int | None]:
+    name, spec, pretrained, kwargs = _options(argument, "timm")
+    if kwargs.setdefault("in_chans", in_channels) != in_channels:
+        raise InvalidInput(f"{spec}: in_chans={kwargs['in_chans']}, but the dataset has {in_channels} channel(s)")
+    model = hub.create_timm(name, spec, pretrained=pretrained, num_classes=0, **kwargs)
+    split = hub.split_timm(model, spec, with_head=False)
+    return split.embedder, split.width
+
+
+def _torchvision_backbone(argument: str, in_channels: int) -> tuple[hub.HubEmbedder, int | None]:
+    name, spec, pretrained, kwargs = _options(argument, "torchvision")
     if in_channels != 3:
-        raise InvalidInput(f"student torchvision:{name} takes RGB images, the dataset has {in_channels} channel(s)")
-    try:
-        model = models.get_model(name, weights=None)
-    except ValueError as exc:
-        raise InvalidInput(f"student torchvision:{name}: {str(exc).splitlines()[0]}") from None
-    last = _last_linear(model)
-    if last is None:
-        raise InvalidInput(f"student torchvision:{name} has no linear classifier to split its embedding at")
-    _replace(model, last[0], nn.Identity())
-    return model, int(last[1].in_features)
+        raise InvalidInput(f"{spec} takes RGB images, the dataset has {in_channels} channel(s)")
+    split = hub.split_torchvision(hub.create_torchvision(name, spec, pretrained=pretrained, **kwargs), spec)
+    return split.embedder, split.width
 
 
 def _builder(make):
@@ -70,11 +52,16 @@ def _builder(make):
         num_classes: int,
         in_channels: int = 3,
         embedding_dim: int | None = None,
+        input_size: int | None = None,
         head: str = "linear",
         head_scale: float | None = None,
         head_margin: float | None = None,
     ) -> BackboneStudent:
         backbone, width = make(name, in_channels)
+        if input_size is not None:  # the data's side: a model that cannot take it says so now, not at step one
+            width = hub.probe(backbone, input_size, in_channels)
+        if width is None:
+            raise InvalidInput(f"student {name}: its feature width is known only from the data; give input_size")
         return BackboneStudent(backbone, width, num_classes, embedding_dim, head, head_scale, head_margin)
 
     return build

@@ -47,7 +47,7 @@ def accepts(name: str, option: str) -> bool:
     from distill.models import code_models
 
     if name.partition(":")[0] in STUDENT_SOURCES:
-        return False
+        return option == "input_size"  # library students are probed at the data's size
     if name not in MODELS and code_models.is_code_spec(name):
         return option == "input_size"  # code students are probed with one batch of the dataset's size
     return option in inspect.signature(MODELS.get(name)).parameters

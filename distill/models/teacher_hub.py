@@ -4,75 +4,37 @@ Fine-grained users hold ImageNet backbones from these two libraries. Both are bu
 and then loaded from the user's file (``torch.load(weights_only=True)``, or a ``.safetensors`` file), so
 nothing is downloaded — ``pretrained=1`` asks the library to fetch its own weights and is the one option that
 needs a network. ``num_classes=K`` sizes the classifier to a checkpoint fine-tuned on K classes (by default
-it is read from the weights); ``head=0`` leaves the classifier out (a head-less embedding model).
+it is read from the weights); ``head=0`` leaves the classifier out (a head-less embedding model). Every other
+option is the library's (``img_size=64``), passed to its factory.
 
-The embedding is the pooled pre-logits feature: timm's ``forward_head(forward_features(x), pre_logits=True)``;
-for torchvision the input of the network's last ``nn.Linear`` (its classifier, which becomes the head).
-Both libraries are imported only when such a teacher is asked for; timm needs a torchvision that matches
-the installed torch.
+The embedding and the head follow the libraries' own contracts (:mod:`distill.models.hub`). Two warnings,
+once per spec: random weights (distilling from them is almost always a mistake), and a classifier that is not
+a linear layer (the store will be head-less; ``fsd store fit-head`` gives it one).
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
-import importlib
+import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from distill.models import hub
 from distill.models import teacher_spec as opts
 from distill.models.registry import TEACHER_SOURCES
+from distill.models.teacher_source import source_from_parts
 from featstore.atomic import file_sha256
 from featstore.errors import CheckpointError, InputNotFound, InvalidInput
 
 OPTIONS = ("weights", "num_classes", "pretrained", "head")
+"""The options fsd reads; every other ``?key=value`` goes to the library's model factory (``img_size=64``)."""
 
-
-def _library(name: str) -> Any:
-    try:
-        return importlib.import_module(name)
-    except RuntimeError as exc:
-        if "torchvision::" not in str(exc):
-            raise _unusable(name, exc) from None
-        _skip_torchvision_operators(exc)
-        try:
-            return importlib.import_module(name)
-        except Exception as again:  # noqa: BLE001 - still not importable: say why
-            raise _unusable(name, again) from None
-    except Exception as exc:  # noqa: BLE001 - ImportError, or a library broken beside this torch
-        raise _unusable(name, exc) from None
-
-
-def _unusable(name: str, exc: BaseException) -> InvalidInput:
-    return InvalidInput(
-        f"{name}: these models need the {name} package importable beside this torch ({type(exc).__name__}: "
-        f"{str(exc).splitlines()[0] if str(exc) else ''}); install one built for torch {torch.__version__}"
-    )
-
-
-def _skip_torchvision_operators(exc: BaseException) -> None:
-    """Import torchvision without its compiled operators (nms, roi_align, …), which fsd never calls.
-
-    Why: PyPI's Linux torchvision wheels link torch's CUDA libraries, so beside the CPU torch wheel their
-    ``_C`` extension does not load and ``import torchvision`` fails while registering fake kernels for the
-    missing ``torchvision::nms`` ("operator torchvision::nms does not exist"). The model definitions timm and
-    ``torchvision.models`` build are plain torch modules and need none of those operators, so the
-    registrations are skipped (a warning says so) rather than refusing the whole library."""
-    import sys
-    import types
-    import warnings
-
-    for module in [m for m in sys.modules if m.split(".")[0] in ("torchvision", "timm")]:
-        del sys.modules[module]  # the half-imported package, so the next import starts clean
-    sys.modules["torchvision._meta_registrations"] = types.ModuleType("torchvision._meta_registrations")
-    warnings.warn(
-        f"torchvision's compiled operators do not load beside torch {torch.__version__} "
-        f"({str(exc).splitlines()[0]}); fsd uses only its model definitions, which do not need them",
-        RuntimeWarning,
-        stacklevel=3,
-    )
+WIDTH_PROBE_SIDE = 64
+"""Side of the one image that measures a head-less torchvision model's width (small: any side gives it)."""
 
 
 def load_state(path: Path, spec: str) -> dict[str, torch.Tensor]:
@@ -98,7 +60,6 @@ def load_state(path: Path, spec: str) -> dict[str, torch.Tensor]:
 
 def _parse(argument: str, spec: str) -> tuple[str, dict[str, Any], dict[str, str]]:
     name, options = opts.split_options(argument)
-    opts.check_known(spec, options, OPTIONS)
     if not name:
         raise InvalidInput(f"teacher {spec!r}: name the architecture, as in 'timm:resnet50'")
     parsed: dict[str, Any] = {
@@ -108,15 +69,18 @@ def _parse(argument: str, spec: str) -> tuple[str, dict[str, Any], dict[str, str
         else None,
         "pretrained": opts.flag(spec, "pretrained", options.get("pretrained", "0")),
         "head": opts.flag(spec, "head", options.get("head", "1")),
+        "kwargs": opts.library_kwargs(options, OPTIONS),
     }
     if parsed["weights"] is not None and parsed["pretrained"]:
         raise InvalidInput(f"teacher {spec!r}: give weights=PATH or pretrained=1, not both")
     return name, parsed, options
 
 
-def _classes_in(state: dict[str, torch.Tensor], key: str | None) -> int | None:
-    weight = state.get(f"{key}.weight") if key else None
-    return int(weight.shape[0]) if isinstance(weight, torch.Tensor) and weight.ndim == 2 else None
+def _classes_in(state: dict[str, torch.Tensor], key: str | tuple[str, ...] | None) -> int | None:
+    """The class count of the classifier weights under ``key`` (timm names two for a distilled model)."""
+    key = key[0] if isinstance(key, tuple | list) and key else key
+    weight = state.get(f"{key}.weight") if isinstance(key, str) else None
+    return int(weight.shape[0]) if isinstance(weight, torch.Tensor) and weight.ndim >= 2 else None
 
 
 def _identity(spec_name: str, parsed: dict[str, Any], options: dict[str, str], model: nn.Module) -> str:
@@ -139,86 +103,78 @@ def _load_weights(model: nn.Module, state: dict[str, torch.Tensor] | None, spec:
         raise CheckpointError(f"teacher {spec!r}: the weights do not fit ({str(exc).splitlines()[0]})") from None
 
 
-class _TimmEmbedder(nn.Module):
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model
+@functools.cache
+def _warn_random_weights(spec: str) -> None:
+    """Once per spec and process: a teacher of random weights teaches nothing worth a store."""
+    warnings.warn(
+        f"teacher {spec}: random weights (neither ?weights=PATH nor ?pretrained=1); distilling from an untrained "
+        "network is almost always a mistake",
+        UserWarning,
+        stacklevel=4,
+    )
 
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model.forward_head(self.model.forward_features(x), pre_logits=True)
+
+@functools.cache
+def _warn_head_less(spec: str, why: str) -> None:
+    """Once per spec and process: the store will have no head, and ``fsd store fit-head`` gives it one."""
+    warnings.warn(
+        f"teacher {spec}: {why}, so the store will be head-less; fit a head on it with "
+        "`fsd store fit-head STORE` before a recipe that needs one (th-kd)",
+        UserWarning,
+        stacklevel=4,
+    )
+
+
+def _source(split: hub.Split, parsed: dict[str, Any], spec: str, arch: str, identity: str):
+    if parsed["weights"] is None and not parsed["pretrained"]:
+        _warn_random_weights(spec)
+    if not parsed["head"]:
+        return source_from_parts(split.embedder, None, arch, identity, split.width)
+    if split.why_no_head is not None:
+        _warn_head_less(spec, split.why_no_head)
+    return source_from_parts(split.embedder, split.head, arch, identity, split.width)
 
 
 @TEACHER_SOURCES.register("timm")
 def timm_teacher(argument: str, spec: str):
-    """``timm:NAME[?weights=PATH&num_classes=K&head=0]``."""
-    from distill.models.teachers import source_from_parts
-
-    timm = _library("timm")
+    """``timm:NAME[?weights=PATH&num_classes=K&head=0&pretrained=1&TIMM_OPTION=VALUE…]``."""
     name, parsed, options = _parse(argument, spec)
     state = load_state(parsed["weights"], spec) if parsed["weights"] is not None else None
-    try:
-        probe = timm.create_model(name, pretrained=False, num_classes=0)
-        classifier = (getattr(probe, "default_cfg", None) or {}).get("classifier")
-        classes = parsed["num_classes"] or (_classes_in(state, classifier) if state else None)
-        kwargs = {} if classes is None else {"num_classes": classes}
-        model = timm.create_model(name, pretrained=parsed["pretrained"], **kwargs)
-    except RuntimeError as exc:  # timm's "Unknown model"
-        raise InvalidInput(f"teacher {spec!r}: {str(exc).splitlines()[0]}") from None
+    kwargs = dict(parsed["kwargs"])
+    classes = parsed["num_classes"]
+    if classes is None and state is not None:
+        probe = hub.create_timm(name, spec, num_classes=0, **kwargs)
+        classes = _classes_in(state, (getattr(probe, "pretrained_cfg", None) or {}).get("classifier"))
+    if classes is not None:
+        kwargs["num_classes"] = classes
+    model = hub.create_timm(name, spec, pretrained=parsed["pretrained"], **kwargs)
     _load_weights(model, state, spec)
-    head = model.get_classifier() if parsed["head"] else None
-    if not isinstance(head, nn.Linear):
-        head = None
-    width = int(getattr(model, "head_hidden_size", None) or model.num_features)
     identity = _identity(f"timm:{name}", parsed, options, model)
-    return source_from_parts(_TimmEmbedder(model), head, f"timm:{name}", identity, width)
+    return _source(hub.split_timm(model.eval(), spec), parsed, spec, f"timm:{name}", identity)
 
 
-def _last_linear(model: nn.Module) -> tuple[str, nn.Linear] | None:
-    found = [(name, module) for name, module in model.named_modules() if isinstance(module, nn.Linear)]
-    return found[-1] if found else None
-
-
-def _replace(model: nn.Module, dotted: str, new: nn.Module) -> None:
-    parent_name, _, child = dotted.rpartition(".")
-    parent = model.get_submodule(parent_name) if parent_name else model
-    setattr(parent, child, new)
-
-
-class _TorchvisionEmbedder(nn.Module):
-    """The network with its classifier replaced by the identity: its output is the pre-logits feature."""
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(x)
+def _classifier_key(model: nn.Module, spec: str) -> str | None:
+    """The dotted name of the torchvision classifier's final linear layer (to read the class count from weights)."""
+    names = {id(module): name for name, module in model.named_modules()}
+    head = hub.split_torchvision(model, spec).head
+    return names.get(id(head)) if head is not None else None
 
 
 @TEACHER_SOURCES.register("torchvision")
 def torchvision_teacher(argument: str, spec: str):
-    """``torchvision:NAME[?weights=PATH&num_classes=K&head=0]``."""
-    from distill.models.teachers import source_from_parts
-
-    models = _library("torchvision.models")
+    """``torchvision:NAME[?weights=PATH&num_classes=K&head=0&pretrained=1&OPTION=VALUE…]``."""
     name, parsed, options = _parse(argument, spec)
     state = load_state(parsed["weights"], spec) if parsed["weights"] is not None else None
-    try:
-        model = models.get_model(name, weights=None)
-        last = _last_linear(model)
-        classes = parsed["num_classes"] or (_classes_in(state, last[0]) if state and last else None)
-        if classes is not None:
-            model = models.get_model(name, weights=None, num_classes=classes)
-        if parsed["pretrained"]:
-            model = models.get_model(name, weights="DEFAULT")
-    except ValueError as exc:  # torchvision's "Unknown model"
-        raise InvalidInput(f"teacher {spec!r}: {str(exc).splitlines()[0]}") from None
+    kwargs = dict(parsed["kwargs"])
+    classes = parsed["num_classes"]
+    if classes is None and state is not None:
+        classes = _classes_in(state, _classifier_key(hub.create_torchvision(name, spec, **kwargs), spec))
+    if classes is not None:
+        kwargs["num_classes"] = classes
+    model = hub.create_torchvision(name, spec, pretrained=parsed["pretrained"], **kwargs)
     _load_weights(model, state, spec)
-    last = _last_linear(model)
-    if last is None:
-        raise InvalidInput(f"teacher {spec!r}: the network has no linear classifier to split its embedding at")
     identity = _identity(f"torchvision:{name}", parsed, options, model)
-    _replace(model, last[0], nn.Identity())
-    head = last[1] if parsed["head"] else None
-    embedder = _TorchvisionEmbedder(model)
-    return source_from_parts(embedder, head, f"torchvision:{name}", identity, int(last[1].in_features))
+    split = hub.split_torchvision(model.eval(), spec)
+    if split.width is None:  # a pooled stand-in for the classifier: the width is the pooled map's channels
+        split.width = hub.probe(split.embedder, WIDTH_PROBE_SIDE, 3)
+    return _source(split, parsed, spec, f"torchvision:{name}", identity)

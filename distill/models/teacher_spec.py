@@ -89,3 +89,27 @@ def flag(spec: str, key: str, value: str) -> bool:
 def canonical(options: dict[str, Any]) -> str:
     """A stable text of the options, hashed into the teacher's identity (they change its outputs)."""
     return "&".join(f"{k}={options[k]}" for k in sorted(options))
+
+
+def library_value(text: str) -> Any:
+    """A query value as a library keyword argument: ``true``/``false`` → bool, ``none`` → None, a number → int
+    or float, a comma list → a tuple of those (``img_size=64,96``), anything else stays text."""
+    if "," in text:
+        return tuple(library_value(part) for part in text.split(","))
+    lowered = text.lower()
+    if lowered in ("true", "false"):
+        return lowered == "true"
+    if lowered == "none":
+        return None
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+def library_kwargs(options: dict[str, str], reserved: Iterable[str]) -> dict[str, Any]:
+    """The options fsd does not read itself, parsed for the library's model factory (``timm:NAME?img_size=64``
+    → ``create_model(NAME, img_size=64)``); the factory refuses the ones the model does not take."""
+    return {k: library_value(v) for k, v in options.items() if k not in set(reserved)}

@@ -34,6 +34,7 @@ from distill.models import teacher_hub, teacher_onnx  # noqa: F401  (registratio
 from distill.models.checkpoint import load_teacher_source
 from distill.models.code_models import call_factory, import_factory, is_code_spec, source_digest
 from distill.models.registry import TEACHER_SOURCES
+from distill.models.teacher_source import source_from_parts
 from featstore.atomic import file_sha256
 from featstore.errors import CheckpointError, InputNotFound, InvalidInput
 
@@ -48,40 +49,6 @@ class _EmbedAdapter(nn.Module):
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self._embed(x)
-
-
-def source_from_parts(embedder: nn.Module, head: Any, arch: str, sha: str, embedding_dim: int | None = None):
-    """A :class:`featstore.extract.TeacherSource` from an embedding network (``forward_features``) and its
-    classifier (None: head-less). A head-less source of unknown width learns it from extraction's probe."""
-    from featstore.extract import TeacherSource
-
-    if head is None:
-        return TeacherSource(
-            model=embedder.eval(),
-            arch=arch,
-            checkpoint_sha256=sha,
-            embedding_dim=embedding_dim,  # type: ignore[arg-type]
-            input_shape=None,
-            head_type=None,
-            head_weight=None,
-            head_bias=None,
-        )
-    weight = getattr(head, "weight", None)
-    if not isinstance(weight, torch.Tensor) or weight.ndim != 2:
-        raise InvalidInput(f"teacher {arch!r}: its head has no 2-d 'weight' (C, D)")
-    bias = getattr(head, "bias", None)
-    return TeacherSource(
-        model=embedder.eval(),
-        arch=arch,
-        checkpoint_sha256=sha,
-        embedding_dim=int(weight.shape[1]),
-        input_shape=None,
-        head_type=getattr(head, "head_type", "linear"),
-        head_weight=weight.detach().cpu().float().numpy(),
-        head_bias=None if not isinstance(bias, torch.Tensor) else bias.detach().cpu().float().numpy(),
-        head_scale=getattr(head, "scale", None),
-        head_margin=getattr(head, "margin", None),
-    )
 
 
 def _source(model: nn.Module, embed_fn, head, arch: str, sha: str):

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from distill.models.teacher_hub import _library
+from distill.models.hub import import_library
 from featstore.errors import InvalidInput
 
 
@@ -18,7 +18,7 @@ def timm():
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         try:
-            return _library("timm")
+            return import_library("timm")
         except InvalidInput as exc:
             if "No module named" in str(exc):
                 pytest.skip(f"timm is not installed ({exc})")

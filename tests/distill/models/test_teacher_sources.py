@@ -1,5 +1,5 @@
-"""Teacher sources by scheme: onnx:, timm:, torchvision: (stand-ins of their APIs for the edge cases; the
-real libraries in test_hub_libraries.py), head-less stores, and the head/classes check."""
+"""Teacher sources by scheme: onnx:, torchscript:, code (timm: and torchvision: with the real libraries in
+test_hub_libraries.py), head-less stores, and the head/classes check."""
 
 from __future__ import annotations
 
@@ -13,7 +13,6 @@ import pytest
 import torch
 from click.testing import CliRunner
 from onnx import TensorProto, helper
-from torch import nn
 
 from cli.main import cli
 from distill.models import create_model
@@ -209,116 +208,10 @@ def test_every_model_command_takes_any_spec(tmp_path, onnx_teacher):
     assert is_checkpoint_spec(path) and not is_checkpoint_spec("onnx:x.onnx") and not is_checkpoint_spec("a.b:c")
 
 
-# -- timm / torchvision edge cases through stand-ins of the two APIs fsd calls (small, exact networks) ------
-
-
-class _FakeTimmNet(nn.Module):
-    default_cfg = {"classifier": "fc"}
-
-    def __init__(self, num_classes: int = 1000) -> None:
-        super().__init__()
-        self.body = nn.Sequential(nn.Conv2d(1, 6, 3, padding=1), nn.ReLU())
-        self.num_features = 6
-        self.fc = nn.Linear(6, num_classes) if num_classes else nn.Identity()
-
-    def forward_features(self, x):
-        return self.body(x)
-
-    def forward_head(self, x, pre_logits: bool = False):
-        pooled = x.mean(dim=(2, 3))
-        return pooled if pre_logits else self.fc(pooled)
-
-    def get_classifier(self):
-        return self.fc
-
-
-def _fake_timm():
-    module = types.ModuleType("timm")
-
-    def create_model(name, pretrained=False, num_classes=1000):
-        if name != "tiny":
-            raise RuntimeError(f"Unknown model ({name})")
-        return _FakeTimmNet(num_classes)
-
-    module.create_model = create_model
-    return module
-
-
-def test_timm_teacher_reads_local_weights_and_splits_at_pre_logits(tmp_path, monkeypatch, digits_test):
-    monkeypatch.setitem(sys.modules, "timm", _fake_timm())
-    torch.manual_seed(1)
-    trained = _FakeTimmNet(num_classes=10)
-    weights = tmp_path / "w.pth"
-    torch.save({"state_dict": trained.state_dict()}, weights)
-    source = load_teacher(f"timm:tiny?weights={weights}")
-    assert source.head_weight.shape == (10, 6) and source.embedding_dim == 6  # classes read from the weights
-    np.testing.assert_array_equal(source.head_weight, trained.fc.weight.detach().numpy())
-    x = digits_test.get_images(np.arange(4))
-    np.testing.assert_allclose(
-        source.model.forward_features(x).detach().numpy(),
-        trained.forward_head(trained.forward_features(x), True).detach().numpy(),
-    )
-    assert load_teacher(f"timm:tiny?weights={weights}&head=0").head_weight is None
-    other = load_teacher(f"timm:tiny?weights={weights}&head=0")
-    assert other.checkpoint_sha256 != source.checkpoint_sha256  # options are part of the identity
-    with pytest.raises(InvalidInput, match="Unknown model"):
-        load_teacher("timm:nope")
-    with pytest.raises(CheckpointError, match="do not fit"):
-        load_teacher(f"timm:tiny?weights={weights}&num_classes=5")
-
-
-def test_torchvision_teacher_uses_the_last_linear_as_head(tmp_path, monkeypatch):
-    class Net(nn.Module):
-        def __init__(self, num_classes=1000):
-            super().__init__()
-            self.features = nn.Sequential(nn.Flatten(), nn.Linear(64, 12), nn.ReLU())
-            self.classifier = nn.Sequential(nn.Dropout(0.2), nn.Linear(12, num_classes))
-
-        def forward(self, x):
-            return self.classifier(self.features(x))
-
-    fake = types.ModuleType("torchvision.models")
-    fake.get_model = lambda name, weights=None, num_classes=1000: Net(num_classes)
-    monkeypatch.setitem(sys.modules, "torchvision", types.ModuleType("torchvision"))
-    monkeypatch.setitem(sys.modules, "torchvision.models", fake)
-    torch.manual_seed(2)
-    trained = Net(num_classes=7).eval()
-    weights = tmp_path / "w.pt"
-    torch.save(trained.state_dict(), weights)
-    source = load_teacher(f"torchvision:net?weights={weights}")
-    assert source.head_weight.shape == (7, 12) and source.embedding_dim == 12
-    x = torch.rand(3, 1, 8, 8)
-    np.testing.assert_allclose(
-        source.model.forward_features(x).detach().numpy(), trained.features(x).detach().numpy(), rtol=1e-6
-    )
+# -- timm / torchvision: the real libraries are tested in test_hub_libraries.py ------------------------
 
 
 def test_a_library_that_cannot_be_imported_is_a_clear_error(monkeypatch):
     monkeypatch.setitem(sys.modules, "timm", None)  # what `import timm` meets when it is not installed
     with pytest.raises(InvalidInput, match="timm"):
         load_teacher("timm:resnet18")
-
-
-def test_timm_and_torchvision_students_keep_the_split(monkeypatch):
-    class Pooled(nn.Module):  # what timm.create_model(num_classes=0) returns: pooled features
-        def __init__(self, in_chans: int) -> None:
-            super().__init__()
-            self.conv = nn.Conv2d(in_chans, 6, 3, padding=1)
-            self.num_features = 6
-
-        def forward(self, x):
-            return self.conv(x).mean(dim=(2, 3))
-
-    fake = types.ModuleType("timm")
-    fake.create_model = lambda name, pretrained=False, num_classes=0, in_chans=3: Pooled(in_chans)
-    monkeypatch.setitem(sys.modules, "timm", fake)
-    student = create_model("timm:tiny", num_classes=10, in_channels=1, embedding_dim=16)
-    x = torch.rand(4, 1, 8, 8)
-    student.eval()
-    with torch.no_grad():
-        z = student.forward_features(x)
-        assert z.shape == (4, 16)
-        torch.testing.assert_close(student(x), student.forward_head(z))
-    from distill.models.registry import accepts
-
-    assert not accepts("timm:tiny", "input_size")
