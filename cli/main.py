@@ -37,6 +37,10 @@ Why lazy: the command modules import torch, zarr and faiss (about 2 s); ``fsd --
 DEFAULT_THREADS = 4
 """Default cap on torch/FAISS threads: about what the small CPU models still gain from (``--threads`` overrides)."""
 
+MAX_THREADS = 1024
+"""Upper bound of ``--threads``: OpenMP starts every thread asked for, each with its own stack, and a request
+in the tens of thousands kills the process (SIGSEGV) inside torch; no CPU fsd runs on has more cores."""
+
 COMMAND_SUMMARIES: dict[str, str] = {
     "train-teacher": "Train a teacher (CE or a margin head) on a dataset split.",
     "extract-teacher": "Run the teacher once; write its embeddings to a store.",
@@ -102,7 +106,7 @@ class FsdGroup(click.Group):
 @click.version_option(package_name="fsd", prog_name="fsd")
 @click.option(
     "--threads",
-    type=click.IntRange(min=1),
+    type=click.IntRange(min=1, max=MAX_THREADS),
     default=None,
     envvar="FSD_THREADS",
     show_envvar=True,

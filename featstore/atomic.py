@@ -14,6 +14,7 @@ import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from featstore.errors import InvalidInput
 
@@ -52,6 +53,28 @@ def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
         _fsync_dir(target.parent)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def atomic_torch_save(obj: Any, target: str | os.PathLike[str]) -> None:
+    """``torch.save(obj)`` to ``target`` atomically; a write the machine refuses is an OSError naming ``target``.
+
+    Why not ``torch.save(obj, path)``: torch's own file writer reports a full disk as a RuntimeError
+    ("PytorchStreamWriter failed writing file"), its errno lost, so no caller could tell it from a bug. Writing
+    through a Python file handle keeps the OSError (torch chains it as the RuntimeError's context), and it is
+    re-raised with the errno that the CLI turns into one ``Error:`` line."""
+    import torch
+
+    with atomic_path(target) as tmp:
+        try:
+            with open(tmp, "wb") as handle:
+                torch.save(obj, handle)
+        except RuntimeError as exc:
+            cause = exc.__context__
+            if isinstance(cause, OSError) and cause.errno is not None:
+                raise OSError(cause.errno, cause.strerror or str(cause), str(target)) from None
+            raise
+        except OSError as exc:  # the handle's own flush or close
+            raise OSError(exc.errno, exc.strerror or str(exc), str(target)) from None
 
 
 def atomic_write_bytes(target: str | os.PathLike[str], data: bytes) -> None:

@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import errno
 
-ENVIRONMENT_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO})
-"""OSErrors the machine causes, not fsd (disk full, quota, read-only or forbidden folder, I/O error): each is one
-``Error:`` line (exit 2) on every path; any other OSError stays a bug report with its traceback."""
+ENVIRONMENT_ERRNOS = frozenset(
+    {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO}
+)
+"""OSErrors the machine causes, not fsd (disk full, quota, a file-size limit, read-only or forbidden folder, I/O
+error): each is one ``Error:`` line (exit 2) on every path; any other OSError stays a bug report with its
+traceback."""
 
 
 class FsdError(Exception):
