@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import sys
+import warnings
 
 import click
 from click.shell_completion import CompletionItem
@@ -66,7 +67,7 @@ class FsdGroup(click.Group):
         module = COMMAND_MODULES.get(cmd_name)
         if module is None:
             return None
-        command = finite_floats(importlib.import_module(module).command)
+        command = record_leaf(finite_floats(importlib.import_module(module).command))
         command.short_help = COMMAND_SUMMARIES[cmd_name]  # one summary, wherever it is shown
         return command
 
@@ -82,9 +83,14 @@ class FsdGroup(click.Group):
 
     def invoke(self, ctx: click.Context):
         try:
-            return super().invoke(ctx)
+            with warnings.catch_warnings():  # restored afterwards: an in-process caller keeps its own hook
+                warnings.showwarning = show_warning
+                return super().invoke(ctx)
         except FsdError as exc:
             message = " ".join(str(exc).split())  # one line, whatever the message held
+            option, advice = getattr(exc, "suggestion", (None, ""))
+            if option is not None and _has_option(ctx.meta.get(LEAF), option):
+                message = f"{message} ({advice})"
             click.echo(f"Error: {message}", err=True)
             ctx.exit(getattr(exc, "exit_code", 2))
         except KeyboardInterrupt:  # where no command said more (what was kept, how to resume)
@@ -100,6 +106,38 @@ class FsdGroup(click.Group):
                 err=True,
             )
             ctx.exit(2)
+
+
+LEAF = "fsd.command"
+"""``ctx.meta`` key (shared by every context of one invocation) of the command that runs: the innermost one."""
+
+
+def record_leaf(command: click.Command) -> click.Command:
+    """Make ``command`` (and its subcommands) record itself in ``ctx.meta`` when invoked, so an error's advice
+    can be checked against the options of the command that actually ran (``featstore.errors.suggest``)."""
+    original = command.invoke
+
+    def invoke(ctx: click.Context):
+        ctx.meta[LEAF] = ctx.command
+        return original(ctx)
+
+    command.invoke = invoke  # type: ignore[method-assign]
+    for sub in getattr(command, "commands", {}).values():
+        record_leaf(sub)
+    return command
+
+
+def _has_option(command: click.Command | None, option: str) -> bool:
+    return command is not None and any(option in getattr(p, "opts", ()) for p in command.params)
+
+
+def show_warning(message, category, filename, lineno, file=None, line=None) -> None:  # noqa: ANN001 - stdlib hook
+    """Python's ``warnings.showwarning`` for fsd commands: one line ``Warning: …`` on stderr.
+
+    Why: the default hook prints the warning's source file, line number and source line — noise to a user
+    (a skipped sample, a stale lock, zarr's leftover ``.partial`` file), and four lines where one says it."""
+    text = " ".join(str(message).split())
+    click.echo(f"Warning: {text}", err=True)
 
 
 @click.group(cls=FsdGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
