@@ -22,7 +22,6 @@ from typing import Any, Protocol
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from featstore.codecs import DEFAULT_DTYPE, check_dtype
 from featstore.datasets import Dataset
@@ -30,6 +29,7 @@ from featstore.datasets.lazy import chunk_digest
 from featstore.errors import FsdError, Interrupted, InvalidInput, StoreError
 from featstore.loader import chunk_batches, identity_batches
 from featstore.lock import writer_lock
+from featstore.progress import progress as progress_bar
 from featstore.store import (
     FeatureStore,
     StoreShape,
@@ -496,7 +496,7 @@ def extract_teacher(
         )
         missing = store.missing_chunks()
         try:
-            with tqdm(total=len(missing), desc="extract-teacher", unit="chunk", disable=not progress) as bar:
+            with progress_bar(total=len(missing), desc="extract-teacher", unit="chunk", enabled=progress) as bar:
                 extract_chunks(
                     store,
                     missing,

@@ -21,6 +21,7 @@ from torch import nn
 
 from featstore.atomic import atomic_path, atomic_paths, file_sha256
 from featstore.errors import InvalidInput, OutputExists
+from featstore.progress import progress
 
 FORMATS = ("onnx", "torchscript")
 
@@ -139,25 +140,36 @@ def export_model(
 
 
 def _export_file(
-    model: nn.Module, path: Path, sample: torch.Tensor, fmt: str, with_head: bool, metadata: dict
+    model: nn.Module,
+    path: Path,
+    sample: torch.Tensor,
+    fmt: str,
+    with_head: bool,
+    metadata: dict,
+    show_progress: bool = False,
 ) -> ExportResult:
-    """Write the exported file at ``path`` (a temporary name: the callers rename it) and measure its parity."""
+    """Write the exported file at ``path`` (a temporary name: the callers rename it) and measure its parity;
+    with ``show_progress``, a two-step bar (writing, then the parity run)."""
     if fmt not in FORMATS:
         raise InvalidInput(f"unknown export format {fmt!r}; valid: {', '.join(FORMATS)}")
     if with_head and not hasattr(model, "head"):
         raise InvalidInput("this model has no head to export")
     model = model.eval().cpu()
     sample = sample.float().cpu()
+    bar = progress(total=2, desc=f"export {fmt}", unit="step", enabled=show_progress, leave=False)
     if fmt == "onnx":
         _write_onnx(model, path, sample[:2], with_head, metadata)
     else:
         _write_torchscript(model, path, sample[:2], with_head)
+    bar.update(1)
     with torch.no_grad():
         z = model.forward_features(sample)
         logits = model.forward_head(z) if with_head else None
     z_exp, logits_exp = _run_exported(path, fmt, sample, with_head)
     diff = float(np.abs(z.numpy() - z_exp).max())
     diff_logits = None if logits is None else float(np.abs(logits.numpy() - logits_exp).max())
+    bar.update(1)
+    bar.close()
     return ExportResult(path, fmt, with_head, diff, diff_logits, int(sample.shape[0]))
 
 
@@ -198,6 +210,7 @@ def export_checkpoint(
     sample: int = 16,
     overwrite: bool = False,
     trust_code: bool = False,
+    show_progress: bool = False,
 ) -> ExportResult:
     """Export an fsd checkpoint and record the parity check in ``OUT.parity.json``. The parity sample is
     ``sample`` seeded standard-normal inputs of the checkpoint's image shape: the dataset's normalised scale,
@@ -219,7 +232,7 @@ def export_checkpoint(
     if ckpt.dataset.get("normalisation"):
         meta["fsd.normalisation"] = json.dumps(ckpt.dataset["normalisation"])
     with atomic_paths(parity_path(out), out) as (record_tmp, model_tmp):
-        result = _export_file(model, model_tmp, x, fmt, with_head, meta)
+        result = _export_file(model, model_tmp, x, fmt, with_head, meta, show_progress)
         record = {
             "checkpoint": str(checkpoint),
             "format": fmt,
