@@ -474,7 +474,8 @@ class StudentRun:
                 if "test_accuracy" in entry:
                     bar.set_postfix_str(
                         f"epoch {epoch + 1}/{config.epochs} loss {entry['loss']['total']:.3f} "
-                        f"acc {entry['test_accuracy']:.3f}"
+                        f"acc {entry['test_accuracy']:.3f}",
+                        False,  # shown at the next redraw: in a log, no extra line per epoch
                     )
                 if board is not None:
                     board.log_epoch(entry)
