@@ -114,7 +114,11 @@ LEAF = "fsd.command"
 
 def record_leaf(command: click.Command) -> click.Command:
     """Make ``command`` (and its subcommands) record itself in ``ctx.meta`` when invoked, so an error's advice
-    can be checked against the options of the command that actually ran (``featstore.errors.suggest``)."""
+    can be checked against the options of the command that actually ran (``featstore.errors.suggest``).
+    Idempotent: the group looks commands up on every invocation, and one wrapper is enough."""
+    if getattr(command, "_fsd_records_leaf", False):
+        return command
+    command._fsd_records_leaf = True  # type: ignore[attr-defined]
     original = command.invoke
 
     def invoke(ctx: click.Context):
