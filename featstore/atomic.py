@@ -85,25 +85,35 @@ def _persist(tmp: Path) -> None:
 
 
 def atomic_torch_save(obj: Any, target: str | os.PathLike[str]) -> None:
-    """``torch.save(obj)`` to ``target`` atomically; a write the machine refuses is an OSError naming ``target``.
-
-    Why not ``torch.save(obj, path)``: torch's own file writer reports a full disk as a RuntimeError
-    ("PytorchStreamWriter failed writing file"), its errno lost, so no caller could tell it from a bug. Writing
-    through a Python file handle keeps the OSError (torch chains it as the RuntimeError's context), and it is
-    re-raised with the errno that the CLI turns into one ``Error:`` line."""
+    """``torch.save(obj)`` to ``target`` atomically; a write the machine refuses is an OSError naming ``target``
+    (see :func:`torch_write_errors`)."""
     import torch
 
-    with atomic_path(target) as tmp:
-        try:
-            with open(tmp, "wb") as handle:
-                torch.save(obj, handle)
-        except RuntimeError as exc:
-            cause = exc.__context__
-            if isinstance(cause, OSError) and cause.errno is not None:
-                raise OSError(cause.errno, cause.strerror or str(cause), str(target)) from None
+    with atomic_path(target) as tmp, torch_write_errors(target), open(tmp, "wb") as handle:
+        torch.save(obj, handle)
+
+
+@contextlib.contextmanager
+def torch_write_errors(target: str | os.PathLike[str]) -> Iterator[None]:
+    """Around a torch writer (``torch.save``, ``torch.jit.save``) given a Python file handle: a write the
+    machine refuses (disk full, a quota) leaves as an OSError with its errno, naming ``target``.
+
+    Why: torch's writers report a failed write as a RuntimeError ("PytorchStreamWriter failed writing file"),
+    so no caller could tell a full disk from a bug. Given a Python file handle, torch writes through it and
+    chains the handle's OSError as the RuntimeError's context; this gives that OSError back, and the CLI turns
+    it into one ``Error:`` line. (Given a path, torch writes in C++ and the errno is lost: always pass a
+    handle.)"""
+    try:
+        yield
+    except RuntimeError as exc:
+        cause = exc.__context__
+        if isinstance(cause, OSError) and cause.errno is not None:
+            raise OSError(cause.errno, cause.strerror or str(cause), str(target)) from None
+        raise
+    except OSError as exc:  # the handle's own flush or close
+        if exc.errno is None:
             raise
-        except OSError as exc:  # the handle's own flush or close
-            raise OSError(exc.errno, exc.strerror or str(exc), str(target)) from None
+        raise OSError(exc.errno, exc.strerror or str(exc), str(target)) from None
 
 
 def atomic_write_bytes(target: str | os.PathLike[str], data: bytes) -> None:

@@ -19,8 +19,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from featstore.atomic import atomic_path, atomic_paths, file_sha256
-from featstore.errors import InvalidInput, OutputExists
+from featstore.atomic import atomic_path, atomic_paths, file_sha256, torch_write_errors
+from featstore.errors import ENVIRONMENT_ERRNOS, InvalidInput, OutputExists, WriteFailed
 from featstore.progress import progress
 
 FORMATS = ("onnx", "torchscript")
@@ -99,7 +99,8 @@ def _write_torchscript(model: nn.Module, path: Path, example: torch.Tensor, with
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         traced = torch.jit.trace_module(wrapper, {"forward": example, "forward_features": example})
-        traced.save(str(path))
+    with torch_write_errors(path), open(path, "wb") as handle:  # a full disk: an OSError, not torch's RuntimeError
+        torch.jit.save(traced, handle)
 
 
 def _run_exported(path: Path, fmt: str, x: torch.Tensor, with_head: bool) -> tuple[np.ndarray, np.ndarray | None]:
@@ -231,17 +232,25 @@ def export_checkpoint(
     meta = {"fsd.arch": ckpt.arch, "fsd.kind": ckpt.kind, "fsd.dataset": ckpt.dataset.get("spec", "")}
     if ckpt.dataset.get("normalisation"):
         meta["fsd.normalisation"] = json.dumps(ckpt.dataset["normalisation"])
-    with atomic_paths(parity_path(out), out) as (record_tmp, model_tmp):
-        result = _export_file(model, model_tmp, x, fmt, with_head, meta, show_progress)
-        record = {
-            "checkpoint": str(checkpoint),
-            "format": fmt,
-            "with_head": with_head,
-            "sample": sample,
-            "max_abs_diff_embedding": result.max_abs_diff,
-            "max_abs_diff_logits": result.max_abs_diff_logits,
-            "model_sha256": file_sha256(model_tmp),
-        }
-        record_tmp.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+    try:
+        with atomic_paths(parity_path(out), out) as (record_tmp, model_tmp):
+            result = _export_file(model, model_tmp, x, fmt, with_head, meta, show_progress)
+            record = {
+                "checkpoint": str(checkpoint),
+                "format": fmt,
+                "with_head": with_head,
+                "sample": sample,
+                "max_abs_diff_embedding": result.max_abs_diff,
+                "max_abs_diff_logits": result.max_abs_diff_logits,
+                "model_sha256": file_sha256(model_tmp),
+            }
+            record_tmp.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+    except OSError as exc:
+        if exc.errno not in ENVIRONMENT_ERRNOS:
+            raise
+        raise WriteFailed(
+            f"writing {out} failed ({exc.strerror or exc}); once fixed, run the same command again: it completes "
+            "the export"
+        ) from None
     result.path = out
     return result

@@ -144,12 +144,12 @@ def corrupt_chunk(store: Path, chunk: int = 2) -> None:
 
 @pytest.fixture
 def file_size_limit():
-    """Writes past 20 kB fail with EFBIG (a full disk, as the kernel reports a quota): set, then restored."""
+    """Writes past 5 kB fail with EFBIG (a full disk, as the kernel reports a file-size limit): set, restored."""
     previous = resource.getrlimit(resource.RLIMIT_FSIZE)
     handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
 
     def apply() -> None:
-        resource.setrlimit(resource.RLIMIT_FSIZE, (20_000, previous[1]))
+        resource.setrlimit(resource.RLIMIT_FSIZE, (5_000, previous[1]))
 
     yield apply
     resource.setrlimit(resource.RLIMIT_FSIZE, previous)
@@ -181,6 +181,7 @@ MACHINE_CASES = {
         "s.resume.pt failed",
         None,
     ),  # fmt: skip
+    "disk full, TorchScript export": (["export", "{student}", "--torchscript", "{w}/s.ts"], "s.ts failed", None),
 }
 
 
