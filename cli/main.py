@@ -135,7 +135,7 @@ def _has_option(command: click.Command | None, option: str) -> bool:
     return command is not None and any(option in getattr(p, "opts", ()) for p in command.params)
 
 
-def show_warning(message, category, filename, lineno, file=None, line=None) -> None:  # noqa: ANN001 - stdlib hook
+def show_warning(message, category, filename, lineno, file=None, line=None) -> None:
     """Python's ``warnings.showwarning`` for fsd commands: one line ``Warning: …`` on stderr.
 
     Why: the default hook prints the warning's source file, line number and source line — noise to a user
