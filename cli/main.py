@@ -82,10 +82,10 @@ class FsdGroup(click.Group):
             formatter.write_dl([(name, COMMAND_SUMMARIES[name]) for name in COMMAND_MODULES])
 
     def invoke(self, ctx: click.Context):
+        previous_format = warnings.formatwarning
+        warnings.formatwarning = format_warning  # restored below: an in-process caller keeps its own
         try:
-            with warnings.catch_warnings():  # restored afterwards: an in-process caller keeps its own hook
-                warnings.showwarning = show_warning
-                return super().invoke(ctx)
+            return super().invoke(ctx)
         except FsdError as exc:
             message = " ".join(str(exc).split())  # one line, whatever the message held
             option, advice = getattr(exc, "suggestion", (None, ""))
@@ -106,6 +106,8 @@ class FsdGroup(click.Group):
                 err=True,
             )
             ctx.exit(2)
+        finally:
+            warnings.formatwarning = previous_format
 
 
 LEAF = "fsd.command"
@@ -135,13 +137,14 @@ def _has_option(command: click.Command | None, option: str) -> bool:
     return command is not None and any(option in getattr(p, "opts", ()) for p in command.params)
 
 
-def show_warning(message, category, filename, lineno, file=None, line=None) -> None:
-    """Python's ``warnings.showwarning`` for fsd commands: one line ``Warning: …`` on stderr.
+def format_warning(message, category, filename, lineno, line=None) -> str:
+    """Python's ``warnings.formatwarning`` for fsd commands: one line ``Warning: …``.
 
-    Why: the default hook prints the warning's source file, line number and source line — noise to a user
-    (a skipped sample, a stale lock, zarr's leftover ``.partial`` file), and four lines where one says it."""
-    text = " ".join(str(message).split())
-    click.echo(f"Warning: {text}", err=True)
+    Why: the default prints the warning's source file, line number and source line — noise to a user (a
+    skipped sample, a stale lock, zarr's leftover ``.partial`` file), and two lines where one says it. The
+    format hook, not ``showwarning``, so that a caller recording warnings (``catch_warnings(record=True)``)
+    still receives them."""
+    return "Warning: " + " ".join(str(message).split()) + "\n"
 
 
 @click.group(cls=FsdGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})

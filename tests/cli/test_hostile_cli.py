@@ -18,6 +18,7 @@ import resource
 import signal
 import sys
 import uuid
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -303,6 +304,11 @@ def flat():
 """
 
 
+def print_like_python(message, category, filename, lineno, file=None, line=None) -> None:
+    """Python's default ``warnings.showwarning``: the formatted warning written to stderr."""
+    sys.stderr.write(warnings.formatwarning(message, category, filename, lineno, line))
+
+
 def stale_lock(work) -> None:
     lock = work.dir / "t.zarr.lock"
     lock.write_text(json.dumps({"pid": 2**22 - 1, "host": os.uname().nodename, "since": 0.0}))
@@ -401,6 +407,9 @@ def test_class6_messages_are_one_line_and_advise_only_what_exists(
     }
     if setup is not None:
         setup(work)
+    # pytest records warnings instead of printing them; print them as Python's default hook does (through
+    # warnings.formatwarning, the hook the CLI installs), so stderr shows what a user's terminal shows
+    monkeypatch.setattr(warnings, "showwarning", print_like_python)
     result = h.invoke(*[a.format(w=work.dir, **specs) for a in template])
     sys.modules.pop(name, None)
     lines = result.stderr.splitlines()
