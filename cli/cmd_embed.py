@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from cli.options import TEACHER_SPEC_HELP, device_option, overwrite_option, trust_code_option
+from cli.options import TEACHER_SPEC_HELP, device_option, overwrite_option, quiet_option, trust_code_option
 from distill.evaluation.face import embed_folder, load_face_model
 from distill.models.inference import select_device
 
@@ -27,7 +27,8 @@ PATH = click.Path(path_type=Path)
 @click.option("--batch-size", type=int, default=128, show_default=True)
 @device_option
 @overwrite_option
-def command(model, trust_code, images, landmarks, out, batch_size, device, overwrite) -> None:
+@quiet_option
+def command(model, trust_code, images, landmarks, out, batch_size, device, overwrite, quiet) -> None:
     """Embed every image of --images (or every face --landmarks lists, aligned) with --model and write
     embeddings, embeddings_flip and names to an HDF5 file — what `fsd eval --ijb-meta` reads.
 
@@ -47,5 +48,6 @@ def command(model, trust_code, images, landmarks, out, batch_size, device, overw
         device=select_device(device),
         batch_size=batch_size,
         overwrite=overwrite,
+        show_progress=not quiet,
     )
     click.echo(f"embedded {count} {'aligned faces' if landmarks else 'images'} with {face_model.name} → {out}")

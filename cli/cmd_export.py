@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from cli.options import overwrite_option, trust_code_option
+from cli.options import overwrite_option, quiet_option, trust_code_option
 from distill.models.export import export_checkpoint
 from featstore.errors import InvalidInput
 
@@ -21,7 +21,8 @@ PATH = click.Path(dir_okay=False, path_type=Path)
 @click.option("--sample", type=int, default=16, show_default=True, help="Samples of the parity check.")
 @trust_code_option
 @overwrite_option
-def command(checkpoint, onnx_out, ts_out, with_head, sample, trust_code, overwrite) -> None:
+@quiet_option
+def command(checkpoint, onnx_out, ts_out, with_head, sample, trust_code, overwrite, quiet) -> None:
     """Export CHECKPOINT's embedding network (optionally with its head); the embeddings of a sample are
     compared between torch and the exported file and max |Δ| is printed and recorded beside it
     (OUT.parity.json). `--model onnx:OUT` / `torchscript:OUT` then evaluates it.
@@ -34,6 +35,13 @@ def command(checkpoint, onnx_out, ts_out, with_head, sample, trust_code, overwri
     if sample <= 0:
         raise InvalidInput(f"--sample must be positive, got {sample}")
     result = export_checkpoint(
-        checkpoint, out, fmt=fmt, with_head=with_head, sample=sample, overwrite=overwrite, trust_code=trust_code
+        checkpoint,
+        out,
+        fmt=fmt,
+        with_head=with_head,
+        sample=sample,
+        overwrite=overwrite,
+        trust_code=trust_code,
+        show_progress=not quiet,
     )
     click.echo(result.line())

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from cli.options import config_option, device_option, overwrite_option, seed_option
+from cli.options import config_option, device_option, overwrite_option, quiet_option, seed_option
 from distill.models.heads import HEADS
 from distill.models.inference import select_device
 from distill.training.fit_head import FitHeadConfig, fit_head
@@ -23,12 +23,13 @@ F = FitHeadConfig
 @seed_option
 @device_option
 @overwrite_option
-def command(store: str, device: str, **options) -> None:
+@quiet_option
+def command(store: str, device: str, quiet: bool, **options) -> None:
     """Train the teacher's classifier on STORE's embeddings (the backbone never runs) and write it as the
     store's head/, atomically, with its provenance and train accuracy. A store that has a head is refused
     unless --overwrite.
 
     Example: fsd store fit-head store.zarr --head arcface --epochs 20
     """
-    result = fit_head(FitHeadConfig(store=store, device=str(select_device(device)), **options))
+    result = fit_head(FitHeadConfig(store=store, device=str(select_device(device)), progress=not quiet, **options))
     click.echo(result.line())

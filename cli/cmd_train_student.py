@@ -42,7 +42,12 @@ PATH = click.Path(dir_okay=False, path_type=Path)
 @click.option("--out", type=PATH, required=True, help="Checkpoint to write.")
 @config_option(S, "recipe", help=f"One of: {', '.join(RECIPES)}.")
 @config_option(S, "loss", metavar="NAME=W,...", help='Override/add loss weights, e.g. "ce=1,kd=1.5,th=0.02".')
-@config_option(S, "th_alpha", type=float, help="Paper form of TH-KD: share CE and KD between the heads (0–1).")
+@config_option(
+    S,
+    "th_alpha",
+    type=float,
+    help="Paper form of TH-KD: share CE and KD between the heads (0–1); a recipe's own TH weight is added to (docs/methods.md).",
+)
 @config_option(S, "temperature", help="KD temperature T.")
 @config_option(S, "epochs")
 @config_option(S, "batch_size")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import sys
+import warnings
 
 import click
 from click.shell_completion import CompletionItem
@@ -37,6 +38,10 @@ Why lazy: the command modules import torch, zarr and faiss (about 2 s); ``fsd --
 DEFAULT_THREADS = 4
 """Default cap on torch/FAISS threads: about what the small CPU models still gain from (``--threads`` overrides)."""
 
+MAX_THREADS = 1024
+"""Upper bound of ``--threads``: OpenMP starts every thread asked for, each with its own stack, and a request
+in the tens of thousands kills the process (SIGSEGV) inside torch; no CPU fsd runs on has more cores."""
+
 COMMAND_SUMMARIES: dict[str, str] = {
     "train-teacher": "Train a teacher (CE or a margin head) on a dataset split.",
     "extract-teacher": "Run the teacher once; write its embeddings to a store.",
@@ -62,7 +67,7 @@ class FsdGroup(click.Group):
         module = COMMAND_MODULES.get(cmd_name)
         if module is None:
             return None
-        command = finite_floats(importlib.import_module(module).command)
+        command = record_leaf(finite_floats(importlib.import_module(module).command))
         command.short_help = COMMAND_SUMMARIES[cmd_name]  # one summary, wherever it is shown
         return command
 
@@ -77,10 +82,15 @@ class FsdGroup(click.Group):
             formatter.write_dl([(name, COMMAND_SUMMARIES[name]) for name in COMMAND_MODULES])
 
     def invoke(self, ctx: click.Context):
+        previous_format = warnings.formatwarning
+        warnings.formatwarning = format_warning  # restored below: an in-process caller keeps its own
         try:
             return super().invoke(ctx)
         except FsdError as exc:
             message = " ".join(str(exc).split())  # one line, whatever the message held
+            option, advice = getattr(exc, "suggestion", (None, ""))
+            if option is not None and _has_option(ctx.meta.get(LEAF), option):
+                message = f"{message} ({advice})"
             click.echo(f"Error: {message}", err=True)
             ctx.exit(getattr(exc, "exit_code", 2))
         except KeyboardInterrupt:  # where no command said more (what was kept, how to resume)
@@ -96,13 +106,52 @@ class FsdGroup(click.Group):
                 err=True,
             )
             ctx.exit(2)
+        finally:
+            warnings.formatwarning = previous_format
+
+
+LEAF = "fsd.command"
+"""``ctx.meta`` key (shared by every context of one invocation) of the command that runs: the innermost one."""
+
+
+def record_leaf(command: click.Command) -> click.Command:
+    """Make ``command`` (and its subcommands) record itself in ``ctx.meta`` when invoked, so an error's advice
+    can be checked against the options of the command that actually ran (``featstore.errors.suggest``).
+    Idempotent: the group looks commands up on every invocation, and one wrapper is enough."""
+    if getattr(command, "_fsd_records_leaf", False):
+        return command
+    command._fsd_records_leaf = True  # type: ignore[attr-defined]
+    original = command.invoke
+
+    def invoke(ctx: click.Context):
+        ctx.meta[LEAF] = ctx.command
+        return original(ctx)
+
+    command.invoke = invoke  # type: ignore[method-assign]
+    for sub in getattr(command, "commands", {}).values():
+        record_leaf(sub)
+    return command
+
+
+def _has_option(command: click.Command | None, option: str) -> bool:
+    return command is not None and any(option in getattr(p, "opts", ()) for p in command.params)
+
+
+def format_warning(message, category, filename, lineno, line=None) -> str:
+    """Python's ``warnings.formatwarning`` for fsd commands: one line ``Warning: …``.
+
+    Why: the default prints the warning's source file, line number and source line — noise to a user (a
+    skipped sample, a stale lock, zarr's leftover ``.partial`` file), and two lines where one says it. The
+    format hook, not ``showwarning``, so that a caller recording warnings (``catch_warnings(record=True)``)
+    still receives them."""
+    return "Warning: " + " ".join(str(message).split()) + "\n"
 
 
 @click.group(cls=FsdGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(package_name="fsd", prog_name="fsd")
 @click.option(
     "--threads",
-    type=click.IntRange(min=1),
+    type=click.IntRange(min=1, max=MAX_THREADS),
     default=None,
     envvar="FSD_THREADS",
     show_envvar=True,

@@ -14,6 +14,7 @@ import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from featstore.errors import InvalidInput
 
@@ -33,7 +34,34 @@ def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
     The caller writes the temporary path with any library (torch.save, h5py, matplotlib). On an exception
     the temporary file is removed and ``target`` is left untouched.
     """
-    target = Path(target)
+    with atomic_paths(target) as (tmp,):
+        yield tmp
+
+
+@contextlib.contextmanager
+def atomic_paths(*targets: str | os.PathLike[str]) -> Iterator[list[Path]]:
+    """Yield one temporary path per target; on success each replaces its target, in the order given.
+
+    For outputs that are one result in several files (an exported model and its parity record): nothing is
+    renamed until every file is complete, so a failure while writing (disk full) leaves every target as it
+    was. A kill between two renames leaves the first targets new and the rest old: callers order the targets
+    so that the next run can tell (``distill.models.export`` renames the parity record, naming the model's
+    sha256, before the model)."""
+    paths = [Path(t) for t in targets]
+    with contextlib.ExitStack() as stack:
+        temporaries = [stack.enter_context(_temporary_beside(path)) for path in paths]
+        yield temporaries
+        for tmp in temporaries:
+            _persist(tmp)
+        for tmp, path in zip(temporaries, paths):
+            os.replace(tmp, path)
+            _fsync_dir(path.parent)
+
+
+@contextlib.contextmanager
+def _temporary_beside(target: Path) -> Iterator[Path]:
+    """An empty temporary file next to ``target`` (same file system: the rename is atomic), removed on exit
+    unless it was renamed onto ``target``."""
     if target.is_dir():
         raise InvalidInput(f"cannot write {target}: it is a directory")
     ensure_parent(target)
@@ -45,13 +73,47 @@ def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
     tmp = Path(tmp_name)
     try:
         yield tmp
-        with open(tmp, "rb+") as handle:
-            os.fsync(handle.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; the output should follow the umask
-        os.replace(tmp, target)
-        _fsync_dir(target.parent)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def _persist(tmp: Path) -> None:
+    """fsync a finished temporary file and give it the permissions the umask asks for (mkstemp makes 0600)."""
+    with open(tmp, "rb+") as handle:
+        os.fsync(handle.fileno())
+    os.chmod(tmp, 0o666 & ~_umask())
+
+
+def atomic_torch_save(obj: Any, target: str | os.PathLike[str]) -> None:
+    """``torch.save(obj)`` to ``target`` atomically; a write the machine refuses is an OSError naming ``target``
+    (see :func:`torch_write_errors`)."""
+    import torch
+
+    with atomic_path(target) as tmp, torch_write_errors(target), open(tmp, "wb") as handle:
+        torch.save(obj, handle)
+
+
+@contextlib.contextmanager
+def torch_write_errors(target: str | os.PathLike[str]) -> Iterator[None]:
+    """Around a torch writer (``torch.save``, ``torch.jit.save``) given a Python file handle: a write the
+    machine refuses (disk full, a quota) leaves as an OSError with its errno, naming ``target``.
+
+    Why: torch's writers report a failed write as a RuntimeError ("PytorchStreamWriter failed writing file"),
+    so no caller could tell a full disk from a bug. Given a Python file handle, torch writes through it and
+    chains the handle's OSError as the RuntimeError's context; this gives that OSError back, and the CLI turns
+    it into one ``Error:`` line. (Given a path, torch writes in C++ and the errno is lost: always pass a
+    handle.)"""
+    try:
+        yield
+    except RuntimeError as exc:
+        cause = exc.__context__
+        if isinstance(cause, OSError) and cause.errno is not None:
+            raise OSError(cause.errno, cause.strerror or str(cause), str(target)) from None
+        raise
+    except OSError as exc:  # the handle's own flush or close
+        if exc.errno is None:
+            raise
+        raise OSError(exc.errno, exc.strerror or str(exc), str(target)) from None
 
 
 def atomic_write_bytes(target: str | os.PathLike[str], data: bytes) -> None:

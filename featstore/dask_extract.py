@@ -50,7 +50,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm import tqdm
 
 from featstore.codecs import DEFAULT_DTYPE
 from featstore.datasets import Dataset, LoadOptions, load_dataset
@@ -66,6 +65,7 @@ from featstore.extract import (
     validate_request,
 )
 from featstore.lock import writer_lock
+from featstore.progress import progress as progress_bar
 from featstore.store import local_path, open_store
 
 TeacherLoader = Callable[[], TeacherSource] | tuple[Callable[[Any], TeacherSource], Any]
@@ -297,7 +297,7 @@ def _run_tasks(client: Any, job: _Job, missing: list[int], chunks_per_task: int,
         for k, group in enumerate(groups)
     ]
     try:
-        with tqdm(total=len(missing), desc="extract-teacher", unit="chunk", disable=not progress) as bar:
+        with progress_bar(total=len(missing), desc="extract-teacher", unit="chunk", enabled=progress) as bar:
             for future in as_completed(futures, loop=client.loop):
                 bar.update(future.result())  # re-raises the task's own exception (an FsdError stays one)
     except (KilledWorker, CancelledError) as exc:

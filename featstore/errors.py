@@ -10,13 +10,27 @@ from __future__ import annotations
 
 import errno
 
-ENVIRONMENT_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO})
-"""OSErrors the machine causes, not fsd (disk full, quota, read-only or forbidden folder, I/O error): each is one
-``Error:`` line (exit 2) on every path; any other OSError stays a bug report with its traceback."""
+ENVIRONMENT_ERRNOS = frozenset(
+    {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO}
+)
+"""OSErrors the machine causes, not fsd (disk full, quota, a file-size limit, read-only or forbidden folder, I/O
+error): each is one ``Error:`` line (exit 2) on every path; any other OSError stays a bug report with its
+traceback."""
 
 
 class FsdError(Exception):
     """Root of every error fsd raises on purpose; the message is what the user reads."""
+
+
+def suggest(error: FsdError, option: str, advice: str) -> FsdError:
+    """Attach ``advice`` that names the command-line ``option`` to ``error`` and return it.
+
+    Why not in the message: the library is called by commands that have the option and by ones that do not
+    (a bad image stops ``extract-teacher``, which has ``--skip-bad-samples``, and ``train-student``, which does
+    not). The CLI appends the advice only when the running command has ``option``; Python callers never see
+    flag names that mean nothing to them."""
+    error.suggestion = (option, advice)  # type: ignore[attr-defined]
+    return error
 
 
 class InvalidInput(FsdError, ValueError):

@@ -10,10 +10,10 @@ import json
 from pathlib import Path
 
 import h5py
-from tqdm import tqdm
 
 from featstore.atomic import atomic_path
 from featstore.errors import InvalidInput, OutputExists
+from featstore.progress import progress as progress_bar
 from featstore.store import open_store
 
 
@@ -42,7 +42,7 @@ def export_h5(
         # one view exported: its parameters only, (N, 1, P), so `fsd store import` reads the file back
         kept_views = 1 if view is not None else v
         views = handle.create_dataset("views", shape=(n, kept_views, store.shape.num_params), dtype="float32")
-        for chunk in tqdm(range(store.num_chunks), desc="export", unit="chunk", disable=not progress):
+        for chunk in progress_bar(range(store.num_chunks), desc="export", unit="chunk", enabled=progress):
             start, stop = store.chunk_bounds(chunk)
             rows, chunk_labels, chunk_views = store.read_chunk(chunk)
             emb[start:stop] = rows if view is None else rows[:, view]

@@ -22,14 +22,14 @@ from typing import Any, Protocol
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from featstore.codecs import DEFAULT_DTYPE, check_dtype
 from featstore.datasets import Dataset
 from featstore.datasets.lazy import chunk_digest
-from featstore.errors import Interrupted, InvalidInput, StoreError
+from featstore.errors import FsdError, Interrupted, InvalidInput, StoreError
 from featstore.loader import chunk_batches, identity_batches
 from featstore.lock import writer_lock
+from featstore.progress import progress as progress_bar
 from featstore.store import (
     FeatureStore,
     StoreShape,
@@ -352,6 +352,8 @@ def _probe_embedding_width(teacher: TeacherSource, dataset: Dataset) -> None:
         return
     try:
         out = teacher.model.eval().forward_features(x.to(_model_device(teacher.model)))
+    except FsdError:  # the teacher's own one-line account of what went wrong
+        raise
     except Exception as exc:  # noqa: BLE001 - whatever the user's model raises on this input
         raise InvalidInput(
             f"teacher {teacher.arch!r} fails on one {list(x.shape[1:])} input of dataset {dataset.spec}: "
@@ -494,7 +496,7 @@ def extract_teacher(
         )
         missing = store.missing_chunks()
         try:
-            with tqdm(total=len(missing), desc="extract-teacher", unit="chunk", disable=not progress) as bar:
+            with progress_bar(total=len(missing), desc="extract-teacher", unit="chunk", enabled=progress) as bar:
                 extract_chunks(
                     store,
                     missing,

@@ -30,7 +30,7 @@ import torch
 
 from featstore.datasets.base import Dataset, SampleViews
 from featstore.datasets.lazy import BadSample, chunk_digest
-from featstore.errors import FsdError, StoreError
+from featstore.errors import FsdError, StoreError, suggest
 from featstore.views import sample_view_params
 
 Request = tuple[int, int, tuple[int, ...], np.ndarray | None]  # (row, seed, view ids, (V, P) params or None)
@@ -131,7 +131,8 @@ def render_batches(
         )
     for rendered in source:
         if rendered.bad and not skip:
-            raise BadSample(rendered.bad[0][1] + " (or leave such samples out with --skip-bad-samples)")
+            advice = "or leave such samples out with --skip-bad-samples"
+            raise suggest(BadSample(rendered.bad[0][1]), "--skip-bad-samples", advice)
         for row, message in rendered.bad:
             warnings.warn(f"{message}; left out (--skip-bad-samples)", RuntimeWarning, stacklevel=2)
         yield rendered

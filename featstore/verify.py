@@ -21,12 +21,12 @@ from typing import Any
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from featstore.datasets import Dataset
 from featstore.errors import FsdError, InvalidInput, StoreDamaged
 from featstore.extract import TeacherSource
 from featstore.loader import rows_batches
+from featstore.progress import progress
 from featstore.store import FeatureStore, open_store
 from featstore.views import PARAM_NAMES, ViewPolicy, policy_mismatch, renderable_original, sample_view_params
 
@@ -226,8 +226,8 @@ def verify_store(url: str) -> VerifyReport:
     except Exception as exc:  # noqa: BLE001 - a damaged progress array
         report.problems.append(f"array progress/done cannot be read ({type(exc).__name__}: {exc})")
         return report
-    # progress on a terminal only (tqdm's disable=None): a long verify must not look hung, a log stays clean
-    for chunk in tqdm(range(store.num_chunks), desc="verify", unit="chunk", disable=None, leave=False):
+    # a long verify must not look hung (featstore.progress: a bar, or a few lines in a log)
+    for chunk in progress(range(store.num_chunks), desc="verify", unit="chunk", leave=False):
         why = _check_chunk(store, chunk, bool(done[chunk]))
         report.chunks_checked += 1
         if why:

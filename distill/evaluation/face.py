@@ -20,6 +20,7 @@ import torch
 
 from distill.evaluation.protocols import bin as bin_protocol
 from featstore.errors import InvalidInput
+from featstore.progress import progress
 
 FACE_NORMALISATION = ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
 FACE_SIZE = 112
@@ -39,11 +40,14 @@ class FaceModel:
         return torch.from_numpy((images.astype(np.float32) / 255.0 - mean) / std)
 
     @torch.no_grad()
-    def embed(self, images: np.ndarray, device: torch.device, batch_size: int = 128) -> tuple[np.ndarray, np.ndarray]:
-        """(embeddings, embeddings of the horizontally flipped images), float32 (N, D) each."""
+    def embed(
+        self, images: np.ndarray, device: torch.device, batch_size: int = 128, desc: str | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(embeddings, embeddings of the horizontally flipped images), float32 (N, D) each; with ``desc``, a
+        progress bar over the batches (featstore.progress)."""
         model = self.model.eval().to(device)
         plain, flipped = [], []
-        for start in range(0, len(images), batch_size):
+        for start in progress(range(0, len(images), batch_size), desc=desc, unit="batch", leave=False):
             x = self.prepare(images[start : start + batch_size]).to(device)
             plain.append(model.forward_features(x).float().cpu())
             flipped.append(model.forward_features(torch.flip(x, dims=[3])).float().cpu())
@@ -84,7 +88,7 @@ def bin_reports(
     reports = {}
     for bins in sets:
         images = bin_protocol.decode_images(bins, model.size)
-        plain, flipped = model.embed(images, device, batch_size)
+        plain, flipped = model.embed(images, device, batch_size, desc=f"eval {bins.name}")
         reports[bins.name] = bin_protocol.bin_accuracy(plain, flipped, bins.same)
     return reports
 
@@ -149,6 +153,7 @@ def embed_folder(
     device: torch.device,
     batch_size: int = 128,
     overwrite: bool = False,
+    show_progress: bool = True,
 ) -> int:
     """Embed every image of ``images`` (or, with ``landmarks``, every face the file lists, aligned) into an
     HDF5 file with ``embeddings``, ``embeddings_flip`` and ``names`` — what ``fsd eval --ijb-meta`` reads.
@@ -177,7 +182,7 @@ def embed_folder(
     with atomic_path(out) as tmp, h5py.File(tmp, "w") as handle:
         text = h5py.string_dtype("utf-8")
         handle.create_dataset("names", data=np.asarray(names, dtype=object), dtype=text)
-        for start in range(0, len(names), batch_size):
+        for start in progress(range(0, len(names), batch_size), desc="embed", unit="batch", enabled=show_progress):
             batch = names[start : start + batch_size]
             pixels = np.stack([_load_face(root / n, model.size, None if points is None else points[n]) for n in batch])
             plain, flipped = model.embed(pixels, device, batch_size)

@@ -12,9 +12,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm import tqdm
 
 from featstore.errors import InputNotFound, InvalidInput
+from featstore.progress import progress
 
 __all__ = [
     "EmbeddingSet",
@@ -169,8 +169,8 @@ def embeddings_from_store(url: str, view: int = 0) -> EmbeddingSet:
         raise InvalidInput(f"view {view} outside the store's {store.shape.num_views} views")
     embeddings = np.empty((store.shape.num_samples, store.shape.dim), dtype=np.float32)
     labels = np.empty(store.shape.num_samples, dtype=np.int64)
-    # progress on a terminal only (tqdm's disable=None): reading a large store must not look hung
-    for chunk in tqdm(range(store.num_chunks), desc="read store", unit="chunk", disable=None, leave=False):
+    # reading a large store must not look hung (featstore.progress: a bar, or a few lines in a log)
+    for chunk in progress(range(store.num_chunks), desc="read store", unit="chunk", leave=False):
         start, stop = store.chunk_bounds(chunk)
         rows, chunk_labels, _ = store.read_chunk(chunk)
         embeddings[start:stop] = rows[:, view]

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from distill.models.registry import create_model
-from featstore.atomic import atomic_path, file_sha256
+from featstore.atomic import atomic_torch_save, file_sha256
 from featstore.errors import CheckpointError, InputNotFound, OutputExists
 from featstore.store import fsd_version
 
@@ -77,8 +77,7 @@ def save_checkpoint(ckpt: Checkpoint, path: str | Path, *, overwrite: bool = Fal
         raise OutputExists(f"{path} already exists (use --overwrite to replace it)")
     payload = asdict(ckpt)
     payload["state_dict"] = {k: v.detach().cpu().clone() for k, v in ckpt.state_dict.items()}
-    with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
+    atomic_torch_save(payload, path)
     return path
 
 

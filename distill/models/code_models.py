@@ -29,6 +29,7 @@ import inspect
 import os
 import re
 import sys
+import traceback
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -56,28 +57,71 @@ def untrusted(spec: str, role: str) -> InvalidInput:
 
 
 def import_factory(spec: str, role: str) -> tuple[Callable[..., Any], ModuleType]:
-    """The function a ``module:function`` spec names, and its module (the current directory importable)."""
+    """The function a ``module:function`` spec names, and its module (the current directory importable).
+
+    Importing runs the module's code: whatever it raises (a syntax error, a failing top-level statement, a
+    ``sys.exit``) is one line naming the spec, the exception and the line of the user's file it came from."""
     module_name, _, function_name = spec.partition(":")
     if "" not in sys.path and os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
     try:
         module = importlib.import_module(module_name)
-        factory = getattr(module, function_name)
-    except (ImportError, AttributeError) as exc:
+    except ModuleNotFoundError as exc:
         raise InvalidInput(f"{role} {spec!r}: cannot import it ({exc})") from None
+    except (Exception, SystemExit) as exc:  # noqa: BLE001 - the module's own code failed while importing
+        raise InvalidInput(f"{role} {spec!r}: importing {module_name} failed: {foreign_failure(exc)}") from None
+    factory = getattr(module, function_name, None)
+    if factory is None:
+        raise InvalidInput(f"{role} {spec!r}: cannot import it (module {module_name} has no {function_name})")
     if not callable(factory):
         raise InvalidInput(f"{role} {spec!r}: {function_name} is not a function")
     return factory, module
 
 
 def call_factory(factory: Callable[..., Any], spec: str, role: str, **arguments: Any) -> Any:
-    """Call the user's function; its own failure is one line naming it (the code is the user's to debug)."""
+    """Call the user's function; its own failure (a ``sys.exit`` included) is one line naming it and where."""
     try:
         return factory(**arguments)
     except FsdError:  # already one readable line (e.g. a checkpoint the function loads)
         raise
-    except Exception as exc:  # noqa: BLE001 - any failure of foreign code becomes one readable line
-        raise InvalidInput(f"{role} {spec!r} failed: {type(exc).__name__}: {exc}") from None
+    except (Exception, SystemExit) as exc:  # noqa: BLE001 - any failure of foreign code becomes one line
+        raise InvalidInput(f"{role} {spec!r} failed: {foreign_failure(exc)}") from None
+
+
+def foreign_failure(exc: BaseException) -> str:
+    """``Type: message (at file.py:LINE)`` for an exception raised by the user's code: the message's first
+    line, and the deepest frame outside torch and fsd (where the user's code went wrong), else the deepest.
+
+    A ``SystemExit`` reads as ``sys.exit(CODE)``: a factory that exits must not end fsd silently."""
+    if isinstance(exc, SystemExit):
+        what = f"it called sys.exit({exc.code!r})"
+    elif isinstance(exc, SyntaxError):
+        what = f"SyntaxError: {exc.msg}"
+    else:
+        text = str(exc).strip()
+        what = f"{type(exc).__name__}: {text.splitlines()[0]}" if text else type(exc).__name__
+    if isinstance(exc, SyntaxError) and exc.filename:
+        return f"{what} (at {Path(exc.filename).name}:{exc.lineno})"
+    frames = traceback.extract_tb(exc.__traceback__)
+    own = [f for f in frames if not _library_file(f.filename)]
+    frame = (own or frames or [None])[-1]
+    return what if frame is None else f"{what} (at {Path(frame.filename).name}:{frame.lineno})"
+
+
+def _library_file(filename: str) -> bool:
+    """Whether a traceback frame belongs to torch, fsd's packages or Python's import machinery."""
+    if filename.startswith("<frozen"):
+        return True
+    path = Path(filename).resolve()
+    return any(root in path.parents for root in _LIBRARY_ROOTS)
+
+
+_FSD_ROOT = Path(__file__).resolve().parents[2]
+_LIBRARY_ROOTS = (
+    Path(torch.__file__).resolve().parent,
+    *(_FSD_ROOT / name for name in ("distill", "featstore", "cli")),
+)
+"""Folders whose frames are not the user's: torch's and fsd's three packages."""
 
 
 def source_digest(spec: str, module: ModuleType) -> Any:
@@ -114,14 +158,26 @@ class CodeStudent(EmbeddingNet):
         return own(z) if callable(own) else self.net.head(z)
 
 
+PROBE_BATCHES = (2, 3)
+"""Batch sizes of the build-time probe, each run in eval and in train mode. Two sizes catch a width that
+depends on the batch; train mode catches code that fails only while training (BatchNorm needs 2 rows)."""
+
+
 @torch.no_grad()
-def _probe(fn: Callable[[torch.Tensor], torch.Tensor], model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+def _probe(fn: Callable[[torch.Tensor], torch.Tensor], model: nn.Module, x: torch.Tensor, train: bool) -> Any:
+    """``fn(x)`` with ``model`` in train or eval mode, leaving the model as it was: its mode, its buffers
+    (train-mode BatchNorm updates running statistics) and the global RNG (dropout draws from it)."""
     was_training = model.training
-    model.eval()
-    try:
-        return fn(x)
-    finally:
-        model.train(was_training)
+    buffers = {name: b.detach().clone() for name, b in model.named_buffers()}
+    with torch.random.fork_rng(devices=[]):
+        model.train(train)
+        try:
+            return fn(x)
+        finally:
+            model.train(was_training)
+            for name, b in model.named_buffers():
+                if name in buffers:
+                    b.copy_(buffers[name])
 
 
 def build_code_student(
@@ -146,7 +202,7 @@ def build_code_student(
     if not isinstance(net, nn.Module):
         raise InvalidInput(f"student {spec!r} must return a torch.nn.Module, got {type(net).__name__}")
     side = int(input_size or 32)
-    x = torch.zeros(2, in_channels, side, side)
+    x = torch.randn(max(PROBE_BATCHES), in_channels, side, side, generator=torch.Generator().manual_seed(0))
     fsd_shaped = callable(getattr(net, "forward_features", None)) and isinstance(getattr(net, "head", None), nn.Module)
     student: EmbeddingNet
     if fsd_shaped:
@@ -197,18 +253,34 @@ def _accepted(factory: Callable[..., Any], given: dict[str, Any]) -> dict[str, A
 def _shaped(
     spec: str, what: str, fn: Callable[[torch.Tensor], torch.Tensor], model: nn.Module, x: torch.Tensor
 ) -> torch.Tensor:
-    """One probe forward that must give a (batch, width) tensor."""
-    try:
-        out = _probe(fn, model, x)
-    except Exception as exc:  # noqa: BLE001 - a model that cannot take the dataset's images
-        raise InvalidInput(
-            f"student {spec!r}: {what} fails on a {tuple(x.shape)} batch: {type(exc).__name__}: "
-            f"{str(exc).splitlines()[0] if str(exc) else ''}"
-        ) from None
-    if not isinstance(out, torch.Tensor) or out.ndim != 2 or out.shape[0] != x.shape[0]:
-        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-        raise InvalidInput(
-            f"student {spec!r}: {what} maps a {tuple(x.shape)} batch to {shape}, not (batch, features): pool and "
-            "flatten, or return a model with forward_features and head"
-        )
-    return out
+    """Probe forwards that must each give a (batch, width) tensor of one width: every batch size of
+    :data:`PROBE_BATCHES` (rows of ``x``), in eval and in train mode. Returns the eval-mode output on all of ``x``."""
+    first: torch.Tensor | None = None
+    whole: torch.Tensor | None = None
+    for train in (False, True):
+        mode = "in train mode" if train else "in eval mode"
+        for rows in PROBE_BATCHES:
+            batch = x[:rows]
+            try:
+                out = _probe(fn, model, batch, train)
+            except (Exception, SystemExit) as exc:  # noqa: BLE001 - a model that cannot take the dataset's images
+                raise InvalidInput(
+                    f"student {spec!r}: {what} fails {mode} on a {tuple(batch.shape)} batch: {foreign_failure(exc)}"
+                ) from None
+            if not isinstance(out, torch.Tensor) or out.ndim != 2 or out.shape[0] != rows:
+                shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+                raise InvalidInput(
+                    f"student {spec!r}: {what} maps a {tuple(batch.shape)} batch to {shape} {mode}, not (batch, "
+                    "features): pool and flatten, or return a model with forward_features and head"
+                )
+            if not train and rows == x.shape[0]:
+                whole = out
+            if first is None:
+                first = out
+            elif out.shape[1] != first.shape[1]:
+                raise InvalidInput(
+                    f"student {spec!r}: {what} gives {first.shape[1]} features on a batch of {PROBE_BATCHES[0]} in "
+                    f"eval mode but {out.shape[1]} on a batch of {rows} {mode}: its width must depend on neither the batch size nor the mode"
+                )
+    assert whole is not None, "PROBE_BATCHES must include the rows of x"
+    return whole

@@ -19,8 +19,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from featstore.atomic import atomic_path
-from featstore.errors import InvalidInput, OutputExists
+from featstore.atomic import atomic_path, atomic_paths, file_sha256, torch_write_errors
+from featstore.errors import ENVIRONMENT_ERRNOS, InvalidInput, OutputExists, WriteFailed
+from featstore.progress import progress
 
 FORMATS = ("onnx", "torchscript")
 
@@ -73,7 +74,8 @@ def _write_onnx(model: nn.Module, path: Path, example: torch.Tensor, with_head: 
     import onnx
 
     outputs = ["embedding", "logits"] if with_head else ["embedding"]
-    with atomic_path(path) as tmp, warnings.catch_warnings():
+    tmp = path
+    with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the TorchScript-based exporter's deprecation notices
         torch.onnx.export(
             _Embedding(model, with_head).eval(),
@@ -94,10 +96,11 @@ def _write_onnx(model: nn.Module, path: Path, example: torch.Tensor, with_head: 
 
 def _write_torchscript(model: nn.Module, path: Path, example: torch.Tensor, with_head: bool) -> None:
     wrapper = _Scripted(model, with_head).eval()
-    with atomic_path(path) as tmp, warnings.catch_warnings():
+    with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         traced = torch.jit.trace_module(wrapper, {"forward": example, "forward_features": example})
-        traced.save(str(tmp))
+    with torch_write_errors(path), open(path, "wb") as handle:  # a full disk: an OSError, not torch's RuntimeError
+        torch.jit.save(traced, handle)
 
 
 def _run_exported(path: Path, fmt: str, x: torch.Tensor, with_head: bool) -> tuple[np.ndarray, np.ndarray | None]:
@@ -128,26 +131,75 @@ def export_model(
 ) -> ExportResult:
     """Export ``model`` (``forward_features``/``forward_head``) to ``path`` and measure parity on ``sample``
     (a dataset batch): max |Δ| between torch's outputs and the exported file's (onnxruntime for ONNX)."""
-    if fmt not in FORMATS:
-        raise InvalidInput(f"unknown export format {fmt!r}; valid: {', '.join(FORMATS)}")
     path = Path(path)
     if path.exists() and not overwrite:
         raise OutputExists(f"{path} already exists (use --overwrite to replace it)")
+    with atomic_path(path) as tmp:
+        result = _export_file(model, tmp, sample, fmt, with_head, metadata or {})
+    result.path = path
+    return result
+
+
+def _export_file(
+    model: nn.Module,
+    path: Path,
+    sample: torch.Tensor,
+    fmt: str,
+    with_head: bool,
+    metadata: dict,
+    show_progress: bool = False,
+) -> ExportResult:
+    """Write the exported file at ``path`` (a temporary name: the callers rename it) and measure its parity;
+    with ``show_progress``, a two-step bar (writing, then the parity run)."""
+    if fmt not in FORMATS:
+        raise InvalidInput(f"unknown export format {fmt!r}; valid: {', '.join(FORMATS)}")
     if with_head and not hasattr(model, "head"):
         raise InvalidInput("this model has no head to export")
     model = model.eval().cpu()
     sample = sample.float().cpu()
+    bar = progress(total=2, desc=f"export {fmt}", unit="step", enabled=show_progress, leave=False)
     if fmt == "onnx":
-        _write_onnx(model, path, sample[:2], with_head, metadata or {})
+        _write_onnx(model, path, sample[:2], with_head, metadata)
     else:
         _write_torchscript(model, path, sample[:2], with_head)
+    bar.update(1)
     with torch.no_grad():
         z = model.forward_features(sample)
         logits = model.forward_head(z) if with_head else None
     z_exp, logits_exp = _run_exported(path, fmt, sample, with_head)
     diff = float(np.abs(z.numpy() - z_exp).max())
     diff_logits = None if logits is None else float(np.abs(logits.numpy() - logits_exp).max())
+    bar.update(1)
+    bar.close()
     return ExportResult(path, fmt, with_head, diff, diff_logits, int(sample.shape[0]))
+
+
+def parity_path(out: str | Path) -> Path:
+    """Where the parity record of the export ``out`` lives: ``OUT.parity.json``, beside it."""
+    return Path(str(out) + ".parity.json")
+
+
+def check_export_outputs(out: Path, overwrite: bool) -> None:
+    """Refuse to replace an export without ``overwrite``: the model and its parity record are one output.
+
+    A parity record that names a model sha256 while the model file is absent is what a run killed between its
+    two renames leaves (the record is renamed first): it is replaced, so re-running the same command completes
+    the export. Any other existing parity file is kept unless ``overwrite``."""
+    record = parity_path(out)
+    if out.exists() and not overwrite:
+        raise OutputExists(f"{out} already exists (use --overwrite to replace it and {record.name})")
+    if record.exists() and not overwrite and not _unfinished_record(record):
+        raise OutputExists(f"{record} already exists (use --overwrite to replace it)")
+
+
+def _unfinished_record(record: Path) -> bool:
+    """Whether ``record`` is an fsd parity record naming a model sha256 (its model file absent: checked by the
+    caller), i.e. the leftover of an export interrupted between its two renames."""
+    try:
+        content = json.loads(record.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):
+        return False
+    return isinstance(content, dict) and isinstance(content.get("model_sha256"), str)
 
 
 def export_checkpoint(
@@ -159,13 +211,20 @@ def export_checkpoint(
     sample: int = 16,
     overwrite: bool = False,
     trust_code: bool = False,
+    show_progress: bool = False,
 ) -> ExportResult:
     """Export an fsd checkpoint and record the parity check in ``OUT.parity.json``. The parity sample is
     ``sample`` seeded standard-normal inputs of the checkpoint's image shape: the dataset's normalised scale,
-    without needing the dataset at hand."""
-    from distill.models.checkpoint import load_checkpoint
-    from featstore.atomic import atomic_write_text
+    without needing the dataset at hand.
 
+    The two files are one output (docs/reliability.md): both are written under temporary names, then the
+    record (which names the model's sha256) is renamed, then the model. A failure while writing leaves both
+    as they were; a kill between the renames leaves a record without its model, which the same command
+    replaces."""
+    from distill.models.checkpoint import load_checkpoint
+
+    out = Path(out)
+    check_export_outputs(out, overwrite)
     ckpt = load_checkpoint(checkpoint)
     model = ckpt.build_model(trust_code=trust_code)  # a module:function student rebuilds from its code
     generator = torch.Generator().manual_seed(0)
@@ -173,14 +232,25 @@ def export_checkpoint(
     meta = {"fsd.arch": ckpt.arch, "fsd.kind": ckpt.kind, "fsd.dataset": ckpt.dataset.get("spec", "")}
     if ckpt.dataset.get("normalisation"):
         meta["fsd.normalisation"] = json.dumps(ckpt.dataset["normalisation"])
-    result = export_model(model, out, x, fmt=fmt, with_head=with_head, metadata=meta, overwrite=overwrite)
-    record = {
-        "checkpoint": str(checkpoint),
-        "format": fmt,
-        "with_head": with_head,
-        "sample": sample,
-        "max_abs_diff_embedding": result.max_abs_diff,
-        "max_abs_diff_logits": result.max_abs_diff_logits,
-    }
-    atomic_write_text(Path(str(out) + ".parity.json"), json.dumps(record, indent=2) + "\n")
+    try:
+        with atomic_paths(parity_path(out), out) as (record_tmp, model_tmp):
+            result = _export_file(model, model_tmp, x, fmt, with_head, meta, show_progress)
+            record = {
+                "checkpoint": str(checkpoint),
+                "format": fmt,
+                "with_head": with_head,
+                "sample": sample,
+                "max_abs_diff_embedding": result.max_abs_diff,
+                "max_abs_diff_logits": result.max_abs_diff_logits,
+                "model_sha256": file_sha256(model_tmp),
+            }
+            record_tmp.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+    except OSError as exc:
+        if exc.errno not in ENVIRONMENT_ERRNOS:
+            raise
+        raise WriteFailed(
+            f"writing {out} failed ({exc.strerror or exc}); once fixed, run the same command again: it completes "
+            "the export"
+        ) from None
+    result.path = out
     return result

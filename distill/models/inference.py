@@ -9,11 +9,11 @@ from __future__ import annotations
 import numpy as np
 import torch
 from torch import nn
-from tqdm import tqdm
 
 from featstore.datasets.base import Dataset
 from featstore.errors import InvalidInput
 from featstore.loader import identity_batches
+from featstore.progress import progress
 
 DEVICES = ("auto", "cpu", "cuda")
 
@@ -39,9 +39,7 @@ def embed_dataset(
     embeddings, logits = [], []
     batches = identity_batches(dataset, np.arange(len(dataset)), batch_size, device)
     total = -(-len(dataset) // batch_size)
-    for rendered in tqdm(
-        batches, desc=desc, unit="batch", total=total, disable=True if desc is None else None, leave=False
-    ):
+    for rendered in progress(batches, desc=desc, unit="batch", total=total, leave=False):
         x = rendered.x[:, 0].to(device, non_blocking=True)
         z = model.forward_features(x)
         embeddings.append(z.float().cpu())

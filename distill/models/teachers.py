@@ -32,27 +32,44 @@ from torch import nn
 
 from distill.models import teacher_hub, teacher_onnx  # noqa: F401  (registration side effects)
 from distill.models.checkpoint import load_teacher_source
-from distill.models.code_models import call_factory, import_factory, is_code_spec, source_digest
+from distill.models.code_models import call_factory, foreign_failure, import_factory, is_code_spec, source_digest
 from distill.models.registry import TEACHER_SOURCES
 from distill.models.teacher_source import source_from_parts
 from featstore.atomic import file_sha256
-from featstore.errors import CheckpointError, InputNotFound, InvalidInput
+from featstore.errors import CheckpointError, FsdError, InputNotFound, InvalidInput
 
 
 class _EmbedAdapter(nn.Module):
-    """Gives any (model, embed_fn) pair the ``forward_features`` extraction calls."""
+    """Gives any (model, embed_fn) pair the ``forward_features`` extraction calls, and checks what the user's
+    function returns on every call: a (batch, width) tensor, or one ``Error:`` line saying what it gave."""
 
-    def __init__(self, model: nn.Module, embed_fn) -> None:
+    def __init__(self, model: nn.Module, embed_fn, arch: str) -> None:
         super().__init__()
         self.model = model
         self._embed = embed_fn
+        self.arch = arch
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        return self._embed(x)
+        try:
+            out = self._embed(x)
+        except FsdError:
+            raise
+        except (Exception, SystemExit) as exc:  # noqa: BLE001 - the user's code failed on this batch
+            raise InvalidInput(
+                f"teacher {self.arch!r}: its embedding function fails on a {tuple(x.shape)} batch: "
+                f"{foreign_failure(exc)}"
+            ) from None
+        if not isinstance(out, torch.Tensor) or out.ndim != 2 or out.shape[0] != x.shape[0]:
+            got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+            raise InvalidInput(
+                f"teacher {self.arch!r}: its embedding function maps a {tuple(x.shape)} batch to {got}, not a "
+                "(batch, width) torch tensor"
+            )
+        return out
 
 
 def _source(model: nn.Module, embed_fn, head, arch: str, sha: str):
-    return source_from_parts(_EmbedAdapter(model, embed_fn), head, arch, sha)
+    return source_from_parts(_EmbedAdapter(model, embed_fn, arch), head, arch, sha)
 
 
 def _torchscript(path: Path):

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from distill.models.heads import HEADS, create_head
 from featstore.errors import InvalidInput, OutputExists, StoreError
 from featstore.lock import writer_lock
+from featstore.progress import progress
 from featstore.store import fsd_version, local_path, open_store
 
 
@@ -36,6 +37,7 @@ class FitHeadConfig:
     seed: int = 0
     overwrite: bool = False
     device: str = "cpu"
+    progress: bool = True
 
 
 @dataclass
@@ -82,6 +84,7 @@ def _train(head: torch.nn.Module, z: torch.Tensor, y: torch.Tensor, config: FitH
     steps = config.epochs * math.ceil(len(y) / config.batch_size)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, max(steps, 1))
     head.train()
+    bar = progress(total=steps, desc="fit-head", unit="step", enabled=config.progress)
     for _ in range(config.epochs):
         order = torch.randperm(len(y), generator=generator)
         for start in range(0, len(y), config.batch_size):
@@ -93,6 +96,8 @@ def _train(head: torch.nn.Module, z: torch.Tensor, y: torch.Tensor, config: FitH
             loss.backward()
             optimiser.step()
             schedule.step()
+            bar.update(1)
+    bar.close()
     head.eval()
 
 

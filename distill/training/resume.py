@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from distill.training.teacher_side import TeacherSide
-from featstore.atomic import atomic_path
+from featstore.atomic import atomic_torch_save
 from featstore.datasets import ImageDataset
 from featstore.errors import CheckpointError
 
@@ -62,8 +62,7 @@ def save_resume_state(
         "identity": identity,
         "losses": step.criterion.resume_state(),
     }
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
+    atomic_torch_save(state, path)
 
 
 def load_resume_state(path: Path, identity: dict[str, Any]) -> dict[str, Any]:

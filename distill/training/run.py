@@ -22,7 +22,6 @@ from typing import Any
 
 import torch
 from torch import nn
-from tqdm import tqdm
 
 from distill.losses import Criterion, DistillInputs, TrainingContext, build_criterion
 from distill.models import count_parameters, create_model, embedding_and_feature_map
@@ -41,6 +40,7 @@ from featstore.atomic import atomic_write_text
 from featstore.datasets import Dataset, LoadOptions, load_dataset, load_eval_dataset
 from featstore.errors import InputNotFound, InvalidInput, OutputExists, TrainingDiverged
 from featstore.loader import stream_views
+from featstore.progress import progress
 from featstore.stream import StoreStream, StreamBatch
 
 
@@ -455,12 +455,12 @@ class StudentRun:
         if show:
             print(self.describe(), file=sys.stderr, flush=True)
         board = TensorBoardLog(config.tensorboard) if config.tensorboard is not None and dist.is_main else None
-        bar = tqdm(
+        bar = progress(
             total=config.epochs * self.steps_per_epoch,
             initial=self.first_epoch * self.steps_per_epoch,
             desc=f"train-student [{config.recipe}]",
             unit="step",
-            disable=not show,
+            enabled=show,
         )
         try:
             for epoch in range(self.first_epoch, config.epochs):
@@ -474,7 +474,8 @@ class StudentRun:
                 if "test_accuracy" in entry:
                     bar.set_postfix_str(
                         f"epoch {epoch + 1}/{config.epochs} loss {entry['loss']['total']:.3f} "
-                        f"acc {entry['test_accuracy']:.3f}"
+                        f"acc {entry['test_accuracy']:.3f}",
+                        False,  # shown at the next redraw: in a log, no extra line per epoch
                     )
                 if board is not None:
                     board.log_epoch(entry)

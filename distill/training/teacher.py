@@ -14,7 +14,6 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
 from distill.models import count_parameters, create_model
 from distill.models.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
@@ -32,6 +31,7 @@ from featstore.atomic import file_sha256
 from featstore.datasets import LoadOptions, load_dataset, load_eval_dataset
 from featstore.errors import InvalidInput, OutputExists, TrainingDiverged
 from featstore.loader import drawn_batches
+from featstore.progress import progress
 
 
 @dataclass
@@ -161,31 +161,44 @@ def train_epochs(
     model, train, config: TeacherConfig, optimisation: Optimisation, generator, usable: int, device
 ) -> list:
     """The CE loop: fresh random views every epoch, batches in a seeded random order; returns the epoch log
-    (mean loss and the learning rate after the epoch's last step)."""
-    log = []
-    for epoch in tqdm(range(config.epochs), desc="train-teacher", unit="epoch", disable=not config.progress):
-        model.train()
-        order = torch.randperm(len(train), generator=generator).numpy()
-        total, seen = 0.0, 0
-        # fresh views each epoch, drawn under a seed space disjoint from extraction's (see epoch_views)
-        views = drawn_batches(train, order[:usable], config.batch_size, seed=VIEW_SEED + config.seed, view=epoch + 1)
-        for step, rendered in enumerate(views):
-            idx = rendered.rows
-            x = rendered.x[:, 0].to(device)
-            y = torch.from_numpy(train.labels[idx]).to(device)
-            loss = F.cross_entropy(model.head.training_logits(model.forward_features(x), y), y)
-            if not bool(torch.isfinite(loss.detach())):  # stop before a NaN reaches the weights
-                raise TrainingDiverged(
-                    f"the loss became non-finite ({float(loss)}) at epoch {epoch + 1} step "
-                    f"{step + 1}; nothing was written (a lower --lr usually cures it)"
-                )
-            optimisation.zero_grad()
-            optimisation.backward(loss)
-            optimisation.step()
-            total += float(loss.detach()) * len(idx)
-            seen += len(idx)
-        log.append({"epoch": epoch + 1, "loss": total / seen, "lr": optimisation.lr})
-    return log
+    (mean loss and the learning rate after the epoch's last step). The progress bar moves per step, not per
+    epoch: one epoch of a large face set takes hours."""
+    steps_per_epoch = -(-usable // config.batch_size)
+    bar = progress(total=config.epochs * steps_per_epoch, desc="train-teacher", unit="step", enabled=config.progress)
+    with bar:
+        return [
+            _train_epoch(model, train, config, optimisation, generator, usable, device, epoch, bar)
+            for epoch in range(config.epochs)
+        ]
+
+
+def _train_epoch(
+    model, train, config: TeacherConfig, optimisation: Optimisation, generator, usable: int, device, epoch: int, bar
+) -> dict:
+    """One epoch of :func:`train_epochs`: its log entry; ``bar`` advances once per step."""
+    model.train()
+    order = torch.randperm(len(train), generator=generator).numpy()
+    total, seen = 0.0, 0
+    # fresh views each epoch, drawn under a seed space disjoint from extraction's (see epoch_views)
+    views = drawn_batches(train, order[:usable], config.batch_size, seed=VIEW_SEED + config.seed, view=epoch + 1)
+    for step, rendered in enumerate(views):
+        idx = rendered.rows
+        x = rendered.x[:, 0].to(device)
+        y = torch.from_numpy(train.labels[idx]).to(device)
+        loss = F.cross_entropy(model.head.training_logits(model.forward_features(x), y), y)
+        if not bool(torch.isfinite(loss.detach())):  # stop before a NaN reaches the weights
+            raise TrainingDiverged(
+                f"the loss became non-finite ({float(loss)}) at epoch {epoch + 1} step "
+                f"{step + 1}; nothing was written (a lower --lr usually cures it)"
+            )
+        optimisation.zero_grad()
+        optimisation.backward(loss)
+        optimisation.step()
+        total += float(loss.detach()) * len(idx)
+        seen += len(idx)
+        bar.update(1)
+        bar.set_postfix_str(f"epoch {epoch + 1}/{config.epochs} loss {total / seen:.3f}", False)
+    return {"epoch": epoch + 1, "loss": total / seen, "lr": optimisation.lr}
 
 
 @output_locked()  # one writer per --out

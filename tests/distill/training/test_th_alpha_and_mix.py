@@ -22,6 +22,11 @@ def test_th_alpha_splits_ce_and_kd_between_the_heads():
     assert weights == pytest.approx({"ce": 0.75, "kd": 1.125, "ce_th": 0.25, "th": 0.02 + 0.375})
     assert apply_th_alpha({"ce": 1.0, "kd": 2.0}, 0.0) == {"ce": 1.0, "kd": 2.0, "ce_th": 0.0, "th": 0.0}
     assert resolve_weights("kd", th_alpha=1.0) == {"ce_th": 1.0, "th": 1.5}  # zero-weight terms dropped
+    # docs/methods.md's one rule: --loss overrides first, then the split; an existing TH weight is added to
+    assert resolve_weights("kd", "th=0.1", th_alpha=0.5) == pytest.approx(
+        {"ce": 0.5, "kd": 0.75, "ce_th": 0.5, "th": 0.1 + 0.75}
+    )
+    assert resolve_weights("crd", th_alpha=0.5) == pytest.approx({"ce": 0.5, "crd": 0.8, "ce_th": 0.5})
     with pytest.raises(InvalidInput, match="--th-alpha must lie in"):
         resolve_weights("kd", th_alpha=1.5)
 
