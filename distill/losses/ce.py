@@ -11,6 +11,7 @@ from distill.losses.base import LOSSES, DistillInputs, DistillLoss
 @LOSSES.register("ce")
 class CrossEntropy(DistillLoss):
     """γ·CE: cross-entropy of the student's own logits against the labels."""
+
     needs = ("student_logits", "labels")
 
     def compute(self, inputs: DistillInputs) -> torch.Tensor:

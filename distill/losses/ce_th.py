@@ -15,6 +15,7 @@ from distill.losses.base import LOSSES, DistillInputs, DistillLoss
 @LOSSES.register("ce_th")
 class TeacherHeadCrossEntropy(DistillLoss):
     """Cross-entropy of the frozen teacher head on the student embedding against the labels."""
+
     needs = ("student_logits_th", "labels")
 
     def compute(self, inputs: DistillInputs) -> torch.Tensor:

@@ -14,6 +14,7 @@ from distill.losses.base import LOSSES, DistillInputs, DistillLoss, matched_embe
 @LOSSES.register("cos")
 class CosineEmbedding(DistillLoss):
     """1 − cos(P z_s, z_t): the student embedding's angle to the teacher's."""
+
     needs = ("student_embedding_t", "teacher_embedding")
 
     def compute(self, inputs: DistillInputs) -> torch.Tensor:

@@ -192,6 +192,7 @@ class ContrastiveRepresentationKD(SeededDistillLoss):
     Raises:
         InvalidInput: A non-positive width, K or τ, or a momentum outside [0, 1).
     """
+
     needs = ("student_embedding", "teacher_embedding", "indices", "labels")
 
     def __init__(self, feat_dim: int = 128, negatives: int = 16384, tau: float = 0.07, momentum: float = 0.5) -> None:

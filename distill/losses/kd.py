@@ -17,6 +17,7 @@ class LogitKD(DistillLoss):
     Args:
         temperature: T, the softening temperature.
     """
+
     needs = ("student_logits", "teacher_logits")
 
     def __init__(self, temperature: float = 4.0) -> None:

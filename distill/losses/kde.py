@@ -16,6 +16,7 @@ from distill.losses.base import LOSSES, DistillInputs, DistillLoss, matched_embe
 @LOSSES.register("kde")
 class NormalisedEmbeddingL2(DistillLoss):
     """KDE: the squared L2 distance of L2-normalised student and teacher embeddings, summed."""
+
     needs = ("student_embedding_t", "teacher_embedding")
 
     def compute(self, inputs: DistillInputs) -> torch.Tensor:

@@ -26,6 +26,7 @@ class ProbabilisticKT(DistillLoss):
     Args:
         eps: Keeps the divisions and the logarithm finite.
     """
+
     needs = ("student_embedding", "teacher_embedding")
 
     def __init__(self, eps: float = 1e-7) -> None:

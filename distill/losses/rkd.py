@@ -52,6 +52,7 @@ class RelationalKD(DistillLoss):
         distance_weight: Weight of the distance term (RKD-D).
         angle_weight: Weight of the angle term (RKD-A).
     """
+
     needs = ("student_embedding", "teacher_embedding")
 
     def __init__(self, distance_weight: float = 25.0, angle_weight: float = 50.0) -> None:

@@ -19,6 +19,7 @@ class TeacherHeadKD(DistillLoss):
     Args:
         temperature: T, the softening temperature.
     """
+
     needs = ("student_logits_th", "teacher_logits")
 
     def __init__(self, temperature: float = 4.0) -> None:
