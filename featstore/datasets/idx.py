@@ -53,8 +53,10 @@ MAX_PAD = 256  # the views' zero padding: more would only allocate (every shift 
 
 
 def _read_bytes(path: Path) -> bytes:
-    """The file's (decompressed) content, at most :data:`MAX_IDX_BYTES`; a damaged gzip stream or a gzip
-    bomb is invalid input naming the file."""
+    """The file's (decompressed) content, at most :data:`MAX_IDX_BYTES`.
+
+    A damaged gzip stream or a gzip bomb is invalid input naming the file.
+    """
     try:
         if path.suffix == ".gz":
             with gzip.open(path, "rb") as handle:
