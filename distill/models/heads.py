@@ -131,8 +131,20 @@ def frozen_head(
     scale: float | None = None,
     margin: float | None = None,
 ) -> nn.Module:
-    """A non-trainable head holding the given (teacher's) weights — TH-KD's g_t. Margin heads give their
-    margin-free cosine logits × scale."""
+    """A non-trainable head holding the given (teacher's) weights: TH-KD's g_t.
+
+    Margin heads give their margin-free cosine logits × scale.
+
+    Args:
+        head_type: The registered head type the weights belong to.
+        weight: (C, D) the head's weight.
+        bias: (C,) a linear head's bias, if it has one.
+        scale: A margin head's scale s.
+        margin: A margin head's margin m (the logits given here are margin-free).
+
+    Returns:
+        The frozen head.
+    """
     num_classes, dim = weight.shape
     factory = HEADS.get(head_type)
     if head_type == "linear":
