@@ -60,7 +60,7 @@ def align_face(image, landmarks: np.ndarray, size: int = 112):
 
 
 def read_landmarks(path: str | Path) -> dict[str, np.ndarray]:
-    """name → (5, 2) landmarks from an IJB ``*_name_5pts_score.txt`` file, in file order."""
+    """Image name → (5, 2) landmarks from an IJB ``*_name_5pts_score.txt`` file, in file order."""
     path = Path(path)
     if not path.is_file():
         raise InputNotFound(f"landmarks file {path} does not exist")

@@ -50,7 +50,10 @@ def identification_metrics(
         neighbor_subjects: ``(P, K)`` subject of each probe's gallery templates in descending score order,
             K >= min(max(ranks), G) — no padding.
         top1_scores: ``(P,)`` each probe's best gallery score.
-        probe_subjects: ``(P,)``; gallery_subjects: ``(G,)`` (a probe is *mated* iff its subject is among them).
+        probe_subjects: ``(P,)`` each probe's subject.
+        gallery_subjects: ``(G,)`` the gallery's subjects (a probe is *mated* iff its subject is among them).
+        ranks: The ranks k of the CMC.
+        fpirs: The false-positive identification rates TPIR is reported at.
 
     Definitions (M mated, N non-mated probes):
 

@@ -24,8 +24,11 @@ _ROW_CHUNK = 8192  # rows of the (queries x K) relevance matrix processed at onc
 
 
 def known_mask(labels: Any) -> np.ndarray:
-    """Boolean mask of samples whose label is known (not :data:`UNKNOWN_LABEL`); use it to drop unknowns
-    *before* the k-NN search, so that they neither query nor occupy a rank in anyone's neighbour list."""
+    """Boolean mask of samples whose label is known (not :data:`UNKNOWN_LABEL`).
+
+    Use it to drop unknowns *before* the k-NN search, so that they neither query nor occupy a rank in anyone's
+    neighbour list.
+    """
     return int_vector(labels, "labels") != UNKNOWN_LABEL
 
 
