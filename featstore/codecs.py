@@ -61,7 +61,7 @@ def decode(stored: np.ndarray, dtype: str, scales: np.ndarray | None = None) -> 
     if dtype == "float32":
         return np.asarray(stored, dtype=np.float32)
     if dtype == "float16":
-        # torch's vectorised half → float cast is ~7× faster than numpy's and gives the same value for every
+        # torch's vectorised half → float cast is faster than numpy's and gives the same value for every
         # non-NaN half (NaN is never stored: encode refuses it). Native, writable, shape-preserving input:
         halves = np.ascontiguousarray(stored, dtype=np.float16)
         if not halves.flags.writeable:

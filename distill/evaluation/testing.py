@@ -2,8 +2,8 @@
 
 Each function here is deliberately naive (python loops, full float64 matrices, exhaustive threshold search) and
 shares no code with the implementation it checks, so a test that compares the two can fail. Nothing in fsd's
-production paths imports this module. :func:`pair_scores` materialises every pair score (the evaluation path
-before the streaming one, still the reference ``benchmarks/tar_at_far.py`` times) and :func:`tiled_pair_scores`
+production paths imports this module. :func:`pair_scores` materialises every pair score (the reference
+``benchmarks/tar_at_far.py`` times the streaming verification against) and :func:`tiled_pair_scores`
 produces exactly the scores the streaming verification counts.
 """
 
