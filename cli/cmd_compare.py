@@ -18,8 +18,10 @@ import distill.evaluation as ev
     help="Report the differences are taken against (default: the first; added if not listed).",
 )
 def command(reports, baseline):
-    """Print eval reports (written by fsd eval --out) side by side: one row per metric (in percent), one column per
-    report (named by file stem), and each report's difference Δ from the baseline in percentage points.
+    """Print eval reports (written by fsd eval --out) side by side.
+
+    One row per metric (in percent), one column per report (named by file stem), and each report's difference
+    Δ from the baseline in percentage points.
 
     Example: fsd compare teacher.json kd.json th-kd.json --baseline teacher.json
     """

@@ -105,9 +105,11 @@ R = EvalRequest  # every default below is the request's
 @image_size_option
 @loader_workers_option
 def command(use_faiss: bool, **options) -> None:
-    """Evaluate embeddings: classification top-1, retrieval (Recall@K, P@1, R-precision, MAP@R) and
-    verification (TAR@FAR, ROC AUC, EER) over all pairs — exact, in bounded memory — or over the pairs of
-    --pairs (with LFW's 10-fold accuracy for an LFW pairs.txt; names come from the HDF5 'names' dataset).
+    """Evaluate embeddings: classification, retrieval and verification.
+
+    Classification top-1, retrieval (Recall@K, P@1, R-precision, MAP@R) and verification (TAR@FAR, ROC AUC,
+    EER) over all pairs — exact, in bounded memory — or over the pairs of --pairs (with LFW's 10-fold accuracy
+    for an LFW pairs.txt; names come from the HDF5 'names' dataset).
 
     Exactly one source: --model CKPT --dataset SPEC [--split test], --store STORE, or --embeddings FILE.h5.
 

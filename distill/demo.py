@@ -27,6 +27,17 @@ DEMO_COLUMNS = ev.SUMMARY_COLUMNS + (("x-R@1", ("cross_model", "recall_at_k", "1
 
 @dataclass
 class DemoResult:
+    """What the demo leaves behind.
+
+    Attributes:
+        workdir: The folder holding every file of the demo.
+        table: The printed comparison table.
+        reports: Each model's eval report, by model name.
+        seconds: The demo's wall-clock time.
+        store_bytes: Bytes the teacher's store takes on disk.
+        compression_ratio: How many times smaller than float32 the store is.
+    """
+
     workdir: Path
     table: str
     reports: dict[str, dict[str, Any]]
@@ -46,7 +57,20 @@ def run_demo(
     progress: bool = True,
     echo: Callable[[str], None] = print,
 ) -> DemoResult:
-    """Run the demo in ``workdir`` (created if needed; the demo's own files in it are replaced)."""
+    """Run the whole pipeline on digits: teacher, store, students, evaluation and the comparison table.
+
+    Args:
+        workdir: The folder the demo writes to (created if needed; the demo's own files in it are replaced).
+        teacher_epochs: Epochs of teacher training.
+        student_epochs: Epochs of each student's training.
+        seed: Seeds every step of the demo.
+        recipes: The student recipes trained and compared.
+        progress: Whether to show progress bars.
+        echo: Where the demo's lines go.
+
+    Returns:
+        The table, the reports and the store's size.
+    """
     started = time.perf_counter()
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
@@ -132,8 +156,11 @@ def run_demo(
 
 
 def _evaluate(workdir: Path, store_url: str, models: dict[str, Path]) -> tuple[dict[str, dict[str, Any]], dict]:
-    """Each model on the digits test split, cross-model against the teacher's store, through the request that
-    ``fsd eval`` runs; each report is written beside the model as ``report_<stem>.json``."""
+    """Each model on the digits test split, cross-model against the teacher's store.
+
+    The evaluation is the request that ``fsd eval`` runs; each report is written beside the model as
+    ``report_<stem>.json``.
+    """
     reports: dict[str, dict[str, Any]] = {}
     curves = {}
     for name, path in models.items():

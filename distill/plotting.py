@@ -19,6 +19,7 @@ def subplots(*args: Any, **kwargs: Any):
 
 
 def save_png(fig: Any, path: str | Path) -> None:
+    """Write ``fig`` to ``path`` as a PNG, atomically, and close it."""
     import matplotlib.pyplot as plt
 
     fig.tight_layout()

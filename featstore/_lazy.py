@@ -1,5 +1,8 @@
-"""Lazy public names for a package ``__init__``: ``import featstore`` (or ``distill``) stays cheap, and a
-name's module (torch, zarr, faiss behind it) is imported the first time the name is used."""
+"""Lazy public names for a package ``__init__``.
+
+``import featstore`` (or ``distill``) stays cheap: a name's module (torch, zarr, faiss behind it) is imported the first
+time the name is used.
+"""
 
 from __future__ import annotations
 

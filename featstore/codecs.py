@@ -19,6 +19,7 @@ STORAGE_DTYPE: dict[str, str] = {"float16": "float16", "float32": "float32", "bf
 
 
 def check_dtype(name: str) -> str:
+    """Return ``name`` when it is a storage dtype of ``DTYPES``; refuse it with the valid names otherwise."""
     if name not in DTYPES:
         raise InvalidInput(f"unknown store dtype {name!r}; valid: {', '.join(DTYPES)}")
     return name
@@ -60,7 +61,7 @@ def decode(stored: np.ndarray, dtype: str, scales: np.ndarray | None = None) -> 
     if dtype == "float32":
         return np.asarray(stored, dtype=np.float32)
     if dtype == "float16":
-        # torch's vectorised half → float cast is ~7× faster than numpy's and gives the same value for every
+        # torch's vectorised half → float cast is faster than numpy's and gives the same value for every
         # non-NaN half (NaN is never stored: encode refuses it). Native, writable, shape-preserving input:
         halves = np.ascontiguousarray(stored, dtype=np.float16)
         if not halves.flags.writeable:
@@ -77,9 +78,12 @@ def decode(stored: np.ndarray, dtype: str, scales: np.ndarray | None = None) -> 
 
 
 def finite_rows(stored: np.ndarray, dtype: str, scales: np.ndarray | None = None) -> bool:
-    """True when every stored value decodes to a finite number — checked on the stored bits, without
-    decoding (bfloat16: an all-ones exponent is Inf/NaN; int8: only the scales can be non-finite)."""
-    # Integer tests on the bit patterns are ~10× faster than np.isfinite on float16 (no SIMD for halves).
+    """True when every stored value decodes to a finite number.
+
+    Checked on the stored bits, without decoding (bfloat16: an all-ones exponent is Inf/NaN; int8: only the scales can
+    be non-finite).
+    """
+    # Integer tests on the bit patterns are much faster than np.isfinite on float16 (numpy has no SIMD for halves).
     if dtype == "float16":
         return not bool(((stored.view(np.uint16) & 0x7C00) == 0x7C00).any())
     if dtype == "float32":

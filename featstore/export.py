@@ -20,8 +20,25 @@ from featstore.store import open_store
 def export_h5(
     url: str, out: str | Path, *, view: int | None = None, overwrite: bool = False, progress: bool = True
 ) -> Path:
-    """Write ``out``: ``embeddings`` (N, V, D) float32 — or (N, D) for one ``view`` —, ``labels`` (N,),
-    ``views`` (N, V, P), ``head/weight`` (C, D) [, ``head/bias``], and the store attributes as JSON."""
+    """Export a store to one HDF5 file, atomically.
+
+    The file holds ``embeddings`` (N, V, D) float32 — or (N, D) for one ``view`` —, ``labels`` (N,),
+    ``views`` (N, V, P), ``head/weight`` (C, D) [, ``head/bias``], and the store attributes as JSON.
+
+    Args:
+        url: The store to export.
+        out: The HDF5 file to write.
+        view: Export only this view's embeddings and parameters (None: every view).
+        overwrite: Whether an existing ``out`` may be replaced.
+        progress: Whether to show a progress bar.
+
+    Returns:
+        The path written.
+
+    Raises:
+        OutputExists: ``out`` exists and ``overwrite`` is not set.
+        InvalidInput: ``view`` is outside the store's views.
+    """
     out = Path(out)
     if out.exists() and not overwrite:
         raise OutputExists(f"{out} already exists (use --overwrite to replace it)")
@@ -58,6 +75,7 @@ def export_h5(
 
 
 def read_h5_attrs(path: str | Path) -> dict:
+    """The store attributes an export wrote into ``path`` ({} for a file from elsewhere)."""
     with h5py.File(path, "r") as handle:
         return json.loads(handle.attrs["fsd"]) if "fsd" in handle.attrs else {}
 

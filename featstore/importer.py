@@ -80,8 +80,11 @@ def _read_checked(handle: h5py.File, path: Path, dataset: Dataset) -> tuple[int,
 
 
 def _store_meta(path: Path, dataset: Dataset, exported: dict, shape: tuple[int, int, int], classes: int) -> dict:
-    """The store attributes of an import. An fsd export carries its head type (a margin head's logits are
-    s·cos, not W·z) and its view seed; a file from elsewhere is a linear head with no seed."""
+    """The store attributes of an import.
+
+    An fsd export carries its head type (a margin head's logits are s·cos, not W·z) and its view seed; a file
+    from elsewhere is a linear head with no seed.
+    """
     n, v, d = shape
     head = exported.get("head") or {}
     margin_head = head.get("type") in ("arcface", "cosface")
@@ -144,7 +147,24 @@ def import_h5(
     chunk_rows: int | None = None,
     overwrite: bool = False,
 ) -> ExtractSummary:
-    """Create the store at ``url`` from an HDF5 file of embeddings of ``dataset``'s rows, in order."""
+    """Create the store at ``url`` from an HDF5 file of embeddings of ``dataset``'s rows, in order.
+
+    Args:
+        path: The HDF5 file (the layout of the module docstring).
+        dataset: The dataset whose samples the file's rows are, in order; its labels must match the file's.
+        url: Where the store is created.
+        dtype: The store's storage dtype (None: an export's own dtype, else ``DEFAULT_IMPORT_DTYPE``).
+        chunk_rows: Samples per chunk (None: the default for the store's size).
+        overwrite: Whether an existing store at ``url`` may be replaced.
+
+    Returns:
+        The summary of the store written.
+
+    Raises:
+        InputNotFound: ``path`` does not exist.
+        InvalidInput: ``path`` is not HDF5, lacks a dataset, disagrees with ``dataset`` or holds non-finite
+            rows; or ``dtype``/``chunk_rows`` is invalid.
+    """
     path = Path(path)
     if dtype is not None:
         check_dtype(dtype)

@@ -1,5 +1,7 @@
-"""What a store must satisfy before anyone reads it: its metadata agree with its arrays, its head is finite, its
-labels are the ones it was written with, and each chunk file carries a checksum that matches.
+"""What a store must satisfy before anyone reads it.
+
+Its metadata agree with its arrays, its head is finite, its labels are the ones it was written with, and each chunk file
+carries a checksum that matches.
 
 Why a module of its own: these checks are the one gate every reader passes (training, eval, export, verify,
 stream) — :func:`layout_problems` runs when a store is opened, :func:`check_crc` on every chunk file the direct
@@ -27,14 +29,19 @@ CRC_BYTES = 4
 
 
 def labels_digest(labels: np.ndarray) -> str:
-    """sha256 of the labels as little-endian int64: recorded at creation, compared on every open, so labels
-    shifted, re-ordered or lost (a deleted chunk reads as -1) cannot pass for the ones extracted."""
+    """sha256 of the labels as little-endian int64.
+
+    Recorded at creation and compared on every open, so labels shifted, re-ordered or lost (a deleted chunk reads as -1)
+    cannot pass for the ones extracted.
+    """
     return hashlib.sha256(np.ascontiguousarray(labels, dtype="<i8").tobytes()).hexdigest()
 
 
 def check_crc(data: bytes, key: str) -> bytes:
-    """The payload of a chunk file whose last 4 bytes are the crc32c of the rest (zarr's ``crc32c`` codec);
-    ValueError naming the file when they disagree (a flipped bit, a truncated or foreign file)."""
+    """The payload of a chunk file whose last 4 bytes are the crc32c of the rest (zarr's ``crc32c`` codec).
+
+    Raises ValueError naming the file when they disagree (a flipped bit, a truncated or foreign file).
+    """
     if len(data) < CRC_BYTES:
         raise ValueError(f"chunk file {key} is {len(data)} bytes, too short to hold its checksum")
     payload = data[:-CRC_BYTES]
@@ -101,9 +108,11 @@ def _array_problems(group: Any, meta: dict[str, Any], arrays: dict[str, Any]) ->
 
 
 def open_arrays(group: Any, dtype: Any, headless: bool = False) -> tuple[dict[str, Any], list[str]]:
-    """Every array a store must hold (scales only for int8; no head when its attributes say ``head: null``,
-    a head-less teacher's store), and a problem line for each that is missing (deleted, or its ``zarr.json``
-    gone) or unreadable as an array."""
+    """Every array a store must hold, and a problem line for each that is missing or unreadable.
+
+    Scales exist only for int8; there is no head when the attributes say ``head: null`` (a head-less teacher's store).
+    An array is missing when it is deleted or its ``zarr.json`` is gone.
+    """
     names = ["embeddings", "labels", "views", "progress/done"] + ([] if headless else ["head/weight"])
     names += ["scales"] if dtype == "int8" else []
     arrays, problems = {}, []
@@ -129,8 +138,11 @@ def layout_problems(group: Any, meta: dict[str, Any]) -> tuple[dict[str, Any], l
 
 
 def content_problems(meta: dict[str, Any], num_classes: int, read: Any) -> list[str]:
-    """The small arrays read whole on open: the head must be finite, labels in [-1, C) and — format 2 — equal
-    to the recorded digest. ``read(name)`` returns an array or raises (the error is reported, not raised)."""
+    """Check the small arrays read whole on open.
+
+    The head must be finite, labels in [-1, C) and — format 2 — equal to the recorded digest. ``read(name)`` returns an
+    array or raises (the error is reported, not raised).
+    """
     problems = []
     for name in ("head/weight", "head/bias"):
         try:

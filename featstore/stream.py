@@ -35,17 +35,26 @@ VIEW_SAMPLING = ("random", "cycle")
 def balanced_order(
     labels: np.ndarray, batch_size: int, per_class: int, rng: np.random.Generator, *, carry_limit: int, final: bool
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Arrange rows into class-balanced batches: (positions of full batches, batch after batch; positions
-    carried over to the next group).
+    """Arrange rows into class-balanced batches.
 
-    ``labels`` are the rows' classes in their shuffled order. Each class's rows are cut into blocks of
-    ``per_class``; a batch takes one block from each of ``batch_size // per_class`` distinct classes, drawn
-    with probability proportional to the blocks a class has left (so no class is used up early). When the
-    rows left over exceed ``carry_limit`` — or ``final``, at the end of an epoch — the remaining blocks are
-    packed into batches in a random order that may repeat a class (each class in such a batch still has
-    ``per_class`` rows, so every anchor has a positive); with ``final`` the rows under a block (fewer than
-    ``per_class`` of a class) go last, grouped by class. What is carried is then under
-    ``carry_limit`` + one batch, or under one batch when ``final``.
+    Each class's rows are cut into blocks of ``per_class``; a batch takes one block from each of
+    ``batch_size // per_class`` distinct classes, drawn with probability proportional to the blocks a class
+    has left (so no class is used up early). When the rows left over exceed ``carry_limit`` — or ``final``,
+    at the end of an epoch — the remaining blocks are packed into batches in a random order that may repeat a
+    class (each class in such a batch still has ``per_class`` rows, so every anchor has a positive); with
+    ``final`` the rows under a block (fewer than ``per_class`` of a class) go last, grouped by class.
+
+    Args:
+        labels: The rows' classes, in their shuffled order.
+        batch_size: Rows per batch, a multiple of ``per_class``.
+        per_class: Rows of one class in a batch (K).
+        rng: The generator that draws the classes of each batch.
+        carry_limit: Leftover rows beyond which the remaining blocks are packed anyway.
+        final: Whether this is the last group of the epoch (everything is packed).
+
+    Returns:
+        The positions of the full batches, batch after batch, and the positions carried over to the next
+        group: under ``carry_limit`` + one batch, or under one batch when ``final``.
     """
     classes_per_batch = batch_size // per_class
     blocks: dict[int, list[np.ndarray]] = {}
@@ -95,6 +104,15 @@ class GeneratedViews(ChunkGeometry):
     The online-teacher baseline streams this instead of a store: the same chunk order, the same views
     drawn from (seed, sample, view) as extraction would draw them, the same rendering — only the teacher's
     embedding is computed at every step instead of read.
+
+    Args:
+        dataset: The dataset whose samples and view policy the views come from.
+        num_views: Views per sample (V).
+        seed: The seed views are drawn from, as an extraction's store seed.
+        chunk_rows: Samples per chunk, which sets the chunk-shuffled reading order.
+
+    Raises:
+        InvalidInput: ``num_views`` or ``chunk_rows`` is not positive.
     """
 
     def __init__(self, dataset: Dataset, num_views: int, seed: int = 0, chunk_rows: int = 256) -> None:
@@ -106,6 +124,7 @@ class GeneratedViews(ChunkGeometry):
     dtype = "float32"
 
     def read_chunk(self, chunk: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Chunk ``chunk`` as (empty embeddings, labels, view parameters), the views drawn as extraction draws them."""
         rows = np.arange(*self.chunk_bounds(chunk))
         policy = self.dataset.view_policy
         sizes = self.dataset.source_sizes(rows) if policy.original else None  # boxes drawn on the originals
@@ -113,9 +132,11 @@ class GeneratedViews(ChunkGeometry):
         return np.zeros((len(rows), self.shape.num_views, 0), np.float32), self.dataset.labels[rows], views
 
     def read_chunks_raw(self, chunks: list[int]) -> list[tuple[np.ndarray, None, np.ndarray, np.ndarray]]:
+        """Several chunks in the store's raw form (embeddings, no scales, labels, views)."""
         return [(e, None, labels, views) for e, labels, views in map(self.read_chunk, chunks)]
 
     def decode(self, stored: np.ndarray, scales: np.ndarray | None = None) -> np.ndarray:
+        """The embeddings unchanged: there is nothing to decode."""
         return stored
 
 
@@ -124,13 +145,27 @@ class StoreStream:
 
     Memory is bounded by the buffer, whatever the store's size: at most two groups of ``buffer_chunks``
     chunks (the one being consumed and the one prefetched) plus a carry of under one batch, i.e. about
-    3 × buffer_chunks × chunk_rows × V × D × 4 bytes of decoded float32 (tested in test_stream_memory.py).
+    3 × buffer_chunks × chunk_rows × V × D × 4 bytes of decoded float32.
 
-    ``rank``/``world_size`` shard the chunk list so distributed workers read disjoint chunks;
-    ``view_sampling="random"`` draws a stored view per sample per epoch, ``"cycle"`` takes
-    view (epoch + sample) mod V so every view is used equally often. ``samples_per_class=K`` makes
-    class-balanced batches of batch_size / K classes × K samples (the module docstring); their carry is
-    bounded by one group of chunks or batch_size / K + 1 chunks, whichever is larger.
+    Args:
+        store: A complete feature store, or :class:`GeneratedViews` for an online teacher.
+        batch_size: Samples per batch.
+        seed: Seeds the chunk order, the shuffle and the view choice of every epoch.
+        view_sampling: ``"random"`` draws a stored view per sample per epoch; ``"cycle"`` takes view
+            (epoch + sample) mod V, so every view is used equally often.
+        buffer_chunks: Chunks read and shuffled together (the shuffle buffer).
+        rank: This worker's rank; ranks read disjoint shards of the chunk list.
+        world_size: The number of workers sharing the store.
+        drop_last: Whether to drop the last, short batch of an epoch.
+        prefetch: Whether to read the next group of chunks in a background thread.
+        skip_bad_chunks: Whether an unreadable or non-finite chunk is skipped with a warning instead of
+            raising :class:`StoreError`.
+        samples_per_class: K, for class-balanced batches of batch_size / K classes × K samples (the module
+            docstring); their carry is bounded by one group of chunks or batch_size / K + 1 chunks,
+            whichever is larger. None: plain shuffled batches.
+
+    Raises:
+        InvalidInput: A batch size, view sampling, rank or class balance that cannot work.
     """
 
     def __init__(
@@ -169,6 +204,7 @@ class StoreStream:
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
+        """Select the epoch whose chunk order, shuffle and views the next iteration yields."""
         self.epoch = epoch
 
     def _chunks(self) -> list[int]:
@@ -177,6 +213,7 @@ class StoreStream:
         return [int(c) for c in order[self.rank :: self.world_size]]
 
     def num_samples(self) -> int:
+        """Samples this rank reads in the current epoch."""
         return sum(self.store.chunk_bounds(c)[1] - self.store.chunk_bounds(c)[0] for c in self._chunks())
 
     def batches_per_rank(self) -> int:
@@ -200,9 +237,12 @@ class StoreStream:
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
     def _checked(self, chunk: int, result: tuple | BaseException) -> tuple[np.ndarray, ...] | None:
-        """One chunk as stored (not yet decoded: only the view each row gets is decoded), validated: a
-        chunk that cannot be decompressed or holds non-finite embeddings is never trained on — it raises
-        :class:`StoreError` naming the chunk, or with ``skip_bad_chunks`` is skipped with a warning (None)."""
+        """One chunk as stored, validated, or None when it is bad and ``skip_bad_chunks`` is set.
+
+        The chunk is not yet decoded (only the view each row gets is decoded later). A chunk that cannot be
+        decompressed or holds non-finite embeddings is never trained on: it raises :class:`StoreError`
+        naming the chunk, or with ``skip_bad_chunks`` is skipped with a warning.
+        """
         if isinstance(result, BaseException):  # a corrupt or truncated chunk file surfaces as many types
             problem = f"unreadable ({type(result).__name__}: {result})"
         else:
@@ -280,8 +320,11 @@ class StoreStream:
             yield self._batch(carry, slice(0, len(carry[0])))
 
     def _carry_limit(self, group_rows: int) -> int:
-        """Rows balanced batching may carry between groups: a group, or P + 1 chunks where chunks hold one
-        class each (a store in class order), so P distinct classes can meet — bounded, whatever the store."""
+        """Rows balanced batching may carry between groups, bounded whatever the store.
+
+        The limit is a group, or P + 1 chunks where chunks hold one class each (a store in class order), so
+        P distinct classes can meet.
+        """
         classes_per_batch = self.batch_size // self.samples_per_class
         return max(group_rows, (classes_per_batch + 1) * self.store.chunk_rows, self.batch_size)
 
@@ -298,7 +341,18 @@ class StoreStream:
 
 
 def check_balanced(batch_size: int, samples_per_class: int, num_classes: int) -> None:
-    """Class-balanced batches need K ≥ 2 (a positive), B a multiple of K, and 2 ≤ B / K ≤ the classes."""
+    """Refuse a class balance that cannot make batches.
+
+    Class-balanced batches need K ≥ 2 (a positive), B a multiple of K, and 2 ≤ B / K ≤ the classes.
+
+    Args:
+        batch_size: B, samples per batch.
+        samples_per_class: K, samples of one class per batch.
+        num_classes: The classes the store holds.
+
+    Raises:
+        InvalidInput: One of the three conditions fails.
+    """
     k = samples_per_class
     if k < 2:
         raise InvalidInput(f"--samples-per-class must be at least 2 (a sample and a positive), got {k}")

@@ -47,6 +47,19 @@ class ViewPolicy:
     and aspect ratio in ``ratio`` (RandomResizedCrop), resized to the source size, then the flip.
     ``original_crop``: the RandomResizedCrop box as fractions of each original image (see the module
     docstring); ``source_size`` and ``pad`` are unused, ``crop_fraction`` defines view 0.
+
+    Args:
+        kind: One of ``VIEW_KINDS``.
+        source_size: (H, W) of the source images, which is also the rendered size (pixel kinds only).
+        pad: Zero padding around the source image, in pixels (pixel kinds only).
+        flip_p: Probability of a horizontal flip.
+        scale: Range of the crop box's area fraction (``resized_crop``, ``original_crop``).
+        ratio: Range of the crop box's aspect ratio (``resized_crop``, ``original_crop``).
+        crop_fraction: ``original_crop`` only: view 0's central square as a fraction of the short side
+            (None: the whole image).
+
+    Raises:
+        InvalidInput: An unknown kind, or a crop fraction outside (0, 1].
     """
 
     kind: str
@@ -82,7 +95,17 @@ class ViewPolicy:
 
     @classmethod
     def from_dict(cls, recorded: dict) -> ViewPolicy:
-        """The policy a store recorded; a views format this fsd does not know is refused."""
+        """The policy a store recorded; a views format this fsd does not know is refused.
+
+        Args:
+            recorded: The dict :meth:`to_dict` wrote into the store.
+
+        Returns:
+            The policy that replays the store's views.
+
+        Raises:
+            InvalidInput: The store's ``original_crop`` views are in another format version.
+        """
         version = recorded.get("version")
         if recorded.get("kind") == ORIGINAL and version != ORIGINAL_VERSION:
             raise InvalidInput(
@@ -114,8 +137,11 @@ def policy_mismatch(recorded: dict | None, policy: ViewPolicy) -> str | None:
 
 
 def identity_params(policy: ViewPolicy, size: tuple[int, int] | None = None) -> np.ndarray:
-    """View 0: the whole un-padded image, not flipped; for ``original_crop`` the central square of
-    ``crop_fraction`` × the short side of an original of ``size`` (H, W), as fractions."""
+    """View 0: the whole un-padded image, not flipped.
+
+    For ``original_crop`` it is the central square of ``crop_fraction`` × the short side of an original of
+    ``size`` (H, W), as fractions.
+    """
     if not policy.original:
         h, w = policy.source_size
         return np.array([policy.pad, policy.pad, h, w, 0], dtype=np.float32)
@@ -145,10 +171,19 @@ def _rng(seed: int, sample: int, view: int) -> np.random.Generator:
 def sample_view_params(
     policy: ViewPolicy, seed: int, sample: int, view: int, size: tuple[int, int] | None = None
 ) -> np.ndarray:
-    """The parameter vector of view ``view`` of sample ``sample`` (float32, len(PARAM_NAMES)).
+    """The parameter vector of view ``view`` of sample ``sample``.
 
-    ``size`` is the original image's (H, W); only ``original_crop`` needs it (its box depends on the
-    original's aspect ratio, as RandomResizedCrop's does)."""
+    Args:
+        policy: How the dataset's views are drawn.
+        seed: The store's seed; with ``sample`` and ``view`` it seeds the draw.
+        sample: The sample's index in the dataset.
+        view: The view's index; view 0 is the identity view.
+        size: The original image's (H, W); only ``original_crop`` needs it (its box depends on the
+            original's aspect ratio, as RandomResizedCrop's does).
+
+    Returns:
+        float32 parameters of length ``len(PARAM_NAMES)``.
+    """
     if view == 0:
         return identity_params(policy, size)
     rng = _rng(seed, sample, view)
@@ -191,8 +226,18 @@ def _random_resized_box(
 def sample_views(
     policy: ViewPolicy, seed: int, samples: np.ndarray, num_views: int, sizes: np.ndarray | None = None
 ) -> np.ndarray:
-    """Parameters for every (sample, view): shape (len(samples), num_views, P), float32; ``sizes`` (n, 2)
-    are the originals' (H, W), needed by ``original_crop`` only."""
+    """Parameters for every (sample, view).
+
+    Args:
+        policy: How the dataset's views are drawn.
+        seed: The store's seed.
+        samples: The samples' indices in the dataset.
+        num_views: Views per sample (V).
+        sizes: (n, 2) originals' (H, W), needed by ``original_crop`` only.
+
+    Returns:
+        float32 parameters of shape (len(samples), num_views, P).
+    """
     out = np.empty((len(samples), num_views, len(PARAM_NAMES)), dtype=np.float32)
     for row, sample in enumerate(samples):
         size = None if sizes is None else tuple(sizes[row])
@@ -202,8 +247,11 @@ def sample_views(
 
 
 def renderable_original(params: np.ndarray) -> np.ndarray:
-    """Which rows of (n, P) ``original_crop`` parameters describe a box inside the image (finite fractions,
-    positive size, flip 0/1): a tampered row must be reported, not crash the renderer."""
+    """Which rows of (n, P) ``original_crop`` parameters describe a box inside the image.
+
+    A renderable row has finite fractions, a positive size and a flip of 0 or 1; a tampered row must be
+    reported, not crash the renderer.
+    """
     finite = np.isfinite(params).all(axis=1)
     p = np.where(np.isfinite(params), params, -1.0).astype(np.float64)
     top, left, ch, cw, flip = (p[:, k] for k in range(len(PARAM_NAMES)))
@@ -213,16 +261,30 @@ def renderable_original(params: np.ndarray) -> np.ndarray:
 
 
 def _snap(coordinate: float) -> float:
-    """A box edge within 1/1000 pixel of an integer is that integer: float32 fractions of an integral box
-    (every RandomResizedCrop box) then cut exactly those pixels, as torchvision's crop + resize would."""
+    """A box edge within 1/1000 pixel of an integer, snapped to that integer.
+
+    float32 fractions of an integral box (every RandomResizedCrop box) then cut exactly those pixels, as
+    torchvision's crop + resize would.
+    """
     nearest = round(coordinate)
     return float(nearest) if abs(coordinate - nearest) < 1e-3 else coordinate
 
 
 def render_original(image, params: np.ndarray, out_size: tuple[int, int]):
-    """One ``original_crop`` view of a decoded PIL image: the fractional box cut and resized (bilinear,
-    antialiased) to ``out_size`` (H, W), then flipped — torchvision's crop + resize for an integral box. Deterministic, so the teacher and the
-    student get identical pixels from identical parameters at the same size."""
+    """One ``original_crop`` view of a decoded PIL image.
+
+    The fractional box is cut and resized (bilinear, antialiased), then flipped — torchvision's crop + resize
+    for an integral box. Deterministic, so the teacher and the student get identical pixels from identical
+    parameters at the same size.
+
+    Args:
+        image: The decoded original (a PIL image).
+        params: One view's ``PARAM_NAMES`` values, as fractions of the original.
+        out_size: The rendered (H, W).
+
+    Returns:
+        The view as a PIL image of ``out_size``.
+    """
     import math
 
     from PIL import Image
@@ -239,10 +301,21 @@ def render_original(image, params: np.ndarray, out_size: tuple[int, int]):
 
 
 def render_views(images: torch.Tensor, params: np.ndarray | torch.Tensor, policy: ViewPolicy) -> torch.Tensor:
-    """Render one view per image: (n, C, H, W) source images + (n, P) parameters → (n, C, H, W).
+    """Render one view per image of a pixel-kind policy.
 
     Deterministic on a given device: the teacher (at extraction) and the student (at training) call this
     same function with the same stored parameters, so they see identical pixels.
+
+    Args:
+        images: (n, C, H, W) source images.
+        params: (n, P) view parameters, one row per image.
+        policy: The policy the parameters were drawn under (``shift`` or ``resized_crop``).
+
+    Returns:
+        (n, C, H, W) rendered views, on the images' device and dtype.
+
+    Raises:
+        InvalidInput: An ``original_crop`` policy (rendered from the files), or shapes that disagree.
     """
     if policy.original:
         raise InvalidInput("views in original-image coordinates are rendered from the image files, not a tensor")

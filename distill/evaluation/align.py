@@ -47,7 +47,16 @@ def similarity_transform(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
 
 
 def align_face(image, landmarks: np.ndarray, size: int = 112):
-    """The ``size``×``size`` aligned crop of a PIL image (the template is scaled for sizes other than 112)."""
+    """The ``size``×``size`` aligned crop of a PIL image.
+
+    Args:
+        image: The PIL image the landmarks were detected on.
+        landmarks: (5, 2) eyes, nose tip and mouth corners, in the image's pixels.
+        size: The side of the crop; the template is scaled for sizes other than 112.
+
+    Returns:
+        The aligned PIL image.
+    """
     from PIL import Image
 
     matrix = similarity_transform(landmarks, ARCFACE_TEMPLATE * (size / 112.0))
@@ -60,7 +69,7 @@ def align_face(image, landmarks: np.ndarray, size: int = 112):
 
 
 def read_landmarks(path: str | Path) -> dict[str, np.ndarray]:
-    """name → (5, 2) landmarks from an IJB ``*_name_5pts_score.txt`` file, in file order."""
+    """Image name → (5, 2) landmarks from an IJB ``*_name_5pts_score.txt`` file, in file order."""
     path = Path(path)
     if not path.is_file():
         raise InputNotFound(f"landmarks file {path} does not exist")

@@ -1,5 +1,8 @@
-"""Comparing saved reports side by side (``fsd compare``): rows = metrics, columns = reports, with each
-report's difference from a baseline and notes where the reports are not comparable."""
+"""Comparing saved reports side by side (``fsd compare``).
+
+Rows are metrics, columns are reports, with each report's difference from a baseline and notes where the
+reports are not comparable.
+"""
 
 from __future__ import annotations
 
@@ -49,8 +52,11 @@ def _ordered_keys(reports: list[dict[str, Any]], path: tuple[str, ...]) -> list[
 
 
 def compare_rows(reports: list[dict[str, Any]]) -> list[tuple[str, tuple[str, ...]]]:
-    """The metrics ``fsd compare`` shows: the summary columns, then every Recall@k, P@1, R-precision, EER,
-    TAR at every FAR, LFW accuracy and cross-model retrieval — those that at least one report has."""
+    """The metrics ``fsd compare`` shows, those that at least one report has.
+
+    They are the summary columns, then every Recall@k, P@1, R-precision, EER, TAR at every FAR, LFW accuracy
+    and cross-model retrieval.
+    """
     rows = list(SUMMARY_COLUMNS)
     rows += [(f"R@{k}", ("retrieval", "recall_at_k", k)) for k in _ordered_keys(reports, ("retrieval", "recall_at_k"))]
     rows += [
@@ -117,9 +123,21 @@ def _number(value: Any, name: str, path: tuple[str, ...]) -> float | None:
 
 
 def side_by_side_table(reports: dict[str, dict[str, Any]], baseline: str | None = None) -> str:
-    """Reports side by side (rows = metrics in percent, columns = reports) with each report's difference
-    from ``baseline`` (default: the first) in percentage points; notes where the reports are not comparable
-    (different sample counts or verification protocols)."""
+    """Reports side by side, with each report's difference from ``baseline`` in percentage points.
+
+    Rows are metrics in percent, columns are reports; notes follow where the reports are not comparable
+    (different sample counts or verification protocols).
+
+    Args:
+        reports: Eval reports by name, in column order.
+        baseline: The report the differences are taken against (default: the first).
+
+    Returns:
+        The table as text.
+
+    Raises:
+        InvalidInput: No report, or a baseline that is not among them.
+    """
     if not reports:
         raise InvalidInput("nothing to compare")
     names = list(reports)
@@ -166,8 +184,10 @@ def _comparability_notes(reports: dict[str, dict[str, Any]]) -> list[str]:
         return section.get(key) if isinstance(section, dict) else None
 
     def data(r: dict[str, Any]) -> str:
-        """The evaluated data: dataset spec and split, and its fingerprint when recorded (the same name may
-        hold other pixels: a folder dataset that changed)."""
+        """The evaluated data: dataset spec and split, and its fingerprint when recorded.
+
+        The fingerprint tells apart two data sets of the same name (a folder dataset that changed).
+        """
         src = r.get("source")
         name = f"{field(src, 'dataset') or '?'}/{field(src, 'split') or '?'}"
         fingerprint = field(src, "fingerprint")

@@ -12,7 +12,13 @@ __all__ = ["plot_cmc", "plot_roc"]
 
 
 def plot_roc(curves: dict[str, tuple[np.ndarray, np.ndarray]], path: str | Path, title: str = "ROC") -> None:
-    """ROC curves on a log-FAR axis, written atomically as PNG."""
+    """ROC curves on a log-FAR axis, written atomically as PNG.
+
+    Args:
+        curves: (far, tar) of each curve, by legend name.
+        path: The PNG to write.
+        title: The figure's title.
+    """
     fig, ax = subplots(figsize=(5, 4), dpi=120)
     for name, (far, tar) in curves.items():
         positive = far > 0
@@ -28,7 +34,13 @@ def plot_roc(curves: dict[str, tuple[np.ndarray, np.ndarray]], path: str | Path,
 
 
 def plot_cmc(curves: dict[str, np.ndarray], path: str | Path, title: str = "CMC") -> None:
-    """CMC curves (identification rate against rank), written atomically as PNG."""
+    """CMC curves (identification rate against rank), written atomically as PNG.
+
+    Args:
+        curves: The identification rate at ranks 1…k of each curve, by legend name.
+        path: The PNG to write.
+        title: The figure's title.
+    """
     fig, ax = subplots(figsize=(5, 4), dpi=120)
     for name, cmc in curves.items():
         ax.plot(np.arange(1, len(cmc) + 1), cmc, marker=".", label=name or None)

@@ -1,6 +1,6 @@
-"""Building an evaluation report: the sections of docs/evaluation.md from an :class:`~distill.evaluation.sources.EmbeddingSet`.
+"""Building an evaluation report from an :class:`~distill.evaluation.sources.EmbeddingSet`.
 
-The numbers come from the pure functions of :mod:`distill.evaluation.metrics` (the sections are those of its
+The report holds the sections of docs/evaluation.md. The numbers come from the pure functions of :mod:`distill.evaluation.metrics` (the sections are those of its
 :data:`~distill.evaluation.metrics.METRICS` table), neighbour search from :mod:`distill.evaluation.search` (FAISS,
 GPU when present; exact unless an approximate ``index`` is asked for), all-pairs verification from
 :mod:`distill.evaluation.verification`, listed pairs from :mod:`distill.evaluation.protocols.pairs` and the IJB
@@ -55,6 +55,17 @@ def retrieval_report(
     ``nprobe``, ``hnsw_m``, ``ef_search`` of :func:`distill.evaluation.search.knn_search`) and adds ``index`` =
     ``{"type", "k", "recall_vs_exact@k", "num_queries_checked", "params"}``: the fraction of the exact top-k
     neighbours the index found, checked on ``recall_queries`` random queries (all when ``None``).
+
+    Args:
+        queries: The embeddings searched from.
+        gallery: The embeddings searched in (None: leave-one-out within ``queries``).
+        use_gpu: Search on the GPU (None: when FAISS has one).
+        index: ``"exact"``, ``"ivf"`` or ``"hnsw"``.
+        index_options: The approximate index's parameters.
+        recall_queries: Queries the approximate index's recall is checked on (None: all).
+
+    Returns:
+        The ``retrieval`` section of the report.
     """
     from distill.evaluation.search import knn_search, labels_at  # FAISS loads when a search runs
 
@@ -135,8 +146,11 @@ def _index_section(
 
 
 def _padded(neighbor_labels: np.ndarray) -> np.ndarray:
-    """Neighbour labels padded with unknown (-1) columns to the largest default k: with fewer than k others,
-    Recall@k ("any of the k nearest others") is over all of them, and every report has the same keys."""
+    """Neighbour labels padded with unknown (-1) columns to the largest default k.
+
+    With fewer than k others, Recall@k ("any of the k nearest others") is over all of them, and every report
+    has the same keys.
+    """
     missing = max(metrics.DEFAULT_KS) - neighbor_labels.shape[1]
     if missing <= 0:
         return neighbor_labels
@@ -154,14 +168,28 @@ def evaluate(
     index_options: dict[str, Any] | None = None,
     ijb: Any = None,
 ) -> tuple[dict[str, Any], dict]:
-    """The report dict of docs/evaluation.md and the ROC curve(s) for plotting: (report, {name: (far, tar)}).
+    """The report of docs/evaluation.md and the ROC curve(s) for plotting.
 
     Verification covers every unordered pair of known-label samples, computed exactly in bounded memory by
-    :func:`distill.evaluation.verification.streaming_verification`; with ``pairs`` (from :mod:`distill.evaluation.protocols.pairs`) it covers
-    those pairs instead and the section carries ``"protocol": "pairs"`` (and ``lfw`` for LFW files).
-    ``index``/``index_options``: approximate search for retrieval and cross-model retrieval (see
-    :func:`retrieval_report`). ``ijb`` (a :class:`distill.evaluation.protocols.ijb.IjbMeta`): the IJB template protocols instead of
-    the per-sample sections — see :func:`evaluate_ijb`.
+    :func:`distill.evaluation.verification.streaming_verification`; with ``pairs`` it covers those pairs
+    instead and the section carries ``"protocol": "pairs"`` (and ``lfw`` for LFW files).
+
+    Args:
+        queries: The embeddings (and labels, logits) evaluated.
+        gallery: Another model's embeddings of the same samples, for cross-model retrieval.
+        fars: The false-accept rates TAR is reported at.
+        use_gpu: Search on the GPU (None: when FAISS has one).
+        pairs: Listed pairs (:mod:`distill.evaluation.protocols.pairs`) instead of all pairs.
+        index: Approximate search for retrieval and cross-model retrieval (:func:`retrieval_report`).
+        index_options: The approximate index's parameters.
+        ijb: A :class:`distill.evaluation.protocols.ijb.IjbMeta`: the IJB template protocols instead of the
+            per-sample sections (:func:`evaluate_ijb`).
+
+    Returns:
+        (report, {curve name: (far, tar)}).
+
+    Raises:
+        InvalidInput: ``ijb`` combined with ``pairs`` or ``gallery``, or inputs a section cannot use.
     """
     if ijb is not None:
         if pairs is not None or gallery is not None:
@@ -219,8 +247,10 @@ def _retrieval_section(
 def _verification_section(
     metric: metrics.Metric, queries: EmbeddingSet, options: _SectionOptions, curves: dict[str, Any]
 ) -> dict[str, Any]:
-    """All pairs or the pairs file (:func:`verification_report`, which computes ``metric.function``'s numbers
-    without materialising the scores); its ROC curve goes to ``curves[""]``."""
+    """All pairs or the pairs file; its ROC curve goes to ``curves[""]``.
+
+    :func:`verification_report` computes ``metric.function``'s numbers without materialising the scores.
+    """
     section, roc = verification_report(queries, options.fars, use_gpu=options.use_gpu, pairs=options.pairs)
     if roc[0].size:
         curves[""] = roc
@@ -243,11 +273,25 @@ def evaluate_ijb(
     use_gpu: bool | None = None,
     cmc_rank: int = 0,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The IJB report: ``{"source", "num_samples", "ijb": {"protocol", "verification", "identification"}}``
-    (:func:`distill.evaluation.protocols.ijb.ijb_evaluation`) from embeddings named by image (``queries.names``), flip-summed with
-    ``queries.flip`` when present. The per-sample retrieval/verification sections are not computed (IJB images
-    carry no labels, and all image pairs of IJB-C would be 10^11). Returns ``(report, curves)`` with curves
-    ``{"roc": {"": (far, tar)}, "cmc": {"G1": …, "G2": …}}`` (those that exist; CMC up to ``cmc_rank``)."""
+    """The IJB report from embeddings named by image.
+
+    The report is ``{"source", "num_samples", "ijb": {"protocol", "verification", "identification"}}``
+    (:func:`distill.evaluation.protocols.ijb.ijb_evaluation`). The per-sample retrieval/verification sections
+    are not computed: IJB images carry no labels, and IJB-C has about 10^11 image pairs.
+
+    Args:
+        queries: Embeddings with ``names``, flip-summed with ``queries.flip`` when present.
+        meta: The protocol's :class:`~distill.evaluation.protocols.ijb.IjbMeta`.
+        fars: The false-accept rates TAR is reported at.
+        use_gpu: Search on the GPU (None: when FAISS has one).
+        cmc_rank: Highest rank of the CMC curves returned (0: none).
+
+    Returns:
+        (report, curves), curves ``{"roc": {"": (far, tar)}, "cmc": {"G1": …, "G2": …}}`` (those that exist).
+
+    Raises:
+        InvalidInput: The embeddings carry no image names.
+    """
     from distill.evaluation.protocols.ijb import ijb_evaluation
 
     if queries.names is None:
@@ -274,18 +318,38 @@ def verification_report(
     use_gpu: bool | None = None,
     pairs: Pairs | None = None,
 ) -> tuple[dict[str, Any], tuple[np.ndarray, np.ndarray]]:
-    """The ``verification`` section and its ROC curve: all pairs (streaming, exact) or the given ``pairs``."""
+    """The ``verification`` section and its ROC curve: all pairs (streaming, exact) or the given ``pairs``.
+
+    Args:
+        queries: The embeddings and labels.
+        fars: The false-accept rates TAR is reported at.
+        use_gpu: Score on the GPU (None: when available).
+        pairs: Listed pairs instead of all pairs of known-label samples.
+
+    Returns:
+        (section, (far, tar)).
+    """
     if pairs is not None:
         return pairs_report(queries.embeddings, pairs, fars)
     return streaming_verification(queries.embeddings, queries.labels, fars, use_gpu=use_gpu)
 
 
 def write_report(report: dict[str, Any], path: str | Path) -> None:
+    """Write ``report`` to ``path`` as indented JSON, atomically."""
     atomic_write_text(path, json.dumps(report, indent=2, sort_keys=False) + "\n")
 
 
 def cmc_curve(queries: EmbeddingSet, max_rank: int = CMC_MAX_RANK, use_gpu: bool | None = None) -> np.ndarray:
-    """Leave-one-out CMC of ``queries`` up to rank min(max_rank, N - 1), N = known-label samples."""
+    """Leave-one-out CMC of ``queries`` up to rank min(max_rank, N - 1), N = known-label samples.
+
+    Args:
+        queries: The embeddings and labels.
+        max_rank: The highest rank wanted.
+        use_gpu: Search on the GPU (None: when FAISS has one).
+
+    Returns:
+        The identification rate at ranks 1…k (empty under two known-label samples).
+    """
     from distill.evaluation.search import knn_search, labels_at
 
     known = metrics.known_mask(queries.labels)

@@ -236,10 +236,13 @@ def knn_search(
         index: ``"exact"`` (default: ``IndexFlatIP``, exact), ``"ivf"`` (``IndexIVFFlat``, trained on the
             gallery) or ``"hnsw"`` (``IndexHNSWFlat``) — approximate, for large galleries; measure what they
             miss with :func:`approximate_recall` / :func:`recall_vs_exact`.
-        nlist, nprobe: IVF lists and lists probed per query; hnsw_m, ef_search: HNSW graph degree and search
-            breadth. Defaults and limits: :func:`resolve_index_params`. Ignored by the exact search.
-            The index is built for this call (IVF: k-means on the gallery, seeded, so repeatable; HNSW: FAISS
-            inserts in parallel, so with several OpenMP threads two builds may differ in a few neighbours).
+        nlist: IVF lists. Defaults and limits of this and the next three: :func:`resolve_index_params`; the
+            exact search ignores them. The index is built for this call (IVF: k-means on the gallery, seeded,
+            so repeatable; HNSW: FAISS inserts in parallel, so with several OpenMP threads two builds may
+            differ in a few neighbours).
+        nprobe: IVF lists probed per query.
+        hnsw_m: HNSW graph degree.
+        ef_search: HNSW search breadth.
 
     Returns:
         ``(scores, indices)``: float32 and int64 arrays of shape ``(nq, k)``, sorted by descending score. Where
@@ -272,9 +275,12 @@ def knn_search(
 
 
 def topk_recall(exact_ids: Any, approx_ids: Any) -> float | None:
-    """Fraction of the exact neighbours (ids >= 0 of ``exact_ids``, one row per query) that also appear in the
-    same row of ``approx_ids``, pooled over all queries: sum_r |E_r ∩ A_r| / sum_r |E_r|. Order within a row
-    does not matter; padding (-1) is ignored. ``None`` when there is no exact neighbour at all."""
+    """Fraction of the exact neighbours that also appear in the same row of ``approx_ids``, pooled over queries.
+
+    The exact neighbours are the ids >= 0 of ``exact_ids``, one row per query; the fraction is
+    sum_r |E_r ∩ A_r| / sum_r |E_r|. Order within a row does not matter; padding (-1) is ignored. ``None``
+    when there is no exact neighbour at all.
+    """
     e = np.asarray(exact_ids)
     a = np.asarray(approx_ids)
     if e.ndim != 2 or a.ndim != 2 or e.shape[0] != a.shape[0]:
@@ -307,9 +313,11 @@ def recall_vs_exact(
     use_gpu: bool | None = None,
     query_batch: int = 4096,
 ) -> tuple[float | None, int]:
-    """Recall of an approximate search's result ``approx_ids`` (``(nq, k)``, as :func:`knn_search` returned it
-    for these queries/gallery) against the exact search, checked on at most ``max_queries`` queries drawn
-    without replacement with ``seed`` (all queries when ``None`` or when there are fewer).
+    """Recall of an approximate search's result ``approx_ids`` against the exact search.
+
+    ``approx_ids`` is ``(nq, k)``, as :func:`knn_search` returned it for these queries/gallery. The check runs
+    on at most ``max_queries`` queries drawn without replacement with ``seed`` (all queries when ``None`` or
+    when there are fewer).
 
     Only the sampled queries are searched exactly, so the check costs ``max_queries / nq`` of an exact search.
     Returns ``(recall, num_queries_checked)`` with recall as in :func:`topk_recall`.
@@ -345,8 +353,10 @@ def approximate_recall(
     hnsw_m: int = DEFAULT_HNSW_M,
     ef_search: int | None = None,
 ) -> float | None:
-    """Fraction of the exact top-k neighbours of every query that the approximate ``index`` ("ivf" or "hnsw",
-    built with the given parameters) finds in its own top k (:func:`topk_recall`; 1.0 for ``"exact"``)."""
+    """Fraction of the exact top-k neighbours of every query that the approximate ``index`` finds in its top k.
+
+    ``index`` is "ivf" or "hnsw", built with the given parameters (:func:`topk_recall`; 1.0 for ``"exact"``).
+    """
     kwargs = {"exclude_self": exclude_self, "use_gpu": use_gpu, "query_batch": query_batch}
     _, approx = knn_search(
         queries, gallery, k, index=index, nlist=nlist, nprobe=nprobe, hnsw_m=hnsw_m, ef_search=ef_search, **kwargs
@@ -356,8 +366,11 @@ def approximate_recall(
 
 
 def labels_at(indices: np.ndarray, labels: Any) -> np.ndarray:
-    """Labels of neighbour ``indices`` (as from :func:`knn_search`), with padding (-1) mapped to
-    :data:`~distill.evaluation.metrics.UNKNOWN_LABEL`, ready for :func:`distill.evaluation.metrics.retrieval_metrics`."""
+    """Labels of neighbour ``indices`` (as from :func:`knn_search`), ready for the retrieval metrics.
+
+    Padding (-1) is mapped to :data:`~distill.evaluation.metrics.UNKNOWN_LABEL`, as
+    :func:`distill.evaluation.metrics.retrieval_metrics` expects.
+    """
     idx = np.asarray(indices)
     lab = np.asarray(labels).astype(np.int64, copy=False)
     if lab.ndim != 1:

@@ -1,5 +1,8 @@
-"""Text tables of evaluation reports: one report's sections (``fsd eval``) and one line per report
-(the demo's comparison). Values are shown in percent; ``—`` marks a value a report does not have."""
+"""Text tables of evaluation reports.
+
+One report's sections (``fsd eval``) and one line per report (the demo's comparison). Values are shown in
+percent; ``—`` marks a value a report does not have.
+"""
 
 from __future__ import annotations
 

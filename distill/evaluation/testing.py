@@ -2,8 +2,8 @@
 
 Each function here is deliberately naive (python loops, full float64 matrices, exhaustive threshold search) and
 shares no code with the implementation it checks, so a test that compares the two can fail. Nothing in fsd's
-production paths imports this module. :func:`pair_scores` materialises every pair score (the evaluation path
-before the streaming one, still the reference ``benchmarks/tar_at_far.py`` times) and :func:`tiled_pair_scores`
+production paths imports this module. :func:`pair_scores` materialises every pair score (the reference
+``benchmarks/tar_at_far.py`` times the streaming verification against) and :func:`tiled_pair_scores`
 produces exactly the scores the streaming verification counts.
 """
 
@@ -53,6 +53,7 @@ def brute_topk(q: np.ndarray, g: np.ndarray, k: int, exclude_self: bool = False)
 
 
 def brute_topk_recall(exact: np.ndarray, approx: np.ndarray) -> float:
+    """Pooled recall of ``approx``'s rows against ``exact``'s non-padding ids, by counting."""
     found = total = 0
     for e_row, a_row in zip(exact.tolist(), approx.tolist()):
         for e in e_row:
@@ -90,6 +91,7 @@ def brute_retrieval(order_labels: list[list[int]], query_labels: list[int], rs: 
 
 
 def brute_tar_at_far(gen: list[float], imp: list[float], far: float) -> float | None:
+    """TAR at ``far`` by the sorted definition of docs/evaluation.md (None where far·N < 1)."""
     desc = sorted(imp, reverse=True)
     k = int((Decimal(repr(far)) * len(desc)).to_integral_value(rounding=ROUND_FLOOR))
     if k < 1:
@@ -107,6 +109,7 @@ def brute_roc_auc(gen: Any, imp: Any) -> float:
 
 
 def brute_eer(gen: list[float], imp: list[float]) -> float:
+    """The EER, by trying every score as a threshold."""
     best = None
     for t in [-math.inf] + sorted(set(gen) | set(imp)):
         far = sum(1 for s in imp if s > t) / len(imp)
@@ -177,6 +180,7 @@ def brute_identification(gallery, g_subj, probes, p_subj, ranks, fpirs) -> dict:
 
 
 def brute_lfw_correct(scores: list[float], same: list[bool], t: float) -> int:
+    """Pairs classified correctly at threshold ``t`` (same when the score is above it)."""
     return sum(1 for s, y in zip(scores, same) if (s > t) == y)
 
 

@@ -1,5 +1,7 @@
-"""Argument checks shared by every evaluation module: arrays in, validated numpy arrays out, or an
-:class:`~featstore.errors.InvalidInput` with a message that names the argument.
+"""Argument checks shared by every evaluation module.
+
+Arrays in, validated numpy arrays out, or an :class:`~featstore.errors.InvalidInput` with a message that names
+the argument.
 
 One module meant to be shared, so that search, metrics, verification and the protocols fail with the same
 words for the same mistake (and none of them reaches into another's private helpers).
@@ -41,6 +43,7 @@ def to_numpy(x: Any) -> np.ndarray:
 
 
 def int_vector(x: Any, name: str) -> np.ndarray:
+    """``x`` as a 1-D int64 array, refused unless it is 1-D integers; ``name`` is named in the refusal."""
     a = to_numpy(x)
     if a.ndim != 1:
         raise InvalidInput(f"{name} must be a 1-D array, got shape {a.shape}")
@@ -80,6 +83,7 @@ def as_matrix(x: Any, name: str) -> np.ndarray:
 
 
 def positive_int(v: Any, name: str) -> int:
+    """``v`` as an int, refused unless it is an integer > 0 (bool excluded)."""
     if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v <= 0:
         raise InvalidInput(f"{name} must be a positive integer, got {v!r}")
     return int(v)
@@ -95,6 +99,7 @@ def check_far(far: float) -> Fraction:
 
 
 def check_ks(ks: Sequence[int]) -> tuple[int, ...]:
+    """The k values of Recall@k as sorted, distinct positive integers; refused when empty or invalid."""
     try:
         out = tuple(int(k) for k in ks)
     except (TypeError, ValueError):
@@ -117,8 +122,10 @@ def l2_normalize(x: np.ndarray) -> np.ndarray:
 
 
 def normalised_known(embeddings: Any, labels: Any) -> tuple[np.ndarray, np.ndarray]:
-    """Validated, L2-normalised float32 rows and int64 labels of the known (label != -1) samples — the
-    input every all-pairs scorer starts from."""
+    """Validated, L2-normalised float32 rows and int64 labels of the known (label != -1) samples.
+
+    This is the input every all-pairs scorer starts from.
+    """
     x = as_matrix(embeddings, "embeddings")
     if hasattr(labels, "detach") and hasattr(labels, "cpu"):
         labels = labels.detach().cpu().numpy()

@@ -39,8 +39,11 @@ class DistillInputs:
             self.student_embedding_t = self.student_embedding
 
     def with_teacher_detached(self) -> DistillInputs:
-        """The same step with the teacher's tensors cut from the graph: they are targets, and a loss must
-        never move what it is matched against (an online teacher's embedding may still carry a graph)."""
+        """The same step with the teacher's tensors cut from the graph.
+
+        They are targets, and a loss must never move what it is matched against (an online teacher's
+        embedding may still carry a graph).
+        """
         return replace(
             self,
             teacher_embedding=None if self.teacher_embedding is None else self.teacher_embedding.detach(),
@@ -70,19 +73,37 @@ class DistillLoss(nn.Module):
     needs: tuple[str, ...] = ()
 
     def setup(self, context: TrainingContext) -> None:
-        """Called once before training (and before the optimiser is built, so parameters created here are
-        trained). Most losses need nothing."""
+        """Prepare the loss once before training; most losses need nothing.
+
+        It runs before the optimiser is built, so parameters created here are trained.
+
+        Args:
+            context: What the run knows before its first step (store, dimensions, device, seed).
+        """
 
     def resume_state(self) -> dict[str, torch.Tensor]:
-        """What ``--resume`` must save for the loss to continue exactly (e.g. a sampler's RNG state); tensors
-        only, so the state loads with ``weights_only=True``. Parameters and buffers are not part of it: they
-        are in the module's ``state_dict``, which the trainer saves with the student."""
+        """What ``--resume`` must save for the loss to continue exactly (e.g. a sampler's RNG state).
+
+        Tensors only, so the state loads with ``weights_only=True``. Parameters and buffers are not part of
+        it: they are in the module's ``state_dict``, which the trainer saves with the student.
+        """
         return {}
 
     def load_resume_state(self, state: dict[str, torch.Tensor]) -> None:
         """Restore what :meth:`resume_state` returned (after :meth:`setup`)."""
 
     def forward(self, inputs: DistillInputs) -> torch.Tensor:
+        """The loss of one step, after checking its inputs.
+
+        Args:
+            inputs: The step's tensors; the teacher's are detached before :meth:`compute` sees them.
+
+        Returns:
+            A scalar tensor.
+
+        Raises:
+            InvalidInput: A field of ``needs`` is missing, or the batch sizes of the fields disagree.
+        """
         tensors = []
         for name in self.needs:
             value = getattr(inputs, name)
@@ -95,19 +116,24 @@ class DistillLoss(nn.Module):
         return self.compute(inputs.with_teacher_detached())
 
     def compute(self, inputs: DistillInputs) -> torch.Tensor:  # pragma: no cover - abstract
+        """The loss's maths on checked inputs; each subclass implements it."""
         raise NotImplementedError
 
 
 class SeededDistillLoss(DistillLoss):
-    """A loss that draws random numbers (e.g. negatives) from its own ``generator``, created in :meth:`setup`;
-    the generator's state is its resumable state, so a resumed run draws what an uninterrupted one draws."""
+    """A loss that draws random numbers (e.g. negatives) from its own ``generator``, created in :meth:`setup`.
+
+    The generator's state is its resumable state, so a resumed run draws what an uninterrupted one draws.
+    """
 
     generator: torch.Generator | None = None
 
     def resume_state(self) -> dict[str, torch.Tensor]:
+        """The generator's state (nothing before :meth:`setup`)."""
         return {} if self.generator is None else {"generator": self.generator.get_state()}
 
     def load_resume_state(self, state: dict[str, torch.Tensor]) -> None:
+        """Restore the generator's state."""
         if "generator" in state:
             self.generator.set_state(state["generator"])
 

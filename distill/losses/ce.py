@@ -10,7 +10,10 @@ from distill.losses.base import LOSSES, DistillInputs, DistillLoss
 
 @LOSSES.register("ce")
 class CrossEntropy(DistillLoss):
+    """γ·CE: cross-entropy of the student's own logits against the labels."""
+
     needs = ("student_logits", "labels")
 
     def compute(self, inputs: DistillInputs) -> torch.Tensor:
+        """The batch mean of the cross-entropy."""
         return F.cross_entropy(inputs.student_logits, inputs.labels)

@@ -14,7 +14,10 @@ from distill.losses.base import LOSSES, DistillInputs, DistillLoss
 
 @LOSSES.register("ce_th")
 class TeacherHeadCrossEntropy(DistillLoss):
+    """Cross-entropy of the frozen teacher head on the student embedding against the labels."""
+
     needs = ("student_logits_th", "labels")
 
     def compute(self, inputs: DistillInputs) -> torch.Tensor:
+        """The batch mean of the cross-entropy of g_t(P z_s)."""
         return F.cross_entropy(inputs.student_logits_th, inputs.labels)

@@ -57,9 +57,17 @@ class OtherClassNegatives:
     """Per-anchor negatives from the samples of other classes (RepDistiller's ``cls_negative`` sampling).
 
     RepDistiller draws each anchor's K with ``np.random.choice(cls_negative[label], K, replace=False)``; so
-    does this, with numpy's partial shuffle (~0.1 ms for 16,384 of 54,000; ``torch.randperm`` of the whole
-    pool was 4× slower and a quarter of a CRD step). Each batch's numpy generator is seeded from the torch
-    ``generator``, whose state --resume saves, so a resumed run draws the same negatives.
+    does this, with numpy's partial shuffle, which is cheaper than a full ``torch.randperm`` of the pool
+    (docs/design-notes.md). Each batch's numpy generator is seeded from the torch ``generator``, whose state
+    --resume saves, so a resumed run draws the same negatives.
+
+    Args:
+        labels: (N,) the class of every sample.
+        k: Negatives per anchor (K).
+        generator: The loss's torch generator, which seeds each batch's draw.
+
+    Raises:
+        InvalidInput: The data hold a single class, so no anchor has a negative.
     """
 
     def __init__(self, labels: np.ndarray, k: int, generator: torch.Generator) -> None:
@@ -86,8 +94,10 @@ class OtherClassNegatives:
 
 
 def _dense_route(memory: torch.Tensor, contrast: torch.Tensor) -> bool:
-    """Whether scores go through one product with the whole memory (B·(K+1) ≥ N) rather than gathered rows;
-    :func:`memory_scores` and its adjoint must take the same route."""
+    """Whether scores go through one product with the whole memory (B·(K+1) ≥ N) rather than gathered rows.
+
+    :func:`memory_scores` and its adjoint must take the same route.
+    """
     return contrast.numel() >= memory.shape[0]
 
 
@@ -96,7 +106,7 @@ def memory_scores(anchor: torch.Tensor, memory: torch.Tensor, contrast: torch.Te
 
     When B·(K+1) rows exceed the memory, one (N, B) product then a gather is cheaper than gathering
     B·(K+1) rows of d values (the same numbers up to summation order). The product is taken as
-    memory · anchorᵀ, not anchor · memoryᵀ: with a (N, d) row-major memory the former was 2.5× faster on CPU.
+    memory · anchorᵀ, not anchor · memoryᵀ, the faster order for a (N, d) row-major memory.
     """
     with torch.no_grad(), torch.autocast(anchor.device.type, enabled=False):  # NCE sums 16k terms: float32
         anchor, memory = anchor.float(), memory.float()
@@ -171,6 +181,18 @@ def _mean_over_ranks(value: float) -> float:
 
 @LOSSES.register("crd")
 class ContrastiveRepresentationKD(SeededDistillLoss):
+    """``crd``: RepDistiller's CRD objective (the module docstring).
+
+    Args:
+        feat_dim: Width of the two projections and of the memories.
+        negatives: K, negatives per anchor (at most N − 1).
+        tau: τ, the temperature of the scores.
+        momentum: m, the memories' momentum.
+
+    Raises:
+        InvalidInput: A non-positive width, K or τ, or a momentum outside [0, 1).
+    """
+
     needs = ("student_embedding", "teacher_embedding", "indices", "labels")
 
     def __init__(self, feat_dim: int = 128, negatives: int = 16384, tau: float = 0.07, momentum: float = 0.5) -> None:
@@ -184,6 +206,7 @@ class ContrastiveRepresentationKD(SeededDistillLoss):
         self.sampler: OtherClassNegatives | None = None
 
     def setup(self, context: TrainingContext) -> None:
+        """Create the projections, the memories and the negative sampler for the run's N samples."""
         n = context.num_samples
         if n < 2:
             raise InvalidInput("crd needs at least 2 training samples")
@@ -199,6 +222,7 @@ class ContrastiveRepresentationKD(SeededDistillLoss):
         self.register_buffer("normaliser", torch.full((2,), -1.0, dtype=torch.float64, device=context.device))
 
     def compute(self, inputs: DistillInputs) -> torch.Tensor:
+        """L_s + L_t of the batch against freshly drawn negatives, then the memory update."""
         if self.embed_s is None:
             raise InvalidInput("crd was not set up (the trainer calls criterion.setup)")
         v_s = F.normalize(self.embed_s(inputs.student_embedding), dim=1)
@@ -209,8 +233,19 @@ class ContrastiveRepresentationKD(SeededDistillLoss):
         return loss
 
     def contrast(self, v_s: torch.Tensor, v_t: torch.Tensor, idx: torch.Tensor, contrast: torch.Tensor) -> torch.Tensor:
-        """L_s + L_t for projected, normalised v_s, v_t (B, d) and contrast ids (B, K+1); then the
-        memory update. Separate from :meth:`compute` so tests can give the memories and negatives."""
+        """L_s + L_t for given contrast ids, then the memory update.
+
+        Separate from :meth:`compute` so tests can give the memories and negatives.
+
+        Args:
+            v_s: (B, d) projected, normalised student embeddings.
+            v_t: (B, d) projected, normalised teacher embeddings.
+            idx: (B,) the batch's sample ids.
+            contrast: (B, K+1) memory rows to score, each anchor's own sample first.
+
+        Returns:
+            The scalar loss.
+        """
         if self.normaliser[0] < 0:  # Z fixed from the first batch, as RepDistiller
             for side, (anchor, memory) in enumerate(((v_s, self.memory_t), (v_t, self.memory_s))):
                 first = torch.exp(memory_scores(anchor, memory, contrast) / self.tau).mean()

@@ -1,5 +1,6 @@
-"""``crd-exact``: contrastive representation distillation (Tian et al., ICLR 2020) with its teacher memory
-replaced by the feature store — fsd's variant, not the objective RepDistiller runs (that is ``crd``,
+"""``crd-exact``: contrastive representation distillation with its teacher memory replaced by the store.
+
+This is fsd's variant of CRD (Tian et al., ICLR 2020), not the objective RepDistiller runs (that is ``crd``,
 distill/losses/crd.py).
 
 Both embeddings are projected to 128-d unit vectors (trainable linear maps). Two contrastive directions:
@@ -20,8 +21,8 @@ How it differs from ``crd``: InfoNCE (softmax over 1 + K) instead of NCE with a 
 teacher rows instead of a momentum memory; the student anchor's positive is the live teacher projection of
 its own batch row and the teacher anchor's the live student projection (``crd`` scores both against the
 detached memory rows); one set of K negatives per batch drawn uniformly (same-class rows allowed; ``crd``
-draws K per anchor from other classes). At the same weight β = 0.8 its student gradient was measured at
-1.85–2.07× ``crd``'s, so the two weights are not interchangeable.
+draws K per anchor from other classes). At the same weight β = 0.8 its student gradient is about twice
+``crd``'s (docs/design-notes.md), so the two weights are not interchangeable.
 """
 
 from __future__ import annotations
@@ -40,8 +41,9 @@ from featstore.errors import InvalidInput, StoreError
 def _teacher_bank(
     store, device: torch.device, skip_bad_chunks: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """The identity-view teacher embeddings of every sample, read chunk by chunk, as float16 (N, D), and the
-    rows usable as negatives (None: all of them).
+    """The identity-view teacher embeddings of every sample as float16 (N, D), and the rows usable as negatives.
+
+    The embeddings are read chunk by chunk; the usable rows are None when every row is usable.
 
     A chunk that cannot be read or holds non-finite values is refused, as the stream refuses it — or, with
     ``skip_bad_chunks``, left out of the negatives (a NaN negative would make every CRD loss NaN).
@@ -102,6 +104,18 @@ def gather_from_ranks(idx: torch.Tensor, rows: torch.Tensor) -> tuple[torch.Tens
 
 @LOSSES.register("crd-exact")
 class StoreBackedCRD(SeededDistillLoss):
+    """``crd-exact``: InfoNCE against the store's exact teacher rows and a student memory (the module docstring).
+
+    Args:
+        feat_dim: Width of the two projections and of the student memory.
+        negatives: K, negatives per batch (at most N − 1).
+        tau: τ, the softmax temperature.
+        momentum: m, the student memory's momentum.
+
+    Raises:
+        InvalidInput: A non-positive width, K or τ, or a momentum outside [0, 1).
+    """
+
     needs = ("student_embedding", "teacher_embedding", "indices")
 
     def __init__(self, feat_dim: int = 128, negatives: int = 16384, tau: float = 0.07, momentum: float = 0.5) -> None:
@@ -115,6 +129,7 @@ class StoreBackedCRD(SeededDistillLoss):
         self.valid_rows: torch.Tensor | None = None
 
     def setup(self, context: TrainingContext) -> None:
+        """Read the store's teacher rows and create the projections and the student memory."""
         n = context.num_samples
         if context.store.shape.dim == 0:
             raise InvalidInput(
@@ -134,6 +149,7 @@ class StoreBackedCRD(SeededDistillLoss):
         self.register_buffer("student_memory", F.normalize(memory, dim=1).to(context.device))  # saved for --resume
 
     def compute(self, inputs: DistillInputs) -> torch.Tensor:
+        """Both InfoNCE directions against one set of K negatives, then the student memory update."""
         if self.embed_s is None:
             raise InvalidInput("crd-exact was not set up with a store (the trainer calls criterion.setup)")
         idx = inputs.indices.to(self.teacher_bank.device)
@@ -144,7 +160,7 @@ class StoreBackedCRD(SeededDistillLoss):
         else:  # rows of skipped chunks are never negatives
             negatives = self.valid_rows[torch.randint(0, len(self.valid_rows), (self.k,), generator=self.generator)]
         negatives = negatives.to(idx.device)
-        with torch.no_grad():  # negatives carry no gradient, as CRD's memory-bank negatives (and ~⅓ faster)
+        with torch.no_grad():  # negatives carry no gradient, as CRD's memory-bank negatives
             t_neg = F.normalize(self.embed_t(self.teacher_bank[negatives].to(self.embed_t.weight.dtype)), dim=1)
         s_neg = self.student_memory[negatives]
         own = idx[:, None] == negatives[None, :]  # (B, K): a negative that is the anchor's own sample

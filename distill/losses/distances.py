@@ -21,11 +21,15 @@ class Distance:
     is_similarity = False
 
     def matrix(self, z: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
+        """The (B, B) matrix of the distance (or similarity) between every two rows of ``z`` (B, D)."""
         raise NotImplementedError
 
     def violation(self, anchor_positive: torch.Tensor, anchor_negative: torch.Tensor) -> torch.Tensor:
-        """How much closer the negative is than the positive: d(a,p) − d(a,n), or s(a,n) − s(a,p) for a
-        similarity. A triplet satisfies margin m when its violation is ≤ −m."""
+        """How much closer the negative is than the positive.
+
+        The violation is d(a,p) − d(a,n), or s(a,n) − s(a,p) for a similarity; a triplet satisfies margin m
+        when its violation is ≤ −m.
+        """
         if self.is_similarity:
             return anchor_negative - anchor_positive
         return anchor_positive - anchor_negative
@@ -52,6 +56,7 @@ class CosineSimilarity(Distance):
     is_similarity = True
 
     def matrix(self, z: torch.Tensor) -> torch.Tensor:
+        """Cosine similarity of every two rows."""
         unit = F.normalize(z, p=2, dim=1)
         return unit @ unit.t()
 
@@ -62,6 +67,7 @@ class EuclideanDistance(Distance):
     name = "euclidean"
 
     def matrix(self, z: torch.Tensor) -> torch.Tensor:
+        """Euclidean distance of every two unit-normalised rows."""
         unit = F.normalize(z, p=2, dim=1)
         return torch.cdist(unit, unit, p=2)
 

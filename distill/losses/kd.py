@@ -12,6 +12,12 @@ from distill.losses.base import LOSSES, DistillInputs, DistillLoss, kl_soft_targ
 
 @LOSSES.register("kd")
 class LogitKD(DistillLoss):
+    """Hinton's KD between the student's logits and the stored teacher logits.
+
+    Args:
+        temperature: T, the softening temperature.
+    """
+
     needs = ("student_logits", "teacher_logits")
 
     def __init__(self, temperature: float = 4.0) -> None:
@@ -19,4 +25,5 @@ class LogitKD(DistillLoss):
         self.temperature = temperature
 
     def compute(self, inputs: DistillInputs) -> torch.Tensor:
+        """KL_T(teacher ‖ student) × T², averaged over the batch."""
         return kl_soft_targets(inputs.student_logits, inputs.teacher_logits, self.temperature)

@@ -15,8 +15,11 @@ from distill.losses.base import LOSSES, DistillInputs, DistillLoss, matched_embe
 
 @LOSSES.register("kde")
 class NormalisedEmbeddingL2(DistillLoss):
+    """KDE: the squared L2 distance of L2-normalised student and teacher embeddings, summed."""
+
     needs = ("student_embedding_t", "teacher_embedding")
 
     def compute(self, inputs: DistillInputs) -> torch.Tensor:
+        """Σ over the batch and the dimensions of (z_s/‖z_s‖ − z_t/‖z_t‖)²."""
         z_s, z_t = matched_embeddings(inputs, "kde")
         return (F.normalize(z_s, dim=1) - F.normalize(z_t, dim=1)).pow(2).sum()

@@ -21,6 +21,12 @@ def _conditional(z: torch.Tensor, eps: float) -> torch.Tensor:
 
 @LOSSES.register("pkt")
 class ProbabilisticKT(DistillLoss):
+    """PKT: the KL divergence between teacher and student in-batch conditional probabilities.
+
+    Args:
+        eps: Keeps the divisions and the logarithm finite.
+    """
+
     needs = ("student_embedding", "teacher_embedding")
 
     def __init__(self, eps: float = 1e-7) -> None:
@@ -28,6 +34,7 @@ class ProbabilisticKT(DistillLoss):
         self.eps = eps
 
     def compute(self, inputs: DistillInputs) -> torch.Tensor:
+        """The mean of p_t · log(p_t / p_s) over the batch's pairs."""
         p_s = _conditional(inputs.student_embedding, self.eps)
         with torch.no_grad():
             p_t = _conditional(inputs.teacher_embedding, self.eps)

@@ -3,9 +3,9 @@
 Weights follow the HeadSharingKD README (resnet32x4 → resnet8x4) where it gives them (docs/methods.md):
 ``th-kd`` = 1·CE + 1.5·KD + 0.02·TH, and ``kd`` is the same without the TH term, so that the two differ only by
 the shared head. ``crd`` is RepDistiller's CRD objective, ``crd-exact`` fsd's store-backed variant
-(distill/losses/crd_exact.py). KDE's weight applies to a per-sample sum (distill/losses/kde.py), so 0.1 puts
-it at about the scale of the KD term early in training at batch size 64. ``kd-triplet``/``th-kd-triplet`` add
-fsd's triplet term (distill/losses/triplet.py) at weight 1.
+(distill/losses/crd_exact.py). KDE's weight applies to a sum over the batch (distill/losses/kde.py), so it is
+small. ``kd-triplet``/``th-kd-triplet`` add fsd's triplet term (distill/losses/triplet.py) at weight 1.
+docs/design-notes.md and docs/methods.md give the reasons for each weight.
 """
 
 from __future__ import annotations
@@ -25,9 +25,8 @@ RECIPES: dict[str, dict[str, float]] = {
     "kde": {"ce": 1.0, "kd": 1.5, "kde": 0.1},
     "th-kd": {"ce": 1.0, "kd": 1.5, "th": 0.02},
     "kde-th": {"ce": 1.0, "kd": 1.5, "kde": 0.1, "th": 0.02},
-    # RKD at RepDistiller's β; SP and PKT at β re-tuned for a batch-normalised (signed) teacher embedding,
-    # against which RepDistiller's β (3000 and 30000, set for pooled ReLU features) swamp CE
-    # (docs/design-notes.md gives the sweep)
+    # RKD at RepDistiller's β; SP and PKT at β chosen for a batch-normalised (signed) teacher embedding,
+    # against which RepDistiller's β (set for pooled ReLU features) swamps CE (docs/design-notes.md)
     "rkd": {"ce": 1.0, "rkd": 1.0},
     "pkt": {"ce": 1.0, "pkt": 10.0},
     "sp": {"ce": 1.0, "sp": 3.0},
@@ -36,18 +35,28 @@ RECIPES: dict[str, dict[str, float]] = {
     "crd": {"ce": 1.0, "crd": 0.8},
     "crd-th": {"ce": 0.9, "kd": 1.0, "crd": 0.8, "th": 0.02},
     "crd-kd": {"ce": 1.0, "kd": 1.0, "crd": 0.8},  # SH-KD step 3 in the README
-    # fsd's store-backed InfoNCE variant (exact teacher rows); same β although its gradient is ~2× crd's
+    # fsd's store-backed InfoNCE variant (exact teacher rows); crd's β, not the same strength (docs/design-notes.md)
     "crd-exact": {"ce": 1.0, "crd-exact": 0.8},
-    # KD (and TH-KD) plus a batch-hard triplet term on the student embedding (cosine, margin 0.2): weight 1,
-    # untuned — at the start the term is about the margin (≈ 0.2–0.4) against CE ≈ 2.3, so it shapes the
-    # embedding without outweighing the labels. Best with class-balanced batches (--samples-per-class).
+    # KD (and TH-KD) plus a batch-hard triplet term on the student embedding (cosine, margin 0.2) at weight 1
+    # (docs/methods.md). Best with class-balanced batches (--samples-per-class).
     "kd-triplet": {"ce": 1.0, "kd": 1.5, "triplet": 1.0},
     "th-kd-triplet": {"ce": 1.0, "kd": 1.5, "th": 0.02, "triplet": 1.0},
 }
 
 
 def parse_loss_spec(spec: str) -> dict[str, float]:
-    """``"ce=1,kd=1.5,th=0.02"`` → {"ce": 1.0, "kd": 1.5, "th": 0.02}; names are checked against LOSSES."""
+    """Parse a ``--loss`` spec: ``"ce=1,kd=1.5,th=0.02"`` → {"ce": 1.0, "kd": 1.5, "th": 0.02}.
+
+    Args:
+        spec: Comma-separated NAME=WEIGHT items.
+
+    Returns:
+        The weight of each named loss.
+
+    Raises:
+        InvalidInput: An item that is not NAME=WEIGHT, a weight that is not a finite number ≥ 0, or no item.
+        UnknownName: A name that is not in ``LOSSES``.
+    """
     weights: dict[str, float] = {}
     for item in filter(None, (part.strip() for part in spec.split(","))):
         name, sep, value = item.partition("=")
@@ -72,6 +81,16 @@ def apply_th_alpha(weights: dict[str, float], alpha: float) -> dict[str, float]:
 
     γ·CE → (1−α)·γ·CE + α·γ·CE_TH and a·KD → (1−α)·a·KD + α·a·TH (TH = KD of the teacher-head prediction
     against the teacher). An explicit ``th``/``ce_th`` weight is kept on top of the split.
+
+    Args:
+        weights: The recipe's weights.
+        alpha: α_TH in [0, 1].
+
+    Returns:
+        The split weights.
+
+    Raises:
+        InvalidInput: ``alpha`` outside [0, 1].
     """
     if not 0.0 <= alpha <= 1.0:
         raise InvalidInput(f"--th-alpha must lie in [0, 1], got {alpha}")
@@ -84,7 +103,20 @@ def apply_th_alpha(weights: dict[str, float], alpha: float) -> dict[str, float]:
 
 
 def resolve_weights(recipe: str, loss_spec: str | None = None, th_alpha: float | None = None) -> dict[str, float]:
-    """The recipe's weights, with ``--loss`` entries overriding or adding terms, then the α_TH split."""
+    """The recipe's weights, with ``--loss`` entries overriding or adding terms, then the α_TH split.
+
+    Args:
+        recipe: A name in ``RECIPES``.
+        loss_spec: A ``--loss`` spec whose entries override or add terms (None: the recipe alone).
+        th_alpha: α_TH of :func:`apply_th_alpha` (None: no split).
+
+    Returns:
+        The weight of every term with a weight above 0.
+
+    Raises:
+        UnknownName: An unknown recipe or loss name.
+        InvalidInput: A malformed spec, an α_TH outside [0, 1], or no term left with a weight above 0.
+    """
     if recipe not in RECIPES:
         raise UnknownName(f"unknown recipe {recipe!r}; valid: {', '.join(sorted(RECIPES))}")
     weights = dict(RECIPES[recipe])
@@ -100,12 +132,19 @@ def resolve_weights(recipe: str, loss_spec: str | None = None, th_alpha: float |
 
 @dataclass
 class CriterionOutput:
+    """One step's weighted total and the unweighted value of each term."""
+
     total: torch.Tensor
     terms: dict[str, torch.Tensor]  # unweighted value of each term, for the log
 
 
 class Criterion(nn.Module):
-    """Σ_k w_k · loss_k(inputs) over the recipe's terms."""
+    """Σ_k w_k · loss_k(inputs) over the recipe's terms.
+
+    Args:
+        weights: The weight of each term, by loss name.
+        temperature: T, passed to every loss that takes a temperature.
+    """
 
     def __init__(self, weights: dict[str, float], temperature: float = 4.0) -> None:
         super().__init__()
@@ -123,6 +162,7 @@ class Criterion(nn.Module):
         return frozenset(name for loss in self.losses.values() for name in loss.needs)
 
     def setup(self, context: TrainingContext) -> None:
+        """Set every term up before training (:meth:`DistillLoss.setup`)."""
         for loss in self.losses.values():
             loss.setup(context)
 
@@ -131,10 +171,12 @@ class Criterion(nn.Module):
         return {name: state for name, loss in self.losses.items() if (state := loss.resume_state())}
 
     def load_resume_state(self, state: dict[str, dict[str, torch.Tensor]]) -> None:
+        """Restore each term's state from :meth:`resume_state`."""
         for name, loss_state in state.items():
             self.losses[name].load_resume_state(loss_state)
 
     def forward(self, inputs: DistillInputs) -> CriterionOutput:
+        """Every term of one step and their weighted sum."""
         terms = {name: loss(inputs) for name, loss in self.losses.items()}
         total = sum(self.weights[name] * value for name, value in terms.items())
         return CriterionOutput(total=total, terms=terms)
@@ -143,4 +185,19 @@ class Criterion(nn.Module):
 def build_criterion(
     recipe: str, loss_spec: str | None = None, temperature: float = 4.0, th_alpha: float | None = None
 ) -> Criterion:
+    """Build the criterion of a recipe, the way the CLI's ``--recipe``/``--loss``/``--th-alpha`` do.
+
+    Args:
+        recipe: A name in ``RECIPES``.
+        loss_spec: ``--loss`` NAME=WEIGHT items overriding or adding terms.
+        temperature: T of the KD terms.
+        th_alpha: α_TH, splitting CE and KD between the student head and the teacher head.
+
+    Returns:
+        The weighted sum of the recipe's losses.
+
+    Raises:
+        UnknownName: An unknown recipe or loss name.
+        InvalidInput: Weights that leave no term, or an invalid spec or α_TH.
+    """
     return Criterion(resolve_weights(recipe, loss_spec, th_alpha), temperature=temperature)

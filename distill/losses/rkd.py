@@ -32,12 +32,13 @@ def distance_loss(z_s: torch.Tensor, z_t: torch.Tensor) -> torch.Tensor:
 
 
 def _angles(z: torch.Tensor) -> torch.Tensor:
-    """cos ∠(e_i - e_j, e_k - e_j) for all triplets: (B, B, B) flattened."""
+    """Cos ∠(e_i - e_j, e_k - e_j) for all triplets: (B, B, B) flattened."""
     diff = F.normalize(z.unsqueeze(0) - z.unsqueeze(1), p=2, dim=2)  # diff[j, i] = unit(e_i - e_j)
     return torch.bmm(diff, diff.transpose(1, 2)).reshape(-1)
 
 
 def angle_loss(z_s: torch.Tensor, z_t: torch.Tensor) -> torch.Tensor:
+    """Smooth-L1 between the student's and the teacher's triplet angles (RKD-A)."""
     with torch.no_grad():
         a_t = _angles(z_t)
     return F.smooth_l1_loss(_angles(z_s), a_t)
@@ -45,6 +46,13 @@ def angle_loss(z_s: torch.Tensor, z_t: torch.Tensor) -> torch.Tensor:
 
 @LOSSES.register("rkd")
 class RelationalKD(DistillLoss):
+    """RKD: the distance and angle relations of the batch's student embeddings matched to the teacher's.
+
+    Args:
+        distance_weight: Weight of the distance term (RKD-D).
+        angle_weight: Weight of the angle term (RKD-A).
+    """
+
     needs = ("student_embedding", "teacher_embedding")
 
     def __init__(self, distance_weight: float = 25.0, angle_weight: float = 50.0) -> None:
@@ -53,5 +61,6 @@ class RelationalKD(DistillLoss):
         self.angle_weight = angle_weight
 
     def compute(self, inputs: DistillInputs) -> torch.Tensor:
+        """The weighted sum of the distance and angle terms."""
         z_s, z_t = inputs.student_embedding, inputs.teacher_embedding
         return self.distance_weight * distance_loss(z_s, z_t) + self.angle_weight * angle_loss(z_s, z_t)

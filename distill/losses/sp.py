@@ -11,7 +11,7 @@ embedding: a feature store keeps embeddings, not maps, so the teacher's map (Rep
 not available. For fsd's backbones the pooled embedding is the map's spatial mean (resnet_cifar's z is
 exactly that; convnet adds linear + BN on top), so G_t keeps the teacher's sample-to-sample structure.
 
-``sp-embed`` is the earlier form, both sides the embeddings (z_s against z_t).
+``sp-embed`` compares the embeddings on both sides (z_s against z_t).
 """
 
 from __future__ import annotations
@@ -34,15 +34,21 @@ def similarity_loss(f_s: torch.Tensor, f_t: torch.Tensor) -> torch.Tensor:
 
 @LOSSES.register("sp")
 class SimilarityPreserving(DistillLoss):
+    """SP on the student's last feature map against the teacher embedding."""
+
     needs = ("student_feature_map", "teacher_embedding")
 
     def compute(self, inputs: DistillInputs) -> torch.Tensor:
+        """The squared Frobenius distance of the two normalised batch similarity matrices, / B²."""
         return similarity_loss(inputs.student_feature_map, inputs.teacher_embedding)
 
 
 @LOSSES.register("sp-embed")
 class SimilarityPreservingEmbedding(DistillLoss):
+    """SP on the student embedding against the teacher embedding."""
+
     needs = ("student_embedding", "teacher_embedding")
 
     def compute(self, inputs: DistillInputs) -> torch.Tensor:
+        """The squared Frobenius distance of the two normalised batch similarity matrices, / B²."""
         return similarity_loss(inputs.student_embedding, inputs.teacher_embedding)

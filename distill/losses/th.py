@@ -14,6 +14,12 @@ from distill.losses.base import LOSSES, DistillInputs, DistillLoss, kl_soft_targ
 
 @LOSSES.register("th")
 class TeacherHeadKD(DistillLoss):
+    """TH-KD: Hinton's KD of the frozen teacher head on the student embedding against the teacher logits.
+
+    Args:
+        temperature: T, the softening temperature.
+    """
+
     needs = ("student_logits_th", "teacher_logits")
 
     def __init__(self, temperature: float = 4.0) -> None:
@@ -21,4 +27,5 @@ class TeacherHeadKD(DistillLoss):
         self.temperature = temperature
 
     def compute(self, inputs: DistillInputs) -> torch.Tensor:
+        """KL_T(teacher ‖ g_t(P z_s)) × T², averaged over the batch."""
         return kl_soft_targets(inputs.student_logits_th, inputs.teacher_logits, self.temperature)

@@ -1,7 +1,7 @@
-"""Triplet margin loss with in-batch mining (Schroff et al., *FaceNet*, CVPR 2015; batch-hard mining:
-Hermans et al., *In Defense of the Triplet Loss for Person Re-Identification*, 2017).
+"""Triplet margin loss with in-batch mining.
 
-A metric-learning term on the student's own embedding z_s, no teacher involved: for a triplet (anchor a,
+The loss is FaceNet's (Schroff et al., CVPR 2015), with batch-hard mining from Hermans et al., *In Defense of
+the Triplet Loss for Person Re-Identification* (2017). A metric-learning term on the student's own embedding z_s, no teacher involved: for a triplet (anchor a,
 positive p of a's class, negative n of another class) the loss is relu(violation(a, p, n) + margin), where
 violation is d(a,p) − d(a,n) for a distance and s(a,n) − s(a,p) for a similarity
 (:mod:`distill.losses.distances`; cosine on unit-normalised embeddings by default). It pulls same-class
@@ -46,8 +46,21 @@ def _pair_masks(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 def mine_triplets(
     matrix: torch.Tensor, labels: torch.Tensor, distance: Distance, mining: str, margin: float
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(anchor, positive, negative) index tensors of the batch's triplets under ``mining``; chosen on the
-    detached matrix, so the gradient flows only through the distances of the triplets kept."""
+    """The batch's triplets under ``mining``.
+
+    They are chosen on the detached matrix, so the gradient flows only through the distances of the triplets
+    kept.
+
+    Args:
+        matrix: (B, B) distances or similarities of the batch's embeddings.
+        labels: (B,) classes.
+        distance: The distance ``matrix`` was computed with.
+        mining: One of ``MINING``.
+        margin: The triplet margin (semi-hard mining keeps violations within it).
+
+    Returns:
+        (anchor, positive, negative) index tensors of equal length.
+    """
     matrix = matrix.detach()
     positives, negatives = _pair_masks(labels)
     if mining == "batch-hard":
@@ -65,7 +78,16 @@ def mine_triplets(
 
 @LOSSES.register("triplet")
 class TripletMargin(DistillLoss):
-    """relu(violation + margin) averaged over the mined triplets with a non-zero loss."""
+    """relu(violation + margin) averaged over the mined triplets with a non-zero loss.
+
+    Args:
+        margin: m, the margin a triplet must satisfy (≥ 0).
+        mining: One of ``MINING``.
+        distance: A :class:`Distance` or its name in ``DISTANCES``.
+
+    Raises:
+        InvalidInput: An unknown mining or a negative margin.
+    """
 
     needs = ("student_embedding", "labels")
 
@@ -83,6 +105,7 @@ class TripletMargin(DistillLoss):
         check_batches_hold_positives(context, "the triplet loss")
 
     def compute(self, inputs: DistillInputs) -> torch.Tensor:
+        """The mean loss over the mined triplets above zero (a graph-attached 0 when there are none)."""
         z, labels = inputs.student_embedding, inputs.labels
         matrix = self.distance.matrix(z)
         a, p, n = mine_triplets(matrix, labels, self.distance, self.mining, self.margin)
@@ -94,10 +117,20 @@ class TripletMargin(DistillLoss):
 
 
 def check_batches_hold_positives(context: TrainingContext, who: str) -> None:
-    """Class-balanced batches (``samples_per_class`` ≥ 2) always hold positives. A plain chunk-shuffled
-    batch of B samples from C classes is guaranteed one only when B > C (pigeonhole): B ≤ C is refused;
-    fewer than 4 samples per class on average (B < 4·C) leaves most anchors with at most one positive or
-    none, which is warned about."""
+    """Refuse a stream whose batches cannot hold a positive pair; warn where most anchors would lack one.
+
+    Class-balanced batches (``samples_per_class`` ≥ 2) always hold positives. A plain chunk-shuffled batch of
+    B samples from C classes is guaranteed one only when B > C (pigeonhole): B ≤ C is refused; fewer than 4
+    samples per class on average (B < 4·C) leaves most anchors with at most one positive or none, which is
+    warned about.
+
+    Args:
+        context: The run's batch size, class balance and store.
+        who: The loss's name, for the messages.
+
+    Raises:
+        InvalidInput: B ≤ C without class-balanced batches.
+    """
     if context.samples_per_class is not None or context.batch_size <= 0:
         return
     classes = int(context.store.shape.num_classes)

@@ -21,10 +21,20 @@ from distill.models.registry import MODELS
 
 
 class ConvNet(EmbeddingNet):
-    """Conv-BN-ReLU stages (max-pool between stages), global average pooling, then a face-model style
-    embedding layer (linear + BN) giving z, and a classifier head on z.
+    """A small CNN with fsd's embedding/head split.
 
-    Works for any input size ≥ 2^(stages-1) pixels thanks to the global pooling.
+    Conv-BN-ReLU stages (max-pool between stages), global average pooling, then a face-model style embedding
+    layer (linear + BN) giving z, and a classifier head on z. It works for any input size ≥ 2^(stages-1) pixels
+    thanks to the global pooling.
+
+    Args:
+        widths: Channels of each stage.
+        embedding_dim: Size of the embedding z.
+        num_classes: Classes of the head.
+        in_channels: Channels of the input images.
+        head: The registered head type.
+        head_scale: A margin head's scale s (None: its default).
+        head_margin: A margin head's margin m (None: its default).
     """
 
     def __init__(
@@ -60,10 +70,11 @@ class ConvNet(EmbeddingNet):
         return self.features(x)
 
     def embed_feature_map(self, feature_map: torch.Tensor) -> torch.Tensor:
-        """z from the feature map: global average pooling, then the embedding layer."""
+        """The embedding z from the feature map: global average pooling, then the embedding layer."""
         return self.embed(feature_map.mean(dim=(2, 3)))
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """The embedding z of images ``x``."""
         return self.embed_feature_map(self.forward_feature_map(x))
 
 

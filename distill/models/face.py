@@ -1,5 +1,6 @@
-"""Face backbones: iResNet-18/34/50/100 and MobileFaceNet, for 112×112 aligned faces and 512-d embeddings,
-laid out as insightface's arcface_torch trains them, with fsd's embedding/head split.
+"""Face backbones: iResNet-18/34/50/100 and MobileFaceNet, for 112×112 aligned faces and 512-d embeddings.
+
+They are laid out as insightface's arcface_torch trains them, with fsd's embedding/head split.
 
 **iResNet** (Deng et al., ArcFace; Duta et al., "Improved residual networks"): a 3×3 stem of 64 channels
 (BN, PReLU) at full resolution, four stages of 64/128/256/512 channels, each starting with stride 2
@@ -36,6 +37,8 @@ FACE_DIM = 512
 
 
 class IBasicBlock(nn.Module):
+    """iResNet's improved basic block: BN → conv3×3 → BN → PReLU → conv3×3(stride) → BN, plus the shortcut."""
+
     def __init__(self, in_channels: int, channels: int, stride: int) -> None:
         super().__init__()
         self.body = nn.Sequential(
@@ -53,10 +56,27 @@ class IBasicBlock(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The block's output: body plus shortcut, with no activation after the sum."""
         return self.body(x) + self.shortcut(x)
 
 
 class IResNet(EmbeddingNet):
+    """iResNet (the module docstring) with fsd's embedding/head split.
+
+    Args:
+        blocks: Blocks of each of the four stages, e.g. (3, 4, 14, 3) for iResNet-50.
+        num_classes: Classes of the head.
+        in_channels: Channels of the input images.
+        embedding_dim: Size of the embedding z.
+        input_size: Side of the square input, a multiple of 16.
+        head: The registered head type.
+        head_scale: A margin head's scale s (None: its default).
+        head_margin: A margin head's margin m (None: its default).
+
+    Raises:
+        ValueError: An input size that is not a multiple of 16.
+    """
+
     def __init__(
         self,
         blocks: Sequence[int],
@@ -90,6 +110,7 @@ class IResNet(EmbeddingNet):
         self._init_head(embedding_dim, num_classes, head, head_scale, head_margin)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """The embedding z of images ``x``."""
         return self.embed(self.stages(self.stem(x)))
 
 
@@ -118,11 +139,27 @@ class Bottleneck(nn.Module):
         self.residual = stride == 1 and cin == cout
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The block's output, with the residual where shapes allow."""
         out = self.body(x)
         return x + out if self.residual else out
 
 
 class MobileFaceNet(EmbeddingNet):
+    """MobileFaceNet (the module docstring) with fsd's embedding/head split.
+
+    Args:
+        num_classes: Classes of the head.
+        in_channels: Channels of the input images.
+        embedding_dim: Size of the embedding z.
+        input_size: Side of the square input, a multiple of 16.
+        head: The registered head type.
+        head_scale: A margin head's scale s (None: its default).
+        head_margin: A margin head's margin m (None: its default).
+
+    Raises:
+        ValueError: An input size that is not a multiple of 16.
+    """
+
     # (output channels, expansion, blocks after the stride-2 one)
     STAGES = ((64, 128, 4), (128, 256, 6), (128, 512, 2))
 
@@ -158,6 +195,7 @@ class MobileFaceNet(EmbeddingNet):
         self._init_head(embedding_dim, num_classes, head, head_scale, head_margin)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """The embedding z of images ``x``."""
         return self.embed(self.body(x))
 
 

@@ -116,7 +116,22 @@ class CosFaceHead(_MarginHead):
 def create_head(
     name: str, embedding_dim: int, num_classes: int, scale: float | None = None, margin: float | None = None
 ) -> nn.Module:
-    """A registered head; ``scale``/``margin`` only for margin heads (a linear head has neither)."""
+    """A registered head, built by name.
+
+    Args:
+        name: The registered head type (``linear``, ``arcface``, ``cosface``).
+        embedding_dim: Size of the embedding the head reads.
+        num_classes: Classes it scores.
+        scale: A margin head's scale s (None: its default).
+        margin: A margin head's margin m (None: its default).
+
+    Returns:
+        The head.
+
+    Raises:
+        UnknownName: An unregistered head type.
+        InvalidInput: ``scale`` or ``margin`` for a linear head, which has neither.
+    """
     cls = HEADS.get(name)
     options = {k: v for k, v in (("scale", scale), ("margin", margin)) if v is not None}
     if options and not issubclass(cls, _MarginHead):
@@ -131,8 +146,20 @@ def frozen_head(
     scale: float | None = None,
     margin: float | None = None,
 ) -> nn.Module:
-    """A non-trainable head holding the given (teacher's) weights — TH-KD's g_t. Margin heads give their
-    margin-free cosine logits × scale."""
+    """A non-trainable head holding the given (teacher's) weights: TH-KD's g_t.
+
+    Margin heads give their margin-free cosine logits × scale.
+
+    Args:
+        head_type: The registered head type the weights belong to.
+        weight: (C, D) the head's weight.
+        bias: (C,) a linear head's bias, if it has one.
+        scale: A margin head's scale s.
+        margin: A margin head's margin m (the logits given here are margin-free).
+
+    Returns:
+        The frozen head.
+    """
     num_classes, dim = weight.shape
     factory = HEADS.get(head_type)
     if head_type == "linear":

@@ -53,6 +53,7 @@ class BasicBlock(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The block's output: ReLU of body plus shortcut."""
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.bn2(self.conv2(out))
         return self.relu(out + self.shortcut(x))
@@ -104,14 +105,18 @@ class CifarResNet(EmbeddingNet):
                 nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
 
     def forward_feature_map(self, x: torch.Tensor) -> torch.Tensor:
-        """The last pre-pool feature map (B, C, H, W), after the last block's ReLU: RepDistiller's ``feat[-2]``
-        (the map its SP is applied to)."""
+        """The last pre-pool feature map (B, C, H, W), after the last block's ReLU.
+
+        This is RepDistiller's ``feat[-2]``, the map its SP is applied to.
+        """
         return self.stages(self.stem(x))
 
     def embed_feature_map(self, feature_map: torch.Tensor) -> torch.Tensor:
+        """The embedding z of a feature map: its spatial mean, then the embedding layer."""
         return self.embed(feature_map.mean(dim=(2, 3)))
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """The embedding z of images ``x``."""
         return self.embed_feature_map(self.forward_feature_map(x))
 
 

@@ -2,8 +2,8 @@
 
 bf16 needs no loss scaling (its exponent range is float32's), so it is the CPU choice and the CUDA default
 where the GPU has it; fp16 (CUDA only) needs a GradScaler so small gradients do not flush to zero.
-Disabled, every method is the plain float32 step, so a run without ``--amp`` is bit-identical to one
-made before this option existed.
+Disabled, every method is the plain float32 step, so a run without ``--amp`` is bit-identical to a
+float32 run.
 """
 
 from __future__ import annotations
@@ -23,13 +23,32 @@ _TORCH_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 @dataclass
 class Amp:
+    """The mixed precision of one run's steps; build it with :meth:`create`.
+
+    Attributes:
+        device: The device the steps run on.
+        dtype_name: ``"bf16"``, ``"fp16"`` or None (disabled).
+        scaler: fp16's GradScaler (None otherwise).
+    """
+
     device: torch.device
     dtype_name: str | None  # None: disabled
     scaler: Any = None
 
     @classmethod
     def create(cls, name: str | None, device: torch.device) -> Amp:
-        """``name``: None (off), ``bf16``, ``fp16``, or ``auto`` (bf16, or fp16 on a GPU without bf16)."""
+        """The mixed precision ``--amp name`` asks for on ``device``.
+
+        Args:
+            name: None (off), ``bf16``, ``fp16``, or ``auto`` (bf16, or fp16 on a GPU without bf16).
+            device: The device the steps run on.
+
+        Returns:
+            The mixed precision, with a GradScaler for fp16.
+
+        Raises:
+            InvalidInput: An unknown name, or fp16 without CUDA.
+        """
         if name is None:
             return cls(device, None)
         if name == "auto":
@@ -43,10 +62,12 @@ class Amp:
 
     @property
     def enabled(self) -> bool:
+        """Whether steps run in reduced precision."""
         return self.dtype_name is not None
 
     @contextlib.contextmanager
     def autocast(self) -> Iterator[None]:
+        """A context in which the forward pass runs in the reduced dtype (nothing when disabled)."""
         if not self.enabled:
             yield
             return
@@ -54,6 +75,7 @@ class Amp:
             yield
 
     def backward(self, loss: torch.Tensor) -> None:
+        """Backpropagate ``loss``, scaled under fp16."""
         (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
 
     def step(self, optimizer: torch.optim.Optimizer, params: list[torch.nn.Parameter], clip: float | None) -> None:

@@ -34,19 +34,33 @@ OPTIMIZERS = ("sgd", "adamw")
 
 @dataclass(frozen=True)
 class OptimConfig:
-    """The optimiser and its schedule. Default: RepDistiller's CIFAR optimiser (SGD, momentum 0.9, wd 5e-4)
-    with a cosine schedule over the whole run; ``warmup_epochs`` > 0 prepends a linear warm-up (from 1 % of
-    ``lr``) and the cosine covers the rest; ``grad_clip`` clips the global gradient norm every step."""
+    """The optimiser and its schedule.
+
+    The default is RepDistiller's CIFAR optimiser (SGD, momentum 0.9, weight decay 5e-4) with a cosine schedule
+    over the whole run.
+
+    Attributes:
+        lr: The peak learning rate.
+        momentum: SGD's momentum (AdamW ignores it).
+        weight_decay: The optimiser's weight decay.
+        optimizer: ``"sgd"`` or ``"adamw"``.
+        warmup_epochs: Epochs of linear warm-up from 1 % of ``lr``; the cosine covers the rest.
+        grad_clip: The global gradient norm is clipped to this every step (None: no clipping).
+    """
 
     lr: float = 0.05
     momentum: float = 0.9
     weight_decay: float = 5e-4
-    optimizer: str = "sgd"  # sgd | adamw (AdamW ignores momentum)
+    optimizer: str = "sgd"
     warmup_epochs: float = 0.0
     grad_clip: float | None = None
 
     def validate(self) -> None:
-        """Refuse what would train nonsense: non-finite or non-positive rates, an unknown optimiser."""
+        """Refuse what would train nonsense: non-finite or non-positive rates, an unknown optimiser.
+
+        Raises:
+            InvalidInput: The field at fault, named as its CLI option.
+        """
         if self.optimizer not in OPTIMIZERS:
             raise InvalidInput(f"unknown optimizer {self.optimizer!r}; valid: {', '.join(OPTIMIZERS)}")
         check_positive(lr=self.lr)
@@ -58,8 +72,20 @@ class OptimConfig:
 
 
 def make_optimizer(params, config: OptimConfig, total_steps: int, warmup_steps: int = 0):
-    """(optimizer, per-step scheduler). Without warm-up the schedule is exactly CosineAnnealingLR over
-    ``total_steps`` (what every run before the warm-up option used, so old results replay bit for bit)."""
+    """The optimiser of ``params`` and its per-step schedule.
+
+    Without warm-up the schedule is exactly CosineAnnealingLR over ``total_steps``, so runs without warm-up
+    replay bit for bit.
+
+    Args:
+        params: The trainable parameters.
+        config: The optimiser and its settings.
+        total_steps: The run's optimiser steps; the cosine ends with the last.
+        warmup_steps: Steps of linear warm-up before the cosine.
+
+    Returns:
+        (optimizer, scheduler), the scheduler stepped once per optimiser step.
+    """
     params = list(params)
     if config.optimizer == "adamw":
         optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
@@ -97,11 +123,11 @@ class Optimisation:
         """The optimisation of ``params`` under ``config`` for a run of ``epochs`` × ``steps_per_epoch`` steps.
 
         Args:
-            params: the trainable parameters.
-            config: the optimiser and schedule.
-            epochs: the run's length; the cosine schedule ends with the last step of the last epoch.
-            steps_per_epoch: optimiser steps per epoch (sets the warm-up length in steps).
-            amp: mixed precision of the steps (default: off).
+            params: The trainable parameters.
+            config: The optimiser and schedule.
+            epochs: The run's length; the cosine schedule ends with the last step of the last epoch.
+            steps_per_epoch: Optimiser steps per epoch (sets the warm-up length in steps).
+            amp: Mixed precision of the steps (default: off).
 
         Returns:
             The optimisation, its schedule at step 0.
@@ -112,9 +138,11 @@ class Optimisation:
         return cls(optimizer, scheduler, params, config.grad_clip, amp or Amp(torch.device("cpu"), None))
 
     def zero_grad(self) -> None:
+        """Clear the parameters' gradients."""
         self.optimizer.zero_grad(set_to_none=True)
 
     def backward(self, loss: torch.Tensor) -> None:
+        """Backpropagate ``loss``, scaled under fp16 AMP."""
         self.amp.backward(loss)
 
     def step(self) -> None:
@@ -144,6 +172,7 @@ def check_finite(**values: float | None) -> None:
 
 
 def accuracy(model: nn.Module, dataset: Dataset, device: torch.device) -> float:
+    """Top-1 of ``model``'s logits on every sample of ``dataset``."""
     _, logits = embed_dataset(model, dataset, device)
     return float((logits.argmax(1) == dataset.labels).mean())
 

@@ -11,6 +11,13 @@ from distill.plotting import save_png, subplots
 
 
 def plot_training_curves(log: list[dict[str, Any]], path: str | Path, title: str = "") -> None:
+    """Write a PNG of each loss term and the test accuracy per epoch.
+
+    Args:
+        log: The run's per-epoch records.
+        path: The PNG to write.
+        title: The figure's title.
+    """
     epochs = [entry["epoch"] for entry in log]
     terms = list(log[0]["loss"]) if log else []
     fig, (ax_loss, ax_acc) = subplots(1, 2, figsize=(9, 3.5), dpi=110)
@@ -43,6 +50,7 @@ class TensorBoardLog:
         self.writer = SummaryWriter(str(logdir))
 
     def log_epoch(self, entry: dict[str, Any]) -> None:
+        """Write one epoch's loss terms, accuracy, head cosine and learning rate."""
         for term, value in entry["loss"].items():
             self.writer.add_scalar(f"loss/{term}", value, entry["epoch"])
         for key in ("test_accuracy", "head_cosine", "lr"):
@@ -51,4 +59,5 @@ class TensorBoardLog:
         self.writer.flush()
 
     def close(self) -> None:
+        """Flush and close the writer."""
         self.writer.close()

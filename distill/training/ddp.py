@@ -19,6 +19,15 @@ from distill.models.inference import select_device
 
 @dataclass
 class DistributedContext:
+    """This process's place in a torchrun job (rank 0 of 1 when run alone).
+
+    Attributes:
+        rank: This process's rank.
+        world_size: The number of ranks.
+        local_rank: The rank on this machine, which picks its GPU.
+        device: The device this rank trains on.
+    """
+
     rank: int
     world_size: int
     local_rank: int
@@ -26,29 +35,32 @@ class DistributedContext:
 
     @property
     def is_main(self) -> bool:
+        """Whether this is rank 0, the one that writes outputs."""
         return self.rank == 0
 
     @property
     def active(self) -> bool:
+        """Whether more than one rank runs."""
         return self.world_size > 1
 
     def wrap(self, module: nn.Module) -> nn.Module:
+        """``module`` under DistributedDataParallel when several ranks run; ``module`` itself otherwise."""
         if not self.active:
             return module
         from torch.nn.parallel import DistributedDataParallel
 
         ids = [self.device.index] if self.device.type == "cuda" else None
-        # find_unused_parameters: the projection P (and a loss's own layers) get no gradient under recipes
-        # that do not read them. broadcast_buffers=False: buffers that must agree are kept in step by their
-        # owners (CRD's student memory gathers every rank's rows); the rest need not be copied every step
-        # (CRD's teacher bank is N × D).
-        # static_graph instead of find_unused_parameters: the same parameters go unused every step, and DDP then
-        # learns which after the first step instead of warning on every rank that it found none to skip.
+        # static_graph: the projection P (and a loss's own layers) get no gradient under recipes that do not read
+        # them; the same parameters go unused every step, so DDP learns which after the first step (where
+        # find_unused_parameters would search every step). broadcast_buffers=False: buffers that must agree are
+        # kept in step by their owners (CRD's student memory gathers every rank's rows); the rest need not be
+        # copied every step (CRD's teacher bank is N × D).
         with warnings.catch_warnings():  # torch ≥ 2.13 deprecates the name; its successor syncs at init (CRD's bank)
             warnings.filterwarnings("ignore", message=".*broadcast_buffers.*", category=FutureWarning)
             return DistributedDataParallel(module, device_ids=ids, static_graph=True, broadcast_buffers=False)
 
     def all_reduce_sum(self, tensor: torch.Tensor) -> torch.Tensor:
+        """``tensor`` summed over the ranks, in place."""
         if self.active:
             import torch.distributed as dist
 
@@ -56,12 +68,14 @@ class DistributedContext:
         return tensor
 
     def barrier(self) -> None:
+        """Wait for every rank."""
         if self.active:
             import torch.distributed as dist
 
             dist.barrier()
 
     def close(self) -> None:
+        """Tear the process group down."""
         if self.active:
             import torch.distributed as dist
 

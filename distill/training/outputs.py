@@ -1,9 +1,9 @@
-"""What a training run may do to the files it writes: one writer per output, and never discarding the state an
-interrupted run left behind.
+"""What a training run may do to the files it writes.
 
-Why: two runs with the same ``--out`` used to both exit 0, the second silently replacing the first model, and
-re-running after a kill without ``--resume`` silently overwrote the resume state. The lock is the store's
-writer lock (featstore/lock.py) on ``OUT.lock``; under torchrun only rank 0 writes, so only rank 0 locks.
+One writer per output: a second run with the same ``--out`` is refused rather than silently replacing the
+first model. The state an interrupted run left behind is never discarded: re-running after a kill without
+``--resume`` (or ``--overwrite``) is refused rather than overwriting the resume state. The lock is the store's writer lock
+(featstore/lock.py) on ``OUT.lock``; under torchrun only rank 0 writes, so only rank 0 locks.
 """
 
 from __future__ import annotations
@@ -67,8 +67,17 @@ def _remove_if_empty(folder: Path, up_to: Path | None) -> None:
 
 
 def output_locked(resume_path_for: Callable[[Path], Path] | None = None) -> Callable[[F], F]:
-    """Decorate ``train(config)`` so that it runs holding ``config.out``'s lock; a Ctrl-C becomes one line
-    saying how to continue (``--resume`` when ``resume_path_for(out)`` exists, else that nothing was kept)."""
+    """Decorate ``train(config)`` so that it runs holding ``config.out``'s lock.
+
+    A Ctrl-C becomes one line saying how to continue (``--resume`` when ``resume_path_for(out)`` exists, else
+    that nothing was kept).
+
+    Args:
+        resume_path_for: Maps an output to its resume file (None: the run keeps no resume state).
+
+    Returns:
+        The decorator.
+    """
 
     def decorate(train: F) -> F:
         @functools.wraps(train)

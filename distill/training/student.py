@@ -16,7 +16,17 @@ from distill.training.teacher_side import TeacherSide, check_store_matches, teac
 
 @output_locked(resume_path_for)  # one writer per --out; Ctrl-C and a full disk say how to continue
 def train_student(config: StudentConfig) -> StudentResult:
-    """Train (or with ``config.resume`` continue) a student; under torchrun, one process per rank."""
+    """Train (or with ``config.resume`` continue) a student; under torchrun, one process per rank.
+
+    One writer per ``--out``: a second run on the same output is refused while the first holds it, and Ctrl-C
+    or a full disk leaves a message saying how to continue.
+
+    Args:
+        config: What the run is asked to do.
+
+    Returns:
+        The checkpoint and log written, the final test accuracy and the run's figures.
+    """
     return StudentRun.build(config).fit()
 
 

@@ -1,7 +1,7 @@
-"""Datasets named by a spec string, one module per format: ``digits``, ``cifar100:DIR``, ``idx:DIR`` (in
-memory), ``folder:DIR`` and ``mxrec:DIR`` (lazy, decoded by DataLoader workers).
+"""Datasets named by a spec string, one module per format.
 
-Importing this package registers every format; ``load_dataset(spec, split)`` builds one.
+The formats are ``digits``, ``cifar100:DIR``, ``idx:DIR`` (in memory), ``folder:DIR`` and ``mxrec:DIR`` (lazy,
+decoded by DataLoader workers). Importing this package registers every format; ``load_dataset(spec, split)`` builds one.
 """
 
 from featstore.datasets import cifar100, digits, folder, idx, mxrec  # noqa: F401  (registration side effects)

@@ -1,5 +1,6 @@
-"""Listing a folder of sample files and reading one sample file, both bounded: the one place fsd touches
-the file system for image data (``folder:``, and ``fsd embed``'s ``--images``).
+"""Listing a folder of sample files and reading one sample file, both bounded.
+
+This is the one place fsd touches the file system for image data (``folder:``, and ``fsd embed``'s ``--images``).
 
 Why a checked reader: a folder is user data and may hold anything a file system can. Listing follows
 directory symlinks (datasets are often assembled from links) but lists each directory once, identified by
@@ -31,8 +32,11 @@ class UnreadableFile(InvalidInput):
 
 @dataclass
 class Listing:
-    """The image files below a folder: ``(relative POSIX path, byte size)`` sorted by path, and the
-    sub-folders that could not be listed (``(path, reason)``; empty unless the caller skips them)."""
+    """The image files below a folder, and the sub-folders that could not be listed.
+
+    ``files`` holds ``(relative POSIX path, byte size)`` sorted by path; ``unlisted`` holds ``(path, reason)`` and is
+    empty unless the caller skips them.
+    """
 
     files: list[tuple[str, int]] = field(default_factory=list)
     unlisted: list[tuple[Path, str]] = field(default_factory=list)
@@ -100,8 +104,10 @@ def list_files(root: Path, suffixes: Collection[str], *, skip_unlisted: bool = F
 
 
 def read_file(path: Path, limit: int = MAX_SAMPLE_BYTES) -> bytes:
-    """The bytes of the regular file ``path``, at most ``limit`` of them; :class:`UnreadableFile` otherwise
-    (see the module docstring)."""
+    """The bytes of the regular file ``path``, at most ``limit`` of them.
+
+    Raises :class:`UnreadableFile` otherwise (see the module docstring).
+    """
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError as err:

@@ -53,8 +53,10 @@ MAX_PAD = 256  # the views' zero padding: more would only allocate (every shift 
 
 
 def _read_bytes(path: Path) -> bytes:
-    """The file's (decompressed) content, at most :data:`MAX_IDX_BYTES`; a damaged gzip stream or a gzip
-    bomb is invalid input naming the file."""
+    """The file's (decompressed) content, at most :data:`MAX_IDX_BYTES`.
+
+    A damaged gzip stream or a gzip bomb is invalid input naming the file.
+    """
     try:
         if path.suffix == ".gz":
             with gzip.open(path, "rb") as handle:
@@ -73,7 +75,16 @@ def _read_bytes(path: Path) -> bytes:
 def read_idx(path: Path, ndim: int, limit: int | None = None) -> np.ndarray:
     """The uint8 array of an IDX file with ``ndim`` dimensions, checking magic, dimensions and size.
 
-    ``limit`` keeps only the first rows (the file must still hold every row its header promises).
+    Args:
+        path: The IDX file, optionally gzipped.
+        ndim: The dimensions the header must declare (3 for images, 1 for labels).
+        limit: Keep only the first rows (the file must still hold every row its header promises).
+
+    Returns:
+        The uint8 array of the header's shape (first dimension cut to ``limit``).
+
+    Raises:
+        InvalidInput: An unreadable or truncated file, or a bad magic number, value type or dimension count.
     """
     data = _read_bytes(path)
     if len(data) < 4 or data[0] != 0 or data[1] != 0:

@@ -1,5 +1,7 @@
-"""Encoded image bytes → an 8-bit RGB Pillow image: the one decoder of every image fsd reads (``folder:``
-and ``mxrec:`` samples, verification ``.bin`` files, ``fsd embed``'s folders).
+"""Encoded image bytes → an 8-bit RGB Pillow image.
+
+This is the one decoder of every image fsd reads (``folder:`` and ``mxrec:`` samples, verification ``.bin`` files, ``fsd
+embed``'s folders).
 
 Why one function: every reader must agree on the two things Pillow leaves to its caller.
 
@@ -88,8 +90,10 @@ def decode_rgb(data: bytes) -> Any:
 
 
 def image_size(data: bytes) -> tuple[int, int]:
-    """(height, width) from the image's header, no pixel decoded; :class:`UnreadableImage` as
-    :func:`decode_rgb`."""
+    """(height, width) from the image's header, no pixel decoded.
+
+    Raises :class:`UnreadableImage` as :func:`decode_rgb` does.
+    """
     with _open(data) as image:
         return image.height, image.width
 

@@ -93,9 +93,11 @@ class LazyImageDataset(Dataset):
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
+        """(3, H, W): every sample decodes to RGB at the dataset's image size."""
         return (3, *self.image_size)
 
     def fingerprint(self) -> str:
+        """The digest of the index (name, split, keys, sizes, labels), computed once."""
         if self._fingerprint is None:
             self._fingerprint = index_fingerprint(self.name, self.split, self.keys, self.sizes, self.labels)
         return self._fingerprint
@@ -109,8 +111,10 @@ class LazyImageDataset(Dataset):
         """Where sample ``row`` lives, for error messages (a path, or a record of a file)."""
 
     def decode(self, row: int, data: bytes) -> Any:
-        """Encoded bytes → a PIL RGB image (:func:`featstore.datasets.images.decode_rgb`); :class:`BadSample`
-        naming the sample."""
+        """Encoded bytes → a PIL RGB image (:func:`featstore.datasets.images.decode_rgb`).
+
+        Raises :class:`BadSample` naming the sample when the bytes do not decode.
+        """
         try:
             return decode_rgb(data)
         except UnreadableImage as err:
@@ -129,6 +133,7 @@ class LazyImageDataset(Dataset):
     def load_views(
         self, row: int, params: np.ndarray | None, seed: int = 0, view_ids: tuple[int, ...] = (0,)
     ) -> SampleViews:
+        """Read and decode sample ``row`` once and render each of ``view_ids`` from it."""
         data = self.read_bytes(row)
         image = self.decode(row, data)
         if params is None:
@@ -138,4 +143,5 @@ class LazyImageDataset(Dataset):
         return SampleViews(torch.stack(views), np.asarray(params, np.float32), hashlib.sha256(data).digest())
 
     def content_digest(self, rows: np.ndarray) -> bytes:
+        """The digest of the encoded bytes of ``rows``."""
         return chunk_digest([hashlib.sha256(self.read_bytes(int(r))).digest() for r in rows])

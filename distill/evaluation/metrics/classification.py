@@ -15,8 +15,17 @@ def top1_accuracy(logits_or_predictions: Any, labels: Any) -> float:
     """Fraction of samples whose predicted class equals the label.
 
     Accepts ``(N, C)`` logits/probabilities (prediction = argmax, first index on ties) or ``(N,)`` integer
-    predictions. Samples labelled -1 (unknown) are dropped, as everywhere in fsd's evaluation. Raises
-    :class:`InvalidInput` on mismatched lengths, non-finite logits or when no labelled sample remains.
+    predictions. Samples labelled -1 (unknown) are dropped, as everywhere in fsd's evaluation.
+
+    Args:
+        logits_or_predictions: ``(N, C)`` logits or probabilities, or ``(N,)`` predicted classes.
+        labels: ``(N,)`` classes, -1 for unknown.
+
+    Returns:
+        The top-1 accuracy in [0, 1].
+
+    Raises:
+        InvalidInput: Mismatched lengths, non-finite logits, or no labelled sample.
     """
     y = int_vector(labels, "labels")
     p = to_numpy(logits_or_predictions)

@@ -50,7 +50,10 @@ def identification_metrics(
         neighbor_subjects: ``(P, K)`` subject of each probe's gallery templates in descending score order,
             K >= min(max(ranks), G) — no padding.
         top1_scores: ``(P,)`` each probe's best gallery score.
-        probe_subjects: ``(P,)``; gallery_subjects: ``(G,)`` (a probe is *mated* iff its subject is among them).
+        probe_subjects: ``(P,)`` each probe's subject.
+        gallery_subjects: ``(G,)`` the gallery's subjects (a probe is *mated* iff its subject is among them).
+        ranks: The ranks k of the CMC.
+        fpirs: The false-positive identification rates TPIR is reported at.
 
     Definitions (M mated, N non-mated probes):
 
@@ -100,8 +103,16 @@ def cmc_from_neighbors(neighbor_labels: Any, query_labels: Any, num_relevant: An
     """CMC: for k = 1..max_rank, the fraction of queries whose first same-label neighbour is at rank <= k.
 
     Same inputs and exclusions as :func:`distill.evaluation.metrics.retrieval_metrics` (queries with R = 0 or an unknown
-    label take no part), so ``cmc[k - 1]`` equals Recall@k. Returns a float64 array of length ``max_rank``,
-    empty when no query is left.
+    label take no part), so ``cmc[k - 1]`` equals Recall@k.
+
+    Args:
+        neighbor_labels: ``(num_queries, K)`` labels of each query's neighbours, best first, K >= ``max_rank``.
+        query_labels: ``(num_queries,)`` the queries' labels.
+        num_relevant: ``(num_queries,)`` R per query, from :func:`count_relevant`.
+        max_rank: The highest rank of the curve.
+
+    Returns:
+        A float64 array of length ``max_rank``, empty when no query is left.
     """
     nl = np.asarray(neighbor_labels)
     q = np.asarray(query_labels).astype(np.int64, copy=False)

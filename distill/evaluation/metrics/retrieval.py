@@ -24,8 +24,11 @@ _ROW_CHUNK = 8192  # rows of the (queries x K) relevance matrix processed at onc
 
 
 def known_mask(labels: Any) -> np.ndarray:
-    """Boolean mask of samples whose label is known (not :data:`UNKNOWN_LABEL`); use it to drop unknowns
-    *before* the k-NN search, so that they neither query nor occupy a rank in anyone's neighbour list."""
+    """Boolean mask of samples whose label is known (not :data:`UNKNOWN_LABEL`).
+
+    Use it to drop unknowns *before* the k-NN search, so that they neither query nor occupy a rank in anyone's
+    neighbour list.
+    """
     return int_vector(labels, "labels") != UNKNOWN_LABEL
 
 
@@ -35,9 +38,16 @@ def count_relevant(query_labels: Any, gallery_labels: Any, *, leave_one_out: boo
     ``leave_one_out=True``: the gallery *is* the query set (same samples, same order) and each query's own entry
     is not counted, so R = class size - 1. ``leave_one_out=False``: queries and gallery are separate sets (e.g.
     student queries against a teacher gallery) and R is the plain count in the gallery.
-    Unknown (-1) query labels get R = 0 and unknown gallery items are never counted.
+    Unknown (-1) query labels get R = 0 and unknown gallery items are never counted. Computed with one sort of
+    the gallery labels, O(n log n).
 
-    Returns an int64 array of shape ``(num_queries,)``. Computed with one sort of the gallery labels, O(n log n).
+    Args:
+        query_labels: The queries' labels.
+        gallery_labels: The gallery's labels (the same array under leave-one-out).
+        leave_one_out: Whether the gallery is the query set, each query's own entry not counted.
+
+    Returns:
+        An int64 array of shape ``(num_queries,)``.
     """
     q = int_vector(query_labels, "query_labels")
     g = int_vector(gallery_labels, "gallery_labels")

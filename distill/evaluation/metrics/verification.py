@@ -30,7 +30,7 @@ def far_key(far: float) -> str:
     """Report key for a FAR: ``far_key(1e-3) == "1e-03"``, ``far_key(0.0015) == "1.5e-03"``.
 
     One fixed format so reports from runs compare, and lossless: the fewest mantissa digits that read back
-    as the same float, so a key never names a rate other than the one computed (``"2e-03"`` for 0.0015 did).
+    as the same float, so a key never names a rate other than the one computed (``"2e-03"`` for 0.0015 would).
     """
     value = float(far)
     for digits in range(17):
@@ -62,8 +62,18 @@ def tar_at_far(genuine: Any, impostor: Any, far: float) -> float | None:
     reporting the TAR at FAR 0 instead would be a different, flattering number.
 
     ``far`` is read as the decimal it prints as (``Fraction(repr(far))``), so ``1e-3 * 1000`` is exactly 1
-    rather than a float product that may round to 0.999...; raises :class:`InvalidInput` unless 0 < far <= 1
-    or if ``genuine`` is empty.
+    rather than a float product that may round to 0.999....
+
+    Args:
+        genuine: Scores of same-identity pairs.
+        impostor: Scores of different-identity pairs.
+        far: The target false-accept rate, in (0, 1].
+
+    Returns:
+        The TAR, or None where far * N_imp < 1.
+
+    Raises:
+        InvalidInput: ``far`` outside (0, 1], ``genuine`` empty, or scores that are not finite 1-D arrays.
     """
     f = check_far(far)
     gen = score_vector(genuine, "genuine")
@@ -89,7 +99,17 @@ def roc_auc(genuine: Any, impostor: Any) -> float:
     """Area under the ROC curve = P(random genuine score > random impostor score), ties counting 1/2.
 
     Computed as the Mann-Whitney U statistic with one sort and binary searches, O((G + I) log I), never the
-    O(G * I) pair comparison. Raises :class:`InvalidInput` if either set is empty (the AUC is undefined).
+    O(G * I) pair comparison.
+
+    Args:
+        genuine: Scores of same-identity pairs.
+        impostor: Scores of different-identity pairs.
+
+    Returns:
+        The AUC in [0, 1].
+
+    Raises:
+        InvalidInput: Either set is empty (the AUC is undefined) or not a finite 1-D array.
     """
     gen = score_vector(genuine, "genuine")
     imp = score_vector(impostor, "impostor")
@@ -122,7 +142,16 @@ def equal_error_rate(genuine: Any, impostor: Any) -> float:
     observed scores, so every distinct score (plus t = -inf, where FAR = 1 and FRR = 0) is a candidate; the
     result is (FAR + FRR) / 2 at the candidate with the smallest |FAR - FRR| (the lowest such threshold if
     several tie). With discrete scores FAR and FRR rarely meet exactly; the midpoint is the usual convention.
-    Raises :class:`InvalidInput` if either set is empty.
+
+    Args:
+        genuine: Scores of same-identity pairs.
+        impostor: Scores of different-identity pairs.
+
+    Returns:
+        The EER in [0, 1].
+
+    Raises:
+        InvalidInput: Either set is empty or not a finite 1-D array.
     """
     gen = score_vector(genuine, "genuine")
     imp = score_vector(impostor, "impostor")
@@ -138,7 +167,17 @@ def roc_curve(genuine: Any, impostor: Any, max_points: int = 1000) -> tuple[np.n
     (FAR = 0, TAR = 0) down to t = -inf (FAR = 1, TAR = 1); repeated points are merged. If there are more than
     ``max_points``, an evenly spaced subset (by threshold rank) is kept, always including both ends and the
     point with FAR = 0 and the highest TAR (the left edge of log-FAR plots).
-    Returns float64 arrays. Raises :class:`InvalidInput` if either set is empty or ``max_points < 3``.
+
+    Args:
+        genuine: Scores of same-identity pairs.
+        impostor: Scores of different-identity pairs.
+        max_points: The most points returned, at least 3.
+
+    Returns:
+        (far, tar) float64 arrays.
+
+    Raises:
+        InvalidInput: Either set is empty, or ``max_points < 3``.
     """
     if isinstance(max_points, bool) or not isinstance(max_points, (int, np.integer)) or max_points < 3:
         raise InvalidInput(f"max_points must be an integer >= 3, got {max_points!r}")
@@ -165,6 +204,17 @@ def verification_metrics(genuine: Any, impostor: Any, fars: Sequence[float] = FA
 
     Sorts each score set once and derives everything from the sorted arrays. Values the data cannot define
     are ``None``: TAR where far * N_imp < 1, and every value if there are no genuine or no impostor pairs.
+
+    Args:
+        genuine: Scores of same-identity pairs.
+        impostor: Scores of different-identity pairs.
+        fars: The false-accept rates TAR is reported at.
+
+    Returns:
+        The ``verification`` report section.
+
+    Raises:
+        InvalidInput: A FAR outside (0, 1], FARs with the same report key, or scores that are not finite.
     """
     gen = score_vector(genuine, "genuine")
     imp = score_vector(impostor, "impostor")

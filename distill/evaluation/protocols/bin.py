@@ -1,5 +1,6 @@
-"""insightface's verification ``.bin`` files (``lfw.bin``, ``cfp_fp.bin``, ``agedb_30.bin`` …) and their
-10-fold accuracy with flip test, as arcface_torch reports it.
+"""insightface's verification ``.bin`` files and their 10-fold accuracy with flip test.
+
+The files are ``lfw.bin``, ``cfp_fp.bin``, ``agedb_30.bin`` …; the accuracy is as arcface_torch reports it.
 
 **Format.** A pickle of ``(bins, issame_list)``: ``bins`` a list of 2·P encoded images (JPEG/PNG bytes,
 112×112 aligned faces), ``issame_list`` P booleans; pair p is images 2p and 2p+1. Files written by Python 2
@@ -39,8 +40,10 @@ MAX_BIN_BYTES = 4 << 30  # a regular file of at most 4 GiB (insightface's larges
 
 
 class _NoGlobals(pickle.Unpickler):
-    """Resolves no class or function but ``_codecs.encode`` (how protocol-2 pickles spell bytes): lists,
-    tuples, bytes, str, numbers and booleans only."""
+    """Resolves no class or function but ``_codecs.encode`` (how protocol-2 pickles spell bytes).
+
+    Only lists, tuples, bytes, str, numbers and booleans load.
+    """
 
     def find_class(self, module: str, name: str) -> Any:
         if (module, name) == ("_codecs", "encode"):
@@ -52,12 +55,21 @@ class _NoGlobals(pickle.Unpickler):
 
 @dataclass
 class BinSet:
+    """One verification set read from a ``.bin`` file.
+
+    Attributes:
+        name: The set's name (the file stem).
+        images: The 2·P encoded images; pair p is images 2p and 2p+1.
+        same: (P,) whether each pair shows one person.
+    """
+
     name: str
-    images: list[bytes]  # 2·P encoded images
-    same: np.ndarray  # (P,) bool
+    images: list[bytes]
+    same: np.ndarray
 
     @property
     def pairs(self) -> int:
+        """The number of pairs, P."""
         return int(self.same.size)
 
 
@@ -91,9 +103,11 @@ def read_bin(path: str | Path) -> BinSet:
 
 
 def decode_images(bins: BinSet, size: int) -> np.ndarray:
-    """uint8 (2P, 3, size, size) RGB; images of another size are resized (bilinear), as arcface_torch does.
-    Decoding is fsd's one image decoder (:func:`featstore.datasets.images.decode_rgb`: 16-bit images scaled,
-    decompression bombs refused)."""
+    """uint8 (2P, 3, size, size) RGB images of the set.
+
+    Images of another size are resized (bilinear), as arcface_torch does. Decoding is fsd's one image decoder
+    (:func:`featstore.datasets.images.decode_rgb`: 16-bit images scaled, decompression bombs refused).
+    """
     from PIL import Image
 
     out = np.empty((len(bins.images), 3, size, size), dtype=np.uint8)

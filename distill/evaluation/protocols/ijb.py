@@ -1,5 +1,7 @@
-"""IJB-B / IJB-C template protocols: the official meta files, template embeddings, 1:1 verification over the
-template pairs and 1:N identification (closed-set CMC, open-set TPIR@FPIR) against galleries G1 and G2.
+"""IJB-B / IJB-C template protocols.
+
+The official meta files, template embeddings, 1:1 verification over the template pairs and 1:N identification
+(closed-set CMC, open-set TPIR@FPIR) against galleries G1 and G2.
 
 One responsibility: from image embeddings (matched to the meta files by image name) to the ``ijb`` section of
 an evaluation report. Reading images or running a model is not done here: the embeddings come from an HDF5 file
@@ -48,11 +50,13 @@ __all__ = [
 
 
 def face_rows(meta: IjbMeta, names: Sequence[str]) -> np.ndarray:
-    """Row of ``names`` (the embeddings' image names) holding each meta face, matched by exact name, else by the
-    base name (``'loose_crop/1.jpg'`` matches ``'1.jpg'``) when that is unambiguous — and, for a face named
-    with folders (``'img/5.jpg'``), only by an embedding name ending in that path (never ``'frames/5.jpg'``).
+    """Row of ``names`` (the embeddings' image names) holding each meta face.
+
+    A face is matched by exact name, else by the base name (``'loose_crop/1.jpg'`` matches ``'1.jpg'``) when that is unambiguous — and, for a
+    face named with folders (``'img/5.jpg'``), only by an embedding name ending in that path (never ``'frames/5.jpg'``).
     Embeddings no face uses are ignored; a face without an embedding, or one matching several, is an
-    :class:`InvalidInput`."""
+    :class:`InvalidInput`.
+    """
     exact: dict[str, int] = {}
     for row, name in enumerate(names):
         exact[name] = -1 if name in exact else row
@@ -101,8 +105,10 @@ def template_embeddings(
     rows: Any = None,
     block: int = 16384,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Template features from face features: ``(template_ids, feats)`` with ``template_ids`` the sorted unique
-    template ids (int64) and ``feats`` ``(T, D)`` float32 rows of unit norm (zero rows stay zero).
+    """Template features from face features.
+
+    Returns ``(template_ids, feats)`` with ``template_ids`` the sorted unique template ids (int64) and ``feats`` ``(T,
+    D)`` float32 rows of unit norm (zero rows stay zero).
 
     Inputs are aligned per face (face i): ``names`` ``(F,)`` image names (for messages only; may be ``None``);
     ``face_template``/``face_media`` ``(F,)`` integer ids; ``quality`` ``(F,)`` non-negative detector scores
@@ -174,8 +180,10 @@ def template_embeddings(
 
 
 def template_rows(template_ids: np.ndarray, wanted: Any, what: str = "template") -> np.ndarray:
-    """Rows of ``wanted`` template ids in the sorted ``template_ids`` (as :func:`template_embeddings` returns);
-    an id that is not there is an :class:`InvalidInput`."""
+    """Rows of ``wanted`` template ids in the sorted ``template_ids`` (as :func:`template_embeddings` returns).
+
+    An id that is not there is an :class:`InvalidInput`.
+    """
     ids = np.asarray(template_ids, dtype=np.int64)
     w = np.asarray(wanted, dtype=np.int64)
     pos = np.searchsorted(ids, w)
@@ -190,10 +198,12 @@ def template_rows(template_ids: np.ndarray, wanted: Any, what: str = "template")
 def ijb_verification(
     template_feats: Any, pairs: Any, labels: Any, fars: Sequence[float] = metrics.FARS
 ) -> tuple[dict[str, Any], tuple[np.ndarray, np.ndarray]]:
-    """TAR@FAR, ROC AUC and EER (docs/evaluation.md, :func:`distill.evaluation.metrics.verification_metrics`) over template
-    pairs: ``pairs`` ``(P, 2)`` rows of ``template_feats``, ``labels`` ``(P,)`` 1/True = same subject,
-    0/False = different (anything else is an error). Returns ``(report, (far, tar))``; the report also has
-    ``num_pairs``."""
+    """TAR@FAR, ROC AUC and EER over template pairs.
+
+    The metrics are those of docs/evaluation.md (:func:`distill.evaluation.metrics.verification_metrics`). ``pairs`` are
+    ``(P, 2)`` rows of ``template_feats``, ``labels`` ``(P,)`` 1/True = same subject, 0/False = different (anything else
+    is an error). Returns ``(report, (far, tar))``; the report also has ``num_pairs``.
+    """
     lab = np.asarray(labels)
     if lab.ndim != 1:
         raise InvalidInput(f"labels must be 1-D, got shape {lab.shape}")
@@ -224,8 +234,11 @@ def ijb_identification(
     *,
     use_gpu: bool | None = None,
 ) -> dict[str, Any]:
-    """1:N identification of probe templates against one gallery by exact cosine search; the metrics are
-    :func:`identification_metrics` (probes whose subject is not in this gallery are its non-mated probes)."""
+    """1:N identification of probe templates against one gallery by exact cosine search.
+
+    The metrics are :func:`identification_metrics` (probes whose subject is not in this gallery are its non-mated
+    probes).
+    """
     report, _ = _identify(gallery_feats, gallery_subjects, probe_feats, probe_subjects, ranks, fpirs, 0, use_gpu)
     return report
 
@@ -266,8 +279,11 @@ def _identify(
 
 
 def _average(reports: dict[str, dict[str, Any]], ranks: Sequence[int]) -> dict[str, Any]:
-    """insightface's summary of G1 and G2: rank-k pooled over both galleries' mated probes (their hits over
-    their count), TPIR the mean of the two galleries' values (``None`` if either is)."""
+    """Insightface's summary of G1 and G2.
+
+    Rank-k is pooled over both galleries' mated probes (their hits over their count), TPIR is the mean of the two
+    galleries' values (``None`` if either is).
+    """
     g1, g2 = reports["G1"], reports["G2"]
     mated = g1["num_mated"] + g2["num_mated"]
     out: dict[str, Any] = {"num_mated": mated}
@@ -299,8 +315,9 @@ def ijb_evaluation(
     use_gpu: bool | None = None,
     cmc_rank: int = 0,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The ``ijb`` report section and its curves for image ``embeddings`` named ``names`` (and optional
-    ``flip`` embeddings of the flipped images, same rows).
+    """The ``ijb`` report section and its curves for image ``embeddings`` named ``names``.
+
+    ``flip`` holds optional embeddings of the flipped images, same rows.
 
     Returns ``(section, curves)``: ``section`` = ``{"protocol": meta.describe() + template options,
     "verification": {...} (when the pair file exists), "identification": {"G1", "G2", "average"} (when the 1:N

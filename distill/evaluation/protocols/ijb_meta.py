@@ -129,8 +129,10 @@ def _detect_prefix(meta: Path, shown: str) -> str:
 
 
 def _records(text: str, shown: str, layout: str, fields: int) -> Iterator[tuple[int, str, list[str]]]:
-    """(line number, "FILE line N", fields) of every non-blank line of a whitespace-separated meta file, each
-    checked to hold exactly ``fields`` fields named by ``layout``."""
+    """(line number, "FILE line N", fields) of every non-blank line of a whitespace-separated meta file.
+
+    Each line is checked to hold exactly ``fields`` fields named by ``layout``.
+    """
     for number, line in enumerate(text.splitlines(), start=1):
         tokens = line.split()
         if not tokens:
@@ -199,8 +201,11 @@ def _parse_quality(text: str, shown: str, face_names: list[str], face_shown: str
 
 
 def _parse_pairs(text: str, shown: str, known_templates: np.ndarray, face_shown: str) -> tuple[np.ndarray, np.ndarray]:
-    """The pair file (IJB-C: 15.7 million lines): numpy's C parser first; any problem found there is reported
-    by the line-by-line parser, which names the file and line."""
+    """Parse the pair file (IJB-C: 15.7 million lines).
+
+    Numpy's C parser runs first; any problem found there is reported by the line-by-line parser, which names the file
+    and line.
+    """
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error")  # "input contained no data" -> the slow path says so

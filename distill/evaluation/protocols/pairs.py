@@ -259,8 +259,11 @@ def resolve_pairs(parsed: ParsedPairs, num_samples: int, names: Sequence[str] | 
 
 
 def _name_index(names: Sequence[str]) -> dict[str, int]:
-    """name -> row (-1 when ambiguous). Each name is also reachable by its file stem ('dir/x_0001.jpg' ->
-    'x_0001') when that stem is not itself a name, so LFW file lists work as names."""
+    """Image name → row (-1 when ambiguous).
+
+    Each name is also reachable by its file stem ('dir/x_0001.jpg' -> 'x_0001') when that stem is not itself a name, so
+    LFW file lists work as names.
+    """
     index: dict[str, int] = {}
     for row, name in enumerate(names):
         index[name] = -1 if name in index else row
@@ -296,9 +299,11 @@ def score_pairs(embeddings: Any, a: np.ndarray, b: np.ndarray, chunk: int = 1 <<
 def pair_verification(
     embeddings: Any, pairs: Any, labels_same: Any, fars: Sequence[float] = metrics.FARS
 ) -> tuple[dict[str, Any], tuple[np.ndarray, np.ndarray]]:
-    """Verification report over the given pairs: ``pairs`` is ``(P, 2)`` row indices, ``labels_same`` ``(P,)``
-    booleans (True = genuine). Returns ``(report, (far, tar))`` like
-    :func:`distill.evaluation.verification.streaming_verification`; the ROC is empty where undefined."""
+    """Verification report over the given pairs.
+
+    ``pairs`` is ``(P, 2)`` row indices, ``labels_same`` ``(P,)`` booleans (True = genuine). Returns ``(report, (far,
+    tar))`` like :func:`distill.evaluation.verification.streaming_verification`; the ROC is empty where undefined.
+    """
     p = np.asarray(pairs)
     if p.ndim != 2 or p.shape[1] != 2 or (p.size and not np.issubdtype(p.dtype, np.integer)):
         raise InvalidInput(f"pairs must be a (P, 2) integer array, got shape {p.shape}")
@@ -334,8 +339,10 @@ def best_threshold(scores: Any, same: Any) -> float:
 
 
 def lfw_accuracy(scores: Any, same: Any, folds: Any) -> dict[str, Any]:
-    """LFW's protocol (View 2): for each fold, choose the threshold on the other folds
-    (:func:`best_threshold`) and measure accuracy on the held-out fold.
+    """LFW's protocol (View 2), fold by fold.
+
+    For each fold, choose the threshold on the other folds (:func:`best_threshold`) and measure accuracy on the held-out
+    fold.
 
     Returns ``accuracy_mean``, ``accuracy_std`` (sample standard deviation over folds, ddof = 1, as LFW's
     README defines σ̂), ``accuracy_sem`` (σ̂ / √folds, the "standard error" LFW tables print), ``folds``
@@ -376,8 +383,11 @@ def lfw_accuracy(scores: Any, same: Any, folds: Any) -> dict[str, Any]:
 def pairs_report(
     embeddings: Any, pairs: Pairs, fars: Sequence[float] = metrics.FARS
 ) -> tuple[dict[str, Any], tuple[np.ndarray, np.ndarray]]:
-    """The ``verification`` section under the pairs protocol: :func:`pair_verification` plus
-    ``"protocol": "pairs"``, a ``pairs`` description and, for files with several folds, ``lfw``."""
+    """The ``verification`` section under the pairs protocol.
+
+    It is :func:`pair_verification` plus ``"protocol": "pairs"``, a ``pairs`` description and, for files with several
+    folds, ``lfw``.
+    """
     scores = score_pairs(embeddings, pairs.a, pairs.b)
     report, curve = _verification(scores, pairs.same, fars)
     report["protocol"] = "pairs"
