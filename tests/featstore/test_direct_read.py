@@ -1,6 +1,6 @@
 """The direct chunk-file read path of FeatureStore.read_chunks_raw gives exactly what zarr's own read gives.
 
-Local stores in fsd's plain layout bypass zarr's read pipeline (featstore.store._ChunkFiles); these tests
+Local stores in fsd's plain layout bypass zarr's read pipeline (featstore.store.chunk_files); these tests
 hold the two paths to the same arrays for every dtype and an edge chunk, check corrupt files, show that a
 chunk whose file is missing is an error (zarr alone would read fill values), and that sharded and in-memory
 stores keep using zarr.
@@ -26,7 +26,7 @@ from .test_store import META, C, D, N, P, V, data, fill, new_store
 
 def both_paths(store, chunks):
     direct = store.read_chunks_raw(chunks)
-    through_zarr = store._read_chunks_zarr(store._arrays(), chunks)
+    through_zarr = store.reader.read_chunks_zarr(chunks)
     return direct, through_zarr
 
 
@@ -47,7 +47,7 @@ def test_direct_read_equals_zarr_for_every_dtype(tmp_path: Path, dtype: str) -> 
     fill(store, d)
     store.mark_complete()
     store = open_store(str(tmp_path / "s.zarr"))
-    assert store._direct_readers() is not None  # the plain local layout qualifies
+    assert store.reader.direct is not None  # the plain local layout qualifies
     chunks = list(range(store.num_chunks))
     direct, through_zarr = both_paths(store, chunks)
     for chunk, x, y in zip(chunks, direct, through_zarr):
@@ -121,10 +121,10 @@ def test_sharded_and_memory_stores_read_through_zarr(tmp_path: Path) -> None:
         shard=4,
     )
     fill(sharded, d)
-    assert sharded._direct_readers() is None
+    assert sharded.reader.direct is None
     in_memory = new_store(f"memory://{uuid.uuid4().hex}", d)
     fill(in_memory, d)
-    assert in_memory._direct_readers() is None
+    assert in_memory.reader.direct is None
     for store in (sharded, in_memory):
         direct, through_zarr = both_paths(store, list(range(store.num_chunks)))
         for x, y in zip(direct, through_zarr):
@@ -141,7 +141,7 @@ def test_chunk_path_blocked_by_a_file_is_a_missing_chunk(tmp_path: Path) -> None
     chunk_dir.write_bytes(b"not a directory")
     results = store.read_chunks_raw([1, 2, 3])
     assert isinstance(results[1], StoreError)
-    assert_same(results[0], store._read_chunks_zarr(store._arrays(), [1])[0])
+    assert_same(results[0], store.reader.read_chunks_zarr([1])[0])
 
 
 def test_relative_store_path_survives_a_change_of_directory(tmp_path: Path, monkeypatch) -> None:
