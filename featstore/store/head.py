@@ -90,20 +90,22 @@ def install_remote(group: zarr.Group, meta: dict[str, Any], weight: np.ndarray, 
 
 
 def pending(root: Path) -> bool:
-    """Whether a committed head install waits to be finished in the local store at ``root``."""
-    return (root / JOURNAL).is_file()
+    """Whether the local store at ``root`` has a head install to finish or to undo (:func:`finish_pending`)."""
+    return (root / JOURNAL).is_file() or (not (root / "head").exists() and any(root.glob(ASIDE + "*")))
 
 
 def finish_pending(root: Path) -> bool:
     """Finish the committed head install of the local store at ``root``, if there is one.
 
-    Every step can be repeated after a kill at any point of the one before. The caller holds the store's
-    writer lock. Returns whether there was an install to finish.
+    Every step can be repeated after a kill at any point of the one before. Without a journal, a head set
+    aside with none in its place is an install that was never committed (a store whose head was replaced
+    without a journal, killed between the two renames): the old head, which its attributes still describe,
+    goes back. The caller holds the store's writer lock. Returns whether there was anything to do.
     """
     try:
         entry = json.loads((root / JOURNAL).read_text())
     except FileNotFoundError:
-        return False
+        return _put_old_back(root)
     except ValueError:
         raise StoreError(
             f"store {root}: its head install journal {JOURNAL} is not JSON; the store was damaged"
@@ -149,6 +151,16 @@ FINISH_STEPS: tuple[Callable[[Path, dict[str, Any]], None], ...] = (
     _remove_journal,
 )
 """The steps after the commit point, in order (tests kill the install before each of them)."""
+
+
+def _put_old_back(root: Path) -> bool:
+    """Move the newest head set aside back into place when ``head/`` is missing (no journal: uncommitted)."""
+    aside = sorted(root.glob(ASIDE + "*"), key=lambda p: p.stat().st_mtime)
+    if (root / "head").exists() or not aside:
+        return False
+    os.rename(aside[-1], root / "head")
+    _sweep(root)
+    return True
 
 
 def _sweep(root: Path) -> None:
