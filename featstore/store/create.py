@@ -71,11 +71,7 @@ def create_store(
     if factor <= 0:
         raise StoreError(f"shard factor must be positive, got {factor}")
     local = local_path(url)
-    building = None
-    if local is not None:
-        local = local.absolute()
-        ensure_parent(local)
-        building = local.with_name(f".{local.name}.creating-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    building = _hidden_sibling(local.absolute()) if local is not None else None
     try:
         group = zarr.open_group(zarr_store(str(building) if building else url), mode="w-")
         _create_arrays(group, shape, dtype, chunk_rows, factor)
@@ -83,7 +79,7 @@ def create_store(
             write_head_arrays(group, head_weight, head_bias)
         group.attrs["fsd"] = _write_labels_and_attributes(group, labels, dtype, chunk_rows, factor, meta)
         if building is not None:
-            os.rename(building, local)  # fails if something appeared at the target meanwhile: nothing replaced
+            os.rename(building, local.absolute())  # fails if something appeared at the target meanwhile: nothing replaced
             group = zarr.open_group(zarr_store(url), mode="r+")
     except OSError as exc:
         raise StoreError(f"cannot create store {url}: {exc.strerror or exc}") from None
@@ -91,6 +87,12 @@ def create_store(
         if building is not None and building.exists():
             shutil.rmtree(building, ignore_errors=True)
     return FeatureStore(url, group)
+
+
+def _hidden_sibling(local: Path) -> Path:
+    """Where a local store is built before it is renamed into place (its folder is created here)."""
+    ensure_parent(local)
+    return local.with_name(f".{local.name}.creating-{os.getpid()}-{uuid.uuid4().hex[:8]}")
 
 
 def _create_arrays(group: zarr.Group, shape: StoreShape, dtype: str, chunk_rows: int, factor: int) -> None:
