@@ -79,7 +79,9 @@ def create_store(
             write_head_arrays(group, head_weight, head_bias)
         group.attrs["fsd"] = _write_labels_and_attributes(group, labels, dtype, chunk_rows, factor, meta)
         if building is not None:
-            os.rename(building, local.absolute())  # fails if something appeared at the target meanwhile: nothing replaced
+            os.rename(
+                building, local.absolute()
+            )  # fails if something appeared at the target meanwhile: nothing replaced
             group = zarr.open_group(zarr_store(url), mode="r+")
     except OSError as exc:
         raise StoreError(f"cannot create store {url}: {exc.strerror or exc}") from None
