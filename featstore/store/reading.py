@@ -5,9 +5,9 @@ never hides its neighbours; a chunk file that :meth:`FeatureStore.write_chunk` a
 missing is damage (zarr alone would serve fill values); labels and view parameters are checked on every
 read (integrity.chunk_problems).
 
-The zarr path reads each array with one ``get_orthogonal_selection`` call over the rows of all requested
-chunks (zarr fetches and decodes those chunks concurrently on its own event loop), the arrays in parallel
-threads. An array whose batched read fails is read again chunk by chunk, to name the chunk that failed.
+The zarr path reads every (array, chunk) pair with zarr's synchronous public API, from a few threads at
+once: zarr runs each read on its own event loop, so remote stores see concurrent requests, and no fsd code
+needs zarr's private loop or a loop of its own (which would bind fsspec's async file systems to two loops).
 """
 
 from __future__ import annotations
@@ -26,6 +26,8 @@ from featstore.store.layout import DECODE_THREADS
 if TYPE_CHECKING:
     from featstore.store.facade import FeatureStore
 
+ZARR_READ_THREADS = 8
+"""Concurrent reads of one ``read_chunks_zarr`` call (each mostly waits for zarr's event loop or the store)."""
 RawChunk = tuple[np.ndarray, "np.ndarray | None", np.ndarray, np.ndarray]
 """(stored embeddings as on disk, int8 scales or None, labels int64, view parameters float32)."""
 
@@ -77,30 +79,20 @@ class ChunkReader:
         return self.validated(chunk, raw_parts(raw))
 
     def read_chunks_zarr(self, chunks: list[int]) -> list[RawChunk | Exception]:
-        """The same through zarr's public API: one batched read per array, the arrays in parallel."""
-        order = sorted(set(chunks))
+        """The same through zarr's public API: every array of every chunk read concurrently."""
         names = list(self.arrays)
-        with ThreadPoolExecutor(max_workers=len(names)) as pool:
-            columns = dict(zip(names, pool.map(lambda name: self._read_array(name, order), names)))
-        by_chunk: dict[int, RawChunk | Exception] = {}
-        for i, chunk in enumerate(order):
-            parts = {name: columns[name][i] for name in names}
-            failed = next((p for p in parts.values() if isinstance(p, Exception)), None)
-            by_chunk[chunk] = failed if failed is not None else self.validated(chunk, raw_parts(parts))
-        return [by_chunk[c] for c in chunks]
-
-    def _read_array(self, name: str, chunks: list[int]) -> list[np.ndarray | Exception]:
-        """Rows of ``chunks`` (sorted, distinct) of one array, split per chunk; a failure per chunk."""
-        bounds = [self._store.chunk_bounds(c) for c in chunks]
-        rows = np.concatenate([np.arange(a, b) for a, b in bounds]) if bounds else np.zeros(0, np.int64)
-        try:
-            block = self.arrays[name].get_orthogonal_selection(rows)
-        except Exception:  # noqa: BLE001 - read again chunk by chunk to name the chunk that failed
-            return [self._read_one(name, chunk) for chunk in chunks]
-        splits = np.cumsum([b - a for a, b in bounds])[:-1]
-        return list(np.split(np.asarray(block), splits))
+        tasks = [(name, chunk) for chunk in chunks for name in names]
+        with ThreadPoolExecutor(max_workers=min(ZARR_READ_THREADS, len(tasks) or 1)) as pool:
+            parts = dict(zip(tasks, pool.map(lambda task: self._read_one(*task), tasks)))
+        results: list[RawChunk | Exception] = []
+        for chunk in chunks:
+            raw = {name: parts[name, chunk] for name in names}
+            failed = next((p for p in raw.values() if isinstance(p, Exception)), None)
+            results.append(failed if failed is not None else self.validated(chunk, raw_parts(raw)))
+        return results
 
     def _read_one(self, name: str, chunk: int) -> np.ndarray | Exception:
+        """One array's rows of one chunk, or the StoreError naming what failed."""
         try:
             return np.asarray(self.arrays[name][slice(*self._store.chunk_bounds(chunk))])
         except Exception as exc:  # noqa: BLE001 - named by array and chunk
