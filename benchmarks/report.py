@@ -225,7 +225,7 @@ NOTES = {
     "directly; the driver only validates, schedules and marks the store complete.",
     "stream": "The stream decodes only the view each row gets, checks finiteness on the stored bits and, on a "
     "local store, reads each chunk file and Blosc-decompresses it directly on up to four threads instead of "
-    "through zarr's read pipeline (featstore.store._ChunkFiles; bit-identical, tested). Profile of an "
+    "through zarr's read pipeline (featstore.store.chunk_files; bit-identical, tested). Profile of an "
     "epoch of this store: chunk reads ≈ 55–65 ms through zarr (one concurrent call per buffer group) "
     "against ≈ 35–40 ms direct, of which Blosc/zstd decompression of the float16 chunks is ≈ 21 ms; view "
     "selection, shuffle and batching ≈ 25 ms. History of the ratio: 0.17 with one zarr call per chunk "

@@ -6,6 +6,9 @@ finds it and is refused while that pid is alive on this host; a lock left by a d
 loss) is taken over with a warning — by renaming it aside first, so two processes taking over the same stale
 lock cannot both succeed. Stores at
 remote URLs are not locked (object stores offer no portable exclusive create); the docs say so.
+
+Opening a store may need the lock (to finish a head install) while the same process already holds it (an
+extraction opening its own store): ``reentrant=True`` then proceeds under the lock already held.
 """
 
 from __future__ import annotations
@@ -22,6 +25,9 @@ from pathlib import Path
 
 from featstore.atomic import ensure_parent
 from featstore.errors import FsdError, InvalidInput, StoreLocked
+
+_held: set[Path] = set()
+"""Locks this process holds (``reentrant=True`` proceeds under one of them)."""
 
 
 def _pid_alive(pid: int) -> bool:
@@ -84,7 +90,9 @@ def _remove_if_still(lock: Path, stale: dict) -> bool:
 
 
 @contextlib.contextmanager
-def writer_lock(store_path: Path | None, what: str = "store", error: type[FsdError] = StoreLocked) -> Iterator[None]:
+def writer_lock(
+    store_path: Path | None, what: str = "store", error: type[FsdError] = StoreLocked, *, reentrant: bool = False
+) -> Iterator[None]:
     """Hold ``<store_path>.lock`` for the duration of the block (no-op for ``None``: remote stores).
 
     ``what`` names the output in the refusal (a store, a training output) and ``error`` is what is raised.
@@ -95,6 +103,9 @@ def writer_lock(store_path: Path | None, what: str = "store", error: type[FsdErr
     # one lock per store whatever path names it (relative, through a symlink, "."): key it on the real path
     store_path = Path(os.path.realpath(store_path))
     lock = store_path.with_name(store_path.name + ".lock")
+    if reentrant and lock in _held:
+        yield
+        return
     ensure_parent(lock)
     me = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.time()}
     for _ in range(3):
@@ -117,8 +128,10 @@ def writer_lock(store_path: Path | None, what: str = "store", error: type[FsdErr
         )
     else:  # pragma: no cover - other processes keep re-creating it
         raise error(f"could not acquire {lock}")
+    _held.add(lock)
     try:
         yield
     finally:
+        _held.discard(lock)
         if _read_owner(lock).get("pid") == me["pid"]:
             lock.unlink(missing_ok=True)

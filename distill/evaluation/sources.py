@@ -161,20 +161,25 @@ def embeddings_from_model_spec(
 
 def embeddings_from_store(url: str, view: int = 0) -> EmbeddingSet:
     """The stored teacher embeddings of one view (identity by default), read chunk by chunk; logits from
-    the stored head, so the teacher's top-1 is reported too."""
-    from featstore.store import open_store
+    the stored head, so the teacher's top-1 is reported too. Rows left out at extraction
+    (``--skip-bad-samples``) hold zeros, not embeddings, and are not part of the set."""
+    from featstore.store import left_out, open_store
 
     store = open_store(url)
     if not 0 <= view < store.shape.num_views:
         raise InvalidInput(f"view {view} outside the store's {store.shape.num_views} views")
     embeddings = np.empty((store.shape.num_samples, store.shape.dim), dtype=np.float32)
     labels = np.empty(store.shape.num_samples, dtype=np.int64)
+    kept = np.ones(store.shape.num_samples, dtype=bool)
     # reading a large store must not look hung (featstore.progress: a bar, or a few lines in a log)
     for chunk in progress(range(store.num_chunks), desc="read store", unit="chunk", leave=False):
         start, stop = store.chunk_bounds(chunk)
-        rows, chunk_labels, _ = store.read_chunk(chunk)
+        rows, chunk_labels, views = store.read_chunk(chunk)
         embeddings[start:stop] = rows[:, view]
         labels[start:stop] = chunk_labels
+        kept[start:stop] = ~left_out(views)
+    if not kept.all():
+        embeddings, labels = embeddings[kept], labels[kept]
     import torch
 
     from distill.models.heads import head_from_store

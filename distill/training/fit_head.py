@@ -5,7 +5,12 @@ TH-KD needs: the margin head they were trained with stayed on the training serve
 to map embeddings to class scores on *this* dataset, so a head fitted on the teacher's own stored
 embeddings of this dataset serves: z_t is fixed, only W (and b) are learnt — a convex problem for the
 linear head, a cheap one for margin heads. Every stored view of every labelled row is a training sample
-(the views are the augmentations). The train accuracy reported is the margin-free top-1 on view 0.
+(the views are the augmentations); rows left out at extraction (``--skip-bad-samples``) hold zeros and are
+not. The train accuracy reported is the margin-free top-1 on view 0.
+
+The head is installed under the store's writer lock, after checking that the store is still the extraction
+whose embeddings were read: a store re-extracted meanwhile (``extract-teacher --overwrite``) is refused
+rather than given a head fitted on embeddings it no longer holds.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ from distill.models.heads import HEADS, create_head
 from featstore.errors import InvalidInput, OutputExists, StoreError
 from featstore.lock import writer_lock
 from featstore.progress import progress
-from featstore.store import fsd_version, local_path, open_store
+from featstore.store import FeatureStore, fsd_version, instance_of, left_out, local_path, open_store
 
 
 @dataclass
@@ -56,16 +61,17 @@ class FitHeadResult:
         )
 
 
-def _read_all(store) -> tuple[np.ndarray, np.ndarray]:
-    """(embeddings (N, V, D) float32, labels (N,)) of a complete store, chunk by chunk."""
+def _read_all(store: FeatureStore) -> tuple[np.ndarray, np.ndarray]:
+    """(embeddings (N, V, D) float32, labels (N,)) of a complete store, chunk by chunk; the label of a row
+    left out at extraction is -1, so it is not trained on."""
     n, v, d = store.shape.num_samples, store.shape.num_views, store.shape.dim
     embeddings = np.empty((n, v, d), dtype=np.float32)
     labels = np.empty(n, dtype=np.int64)
     for chunk in range(store.num_chunks):
         start, stop = store.chunk_bounds(chunk)
-        rows, chunk_labels, _ = store.read_chunk(chunk)
+        rows, chunk_labels, views = store.read_chunk(chunk)
         embeddings[start:stop] = rows
-        labels[start:stop] = chunk_labels
+        labels[start:stop] = np.where(left_out(views), -1, chunk_labels)
     return embeddings, labels
 
 
@@ -102,12 +108,20 @@ def _train(head: torch.nn.Module, z: torch.Tensor, y: torch.Tensor, config: FitH
 
 
 def fit_head(config: FitHeadConfig) -> FitHeadResult:
-    """Fit ``config.head`` on the store's embeddings and install it (see the module docstring)."""
+    """Fit ``config.head`` on the store's embeddings and install it (see the module docstring).
+
+    Args:
+        config: the store, the head and how to fit it.
+
+    Returns:
+        What was fitted, its train accuracy and how long it took.
+    """
     import time
 
     started = time.perf_counter()
     _check(config)
     store = open_store(config.store)
+    read = instance_of(store.meta)
     if store.has_head and not config.overwrite:
         raise OutputExists(f"store {config.store} already has a head (use --overwrite to replace it)")
     num_classes = store.shape.num_classes
@@ -121,9 +135,8 @@ def fit_head(config: FitHeadConfig) -> FitHeadResult:
         raise StoreError(f"store {config.store} has labels up to {labels.max()} but {num_classes} classes")
     torch.manual_seed(config.seed)
     head = create_head(config.head, store.shape.dim, num_classes, scale=config.head_scale, margin=config.head_margin)
-    views = store.shape.num_views
     z = torch.from_numpy(embeddings[labelled].reshape(-1, store.shape.dim))
-    y = torch.from_numpy(np.repeat(labels[labelled], views))
+    y = torch.from_numpy(np.repeat(labels[labelled], store.shape.num_views))
     if not torch.isfinite(z).all():
         raise StoreError(f"store {config.store} holds non-finite embeddings; run fsd store verify")
     device = torch.device(config.device)
@@ -133,9 +146,15 @@ def fit_head(config: FitHeadConfig) -> FitHeadResult:
         identity = torch.from_numpy(embeddings[labelled, 0]).to(device)
         predicted = head(identity).argmax(dim=1).cpu().numpy()
     accuracy = float((predicted == labels[labelled]).mean())
-    weight = head.weight.detach().cpu().numpy()
-    bias = None if head.bias is None else head.bias.detach().cpu().numpy()
-    meta = {
+    _install(config, read, head, _head_meta(head, num_classes, config, int(len(y)), accuracy))
+    return FitHeadResult(
+        config.store, head.head_type, num_classes, accuracy, int(len(y)), time.perf_counter() - started
+    )
+
+
+def _head_meta(head: torch.nn.Module, num_classes: int, config: FitHeadConfig, samples: int, accuracy: float) -> dict:
+    """The ``head`` attributes of a fitted head: what it is and how it was fitted."""
+    return {
         "type": head.head_type,
         "num_classes": num_classes,
         "scale": head.scale,
@@ -147,15 +166,23 @@ def fit_head(config: FitHeadConfig) -> FitHeadResult:
             "lr": config.lr,
             "optimizer": "adam, cosine schedule",
             "seed": config.seed,
-            "samples": int(len(y)),
+            "samples": samples,
             "train_accuracy": accuracy,
             "fsd_version": fsd_version(),
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         },
     }
+
+
+def _install(config: FitHeadConfig, read: dict, head: torch.nn.Module, meta: dict) -> None:
+    """Install the head under the store's writer lock, if the store is still the extraction that was read."""
+    weight = head.weight.detach().cpu().numpy()
+    bias = None if head.bias is None else head.bias.detach().cpu().numpy()
     with writer_lock(local_path(config.store)):
         writable = open_store(config.store, writable=True)
+        if instance_of(writable.meta) != read:
+            raise StoreError(
+                f"store {config.store} was re-extracted while its head was being fitted; "
+                "nothing was installed — run fit-head again on the new embeddings"
+            )
         writable.install_head(weight, bias, meta, overwrite=config.overwrite)
-    return FitHeadResult(
-        config.store, head.head_type, num_classes, accuracy, int(len(y)), time.perf_counter() - started
-    )

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import zarr
 
-from featstore import store as store_mod
 from featstore.extract import extract_teacher
+from featstore.store import layout as store_mod
 from featstore.store import open_store, shard_factor
 from featstore.stream import StoreStream
 
