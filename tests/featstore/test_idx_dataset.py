@@ -76,6 +76,8 @@ def test_options_and_fingerprint(tmp_path) -> None:
     assert per_class.fingerprint() != full.fingerprint()
     with pytest.raises(InvalidInput, match="class 0 has 3"):
         load_dataset(f"idx:{root}?per_class=4", "train")
+    with pytest.raises(InvalidInput, match="class 3 has 0"):  # limit=3 keeps classes 0–2 only
+        load_dataset(f"idx:{root}?limit=3&per_class=1", "train")
     other = make_idx(tmp_path / "other", seed=1)
     assert load_dataset(f"idx:{other}", "train").fingerprint() != full.fingerprint()  # other pixels
 
