@@ -34,6 +34,7 @@ The fingerprint hashes ``idx`` plus the options instead of the directory, so a m
 from __future__ import annotations
 
 import gzip
+import math
 import zlib
 from pathlib import Path
 
@@ -98,7 +99,7 @@ def read_idx(path: Path, ndim: int, limit: int | None = None) -> np.ndarray:
     if len(data) < header:
         raise InvalidInput(f"IDX file {path} is truncated: its header is incomplete")
     shape = tuple(int(d) for d in np.frombuffer(data, dtype=">u4", count=ndim, offset=4))
-    expected = header + int(np.prod(shape, dtype=np.int64))
+    expected = header + math.prod(shape)  # Python integers: a product of four u4 dimensions cannot wrap
     if len(data) != expected:
         problem = "truncated" if len(data) < expected else "longer than its header says"
         raise InvalidInput(

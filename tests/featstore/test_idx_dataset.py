@@ -95,6 +95,12 @@ BAD = {
     "truncated": ("train-images-idx3-ubyte", lambda b: b[:-10], "truncated"),
     "too long": ("train-labels-idx1-ubyte", lambda b: b + b"\x00", "longer than its header"),
     "count mismatch": ("train-labels-idx1-ubyte", lambda b: idx_bytes(np.arange(11) % 4), "12 images but"),
+    # 2^31 · 2^31 · 4 = 2^64: a product that wraps to 0 in 64 bits must not pass for a header-only file
+    "dimensions overflow 64 bits": (
+        "train-images-idx3-ubyte",
+        lambda b: b[:4] + struct.pack(">III", 1 << 31, 1 << 31, 4),
+        "truncated",
+    ),
 }
 
 
