@@ -156,8 +156,21 @@ def _load_split(directory: Path, split: str, limit: int | None) -> tuple[np.ndar
 
 
 def first_per_class(labels: np.ndarray, per_class: int, path: Path, num_classes: int) -> np.ndarray:
-    """Row indices (in file order) of the first ``per_class`` samples of each of the ``num_classes`` classes;
-    a class with fewer (none, when ``limit`` cut it out) is refused, so the subset always holds every class."""
+    """Row indices, in file order, of the first ``per_class`` samples of each class.
+
+    Args:
+        labels: The loaded split's labels.
+        per_class: Samples kept of each class.
+        path: The labels file, named in the error.
+        num_classes: The classes of the training split; each must have ``per_class`` samples (a class that
+            ``limit`` cut out has none), so the subset always holds every class.
+
+    Returns:
+        The kept rows, ascending.
+
+    Raises:
+        InvalidInput: A class has fewer than ``per_class`` samples.
+    """
     counts = np.bincount(labels, minlength=num_classes)
     if (short := np.flatnonzero(counts < per_class)).size:
         label = int(short[0])
