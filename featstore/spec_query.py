@@ -1,5 +1,5 @@
-"""The ``?key=value&key=value`` query of a spec string (``folder:DIR?size=64``, ``mxrec:DIR?size=112``,
-``idx:DIR?limit=100``, and model specs), parsed once and read through typed, bounded getters.
+"""The ``?key=value&key=value`` query of a dataset spec string (``folder:DIR?size=64``,
+``mxrec:DIR?size=112``, ``idx:DIR?limit=100``), parsed once and read through typed, bounded getters.
 
 Why one parser: every spec format takes options the same way, so every format refuses the same mistakes
 the same way — an unknown key (the error lists the valid ones), a key given twice, an item that is not

@@ -43,6 +43,8 @@ def balanced_order(
     at the end of an epoch — the remaining blocks are packed into batches in a random order that may repeat a
     class (each class in such a batch still has ``per_class`` rows, so every anchor has a positive); with
     ``final`` the rows under a block (fewer than ``per_class`` of a class) go last, grouped by class.
+    The rows are grouped by class with one stable sort, so the work grows with rows · log(rows) whatever
+    the number of classes (a face store's window holds tens of thousands of identities).
 
     Args:
         labels: The rows' classes, in their shuffled order.
@@ -54,35 +56,43 @@ def balanced_order(
 
     Returns:
         The positions of the full batches, batch after batch, and the positions carried over to the next
-        group: under ``carry_limit`` + one batch, or under one batch when ``final``.
+        group: under ``carry_limit`` + one batch + the rows under a block (at most ``per_class`` − 1 of
+        each class), or under one batch when ``final``.
     """
     classes_per_batch = batch_size // per_class
-    blocks: dict[int, list[np.ndarray]] = {}
-    loose: list[np.ndarray] = []
-    for label in np.unique(labels):
-        positions = np.flatnonzero(labels == label)
-        whole = len(positions) // per_class * per_class
-        blocks[int(label)] = list(positions[:whole].reshape(-1, per_class))
-        loose.append(positions[whole:])
+    by_class = np.argsort(labels, kind="stable").astype(np.int64)  # each class's positions, ascending
+    _, starts, counts = np.unique(labels[by_class], return_index=True, return_counts=True)
+    left = counts // per_class  # blocks each class has left; block j of class c: by_class[starts[c] + j·K …]
+    whole = left * per_class
+    loose = np.concatenate([by_class[a + w : a + n] for a, w, n in zip(starts, whole, counts)] + [by_class[:0]])
+
+    def block(c: int, j: int) -> np.ndarray:
+        first = starts[c] + j * per_class
+        return by_class[first : first + per_class]
+
     batches: list[np.ndarray] = []
     while True:
-        open_classes = [c for c, left in blocks.items() if left]
+        open_classes = np.flatnonzero(left)
         if len(open_classes) < classes_per_batch:
             break
-        weights = np.array([len(blocks[c]) for c in open_classes], dtype=np.float64)
-        chosen = rng.choice(len(open_classes), classes_per_batch, replace=False, p=weights / weights.sum())
-        batches.append(np.concatenate([blocks[open_classes[i]].pop() for i in chosen]))
-    rest = [block for c in sorted(blocks) for block in blocks[c]]
-    rest = [rest[i] for i in rng.permutation(len(rest))]
-    rows_left = sum(map(len, rest)) + sum(map(len, loose))
+        weights = left[open_classes].astype(np.float64)
+        picks = rng.choice(len(open_classes), classes_per_batch, replace=False, p=weights / weights.sum())
+        chosen = open_classes[picks]
+        left[chosen] -= 1
+        batches.append(np.concatenate([block(c, j) for c, j in zip(chosen, left[chosen])]))
+    rest_class = np.repeat(np.arange(len(left)), left)
+    rest_block = np.arange(len(rest_class)) - np.repeat(np.cumsum(left) - left, left)
+    shuffled = rng.permutation(len(rest_class))
+    rest = [block(c, j) for c, j in zip(rest_class[shuffled], rest_block[shuffled])]
+    rows_left = len(rest) * per_class + len(loose)
     empty = np.zeros(0, np.int64)
     if final or rows_left > carry_limit:  # pack the leftover blocks (and, at the end, the loose rows) too
-        tail = np.concatenate([*rest, *(loose if final else []), empty]).astype(np.int64)
+        tail = np.concatenate([*rest, *([loose] if final else []), empty]).astype(np.int64)
         full = len(tail) // batch_size * batch_size
         batches += list(tail[:full].reshape(-1, batch_size))
-        carried = np.concatenate([tail[full:], *([] if final else loose), empty])
+        carried = np.concatenate([tail[full:], *([] if final else [loose]), empty])
     else:
-        carried = np.concatenate([*rest, *loose, empty])
+        carried = np.concatenate([*rest, loose, empty])
     order = np.concatenate([*batches, empty]).astype(np.int64)
     return order, carried.astype(np.int64)
 
@@ -162,7 +172,9 @@ class StoreStream:
             raising :class:`StoreError`.
         samples_per_class: K, for class-balanced batches of batch_size / K classes × K samples (the module
             docstring); their carry is bounded by one group of chunks or batch_size / K + 1 chunks,
-            whichever is larger. None: plain shuffled batches.
+            whichever is larger, plus one batch and fewer than K rows of each class (on a store of many
+            classes with few rows each, that last part dominates: up to (K − 1) × classes rows). None:
+            plain shuffled batches.
 
     Raises:
         InvalidInput: A batch size, view sampling, rank or class balance that cannot work.

@@ -6,7 +6,8 @@ Why a checked reader: a folder is user data and may hold anything a file system 
 directory symlinks (datasets are often assembled from links) but lists each directory once, identified by
 device and inode, so a link back to an ancestor neither loops forever nor multiplies samples. A folder
 that cannot be listed is an error naming it — or, when the caller skips bad samples, left out and
-reported — never silently dropped. Reading opens without blocking (``O_NONBLOCK``: a FIFO does not wait
+reported — never silently dropped; an image name whose file cannot be reached (a dangling link) is likewise
+an error, or listed with size 0 so that reading it is a bad sample the caller skips and counts. Reading opens without blocking (``O_NONBLOCK``: a FIFO does not wait
 for a writer), accepts only a regular file (checked on the opened descriptor, so a file swapped after the
 listing is still checked), and reads at most :data:`MAX_SAMPLE_BYTES` (a symlink to ``/dev/zero`` or a
 sparse 1 TB file is refused, not read).
@@ -57,8 +58,9 @@ def list_files(root: Path, suffixes: Collection[str], *, skip_unlisted: bool = F
     Args:
         root: the folder to list (it must be listable: a root that is not is always an error).
         suffixes: accepted suffixes, lower case with the dot (``".png"``).
-        skip_unlisted: leave sub-folders that cannot be listed out (reported in the result) instead of
-            refusing the whole listing.
+        skip_unlisted: leave sub-folders that cannot be listed out (reported in the result), and list image
+            names that cannot be reached with size 0 (their read fails: a bad sample), instead of refusing
+            the whole listing.
         what: how error messages name the caller (``"folder"``, ``"embed"``).
 
     Returns:
@@ -90,11 +92,14 @@ def list_files(root: Path, suffixes: Collection[str], *, skip_unlisted: bool = F
                     continue
                 else:
                     continue
-            except OSError as err:  # a link loop (ELOOP), a file gone since the listing, …
+            except OSError as err:  # a link loop (ELOOP), a dangling link, a file gone since the listing, …
                 reason = err.strerror or str(err)
-                if image or not skip_unlisted:
+                if not skip_unlisted:
                     raise InvalidInput(f"{what}: cannot read {path}: {reason}") from None
-                listing.unlisted.append((path, reason))  # what it is cannot be known: a folder left out
+                if image:  # a sample the reader will refuse: skipped and counted as a bad sample
+                    listing.files.append((path.relative_to(root).as_posix(), 0))
+                else:  # what it is cannot be known: a folder left out
+                    listing.unlisted.append((path, reason))
                 continue
             if identity not in seen:  # each directory once, whatever links lead to it
                 seen.add(identity)

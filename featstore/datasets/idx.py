@@ -21,7 +21,8 @@ Options follow the directory after the last ``?`` as ``key=value`` joined by ``&
 * ``limit=N`` — only the first N samples of each split (Fashion-MNIST's files are already shuffled, so the
   first N are a near-balanced subset): for quick experiments and CI.
 * ``per_class=N`` — only the first N samples of each class, in file order (a fixed, stratified subset: N
-  of every class, e.g. ``per_class=1000`` is 10,000 Fashion-MNIST images); refused when a class has fewer.
+  of every class, e.g. ``per_class=1000`` is 10,000 Fashion-MNIST images); refused when a class of the
+  training split has fewer (or none) in the split loaded.
   Applied after ``limit``.
 * ``flip=P`` — the views' horizontal-flip probability (default 0: a flipped digit or letter is another
   glyph; 0.5 suits Fashion-MNIST's clothes).
@@ -33,6 +34,7 @@ The fingerprint hashes ``idx`` plus the options instead of the directory, so a m
 from __future__ import annotations
 
 import gzip
+import math
 import zlib
 from pathlib import Path
 
@@ -97,7 +99,7 @@ def read_idx(path: Path, ndim: int, limit: int | None = None) -> np.ndarray:
     if len(data) < header:
         raise InvalidInput(f"IDX file {path} is truncated: its header is incomplete")
     shape = tuple(int(d) for d in np.frombuffer(data, dtype=">u4", count=ndim, offset=4))
-    expected = header + int(np.prod(shape, dtype=np.int64))
+    expected = header + math.prod(shape)  # Python integers: a product of four u4 dimensions cannot wrap
     if len(data) != expected:
         problem = "truncated" if len(data) < expected else "longer than its header says"
         raise InvalidInput(
@@ -153,16 +155,27 @@ def _load_split(directory: Path, split: str, limit: int | None) -> tuple[np.ndar
     return images, labels, label_path
 
 
-def first_per_class(labels: np.ndarray, per_class: int, path: Path) -> np.ndarray:
-    """Row indices (in file order) of the first ``per_class`` samples of every class present."""
-    keep = []
-    for label in np.unique(labels):
-        rows = np.flatnonzero(labels == label)
-        if len(rows) < per_class:
-            raise InvalidInput(
-                f"IDX file {path}: per_class={per_class}, but class {int(label)} has {len(rows)} samples"
-            )
-        keep.append(rows[:per_class])
+def first_per_class(labels: np.ndarray, per_class: int, path: Path, num_classes: int) -> np.ndarray:
+    """Row indices, in file order, of the first ``per_class`` samples of each class.
+
+    Args:
+        labels: The loaded split's labels.
+        per_class: Samples kept of each class.
+        path: The labels file, named in the error.
+        num_classes: The classes of the training split; each must have ``per_class`` samples (a class that
+            ``limit`` cut out has none), so the subset always holds every class.
+
+    Returns:
+        The kept rows, ascending.
+
+    Raises:
+        InvalidInput: A class has fewer than ``per_class`` samples.
+    """
+    counts = np.bincount(labels, minlength=num_classes)
+    if (short := np.flatnonzero(counts < per_class)).size:
+        label = int(short[0])
+        raise InvalidInput(f"IDX file {path}: per_class={per_class}, but class {label} has {counts[label]} samples")
+    keep = [np.flatnonzero(labels == label)[:per_class] for label in range(num_classes)]
     return np.sort(np.concatenate(keep))
 
 
@@ -172,9 +185,6 @@ def _idx(spec: str, argument: str, split: str) -> ImageDataset:
     directory, options = _parse(argument, spec)
     limit = int(options["limit"]) if "limit" in options else None
     images, labels, label_path = _load_split(directory, split, limit)
-    if "per_class" in options:
-        keep = first_per_class(labels, int(options["per_class"]), label_path)
-        images, labels = images[keep], labels[keep]
     # the classes are those of the whole training split, whichever split (and limit) is loaded
     train_labels = read_idx(_find(directory, PREFIXES["train"], "labels", 1), 1)
     num_classes = int(train_labels.max()) + 1
@@ -183,6 +193,9 @@ def _idx(spec: str, argument: str, split: str) -> ImageDataset:
             f"IDX file {label_path}: label {int(labels.max())} is out of range: the training split has "
             f"classes 0..{num_classes - 1}"
         )
+    if "per_class" in options:
+        keep = first_per_class(labels, int(options["per_class"]), label_path, num_classes)
+        images, labels = images[keep], labels[keep]
     pixels = images.astype(np.float32)[:, None, :, :] / np.float32(255.0)
     h, w = pixels.shape[2:]
     policy = ViewPolicy("shift", (h, w), pad=int(options.get("pad", 2)), flip_p=float(options.get("flip", 0.0)))

@@ -7,8 +7,10 @@ Why one function: every reader must agree on the two things Pillow leaves to its
 
 * **16-bit and 32-bit integer images.** Pillow opens a 16-bit grayscale PNG as mode ``I;16`` (or
   ``I;16B``, ``I``), and ``convert("RGB")`` *clips* those values to 255 instead of scaling them: a mid-grey
-  face becomes white. Here they are scaled by 255/65535 (rounded; mode ``I`` is read in the same 16-bit
-  range, values outside it clipped), so a 16-bit file renders as its 8-bit twin.
+  face becomes white. Here they are scaled by 255/65535 (rounded), so a 16-bit file renders as its 8-bit
+  twin. Mode ``I`` (32-bit, as Pillow opens some 16-bit files) is read in the same 16-bit range; a value
+  outside it (a true 32-bit or signed image) has no 8-bit meaning fsd could know, so the image is refused
+  rather than clipped to white or black.
 * **Decompression bombs.** A small file may declare billions of pixels. An image over
   :data:`MAX_IMAGE_PIXELS` is refused from its header, before any pixel is decoded (Pillow's own warning
   between its two limits becomes this refusal, so no warning is printed either).
@@ -62,8 +64,13 @@ def to_rgb(image: Any) -> Any:
     from PIL import Image
 
     if image.mode in _WIDE_INTEGER_MODES:
-        values = np.asarray(image, dtype=np.float64)
-        grey = np.clip(np.rint(values * (255.0 / 65535.0)), 0, 255).astype(np.uint8)
+        values = np.asarray(image)
+        low, high = int(values.min()), int(values.max())
+        if low < 0 or high > 65535:
+            outlier = low if low < 0 else high
+            raise UnreadableImage(f"32-bit integer pixels (value {outlier}) outside the 16-bit range 0…65535")
+        # v/257 rounded, in integers (no tie: v + 128.5 is never a multiple of 257), 4 bytes a pixel
+        grey = ((values.astype(np.uint32) + 128) // 257).astype(np.uint8)
         return Image.fromarray(grey, "L").convert("RGB")
     return image.convert("RGB")
 

@@ -31,3 +31,11 @@ def test_unbalanceable_samples_per_class_is_refused(h, work):
     result = h.invoke("train-student", "--store", work.store, "--dataset", "digits", "--out", work.dir / "t.pt",
                       "--batch-size", 30, "--samples-per-class", 4, "--quiet")  # fmt: skip
     h.assert_refused(result, before, work.dir, "not a multiple")
+
+
+def test_kd_triplet_trains_with_an_online_teacher(h, work, artifacts):
+    out = work.dir / "online.pt"
+    h.run_ok("train-student", "--online-teacher", artifacts.teacher, "--dataset", "digits", "--out", out,
+             "--recipe", "kd-triplet", "--epochs", 1, "--batch-size", 40, "--samples-per-class", 4,
+             "--eval-split", "none", "--quiet")  # fmt: skip
+    assert torch.load(out, map_location="cpu", weights_only=True)["extra"]["samples_per_class"] == 4

@@ -3,7 +3,7 @@ read correctly, within seconds (a timer fails a case that hangs), with the input
 output left behind by a refusal.
 
 1. bounded — nothing hangs or allocates without a bound: directory links to ``.``, a FIFO or a link to
-   /dev/zero named ``*.png`` (with and without --skip-bad-samples), a 100 MB image file, an mxrec header
+   /dev/zero or a dangling link named ``*.png`` (with and without --skip-bad-samples), a 100 MB image file, an mxrec header
    claiming 4·10⁹ records, ``?size=999999``, ``--image-size 200000``;
 2. correct data — 16-bit images (modes I;16, I;16B, I) render as their 8-bit twins in ``folder:`` and
    ``.bin``; a link loop does not multiply samples; an unreadable sub-folder is an error, or with
@@ -270,6 +270,11 @@ def dev_zero(tree: Path) -> None:
     (tree / "train" / "c1" / "5.png").symlink_to("/dev/zero")
 
 
+def dangling(tree: Path) -> None:
+    (tree / "train" / "c1" / "5.png").unlink()
+    (tree / "train" / "c1" / "5.png").symlink_to(tree / "gone.png")
+
+
 def sparse_huge(tree: Path) -> None:
     with open(tree / "train" / "c1" / "2.png", "r+b") as handle:
         handle.truncate(100 << 20)
@@ -291,6 +296,8 @@ CLASS1 = {
         folder_case(dev_zero), "not a regular file (a character device)", resumable=True
     ),
     "link to /dev/zero, --skip-bad-samples": Case(folder_case(dev_zero, "--skip-bad-samples"), None, left_out(1)),
+    "dangling link named .png": Case(folder_case(dangling), "5.png: No such file"),
+    "dangling link, --skip-bad-samples": Case(folder_case(dangling, "--skip-bad-samples"), None, left_out(1)),
     "100 MB image file": Case(folder_case(sparse_huge), "over the 67108864-byte limit", resumable=True),
     "mxrec header claims 4e9 records": Case(mxrec_case(huge_header), "not an integer in 0…"),
     "folder ?size=999999": Case(folder_case(lambda t: None, query="?size=999999"), "size=999999 is out of range"),

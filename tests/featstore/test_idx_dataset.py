@@ -76,6 +76,8 @@ def test_options_and_fingerprint(tmp_path) -> None:
     assert per_class.fingerprint() != full.fingerprint()
     with pytest.raises(InvalidInput, match="class 0 has 3"):
         load_dataset(f"idx:{root}?per_class=4", "train")
+    with pytest.raises(InvalidInput, match="class 3 has 0"):  # limit=3 keeps classes 0–2 only
+        load_dataset(f"idx:{root}?limit=3&per_class=1", "train")
     other = make_idx(tmp_path / "other", seed=1)
     assert load_dataset(f"idx:{other}", "train").fingerprint() != full.fingerprint()  # other pixels
 
@@ -93,6 +95,12 @@ BAD = {
     "truncated": ("train-images-idx3-ubyte", lambda b: b[:-10], "truncated"),
     "too long": ("train-labels-idx1-ubyte", lambda b: b + b"\x00", "longer than its header"),
     "count mismatch": ("train-labels-idx1-ubyte", lambda b: idx_bytes(np.arange(11) % 4), "12 images but"),
+    # 2^31 · 2^31 · 4 = 2^64: a product that wraps to 0 in 64 bits must not pass for a header-only file
+    "dimensions overflow 64 bits": (
+        "train-images-idx3-ubyte",
+        lambda b: b[:4] + struct.pack(">III", 1 << 31, 1 << 31, 4),
+        "truncated",
+    ),
 }
 
 
