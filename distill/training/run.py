@@ -270,7 +270,10 @@ class StudentRun:
         self.step.load_state_dict(state["step"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
-        self.criterion.load_resume_state(state.get("losses", {}))
+        losses = state.get("losses")
+        if losses is None:  # a resume state that keeps the loss generators' states by loss name
+            losses = {name: {"generator": rng} for name, rng in state.get("rng", {}).items()}
+        self.criterion.load_resume_state(losses)
         self.log, self.first_epoch = list(state["log"]), int(state["epoch"])
         self.global_step = self.first_epoch * self.steps_per_epoch
 

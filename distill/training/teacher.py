@@ -93,6 +93,14 @@ def init_backbone(model: torch.nn.Module, arch: str, path: Path) -> dict:
     if source.arch != arch:
         raise InvalidInput(f"--init-from {path}: its architecture is {source.arch!r}, not {arch!r}")
     backbone = {k: v for k, v in source.state_dict.items() if not k.startswith("head.")}
+    target = model.state_dict()
+    misfit = [k for k, v in backbone.items() if k in target and tuple(target[k].shape) != tuple(v.shape)]
+    if misfit:  # another embedding size or input channel count: load_state_dict would raise a torch traceback
+        k = misfit[0]
+        raise InvalidInput(
+            f"--init-from {path}: weights do not fit the model ({k}: {tuple(backbone[k].shape)} in the checkpoint, "
+            f"{tuple(target[k].shape)} here; {len(misfit)} tensor(s) differ)"
+        )
     missing, unexpected = model.load_state_dict(backbone, strict=False)
     missing = [k for k in missing if not k.startswith("head.")]
     if missing or unexpected:
