@@ -4,7 +4,7 @@ The driver (this process) loads the teacher and the dataset once to validate the
 (or resume) the store under the writer lock, exactly as the single-process path does. It then submits
 one task per group of ``chunks_per_task`` missing chunks. A task runs in a worker process: it loads the
 teacher and the dataset through a per-process cache (so each worker loads them once, however many tasks
-it runs), opens the store and calls :func:`featstore.extract.extract_chunk` for its chunks, which writes
+it runs), opens the store and calls :func:`featstore.chunk_engine.extract_chunks` for its chunks, which writes
 them straight to the store and flags each one done. Nothing about a chunk depends on where or when it
 was computed, so the store is bit-identical to a single-process run; a retried task or a task that dask
 re-runs after losing a worker just rewrites the same bytes. At the end the driver checks that no chunk is
@@ -27,11 +27,14 @@ Clusters:
   setting ``CUDA_VISIBLE_DEVICES`` in its process before CUDA is initialised (round-robin when there are
   more workers than GPUs). Workers of an external cluster are not pinned (use dask-cuda for that).
 
-The teacher loader is given by the caller (``featstore`` never imports ``distill``): a zero-argument
-callable, or a ``(function, argument)`` pair such as ``(distill.models.checkpoint.load_teacher_source,
-"/abs/teacher.pt")``. It is pickled to the workers, so it must be picklable: a module-level function
-plus plain arguments is the safe choice. Workers check that the teacher they load has the checkpoint
-hash, and the dataset the fingerprint, that the driver put in the store.
+The teacher is given by the caller (``featstore`` never imports ``distill``) as a
+:class:`~featstore.teacher.TeacherBinder` — ``distill.models.binding.ModelSpec`` for any model spec — or as a
+loader of a :class:`~featstore.teacher.TeacherSource` (a zero-argument callable, or a ``(function,
+argument)`` pair such as ``(distill.models.checkpoint.load_teacher_source, "/abs/teacher.pt")``). It is
+pickled to the workers, so it must be picklable: a module-level function plus plain arguments is the safe
+choice. The driver binds the teacher once (or takes the binding its caller made); each worker binds its own
+copy and checks that it has the checkpoint hash, and the dataset the fingerprint, that the driver put in
+the store.
 """
 
 from __future__ import annotations
@@ -44,31 +47,22 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from featstore.chunk_engine import extract_chunks
 from featstore.codecs import DEFAULT_DTYPE
-from featstore.datasets import Dataset, LoadOptions, load_dataset
 from featstore.errors import ENVIRONMENT_ERRNOS, Interrupted, InvalidInput, StoreError
-from featstore.extract import (
-    ExtractSummary,
-    TeacherSource,
-    extract_chunks,
-    mark_complete,
-    open_or_create_store,
-    record_left_out,
-    summarise,
-    validate_request,
-)
+from featstore.extract_checks import validate_request
 from featstore.lock import writer_lock
 from featstore.progress import progress as progress_bar
 from featstore.store import local_path, open_store
-
-TeacherLoader = Callable[[], TeacherSource] | tuple[Callable[[Any], TeacherSource], Any]
+from featstore.store_lifecycle import ExtractSummary, finish, open_or_create_store, summarise
+from featstore.teacher import DatasetRequest, TeacherBinder, TeacherBinding, TeacherLoader, as_binder
 
 TASK_RETRIES = 2  # a failed task is tried this many more times before the run fails
 CONNECT_TIMEOUT_S = 5.0  # how long to wait for an external scheduler before refusing
@@ -78,28 +72,23 @@ CONNECT_TIMEOUT_S = 5.0  # how long to wait for an external scheduler before ref
 class _Job:
     """Everything a worker task needs, picklable (no model, no dataset, no open store)."""
 
-    loader: Callable[..., TeacherSource]
-    loader_args: tuple[Any, ...]
-    loader_token: str  # identifies the loader (and its argument) in the per-process cache
+    binder: TeacherBinder  # loads the teacher and binds it to ``request`` in the worker
+    binder_token: str  # identifies the binder in the per-process cache
+    request: DatasetRequest  # the dataset, at the size the driver bound it to, decoded in-process
     teacher_sha256: str  # what the store records; a worker's teacher must match it
-    dataset_spec: str
-    split: str
     dataset_fingerprint: str
     url: str  # absolute for local stores: workers need not share the driver's working directory
     seed: int
     batch_size: int
     device: str
     gpus: tuple[str, ...] | None  # pin worker k to gpus[k % len(gpus)] (LocalCluster on CUDA only)
-    image_size: int | tuple[int, int] | None = None  # --image-size (S) or the teacher's (H, W): the rendered size
-    skip_bad_samples: bool = False
 
 
 # -- per-process worker state ---------------------------------------------------------------------------
-# One entry each: a worker keeps the teacher and dataset of its current job, and a long-lived external
-# worker that moves on to another job drops the old ones instead of accumulating them.
+# One entry: a worker keeps the bound teacher of its current job, and a long-lived external worker that
+# moves on to another job drops the old one instead of accumulating them.
 _CACHE_LOCK = threading.Lock()
-_TEACHER: tuple[tuple, TeacherSource] | None = None
-_DATASET: tuple[tuple, Dataset] | None = None
+_BOUND: tuple[tuple, TeacherBinding] | None = None
 _PREPARED: tuple | None = None
 LOADS: Counter = Counter()  # loads done by this process, by kind ("teacher", "dataset"): for tests/diagnostics
 
@@ -132,67 +121,43 @@ def _prepare_process(gpus: tuple[str, ...] | None) -> None:
     _PREPARED = (gpus,)
 
 
-def _cached_teacher(job: _Job) -> TeacherSource:
-    global _TEACHER
-    key = (job.loader_token, job.teacher_sha256, job.device)
-    if _TEACHER is None or _TEACHER[0] != key:
-        _TEACHER = None  # free the previous one before loading the next
-        teacher = job.loader(*job.loader_args)
+def _cached_binding(job: _Job) -> TeacherBinding:
+    """This worker's teacher bound to the job's dataset: loaded once per process, checked against the
+    provenance the driver put in the store."""
+    global _BOUND
+    key = (job.binder_token, job.teacher_sha256, job.dataset_fingerprint, job.device)
+    if _BOUND is None or _BOUND[0] != key:
+        _BOUND = None  # free the previous one before loading the next
+        source = job.binder.load()
         LOADS["teacher"] += 1
-        if teacher.checkpoint_sha256 != job.teacher_sha256:
+        if source.checkpoint_sha256 != job.teacher_sha256:
             raise StoreError(
-                f"a worker loaded a teacher with checkpoint sha256 {teacher.checkpoint_sha256[:12]}…, "
+                f"a worker loaded a teacher with checkpoint sha256 {source.checkpoint_sha256[:12]}…, "
                 f"the store was made from {job.teacher_sha256[:12]}… (did the checkpoint change?)"
             )
-        teacher.model.eval().to(torch.device(job.device))
-        _TEACHER = (key, teacher)
-    return _TEACHER[1]
-
-
-def _cached_dataset(job: _Job) -> Dataset:
-    global _DATASET
-    key = (job.dataset_spec, job.split, job.dataset_fingerprint)
-    if _DATASET is None or _DATASET[0] != key:
-        _DATASET = None
-        # decoded in the dask worker itself: the dask workers are the parallelism (and, being daemons, could
-        # not start DataLoader processes)
-        options = LoadOptions(workers=0, skip_bad_samples=job.skip_bad_samples)
-        dataset = load_dataset(job.dataset_spec, job.split, image_size=job.image_size, options=options)
+        bound = job.binder.bind(job.request, source)
         LOADS["dataset"] += 1
-        if dataset.fingerprint() != job.dataset_fingerprint:
+        if bound.dataset.fingerprint() != job.dataset_fingerprint:
             raise StoreError(
-                f"a worker sees dataset {job.dataset_spec!r} ({job.split}) with another fingerprint "
+                f"a worker sees dataset {job.request.spec!r} ({job.request.split}) with another fingerprint "
                 "than the driver: workers must read the same data"
             )
-        _DATASET = (key, dataset)
-    return _DATASET[1]
+        _BOUND = (key, bound.to(job.device))
+    return _BOUND[1]
 
 
 def _extract_task(job: _Job, chunks: list[int]) -> int:
     """Worker side: compute and write ``chunks`` (each flagged done after it is written); returns their count."""
     with _CACHE_LOCK:
         _prepare_process(job.gpus)
-        teacher = _cached_teacher(job)
-        dataset = _cached_dataset(job)
-        if hasattr(teacher.model, "adapt_to_dataset"):  # e.g. an ONNX teacher: the dataset's normalisation
-            teacher.model.adapt_to_dataset(dataset)
+        bound = _cached_binding(job)
     store = open_store(job.url, require_complete=False, writable=True)
     device = torch.device(job.device)
-    extract_chunks(store, chunks, teacher, dataset, seed=job.seed, batch_size=job.batch_size, device=device)
+    extract_chunks(store, chunks, bound, seed=job.seed, batch_size=job.batch_size, device=device)
     return len(chunks)
 
 
 # -- driver side ----------------------------------------------------------------------------------------
-def _split_loader(teacher_loader: TeacherLoader) -> tuple[Callable[..., TeacherSource], tuple[Any, ...]]:
-    if isinstance(teacher_loader, tuple):
-        if len(teacher_loader) != 2 or not callable(teacher_loader[0]):
-            raise InvalidInput("teacher_loader must be a callable or a (function, argument) pair")
-        return teacher_loader[0], (teacher_loader[1],)
-    if not callable(teacher_loader):
-        raise InvalidInput("teacher_loader must be a callable or a (function, argument) pair")
-    return teacher_loader, ()
-
-
 def _usable_cpus() -> int:
     try:
         return len(os.sched_getaffinity(0))
@@ -322,7 +287,7 @@ def _run_tasks(client: Any, job: _Job, missing: list[int], chunks_per_task: int,
 
 # ~90 lines: the lock, the store and the cluster share one ExitStack, so their order is kept in one place.
 def extract_teacher_distributed(
-    teacher_loader: TeacherLoader,
+    teacher_loader: TeacherBinder | TeacherLoader,
     dataset_spec: str,
     split: str,
     url: str | Path,
@@ -341,13 +306,16 @@ def extract_teacher_distributed(
     connect_timeout: float = CONNECT_TIMEOUT_S,
     image_size: int | tuple[int, int] | None = None,
     skip_bad_samples: bool = False,
+    bound: TeacherBinding | None = None,
 ) -> ExtractSummary:
     """Create (or resume) the store at ``url`` like :func:`featstore.extract.extract_teacher`, with the chunks
     computed by dask workers: a LocalCluster of ``workers`` processes, or the cluster at ``scheduler``.
 
-    The result is bit-identical to the single-process run. Raises :class:`InvalidInput` for bad options
-    (``workers <= 0``, both ``workers`` and ``scheduler``, an unreachable scheduler) before anything is
-    created.
+    ``teacher_loader`` is a :class:`~featstore.teacher.TeacherBinder` or a loader of a
+    :class:`~featstore.teacher.TeacherSource`; ``bound`` is the driver's binding when the caller already
+    made one. The result is bit-identical to the single-process run. Raises :class:`InvalidInput` for bad
+    options (``workers <= 0``, both ``workers`` and ``scheduler``, an unreachable scheduler) before anything
+    is created.
     """
     started = time.perf_counter()
     device = torch.device(device)
@@ -355,30 +323,24 @@ def extract_teacher_distributed(
     if isinstance(chunks_per_task, bool) or not isinstance(chunks_per_task, int) or chunks_per_task <= 0:
         raise InvalidInput(f"chunks-per-task must be positive, got {chunks_per_task!r}")
     url = str(url)
-    loader, loader_args = _split_loader(teacher_loader)
-
-    # Driver: the teacher and dataset are loaded here only for validation and the store's metadata.
-    teacher = loader(*loader_args)
-    dataset = load_dataset(dataset_spec, split, image_size=image_size)
-    validate_request(teacher, dataset, views=views, dtype=dtype, chunk_rows=chunk_rows, batch_size=batch_size)
+    binder = as_binder(teacher_loader)
+    request = DatasetRequest(dataset_spec, split, image_size=image_size, skip_bad_samples=skip_bad_samples)
+    teacher = bound if bound is not None else binder.bind(request)  # loaded once in this process
+    validate_request(teacher, views=views, dtype=dtype, chunk_rows=chunk_rows, batch_size=batch_size)
     from dask.base import tokenize
 
     local = local_path(url)
     job = _Job(
-        loader=loader,
-        loader_args=loader_args,
-        loader_token=tokenize(loader, *loader_args),
-        teacher_sha256=teacher.checkpoint_sha256,
-        dataset_spec=dataset_spec,
-        split=split,
-        dataset_fingerprint=dataset.fingerprint(),
+        binder=binder,
+        binder_token=tokenize(binder),
+        request=request.in_process(),
+        teacher_sha256=teacher.source.checkpoint_sha256,
+        dataset_fingerprint=teacher.dataset.fingerprint(),
         url=str(local.absolute()) if local is not None else url,
         seed=seed,
         batch_size=batch_size,
         device=str(device),
         gpus=gpus,
-        image_size=image_size,
-        skip_bad_samples=skip_bad_samples,
     )
 
     with contextlib.ExitStack() as stack:
@@ -386,17 +348,17 @@ def extract_teacher_distributed(
         client = stack.enter_context(_connect(scheduler, connect_timeout)) if scheduler is not None else None
         with writer_lock(local):
             store, resumed = open_or_create_store(
-                teacher,
-                dataset,
+                teacher.source,
+                teacher.dataset,
                 url,
                 views=views,
                 dtype=dtype,
                 chunk_rows=chunk_rows,
                 seed=seed,
                 overwrite=overwrite,
-                compute={"batch_size": batch_size, "device": torch.device(device).type},
+                compute={"batch_size": batch_size, "device": device.type},
             )
-            del teacher  # the workers load their own; the driver needed only the metadata
+            del teacher  # the workers bind their own; the driver needed only the metadata
             missing = store.missing_chunks()
             if missing:
                 if client is None:  # started only when there is work to do
@@ -409,10 +371,8 @@ def extract_teacher_distributed(
                     f"distributed extraction left chunks {still_missing[:10]} of {url} unwritten; "
                     "re-run the same command to resume"
                 )
-            if not store.complete:
-                record_left_out(store)
-                mark_complete(store)
+            finish(store)
     return summarise(store, computed=len(missing), seconds=time.perf_counter() - started, resumed=resumed)
 
 
-__all__ = ["TeacherLoader", "extract_teacher_distributed", "load_counts", "plan_workers", "visible_gpus"]
+__all__ = ["extract_teacher_distributed", "load_counts", "plan_workers", "visible_gpus"]

@@ -12,14 +12,14 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from distill.models.heads import frozen_head, head_from_store
-from distill.models.teachers import load_teacher
+from distill.models.binding import bind_to_dataset
+from distill.models.heads import head_from_store
 from featstore.codecs import DEFAULT_DTYPE
 from featstore.datasets import Dataset
 from featstore.errors import InvalidInput, StoreError
-from featstore.extract import check_head_classes
 from featstore.store import FeatureStore, default_chunk_rows, open_store
 from featstore.stream import GeneratedViews
+from featstore.teacher import check_head_classes
 from featstore.views import policy_mismatch
 
 if TYPE_CHECKING:
@@ -82,7 +82,8 @@ def teacher_side(
         check_store_matches(store, dataset)
         if not store.has_head:
             raise InvalidInput(
-                f"store {store.url} has no teacher head, which training needs; fit one on the stored "
+                f"store {store.url} has no teacher head (a head-less teacher: onnx:, timm:…?head=0, --drop-head), "
+                f"and recipe {config.recipe!r} trains with the teacher's logits; fit one on the stored "
                 f"embeddings first: fsd store fit-head {store.url} --head arcface"
             )
         if store.shape.num_classes != dataset.num_classes:
@@ -102,27 +103,21 @@ def teacher_side(
                 "view_seed": (store.meta.get("views") or {}).get("seed"),
             },
         )
-    teacher = load_teacher(config.online_teacher, trust_code=config.trust_code)
+    binding = bind_to_dataset(config.online_teacher, dataset, trust_code=config.trust_code)
+    teacher = binding.source
     if not teacher.has_head:
         raise InvalidInput(
-            f"online teacher {config.online_teacher} has no classifier head; extract a store, fit a head on it "
-            "(fsd store fit-head) and train from the store"
+            f"online teacher {config.online_teacher} has no classifier head, and recipe {config.recipe!r} trains "
+            "with the teacher's logits; extract a store (fsd extract-teacher), fit a head on it (fsd store "
+            "fit-head STORE --head arcface) and train from the store"
         )
     check_head_classes(teacher, dataset.num_classes, dataset.spec)
-    if teacher.input_shape is not None and list(teacher.input_shape) != list(dataset.image_shape):
-        raise InvalidInput(f"teacher expects input {teacher.input_shape}, dataset gives {list(dataset.image_shape)}")
-    if hasattr(teacher.model, "adapt_to_dataset"):  # an ONNX teacher: this dataset's normalisation
-        teacher.model.adapt_to_dataset(dataset)
-    bias = None if teacher.head_bias is None else torch.from_numpy(teacher.head_bias)
-    head = frozen_head(
-        teacher.head_type, torch.from_numpy(teacher.head_weight), bias, teacher.head_scale, teacher.head_margin
-    )
     if chunk_rows is None:  # the geometry `extract-teacher` gives a default store: the same stream, batch for batch
         chunk_rows = default_chunk_rows(len(dataset), config.views, teacher.embedding_dim, DEFAULT_DTYPE)
     source = GeneratedViews(dataset, config.views, seed=config.view_seed, chunk_rows=chunk_rows)
     return TeacherSide(
         source,
-        head.to(device),
+        binding.head.to(device),
         teacher.embedding_dim,
         {
             "online_teacher": str(config.online_teacher),
@@ -130,5 +125,5 @@ def teacher_side(
             "views": config.views,
             "view_seed": config.view_seed,
         },
-        model=teacher.model.eval().to(device),
+        model=binding.to(device).source.model,
     )
