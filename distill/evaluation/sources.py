@@ -126,6 +126,7 @@ def embeddings_from_checkpoint(
             "dataset": dataset_spec,
             "split": split,
             "fingerprint": dataset.fingerprint(),
+            "input_shape": [int(v) for v in dataset.image_shape],  # what the model was fed
             # the prediction the top-1 is scored on; recorded so `fsd compare` can tell mixed from plain
             **({"th_mix": th_mix} if th_mix is not None else {}),
         },
