@@ -56,6 +56,17 @@ def tiny():
 def subnormal():
     net = SizeNet(scale=2e-5)
     return net, net.forward, None
+
+
+def only_32():
+    net = SizeNet()
+
+    def embed(x):
+        if x.shape[-1] != 32:
+            raise ValueError(f"this network takes 32x32 images, got {tuple(x.shape)}")
+        return net(x)
+
+    return net, embed, None
 '''
 MODULE = "fsd_binding_size_teacher"
 
@@ -186,3 +197,35 @@ def test_float16_warns_for_embeddings_below_its_normal_range(h, data, tmp_path):
     with pytest.warns(RuntimeWarning, match="below float16's normal range.*bfloat16"):
         result = extract(h, data, tmp_path / "sub.zarr", "subnormal")
     assert result.exit_code == 0, h.describe(result)
+
+
+def test_eval_model_spec_that_cannot_take_the_input_is_one_error_line(h, data, tmp_path):
+    """The binding probes the model before evaluating: its failure is one line naming the input it got."""
+    args = ["eval", "--faiss", "--model", f"{MODULE}:only_32", "--trust-code", "--dataset", spec(data),
+            "--loader-workers", 0, "--device", "cpu", "--out", tmp_path / "r.json"]  # fmt: skip
+    h.run_ok(*args)  # 32×32, the dataset spec's size: fine
+    (tmp_path / "r.json").unlink()
+    before = h.snapshot(tmp_path)
+    line = h.assert_refused(h.invoke(*args, "--image-size", 20), before, tmp_path, "fails on a [3, 20, 20] input")
+    assert "takes 32x32 images" in line
+
+
+@pytest.mark.slow
+def test_dask_extraction_binds_once_on_the_driver_and_honours_image_size(h, data, tmp_path, monkeypatch):
+    """extract-teacher --workers: the driver loads the teacher once (workers bind their own copy, at the
+    driver's --image-size), and the store equals the single-process one."""
+    import distill.models.binding as binding
+
+    loads = []
+    real = binding.load_teacher
+    monkeypatch.setattr(binding, "load_teacher", lambda spec, **kw: loads.append(spec) or real(spec, **kw))
+    monkeypatch.chdir(data)  # dask workers import the teacher's module from the current directory
+    single, distributed = tmp_path / "one.zarr", tmp_path / "dask.zarr"
+    assert extract(h, data, single, "with_head", "--image-size", 20).exit_code == 0
+    loads.clear()
+    result = extract(h, data, distributed, "with_head", "--image-size", 20, "--workers", 1)
+    assert result.exit_code == 0, h.describe(result)
+    assert loads == [f"{MODULE}:with_head"]  # once on the driver
+    a, b = open_store(str(single)), open_store(str(distributed))
+    np.testing.assert_array_equal(a.read_rows(0, 16)[0], b.read_rows(0, 16)[0])
+    np.testing.assert_allclose(b.read_rows(0, 16)[0][:, 0, -1], 0.2, rtol=1e-3)
