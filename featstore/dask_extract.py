@@ -56,13 +56,22 @@ import torch
 
 from featstore.chunk_engine import extract_chunks
 from featstore.codecs import DEFAULT_DTYPE
+from featstore.datasets import Dataset, LoadOptions, load_dataset
 from featstore.errors import ENVIRONMENT_ERRNOS, Interrupted, InvalidInput, StoreError
 from featstore.extract_checks import validate_request
 from featstore.lock import writer_lock
 from featstore.progress import progress as progress_bar
 from featstore.store import local_path, open_store
 from featstore.store_lifecycle import ExtractSummary, finish, open_or_create_store, summarise
-from featstore.teacher import DatasetRequest, TeacherBinder, TeacherBinding, TeacherLoader, as_binder
+from featstore.teacher import (
+    DatasetRequest,
+    TeacherBinder,
+    TeacherBinding,
+    TeacherLoader,
+    as_binder,
+    bind_source,
+    resolve_image_size,
+)
 
 TASK_RETRIES = 2  # a failed task is tried this many more times before the run fails
 CONNECT_TIMEOUT_S = 5.0  # how long to wait for an external scheduler before refusing
@@ -85,10 +94,11 @@ class _Job:
 
 
 # -- per-process worker state ---------------------------------------------------------------------------
-# One entry: a worker keeps the bound teacher of its current job, and a long-lived external worker that
-# moves on to another job drops the old one instead of accumulating them.
+# One entry each: a worker keeps the bound teacher of its current job and its dataset, and a long-lived
+# external worker that moves on to another job drops the old ones instead of accumulating them.
 _CACHE_LOCK = threading.Lock()
 _BOUND: tuple[tuple, TeacherBinding] | None = None
+_DATASET: tuple[tuple, Dataset] | None = None
 _PREPARED: tuple | None = None
 LOADS: Counter = Counter()  # loads done by this process, by kind ("teacher", "dataset"): for tests/diagnostics
 
@@ -122,8 +132,8 @@ def _prepare_process(gpus: tuple[str, ...] | None) -> None:
 
 
 def _cached_binding(job: _Job) -> TeacherBinding:
-    """This worker's teacher bound to the job's dataset: loaded once per process, checked against the
-    provenance the driver put in the store."""
+    """This worker's teacher bound to the job's dataset: the teacher loaded once per job and process, the
+    dataset once per dataset, and both checked against the provenance the driver put in the store."""
     global _BOUND
     key = (job.binder_token, job.teacher_sha256, job.dataset_fingerprint, job.device)
     if _BOUND is None or _BOUND[0] != key:
@@ -135,15 +145,29 @@ def _cached_binding(job: _Job) -> TeacherBinding:
                 f"a worker loaded a teacher with checkpoint sha256 {source.checkpoint_sha256[:12]}…, "
                 f"the store was made from {job.teacher_sha256[:12]}… (did the checkpoint change?)"
             )
-        bound = job.binder.bind(job.request, source)
+        dataset = _cached_dataset(job, resolve_image_size(source, job.request))
+        _BOUND = (key, bind_source(source, dataset).to(job.device))
+    return _BOUND[1]
+
+
+def _cached_dataset(job: _Job, image_size: int | None) -> Dataset:
+    """The job's dataset, decoded in this worker (the dask workers are the parallelism and, being daemons,
+    could not start DataLoader processes); kept across jobs over the same data."""
+    global _DATASET
+    request = job.request
+    key = (request.spec, request.split, image_size, request.skip_bad_samples, job.dataset_fingerprint)
+    if _DATASET is None or _DATASET[0] != key:
+        _DATASET = None
+        options = LoadOptions(workers=0, skip_bad_samples=request.skip_bad_samples)
+        dataset = load_dataset(request.spec, request.split, image_size=image_size, options=options)
         LOADS["dataset"] += 1
-        if bound.dataset.fingerprint() != job.dataset_fingerprint:
+        if dataset.fingerprint() != job.dataset_fingerprint:
             raise StoreError(
-                f"a worker sees dataset {job.request.spec!r} ({job.request.split}) with another fingerprint "
+                f"a worker sees dataset {request.spec!r} ({request.split}) with another fingerprint "
                 "than the driver: workers must read the same data"
             )
-        _BOUND = (key, bound.to(job.device))
-    return _BOUND[1]
+        _DATASET = (key, dataset)
+    return _DATASET[1]
 
 
 def _extract_task(job: _Job, chunks: list[int]) -> int:
