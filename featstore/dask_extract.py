@@ -10,7 +10,7 @@ was computed, so the store is bit-identical to a single-process run; a retried t
 re-runs after losing a worker just rewrites the same bytes. At the end the driver checks that no chunk is
 missing and marks the store complete.
 
-Clusters:
+Clusters (:mod:`featstore.dask_cluster`):
 
 * ``workers=N`` starts a :class:`distributed.LocalCluster` of N worker *processes* with one thread each
   (torch is also set to one intra-op thread per worker, so N workers use about N cores) and shuts it down
@@ -40,14 +40,11 @@ the store.
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
-import signal
 import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -56,12 +53,13 @@ import torch
 
 from featstore.chunk_engine import extract_chunks
 from featstore.codecs import DEFAULT_DTYPE
+from featstore.dask_cluster import connect, local_cluster, plan_workers, visible_gpus
 from featstore.datasets import Dataset, LoadOptions, load_dataset
 from featstore.errors import ENVIRONMENT_ERRNOS, Interrupted, InvalidInput, StoreError
 from featstore.extract_checks import validate_request
 from featstore.lock import writer_lock
 from featstore.progress import progress as progress_bar
-from featstore.store import local_path, open_store
+from featstore.store import FeatureStore, local_path, open_store
 from featstore.store_lifecycle import ExtractSummary, finish, open_or_create_store, summarise
 from featstore.teacher import (
     DatasetRequest,
@@ -182,98 +180,6 @@ def _extract_task(job: _Job, chunks: list[int]) -> int:
 
 
 # -- driver side ----------------------------------------------------------------------------------------
-def _usable_cpus() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - not Linux
-        return os.cpu_count() or 1
-
-
-def visible_gpus() -> list[str]:
-    """The GPU ids a worker can be pinned to: CUDA_VISIBLE_DEVICES' entries if set, else 0..count-1."""
-    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    listed = [g.strip() for g in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if g.strip()]
-    return listed[:count] if listed else [str(i) for i in range(count)]
-
-
-def plan_workers(
-    workers: int | None, scheduler: str | None, device: torch.device
-) -> tuple[int | None, tuple[str, ...] | None]:
-    """(LocalCluster size or None for an external scheduler, GPU ids to pin LocalCluster workers to).
-
-    Every argument check happens here, before anything is loaded or created.
-    """
-    if workers is not None and scheduler is not None:
-        raise InvalidInput(
-            "give either --workers (start a local cluster) or --scheduler (use an existing one), not both"
-        )
-    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers <= 0):
-        raise InvalidInput(f"workers must be a positive number of worker processes, got {workers!r}")
-    if scheduler is not None:
-        if not str(scheduler).strip():
-            raise InvalidInput("scheduler address is empty")
-        return None, None
-    gpus = None
-    if device.type == "cuda" and device.index is None:
-        gpus = tuple(visible_gpus())
-        if not gpus:
-            raise InvalidInput("device cuda was asked for but no CUDA device is visible")
-    if workers is None:
-        workers = len(gpus) if gpus else _usable_cpus()
-    return workers, gpus
-
-
-@contextlib.contextmanager
-def _connect(scheduler: str, timeout_s: float) -> Iterator[Any]:
-    """A client of an existing cluster; closes the client only, never the cluster."""
-    from distributed import Client
-
-    try:
-        client = Client(scheduler, timeout=f"{timeout_s}s", set_as_default=False)
-    except (OSError, ValueError, TypeError) as exc:  # timeout / refused, malformed address
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise InvalidInput(f"cannot reach the dask scheduler at {scheduler} within {timeout_s:g} s ({first})") from None
-    with client:
-        yield client
-
-
-@contextlib.contextmanager
-def _workers_ignore_ctrl_c() -> Iterator[None]:
-    """Start worker processes with SIGINT ignored (an ignored signal stays ignored in a child), then restore.
-
-    Why: Ctrl-C goes to the whole process group; every worker used to print its own KeyboardInterrupt
-    traceback (68 lines for two workers). Only the driver handles it, and says how to resume."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
-
-
-@contextlib.contextmanager
-def _local_cluster(n_workers: int) -> Iterator[Any]:
-    """A LocalCluster of ``n_workers`` single-threaded processes and its client, both shut down on exit."""
-    from distributed import Client, LocalCluster
-
-    with (
-        _workers_ignore_ctrl_c(),
-        LocalCluster(
-            n_workers=n_workers,
-            threads_per_worker=1,
-            processes=True,
-            host="127.0.0.1",
-            dashboard_address=None,
-            silence_logs=logging.CRITICAL,
-            scheduler_kwargs={"dashboard": False, "dashboard_address": "127.0.0.1:0"},
-        ) as cluster,
-        Client(cluster, set_as_default=False) as client,
-    ):
-        yield client
-
-
 def _run_tasks(client: Any, job: _Job, missing: list[int], chunks_per_task: int, progress: bool) -> None:
     from concurrent.futures import CancelledError
 
@@ -309,7 +215,6 @@ def _run_tasks(client: Any, job: _Job, missing: list[int], chunks_per_task: int,
         client.cancel(futures)  # nothing of this run keeps going on a shared cluster after we stop
 
 
-# ~90 lines: the lock, the store and the cluster share one ExitStack, so their order is kept in one place.
 def extract_teacher_distributed(
     teacher_loader: TeacherBinder | TeacherLoader,
     dataset_spec: str,
@@ -346,48 +251,62 @@ def extract_teacher_distributed(
     n_workers, gpus = plan_workers(workers, scheduler, device)
     if isinstance(chunks_per_task, bool) or not isinstance(chunks_per_task, int) or chunks_per_task <= 0:
         raise InvalidInput(f"chunks-per-task must be positive, got {chunks_per_task!r}")
-    url = str(url)
     binder = as_binder(teacher_loader)
     request = DatasetRequest(dataset_spec, split, image_size=image_size, skip_bad_samples=skip_bad_samples)
     teacher = bound if bound is not None else binder.bind(request)  # loaded once in this process
     validate_request(teacher, views=views, dtype=dtype, chunk_rows=chunk_rows, batch_size=batch_size)
     from dask.base import tokenize
 
-    local = local_path(url)
+    local = local_path(str(url))
     job = _Job(
         binder=binder,
         binder_token=tokenize(binder),
         request=request.in_process(),
         teacher_sha256=teacher.source.checkpoint_sha256,
         dataset_fingerprint=teacher.dataset.fingerprint(),
-        url=str(local.absolute()) if local is not None else url,
+        url=str(local.absolute()) if local is not None else str(url),
         seed=seed,
         batch_size=batch_size,
         device=str(device),
         gpus=gpus,
     )
+    plan = _Plan(str(url), n_workers, scheduler, connect_timeout, chunks_per_task, progress)
+    layout = {"views": views, "dtype": dtype, "chunk_rows": chunk_rows, "seed": seed, "overwrite": overwrite}
+    store, resumed, computed = _run_job(job, teacher, plan, layout)
+    return summarise(store, computed=computed, seconds=time.perf_counter() - started, resumed=resumed)
 
+
+@dataclass(frozen=True)
+class _Plan:
+    """Where and how the tasks of one distributed run go."""
+
+    url: str  # as the caller gave it (the store is created and finished here)
+    n_workers: int | None  # LocalCluster size; None with an external scheduler
+    scheduler: str | None
+    connect_timeout: float
+    chunks_per_task: int
+    progress: bool
+
+
+def _run_job(job: _Job, teacher: TeacherBinding, plan: _Plan, layout: dict[str, Any]) -> tuple[FeatureStore, bool, int]:
+    """(store, resumed, chunks computed): create or resume the store under the writer lock, run the missing
+    chunks on the cluster, check none is left and finish the store. The lock, the store and the cluster share
+    one ExitStack, so their order is kept in one place."""
+    url = plan.url
     with contextlib.ExitStack() as stack:
         # An external scheduler is reached before the store is touched, so an unreachable one changes nothing.
-        client = stack.enter_context(_connect(scheduler, connect_timeout)) if scheduler is not None else None
-        with writer_lock(local):
-            store, resumed = open_or_create_store(
-                teacher.source,
-                teacher.dataset,
-                url,
-                views=views,
-                dtype=dtype,
-                chunk_rows=chunk_rows,
-                seed=seed,
-                overwrite=overwrite,
-                compute={"batch_size": batch_size, "device": device.type},
-            )
+        client = None
+        if plan.scheduler is not None:
+            client = stack.enter_context(connect(plan.scheduler, plan.connect_timeout))
+        with writer_lock(local_path(url)):
+            compute = {"batch_size": job.batch_size, "device": torch.device(job.device).type}
+            store, resumed = open_or_create_store(teacher.source, teacher.dataset, url, **layout, compute=compute)
             del teacher  # the workers bind their own; the driver needed only the metadata
             missing = store.missing_chunks()
             if missing:
                 if client is None:  # started only when there is work to do
-                    client = stack.enter_context(_local_cluster(n_workers))
-                _run_tasks(client, job, missing, chunks_per_task, progress)
+                    client = stack.enter_context(local_cluster(plan.n_workers))
+                _run_tasks(client, job, missing, plan.chunks_per_task, plan.progress)
             store = open_store(url, require_complete=False, writable=True)  # what the workers wrote
             still_missing = store.missing_chunks()
             if still_missing:
@@ -396,7 +315,7 @@ def extract_teacher_distributed(
                     "re-run the same command to resume"
                 )
             finish(store)
-    return summarise(store, computed=len(missing), seconds=time.perf_counter() - started, resumed=resumed)
+    return store, resumed, len(missing)
 
 
 __all__ = ["extract_teacher_distributed", "load_counts", "plan_workers", "visible_gpus"]

@@ -216,6 +216,8 @@ def check_embeddings(source: TeacherSource, x: torch.Tensor, where: str) -> np.n
         raise InvalidInput(
             f"teacher {source.arch!r} fails on a {list(x.shape[1:])} input of {where}: {type(exc).__name__}: {first}"
         ) from None
+    if not isinstance(out, torch.Tensor):
+        raise InvalidInput(f"teacher {source.arch!r} returns {type(out).__name__}, not a (batch, D) tensor")
     width = int(out.shape[-1]) if out.ndim == 2 and out.shape[0] == x.shape[0] else None
     if source.embedding_dim is None and width is not None:  # a head-less teacher declares no width
         source.embedding_dim = width

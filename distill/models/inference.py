@@ -1,7 +1,8 @@
-"""Device choice and batched inference: how every command runs a model over a dataset.
+"""Device choice and batched inference of an fsd network over a dataset.
 
-Shared by the trainers and by evaluation, so both agree on one device rule and one way of embedding a
-dataset (view 0, eval mode, no grad).
+One device rule for every command; :func:`embed_dataset` embeds the identity view of a dataset with a
+network in training (the teacher trainer's evaluation). A model named by a spec runs through
+:mod:`distill.models.binding` instead.
 """
 
 from __future__ import annotations
