@@ -28,7 +28,7 @@ from featstore.errors import FsdError, InvalidInput, StoreDamaged
 from featstore.loader import rows_batches
 from featstore.progress import progress
 from featstore.store import FeatureStore, open_store
-from featstore.teacher import TeacherBinding, TeacherSource, bind_source
+from featstore.teacher import TeacherBinding, TeacherSource, bind_source, check_input_shape
 from featstore.views import PARAM_NAMES, ViewPolicy, policy_mismatch, renderable_original, sample_view_params
 
 # Smallest per-row cosine (live teacher output vs the stored, decoded row) a healthy store must reach.
@@ -306,11 +306,10 @@ def _identity_problems(
     if teacher.embedding_dim is not None and int(teacher.embedding_dim) != store.shape.dim:
         problems.append(f"teacher embeds to {teacher.embedding_dim} dims, the store holds {store.shape.dim}")
         comparable = False
-    if teacher.input_shape is not None and list(teacher.input_shape) != list(dataset.image_shape):
-        problems.append(
-            f"teacher expects input {list(teacher.input_shape)}, dataset {dataset.spec} gives "
-            f"{list(dataset.image_shape)}"
-        )
+    try:
+        check_input_shape(teacher, list(dataset.image_shape), f"dataset {dataset.spec}")
+    except InvalidInput as misfit:
+        problems.append(str(misfit))
         comparable = False
     fitted = bool((store.meta.get("head") or {}).get("fitted"))  # fsd store fit-head: not the teacher's own
     if teacher.has_head and not store.has_head:
