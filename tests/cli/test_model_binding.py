@@ -118,7 +118,12 @@ def test_extract_and_verify_honour_image_size(h, data, tmp_path):
     assert other.exit_code == 1, h.describe(other)
 
 
-def test_eval_model_spec_honours_image_size_and_loader_workers(data):
+def test_eval_model_spec_honours_image_size_and_loader_workers(data, monkeypatch):
+    import distill.models.binding as binding
+
+    bound = []
+    real = binding.bind_model
+    monkeypatch.setattr(binding, "bind_model", lambda *a, **kw: bound.append(real(*a, **kw)) or bound[-1])
     model = f"{MODULE}:with_head"
     request = EvalRequest(
         model=model, trust_code=True, dataset=spec(data), split="test", image_size=24, loader_workers=0, device="cpu"
@@ -127,6 +132,7 @@ def test_eval_model_spec_honours_image_size_and_loader_workers(data):
     np.testing.assert_allclose(result.queries.embeddings[:, -1], 0.24, rtol=1e-6)
     assert result.queries.source["input_shape"] == [3, 24, 24]
     assert result.queries.logits is not None and result.queries.logits.shape == (8, 2)  # its head's
+    assert [b.dataset.options.workers for b in bound] == [0]  # --loader-workers reached the dataset
 
 
 def test_eval_gallery_model_honours_image_size(h, data, tmp_path):
