@@ -184,6 +184,11 @@ def test_a_head_less_store_works_everywhere(h, data, tmp_path):
                        "--out", tmp_path / "s.pt", "--epochs", 1, "--loader-workers", 0, "--quiet")  # fmt: skip
     line = h.assert_refused(refused, before, tmp_path, "no teacher head")
     assert f"fsd store fit-head {store} --head arcface" in line and "'th-kd'" in line
+    # a recipe that never uses the teacher's logits trains from the head-less store as it is
+    student = tmp_path / "pkt.pt"
+    h.run_ok("train-student", "--store", store, "--dataset", spec(data), "--recipe", "pkt", "--out", student,
+             "--epochs", 1, "--batch-size", 8, "--loader-workers", 0, "--quiet")  # fmt: skip
+    assert torch.load(student, weights_only=True)["extra"]["teacher_head"] is None
     h.run_ok("store", "fit-head", store, "--head", "arcface", "--epochs", 1, "--device", "cpu")
     assert "arcface, 2 classes (fitted" in h.run_ok("store", "info", store).stdout
 
