@@ -217,7 +217,7 @@ def test_eval_model_spec_that_cannot_take_the_input_is_one_error_line(h, data, t
     h.run_ok(*args)  # 32×32, the dataset spec's size: fine
     (tmp_path / "r.json").unlink()
     before = h.snapshot(tmp_path)
-    line = h.assert_refused(h.invoke(*args, "--image-size", 20), before, tmp_path, "fails on a [3, 20, 20] input")
+    line = h.assert_refused(h.invoke(*args, "--image-size", 20), before, tmp_path, "fails on a (8, 3, 20, 20) batch")
     assert "takes 32x32 images" in line
 
 
