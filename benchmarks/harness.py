@@ -274,7 +274,7 @@ def make_teacher(path: Path, dataset, seed: int, calibration_batch: int) -> None
 def write_random_store(url: str, teacher, dataset, views: int, seed: int):
     """A complete float16 store in extraction's default layout, with the views extraction would draw and random
     non-negative embeddings in place of the teacher's (a step costs the same whatever the values)."""
-    from featstore.extract import open_or_create_store
+    from featstore.store_lifecycle import open_or_create_store
     from featstore.views import sample_views
 
     store, _ = open_or_create_store(

@@ -25,10 +25,17 @@ PATH = click.Path(path_type=Path)
 )
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True, help="HDF5 to write.")
 @click.option("--batch-size", type=int, default=128, show_default=True)
+@click.option(
+    "--image-size",
+    type=click.IntRange(min=1),
+    default=None,
+    metavar="S",
+    help="Feed the model S×S faces (default: its input size, else 112).",
+)
 @device_option
 @overwrite_option
 @quiet_option
-def command(model, trust_code, images, landmarks, out, batch_size, device, overwrite, quiet) -> None:
+def command(model, trust_code, images, landmarks, out, batch_size, image_size, device, overwrite, quiet) -> None:
     """Embed every image of --images (or every face --landmarks lists, aligned) with --model and write
     embeddings, embeddings_flip and names to an HDF5 file — what `fsd eval --ijb-meta` reads.
 
@@ -39,7 +46,7 @@ def command(model, trust_code, images, landmarks, out, batch_size, device, overw
         from featstore.errors import InvalidInput
 
         raise InvalidInput(f"--batch-size must be positive, got {batch_size}")
-    face_model = load_face_model(model, trust_code=trust_code)
+    face_model = load_face_model(model, trust_code=trust_code, image_size=image_size)
     count = embed_folder(
         face_model,
         images,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 from pathlib import Path
 
 import click
@@ -22,8 +21,8 @@ from cli.options import (
     split_option,
     trust_code_option,
 )
+from distill.models.binding import ModelSpec
 from distill.models.inference import select_device
-from distill.models.teachers import load_teacher
 from featstore.extract import DaskExecutor, ExtractConfig, extract_store
 
 E = ExtractConfig
@@ -87,9 +86,7 @@ def command(teacher, trust_code, drop_head, device, workers, scheduler, quiet, *
     """
     config = ExtractConfig(**options, device=str(select_device(device)), progress=not quiet)
     executor = None if workers is None and scheduler is None else DaskExecutor(workers=workers, scheduler=scheduler)
-    # A picklable loader and an absolute path: dask workers load the teacher themselves.
+    # A picklable binder and an absolute path: dask workers bind the teacher themselves.
     spec = str(Path(teacher).absolute()) if executor is not None and Path(teacher).exists() else teacher
-    summary = extract_store(
-        config, (functools.partial(load_teacher, trust_code=trust_code, drop_head=drop_head), spec), executor
-    )
+    summary = extract_store(config, ModelSpec(spec, trust_code=trust_code, drop_head=drop_head), executor)
     click.echo(summary.line())

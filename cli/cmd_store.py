@@ -54,7 +54,7 @@ def info(store: str, as_json: bool) -> None:
         + (f", compression {ratio:.2f}× vs float32" if ratio else "")
     )
     click.echo(f"teacher      {data['teacher']['arch']} (sha256 {data['teacher']['checkpoint_sha256'][:12]}…)")
-    click.echo(f"head         {data['head']['type']}, {data['head']['num_classes']} classes")
+    click.echo(f"head         {_head_line(data)}")
     click.echo(
         f"dataset      {data['dataset']['spec']} / {data['dataset']['split']} "
         f"(fingerprint {data['dataset']['fingerprint'][:12]}…)"
@@ -66,6 +66,15 @@ def info(store: str, as_json: bool) -> None:
             f"note         format {data['format']} store: its chunks carry no checksums, so damage that still "
             "decodes is only caught by `fsd store verify --teacher`; re-extract to get them"
         )
+
+
+def _head_line(data: dict) -> str:
+    """The head as ``store info`` shows it: its type and classes, or how to fit one on a head-less store."""
+    head = data.get("head")
+    if not head:
+        return f"none (a head-less teacher); TH-KD needs one: fsd store fit-head {data['url']} --head arcface"
+    fitted = " (fitted on the stored embeddings)" if head.get("fitted") else ""
+    return f"{head.get('type')}, {head.get('num_classes', data['shape']['classes'])} classes{fitted}"
 
 
 @command.command("verify")
@@ -124,32 +133,28 @@ def verify(
         )
     if sample is not None and sample <= 0:
         raise InvalidInput(f"--sample must be positive, got {sample}")
-    live_inputs = None
+    binding = None
     if teacher_path is not None:  # every input is loaded (and refused with exit 2) before any checking
-        from distill.models.teachers import load_teacher
-        from featstore.datasets import LoadOptions, load_dataset
-        from featstore.datasets.base import renders_any_size
+        from distill.models.binding import bind_model
 
         opened = open_store(store, require_complete=False, check=False)  # damage is reported, not raised
         recorded = opened.meta.get("dataset", {})
         if not recorded.get("spec") or not recorded.get("split"):
             raise StoreError(f"store {store} records no dataset spec/split to recompute rows from")
-        source = load_teacher(teacher_path, trust_code=trust_code)
-        if image_size is None and renders_any_size(dataset_spec or recorded["spec"]):  # the size the teacher saw
-            shape = source.input_shape or (opened.meta.get("teacher") or {}).get("input_shape")
-            image_size = tuple(shape[1:]) if shape else None  # (H, W)
-        options = LoadOptions(workers=loader_workers)
-        live_inputs = (
-            opened,
-            source,
-            load_dataset(dataset_spec or recorded["spec"], recorded["split"], image_size=image_size, options=options),
+        shape = (opened.meta.get("teacher") or {}).get("input_shape")
+        binding = bind_model(
+            teacher_path,
+            dataset_spec or recorded["spec"],
+            recorded["split"],
+            image_size=image_size,
+            loader_workers=loader_workers,
+            fallback_image_size=tuple(shape[1:]) if shape else None,  # (H, W) the teacher saw at extraction
+            trust_code=trust_code,
         )
     report = verify_store(store)
-    if live_inputs is not None:
-        opened, source, dataset = live_inputs
-        report.live = verify_live(
-            opened, source, dataset, DEFAULT_LIVE_SAMPLE if sample is None else sample, 0 if seed is None else seed
-        )
+    if binding is not None:
+        rows = DEFAULT_LIVE_SAMPLE if sample is None else sample
+        report.live = verify_live(opened, binding, None, rows, 0 if seed is None else seed)
     for line in report.lines():
         click.echo(line)
     if not report.ok:

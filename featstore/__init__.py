@@ -15,8 +15,9 @@ from featstore._lazy import lazy_exports
 _EXPORTS = {
     "DaskExecutor": "featstore.extract",
     "ExtractConfig": "featstore.extract",
-    "ExtractSummary": "featstore.extract",
-    "TeacherSource": "featstore.extract",
+    "ExtractSummary": "featstore.store_lifecycle",
+    "TeacherBinding": "featstore.teacher",
+    "TeacherSource": "featstore.teacher",
     "extract_store": "featstore.extract",
     "extract_teacher": "featstore.extract",
     "extract_teacher_distributed": "featstore.dask_extract",

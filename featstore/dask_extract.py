@@ -4,13 +4,13 @@ The driver (this process) loads the teacher and the dataset once to validate the
 (or resume) the store under the writer lock, exactly as the single-process path does. It then submits
 one task per group of ``chunks_per_task`` missing chunks. A task runs in a worker process: it loads the
 teacher and the dataset through a per-process cache (so each worker loads them once, however many tasks
-it runs), opens the store and calls :func:`featstore.extract.extract_chunk` for its chunks, which writes
+it runs), opens the store and calls :func:`featstore.chunk_engine.extract_chunks` for its chunks, which writes
 them straight to the store and flags each one done. Nothing about a chunk depends on where or when it
 was computed, so the store is bit-identical to a single-process run; a retried task or a task that dask
 re-runs after losing a worker just rewrites the same bytes. At the end the driver checks that no chunk is
 missing and marks the store complete.
 
-Clusters:
+Clusters (:mod:`featstore.dask_cluster`):
 
 * ``workers=N`` starts a :class:`distributed.LocalCluster` of N worker *processes* with one thread each
   (torch is also set to one intra-op thread per worker, so N workers use about N cores) and shuts it down
@@ -27,48 +27,49 @@ Clusters:
   setting ``CUDA_VISIBLE_DEVICES`` in its process before CUDA is initialised (round-robin when there are
   more workers than GPUs). Workers of an external cluster are not pinned (use dask-cuda for that).
 
-The teacher loader is given by the caller (``featstore`` never imports ``distill``): a zero-argument
-callable, or a ``(function, argument)`` pair such as ``(distill.models.checkpoint.load_teacher_source,
-"/abs/teacher.pt")``. It is pickled to the workers, so it must be picklable: a module-level function
-plus plain arguments is the safe choice. Workers check that the teacher they load has the checkpoint
-hash, and the dataset the fingerprint, that the driver put in the store.
+The teacher is given by the caller (``featstore`` never imports ``distill``) as a
+:class:`~featstore.teacher.TeacherBinder` — ``distill.models.binding.ModelSpec`` for any model spec — or as a
+loader of a :class:`~featstore.teacher.TeacherSource` (a zero-argument callable, or a ``(function,
+argument)`` pair such as ``(distill.models.checkpoint.load_teacher_source, "/abs/teacher.pt")``). It is
+pickled to the workers, so it must be picklable: a module-level function plus plain arguments is the safe
+choice. The driver binds the teacher once (or takes the binding its caller made); each worker binds its own
+copy and checks that it has the checkpoint hash, and the dataset the fingerprint, that the driver put in
+the store.
 """
 
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
-import signal
 import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from featstore.chunk_engine import extract_chunks
 from featstore.codecs import DEFAULT_DTYPE
+from featstore.dask_cluster import connect, local_cluster, plan_workers, visible_gpus
 from featstore.datasets import Dataset, LoadOptions, load_dataset
 from featstore.errors import ENVIRONMENT_ERRNOS, Interrupted, InvalidInput, StoreError
-from featstore.extract import (
-    ExtractSummary,
-    TeacherSource,
-    extract_chunks,
-    mark_complete,
-    open_or_create_store,
-    record_left_out,
-    summarise,
-    validate_request,
-)
+from featstore.extract_checks import validate_request
 from featstore.lock import writer_lock
 from featstore.progress import progress as progress_bar
-from featstore.store import local_path, open_store
-
-TeacherLoader = Callable[[], TeacherSource] | tuple[Callable[[Any], TeacherSource], Any]
+from featstore.store import FeatureStore, local_path, open_store
+from featstore.store_lifecycle import ExtractSummary, finish, open_or_create_store, summarise
+from featstore.teacher import (
+    DatasetRequest,
+    TeacherBinder,
+    TeacherBinding,
+    TeacherLoader,
+    as_binder,
+    bind_source,
+    resolve_image_size,
+)
 
 TASK_RETRIES = 2  # a failed task is tried this many more times before the run fails
 CONNECT_TIMEOUT_S = 5.0  # how long to wait for an external scheduler before refusing
@@ -78,27 +79,23 @@ CONNECT_TIMEOUT_S = 5.0  # how long to wait for an external scheduler before ref
 class _Job:
     """Everything a worker task needs, picklable (no model, no dataset, no open store)."""
 
-    loader: Callable[..., TeacherSource]
-    loader_args: tuple[Any, ...]
-    loader_token: str  # identifies the loader (and its argument) in the per-process cache
+    binder: TeacherBinder  # loads the teacher and binds it to ``request`` in the worker
+    binder_token: str  # identifies the binder in the per-process cache
+    request: DatasetRequest  # the dataset, at the size the driver bound it to, decoded in-process
     teacher_sha256: str  # what the store records; a worker's teacher must match it
-    dataset_spec: str
-    split: str
     dataset_fingerprint: str
     url: str  # absolute for local stores: workers need not share the driver's working directory
     seed: int
     batch_size: int
     device: str
     gpus: tuple[str, ...] | None  # pin worker k to gpus[k % len(gpus)] (LocalCluster on CUDA only)
-    image_size: int | tuple[int, int] | None = None  # --image-size (S) or the teacher's (H, W): the rendered size
-    skip_bad_samples: bool = False
 
 
 # -- per-process worker state ---------------------------------------------------------------------------
-# One entry each: a worker keeps the teacher and dataset of its current job, and a long-lived external
-# worker that moves on to another job drops the old ones instead of accumulating them.
+# One entry each: a worker keeps the bound teacher of its current job and its dataset, and a long-lived
+# external worker that moves on to another job drops the old ones instead of accumulating them.
 _CACHE_LOCK = threading.Lock()
-_TEACHER: tuple[tuple, TeacherSource] | None = None
+_BOUND: tuple[tuple, TeacherBinding] | None = None
 _DATASET: tuple[tuple, Dataset] | None = None
 _PREPARED: tuple | None = None
 LOADS: Counter = Counter()  # loads done by this process, by kind ("teacher", "dataset"): for tests/diagnostics
@@ -132,36 +129,39 @@ def _prepare_process(gpus: tuple[str, ...] | None) -> None:
     _PREPARED = (gpus,)
 
 
-def _cached_teacher(job: _Job) -> TeacherSource:
-    global _TEACHER
-    key = (job.loader_token, job.teacher_sha256, job.device)
-    if _TEACHER is None or _TEACHER[0] != key:
-        _TEACHER = None  # free the previous one before loading the next
-        teacher = job.loader(*job.loader_args)
+def _cached_binding(job: _Job) -> TeacherBinding:
+    """This worker's teacher bound to the job's dataset: the teacher loaded once per job and process, the
+    dataset once per dataset, and both checked against the provenance the driver put in the store."""
+    global _BOUND
+    key = (job.binder_token, job.teacher_sha256, job.dataset_fingerprint, job.device)
+    if _BOUND is None or _BOUND[0] != key:
+        _BOUND = None  # free the previous one before loading the next
+        source = job.binder.load()
         LOADS["teacher"] += 1
-        if teacher.checkpoint_sha256 != job.teacher_sha256:
+        if source.checkpoint_sha256 != job.teacher_sha256:
             raise StoreError(
-                f"a worker loaded a teacher with checkpoint sha256 {teacher.checkpoint_sha256[:12]}…, "
+                f"a worker loaded a teacher with checkpoint sha256 {source.checkpoint_sha256[:12]}…, "
                 f"the store was made from {job.teacher_sha256[:12]}… (did the checkpoint change?)"
             )
-        teacher.model.eval().to(torch.device(job.device))
-        _TEACHER = (key, teacher)
-    return _TEACHER[1]
+        dataset = _cached_dataset(job, resolve_image_size(source, job.request))
+        _BOUND = (key, bind_source(source, dataset).to(job.device))
+    return _BOUND[1]
 
 
-def _cached_dataset(job: _Job) -> Dataset:
+def _cached_dataset(job: _Job, image_size: int | None) -> Dataset:
+    """The job's dataset, decoded in this worker (the dask workers are the parallelism and, being daemons,
+    could not start DataLoader processes); kept across jobs over the same data."""
     global _DATASET
-    key = (job.dataset_spec, job.split, job.dataset_fingerprint)
+    request = job.request
+    key = (request.spec, request.split, image_size, request.skip_bad_samples, job.dataset_fingerprint)
     if _DATASET is None or _DATASET[0] != key:
         _DATASET = None
-        # decoded in the dask worker itself: the dask workers are the parallelism (and, being daemons, could
-        # not start DataLoader processes)
-        options = LoadOptions(workers=0, skip_bad_samples=job.skip_bad_samples)
-        dataset = load_dataset(job.dataset_spec, job.split, image_size=job.image_size, options=options)
+        options = LoadOptions(workers=0, skip_bad_samples=request.skip_bad_samples)
+        dataset = load_dataset(request.spec, request.split, image_size=image_size, options=options)
         LOADS["dataset"] += 1
         if dataset.fingerprint() != job.dataset_fingerprint:
             raise StoreError(
-                f"a worker sees dataset {job.dataset_spec!r} ({job.split}) with another fingerprint "
+                f"a worker sees dataset {request.spec!r} ({request.split}) with another fingerprint "
                 "than the driver: workers must read the same data"
             )
         _DATASET = (key, dataset)
@@ -172,119 +172,14 @@ def _extract_task(job: _Job, chunks: list[int]) -> int:
     """Worker side: compute and write ``chunks`` (each flagged done after it is written); returns their count."""
     with _CACHE_LOCK:
         _prepare_process(job.gpus)
-        teacher = _cached_teacher(job)
-        dataset = _cached_dataset(job)
-        if hasattr(teacher.model, "adapt_to_dataset"):  # e.g. an ONNX teacher: the dataset's normalisation
-            teacher.model.adapt_to_dataset(dataset)
+        bound = _cached_binding(job)
     store = open_store(job.url, require_complete=False, writable=True)
     device = torch.device(job.device)
-    extract_chunks(store, chunks, teacher, dataset, seed=job.seed, batch_size=job.batch_size, device=device)
+    extract_chunks(store, chunks, bound, seed=job.seed, batch_size=job.batch_size, device=device)
     return len(chunks)
 
 
 # -- driver side ----------------------------------------------------------------------------------------
-def _split_loader(teacher_loader: TeacherLoader) -> tuple[Callable[..., TeacherSource], tuple[Any, ...]]:
-    if isinstance(teacher_loader, tuple):
-        if len(teacher_loader) != 2 or not callable(teacher_loader[0]):
-            raise InvalidInput("teacher_loader must be a callable or a (function, argument) pair")
-        return teacher_loader[0], (teacher_loader[1],)
-    if not callable(teacher_loader):
-        raise InvalidInput("teacher_loader must be a callable or a (function, argument) pair")
-    return teacher_loader, ()
-
-
-def _usable_cpus() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - not Linux
-        return os.cpu_count() or 1
-
-
-def visible_gpus() -> list[str]:
-    """The GPU ids a worker can be pinned to: CUDA_VISIBLE_DEVICES' entries if set, else 0..count-1."""
-    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    listed = [g.strip() for g in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if g.strip()]
-    return listed[:count] if listed else [str(i) for i in range(count)]
-
-
-def plan_workers(
-    workers: int | None, scheduler: str | None, device: torch.device
-) -> tuple[int | None, tuple[str, ...] | None]:
-    """(LocalCluster size or None for an external scheduler, GPU ids to pin LocalCluster workers to).
-
-    Every argument check happens here, before anything is loaded or created.
-    """
-    if workers is not None and scheduler is not None:
-        raise InvalidInput(
-            "give either --workers (start a local cluster) or --scheduler (use an existing one), not both"
-        )
-    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers <= 0):
-        raise InvalidInput(f"workers must be a positive number of worker processes, got {workers!r}")
-    if scheduler is not None:
-        if not str(scheduler).strip():
-            raise InvalidInput("scheduler address is empty")
-        return None, None
-    gpus = None
-    if device.type == "cuda" and device.index is None:
-        gpus = tuple(visible_gpus())
-        if not gpus:
-            raise InvalidInput("device cuda was asked for but no CUDA device is visible")
-    if workers is None:
-        workers = len(gpus) if gpus else _usable_cpus()
-    return workers, gpus
-
-
-@contextlib.contextmanager
-def _connect(scheduler: str, timeout_s: float) -> Iterator[Any]:
-    """A client of an existing cluster; closes the client only, never the cluster."""
-    from distributed import Client
-
-    try:
-        client = Client(scheduler, timeout=f"{timeout_s}s", set_as_default=False)
-    except (OSError, ValueError, TypeError) as exc:  # timeout / refused, malformed address
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise InvalidInput(f"cannot reach the dask scheduler at {scheduler} within {timeout_s:g} s ({first})") from None
-    with client:
-        yield client
-
-
-@contextlib.contextmanager
-def _workers_ignore_ctrl_c() -> Iterator[None]:
-    """Start worker processes with SIGINT ignored (an ignored signal stays ignored in a child), then restore.
-
-    Why: Ctrl-C goes to the whole process group; every worker used to print its own KeyboardInterrupt
-    traceback (68 lines for two workers). Only the driver handles it, and says how to resume."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
-
-
-@contextlib.contextmanager
-def _local_cluster(n_workers: int) -> Iterator[Any]:
-    """A LocalCluster of ``n_workers`` single-threaded processes and its client, both shut down on exit."""
-    from distributed import Client, LocalCluster
-
-    with (
-        _workers_ignore_ctrl_c(),
-        LocalCluster(
-            n_workers=n_workers,
-            threads_per_worker=1,
-            processes=True,
-            host="127.0.0.1",
-            dashboard_address=None,
-            silence_logs=logging.CRITICAL,
-            scheduler_kwargs={"dashboard": False, "dashboard_address": "127.0.0.1:0"},
-        ) as cluster,
-        Client(cluster, set_as_default=False) as client,
-    ):
-        yield client
-
-
 def _run_tasks(client: Any, job: _Job, missing: list[int], chunks_per_task: int, progress: bool) -> None:
     from concurrent.futures import CancelledError
 
@@ -320,9 +215,8 @@ def _run_tasks(client: Any, job: _Job, missing: list[int], chunks_per_task: int,
         client.cancel(futures)  # nothing of this run keeps going on a shared cluster after we stop
 
 
-# ~90 lines: the lock, the store and the cluster share one ExitStack, so their order is kept in one place.
 def extract_teacher_distributed(
-    teacher_loader: TeacherLoader,
+    teacher_loader: TeacherBinder | TeacherLoader,
     dataset_spec: str,
     split: str,
     url: str | Path,
@@ -341,67 +235,78 @@ def extract_teacher_distributed(
     connect_timeout: float = CONNECT_TIMEOUT_S,
     image_size: int | tuple[int, int] | None = None,
     skip_bad_samples: bool = False,
+    bound: TeacherBinding | None = None,
 ) -> ExtractSummary:
     """Create (or resume) the store at ``url`` like :func:`featstore.extract.extract_teacher`, with the chunks
     computed by dask workers: a LocalCluster of ``workers`` processes, or the cluster at ``scheduler``.
 
-    The result is bit-identical to the single-process run. Raises :class:`InvalidInput` for bad options
-    (``workers <= 0``, both ``workers`` and ``scheduler``, an unreachable scheduler) before anything is
-    created.
+    ``teacher_loader`` is a :class:`~featstore.teacher.TeacherBinder` or a loader of a
+    :class:`~featstore.teacher.TeacherSource`; ``bound`` is the driver's binding when the caller already
+    made one. The result is bit-identical to the single-process run. Raises :class:`InvalidInput` for bad
+    options (``workers <= 0``, both ``workers`` and ``scheduler``, an unreachable scheduler) before anything
+    is created.
     """
     started = time.perf_counter()
     device = torch.device(device)
     n_workers, gpus = plan_workers(workers, scheduler, device)
     if isinstance(chunks_per_task, bool) or not isinstance(chunks_per_task, int) or chunks_per_task <= 0:
         raise InvalidInput(f"chunks-per-task must be positive, got {chunks_per_task!r}")
-    url = str(url)
-    loader, loader_args = _split_loader(teacher_loader)
-
-    # Driver: the teacher and dataset are loaded here only for validation and the store's metadata.
-    teacher = loader(*loader_args)
-    dataset = load_dataset(dataset_spec, split, image_size=image_size)
-    validate_request(teacher, dataset, views=views, dtype=dtype, chunk_rows=chunk_rows, batch_size=batch_size)
+    binder = as_binder(teacher_loader)
+    request = DatasetRequest(dataset_spec, split, image_size=image_size, skip_bad_samples=skip_bad_samples)
+    teacher = bound if bound is not None else binder.bind(request)  # loaded once in this process
+    validate_request(teacher, views=views, dtype=dtype, chunk_rows=chunk_rows, batch_size=batch_size)
     from dask.base import tokenize
 
-    local = local_path(url)
+    local = local_path(str(url))
     job = _Job(
-        loader=loader,
-        loader_args=loader_args,
-        loader_token=tokenize(loader, *loader_args),
-        teacher_sha256=teacher.checkpoint_sha256,
-        dataset_spec=dataset_spec,
-        split=split,
-        dataset_fingerprint=dataset.fingerprint(),
-        url=str(local.absolute()) if local is not None else url,
+        binder=binder,
+        binder_token=tokenize(binder),
+        request=request.in_process(),
+        teacher_sha256=teacher.source.checkpoint_sha256,
+        dataset_fingerprint=teacher.dataset.fingerprint(),
+        url=str(local.absolute()) if local is not None else str(url),
         seed=seed,
         batch_size=batch_size,
         device=str(device),
         gpus=gpus,
-        image_size=image_size,
-        skip_bad_samples=skip_bad_samples,
     )
+    plan = _Plan(str(url), n_workers, scheduler, connect_timeout, chunks_per_task, progress)
+    layout = {"views": views, "dtype": dtype, "chunk_rows": chunk_rows, "seed": seed, "overwrite": overwrite}
+    store, resumed, computed = _run_job(job, teacher, plan, layout)
+    return summarise(store, computed=computed, seconds=time.perf_counter() - started, resumed=resumed)
 
+
+@dataclass(frozen=True)
+class _Plan:
+    """Where and how the tasks of one distributed run go."""
+
+    url: str  # as the caller gave it (the store is created and finished here)
+    n_workers: int | None  # LocalCluster size; None with an external scheduler
+    scheduler: str | None
+    connect_timeout: float
+    chunks_per_task: int
+    progress: bool
+
+
+def _run_job(job: _Job, teacher: TeacherBinding, plan: _Plan, layout: dict[str, Any]) -> tuple[FeatureStore, bool, int]:
+    """(store, resumed, chunks computed): create or resume the store under the writer lock, run the missing
+    chunks on the cluster, check none is left and finish the store. The lock, the store and the cluster share
+    one ExitStack, so their order is kept in one place."""
+    url = plan.url
     with contextlib.ExitStack() as stack:
         # An external scheduler is reached before the store is touched, so an unreachable one changes nothing.
-        client = stack.enter_context(_connect(scheduler, connect_timeout)) if scheduler is not None else None
-        with writer_lock(local):
-            store, resumed = open_or_create_store(
-                teacher,
-                dataset,
-                url,
-                views=views,
-                dtype=dtype,
-                chunk_rows=chunk_rows,
-                seed=seed,
-                overwrite=overwrite,
-                compute={"batch_size": batch_size, "device": torch.device(device).type},
-            )
-            del teacher  # the workers load their own; the driver needed only the metadata
+        client = None
+        if plan.scheduler is not None:
+            client = stack.enter_context(connect(plan.scheduler, plan.connect_timeout))
+        with writer_lock(local_path(url)):
+            compute = {"batch_size": job.batch_size, "device": torch.device(job.device).type}
+            store, resumed = open_or_create_store(teacher.source, teacher.dataset, url, **layout, compute=compute)
+            del teacher  # the workers bind their own; the driver needed only the metadata
             missing = store.missing_chunks()
             if missing:
                 if client is None:  # started only when there is work to do
-                    client = stack.enter_context(_local_cluster(n_workers))
-                _run_tasks(client, job, missing, chunks_per_task, progress)
+                    client = stack.enter_context(local_cluster(plan.n_workers))
+                _run_tasks(client, job, missing, plan.chunks_per_task, plan.progress)
             store = open_store(url, require_complete=False, writable=True)  # what the workers wrote
             still_missing = store.missing_chunks()
             if still_missing:
@@ -409,10 +314,8 @@ def extract_teacher_distributed(
                     f"distributed extraction left chunks {still_missing[:10]} of {url} unwritten; "
                     "re-run the same command to resume"
                 )
-            if not store.complete:
-                record_left_out(store)
-                mark_complete(store)
-    return summarise(store, computed=len(missing), seconds=time.perf_counter() - started, resumed=resumed)
+            finish(store)
+    return store, resumed, len(missing)
 
 
-__all__ = ["TeacherLoader", "extract_teacher_distributed", "load_counts", "plan_workers", "visible_gpus"]
+__all__ = ["extract_teacher_distributed", "load_counts", "plan_workers", "visible_gpus"]

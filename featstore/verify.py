@@ -11,7 +11,8 @@ seed draws (``sample_view_params(policy, seed, i, v)``), the view is re-rendered
 parameters, embedded, and the cosine to the stored row must reach the dtype's threshold
 (:data:`LIVE_COSINE_THRESHOLDS`). The teacher's checkpoint sha256, embedding size, input shape and head,
 and the dataset's fingerprint, must be those the store records. featstore never imports distill: the
-caller (the CLI) loads the teacher and passes a :class:`~featstore.extract.TeacherSource` in.
+caller (the CLI) binds the teacher to the dataset and passes the :class:`~featstore.teacher.TeacherBinding` in
+(a bare :class:`~featstore.teacher.TeacherSource` with its dataset is bound here).
 """
 
 from __future__ import annotations
@@ -24,10 +25,10 @@ import torch
 
 from featstore.datasets import Dataset
 from featstore.errors import FsdError, InvalidInput, StoreDamaged
-from featstore.extract import TeacherSource
 from featstore.loader import rows_batches
 from featstore.progress import progress
 from featstore.store import FeatureStore, open_store
+from featstore.teacher import TeacherBinding, TeacherSource, bind_source, check_input_shape
 from featstore.views import PARAM_NAMES, ViewPolicy, policy_mismatch, renderable_original, sample_view_params
 
 # Smallest per-row cosine (live teacher output vs the stored, decoded row) a healthy store must reach.
@@ -302,14 +303,13 @@ def _identity_problems(
             f"teacher checkpoint sha256 {str(teacher.checkpoint_sha256)[:12]}… is not the store's "
             f"{str(want_sha)[:12]}… (the store was extracted from another checkpoint)"
         )
-    if int(teacher.embedding_dim) != store.shape.dim:
+    if teacher.embedding_dim is not None and int(teacher.embedding_dim) != store.shape.dim:
         problems.append(f"teacher embeds to {teacher.embedding_dim} dims, the store holds {store.shape.dim}")
         comparable = False
-    if teacher.input_shape is not None and list(teacher.input_shape) != list(dataset.image_shape):
-        problems.append(
-            f"teacher expects input {list(teacher.input_shape)}, dataset {dataset.spec} gives "
-            f"{list(dataset.image_shape)}"
-        )
+    try:
+        check_input_shape(teacher, list(dataset.image_shape), f"dataset {dataset.spec}")
+    except InvalidInput as misfit:
+        problems.append(str(misfit))
         comparable = False
     fitted = bool((store.meta.get("head") or {}).get("fitted"))  # fsd store fit-head: not the teacher's own
     if teacher.has_head and not store.has_head:
@@ -367,8 +367,8 @@ def _content_problems(store: FeatureStore, dataset: Dataset, chunks: np.ndarray)
 # ~100 lines: each input check must run before any row is recomputed; the steps are listed in order below.
 def verify_live(
     store: FeatureStore | str,
-    teacher: TeacherSource,
-    dataset: Dataset,
+    teacher: TeacherBinding | TeacherSource,
+    dataset: Dataset | None,
     sample: int,
     seed: int,
     *,
@@ -376,6 +376,8 @@ def verify_live(
     device: torch.device | str = "cpu",
 ) -> LiveCheck:
     """Recompute ``sample`` random (sample, view) rows of ``store`` with ``teacher`` and compare.
+
+    ``teacher`` is a binding (``dataset`` None: the binding's), or a source run over ``dataset``.
 
     Rows are drawn (by ``seed``) among the chunks flagged done; all of them when ``sample`` exceeds
     N × V. Each row's stored view parameters must equal ``sample_view_params(policy, store seed, i, v)``;
@@ -395,8 +397,12 @@ def verify_live(
         requested=int(sample),
         norm_tolerance=LIVE_NORM_TOLERANCE[store.dtype],
     )
+    bound = teacher if isinstance(teacher, TeacherBinding) else None
+    source, dataset = (bound.source, bound.dataset) if bound is not None else (teacher, dataset)
+    if dataset is None:
+        raise InvalidInput("verify_live needs the dataset a TeacherSource is run over")
     policy = _store_policy(store, dataset)
-    problems, comparable = _identity_problems(store, teacher, dataset, policy)
+    problems, comparable = _identity_problems(store, source, dataset, policy)
     check.problems += problems
     if not comparable:
         return check
@@ -449,13 +455,11 @@ def verify_live(
     rows, stored, params = rows[renderable], stored[renderable], params[renderable]
 
     device = torch.device(device)
-    model = teacher.model.eval().to(device)
-    if hasattr(model, "adapt_to_dataset"):  # e.g. an ONNX teacher converting the dataset's normalisation
-        model.adapt_to_dataset(dataset)
+    bound = (bound or bind_source(source, dataset)).to(device)
     live = np.empty_like(stored, dtype=np.float32)
     for start, rendered in zip(range(0, len(rows), batch_size), rows_batches(dataset, rows[:, 0], params, batch_size)):
         x = rendered.x[:, 0].to(device)
-        live[start : start + len(x)] = model.forward_features(x).float().cpu().numpy()
+        live[start : start + len(x)] = bound.embed(x).float().cpu().numpy()
     check.problems += _content_problems(store, dataset, np.unique(chunk_of[kept_idx]))
 
     check.rows = rows

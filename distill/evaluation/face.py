@@ -10,10 +10,9 @@ into its own scaling.
 
 from __future__ import annotations
 
-import types
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -22,18 +21,28 @@ from distill.evaluation.protocols import bin as bin_protocol
 from featstore.errors import InvalidInput
 from featstore.progress import progress
 
+if TYPE_CHECKING:
+    from distill.models.binding import ModelBinding
+
 FACE_NORMALISATION = ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
 FACE_SIZE = 112
 
 
 @dataclass
 class FaceModel:
-    """A network with ``forward_features`` and how to feed it uint8 images."""
+    """A model bound to face images (:func:`distill.models.binding.bind_images`) and how to feed it uint8
+    images."""
 
-    model: Any
-    size: int
-    normalisation: tuple[tuple[float, ...], tuple[float, ...]]
+    binding: ModelBinding
     name: str
+
+    @property
+    def size(self) -> int:
+        return int(self.binding.dataset.image_shape[-1])
+
+    @property
+    def normalisation(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        return self.binding.dataset.normalisation
 
     def prepare(self, images: np.ndarray) -> torch.Tensor:
         mean, std = (np.asarray(v, np.float32)[None, :, None, None] for v in self.normalisation)
@@ -45,35 +54,29 @@ class FaceModel:
     ) -> tuple[np.ndarray, np.ndarray]:
         """(embeddings, embeddings of the horizontally flipped images), float32 (N, D) each; with ``desc``, a
         progress bar over the batches (featstore.progress)."""
-        model = self.model.eval().to(device)
+        self.binding.to(device)
         plain, flipped = [], []
         for start in progress(range(0, len(images), batch_size), desc=desc, unit="batch", leave=False):
             x = self.prepare(images[start : start + batch_size]).to(device)
-            plain.append(model.forward_features(x).float().cpu())
-            flipped.append(model.forward_features(torch.flip(x, dims=[3])).float().cpu())
+            plain.append(self.binding.embed(x).float().cpu())
+            flipped.append(self.binding.embed(torch.flip(x, dims=[3])).float().cpu())
         return torch.cat(plain).numpy(), torch.cat(flipped).numpy()
 
 
-def load_face_model(spec: str | Path, *, trust_code: bool = False) -> FaceModel:
-    """An fsd checkpoint (its recorded normalisation and input size) or any other model spec (the face
-    convention, its declared input size or 112)."""
-    from distill.models.checkpoint import load_checkpoint
-    from distill.models.teachers import is_checkpoint_spec, load_teacher
+def load_face_model(spec: str | Path, *, trust_code: bool = False, image_size: int | None = None) -> FaceModel:
+    """Any model spec or fsd checkpoint bound to face images: ``image_size``, else its input size, else 112;
+    the normalisation it records (a checkpoint, an fsd-exported ONNX file), else the face convention."""
+    from distill.models.binding import bind_images
+    from distill.models.teachers import is_checkpoint_spec
 
-    if is_checkpoint_spec(spec):
-        ckpt = load_checkpoint(spec)
-        shape = list(ckpt.dataset.get("image_shape") or [3, FACE_SIZE, FACE_SIZE])
-        if shape[0] != 3:
-            raise InvalidInput(f"{spec} takes {shape[0]}-channel images; face images are RGB")
-        recorded = ckpt.dataset.get("normalisation")
-        norm = tuple(tuple(float(v) for v in part) for part in recorded) if recorded else FACE_NORMALISATION
-        return FaceModel(ckpt.build_model(trust_code=trust_code), int(shape[-1]), norm, Path(spec).name)  # type: ignore[arg-type]
-    source = load_teacher(spec, trust_code=trust_code)
-    norm = getattr(source.model, "recorded_normalisation", None) or FACE_NORMALISATION  # fsd-exported ONNX
-    if hasattr(source.model, "adapt_to_dataset"):
-        source.model.adapt_to_dataset(types.SimpleNamespace(spec="face images", normalisation=norm))
-    size = int(source.input_shape[-1]) if source.input_shape else FACE_SIZE
-    return FaceModel(source.model, size, norm, str(spec))
+    binding = bind_images(
+        spec,
+        image_size=image_size,
+        default_size=FACE_SIZE,
+        default_normalisation=FACE_NORMALISATION,
+        trust_code=trust_code,
+    )
+    return FaceModel(binding, Path(spec).name if is_checkpoint_spec(spec) else str(spec))
 
 
 def bin_reports(

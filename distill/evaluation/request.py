@@ -207,7 +207,7 @@ def _bin_results(req: EvalRequest, say: Callable[[str], None]) -> dict[str, Any]
     from distill.evaluation.face import bin_reports, load_face_model
     from distill.models.inference import select_device
 
-    model = load_face_model(req.model, trust_code=req.trust_code)
+    model = load_face_model(req.model, trust_code=req.trust_code, image_size=req.image_size)
     results = bin_reports(model, [Path(p) for p in req.bins], select_device(req.device))
     say(f"verification .bin results of {req.model}")
     for name, r in results.items():

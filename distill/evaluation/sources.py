@@ -20,7 +20,6 @@ __all__ = [
     "EmbeddingSet",
     "embeddings_from_checkpoint",
     "embeddings_from_h5",
-    "embeddings_from_model_spec",
     "embeddings_from_store",
     "mixed_prediction_logits",
 ]
@@ -90,73 +89,48 @@ def embeddings_from_checkpoint(
     loader_workers: int | None = None,
     trust_code: bool = False,
 ) -> EmbeddingSet:
-    """Run a model over a dataset split (identity views): an fsd teacher or student checkpoint, or any teacher
-    spec (``onnx:``, ``timm:``, ``torchscript:``, ``module:function``). ``th_mix`` = w mixes a student's
-    prediction with its teacher head's (see :func:`mixed_prediction_logits`). Datasets read from files render
-    at ``image_size``, by default the size a checkpoint was trained at."""
-    from distill.models.checkpoint import load_checkpoint
-    from distill.models.inference import embed_dataset, select_device
+    """Run a model over a dataset split (identity views): an fsd teacher or student checkpoint, or any model
+    spec (``onnx:``, ``timm:``, ``torchscript:``, ``module:function``), bound to the dataset by
+    :func:`distill.models.binding.bind_model` (datasets read from files render at ``image_size``, by
+    default the model's input size). ``th_mix`` = w mixes a student's prediction with its teacher head's
+    (see :func:`mixed_prediction_logits`). Logits only when the model has a head over the dataset's classes."""
+    from distill.models.binding import bind_model
+    from distill.models.inference import select_device
     from distill.models.teachers import is_checkpoint_spec
-    from featstore.datasets import LoadOptions, load_dataset
-    from featstore.datasets.base import renders_any_size
 
-    if not is_checkpoint_spec(path):
-        if th_mix is not None:
-            raise InvalidInput("--th-mix needs a student checkpoint trained by fsd (it carries the teacher head)")
-        return embeddings_from_model_spec(str(path), dataset_spec, split, device, trust_code)
-    ckpt = load_checkpoint(path)
-    trained = ckpt.dataset.get("image_shape") or []
-    if image_size is None and renders_any_size(dataset_spec) and len(trained) == 3:
-        image_size = int(trained[-1])
-    dataset = load_dataset(dataset_spec, split, image_size=image_size, options=LoadOptions(workers=loader_workers))
-    if list(ckpt.dataset.get("image_shape", [])) != list(dataset.image_shape):
-        raise InvalidInput(
-            f"{path} expects images {ckpt.dataset.get('image_shape')}, {dataset_spec} gives {list(dataset.image_shape)}"
-        )
-    embeddings, logits = embed_dataset(
-        ckpt.build_model(trust_code=trust_code), dataset, select_device(device), desc="embed"
+    if th_mix is not None and not is_checkpoint_spec(path):
+        raise InvalidInput("--th-mix needs a student checkpoint trained by fsd (it carries the teacher head)")
+    binding = bind_model(
+        path,
+        dataset_spec,
+        split,
+        image_size=image_size,
+        loader_workers=loader_workers,
+        trust_code=trust_code,
+        students=True,
     )
+    dataset, ckpt = binding.dataset, binding.checkpoint
+    embeddings, logits = binding.embed_dataset(select_device(device), desc="embed")
     if th_mix is not None:
         logits = mixed_prediction_logits(ckpt, embeddings, logits, th_mix)
-    if ckpt.num_classes != dataset.num_classes:
+    if logits is not None and logits.shape[1] != dataset.num_classes:
         logits = None  # a head over other classes cannot be scored against these labels
     return EmbeddingSet(
         embeddings,
         dataset.labels.copy(),
         logits,
         {
-            "kind": ckpt.kind,
+            "kind": "model" if ckpt is None else ckpt.kind,
             "path": str(path),
-            "arch": ckpt.arch,
+            "arch": binding.source.arch,
             "dataset": dataset_spec,
             "split": split,
             "fingerprint": dataset.fingerprint(),
+            "input_shape": [int(v) for v in dataset.image_shape],  # what the model was fed
             # the prediction the top-1 is scored on; recorded so `fsd compare` can tell mixed from plain
             **({"th_mix": th_mix} if th_mix is not None else {}),
         },
     )
-
-
-def embeddings_from_model_spec(
-    spec: str, dataset_spec: str, split: str = "test", device: str = "auto", trust_code: bool = False
-) -> EmbeddingSet:
-    """A non-checkpoint model (see :func:`distill.models.teachers.load_teacher`) over a dataset split; logits
-    only when it has a head over the dataset's classes."""
-    from distill.models.inference import embed_source, select_device
-    from distill.models.teachers import load_teacher
-    from featstore.datasets import load_dataset
-
-    source = load_teacher(spec, trust_code=trust_code)
-    dataset = load_dataset(dataset_spec, split)
-    if source.input_shape is not None and list(source.input_shape) != list(dataset.image_shape):
-        raise InvalidInput(
-            f"{spec} expects images {source.input_shape}, {dataset_spec} gives {list(dataset.image_shape)}"
-        )
-    embeddings, logits = embed_source(source, dataset, select_device(device))
-    if logits is not None and logits.shape[1] != dataset.num_classes:
-        logits = None
-    meta = {"kind": "model", "path": spec, "arch": source.arch, "dataset": dataset_spec, "split": split}
-    return EmbeddingSet(embeddings, dataset.labels.copy(), logits, {**meta, "fingerprint": dataset.fingerprint()})
 
 
 def embeddings_from_store(url: str, view: int = 0) -> EmbeddingSet:

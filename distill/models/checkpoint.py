@@ -116,11 +116,16 @@ def load_checkpoint(path: str | Path, *, kind: str | None = None) -> Checkpoint:
 
 
 def load_teacher_source(path: str | Path):
-    """A teacher checkpoint as the :class:`featstore.extract.TeacherSource` extraction needs."""
-    from featstore.extract import TeacherSource
+    """A teacher checkpoint as the :class:`featstore.teacher.TeacherSource` extraction needs."""
+    return source_from_checkpoint(load_checkpoint(path, kind="teacher"), path)
 
-    ckpt = load_checkpoint(path, kind="teacher")
-    model = ckpt.build_model()
+
+def source_from_checkpoint(ckpt: Checkpoint, path: str | Path, *, trust_code: bool = False):
+    """A loaded checkpoint (teacher or student) as a :class:`featstore.teacher.TeacherSource`: its network,
+    the file's sha256, its training input shape and its head."""
+    from featstore.teacher import TeacherSource
+
+    model = ckpt.build_model(trust_code=trust_code)
     head = model.head
     return TeacherSource(
         model=model,

@@ -104,19 +104,24 @@ def _write_torchscript(model: nn.Module, path: Path, example: torch.Tensor, with
 
 
 def _run_exported(path: Path, fmt: str, x: torch.Tensor, with_head: bool) -> tuple[np.ndarray, np.ndarray | None]:
+    """The exported file's outputs on ``x``: the embedding as fsd's own ``onnx:``/``torchscript:`` model
+    specs run it (what a store, an eval or a verify of the file computes), the logits straight from the file."""
+    from distill.models.teachers import load_teacher
+    from featstore.teacher import check_embeddings
+
+    z = check_embeddings(load_teacher(f"{fmt}:{path}"), x, "the parity sample")
+    if not with_head:
+        return z, None
     if fmt == "onnx":
         import onnxruntime as ort
 
         session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        out = session.run(None, {"input": x.numpy()})
-        return out[0], (out[1] if with_head else None)
+        return z, session.run(["logits"], {"input": x.numpy()})[0]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
         module = torch.jit.load(str(path), map_location="cpu")
     with torch.no_grad():
-        z = module.forward_features(x)
-        logits = module.head(z) if with_head else None
-    return z.numpy(), None if logits is None else logits.numpy()
+        return z, module.head(module.forward_features(x)).numpy()
 
 
 def export_model(

@@ -1,7 +1,8 @@
-"""Device choice and batched inference: how every command runs a model over a dataset.
+"""Device choice and batched inference of an fsd network over a dataset.
 
-Shared by the trainers and by evaluation, so both agree on one device rule and one way of embedding a
-dataset (view 0, eval mode, no grad).
+One device rule for every command; :func:`embed_dataset` embeds the identity view of a dataset with a
+network in training (the teacher trainer's evaluation). A model named by a spec runs through
+:mod:`distill.models.binding` instead.
 """
 
 from __future__ import annotations
@@ -45,27 +46,3 @@ def embed_dataset(
         embeddings.append(z.float().cpu())
         logits.append(model.forward_head(z).float().cpu())
     return torch.cat(embeddings).numpy(), torch.cat(logits).numpy()
-
-
-@torch.no_grad()
-def embed_source(source, dataset: Dataset, device: torch.device, batch_size: int = 512):
-    """(embeddings (N, D), logits (N, C) or None) of a :class:`featstore.extract.TeacherSource` (any model
-    spec) over the identity view of every sample; logits from its head when it has one."""
-    from distill.models.heads import frozen_head
-
-    model = source.model.eval().to(device)
-    if hasattr(model, "adapt_to_dataset"):  # an ONNX model converting the dataset's normalisation
-        model.adapt_to_dataset(dataset)
-    head = None
-    if source.head_weight is not None:
-        bias = None if source.head_bias is None else torch.from_numpy(source.head_bias)
-        head = frozen_head(
-            source.head_type, torch.from_numpy(source.head_weight), bias, source.head_scale, source.head_margin
-        )
-    parts = []
-    for start in range(0, len(dataset), batch_size):
-        x = dataset.get_images(np.arange(start, min(start + batch_size, len(dataset)))).to(device)
-        parts.append(model.forward_features(x).float().cpu())
-    embeddings = torch.cat(parts) if parts else torch.empty(0, source.embedding_dim or 0)
-    logits = None if head is None else head(embeddings).numpy()
-    return embeddings.numpy(), logits

@@ -35,7 +35,7 @@ from distill.training.curves import TensorBoardLog, plot_training_curves
 from distill.training.ddp import DistributedContext, init_distributed
 from distill.training.outputs import keep_resume_state
 from distill.training.resume import load_resume_state, run_identity, save_resume_state
-from distill.training.teacher_side import TeacherSide, teacher_side
+from distill.training.teacher_side import TeacherSide, needs_teacher_head, teacher_side
 from featstore.atomic import atomic_write_text
 from featstore.datasets import Dataset, LoadOptions, load_dataset, load_eval_dataset
 from featstore.errors import InputNotFound, InvalidInput, OutputExists, TrainingDiverged
@@ -188,7 +188,8 @@ class StudentRun:
         run.dist = init_distributed(config.device)
         run.device = run.dist.device
         run.amp = Amp.create(config.amp, run.device)
-        run.teacher = teacher_side(config, run.dataset, run.device, chunk_rows=chunk_rows)
+        needs_head = needs_teacher_head(config, criterion.needs)
+        run.teacher = teacher_side(config, run.dataset, run.device, chunk_rows=chunk_rows, needs_head=needs_head)
         run._build_models()
         run._build_stream()
         run._build_optimisation()
@@ -367,7 +368,7 @@ class StudentRun:
             "loss": {k: float(sums[i] / sums[-1]) for i, k in enumerate(names)},
             "seconds": time.perf_counter() - epoch_start,
         }
-        cosine = head_cosine(self.student.head, self.teacher.head)
+        cosine = None if self.teacher.head is None else head_cosine(self.student.head, self.teacher.head)
         if cosine is not None:
             entry["head_cosine"] = cosine
         self._check_weights(epoch)
@@ -424,7 +425,7 @@ class StudentRun:
                 "samples_per_class": config.samples_per_class,
                 "world_size": self.dist.world_size,
                 "store": self.teacher.provenance,
-                "teacher_head": head_state(self.teacher.head),
+                "teacher_head": None if self.teacher.head is None else head_state(self.teacher.head),
                 "projection": {k: v.cpu() for k, v in self.projection.state_dict().items()},
                 "init_head_from_teacher": config.init_head_from_teacher,
                 "log": self.log,

@@ -12,14 +12,14 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from distill.models.heads import frozen_head, head_from_store
-from distill.models.teachers import load_teacher
+from distill.models.binding import bind_to_dataset
+from distill.models.heads import head_from_store
 from featstore.codecs import DEFAULT_DTYPE
 from featstore.datasets import Dataset
 from featstore.errors import InvalidInput, StoreError
-from featstore.extract import check_head_classes
 from featstore.store import FeatureStore, default_chunk_rows, open_store
 from featstore.stream import GeneratedViews
+from featstore.teacher import check_head_classes
 from featstore.views import policy_mismatch
 
 if TYPE_CHECKING:
@@ -57,7 +57,7 @@ class TeacherSide:
     """Where the teacher's outputs come from: a store (read) or, for the online baseline, a network (run)."""
 
     source: FeatureStore | GeneratedViews  # what the stream iterates: rows, labels, view parameters
-    head: nn.Module  # the frozen classifier g_t
+    head: nn.Module | None  # the frozen classifier g_t; None for a head-less teacher (recipes without its logits)
     dim: int
     provenance: dict[str, Any]  # recorded in the checkpoint, and part of the --resume identity
     model: nn.Module | None = None  # online baseline only
@@ -69,30 +69,49 @@ class TeacherSide:
             return self.model.forward_features(x)
 
 
+HEAD_INPUTS = frozenset({"teacher_logits", "student_logits_th"})
+"""The loss inputs computed with the teacher's head: a recipe that needs none trains from a head-less teacher."""
+
+
+def needs_teacher_head(config: StudentConfig, needs: frozenset[str]) -> bool:
+    """Whether a run with these loss inputs (``Criterion.needs``) uses the teacher's head."""
+    return bool(needs & HEAD_INPUTS) or config.init_head_from_teacher
+
+
+def _no_head(config: StudentConfig, what: str, fix: str) -> InvalidInput:
+    return InvalidInput(
+        f"{what} has no teacher head (a head-less teacher: onnx:, timm:…?head=0, --drop-head), and recipe "
+        f"{config.recipe!r} trains with the teacher's logits; {fix}"
+    )
+
+
 def teacher_side(
-    config: StudentConfig, dataset: Dataset, device: torch.device, chunk_rows: int | None = None
+    config: StudentConfig,
+    dataset: Dataset,
+    device: torch.device,
+    chunk_rows: int | None = None,
+    needs_head: bool = True,
 ) -> TeacherSide:
     """The store's side, or the online baseline's. The baseline's views are laid out in a store's chunk
     geometry — ``chunk_rows``, by default that of the store ``extract-teacher`` writes with its defaults — so
-    it streams exactly the batches a store run of that geometry streams."""
+    it streams exactly the batches a store run of that geometry streams. A head-less teacher is refused when
+    ``needs_head`` (the recipe uses its logits) and gives ``head=None`` otherwise."""
     if (config.store is None) == (config.online_teacher is None):
         raise InvalidInput("give exactly one of --store and --online-teacher")
     if config.store is not None:
         store = open_store(config.store)
         check_store_matches(store, dataset)
-        if not store.has_head:
-            raise InvalidInput(
-                f"store {store.url} has no teacher head, which training needs; fit one on the stored "
-                f"embeddings first: fsd store fit-head {store.url} --head arcface"
-            )
-        if store.shape.num_classes != dataset.num_classes:
+        if not store.has_head and needs_head:
+            fix = f"fit one on the stored embeddings first: fsd store fit-head {store.url} --head arcface"
+            raise _no_head(config, f"store {store.url}", fix)
+        if store.has_head and store.shape.num_classes != dataset.num_classes:
             raise InvalidInput(
                 f"store {store.url}: its teacher head has {store.shape.num_classes} classes, dataset "
                 f"{dataset.spec} has {dataset.num_classes}; refit it with fsd store fit-head --overwrite"
             )
         return TeacherSide(
             store,
-            head_from_store(store).to(device),
+            head_from_store(store).to(device) if store.has_head else None,
             store.shape.dim,
             {
                 "url": store.url,
@@ -102,27 +121,18 @@ def teacher_side(
                 "view_seed": (store.meta.get("views") or {}).get("seed"),
             },
         )
-    teacher = load_teacher(config.online_teacher, trust_code=config.trust_code)
-    if not teacher.has_head:
-        raise InvalidInput(
-            f"online teacher {config.online_teacher} has no classifier head; extract a store, fit a head on it "
-            "(fsd store fit-head) and train from the store"
-        )
+    binding = bind_to_dataset(config.online_teacher, dataset, trust_code=config.trust_code)
+    teacher = binding.source
+    if not teacher.has_head and needs_head:
+        fix = "extract a store (fsd extract-teacher), fit a head on it (fsd store fit-head STORE --head arcface)"
+        raise _no_head(config, f"online teacher {config.online_teacher}", fix + " and train from the store")
     check_head_classes(teacher, dataset.num_classes, dataset.spec)
-    if teacher.input_shape is not None and list(teacher.input_shape) != list(dataset.image_shape):
-        raise InvalidInput(f"teacher expects input {teacher.input_shape}, dataset gives {list(dataset.image_shape)}")
-    if hasattr(teacher.model, "adapt_to_dataset"):  # an ONNX teacher: this dataset's normalisation
-        teacher.model.adapt_to_dataset(dataset)
-    bias = None if teacher.head_bias is None else torch.from_numpy(teacher.head_bias)
-    head = frozen_head(
-        teacher.head_type, torch.from_numpy(teacher.head_weight), bias, teacher.head_scale, teacher.head_margin
-    )
     if chunk_rows is None:  # the geometry `extract-teacher` gives a default store: the same stream, batch for batch
         chunk_rows = default_chunk_rows(len(dataset), config.views, teacher.embedding_dim, DEFAULT_DTYPE)
     source = GeneratedViews(dataset, config.views, seed=config.view_seed, chunk_rows=chunk_rows)
     return TeacherSide(
         source,
-        head.to(device),
+        None if binding.head is None else binding.head.to(device),
         teacher.embedding_dim,
         {
             "online_teacher": str(config.online_teacher),
@@ -130,5 +140,5 @@ def teacher_side(
             "views": config.views,
             "view_seed": config.view_seed,
         },
-        model=teacher.model.eval().to(device),
+        model=binding.to(device).source.model,
     )

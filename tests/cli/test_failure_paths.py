@@ -285,9 +285,9 @@ def test_an_unexpected_oserror_is_still_a_bug_report(h, work, monkeypatch):
 
 
 def test_ctrl_c_during_extraction_says_how_to_resume(h, work, monkeypatch):
-    import featstore.extract
+    import featstore.chunk_engine
 
-    real = featstore.extract._write
+    real = featstore.chunk_engine._write
     calls = {"n": 0}
 
     def chunk(*args, **kwargs):  # Ctrl-C while the third chunk is being written
@@ -296,7 +296,7 @@ def test_ctrl_c_during_extraction_says_how_to_resume(h, work, monkeypatch):
             raise KeyboardInterrupt
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(featstore.extract, "_write", chunk)
+    monkeypatch.setattr(featstore.chunk_engine, "_write", chunk)
     out = work.dir / "new.zarr"
     args = ["extract-teacher", "--teacher", work.teacher, "--dataset", "digits", "--out", out]
     result = h.invoke(*args, "--views", h.VIEWS, "--chunk-rows", h.CHUNK_ROWS, "--quiet")

@@ -149,6 +149,6 @@ def test_teacher_whose_embeddings_do_not_fit_its_head_is_refused_before_writing(
     monkeypatch.syspath_prepend(str(tmp_path))
     source = load_teacher("byo_file_teacher:wrong_width", trust_code=True)
     url = tmp_path / "s.zarr"
-    with pytest.raises(InvalidInput, match=r"embeddings of shape \(1, 16\) but its head expects \(batch, 32\)"):
+    with pytest.raises(InvalidInput, match=r"embeddings of shape \(8, 16\) but its head expects \(batch, 32\)"):
         extract_teacher(source, load_dataset("digits", "test"), str(url), views=1, progress=False)
     assert not url.exists()

@@ -1,0 +1,262 @@
+"""The teacher contract: what featstore needs of a network, and how a network is bound to one dataset.
+
+featstore never imports distill, so it defines the contract and the binding rules here and the model zoo
+(``distill.models.binding``) builds objects that satisfy them:
+
+* :class:`TeacherSource` — a loaded network (``forward_features``) with its provenance and its head, or
+  ``None`` for a head-less embedding model.
+* :class:`TeacherBinding` — a source bound to one dataset: the dataset as rendered for the network, the
+  network adapted to the dataset's normalisation, the input shape checked and the embedding width probed
+  on the first samples. Every command that runs a teacher over data holds one.
+* :class:`TeacherBinder` — a picklable recipe that loads the teacher and binds it to a
+  :class:`DatasetRequest`; dask workers get the recipe and bind their own copy.
+
+The rules live in one place: :func:`resolve_image_size` (which size a dataset read from files renders at),
+:func:`bind_source` (normalisation hook, input shape, probe) and :func:`bind_request` (both, plus loading
+the dataset). A network that wants another pixel scaling than the dataset's tensors defines
+``adapt_to_dataset(dataset)`` (an ONNX face model does); :func:`bind_source` calls it.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+import torch
+
+from featstore.datasets import Dataset, LoadOptions, load_dataset
+from featstore.datasets.base import ImageSize, renders_any_size
+from featstore.errors import FsdError, InvalidInput
+from featstore.loader import identity_batches
+
+PROBE_ROWS = 8  # samples embedded at binding time: the width, the error of a misfit input, the value range
+
+
+@dataclass
+class TeacherSource:
+    """A loaded teacher plus the provenance the store records about it."""
+
+    model: Any  # an nn.Module with forward_features(x) -> (batch, embedding_dim)
+    arch: str
+    checkpoint_sha256: str
+    embedding_dim: int | None  # None until the binding's probe, for a head-less teacher of unknown width
+    input_shape: list[int] | None  # None: any input (teachers brought as code or TorchScript)
+    head_type: str | None  # None with head_weight None: a head-less embedding model (ONNX, pooled timm)
+    head_weight: np.ndarray | None  # (C, D)
+    head_bias: np.ndarray | None
+    head_scale: float | None = None
+    head_margin: float | None = None
+
+    @property
+    def has_head(self) -> bool:
+        return self.head_weight is not None
+
+    @property
+    def head_classes(self) -> int | None:
+        """The number of classes the head scores, or None for a head-less teacher."""
+        return None if self.head_weight is None else int(np.asarray(self.head_weight).shape[0])
+
+    def without_head(self) -> TeacherSource:
+        """The same network as a head-less embedding model (its classifier left out of the store)."""
+        return dataclasses.replace(
+            self, head_type=None, head_weight=None, head_bias=None, head_scale=None, head_margin=None
+        )
+
+
+@dataclass(frozen=True)
+class DatasetRequest:
+    """Which dataset a teacher is bound to and how it is read (picklable: dask workers receive it).
+
+    ``image_size`` is ``--image-size``; ``fallback_image_size`` is used for a dataset read from files when
+    neither the option nor the teacher fixes a size (``store verify`` passes the size the store records).
+    """
+
+    spec: str
+    split: str
+    image_size: ImageSize | None = None  # S (a square) or (H, W)
+    loader_workers: int | None = None
+    skip_bad_samples: bool = False
+    fallback_image_size: ImageSize | None = None
+
+    def in_process(self) -> DatasetRequest:
+        """The same request decoded in this process (dask workers are the parallelism, and daemons)."""
+        return dataclasses.replace(self, loader_workers=0)
+
+
+@dataclass
+class TeacherBinding:
+    """A teacher bound to one dataset (see :func:`bind_source`)."""
+
+    source: TeacherSource
+    dataset: Dataset
+    probe: np.ndarray  # (n, D) float32: the identity-view embeddings of the first samples
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """The embeddings (batch, D) of a batch of this dataset's rendered views."""
+        return self.source.model.forward_features(x)
+
+    def to(self, device: torch.device | str) -> TeacherBinding:
+        """Move the network to ``device`` in eval mode; returns self."""
+        self.source.model.eval().to(torch.device(device))
+        return self
+
+
+@runtime_checkable
+class TeacherBinder(Protocol):
+    """A picklable recipe that loads a teacher and binds it to a dataset request."""
+
+    def bind(self, request: DatasetRequest, source: TeacherSource | None = None) -> TeacherBinding:
+        """Bind ``source`` (loaded now when None) to the dataset ``request`` names."""
+        ...
+
+    def load(self) -> TeacherSource:
+        """Load the teacher network and its provenance."""
+        ...
+
+
+TeacherLoader = Callable[[], TeacherSource] | tuple[Callable[[Any], TeacherSource], Any]
+
+
+@dataclass(frozen=True)
+class SourceBinder:
+    """A :class:`TeacherBinder` over a loader function that returns a :class:`TeacherSource` (the Python
+    API's way of naming a teacher without distill): ``loader(*arguments)``."""
+
+    loader: Callable[..., TeacherSource]
+    arguments: tuple[Any, ...] = ()
+
+    def load(self) -> TeacherSource:
+        return self.loader(*self.arguments)
+
+    def bind(self, request: DatasetRequest, source: TeacherSource | None = None) -> TeacherBinding:
+        return bind_request(self.load() if source is None else source, request)
+
+
+def as_binder(teacher: TeacherBinder | TeacherLoader) -> TeacherBinder:
+    """A binder from a binder, a zero-argument loader or a picklable ``(function, argument)`` pair."""
+    if isinstance(teacher, TeacherBinder):
+        return teacher
+    if isinstance(teacher, tuple):
+        if len(teacher) != 2 or not callable(teacher[0]):
+            raise InvalidInput("teacher loader must be a callable or a (function, argument) pair")
+        return SourceBinder(teacher[0], (teacher[1],))
+    if not callable(teacher):
+        raise InvalidInput("teacher loader must be a callable or a (function, argument) pair")
+    return SourceBinder(teacher)
+
+
+def resolve_image_size(source: TeacherSource, request: DatasetRequest) -> ImageSize | None:
+    """The size a dataset read from files renders at: ``--image-size``, else the teacher's fixed input
+    (H, W), else the request's fallback; in-memory datasets have their own size (None)."""
+    if request.image_size is not None:
+        return request.image_size
+    if not renders_any_size(request.spec):
+        return None
+    if source.input_shape:
+        return (int(source.input_shape[1]), int(source.input_shape[2]))
+    return request.fallback_image_size
+
+
+def bind_request(source: TeacherSource, request: DatasetRequest) -> TeacherBinding:
+    """Load the dataset ``request`` names at the size the teacher wants and bind ``source`` to it."""
+    options = LoadOptions(workers=request.loader_workers, skip_bad_samples=request.skip_bad_samples)
+    size = resolve_image_size(source, request)
+    return bind_source(source, load_dataset(request.spec, request.split, image_size=size, options=options))
+
+
+def bind_source(source: TeacherSource, dataset: Dataset) -> TeacherBinding:
+    """Bind a loaded teacher to a loaded dataset: adapt it to the dataset's normalisation, check the input
+    shape, and embed the first samples on the network's device (the width a head-less teacher does not
+    declare, and a one-line error for a network that cannot take these inputs — before anything is
+    written). Raises :class:`InvalidInput` on a misfit."""
+    adapt = getattr(source.model, "adapt_to_dataset", None)
+    if adapt is not None:  # e.g. an ONNX teacher converting this dataset's normalisation to its own
+        adapt(dataset)
+    check_input_shape(source, list(dataset.image_shape), f"dataset {dataset.spec}")
+    probe = probe_embeddings(source, dataset)
+    return TeacherBinding(source, dataset, probe)
+
+
+def check_input_shape(source: TeacherSource, shape: list[int], where: str) -> None:
+    """A teacher with a fixed input refuses images of another shape, naming the option to change."""
+    if source.input_shape is not None and list(source.input_shape) != list(shape):
+        height, width = source.input_shape[1:]
+        size = f"--image-size {height}" if height == width else f"the dataset spec's size={height},{width}"
+        hint = f" (render it with {size})" if list(source.input_shape[1:]) != list(shape[1:]) else ""
+        raise InvalidInput(
+            f"teacher {source.arch!r} expects input {list(source.input_shape)}, {where} gives {shape}{hint}"
+        )
+
+
+@torch.no_grad()
+def probe_embeddings(source: TeacherSource, dataset: Dataset, rows: int = PROBE_ROWS) -> np.ndarray:
+    """Embed the identity view of the first ``rows`` readable samples (in this process) and check the output
+    is (batch, embedding_dim); sets the width of a teacher that declares none. With ``skip_bad_samples``
+    unreadable samples are passed over (none readable: an empty probe, the extraction reports them)."""
+    x = _first_readable(dataset, rows)
+    if x is None:
+        return np.zeros((0, source.embedding_dim or 0), np.float32)
+    return check_embeddings(source, x, f"dataset {dataset.spec}")
+
+
+@torch.no_grad()
+def check_embeddings(source: TeacherSource, x: torch.Tensor, where: str) -> np.ndarray:
+    """Run ``source`` on the batch ``x`` and check its output shape; returns the embeddings (float32)."""
+    try:
+        out = source.model.eval().forward_features(x.to(_model_device(source.model)))
+    except FsdError:  # the teacher's own one-line account of what went wrong
+        raise
+    except Exception as exc:  # noqa: BLE001 - whatever the user's model raises on this input
+        first = (str(exc).strip().splitlines() or [""])[0][:300]
+        raise InvalidInput(
+            f"teacher {source.arch!r} fails on a {list(x.shape[1:])} input of {where}: {type(exc).__name__}: {first}"
+        ) from None
+    if not isinstance(out, torch.Tensor):
+        raise InvalidInput(f"teacher {source.arch!r} returns {type(out).__name__}, not a (batch, D) tensor")
+    width = int(out.shape[-1]) if out.ndim == 2 and out.shape[0] == x.shape[0] else None
+    if source.embedding_dim is None and width is not None:  # a head-less teacher declares no width
+        source.embedding_dim = width
+    if width is None or width != source.embedding_dim:
+        expects = "its head expects" if source.has_head else "it declares"
+        raise InvalidInput(
+            f"teacher {source.arch!r} returns embeddings of shape {tuple(out.shape)} but {expects} "
+            f"(batch, {source.embedding_dim})"
+        )
+    return out.float().cpu().numpy()
+
+
+def check_head_classes(teacher: TeacherSource, num_classes: int, where: str) -> None:
+    """A teacher head over another number of classes than the dataset's cannot teach it (TH-KD would crash
+    mid-training on the logits' shape): refuse it with the ways out."""
+    if teacher.has_head and teacher.head_classes != int(num_classes):
+        raise InvalidInput(
+            f"teacher {teacher.arch!r} has a head over {teacher.head_classes} classes but dataset "
+            f"{where} has {num_classes}: extract without it (--drop-head) and fit one on the stored embeddings "
+            "with fsd store fit-head"
+        )
+
+
+def _first_readable(dataset: Dataset, rows: int) -> torch.Tensor | None:
+    """View 0 of the first ``rows`` samples that read, decoded in this process (for a probe, worker
+    processes cost more than they save); None when none reads."""
+    quick = copy.copy(dataset)
+    quick.options = dataclasses.replace(dataset.options, workers=0)
+    parts: list[torch.Tensor] = []
+    with warnings.catch_warnings():  # a skipped sample is reported by the command itself, once
+        warnings.simplefilter("ignore", RuntimeWarning)
+        for rendered in identity_batches(quick, np.arange(len(dataset)), rows):
+            if len(rendered.rows):
+                parts.append(rendered.x[:, 0])
+            if sum(len(p) for p in parts) >= rows:
+                break
+    return torch.cat(parts)[:rows] if parts else None
+
+
+def _model_device(model: Any) -> torch.device:
+    parameter = next(iter(model.parameters()), None) if hasattr(model, "parameters") else None
+    return parameter.device if parameter is not None else torch.device("cpu")
