@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from distill.evaluation.tile_counts import TileCounts, finish_torch, fold_numpy, fold_torch
 from distill.evaluation.validate import normalised_known, positive_int
 
 __all__ = ["NumpyBackend", "TorchBackend", "float32_keys", "keys_inplace", "make_backend", "tiled_pair_scores", "tiles"]
@@ -57,9 +58,23 @@ class NumpyBackend:
 
     def __init__(self, x: np.ndarray, y: np.ndarray) -> None:
         self.x, self.y = x, y
+        self.x_numpy, self.y_numpy = x, y
 
     def scores(self, i0: int, i1: int, j0: int, j1: int) -> np.ndarray:
         return self.x[i0:i1] @ self.x[j0:j1].T
+
+    def fold(self, counts: TileCounts, i0: int, i1: int, j0: int, j1: int, keep: bool = False) -> np.ndarray | None:
+        """Score one tile and fold it into ``counts``; ``keep``: return the scores (for :meth:`same`)."""
+        s = self.scores(i0, i1, j0, j1)
+        fold_numpy(counts, s, self.y[i0:i1], self.y[j0:j1], i0 == j0)
+        return s if keep else None
+
+    def finish(self, counts: TileCounts) -> None:
+        pass
+
+    def same(self, a: np.ndarray, b: np.ndarray | None) -> bool:
+        """Bit for bit (a tile scored twice must not differ even in the sign of a zero)."""
+        return b is not None and a.shape == b.shape and bool(np.array_equal(a.view(np.int32), b.view(np.int32)))
 
     def tile(self, i0: int, i1: int, j0: int, j1: int) -> tuple[np.ndarray, np.ndarray]:
         """(keys, same-label) of the tile's pairs i < j, flattened."""
@@ -111,6 +126,21 @@ class TorchBackend:
         torch.backends.cuda.matmul.allow_tf32 = False  # TF32 would round the scores to 10-bit mantissas
         self.x = torch.from_numpy(x).to(self.device)
         self.y = torch.from_numpy(y).to(self.device)
+        self.x_numpy, self.y_numpy = x, y
+
+    def fold(self, counts: TileCounts, i0: int, i1: int, j0: int, j1: int, keep: bool = False) -> Any:
+        """Score one tile on the device and fold it into ``counts`` there; ``keep``: return the scores."""
+        s = self.scores(i0, i1, j0, j1)
+        fold_torch(counts, s, self.y[i0:i1], self.y[j0:j1], i0 == j0)
+        return s.clone() if keep else None
+
+    def finish(self, counts: TileCounts) -> None:
+        finish_torch(counts)
+
+    def same(self, a: Any, b: Any) -> bool:
+        """Bit for bit."""
+        torch = self.torch
+        return b is not None and a.shape == b.shape and bool(torch.equal(a.view(torch.int32), b.view(torch.int32)))
 
     def close(self) -> None:
         self.torch.backends.cuda.matmul.allow_tf32 = self._tf32

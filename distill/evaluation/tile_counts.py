@@ -81,9 +81,12 @@ class TileCounts:
 
     @property
     def window_range(self) -> tuple[int, int]:
-        """(lowest, highest) bucket with a window; (1, 0) when there is none."""
+        """(lowest bucket with a window, highest - lowest) as uint32; without windows a lowest bucket that no
+        bucket reaches (2^32 - 1, span 0), so the kernel's one unsigned test ``top - lowest <= span`` fails."""
         has = np.flatnonzero(self.slot >= 0)
-        return (int(has[0]), int(has[-1])) if has.size else (1, 0)
+        if not has.size:
+            return np.uint32(_ALL), np.uint32(0)
+        return np.uint32(has[0]), np.uint32(has[-1] - has[0])
 
     @property
     def tail_overflowed(self) -> bool:
@@ -115,7 +118,7 @@ def _kernel() -> Any:
     return _KERNEL[0]
 
 
-def _fold_loop(bits, yi, yj, diag, lo, count_all, hist4, gen, slot, wmin, wmax, windows, cut, tail, state, keys):
+def _fold_loop(bits, yi, yj, diag, lo, count_all, hist4, gen, slot, wmin, wspan, windows, cut, tail, state, keys):
     """Per row of the tile: keys (one vectorisable loop; -0.0 gets +0.0's key), the histogram (four copies,
     so that runs of equal buckets do not serialise on one counter), genuine keys, then window / tail.
     ``state`` = [genuine filled, tail filled, tail seen]. Compiled by numba; also runs as plain Python."""
@@ -149,16 +152,16 @@ def _fold_loop(bits, yi, yj, diag, lo, count_all, hist4, gen, slot, wmin, wmax, 
         for b in range(start, cols):
             key = keys[b]
             top = key >> lo
-            if top >= wmin and top <= wmax:
+            # one well-predicted test for the rare keys that go anywhere else (wspan + 1 windowed buckets)
+            if (key >= cut) | (np.uint32(top - wmin) <= wspan):
                 w = slot[top]
                 if w >= 0:
                     windows[w, key & low_mask] += 1
-                    continue
-            if key >= cut:
-                if tn < tcap:
-                    tail[tn] = key
-                    tn += 1
-                ts += 1
+                elif key >= cut:
+                    if tn < tcap:
+                        tail[tn] = key
+                        tn += 1
+                    ts += 1
     state[0], state[1], state[2] = gn, tn, ts
 
 
@@ -174,20 +177,20 @@ def fold_numpy(counts: TileCounts, scores: np.ndarray, yi: np.ndarray, yj: np.nd
     if "keys" not in counts.scratch or counts.scratch["keys"].size < bits.shape[1]:
         counts.scratch["keys"] = np.empty(bits.shape[1], dtype=np.uint32)
         counts.scratch["range"] = counts.window_range
-    wmin, wmax = counts.scratch["range"]
+    wmin, wspan = counts.scratch["range"]
     state = np.array([counts.gen_filled, counts.tail_filled, counts.tail_seen], dtype=np.int64)
     kernel(
         bits,
         yi,
         yj,
         diag,
-        counts.lo,
+        np.uint32(counts.lo),
         counts.count_all,
         counts.hist4,
         counts.gen,
         counts.slot,
         wmin,
-        wmax,
+        wspan,
         counts.windows,
         np.uint32(counts.cut),
         counts.tail,
@@ -238,10 +241,10 @@ def _window_and_tail(counts: TileCounts, keys: Any, top: Any, xp: Any) -> None:
         m = w >= 0
         if xp is np:
             idx = w[m].astype(np.int64) * sub + (keys[m] & np.uint32(sub - 1))
-            counts.windows += np.bincount(idx, minlength=counts.windows.size).reshape(counts.windows.shape)
+            np.add.at(counts.windows.reshape(-1), idx, 1)
         else:
             idx = w[m] * sub + (keys[m] & (sub - 1))
-            counts.scratch["windows"] += xp.bincount(idx, minlength=counts.windows.size)
+            counts.scratch["windows"].index_add_(0, idx, xp.ones_like(idx))
         rest = keys[~m]
     else:
         rest = keys

@@ -45,6 +45,7 @@ from typing import Any
 import numpy as np
 
 from distill.evaluation.metrics import FARS, far_key
+from distill.evaluation.one_pass import DEFAULT_TAIL_CAP, DEFAULT_WINDOW_BUDGET, one_pass_verification
 from distill.evaluation.pair_counts import Histograms, eer, inconsistent, roc, tar, tar_plan
 from distill.evaluation.pair_tiles import float32_keys, make_backend, tiled_pair_scores, tiles
 from distill.evaluation.validate import check_far, normalised_known, positive_int
@@ -103,6 +104,8 @@ def streaming_verification(
     roc_points: int = 1000,
     genuine_cap: int = DEFAULT_GENUINE_CAP,
     _torch_device: str | None = None,
+    _tail_cap: int = DEFAULT_TAIL_CAP,
+    _window_budget: int = DEFAULT_WINDOW_BUDGET,
 ) -> tuple[dict[str, Any], tuple[np.ndarray, np.ndarray]]:
     """Verification over all unordered pairs i < j, exactly, in bounded memory (see the module docstring).
 
@@ -146,6 +149,20 @@ def streaming_verification(
 
     backend = make_backend(x, y, use_gpu, _torch_device)
     try:
+        if n_gen <= genuine_cap:
+            return one_pass_verification(
+                backend,
+                lambda *a: tiles(*a),  # looked up at each pass, so that a test or benchmark can count passes
+                n,
+                n_gen,
+                n_imp,
+                checked,
+                block,
+                int(bins),
+                roc_points,
+                tail_cap=_tail_cap,
+                window_budget=_window_budget,
+            )
         return _run(backend, n, n_gen, n_imp, checked, block, int(bins), roc_points, genuine_cap)
     finally:
         backend.close()
