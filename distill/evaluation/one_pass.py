@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -59,7 +60,7 @@ def one_pass_verification(
     """The report and ROC points of :func:`streaming_verification` (same contract), with every genuine key held.
 
     Args:
-        backend: a scoring backend of :mod:`distill.evaluation.pair_tiles` (``fold``, ``scores``, ``same``).
+        backend: a scoring backend of :mod:`distill.evaluation.pair_tiles` (``scores``, ``fold_scores``, ``finish``, ``same``).
         tiles: the tile order (called once per pass).
         n, n_gen, n_imp: samples, genuine and impostor pairs.
         checked: ``[(report key, far)]``.
@@ -73,10 +74,7 @@ def one_pass_verification(
     slots, cut = _plan(backend.x_numpy, backend.y_numpy, n_gen, n_imp, checked, bins, lo, tail_cap, max_windows)
     counts = TileCounts.empty(bins, n_gen, slots, sub_dtype, tail_cap, cut)
     grid = list(tiles(n, block))
-    kept = None
-    for tile in grid:
-        kept = backend.fold(counts, *tile, keep=tile == grid[-1])
-    backend.finish(counts)
+    kept = _fold_all(backend, counts, grid)
     if grid and not backend.same(backend.scores(*grid[-1]), kept):
         raise inconsistent("the last tile scored again")
     gen = np.sort(counts.genuine_keys())
@@ -111,6 +109,31 @@ def one_pass_verification(
         "eer": eer(hist, refined[slot_of[eer_bucket]], eer_bucket, eer_prev),
     }
     return report, roc(refine, refined, hist, roc_points)
+
+
+def _fold_all(backend: Any, counts: TileCounts, grid: list[tuple[int, int, int, int]]) -> Any:
+    """Score and fold every tile of ``grid``; returns the last tile's scores. On a pipelined backend (numpy:
+    the compiled fold releases the GIL) tile t is folded on a second thread while tile t + 1's GEMM runs, so
+    no core waits for the other step; two tiles of scores are alive at most."""
+    if not getattr(backend, "pipelined", False):
+        last = None
+        for tile in grid:
+            last = backend.scores(*tile)
+            backend.fold_scores(counts, last, *tile)
+        backend.finish(counts)
+        return last
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="fsd-fold") as pool:
+        pending = None
+        last = None
+        for tile in grid:
+            last = backend.scores(*tile)
+            if pending is not None:
+                pending.result()
+            pending = pool.submit(backend.fold_scores, counts, last, *tile)
+        if pending is not None:
+            pending.result()
+    backend.finish(counts)
+    return last
 
 
 def _within(imp: np.ndarray, gen: np.ndarray) -> int:
@@ -151,9 +174,7 @@ class _Resolver:
             slots = np.full(self.hist.hg.size, -1, dtype=np.int32)
             slots[group] = np.arange(len(group), dtype=np.int32)
             extra = TileCounts.empty(self.hist.hg.size, 0, slots, self.sub_dtype, 0, NO_TAIL, count_all=False)
-            for tile in self.tiles(self.n, self.block):
-                self.backend.fold(extra, *tile)
-            self.backend.finish(extra)
+            _fold_all(self.backend, extra, list(self.tiles(self.n, self.block)))
             for s, b in enumerate(group):
                 self.extra[b] = extra.windows[s].astype(np.int64)
 

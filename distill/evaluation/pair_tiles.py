@@ -55,6 +55,7 @@ class NumpyBackend:
     """Tiles scored with numpy (BLAS) on the CPU; keys are uint32."""
 
     name = "numpy"
+    pipelined = True  # the next tile's GEMM may run while a thread folds this one
 
     def __init__(self, x: np.ndarray, y: np.ndarray) -> None:
         self.x, self.y = x, y
@@ -63,11 +64,9 @@ class NumpyBackend:
     def scores(self, i0: int, i1: int, j0: int, j1: int) -> np.ndarray:
         return self.x[i0:i1] @ self.x[j0:j1].T
 
-    def fold(self, counts: TileCounts, i0: int, i1: int, j0: int, j1: int, keep: bool = False) -> np.ndarray | None:
-        """Score one tile and fold it into ``counts``; ``keep``: return the scores (for :meth:`same`)."""
-        s = self.scores(i0, i1, j0, j1)
+    def fold_scores(self, counts: TileCounts, s: np.ndarray, i0: int, i1: int, j0: int, j1: int) -> None:
+        """Fold one tile's scores into ``counts`` (the compiled fold releases the GIL: see ``pipelined``)."""
         fold_numpy(counts, s, self.y[i0:i1], self.y[j0:j1], i0 == j0)
-        return s if keep else None
 
     def finish(self, counts: TileCounts) -> None:
         pass
@@ -128,11 +127,9 @@ class TorchBackend:
         self.y = torch.from_numpy(y).to(self.device)
         self.x_numpy, self.y_numpy = x, y
 
-    def fold(self, counts: TileCounts, i0: int, i1: int, j0: int, j1: int, keep: bool = False) -> Any:
-        """Score one tile on the device and fold it into ``counts`` there; ``keep``: return the scores."""
-        s = self.scores(i0, i1, j0, j1)
+    def fold_scores(self, counts: TileCounts, s: Any, i0: int, i1: int, j0: int, j1: int) -> None:
+        """Fold one tile's scores into ``counts`` on the device."""
         fold_torch(counts, s, self.y[i0:i1], self.y[j0:j1], i0 == j0)
-        return s.clone() if keep else None
 
     def finish(self, counts: TileCounts) -> None:
         finish_torch(counts)
