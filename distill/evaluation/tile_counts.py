@@ -107,54 +107,58 @@ _KERNEL: list[Any] = []
 
 
 def _kernel() -> Any:
-    """The compiled fold, built on first use (None without numba)."""
+    """The compiled folds ``(off-diagonal, diagonal)``, built on first use (None without numba)."""
     if not _KERNEL:
         try:
             import numba
         except ImportError:
             _KERNEL.append(None)
         else:
-            _KERNEL.append(numba.njit(nogil=True, cache=True)(_fold_loop))
+            jit = numba.njit(nogil=True, cache=True)
+            _KERNEL.append((jit(_make_fold_loop(False)), jit(_make_fold_loop(True))))
     return _KERNEL[0]
 
 
-def _fold_loop(bits, yi, yj, diag, lo, count_all, hist4, gen, slot, wmin, wspan, windows, cut, tail, state, keys):
-    """Per row of the tile: keys (one vectorisable loop; -0.0 gets +0.0's key), the histogram (four copies,
-    so that runs of equal buckets do not serialise on one counter), genuine keys, then window / tail.
-    ``state`` = [genuine filled, tail filled, tail seen]. Compiled by numba; also runs as plain Python."""
-    low_mask = (1 << lo) - 1
-    gn, tn, ts = state[0], state[1], state[2]
-    gcap, tcap = gen.shape[0], tail.shape[0]
-    rows, cols = bits.shape
-    for a in range(rows):
-        start = a + 1 if diag else 0
-        for b in range(start, cols):
-            v = bits[a, b]
-            k = np.uint32(v ^ ((v >> 31) | np.int32(-2147483648)))
-            keys[b] = k + np.uint32(k == np.uint32(0x7FFFFFFF))
-        if count_all:
-            b = start
-            while b + 4 <= cols:
-                hist4[0, keys[b] >> lo] += 1
-                hist4[1, keys[b + 1] >> lo] += 1
-                hist4[2, keys[b + 2] >> lo] += 1
-                hist4[3, keys[b + 3] >> lo] += 1
-                b += 4
-            while b < cols:
-                hist4[0, keys[b] >> lo] += 1
-                b += 1
-            ya = yi[a]
+def _make_fold_loop(diagonal: bool) -> Any:
+    """The per-tile loop for diagonal tiles (pairs b > a only) or off-diagonal ones (every pair): ``diagonal`` is
+    a compile-time constant of each copy, so the off-diagonal loops start at 0 and vectorise."""
+
+    def _fold_loop(bits, yi, yj, lo, count_all, hist4, gen, slot, wmin, wspan, windows, cut, tail, state, keys, where):
+        """Per row of the tile: keys (one vectorisable loop; -0.0 gets +0.0's key), the histogram (four copies,
+        so that runs of equal buckets do not serialise on one counter), genuine keys, then window / tail.
+        ``state`` = [genuine filled, tail filled, tail seen]. Compiled by numba; also runs as plain Python."""
+        low_mask = (1 << lo) - 1
+        gn, tn, ts = state[0], state[1], state[2]
+        gcap, tcap = gen.shape[0], tail.shape[0]
+        rows, cols = bits.shape
+        for a in range(rows):
+            start = a + 1 if diagonal else 0
             for b in range(start, cols):
-                if ya == yj[b]:
-                    if gn < gcap:
-                        gen[gn] = keys[b]
-                    gn += 1
-        for b in range(start, cols):
-            key = keys[b]
-            top = key >> lo
-            # one well-predicted test for the rare keys that go anywhere else (wspan + 1 windowed buckets)
-            if (key >= cut) | (np.uint32(top - wmin) <= wspan):
-                w = slot[top]
+                v = bits[a, b]
+                k = np.uint32(v ^ ((v >> 31) | np.int32(-2147483648)))
+                keys[b] = k + np.uint32(k == np.uint32(0x7FFFFFFF))
+            if count_all:
+                h = hist4[a & 3]  # four copies in turn: rows that fill the same buckets do not serialise
+                for b in range(start, cols):
+                    h[keys[b] >> lo] += 1
+                ya = yi[a]
+                same = 0
+                for b in range(start, cols):  # vectorised count first: most rows hold a few genuine pairs or none
+                    same += yj[b] == ya
+                if same:
+                    for b in range(start, cols):
+                        if ya == yj[b]:
+                            if gn < gcap:
+                                gen[gn] = keys[b]
+                            gn += 1
+            special = 0
+            for b in range(start, cols):  # branch-free compaction of the rare keys bound for a window or the tail
+                key = keys[b]
+                where[special] = b
+                special += (key >= cut) | (np.uint32((key >> lo) - wmin) <= wspan)
+            for i in range(special):
+                key = keys[where[i]]
+                w = slot[key >> lo]
                 if w >= 0:
                     windows[w, key & low_mask] += 1
                 elif key >= cut:
@@ -162,7 +166,9 @@ def _fold_loop(bits, yi, yj, diag, lo, count_all, hist4, gen, slot, wmin, wspan,
                         tail[tn] = key
                         tn += 1
                     ts += 1
-    state[0], state[1], state[2] = gn, tn, ts
+        state[0], state[1], state[2] = gn, tn, ts
+
+    return _fold_loop
 
 
 def fold_numpy(counts: TileCounts, scores: np.ndarray, yi: np.ndarray, yj: np.ndarray, diag: bool) -> None:
@@ -176,14 +182,14 @@ def fold_numpy(counts: TileCounts, scores: np.ndarray, yi: np.ndarray, yj: np.nd
         return
     if "keys" not in counts.scratch or counts.scratch["keys"].size < bits.shape[1]:
         counts.scratch["keys"] = np.empty(bits.shape[1], dtype=np.uint32)
+        counts.scratch["where"] = np.empty(bits.shape[1] + 1, dtype=np.int64)
         counts.scratch["range"] = counts.window_range
     wmin, wspan = counts.scratch["range"]
     state = np.array([counts.gen_filled, counts.tail_filled, counts.tail_seen], dtype=np.int64)
-    kernel(
+    kernel[1 if diag else 0](
         bits,
         yi,
         yj,
-        diag,
         np.uint32(counts.lo),
         counts.count_all,
         counts.hist4,
@@ -196,6 +202,7 @@ def fold_numpy(counts: TileCounts, scores: np.ndarray, yi: np.ndarray, yj: np.nd
         counts.tail,
         state,
         counts.scratch["keys"],
+        counts.scratch["where"],
     )
     counts.gen_filled, counts.tail_filled, counts.tail_seen = (int(v) for v in state)
 
