@@ -29,6 +29,7 @@ from featstore.datasets.lazy import chunk_digest
 from featstore.errors import FsdError, Interrupted, InvalidInput, StoreError
 from featstore.loader import chunk_batches, identity_batches
 from featstore.lock import writer_lock
+from featstore.memory import release_free_memory
 from featstore.progress import progress as progress_bar
 from featstore.store import (
     FeatureStore,
@@ -239,6 +240,7 @@ def extract_chunks(
         while current is not None and chunk != current[0]:  # the current chunk is complete: write it
             done = buffers.pop(current[0])
             _write(store, done, dataset)
+            release_free_memory()  # freed pages back to the OS after each chunk: resident memory does not grow with N
             if on_written is not None:
                 on_written(done.chunk)
             current = next(order, None)
