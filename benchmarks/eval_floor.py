@@ -374,7 +374,9 @@ def main() -> None:
     parser.add_argument("--classes", type=int, default=1000)
     parser.add_argument("--block", type=int, default=2048)
     parser.add_argument("--results", type=Path, default=HERE / "RESULTS.md")
-    parser.add_argument("--json", type=Path, default=HERE / "eval_floor.json")
+    parser.add_argument(
+        "--json", type=Path, help="JSON file (default: eval_floor.json, or eval_floor_verification.json)"
+    )
     parser.add_argument("--no-write", action="store_true", help="Print only; write neither file.")
     parser.add_argument("--verification", help="Comma-separated N: measure exact verification / GEMM floor instead.")
     parser.add_argument("--repeats", type=int, default=3, help="Interleaved rounds per size (--verification).")
@@ -386,13 +388,15 @@ def main() -> None:
             verification_markdown(result),
             VERIFICATION_SECTION,
             result,
-            HERE / "eval_floor_verification.json",
+            args.json or HERE / "eval_floor_verification.json",
             args.results,
             write=not args.no_write,
         )
         return
     result = measure(args)
-    publish(markdown(result), SECTION, result, args.json, args.results, write=not args.no_write)
+    publish(
+        markdown(result), SECTION, result, args.json or HERE / "eval_floor.json", args.results, write=not args.no_write
+    )
 
 
 if __name__ == "__main__":
