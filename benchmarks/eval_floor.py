@@ -338,8 +338,10 @@ def measure_verification(sizes: list[int], dim: int, classes: int, block: int, r
 
 def verification_markdown(r: dict[str, Any]) -> str:
     p, m = r["params"], r["machine"]
-    table = ["| N × D | pairs | floor (s, median) | streaming (s, median) | streaming / floor (median of rounds) |"]
-    table.append("|---|---:|---:|---:|---:|")
+    table = [
+        "| N × D | pairs | rounds | floor (s, median) | streaming (s, median) | streaming / floor (median of rounds) |"
+    ]
+    table.append("|---|---:|---:|---:|---:|---:|")
     for n, v in r["sizes"].items():
         floor = float(np.median([x["floor_s"] for x in v["rounds"]]))
         ours = float(np.median([x["streaming_s"] for x in v["rounds"]]))
