@@ -101,7 +101,7 @@ def cuda_available() -> bool:
         import torch
 
         return bool(torch.cuda.is_available())
-    except Exception:  # no torch, or a broken CUDA install: plan mode
+    except Exception:  # noqa: BLE001 - no torch, or a broken CUDA install: plan mode
         return False
 
 
