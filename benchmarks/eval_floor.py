@@ -345,8 +345,10 @@ def verification_markdown(r: dict[str, Any]) -> str:
     for n, v in r["sizes"].items():
         floor = float(np.median([x["floor_s"] for x in v["rounds"]]))
         ours = float(np.median([x["streaming_s"] for x in v["rounds"]]))
+        ratios = ", ".join(f"{x['ratio']:.2f}" for x in v["rounds"])
         table.append(
-            f"| {int(n):,} × {p['dim']} | {v['pairs']:,} | {floor:.2f} | {ours:.2f} | **{v['median_ratio']:.2f}** |"
+            f"| {int(n):,} × {p['dim']} | {v['pairs']:,} | {len(v['rounds'])} ({ratios}) | {floor:.2f} | {ours:.2f} "
+            f"| **{v['median_ratio']:.2f}** |"
         )
     return "\n".join(
         [
