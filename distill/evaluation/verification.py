@@ -19,6 +19,11 @@ scores are recomputed tile by tile in a few passes and only counts are kept:
   ``genuine_cap`` (the usual case: G ≈ N²/(2·classes)) they are collected in pass 1 and the whole job takes
   2 passes; otherwise 2 + (number of groups ≈ genuine pairs in mixed buckets / genuine_cap) passes.
 
+When every genuine key fits in ``genuine_cap`` (the usual case) none of these passes run: the one-pass
+strategy of :mod:`distill.evaluation.one_pass` touches each score once after its GEMM (planned windows, an
+exact tail, a window-only pass only where the plan missed) and feeds the same count-to-metric steps
+(:mod:`distill.evaluation.pair_counts`). The passes below are the strategy for more genuine pairs than that.
+
 So TAR@FAR, ROC AUC and EER are **bit-identical** to ``verification_metrics(genuine, impostor)`` on the
 same scores (same int/float operations on the same counts), not approximations. The EER argument relies
 on FAR - FRR being strictly decreasing over thresholds in float64, true whenever the number of pairs is
