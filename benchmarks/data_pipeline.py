@@ -16,6 +16,9 @@ writes it into ``benchmarks/RESULTS.md`` (section "Real-scale data") and ``data_
 * **fingerprint** — :func:`featstore.datasets.lazy.index_fingerprint` over 1,000,000 generated index
   entries; goal ≤ 10 s.
 
+``--memory-only SMALL,LARGE`` measures only the memory figure, at two sizes of one's choosing (the same
+8× ratio at smaller sizes is quicker on a loaded machine).
+
 Rounds of each pair are interleaved and the median of per-round ratios is reported, because the machine is
 shared. torchvision (``torchvision==0.28.0``, the release for torch 2.13, installed by ``make test``) is the
 baseline: the PyPI wheel's compiled ops do not load on the CPU build of torch, and ImageFolder and the
@@ -26,6 +29,7 @@ fsd's own timm/torchvision models do, distill/models/hub.py).
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import resource
@@ -406,10 +410,20 @@ def main() -> None:
     parser.add_argument("--results", type=Path, default=HERE / "RESULTS.md")
     parser.add_argument("--json", type=Path, default=HERE / "data_pipeline.json")
     parser.add_argument("--no-write", action="store_true", help="Print only; write neither file.")
+    parser.add_argument(
+        "--memory-only",
+        metavar="SMALL,LARGE",
+        help="Only the extract/train peak RSS at these two sizes, 3 processes each; prints JSON, writes nothing.",
+    )
     args = parser.parse_args()
     from featstore.loader import default_workers
 
     workers = default_workers() if args.workers is None else args.workers
+    if args.memory_only:
+        small, large = (int(v) for v in args.memory_only.split(","))
+        with tempfile.TemporaryDirectory(prefix="fsd-data-bench-") as tmp:
+            print(json.dumps(memory_vs_n(Path(tmp), (small, large), 32, workers, repeats=3), indent=2))
+        return
     quick = args.quick
     images, rounds, size, batch = (120, 1, 32, 32) if quick else (1500, 3, 64, 64)
     memory_sizes = (300, 600) if quick else (5000, 40000)

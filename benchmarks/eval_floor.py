@@ -24,8 +24,16 @@ The sum of (1) and (3) is the least an exact two-stage search can cost here; div
 the best ratio that design could reach. The figures go to a JSON file and to the section
 ``## Exact retrieval: the floor on this machine`` of ``benchmarks/RESULTS.md``.
 
+``--verification N,N`` measures instead exact all-pairs verification against *its* floor: in one process,
+round by round (interleaved, so a shared machine's load hits both alike), the bare upper-triangle float32 GEMM
+over the very tiles :func:`distill.evaluation.verification.streaming_verification` scores, then the whole
+``streaming_verification`` call (normalisation, plan, the pass, the exact metrics); the figure is the median
+of the per-round ratios, published in ``## Exact verification: ratio to the GEMM floor`` and
+``eval_floor_verification.json``.
+
 Example: python -m benchmarks.eval_floor                 # N = 40,000 × 512 (about a minute)
          python -m benchmarks.eval_floor --n 5000 --no-write
+         python -m benchmarks.eval_floor --verification 20000,100000 --repeats 3
 """
 
 from __future__ import annotations
@@ -273,6 +281,96 @@ def markdown(r: dict[str, Any]) -> str:
     )
 
 
+VERIFICATION_SECTION = "## Exact verification: ratio to the GEMM floor"
+
+
+def triangle_gemm_seconds(x: np.ndarray, block: int) -> float:
+    """Wall time of the bare GEMM over every upper-triangle tile (what any exact method computes once)."""
+    from distill.evaluation.pair_tiles import tiles
+
+    started = time.perf_counter()
+    for i0, i1, j0, j1 in tiles(x.shape[0], block):
+        s = x[i0:i1] @ x[j0:j1].T
+        del s
+    return time.perf_counter() - started
+
+
+def measure_verification(sizes: list[int], dim: int, classes: int, block: int, repeats: int) -> dict[str, Any]:
+    """Per size: per-round (floor, streaming) seconds and the median ratio; the reports of every round agree."""
+    from benchmarks.tar_at_far import make_data
+    from distill.evaluation.search import l2_normalize
+    from distill.evaluation.tile_counts import have_numba
+    from distill.evaluation.verification import streaming_verification
+
+    streaming_verification(*make_data(500, dim, 50, 1), use_gpu=False)  # compile the kernel outside the timing
+    out: dict[str, Any] = {
+        "params": {"dim": dim, "classes": classes, "block": block, "repeats": repeats, "numba": have_numba()},
+        "machine": {
+            "cpus": os.cpu_count(),
+            "loadavg_start": [round(v, 2) for v in os.getloadavg()],
+            "platform": platform.platform(),
+        },
+        "sizes": {},
+    }
+    for n in sizes:
+        x, y = make_data(n, dim, classes, seed=0)
+        xn = l2_normalize(x)
+        rounds, reports = [], []
+        for r in range(repeats):
+            floor = triangle_gemm_seconds(xn, block)
+            started = time.perf_counter()
+            report, _ = streaming_verification(x, y, block=block, use_gpu=False)
+            seconds = time.perf_counter() - started
+            rounds.append({"floor_s": round(floor, 3), "streaming_s": round(seconds, 3), "ratio": seconds / floor})
+            reports.append(report)
+            print(f"N = {n:,} round {r + 1}: floor {floor:.2f} s, streaming {seconds:.2f} s, {seconds / floor:.2f}x")
+        if any(rep != reports[0] for rep in reports):
+            raise SystemExit(f"N = {n}: the rounds gave different reports")
+        out["sizes"][str(n)] = {
+            "rounds": rounds,
+            "median_ratio": float(np.median([r["ratio"] for r in rounds])),
+            "pairs": n * (n - 1) // 2,
+            "report": reports[0],
+        }
+    out["machine"]["loadavg_end"] = [round(v, 2) for v in os.getloadavg()]
+    return out
+
+
+def verification_markdown(r: dict[str, Any]) -> str:
+    p, m = r["params"], r["machine"]
+    table = [
+        "| N × D | pairs | rounds | floor (s, median) | streaming (s, median) | streaming / floor (median of rounds) |"
+    ]
+    table.append("|---|---:|---:|---:|---:|---:|")
+    for n, v in r["sizes"].items():
+        floor = float(np.median([x["floor_s"] for x in v["rounds"]]))
+        ours = float(np.median([x["streaming_s"] for x in v["rounds"]]))
+        ratios = ", ".join(f"{x['ratio']:.2f}" for x in v["rounds"])
+        table.append(
+            f"| {int(n):,} × {p['dim']} | {v['pairs']:,} | {len(v['rounds'])} ({ratios}) | {floor:.2f} | {ours:.2f} "
+            f"| **{v['median_ratio']:.2f}** |"
+        )
+    return "\n".join(
+        [
+            VERIFICATION_SECTION,
+            "",
+            f"`python -m benchmarks.eval_floor --verification ...`: `streaming_verification` (every TAR@FAR, ROC AUC "
+            "and EER over all N(N−1)/2 pairs, exact) against the bare float32 GEMM of the same upper-triangle "
+            f"tiles (block {p['block']}), interleaved in one process, {p['repeats']} rounds, median of the per-round "
+            f"ratios. Data: `benchmarks.tar_at_far.make_data` ({p['classes']:,} classes). Compiled fold: "
+            f"{'numba' if p['numba'] else 'absent (numpy steps)'}. {m['cpus']} CPU cores, **shared and loaded** "
+            f"(load average {m['loadavg_start']} at the start, {m['loadavg_end']} at the end), run under `nice`.",
+            "",
+            *table,
+            "",
+            "- The streaming time includes everything the call does: L2 normalisation, the plan (a 2,048² sample "
+            "of pairs and one product per class), the pass, the check that the last tile scores the same bits "
+            "again, and the exact metrics. Every round's report is identical.",
+            "",
+        ]
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=40000)
@@ -280,11 +378,29 @@ def main() -> None:
     parser.add_argument("--classes", type=int, default=1000)
     parser.add_argument("--block", type=int, default=2048)
     parser.add_argument("--results", type=Path, default=HERE / "RESULTS.md")
-    parser.add_argument("--json", type=Path, default=HERE / "eval_floor.json")
+    parser.add_argument(
+        "--json", type=Path, help="JSON file (default: eval_floor.json, or eval_floor_verification.json)"
+    )
     parser.add_argument("--no-write", action="store_true", help="Print only; write neither file.")
+    parser.add_argument("--verification", help="Comma-separated N: measure exact verification / GEMM floor instead.")
+    parser.add_argument("--repeats", type=int, default=3, help="Interleaved rounds per size (--verification).")
     args = parser.parse_args()
+    if args.verification:
+        sizes = [int(v) for v in args.verification.split(",")]
+        result = measure_verification(sizes, args.dim, args.classes, args.block, args.repeats)
+        publish(
+            verification_markdown(result),
+            VERIFICATION_SECTION,
+            result,
+            args.json or HERE / "eval_floor_verification.json",
+            args.results,
+            write=not args.no_write,
+        )
+        return
     result = measure(args)
-    publish(markdown(result), SECTION, result, args.json, args.results, write=not args.no_write)
+    publish(
+        markdown(result), SECTION, result, args.json or HERE / "eval_floor.json", args.results, write=not args.no_write
+    )
 
 
 if __name__ == "__main__":

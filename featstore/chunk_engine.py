@@ -19,6 +19,7 @@ import torch
 from featstore.datasets.lazy import chunk_digest
 from featstore.errors import StoreError
 from featstore.loader import chunk_batches
+from featstore.memory import release_free_memory
 from featstore.store import FeatureStore
 from featstore.teacher import TeacherBinding
 from featstore.views import PARAM_NAMES
@@ -72,6 +73,7 @@ def extract_chunks(
         while current is not None and chunk != current[0]:  # the current chunk is complete: write it
             done = buffers.pop(current[0])
             _write(store, done)
+            release_free_memory()  # freed chunk buffers go back to the OS, so resident memory does not creep
             if on_written is not None:
                 on_written(done.chunk)
             current = next(order, None)

@@ -14,6 +14,12 @@ those buffers again: 345 MB for 5,000 and 355 MB for 40,000 (+3 %), for a few pe
 process (the workers it forks inherit it); a user's own ``MALLOC_MMAP_THRESHOLD_`` wins. A library does
 not change its host's allocator, so the Python API leaves it to the caller (:func:`bound_heap_growth`).
 
+Buffers below the threshold (decoded batches, smaller activations, the store's encode buffers, which zarr
+allocates on its own I/O threads, each with its own glibc arena) still come from heaps that fragment, and a
+heap gives memory back only from its top. :func:`release_free_memory` (``malloc_trim``) hands every free
+page of every arena back; extraction calls it after each chunk it writes, so the resident size is bounded by
+one chunk's working set rather than growing with the number of chunks.
+
 Linux/glibc only; elsewhere (macOS, musl) a no-op.
 """
 
@@ -37,3 +43,14 @@ def bound_heap_growth(threshold: int = THRESHOLD_BYTES) -> bool:
     except (OSError, AttributeError):  # musl and other C libraries have no mallopt
         return False
     return bool(mallopt(M_MMAP_THRESHOLD, int(threshold)))
+
+
+def release_free_memory() -> bool:
+    """Give the free pages of every glibc heap back to the OS (``malloc_trim(0)``); True when some were."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        trim = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+    except (OSError, AttributeError):  # musl and other C libraries have no malloc_trim
+        return False
+    return bool(trim(0))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -108,6 +109,17 @@ def test_eval_floor_runs_and_its_certified_rows_are_exact(tmp_path: Path) -> Non
         assert math.isfinite(result["seconds"][key]) and result["seconds"][key] > 0  # each stage did real work
     content = results_md.read_text()
     assert "kept as is" in content and "## Exact retrieval: the floor on this machine" in content
+
+
+def test_eval_floor_verification_writes_its_ratio(tmp_path: Path) -> None:
+    """eval_floor --verification at a small N: every round's report agrees, the ratio and the section are written."""
+    out, md = tmp_path / "v.json", tmp_path / "R.md"
+    cmd = [sys.executable, "-m", "benchmarks.eval_floor", "--verification", "1200", "--dim", "32", "--classes", "40"]
+    cmd += ["--repeats", "2", "--json", str(out), "--results", str(md)]
+    subprocess.run(cmd, check=True, cwd=ROOT, capture_output=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    result = json.loads(out.read_text())
+    assert result["sizes"]["1200"]["median_ratio"] > 0 and len(result["sizes"]["1200"]["rounds"]) == 2
+    assert "## Exact verification: ratio to the GEMM floor" in md.read_text()
 
 
 def test_eval_floor_certificate_is_a_bound() -> None:

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from distill.evaluation.tile_counts import TileCounts, finish_torch, fold_numpy, fold_torch
 from distill.evaluation.validate import normalised_known, positive_int
 
 __all__ = ["NumpyBackend", "TorchBackend", "float32_keys", "keys_inplace", "make_backend", "tiled_pair_scores", "tiles"]
@@ -54,12 +55,25 @@ class NumpyBackend:
     """Tiles scored with numpy (BLAS) on the CPU; keys are uint32."""
 
     name = "numpy"
+    pipelined = True  # the next tile's GEMM may run while a thread folds this one
 
     def __init__(self, x: np.ndarray, y: np.ndarray) -> None:
         self.x, self.y = x, y
+        self.x_numpy, self.y_numpy = x, y
 
     def scores(self, i0: int, i1: int, j0: int, j1: int) -> np.ndarray:
         return self.x[i0:i1] @ self.x[j0:j1].T
+
+    def fold_scores(self, counts: TileCounts, s: np.ndarray, i0: int, i1: int, j0: int, j1: int) -> None:
+        """Fold one tile's scores into ``counts`` (the compiled fold releases the GIL: see ``pipelined``)."""
+        fold_numpy(counts, s, self.y[i0:i1], self.y[j0:j1], i0 == j0)
+
+    def finish(self, counts: TileCounts) -> None:
+        pass
+
+    def same(self, a: np.ndarray, b: np.ndarray | None) -> bool:
+        """Bit for bit (a tile scored twice must not differ even in the sign of a zero)."""
+        return b is not None and a.shape == b.shape and bool(np.array_equal(a.view(np.int32), b.view(np.int32)))
 
     def tile(self, i0: int, i1: int, j0: int, j1: int) -> tuple[np.ndarray, np.ndarray]:
         """(keys, same-label) of the tile's pairs i < j, flattened."""
@@ -111,6 +125,19 @@ class TorchBackend:
         torch.backends.cuda.matmul.allow_tf32 = False  # TF32 would round the scores to 10-bit mantissas
         self.x = torch.from_numpy(x).to(self.device)
         self.y = torch.from_numpy(y).to(self.device)
+        self.x_numpy, self.y_numpy = x, y
+
+    def fold_scores(self, counts: TileCounts, s: Any, i0: int, i1: int, j0: int, j1: int) -> None:
+        """Fold one tile's scores into ``counts`` on the device."""
+        fold_torch(counts, s, self.y[i0:i1], self.y[j0:j1], i0 == j0)
+
+    def finish(self, counts: TileCounts) -> None:
+        finish_torch(counts)
+
+    def same(self, a: Any, b: Any) -> bool:
+        """Bit for bit."""
+        torch = self.torch
+        return b is not None and a.shape == b.shape and bool(torch.equal(a.view(torch.int32), b.view(torch.int32)))
 
     def close(self) -> None:
         self.torch.backends.cuda.matmul.allow_tf32 = self._tf32

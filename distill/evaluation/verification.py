@@ -19,6 +19,11 @@ scores are recomputed tile by tile in a few passes and only counts are kept:
   ``genuine_cap`` (the usual case: G ≈ N²/(2·classes)) they are collected in pass 1 and the whole job takes
   2 passes; otherwise 2 + (number of groups ≈ genuine pairs in mixed buckets / genuine_cap) passes.
 
+When every genuine key fits in ``genuine_cap`` (the usual case) none of these passes run: the one-pass
+strategy of :mod:`distill.evaluation.one_pass` touches each score once after its GEMM (planned windows, an
+exact tail, a window-only pass only where the plan missed) and feeds the same count-to-metric steps
+(:mod:`distill.evaluation.pair_counts`). The passes below are the strategy for more genuine pairs than that.
+
 So TAR@FAR, ROC AUC and EER are **bit-identical** to ``verification_metrics(genuine, impostor)`` on the
 same scores (same int/float operations on the same counts), not approximations. The EER argument relies
 on FAR - FRR being strictly decreasing over thresholds in float64, true whenever the number of pairs is
@@ -39,13 +44,14 @@ number.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
 from distill.evaluation.metrics import FARS, far_key
+from distill.evaluation.one_pass import DEFAULT_TAIL_CAP, DEFAULT_WINDOW_BUDGET, one_pass_verification
+from distill.evaluation.pair_counts import Histograms, eer, inconsistent, roc, tar, tar_plan
 from distill.evaluation.pair_tiles import float32_keys, make_backend, tiled_pair_scores, tiles
 from distill.evaluation.validate import check_far, normalised_known, positive_int
 from featstore.errors import InvalidInput
@@ -92,13 +98,6 @@ def _empty_report(n_gen: int, n_imp: int, keys: list[str]) -> dict[str, Any]:
     }
 
 
-def _inconsistent(what: str) -> RuntimeError:
-    return RuntimeError(
-        f"pair scores differed between passes ({what}): the scoring backend is not "
-        "deterministic, so no exact result can be given; rerun with use_gpu=False"
-    )
-
-
 def streaming_verification(
     embeddings: Any,
     labels: Any,
@@ -110,6 +109,8 @@ def streaming_verification(
     roc_points: int = 1000,
     genuine_cap: int = DEFAULT_GENUINE_CAP,
     _torch_device: str | None = None,
+    _tail_cap: int = DEFAULT_TAIL_CAP,
+    _window_budget: int = DEFAULT_WINDOW_BUDGET,
 ) -> tuple[dict[str, Any], tuple[np.ndarray, np.ndarray]]:
     """Verification over all unordered pairs i < j, exactly, in bounded memory (see the module docstring).
 
@@ -153,21 +154,23 @@ def streaming_verification(
 
     backend = make_backend(x, y, use_gpu, _torch_device)
     try:
+        if n_gen <= genuine_cap:
+            return one_pass_verification(
+                backend,
+                lambda *a: tiles(*a),  # looked up at each pass, so that a test or benchmark can count passes
+                n,
+                n_gen,
+                n_imp,
+                checked,
+                block,
+                int(bins),
+                roc_points,
+                tail_cap=_tail_cap,
+                window_budget=_window_budget,
+            )
         return _run(backend, n, n_gen, n_imp, checked, block, int(bins), roc_points, genuine_cap)
     finally:
         backend.close()
-
-
-class _Histograms:
-    """Pass-1 counts by first-level bucket (genuine ``hg``, impostor ``hi``) and their cumulative sums."""
-
-    def __init__(self, hg: np.ndarray, hi: np.ndarray, lo: int) -> None:
-        self.hg, self.hi, self.lo = hg, hi, lo
-        self.n_gen, self.n_imp = int(hg.sum()), int(hi.sum())
-        self.imp_ge = np.cumsum(hi[::-1])[::-1]  # impostors in this bucket or higher
-        self.imp_gt = self.imp_ge - hi  # ... in higher buckets
-        self.gen_le = np.cumsum(hg)  # genuine pairs in this bucket or lower
-        self.nonempty = np.flatnonzero(hg + hi)
 
 
 def _run(
@@ -187,13 +190,13 @@ def _run(
         raise AssertionError("pass 1 counted the wrong number of pairs")  # a bug, not bad input
 
     # buckets to refine to full keys: each FAR's threshold, the EER crossing, the highest impostor (ROC edge)
-    tar_plan = _tar_plan(hist, checked)
+    plans = tar_plan(hist, checked)
     d = hist.imp_gt[hist.nonempty] / n_imp - hist.gen_le[hist.nonempty] / n_gen  # FAR - FRR at bucket tops
     first = int(np.flatnonzero(d <= 0)[0])  # exists: at the top bucket FAR = 0 and FRR = 1
     eer_bucket = int(hist.nonempty[first])
     eer_prev = int(hist.nonempty[first - 1]) if first > 0 else None
     top_imp_bucket = int(np.flatnonzero(hist.hi)[-1])
-    refine = sorted({eer_bucket, top_imp_bucket} | {p[0] for p in tar_plan.values() if isinstance(p, tuple)})
+    refine = sorted({eer_bucket, top_imp_bucket} | {p[0] for p in plans.values() if isinstance(p, tuple)})
 
     groups = _auc_groups(hist, genuine_cap, collected=gen_keys is not None)
     refined, within = _later_passes(backend, n, block, hist, refine, groups, gen_keys)
@@ -204,16 +207,16 @@ def _run(
     report = {
         "num_genuine": n_gen,
         "num_impostor": n_imp,
-        "tar_at_far": {key: _tar(hist, plan, refined, slot_of) for key, plan in tar_plan.items()},
+        "tar_at_far": {key: tar(hist, plan, refined, slot_of) for key, plan in plans.items()},
         "roc_auc": (2 * cross + within) / (2 * n_gen * n_imp),  # exact integers, one rounding: as metrics
-        "eer": _eer(hist, refined[slot_of[eer_bucket]], eer_bucket, eer_prev),
+        "eer": eer(hist, refined[slot_of[eer_bucket]], eer_bucket, eer_prev),
     }
-    return report, _roc(refine, refined, hist, roc_points)
+    return report, roc(refine, refined, hist, roc_points)
 
 
 def _first_pass(
     backend: Any, n: int, block: int, bins: int, lo: int, collect: int | None
-) -> tuple[_Histograms, np.ndarray | None]:
+) -> tuple[Histograms, np.ndarray | None]:
     """First-level histograms; with ``collect`` = the number of genuine pairs, also every genuine key."""
     all_hist = np.zeros(bins, dtype=np.int64)
     hg = np.zeros(bins, dtype=np.int64)
@@ -231,26 +234,10 @@ def _first_pass(
             if gen_keys is not None:
                 gen_keys[filled : filled + m] = backend.to_keys(gk)
                 filled += m
-    return _Histograms(hg, all_hist - hg, lo), gen_keys
+    return Histograms(hg, all_hist - hg, lo), gen_keys
 
 
-def _tar_plan(hist: _Histograms, checked: list) -> dict[str, Any]:
-    """Per FAR key: None (far · N_imp < 1), "all" (threshold -inf) or (bucket of the threshold, its rank
-    from the top within that bucket). The threshold is the (k+1)-th largest impostor, k = floor(far · N_imp)."""
-    plan: dict[str, Any] = {}
-    for key, far in checked:
-        k = math.floor(far * hist.n_imp)  # exact: Fraction * int
-        if k < 1:
-            plan[key] = None
-        elif k >= hist.n_imp:
-            plan[key] = "all"
-        else:
-            b = int(np.flatnonzero(hist.imp_ge >= k + 1)[-1])
-            plan[key] = (b, k + 1 - int(hist.imp_gt[b]))
-    return plan
-
-
-def _auc_groups(hist: _Histograms, genuine_cap: int, collected: bool) -> list[np.ndarray]:
+def _auc_groups(hist: Histograms, genuine_cap: int, collected: bool) -> list[np.ndarray]:
     """Buckets holding both genuine and impostor pairs, in groups of at most ``genuine_cap`` genuine pairs
     (one group when pass 1 already collected every genuine key; a bucket is never split)."""
     mixed = np.flatnonzero((hist.hg > 0) & (hist.hi > 0))
@@ -272,7 +259,7 @@ def _later_passes(
     backend: Any,
     n: int,
     block: int,
-    hist: _Histograms,
+    hist: Histograms,
     refine: list[int],
     groups: list[np.ndarray],
     gen_keys: np.ndarray | None,
@@ -336,40 +323,17 @@ def _later_passes(
             refined = ref_counts.flush().reshape(refined.shape)
             for s, b in enumerate(refine):
                 if int(refined[s, 0].sum()) != hist.hi[b] or int(refined[s, 1].sum()) != hist.hg[b]:
-                    raise _inconsistent(f"bucket {b} refined")
+                    raise inconsistent(f"bucket {b} refined")
         if count is not None:
             within += _within_bucket(count[2].flush(), uniq, mult, sorted_keys, group, hist.hi, lo)
         pending = None
         if collect is not None:
             collected = np.sort(np.concatenate(parts)) if parts else np.empty(0, dtype=np.uint32)
             if collected.size != int(hist.hg[collect].sum()):
-                raise _inconsistent("genuine pairs in mixed buckets")
+                raise inconsistent("genuine pairs in mixed buckets")
             pending = (collect, collected)
         first = False
     return refined, within
-
-
-def _tar(hist: _Histograms, plan: Any, refined: np.ndarray, slot_of: dict[int, int]) -> float | None:
-    if plan is None:
-        return None
-    if plan == "all":
-        return hist.n_gen / hist.n_gen
-    b, r = plan
-    li, lg = refined[slot_of[b], 0], refined[slot_of[b], 1]
-    low = int(np.flatnonzero(np.cumsum(li[::-1])[::-1] >= r)[-1])  # second-level part of the threshold key
-    accepted = int(hist.n_gen - hist.gen_le[b]) + int(lg[low + 1 :].sum())  # genuine strictly above it
-    return accepted / hist.n_gen
-
-
-def _eer(hist: _Histograms, ref: np.ndarray, bucket: int, prev: int | None) -> float:
-    """EER from the thresholds around the FAR - FRR sign change, in ascending order: the previous bucket's
-    top (or -inf) and every key in ``bucket``; the same float operations as :mod:`distill.evaluation.metrics`."""
-    imp_above, gen_at_or_below = _refined_counts(ref, bucket, hist)
-    head_imp, head_gen = (hist.n_imp, 0) if prev is None else (hist.imp_gt[prev], hist.gen_le[prev])
-    far = np.concatenate(([head_imp], imp_above)) / hist.n_imp
-    frr = np.concatenate(([head_gen], gen_at_or_below)) / hist.n_gen
-    best = int(np.argmin(np.abs(far - frr)))
-    return float((far[best] + frr[best]) / 2)
 
 
 def _within_bucket(
@@ -390,7 +354,7 @@ def _within_bucket(
     """
     cnt = slot_counts.reshape(-1, 2)
     if int(cnt.sum()) != int(hi[group].sum()):
-        raise _inconsistent("impostors in mixed buckets")
+        raise inconsistent("impostors in mixed buckets")
     less = np.concatenate(([0], np.cumsum(mult)))  # genuine keys below uniq[p]; p = uniq.size: all of them
     eq = np.append(mult, 0)
     end = np.searchsorted(sorted_keys, (group.astype(np.uint64) + 1) << np.uint64(lo))
@@ -402,40 +366,3 @@ def _within_bucket(
     else:
         total -= sum(int(a) * 2 * int(lo) + int(b) * (2 * int(lo) + int(e)) for a, b, lo, e in zip(c0, c1, ls, eqs))
     return total
-
-
-def _refined_counts(ref: np.ndarray, b: int, hist: _Histograms) -> tuple[np.ndarray, np.ndarray]:
-    """(#impostor > t, #genuine <= t) at each distinct key t inside refined bucket ``b``, ascending."""
-    li, lg = ref[0], ref[1]
-    lows = np.flatnonzero(li + lg)
-    imp_above = hist.imp_gt[b] + (np.cumsum(li[::-1])[::-1] - li)[lows]
-    gen_at_or_below = hist.gen_le[b] - hist.hg[b] + np.cumsum(lg)[lows]
-    return imp_above.astype(np.int64), gen_at_or_below.astype(np.int64)
-
-
-def _roc(refine: list[int], refined: np.ndarray, hist: _Histograms, max_points: int) -> tuple[np.ndarray, np.ndarray]:
-    """Exact ROC points at every bucket's top threshold and every key of the refined buckets, down-sampled
-    as :func:`distill.evaluation.metrics.roc_curve` does (both ends and the FAR = 0 point of highest TAR kept)."""
-    lo, ne = hist.lo, hist.nonempty
-    order_keys = [(ne.astype(np.int64) << lo) | ((1 << lo) - 1)]
-    imp_above = [hist.imp_gt[ne]]
-    gen_below = [hist.gen_le[ne]]
-    for s, b in enumerate(refine):
-        ia, gb = _refined_counts(refined[s], b, hist)
-        order_keys.append((np.int64(b) << lo) | np.flatnonzero(refined[s, 0] + refined[s, 1]))
-        imp_above.append(ia)
-        gen_below.append(gb)
-    order = np.argsort(-np.concatenate(order_keys), kind="stable")  # descending threshold: up and right
-    ia = np.concatenate((np.concatenate(imp_above)[order], [hist.n_imp]))  # t = -inf last
-    gb = np.concatenate((np.concatenate(gen_below)[order], [0]))
-    far = ia / hist.n_imp
-    tar = 1.0 - gb / hist.n_gen
-    distinct = np.ones(far.size, dtype=bool)
-    distinct[1:] = (far[1:] != far[:-1]) | (tar[1:] != tar[:-1])
-    far, tar = far[distinct], tar[distinct]
-    if far.size > max_points:
-        zero_far_top = int(np.searchsorted(far, 0.0, side="right")) - 1
-        idx = np.unique(np.round(np.linspace(0, far.size - 1, max_points - 1)).astype(np.int64))
-        idx = np.union1d(idx, [zero_far_top])
-        far, tar = far[idx], tar[idx]
-    return far.astype(np.float64), tar.astype(np.float64)

@@ -1,0 +1,303 @@
+"""Exact all-pairs verification in one pass over the score tiles in the usual case (all genuine keys fit).
+
+One responsibility: the strategy of :func:`distill.evaluation.verification.streaming_verification` when the
+genuine pairs fit in memory. Every score is touched once after its GEMM (:mod:`distill.evaluation.tile_counts`):
+
+1. **Plan.** Approximate scores — a random ``m x m`` sample of pairs for the impostors, one small product per
+   class for the genuine pairs — estimate where the thresholds fall: each FAR's threshold, the EER crossing,
+   the highest impostor and the first-level buckets that hold both genuine and impostor pairs (the exact AUC
+   needs their full keys). Estimates need not be exact: they only choose what to keep.
+2. **One pass** keeps the histogram of all keys, every genuine key, full-resolution counts of the planned
+   buckets (*windows*) and the exact keys at or above a *cut* (the sparse top of the distribution, where small
+   FARs and the highest impostor live). Impostor counts = all minus genuine, so no tile is masked.
+3. **Resolve.** From the exact histograms, the buckets that matter are known exactly. Each is resolved from a
+   window or from the tail; a bucket the plan missed (a window that misses) is refined by one more pass over
+   the tiles that feeds only windows — correct, only slower.
+
+The last tile is scored again at the end and must give the same bits: a non-deterministic backend is refused
+rather than trusted (the other passes, when any, are checked against the first pass's counts).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import numpy as np
+
+from distill.evaluation.pair_counts import Histograms, eer, inconsistent, roc, tar, tar_plan
+from distill.evaluation.tile_counts import NO_TAIL, TileCounts
+
+__all__ = ["DEFAULT_TAIL_CAP", "DEFAULT_WINDOW_BUDGET", "one_pass_verification"]
+
+DEFAULT_TAIL_CAP = 1 << 22
+"""Exact tail keys held (16 MiB of uint32); the cut is planned for a quarter of it."""
+DEFAULT_WINDOW_BUDGET = 1 << 27
+"""Bytes of full-resolution window counts (128 MiB): 512 windows of 2^16 int32 counts at the default bins."""
+SAMPLE_SIDE = 2048
+"""Rows and columns of the random sample of pairs the plan estimates impostor quantiles from."""
+SIGMAS = 5.0
+"""Half-width, in binomial standard deviations (plus 3 pairs), of the rank interval a window covers."""
+EER_BUCKETS = 3
+"""Windows on each side of the estimated EER bucket."""
+
+
+def one_pass_verification(
+    backend: Any,
+    tiles: Callable[[int, int], Iterator[tuple[int, int, int, int]]],
+    n: int,
+    n_gen: int,
+    n_imp: int,
+    checked: list,
+    block: int,
+    bins: int,
+    roc_points: int,
+    tail_cap: int = DEFAULT_TAIL_CAP,
+    window_budget: int = DEFAULT_WINDOW_BUDGET,
+) -> tuple[dict[str, Any], tuple[np.ndarray, np.ndarray]]:
+    """The report and ROC points of :func:`streaming_verification` (same contract), with every genuine key held.
+
+    Args:
+        backend: a scoring backend of :mod:`distill.evaluation.pair_tiles` (``scores``, ``fold_scores``, ``finish``, ``same``).
+        tiles: the tile order (called once per pass).
+        n, n_gen, n_imp: samples, genuine and impostor pairs.
+        checked: ``[(report key, far)]``.
+        block, bins, roc_points: as for :func:`streaming_verification`.
+        tail_cap: most exact tail keys held.
+        window_budget: most bytes of window counts held at once.
+    """
+    lo = 32 - (bins.bit_length() - 1)
+    sub_dtype = np.int32 if n * (n - 1) // 2 < (1 << 31) else np.int64
+    max_windows = max(1, window_budget // ((1 << lo) * np.dtype(sub_dtype).itemsize))
+    slots, cut = _plan(backend.x_numpy, backend.y_numpy, n_gen, n_imp, checked, bins, lo, tail_cap, max_windows)
+    counts = TileCounts.empty(bins, n_gen, slots, sub_dtype, tail_cap, cut)
+    grid = list(tiles(n, block))
+    kept = _fold_all(backend, counts, grid)
+    if grid and not backend.same(backend.scores(*grid[-1]), kept):
+        raise inconsistent("the last tile scored again")
+    gen = np.sort(counts.genuine_keys())
+    if counts.gen_filled != n_gen:
+        raise AssertionError("the pass collected the wrong number of genuine pairs")  # a bug, not bad input
+    hg = np.bincount(gen >> np.uint32(lo), minlength=bins).astype(np.int64)
+    hist = Histograms(hg, counts.hist - hg, lo)
+    if hist.n_imp != n_imp or np.any(hist.hi < 0):
+        raise AssertionError("the pass counted the wrong number of pairs")
+
+    plans = tar_plan(hist, checked)
+    d = hist.imp_gt[hist.nonempty] / n_imp - hist.gen_le[hist.nonempty] / n_gen  # FAR - FRR at bucket tops
+    first = int(np.flatnonzero(d <= 0)[0])  # exists: at the top bucket FAR = 0 and FRR = 1
+    eer_bucket = int(hist.nonempty[first])
+    eer_prev = int(hist.nonempty[first - 1]) if first > 0 else None
+    top_imp_bucket = int(np.flatnonzero(hist.hi)[-1])
+    refine = sorted({eer_bucket, top_imp_bucket} | {p[0] for p in plans.values() if isinstance(p, tuple)})
+    mixed = np.flatnonzero((hist.hg > 0) & (hist.hi > 0))
+    full = _Resolver(backend, tiles, n, block, counts, gen, hist, sub_dtype, max_windows)
+    full.prepare(sorted(set(refine) | set(mixed.tolist())))
+
+    refined = np.stack([full.split(b) for b in refine])
+    within = sum(_within(*full.split(int(b))) for b in mixed)
+    slot_of = {b: s for s, b in enumerate(refine)}
+    imp_lt = n_imp - hist.imp_ge
+    cross = sum(int(hist.hg[b]) * int(imp_lt[b]) for b in np.flatnonzero(hist.hg))
+    report = {
+        "num_genuine": n_gen,
+        "num_impostor": n_imp,
+        "tar_at_far": {key: tar(hist, plan, refined, slot_of) for key, plan in plans.items()},
+        "roc_auc": (2 * cross + within) / (2 * n_gen * n_imp),  # exact integers, one rounding: as metrics
+        "eer": eer(hist, refined[slot_of[eer_bucket]], eer_bucket, eer_prev),
+    }
+    return report, roc(refine, refined, hist, roc_points)
+
+
+def _fold_all(backend: Any, counts: TileCounts, grid: list[tuple[int, int, int, int]]) -> Any:
+    """Score and fold every tile of ``grid``; returns the last tile's scores. On a pipelined backend (numpy:
+    the compiled fold releases the GIL) tile t is folded on a second thread while tile t + 1's GEMM runs, so
+    no core waits for the other step; two tiles of scores are alive at most."""
+    if not getattr(backend, "pipelined", False):
+        last = None
+        for tile in grid:
+            last = backend.scores(*tile)
+            backend.fold_scores(counts, last, *tile)
+        backend.finish(counts)
+        return last
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="fsd-fold") as pool:
+        pending = None
+        last = None
+        for tile in grid:
+            last = backend.scores(*tile)
+            if pending is not None:
+                pending.result()
+            pending = pool.submit(backend.fold_scores, counts, last, *tile)
+        if pending is not None:
+            pending.result()
+    backend.finish(counts)
+    return last
+
+
+def _within(imp: np.ndarray, gen: np.ndarray) -> int:
+    """Σ over the impostors i of one bucket of 2·#{genuine in the bucket, key > i} + #{genuine == i}, exactly."""
+    nz = np.flatnonzero(imp)
+    gen_gt = (np.cumsum(gen[::-1])[::-1] - gen)[nz]
+    terms_bound = int(imp.sum()) * (2 * int(gen.sum()) + 1)
+    if terms_bound < (1 << 62):  # int64 cannot overflow
+        return int(np.sum(imp[nz].astype(np.int64) * (2 * gen_gt + gen[nz])))
+    return sum(int(a) * (2 * int(g) + int(e)) for a, g, e in zip(imp[nz], gen_gt, gen[nz]))
+
+
+class _Resolver:
+    """Full-resolution (impostor, genuine) counts of any first-level bucket: from its window, from the tail,
+    or from extra window-only passes for the buckets neither holds (:meth:`prepare`)."""
+
+    def __init__(self, backend, tiles, n, block, counts: TileCounts, gen, hist: Histograms, sub_dtype, max_windows):
+        self.backend, self.tiles, self.n, self.block = backend, tiles, n, block
+        self.counts, self.gen, self.hist = counts, gen, hist
+        self.sub_dtype, self.max_windows = sub_dtype, max_windows
+        self.sub = 1 << hist.lo
+        self.extra: dict[int, np.ndarray] = {}
+        self.tail: np.ndarray | None = None
+        cut_bucket = counts.cut >> hist.lo if counts.cut != NO_TAIL else hist.hg.size
+        self.tail_from = hist.hg.size if counts.tail_overflowed else cut_bucket
+
+    def prepare(self, buckets: list[int]) -> None:
+        lo = self.hist.lo
+        in_tail = [b for b in buckets if b >= self.tail_from and self.counts.slot[b] < 0]
+        if in_tail:
+            table = np.zeros(self.hist.hg.size, dtype=bool)
+            table[in_tail] = True
+            keys = self.counts.tail_keys()
+            self.tail = np.sort(keys[table[keys >> np.uint32(lo)]])
+        missing = [b for b in buckets if self.counts.slot[b] < 0 and b < self.tail_from]
+        for start in range(0, len(missing), self.max_windows):
+            group = missing[start : start + self.max_windows]
+            slots = np.full(self.hist.hg.size, -1, dtype=np.int32)
+            slots[group] = np.arange(len(group), dtype=np.int32)
+            extra = TileCounts.empty(self.hist.hg.size, 0, slots, self.sub_dtype, 0, NO_TAIL, count_all=False)
+            _fold_all(self.backend, extra, list(self.tiles(self.n, self.block)))
+            for s, b in enumerate(group):
+                self.extra[b] = extra.windows[s].astype(np.int64)
+
+    def _all(self, b: int) -> np.ndarray:
+        lo, sub = self.hist.lo, self.sub
+        if self.counts.slot[b] >= 0:
+            return self.counts.windows[self.counts.slot[b]].astype(np.int64)
+        if b in self.extra:
+            return self.extra[b]
+        if self.tail is None:
+            raise AssertionError(f"bucket {b} was neither windowed nor in the tail")
+        i0, i1 = _bucket_slice(self.tail, b, lo)
+        return np.bincount(self.tail[i0:i1] & np.uint32(sub - 1), minlength=sub).astype(np.int64)
+
+    def split(self, b: int) -> np.ndarray:
+        """``[impostor counts, genuine counts]`` by the low key bits of bucket ``b`` (shape ``(2, 2^lo)``)."""
+        lo, sub = self.hist.lo, self.sub
+        all_counts = self._all(b)
+        g0, g1 = _bucket_slice(self.gen, b, lo)
+        gen = np.bincount(self.gen[g0:g1] & np.uint32(sub - 1), minlength=sub).astype(np.int64)
+        imp = all_counts - gen
+        if int(all_counts.sum()) != int(self.hist.hg[b] + self.hist.hi[b]) or np.any(imp < 0):
+            raise inconsistent(f"bucket {b} refined")
+        return np.stack([imp, gen])
+
+
+def _bucket_slice(sorted_keys: np.ndarray, b: int, lo: int) -> tuple[int, int]:
+    """[start, end) of first-level bucket ``b`` in sorted uint32 keys."""
+    start = int(np.searchsorted(sorted_keys, np.uint32(b << lo), side="left"))
+    top = (b + 1) << lo
+    end = sorted_keys.size if top > 0xFFFFFFFF else int(np.searchsorted(sorted_keys, np.uint32(top), side="left"))
+    return start, end
+
+
+def _plan(
+    x: np.ndarray,
+    y: np.ndarray,
+    n_gen: int,
+    n_imp: int,
+    checked: list,
+    bins: int,
+    lo: int,
+    tail_cap: int,
+    max_windows: int,
+) -> tuple[np.ndarray, int]:
+    """(window slot of every first-level bucket, tail cut) from approximate scores (see the module docstring)."""
+    imp_hist, f = _sampled_impostors(x, y, bins, lo, n_imp)
+    gen_hist = _approximate_genuine(x, y, bins, lo)
+    est_ge = np.cumsum((imp_hist / f + gen_hist)[::-1])[::-1]  # estimated pairs in this bucket or higher
+    fits = np.flatnonzero(est_ge <= tail_cap / 4)
+    cut_bucket = int(fits[0]) if fits.size else bins
+    cut_bucket = max(cut_bucket, 0)
+    cut = (cut_bucket << lo) if cut_bucket < bins else NO_TAIL
+
+    imp_ge = np.cumsum(imp_hist[::-1])[::-1]  # sampled impostors in this bucket or higher
+    imp_gt = imp_ge - imp_hist
+    wanted: list[int] = []
+
+    def around_rank(rank: float) -> None:
+        mu = rank * f
+        s_lo, s_hi = mu - SIGMAS * math.sqrt(mu) - 3, mu + SIGMAS * math.sqrt(mu) + 3
+        hit = np.flatnonzero((imp_gt < s_hi) & (imp_ge >= s_lo))
+        if hit.size:
+            wanted.extend(range(max(int(hit[0]) - 1, 0), min(int(hit[-1]) + 2, bins)))
+
+    for _, far in checked:
+        k = math.floor(far * n_imp)
+        if 1 <= k < n_imp:
+            around_rank(k + 1)
+    gen_le = np.cumsum(gen_hist)
+    d = imp_gt / f / n_imp - gen_le / max(n_gen, 1)
+    crossing = np.flatnonzero(d <= 0)
+    if crossing.size:
+        b = int(crossing[0])
+        wanted.extend(range(max(b - EER_BUCKETS, 0), min(b + EER_BUCKETS + 1, bins)))
+    sampled = np.flatnonzero(imp_hist)
+    if sampled.size:
+        around_rank(1)  # the highest impostor
+        low = max(int(sampled[0]) - 2, 0)
+        has_gen = np.flatnonzero(gen_hist)
+        for b in has_gen[has_gen >= low]:
+            wanted.extend(range(max(int(b) - 1, 0), min(int(b) + 2, bins)))
+    slots = np.full(bins, -1, dtype=np.int32)
+    chosen: list[int] = []
+    for b in wanted:  # in priority order: FAR thresholds, EER, top impostor, mixed buckets
+        if b < cut_bucket and slots[b] < 0 and len(chosen) < max_windows:
+            slots[b] = len(chosen)
+            chosen.append(b)
+    return slots, cut
+
+
+def _sampled_impostors(x: np.ndarray, y: np.ndarray, bins: int, lo: int, n_imp: int) -> tuple[np.ndarray, float]:
+    """First-level histogram of the impostor pairs among a random ``SAMPLE_SIDE``² sample of pairs, and the
+    sampled fraction of all impostor pairs."""
+    from distill.evaluation.pair_tiles import keys_inplace
+
+    n = y.size
+    rng = np.random.default_rng(0)
+    m = min(n, SAMPLE_SIDE)
+    rows, cols = rng.choice(n, size=m, replace=False), rng.choice(n, size=m, replace=False)
+    keys = keys_inplace(x[rows] @ x[cols].T)
+    impostor = (y[rows, None] != y[None, cols]) & (rows[:, None] != cols[None, :])
+    hist = np.bincount((keys[impostor] >> np.uint32(lo)).astype(np.int64), minlength=bins)
+    # ordered pairs: each impostor pair can be drawn as (r, c) and as (c, r); the ratio stays unbiased
+    return hist.astype(np.float64), max(int(impostor.sum()), 1) / n_imp
+
+
+def _approximate_genuine(x: np.ndarray, y: np.ndarray, bins: int, lo: int, chunk_bytes: int = 1 << 26) -> np.ndarray:
+    """First-level histogram of every genuine pair's score computed class by class (the same scores as the
+    tiles' up to the last bits): classes of equal size go through one batched product."""
+    from distill.evaluation.pair_tiles import keys_inplace
+
+    order = np.argsort(y, kind="stable")
+    _, starts, sizes = np.unique(y[order], return_index=True, return_counts=True)
+    hist = np.zeros(bins, dtype=np.float64)
+    d = x.shape[1]
+    for size in np.unique(sizes[sizes >= 2]):
+        group = starts[sizes == size]
+        upper = np.triu(np.ones((size, size), dtype=bool), 1)
+        per = max(1, chunk_bytes // (4 * int(size) * max(int(size), d)))
+        for c0 in range(0, group.size, per):
+            idx = order[group[c0 : c0 + per, None] + np.arange(size)[None, :]]
+            xs = x[idx]  # (classes, size, D)
+            keys = keys_inplace(np.matmul(xs, xs.transpose(0, 2, 1)))[:, upper]
+            hist += np.bincount((keys.reshape(-1) >> np.uint32(lo)).astype(np.int64), minlength=bins)
+    return hist

@@ -1,0 +1,111 @@
+"""Exact verification metrics from counts of order-preserving score keys: the part every pass strategy shares.
+
+One responsibility: given the first-level histograms of genuine and impostor keys (:class:`Histograms`) and
+full-resolution counts of a few refined buckets, give TAR@FAR, EER and the ROC points with exactly the integer
+and float operations of :func:`distill.evaluation.metrics.verification_metrics` (docs/evaluation.md), so that the
+results are bit-identical to the materialising path.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+__all__ = ["Histograms", "eer", "inconsistent", "refined_counts", "roc", "tar", "tar_plan"]
+
+
+def inconsistent(what: str) -> RuntimeError:
+    return RuntimeError(
+        f"pair scores differed between passes ({what}): the scoring backend is not "
+        "deterministic, so no exact result can be given; rerun with use_gpu=False"
+    )
+
+
+class Histograms:
+    """Pass-1 counts by first-level bucket (genuine ``hg``, impostor ``hi``) and their cumulative sums."""
+
+    def __init__(self, hg: np.ndarray, hi: np.ndarray, lo: int) -> None:
+        self.hg, self.hi, self.lo = hg, hi, lo
+        self.n_gen, self.n_imp = int(hg.sum()), int(hi.sum())
+        self.imp_ge = np.cumsum(hi[::-1])[::-1]  # impostors in this bucket or higher
+        self.imp_gt = self.imp_ge - hi  # ... in higher buckets
+        self.gen_le = np.cumsum(hg)  # genuine pairs in this bucket or lower
+        self.nonempty = np.flatnonzero(hg + hi)
+
+
+def tar_plan(hist: Histograms, checked: list) -> dict[str, Any]:
+    """Per FAR key: None (far · N_imp < 1), "all" (threshold -inf) or (bucket of the threshold, its rank
+    from the top within that bucket). The threshold is the (k+1)-th largest impostor, k = floor(far · N_imp)."""
+    plan: dict[str, Any] = {}
+    for key, far in checked:
+        k = math.floor(far * hist.n_imp)  # exact: Fraction * int
+        if k < 1:
+            plan[key] = None
+        elif k >= hist.n_imp:
+            plan[key] = "all"
+        else:
+            b = int(np.flatnonzero(hist.imp_ge >= k + 1)[-1])
+            plan[key] = (b, k + 1 - int(hist.imp_gt[b]))
+    return plan
+
+
+def tar(hist: Histograms, plan: Any, refined: np.ndarray, slot_of: dict[int, int]) -> float | None:
+    if plan is None:
+        return None
+    if plan == "all":
+        return hist.n_gen / hist.n_gen
+    b, r = plan
+    li, lg = refined[slot_of[b], 0], refined[slot_of[b], 1]
+    low = int(np.flatnonzero(np.cumsum(li[::-1])[::-1] >= r)[-1])  # second-level part of the threshold key
+    accepted = int(hist.n_gen - hist.gen_le[b]) + int(lg[low + 1 :].sum())  # genuine strictly above it
+    return accepted / hist.n_gen
+
+
+def eer(hist: Histograms, ref: np.ndarray, bucket: int, prev: int | None) -> float:
+    """EER from the thresholds around the FAR - FRR sign change, in ascending order: the previous bucket's
+    top (or -inf) and every key in ``bucket``; the same float operations as :mod:`distill.evaluation.metrics`."""
+    imp_above, gen_at_or_below = refined_counts(ref, bucket, hist)
+    head_imp, head_gen = (hist.n_imp, 0) if prev is None else (hist.imp_gt[prev], hist.gen_le[prev])
+    far = np.concatenate(([head_imp], imp_above)) / hist.n_imp
+    frr = np.concatenate(([head_gen], gen_at_or_below)) / hist.n_gen
+    best = int(np.argmin(np.abs(far - frr)))
+    return float((far[best] + frr[best]) / 2)
+
+
+def refined_counts(ref: np.ndarray, b: int, hist: Histograms) -> tuple[np.ndarray, np.ndarray]:
+    """(#impostor > t, #genuine <= t) at each distinct key t inside refined bucket ``b``, ascending."""
+    li, lg = ref[0], ref[1]
+    lows = np.flatnonzero(li + lg)
+    imp_above = hist.imp_gt[b] + (np.cumsum(li[::-1])[::-1] - li)[lows]
+    gen_at_or_below = hist.gen_le[b] - hist.hg[b] + np.cumsum(lg)[lows]
+    return imp_above.astype(np.int64), gen_at_or_below.astype(np.int64)
+
+
+def roc(refine: list[int], refined: np.ndarray, hist: Histograms, max_points: int) -> tuple[np.ndarray, np.ndarray]:
+    """Exact ROC points at every bucket's top threshold and every key of the refined buckets, down-sampled
+    as :func:`distill.evaluation.metrics.roc_curve` does (both ends and the FAR = 0 point of highest TAR kept)."""
+    lo, ne = hist.lo, hist.nonempty
+    order_keys = [(ne.astype(np.int64) << lo) | ((1 << lo) - 1)]
+    imp_above = [hist.imp_gt[ne]]
+    gen_below = [hist.gen_le[ne]]
+    for s, b in enumerate(refine):
+        ia, gb = refined_counts(refined[s], b, hist)
+        order_keys.append((np.int64(b) << lo) | np.flatnonzero(refined[s, 0] + refined[s, 1]))
+        imp_above.append(ia)
+        gen_below.append(gb)
+    order = np.argsort(-np.concatenate(order_keys), kind="stable")  # descending threshold: up and right
+    ia = np.concatenate((np.concatenate(imp_above)[order], [hist.n_imp]))  # t = -inf last
+    gb = np.concatenate((np.concatenate(gen_below)[order], [0]))
+    far = ia / hist.n_imp
+    tar = 1.0 - gb / hist.n_gen
+    distinct = np.ones(far.size, dtype=bool)
+    distinct[1:] = (far[1:] != far[:-1]) | (tar[1:] != tar[:-1])
+    far, tar = far[distinct], tar[distinct]
+    if far.size > max_points:
+        zero_far_top = int(np.searchsorted(far, 0.0, side="right")) - 1
+        idx = np.unique(np.round(np.linspace(0, far.size - 1, max_points - 1)).astype(np.int64))
+        idx = np.union1d(idx, [zero_far_top])
+        far, tar = far[idx], tar[idx]
+    return far.astype(np.float64), tar.astype(np.float64)
