@@ -1,5 +1,7 @@
-"""File helpers: atomic output (write to a temporary name in the same directory, fsync, then rename) and
-content hashes (the provenance stores and checkpoints record).
+"""File helpers: atomic output and content hashes.
+
+Atomic output writes to a temporary name in the same directory, fsyncs, then renames; content hashes are the
+provenance stores and checkpoints record.
 
 Why atomic: a checkpoint, report or export must never exist half-written. A reader sees either the old file or
 the complete new one, whatever moment a process is killed at (rename is atomic on POSIX within a file
@@ -20,7 +22,14 @@ from featstore.errors import InvalidInput
 
 
 def ensure_parent(path: Path) -> None:
-    """Create ``path``'s folder, or raise InvalidInput (not a traceback) when a file or permissions block it."""
+    """Create ``path``'s folder, or raise InvalidInput (not a traceback) when a file or permissions block it.
+
+    Args:
+        path: the file whose parent folder must exist.
+
+    Raises:
+        InvalidInput: the folder cannot be created (a file in the way, permissions, a read-only disk).
+    """
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -33,6 +42,15 @@ def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
 
     The caller writes the temporary path with any library (torch.save, h5py, matplotlib). On an exception
     the temporary file is removed and ``target`` is left untouched.
+
+    Args:
+        target: the output file to replace.
+
+    Yields:
+        The temporary path to write.
+
+    Raises:
+        InvalidInput: ``target`` is a directory, or its folder cannot be created or written.
     """
     with atomic_paths(target) as (tmp,):
         yield tmp
@@ -46,7 +64,17 @@ def atomic_paths(*targets: str | os.PathLike[str]) -> Iterator[list[Path]]:
     renamed until every file is complete, so a failure while writing (disk full) leaves every target as it
     was. A kill between two renames leaves the first targets new and the rest old: callers order the targets
     so that the next run can tell (``distill.models.export`` renames the parity record, naming the model's
-    sha256, before the model)."""
+    sha256, before the model).
+
+    Args:
+        *targets: the output files, in the order they are renamed.
+
+    Yields:
+        One temporary path per target, in the same order.
+
+    Raises:
+        InvalidInput: a target is a directory, or its folder cannot be created or written.
+    """
     paths = [Path(t) for t in targets]
     with contextlib.ExitStack() as stack:
         temporaries = [stack.enter_context(_temporary_beside(path)) for path in paths]
@@ -60,8 +88,10 @@ def atomic_paths(*targets: str | os.PathLike[str]) -> Iterator[list[Path]]:
 
 @contextlib.contextmanager
 def _temporary_beside(target: Path) -> Iterator[Path]:
-    """An empty temporary file next to ``target`` (same file system: the rename is atomic), removed on exit
-    unless it was renamed onto ``target``."""
+    """Yield an empty temporary file next to ``target``, removed on exit unless it is renamed onto ``target``.
+
+    Next to it, so on the same file system, where the rename is atomic.
+    """
     if target.is_dir():
         raise InvalidInput(f"cannot write {target}: it is a directory")
     ensure_parent(target)
@@ -78,15 +108,23 @@ def _temporary_beside(target: Path) -> Iterator[Path]:
 
 
 def _persist(tmp: Path) -> None:
-    """fsync a finished temporary file and give it the permissions the umask asks for (mkstemp makes 0600)."""
+    """Flush a finished temporary file to disk (fsync) and give it the permissions the umask asks for (mkstemp makes 0600)."""
     with open(tmp, "rb+") as handle:
         os.fsync(handle.fileno())
     os.chmod(tmp, 0o666 & ~_umask())
 
 
 def atomic_torch_save(obj: Any, target: str | os.PathLike[str]) -> None:
-    """``torch.save(obj)`` to ``target`` atomically; a write the machine refuses is an OSError naming ``target``
-    (see :func:`torch_write_errors`)."""
+    """Write ``torch.save(obj)`` to ``target`` atomically.
+
+    Args:
+        obj: what to save (a checkpoint dictionary, a tensor).
+        target: the output file.
+
+    Raises:
+        OSError: the machine refuses the write (disk full, a quota); it names ``target`` (see
+            :func:`torch_write_errors`).
+    """
     import torch
 
     with atomic_path(target) as tmp, torch_write_errors(target), open(tmp, "wb") as handle:
@@ -95,14 +133,21 @@ def atomic_torch_save(obj: Any, target: str | os.PathLike[str]) -> None:
 
 @contextlib.contextmanager
 def torch_write_errors(target: str | os.PathLike[str]) -> Iterator[None]:
-    """Around a torch writer (``torch.save``, ``torch.jit.save``) given a Python file handle: a write the
-    machine refuses (disk full, a quota) leaves as an OSError with its errno, naming ``target``.
+    """Turn a failed write of a torch writer given a Python file handle into an OSError naming ``target``.
 
-    Why: torch's writers report a failed write as a RuntimeError ("PytorchStreamWriter failed writing file"),
+    Wraps ``torch.save`` or ``torch.jit.save``: a write the machine refuses (disk full, a quota) leaves as an
+    OSError with its errno. Why: torch's writers report a failed write as a RuntimeError ("PytorchStreamWriter failed writing file"),
     so no caller could tell a full disk from a bug. Given a Python file handle, torch writes through it and
     chains the handle's OSError as the RuntimeError's context; this gives that OSError back, and the CLI turns
     it into one ``Error:`` line. (Given a path, torch writes in C++ and the errno is lost: always pass a
-    handle.)"""
+    handle.)
+
+    Args:
+        target: the file the writer writes, named in the OSError.
+
+    Raises:
+        OSError: the write failed for a reason with an errno; any other RuntimeError passes unchanged.
+    """
     try:
         yield
     except RuntimeError as exc:
@@ -117,11 +162,23 @@ def torch_write_errors(target: str | os.PathLike[str]) -> Iterator[None]:
 
 
 def atomic_write_bytes(target: str | os.PathLike[str], data: bytes) -> None:
+    """Replace ``target`` with ``data`` atomically (see :func:`atomic_path`).
+
+    Args:
+        target: the output file.
+        data: its whole new content.
+    """
     with atomic_path(target) as tmp:
         tmp.write_bytes(data)
 
 
 def atomic_write_text(target: str | os.PathLike[str], text: str) -> None:
+    """Replace ``target`` with ``text``, encoded as UTF-8, atomically.
+
+    Args:
+        target: the output file.
+        text: its whole new content.
+    """
     atomic_write_bytes(target, text.encode("utf-8"))
 
 
@@ -142,7 +199,14 @@ def _fsync_dir(directory: Path) -> None:
 
 
 def file_sha256(path: str | os.PathLike[str]) -> str:
-    """sha256 of a file's bytes, read in 1 MiB blocks (checkpoints and imported files can be large)."""
+    """Hash a file's bytes, read in 1 MiB blocks (checkpoints and imported files can be large).
+
+    Args:
+        path: the file to hash.
+
+    Returns:
+        The sha256 hex digest.
+    """
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):

@@ -28,7 +28,16 @@ def suggest(error: FsdError, option: str, advice: str) -> FsdError:
     Why not in the message: the library is called by commands that have the option and by ones that do not
     (a bad image stops ``extract-teacher``, which has ``--skip-bad-samples``, and ``train-student``, which does
     not). The CLI appends the advice only when the running command has ``option``; Python callers never see
-    flag names that mean nothing to them."""
+    flag names that mean nothing to them.
+
+    Args:
+        error: the error to annotate (its message stays as it is).
+        option: the command-line option the advice names, e.g. ``--skip-bad-samples``.
+        advice: the sentence the CLI appends when the running command has ``option``.
+
+    Returns:
+        ``error`` itself, so a caller can ``raise suggest(...)``.
+    """
     error.suggestion = (option, advice)  # type: ignore[attr-defined]
     return error
 
@@ -50,7 +59,12 @@ class StoreError(FsdError, ValueError):
 
 
 class StoreDamaged(StoreError):
-    """A store whose metadata, arrays or chunks fail the integrity checks; ``problems`` lists every finding."""
+    """A store whose metadata, arrays or chunks fail the integrity checks; ``problems`` lists every finding.
+
+    Args:
+        message: the one line the user reads.
+        problems: every finding of the check; ``[message]`` when None.
+    """
 
     def __init__(self, message: str, problems: list[str] | None = None) -> None:
         super().__init__(message)
@@ -68,7 +82,8 @@ class OutputLocked(FsdError, FileExistsError):
 class Interrupted(FsdError, KeyboardInterrupt):
     """The user pressed Ctrl-C; the message says what was kept and how to continue. Exit code 130 (SIGINT).
 
-    Still a KeyboardInterrupt, so Python callers that stop on Ctrl-C keep doing so."""
+    A KeyboardInterrupt too, so Python callers that stop on Ctrl-C keep doing so.
+    """
 
     exit_code = 130
 

@@ -4,8 +4,7 @@ The lock is a small JSON file ``<store>.lock`` next to the local store's real pa
 its content (a hard link of a complete temporary file) and holding the owner's pid and host. A second writer
 finds it and is refused while that pid is alive on this host; a lock left by a dead process (kill -9, power
 loss) is taken over with a warning — by renaming it aside first, so two processes taking over the same stale
-lock cannot both succeed. Stores at
-remote URLs are not locked (object stores offer no portable exclusive create); the docs say so.
+lock cannot both succeed. Stores at remote URLs are not locked (object stores offer no portable exclusive create); the docs say so.
 
 Opening a store may need the lock (to finish a head install) while the same process already holds it (an
 extraction opening its own store): ``reentrant=True`` then proceeds under the lock already held.
@@ -48,8 +47,11 @@ def _read_owner(path: Path) -> dict:
 
 
 def _create_with_content(lock: Path, owner: dict) -> bool:
-    """Create ``lock`` holding ``owner`` in one atomic step (a hard link of a complete temporary file), so a
-    kill can never leave an empty lock that nobody can attribute; False if the lock already exists."""
+    """Create ``lock`` holding ``owner`` in one atomic step (a hard link of a complete temporary file).
+
+    One step, so a kill never leaves an empty lock that nobody can attribute. Returns False if the lock
+    already exists.
+    """
     tmp = lock.with_name(f".{lock.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}")
     tmp.write_text(json.dumps(owner))
     try:
@@ -70,9 +72,11 @@ def _create_with_content(lock: Path, owner: dict) -> bool:
 
 
 def _remove_if_still(lock: Path, stale: dict) -> bool:
-    """Remove ``lock`` only if it still holds ``stale``: it is first renamed aside (atomic; of two processes
-    taking over the same stale lock only one succeeds) and put back when another process had already
-    replaced it with a live lock."""
+    """Remove ``lock`` only if it still holds ``stale``; True when it is removed.
+
+    The lock is first renamed aside (atomic: of two processes taking over the same stale lock only one
+    succeeds) and put back when another process has already replaced it with a live lock.
+    """
     aside = lock.with_name(f".{lock.name}.stale.{os.getpid()}.{uuid.uuid4().hex[:8]}")
     try:
         os.rename(lock, aside)
@@ -95,8 +99,19 @@ def writer_lock(
 ) -> Iterator[None]:
     """Hold ``<store_path>.lock`` for the duration of the block (no-op for ``None``: remote stores).
 
-    ``what`` names the output in the refusal (a store, a training output) and ``error`` is what is raised.
-    A folder where the lock cannot be written (read-only, full) is an :class:`InvalidInput`, not an OSError."""
+    Args:
+        store_path: the output the lock guards; the lock file is ``<real path>.lock`` beside it.
+        what: names the output in the refusal ("store", "training output").
+        error: the exception raised when a live process holds the lock.
+        reentrant: proceed under the lock when this process already holds it.
+
+    Yields:
+        Nothing; the lock is held until the block ends.
+
+    Raises:
+        FsdError: ``error``, when another live process on this host holds the lock.
+        InvalidInput: the lock cannot be written (a read-only or full folder), rather than an OSError.
+    """
     if store_path is None:
         yield
         return

@@ -3,14 +3,12 @@
 Why: extraction and training allocate and free batch-sized tensors (decoded batches from the loader
 workers, the teacher's activations) at every step. glibc serves a freed block of more than 128 KiB from
 ``mmap`` only until the first such block is freed; then it raises its threshold (up to 32 MiB) and serves
-them from its heap, which fragments, so the resident size creeps with the number of batches. Measured with
-``fsd extract-teacher`` on generated JPEGs at 32×32 (activations of 8–32 MiB): peak RSS 365 MB for 5,000
-images and 485–640 MB for 40,000, with flat Python-level memory (tracemalloc: 0.7 vs 8.9 MB, the index).
-At 64×64 the activations exceed 32 MiB, are always mapped, and RSS was flat (+3 %).
+them from its heap, which fragments, so the resident size creeps with the number of batches (the figures
+are in docs/datasets.md). Activations above 32 MiB are always mapped and do not fragment.
 
-Fixing the threshold at 16 MiB (``mallopt(M_MMAP_THRESHOLD)``, which also turns the raising off) maps
-those buffers again: 345 MB for 5,000 and 355 MB for 40,000 (+3 %), for a few per cent of speed on
-32×32 images and none at 64×64 and above, where the buffers were mapped anyway. The CLI sets it once per
+Fixing the threshold at 16 MiB (``mallopt(M_MMAP_THRESHOLD)``, which also turns the raising off) maps the
+buffers of a few MiB again, so the resident size stays flat for a few per cent of speed on small images and
+none on images whose buffers are mapped anyway. The CLI sets it once per
 process (the workers it forks inherit it); a user's own ``MALLOC_MMAP_THRESHOLD_`` wins. A library does
 not change its host's allocator, so the Python API leaves it to the caller (:func:`bound_heap_growth`).
 
@@ -35,7 +33,14 @@ THRESHOLD_BYTES = 16 * 1024 * 1024
 
 
 def bound_heap_growth(threshold: int = THRESHOLD_BYTES) -> bool:
-    """Serve allocations of ``threshold`` bytes and more from ``mmap`` (glibc); True when it was set."""
+    """Serve allocations of ``threshold`` bytes and more from ``mmap`` (glibc).
+
+    Args:
+        threshold: the allocation size, in bytes, from which glibc maps memory rather than using its heap.
+
+    Returns:
+        True when the threshold is set; False off glibc or when the user's ``MALLOC_MMAP_THRESHOLD_`` rules.
+    """
     if not sys.platform.startswith("linux") or "MALLOC_MMAP_THRESHOLD_" in os.environ:
         return False
     try:
@@ -46,7 +51,11 @@ def bound_heap_growth(threshold: int = THRESHOLD_BYTES) -> bool:
 
 
 def release_free_memory() -> bool:
-    """Give the free pages of every glibc heap back to the OS (``malloc_trim(0)``); True when some were."""
+    """Give the free pages of every glibc heap back to the OS (``malloc_trim(0)``).
+
+    Returns:
+        True when some memory is given back; False when none is, or off glibc.
+    """
     if not sys.platform.startswith("linux"):
         return False
     try:

@@ -34,7 +34,7 @@ def progress(
     leave: bool = True,
     stream: IO[str] | None = None,
 ) -> tqdm:
-    """A tqdm bar over ``iterable`` (or updated by hand with ``total``), shown as the module docstring says.
+    """Make a tqdm bar over ``iterable`` (or updated by hand with ``total``), shown as the module docstring says.
 
     Args:
         iterable: what to iterate, or None for a bar driven by ``update``.
@@ -82,7 +82,7 @@ def _is_terminal(stream: IO[str]) -> bool:
 
 
 class _Lines:
-    """A file for tqdm that turns each redraw (``\\r`` + bar) into one line, and drops repeats and blanks."""
+    r"""A file for tqdm that turns each redraw (``\r`` + bar) into one line, and drops repeats and blanks."""
 
     def __init__(self, stream: IO[str]) -> None:
         self.stream = stream
