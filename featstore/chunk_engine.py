@@ -27,8 +27,11 @@ from featstore.views import PARAM_NAMES
 
 @dataclass
 class _ChunkBuffer:
-    """One chunk being filled batch by batch; rows never rendered (bad samples left out) keep zero
-    embeddings and NaN parameters, which readers take as 'left out'."""
+    """One chunk being filled batch by batch.
+
+    Rows never rendered (bad samples left out) keep zero embeddings and NaN parameters, which readers take
+    as 'left out'.
+    """
 
     chunk: int
     start: int
@@ -38,10 +41,12 @@ class _ChunkBuffer:
 
     @classmethod
     def empty(cls, chunk: int, start: int, stop: int, views: int, dim: int) -> _ChunkBuffer:
+        """Return a buffer for rows ``[start, stop)`` of ``chunk`` in which no row is rendered yet."""
         params = np.full((stop - start, views, len(PARAM_NAMES)), np.nan, dtype=np.float32)
         return cls(chunk, start, np.zeros((stop - start, views, dim), np.float32), params, [None] * (stop - start))
 
     def content_digest(self) -> bytes | None:
+        """Return the digest of the bytes the chunk's images are read from; None for in-memory data."""
         if all(d is None for d in self.digests):
             return None  # in-memory data: the fingerprint already covers every pixel
         return chunk_digest([d if d is not None else bytes(32) for d in self.digests])
@@ -58,11 +63,23 @@ def extract_chunks(
     device: torch.device,
     on_written: Callable[[int], None] | None = None,
 ) -> None:
-    """Compute and write ``chunks`` (every view of their rows) with a bound teacher, each flagged done once
-    written.
+    """Compute and write ``chunks`` (every view of their rows) with a bound teacher, each flagged done once written.
 
     Images come from :func:`featstore.loader.chunk_batches` in fixed ``batch_size`` slices of each chunk,
-    so results never depend on what else ran (a resumed chunk equals an uninterrupted one)."""
+    so results never depend on what else ran (a resumed chunk equals an uninterrupted one).
+
+    Args:
+        store: the store being written (open for writing).
+        chunks: the chunk indices to compute, in order.
+        teacher: the teacher bound to the store's dataset.
+        seed: the store's seed, from which every view's parameters are drawn.
+        batch_size: the teacher's batch size.
+        device: where the teacher runs.
+        on_written: called with each chunk index once it is written and flagged done.
+
+    Raises:
+        StoreError: writing a chunk fails (disk full, I/O error); the chunks written before it stay done.
+    """
     bounds = [(c, *store.chunk_bounds(c)) for c in chunks]
     views, dim = store.shape.num_views, store.shape.dim
     buffers = {c: _ChunkBuffer.empty(c, start, stop, views, dim) for c, start, stop in bounds[:1]}

@@ -26,7 +26,19 @@ SUBNORMAL_WARNED = 0.01  # share of non-zero values below float16's normal range
 def validate_request(
     teacher: TeacherBinding, *, views: int, dtype: str, chunk_rows: int | None, batch_size: int
 ) -> None:
-    """Every argument check, before anything is created or loaded onto a device."""
+    """Run every argument check, before anything is created or loaded onto a device.
+
+    Args:
+        teacher: the teacher bound to the dataset (its probe gives the value range).
+        views: views per sample.
+        dtype: the store's embedding dtype.
+        chunk_rows: rows per chunk (None: the default).
+        batch_size: the teacher's batch size.
+
+    Raises:
+        InvalidInput: a value is not positive, the chunk is larger than the split, the dtype is unknown or
+            cannot hold the teacher's values, or the teacher head does not match the dataset's classes.
+    """
     dataset = teacher.dataset
     check_dtype(dtype)
     for name, value in (("views", views), ("batch-size", batch_size)):
@@ -44,8 +56,19 @@ def validate_request(
 
 
 def check_value_range(embeddings: np.ndarray, dtype: str, arch: str) -> None:
-    """Refuse float16 for embeddings it would overflow or mostly round to zero; warn when a share of them
-    falls below its normal range (they keep fewer significant bits). The other dtypes keep float32's range."""
+    """Refuse float16 for embeddings it would overflow or mostly round to zero.
+
+    Warns when a share of them falls below float16's normal range (they keep fewer significant bits). The
+    other dtypes keep float32's range and pass unchecked.
+
+    Args:
+        embeddings: sample embeddings of the teacher (the binding's probe).
+        dtype: the store's embedding dtype.
+        arch: the teacher's name, for the messages.
+
+    Raises:
+        InvalidInput: float16 would overflow on them, or turn at least half of them into zeros.
+    """
     values = np.abs(np.asarray(embeddings, dtype=np.float32))
     values = values[np.isfinite(values) & (values > 0)]
     if dtype != "float16" or not values.size:

@@ -1,5 +1,7 @@
-"""The ``?key=value&key=value`` query of a dataset spec string (``folder:DIR?size=64``,
-``mxrec:DIR?size=112``, ``idx:DIR?limit=100``), parsed once and read through typed, bounded getters.
+"""The ``?key=value&key=value`` query of a spec string, parsed once and read through typed, bounded getters.
+
+Dataset specs (``folder:DIR?size=64``, ``mxrec:DIR?size=112``, ``idx:DIR?limit=100``) and model specs take
+their options this way.
 
 Why one parser: every spec format takes options the same way, so every format refuses the same mistakes
 the same way — an unknown key (the error lists the valid ones), a key given twice, an item that is not
@@ -32,7 +34,17 @@ _TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
 
 
 class SpecQuery:
-    """The options of one spec: ``{key: raw text}``, checked against the keys the format accepts."""
+    """The options of one spec: ``{key: raw text}``, checked against the keys the format accepts.
+
+    Every getter returns its default when the spec does not give the key, and raises :class:`InvalidInput`
+    (naming the spec) when the value is malformed or out of bounds.
+
+    Args:
+        items: the raw ``{key: value}`` options.
+        spec: the whole spec, named in every error.
+        keys: the keys this format accepts.
+        what: how errors name the spec (``"dataset spec"``, ``"teacher spec"``).
+    """
 
     def __init__(self, items: dict[str, str], spec: str, keys: Sequence[str], what: str = "spec") -> None:
         self.items, self.spec, self.keys, self.what = dict(items), spec, tuple(keys), what
@@ -49,6 +61,9 @@ class SpecQuery:
 
         Returns:
             The parsed query; its getters convert and bound each value.
+
+        Raises:
+            InvalidInput: the query is empty, or an item is unknown, repeated or not ``key=value``.
         """
         self = cls({}, spec, keys, what)
         if not query:
@@ -66,7 +81,20 @@ class SpecQuery:
 
     @classmethod
     def split(cls, text: str, spec: str, keys: Sequence[str], what: str = "spec") -> tuple[str, SpecQuery]:
-        """(the part before the last ``?``, its parsed query); an empty query when there is no ``?``."""
+        """Split ``text`` at its last ``?`` and parse the query after it.
+
+        Args:
+            text: a spec's body, e.g. ``DIR?size=64``.
+            spec: the whole spec, named in every error.
+            keys: the keys this format accepts.
+            what: how errors name the spec.
+
+        Returns:
+            The part before the last ``?`` and its parsed query (an empty query when there is no ``?``).
+
+        Raises:
+            InvalidInput: the query is malformed (see :meth:`parse`).
+        """
         if "?" not in text:
             return text, cls({}, spec, keys, what)
         head, _, query = text.rpartition("?")
@@ -76,11 +104,24 @@ class SpecQuery:
         return key in self.items
 
     def given(self) -> dict[str, str]:
-        """The raw ``{key: value}`` the spec gave (for a canonical, path-free name of the options)."""
+        """Return the raw ``{key: value}`` the spec gives (for a canonical, path-free name of the options)."""
         return dict(self.items)
 
     def int(self, key: str, default: int | None, *, low: int | None = None, high: int | None = None) -> int | None:
-        """``key`` as an integer within [low, high], or ``default`` when the spec does not give it."""
+        """Read ``key`` as an integer within [low, high].
+
+        Args:
+            key: the option.
+            default: returned when the spec does not give ``key``.
+            low: the smallest value accepted (None: no bound).
+            high: the largest value accepted (None: no bound).
+
+        Returns:
+            The integer, or ``default``.
+
+        Raises:
+            InvalidInput: the value is not an integer or lies outside [low, high].
+        """
         if key not in self.items:
             return default
         value = self.items[key]
@@ -91,8 +132,20 @@ class SpecQuery:
     def sides(
         self, key: str, default: tuple[int, int] | None, *, low: int | None = None, high: int | None = None
     ) -> tuple[int, int] | None:
-        """``key`` as an image size: ``S`` (a square) or ``H,W``, each an integer within [low, high]; or
-        ``default``."""
+        """Read ``key`` as an image size: ``S`` (a square) or ``H,W``, each an integer within [low, high].
+
+        Args:
+            key: the option.
+            default: returned when the spec does not give ``key``.
+            low: the smallest side accepted (None: no bound).
+            high: the largest side accepted (None: no bound).
+
+        Returns:
+            ``(height, width)``, or ``default``.
+
+        Raises:
+            InvalidInput: the value is not ``S`` or ``H,W`` of integers, or a side lies outside [low, high].
+        """
         if key not in self.items:
             return default
         parts = self.items[key].split(",")
@@ -104,7 +157,20 @@ class SpecQuery:
     def float(
         self, key: str, default: float | None, *, low: float | None = None, high: float | None = None
     ) -> float | None:
-        """``key`` as a finite number within [low, high], or ``default``."""
+        """Read ``key`` as a finite number within [low, high].
+
+        Args:
+            key: the option.
+            default: returned when the spec does not give ``key``.
+            low: the smallest value accepted (None: no bound).
+            high: the largest value accepted (None: no bound).
+
+        Returns:
+            The number, or ``default``.
+
+        Raises:
+            InvalidInput: the value is not a finite number or lies outside [low, high].
+        """
         if key not in self.items:
             return default
         return self._bounded(key, self._number(key, self.items[key]), low, high)
@@ -119,8 +185,22 @@ class SpecQuery:
         high: float | None = None,
         ascending: bool = False,
     ) -> tuple[float, ...] | None:
-        """``key`` as ``count`` comma-separated finite numbers within [low, high] (non-decreasing when
-        ``ascending``), or ``default``."""
+        """Read ``key`` as ``count`` comma-separated finite numbers within [low, high].
+
+        Args:
+            key: the option.
+            default: returned when the spec does not give ``key``.
+            count: how many numbers the value must hold.
+            low: the smallest value accepted (None: no bound).
+            high: the largest value accepted (None: no bound).
+            ascending: the numbers must not decrease (a range such as ``scale=0.08,1``).
+
+        Returns:
+            The numbers, or ``default``.
+
+        Raises:
+            InvalidInput: the count is wrong, a number is malformed or out of bounds, or they decrease.
+        """
         if key not in self.items:
             return default
         parts = self.items[key].split(",")
@@ -132,7 +212,18 @@ class SpecQuery:
         return values
 
     def bool(self, key: str, default: bool | None) -> bool | None:
-        """``key`` as a flag (1/true/yes/on or 0/false/no/off), or ``default``."""
+        """Read ``key`` as a flag (1/true/yes/on or 0/false/no/off).
+
+        Args:
+            key: the option.
+            default: returned when the spec does not give ``key``.
+
+        Returns:
+            The flag, or ``default``.
+
+        Raises:
+            InvalidInput: the value is none of the accepted words.
+        """
         if key not in self.items:
             return default
         value = self.items[key].lower()
@@ -141,7 +232,19 @@ class SpecQuery:
         return value in _TRUE
 
     def choice(self, key: str, default: str | None, choices: Sequence[str]) -> str | None:
-        """``key`` as one of ``choices``, or ``default``."""
+        """Read ``key`` as one of ``choices``.
+
+        Args:
+            key: the option.
+            default: returned when the spec does not give ``key``.
+            choices: the values accepted.
+
+        Returns:
+            The value, or ``default``.
+
+        Raises:
+            InvalidInput: the value is not one of ``choices``.
+        """
         if key not in self.items:
             return default
         if self.items[key] not in choices:
@@ -149,7 +252,18 @@ class SpecQuery:
         return self.items[key]
 
     def text(self, key: str, default: str | None) -> str | None:
-        """``key`` as given (non-empty), or ``default``."""
+        """Read ``key`` as given.
+
+        Args:
+            key: the option.
+            default: returned when the spec does not give ``key``.
+
+        Returns:
+            The text, or ``default``.
+
+        Raises:
+            InvalidInput: the value is empty.
+        """
         if key not in self.items:
             return default
         if not self.items[key]:
