@@ -1,5 +1,8 @@
-"""Creating a store: the creation policy (never replace anything; a local store appears whole or not at all)
-and the arrays, labels, head and attributes a new store starts with."""
+"""Creating a store: the creation policy and what a new store starts with.
+
+The policy: never replace anything, and a local store appears whole or not at all. A new store starts with
+its arrays, labels, head and attributes.
+"""
 
 from __future__ import annotations
 
@@ -59,6 +62,11 @@ def create_store(
 
     Returns:
         The new store, open for writing.
+
+    Raises:
+        OutputExists: something exists at ``url``.
+        StoreError: a dimension or ``chunk_rows`` is not positive.
+        InvalidInput: ``dtype`` is not one fsd stores.
     """
     url = str(url)
     codecs.check_dtype(dtype)

@@ -22,11 +22,20 @@ from featstore.store.reading import ChunkReader, RawChunk
 
 
 class FeatureStore(ChunkGeometry):
-    """An open store. Obtain one from :func:`create_store` or :func:`open_store`."""
+    """An open store. Obtain one from :func:`create_store` or :func:`open_store`.
+
+    A store whose attributes and arrays disagree is refused on construction: nothing reads a store whose
+    geometry it cannot trust (``integrity.layout_problems``).
+
+    Args:
+        url: the store's location, as the user names it (in messages).
+        group: its opened zarr group.
+
+    Raises:
+        StoreDamaged: the attributes and the arrays disagree; ``problems`` lists every finding.
+    """
 
     def __init__(self, url: str, group: zarr.Group) -> None:
-        """Refuses (:class:`StoreDamaged`) a store whose attributes and arrays disagree: nothing reads a store
-        whose geometry it cannot trust (integrity.layout_problems)."""
         self.url = url
         self._load(group)
 
@@ -60,6 +69,7 @@ class FeatureStore(ChunkGeometry):
 
     @property
     def complete(self) -> bool:
+        """Whether every chunk is written and the store is marked complete."""
         return bool(self.meta.get("complete", False))
 
     @property
@@ -72,8 +82,16 @@ class FeatureStore(ChunkGeometry):
         return WRITTEN_PER_CHUNK + (("labels",) if self.checksummed else ())
 
     def labels_mismatch(self, labels: np.ndarray) -> str | None:
-        """Why the stored labels are not ``labels`` (the dataset's, row for row), or None when they are: a
-        store whose labels were shifted or lost would otherwise train every sample against another class."""
+        """Say why the stored labels are not ``labels`` (the dataset's, row for row).
+
+        A store whose labels are shifted or lost would otherwise train every sample against another class.
+
+        Args:
+            labels: the dataset's labels, one per row.
+
+        Returns:
+            A message naming the first differing row, or None when the labels agree.
+        """
         stored = self.labels()
         labels = np.asarray(labels, dtype=np.int64)
         if stored.shape != labels.shape:
@@ -88,7 +106,11 @@ class FeatureStore(ChunkGeometry):
         )
 
     def content_problems(self) -> list[str]:
-        """Head finite, labels in range and equal to the recorded digest (integrity.content_problems)."""
+        """Check the head is finite and the labels in range and equal to the recorded digest.
+
+        Returns:
+            Every finding of ``integrity.content_problems`` (empty when the content is sound).
+        """
 
         def read(name: str) -> np.ndarray | None:
             if name.startswith("head/") and not self.has_head:
@@ -101,9 +123,11 @@ class FeatureStore(ChunkGeometry):
 
     # -- progress ---------------------------------------------------------------------------------------
     def done_chunks(self) -> np.ndarray:
+        """Return the (num_chunks,) bool flags of the chunks written."""
         return np.asarray(self.group["progress/done"][:], dtype=bool)
 
     def missing_chunks(self) -> list[int]:
+        """Return the indices of the chunks not written yet, in order."""
         return [int(k) for k in np.flatnonzero(~self.done_chunks())]
 
     # -- writing ----------------------------------------------------------------------------------------
@@ -113,8 +137,17 @@ class FeatureStore(ChunkGeometry):
         """Write all rows of one chunk, then mark it done.
 
         The flag is written last, so a kill between the two leaves the chunk 'not done' and resume
-        recomputes it. ``content_digest`` (32 bytes) is the sha256 of the bytes the chunk's images were read
-        from (lazy datasets), kept to detect changed files.
+        recomputes it.
+
+        Args:
+            chunk: the chunk index.
+            embeddings: (rows, V, D) float32 embeddings of the chunk's rows.
+            views: (rows, V, P) view parameters (NaN for samples left out).
+            content_digest: the 32-byte sha256 of the bytes the chunk's images are read from (lazy
+                datasets), kept to detect changed files; None for in-memory data.
+
+        Raises:
+            StoreError: ``embeddings`` does not have the chunk's shape.
         """
         start, stop = self.chunk_bounds(chunk)
         expected = (stop - start, self.shape.num_views, self.shape.dim)
@@ -139,6 +172,11 @@ class FeatureStore(ChunkGeometry):
         return np.asarray(self.group["progress/content"][:], dtype=np.uint8)
 
     def mark_complete(self) -> None:
+        """Record in the attributes that every chunk is written.
+
+        Raises:
+            StoreError: some chunks are not written yet.
+        """
         if not self.done_chunks().all():
             raise StoreError(f"store {self.url}: cannot mark complete, chunks {self.missing_chunks()} missing")
         self.meta["complete"] = True
@@ -146,15 +184,23 @@ class FeatureStore(ChunkGeometry):
 
     # -- reading ----------------------------------------------------------------------------------------
     def read_chunks_raw(self, chunks: list[int]) -> list[RawChunk | Exception]:
-        """For each chunk: (stored embeddings as on disk, int8 scales or None, labels, views), or the
-        exception its read raised (a corrupt chunk must not hide its neighbours).
+        """Read several chunks as stored, each result independent of the others.
 
-        Decode with :meth:`decode`; the stream decodes only the view it picked, not all V
+        A corrupt chunk must not hide its neighbours, so its exception takes its place in the list. Decode
+        with :meth:`decode`; the stream decodes only the view it picked, not all V
         (:mod:`featstore.store.reading` says which path reads what).
+
+        Args:
+            chunks: the chunk indices to read.
+
+        Returns:
+            For each chunk, a :class:`RawChunk` (stored embeddings as on disk, int8 scales or None, labels,
+            views) or the exception its read raised.
         """
         return self.reader.read_chunks(chunks)
 
     def read_chunk_raw(self, chunk: int) -> RawChunk:
+        """Read one chunk as stored (see :meth:`read_chunks_raw`), raising what its read raised."""
         result = self.read_chunks_raw([chunk])[0]
         if isinstance(result, BaseException):
             raise result
@@ -165,11 +211,27 @@ class FeatureStore(ChunkGeometry):
         return self.reader.missing_files(chunk)
 
     def decode(self, stored: np.ndarray, scales: np.ndarray | None = None) -> np.ndarray:
-        """Stored rows (any leading shape, last axis D) → float32."""
+        """Decode stored rows (any leading shape, last axis D) to float32.
+
+        Args:
+            stored: the rows as stored (the store's dtype).
+            scales: the int8 per-row scales, for int8 stores.
+
+        Returns:
+            The float32 embeddings, of the same shape.
+        """
         return codecs.decode(stored, self.dtype, scales)
 
     def read_rows(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(embeddings float32 (n, V, D), labels (n,), views (n, V, P)) for rows [start, stop)."""
+        """Read rows [start, stop), decoded.
+
+        Args:
+            start: the first row.
+            stop: the row after the last.
+
+        Returns:
+            Embeddings float32 (n, V, D), labels (n,) and view parameters (n, V, P).
+        """
         read = self.reader.read
         stored = read("embeddings", start, stop)
         scales = read("scales", start, stop) if self.dtype == "int8" else None
@@ -178,8 +240,18 @@ class FeatureStore(ChunkGeometry):
         return self.decode(stored, scales), labels, views
 
     def read_chunk(self, chunk: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(embeddings float32 (n, V, D), labels, views) of one chunk; StoreError naming the array and the
-        chunk if a file is missing, does not decode, fails its checksum, or holds bad labels or views."""
+        """Read one chunk, decoded and checked.
+
+        Args:
+            chunk: the chunk index.
+
+        Returns:
+            Embeddings float32 (n, V, D), labels (n,) and view parameters (n, V, P).
+
+        Raises:
+            StoreError: naming the array and the chunk, when a file is missing, does not decode, fails its
+                checksum, or holds bad labels or views.
+        """
         missing = self.missing_chunk_files(chunk)
         if missing:
             raise StoreError(self.reader.missing_message(chunk, missing))
@@ -203,11 +275,19 @@ class FeatureStore(ChunkGeometry):
     # -- the head ---------------------------------------------------------------------------------------
     @property
     def has_head(self) -> bool:
-        """False for a store extracted from a head-less teacher (an ONNX or a pooled timm embedding model)
-        until ``fsd store fit-head`` trains one on the stored embeddings."""
+        """Whether the store holds a classifier.
+
+        False for a store extracted from a head-less teacher (an ONNX or a pooled timm embedding model) until
+        ``fsd store fit-head`` trains one on the stored embeddings.
+        """
         return has_head(self.group)
 
     def head_weight(self) -> np.ndarray:
+        """Return the teacher head's (C, D) float32 weights.
+
+        Raises:
+            StoreError: the store has no head; the message says how to fit one.
+        """
         if not self.has_head:
             raise StoreError(
                 f"store {self.url} has no teacher head (its teacher came without a classifier); "
@@ -216,6 +296,7 @@ class FeatureStore(ChunkGeometry):
         return np.asarray(self.reader.read("head/weight"), dtype=np.float32)
 
     def head_bias(self) -> np.ndarray | None:
+        """Return the teacher head's (C,) float32 bias, or None when it has none (or there is no head)."""
         if not self.has_head or "bias" not in self.group["head"]:
             return None
         return np.asarray(self.reader.read("head/bias"), dtype=np.float32)
@@ -233,6 +314,10 @@ class FeatureStore(ChunkGeometry):
             bias: (C,) class biases, or None.
             head_meta: what the attributes record about the head (type, scale, margin, how it was fitted).
             overwrite: replace an existing head; without it a store that has one is refused.
+
+        Raises:
+            OutputExists: the store has a head and ``overwrite`` is false.
+            StoreError: ``weight`` does not fit the store's embeddings, or the install cannot be committed.
         """
         if self.has_head and not overwrite:
             raise OutputExists(f"store {self.url} already has a head (use --overwrite to replace it)")

@@ -59,9 +59,17 @@ def install_local(
 ) -> None:
     """Install a head in the local store at ``root`` (the caller holds the store's writer lock).
 
+    Args:
+        root: the store's absolute local path.
+        group: its root group, open for writing.
+        weight: (C, D) class weights.
+        bias: (C,) class biases, or None.
+        head: the attributes' new ``head`` entry.
+        crc: give the head arrays a crc32c (format 2 and later).
+
     Raises:
-        StoreError: the install could not be committed (the store is unchanged), or it was committed but
-            not finished (the next open of the store finishes it).
+        StoreError: the install cannot be committed (the store is unchanged), or it is committed but not
+            finished (the next open of the store finishes it).
     """
     finish_pending(root)
     _sweep(root)

@@ -48,18 +48,27 @@ class ChunkGeometry:
 
     @property
     def num_chunks(self) -> int:
+        """The number of units of work, the last one possibly shorter."""
         return math.ceil(self.shape.num_samples / self.chunk_rows)
 
     def chunk_bounds(self, chunk: int) -> tuple[int, int]:
+        """Return the rows ``(start, stop)`` of unit ``chunk``."""
         start = chunk * self.chunk_rows
         return start, min(start + self.chunk_rows, self.shape.num_samples)
 
 
 def shard_factor(num_samples: int, chunk_rows: int) -> int:
-    """How many chunks one shard holds.
+    """Say how many chunks one shard holds.
 
     1 (no sharding) up to ``MAX_UNSHARDED_CHUNKS`` chunks per array, else enough that an array has at most
     ``TARGET_SHARDS`` shard files, so the file count stays bounded for any N.
+
+    Args:
+        num_samples: N, the store's rows.
+        chunk_rows: rows per zarr chunk.
+
+    Returns:
+        Chunks per shard (1: unsharded).
     """
     chunks = math.ceil(num_samples / chunk_rows)
     return 1 if chunks <= MAX_UNSHARDED_CHUNKS else math.ceil(chunks / TARGET_SHARDS)
@@ -70,6 +79,15 @@ def default_chunk_rows(num_samples: int, num_views: int, dim: int, dtype: str) -
 
     The stream shuffles at chunk granularity, so a store of one giant chunk would stream in a fixed order
     inside its shuffle buffer.
+
+    Args:
+        num_samples: N, the store's rows.
+        num_views: V, views per row.
+        dim: D, the embedding width.
+        dtype: the storage dtype (featstore.codecs), which sets a row's bytes.
+
+    Returns:
+        Rows per chunk, at least 1.
     """
     row_bytes = num_views * dim * np.dtype(codecs.STORAGE_DTYPE[dtype]).itemsize
     by_size = max(1, TARGET_CHUNK_BYTES // row_bytes)
@@ -99,6 +117,12 @@ def left_out(views: np.ndarray) -> np.ndarray:
 
     Such a row keeps zero embeddings and all-NaN view parameters, so nothing that learns or measures from
     the embeddings may use it.
+
+    Args:
+        views: view parameters, (n, V, P) or any shape with rows first.
+
+    Returns:
+        A (n,) bool mask, True for the rows left out.
     """
     return np.isnan(views).all(axis=tuple(range(1, views.ndim))) if views.ndim > 1 else np.isnan(views)
 

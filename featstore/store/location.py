@@ -14,7 +14,14 @@ import zarr
 
 
 def local_path(url: str) -> Path | None:
-    """The local directory a store URL names, or None for remote/in-memory URLs."""
+    """Return the local directory a store URL names.
+
+    Args:
+        url: a path, a ``file://`` URL or an fsspec URL.
+
+    Returns:
+        The directory, or None for remote and in-memory URLs.
+    """
     if url.startswith("file://"):
         return Path(url[len("file://") :])
     if "://" in url:
@@ -23,7 +30,7 @@ def local_path(url: str) -> Path | None:
 
 
 def zarr_store(url: str) -> Any:
-    """What zarr should open: a LocalStore for local paths (atomic chunk writes), the URL otherwise.
+    """Return what zarr should open: a LocalStore for local paths (atomic chunk writes), the URL otherwise.
 
     The path is made absolute here: zarr keeps it as given and reads a missing chunk as fill values, so a
     relative store opened before a change of working directory would otherwise read as zeros without error.
@@ -35,7 +42,14 @@ def zarr_store(url: str) -> Any:
 
 
 def store_exists(url: str) -> bool:
-    """Whether anything is at ``url`` (a local path of any kind, or a Zarr group at a remote URL)."""
+    """Say whether anything is at ``url``.
+
+    Args:
+        url: a local path or an fsspec URL.
+
+    Returns:
+        True for a local path of any kind, or a Zarr group at a remote URL.
+    """
     local = local_path(url)
     if local is not None:
         return local.exists()

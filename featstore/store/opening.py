@@ -20,7 +20,20 @@ from featstore.store.location import delete_tree, local_path, zarr_store
 
 
 def open_group(url: str, mode: str) -> zarr.Group:
-    """The store's root group, refused unless it is an fsd store of a format this fsd reads."""
+    """Open the store's root group, refused unless it is an fsd store of a format this fsd reads.
+
+    Args:
+        url: a local path or an fsspec URL.
+        mode: zarr's open mode (``"r"`` or ``"r+"``).
+
+    Returns:
+        The root group.
+
+    Raises:
+        InputNotFound: a local path that does not exist.
+        StoreError: not a Zarr group, not an fsd store, a format this fsd does not read, or a pending head
+            install that cannot be finished.
+    """
     local = local_path(url)
     if local is not None and not local.exists():
         raise InputNotFound(f"store {url} does not exist")
@@ -68,6 +81,11 @@ def open_store(
 
     Returns:
         The open store.
+
+    Raises:
+        InputNotFound: a local path that does not exist.
+        StoreError: not an fsd store of a readable format, or incomplete when ``require_complete``.
+        StoreDamaged: the layout, or with ``check`` the content, fails its checks.
     """
     url = str(url)
     store = FeatureStore(url, open_group(url, "r+" if writable else "r"))
@@ -85,6 +103,14 @@ def open_store(
 
 
 def remove_store(url: str) -> None:
-    """Delete a store — only something that is an fsd store (never an arbitrary directory)."""
+    """Delete a store — only something that is an fsd store (never an arbitrary directory).
+
+    Args:
+        url: a local path or an fsspec URL.
+
+    Raises:
+        InputNotFound: a local path that does not exist.
+        StoreError: what is at ``url`` is not an fsd store.
+    """
     open_group(url, "r")  # raises unless it really is an fsd store
     delete_tree(url)

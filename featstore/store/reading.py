@@ -132,6 +132,7 @@ class ChunkReader:
         return [n for n in self._store.per_chunk_arrays() if n in self.direct and not self.direct[n].exists(chunk)]
 
     def missing_message(self, chunk: int, names: list[str]) -> str:
+        """Return the message for chunk ``chunk`` whose files of arrays ``names`` are missing."""
         return (
             f"chunk {chunk} of store {self._store.url}: its {', '.join(names)} chunk file is missing (zarr would "
             "read fill values); the store is incomplete or was damaged"

@@ -16,7 +16,14 @@ if TYPE_CHECKING:
 
 
 def identity_of(meta: dict[str, Any]) -> dict[str, Any]:
-    """The part of the attributes that must match for a store to be resumed rather than refused."""
+    """Return the part of the attributes that must match for a store to be resumed rather than refused.
+
+    Args:
+        meta: a store's ``fsd`` attributes.
+
+    Returns:
+        The teacher checksum, dataset fingerprint and split, view settings, dtype and chunk rows.
+    """
     return {
         "teacher": meta["teacher"].get("checkpoint_sha256"),
         "dataset": meta["dataset"].get("fingerprint"),
@@ -28,7 +35,14 @@ def identity_of(meta: dict[str, Any]) -> dict[str, Any]:
 
 
 def instance_of(meta: dict[str, Any]) -> dict[str, Any]:
-    """:func:`identity_of` plus the creation time and labels digest of this very extraction."""
+    """Return :func:`identity_of` plus the creation time and labels digest of this very extraction.
+
+    Args:
+        meta: a store's ``fsd`` attributes.
+
+    Returns:
+        The identity, with ``created`` and ``labels`` added.
+    """
     return {**identity_of(meta), "created": meta.get("created"), "labels": meta.get("labels_sha256")}
 
 
