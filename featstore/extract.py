@@ -64,8 +64,29 @@ def extract_teacher(
 ) -> ExtractSummary:
     """Create (or resume) the store at ``url`` holding the teacher's embeddings of its dataset.
 
-    ``teacher`` is a :class:`TeacherBinding` (``dataset`` None), or a :class:`TeacherSource` that is bound
-    to ``dataset`` here (:func:`featstore.teacher.bind_source`).
+    Args:
+        teacher: a :class:`TeacherBinding` (``dataset`` None), or a :class:`TeacherSource` that is bound to
+            ``dataset`` here (:func:`featstore.teacher.bind_source`).
+        dataset: the dataset a :class:`TeacherSource` runs over; None with a binding.
+        url: the store's local path or fsspec URL.
+        views: views per sample; view 0 is the identity view.
+        dtype: the embeddings' storage dtype (featstore.codecs).
+        chunk_rows: rows per chunk (None: a few MB per chunk, or a resumed store's own).
+        batch_size: the teacher's batch size.
+        seed: the seed every view's parameters are drawn from.
+        device: where the teacher runs.
+        overwrite: replace a store at ``url`` made from other inputs.
+        progress: show a progress bar.
+
+    Returns:
+        What the run did (:class:`ExtractSummary`).
+
+    Raises:
+        InvalidInput: a bad argument, or a teacher that does not fit the dataset.
+        StoreError: ``url`` holds something that is not a store, or a store made from other inputs (without
+            ``overwrite``), or a write fails.
+        StoreLocked: another process is writing the store.
+        Interrupted: Ctrl-C; the chunks written so far are kept and a re-run resumes.
     """
     if not isinstance(teacher, TeacherBinding):
         if dataset is None:
@@ -111,25 +132,42 @@ def extract_teacher(
 
 @dataclass(frozen=True)
 class ExtractConfig:
-    """What to extract: the one set of options (and their defaults) every extraction caller shares."""
+    """What to extract: the one set of options (and their defaults) every extraction caller shares.
 
-    dataset: str  # a dataset spec (digits, folder:DIR, …), so dask workers can load it themselves
-    out: str  # store path or fsspec URL
+    Attributes:
+        dataset: a dataset spec (``digits``, ``folder:DIR``, ...), so dask workers can load it themselves.
+        out: the store's path or fsspec URL.
+        split: the split to extract.
+        views: views per sample; view 0 is the identity view.
+        dtype: the embeddings' storage dtype (featstore.codecs).
+        chunk_rows: rows per chunk (None: a few MB per chunk, :func:`featstore.store.default_chunk_rows`).
+        batch_size: the teacher's batch size.
+        seed: the seed every view's parameters are drawn from.
+        device: where the teacher runs.
+        overwrite: replace a store made from other inputs.
+        progress: show a progress bar.
+        image_size: render views at this size (datasets read from files; None: the teacher's).
+        loader_workers: DataLoader processes decoding images (None: from the CPU count).
+        skip_bad_samples: leave unreadable samples out (counted in the store) instead of stopping.
+    """
+
+    dataset: str
+    out: str
     split: str = "train"
-    views: int = 1  # views per sample; view 0 is the identity view
+    views: int = 1
     dtype: str = DEFAULT_DTYPE
-    chunk_rows: int | None = None  # None: a few MB per chunk (featstore.store.default_chunk_rows)
+    chunk_rows: int | None = None
     batch_size: int = 256
     seed: int = 0
     device: str = "cpu"
     overwrite: bool = False
     progress: bool = True
-    image_size: int | None = None  # render views at this size (datasets read from files; None: the teacher's)
-    loader_workers: int | None = None  # DataLoader processes decoding images (None: from the CPU count)
-    skip_bad_samples: bool = False  # leave unreadable samples out (counted in the store) instead of stopping
+    image_size: int | None = None
+    loader_workers: int | None = None
+    skip_bad_samples: bool = False
 
     def request(self) -> DatasetRequest:
-        """The dataset this extraction binds its teacher to."""
+        """Return the dataset request this extraction binds its teacher to."""
         return DatasetRequest(
             self.dataset,
             self.split,
@@ -141,7 +179,13 @@ class ExtractConfig:
 
 @dataclass(frozen=True)
 class DaskExecutor:
-    """Run extraction's chunks on dask workers: a LocalCluster of ``workers`` processes, or ``scheduler``."""
+    """Run extraction's chunks on dask workers: a LocalCluster of ``workers`` processes, or ``scheduler``.
+
+    Attributes:
+        workers: processes of a LocalCluster started for the run (None: from the CPU count).
+        scheduler: the address of a running dask scheduler, used instead of a LocalCluster.
+        chunks_per_task: store chunks one dask task computes.
+    """
 
     workers: int | None = None
     scheduler: str | None = None
@@ -151,13 +195,24 @@ class DaskExecutor:
 def extract_store(
     config: ExtractConfig, teacher: TeacherBinder | TeacherLoader, executor: DaskExecutor | None = None
 ) -> ExtractSummary:
-    """The one extraction entry: fill (or resume) ``config.out`` with the teacher's embeddings.
+    """Fill (or resume) ``config.out`` with the teacher's embeddings: the one extraction entry.
 
-    ``teacher`` is a picklable :class:`~featstore.teacher.TeacherBinder` (``distill.models.binding.ModelSpec``
-    for any model spec), a zero-argument loader or a ``(function, argument)`` pair returning a
-    :class:`TeacherSource` (featstore never imports distill, so the caller says how to load it). The teacher
-    is loaded and bound once in this process; with an executor each dask worker binds its own copy. Both
-    give the same bytes.
+    The teacher is loaded and bound once in this process; with an executor each dask worker binds its own
+    copy. Both give the same bytes.
+
+    Args:
+        config: what to extract.
+        teacher: a picklable :class:`~featstore.teacher.TeacherBinder` (``distill.models.binding.ModelSpec``
+            for any model spec), a zero-argument loader or a ``(function, argument)`` pair returning a
+            :class:`TeacherSource` (featstore never imports distill, so the caller says how to load it).
+        executor: run the chunks on dask workers; None for this process.
+
+    Returns:
+        What the run did (:class:`ExtractSummary`).
+
+    Raises:
+        FsdError: every refusal of :func:`extract_teacher`; with an executor, also those of
+            :func:`featstore.dask_extract.extract_teacher_distributed`.
     """
     binder = as_binder(teacher)
     request = config.request()

@@ -31,7 +31,21 @@ from featstore.views import PARAM_NAMES
 
 @dataclass
 class ExtractSummary:
-    """What one extraction run did, as ``extract-teacher`` prints it."""
+    """What one extraction run did, as ``extract-teacher`` prints it.
+
+    Attributes:
+        url: the store.
+        samples: N, its rows.
+        views: V, views per row.
+        dim: D, the embedding width.
+        dtype: the embeddings' storage dtype.
+        chunks_total: the store's chunks.
+        chunks_computed: the chunks this run computed (fewer than ``chunks_total`` on a resume).
+        bytes_stored: the compressed bytes of all arrays.
+        compression_ratio: float32 bytes of the embeddings over their stored bytes.
+        seconds: the run's wall time.
+        resumed: whether the run continued an existing store.
+    """
 
     url: str
     samples: int
@@ -46,6 +60,7 @@ class ExtractSummary:
     resumed: bool
 
     def line(self) -> str:
+        """Return the one line ``extract-teacher`` prints."""
         action = "resumed" if self.resumed else "wrote"
         return (
             f"{action} {self.url}: {self.samples} samples × {self.views} views × {self.dim} dims ({self.dtype}), "
@@ -55,7 +70,17 @@ class ExtractSummary:
 
 
 def store_meta(teacher: TeacherSource, dataset: Dataset, views: int, seed: int) -> dict[str, Any]:
-    """The provenance a store records: teacher, head (None: head-less), dataset and views."""
+    """Return the provenance a store records: teacher, head (None: head-less), dataset and views.
+
+    Args:
+        teacher: the teacher.
+        dataset: the dataset it runs over.
+        views: views per sample.
+        seed: the seed of the view parameters.
+
+    Returns:
+        The ``teacher``, ``head``, ``dataset`` and ``views`` attribute dicts.
+    """
     return {
         "teacher": {
             "arch": teacher.arch,
@@ -89,8 +114,11 @@ def store_meta(teacher: TeacherSource, dataset: Dataset, views: int, seed: int) 
 
 
 def _check_same_head(store: FeatureStore, teacher: TeacherSource, url: str) -> None:
-    """The head a resumed store holds must be this teacher's, to the bit: the provenance hash alone cannot
-    tell for every teacher source, and a mismatch would mix two teachers' chunks under one head."""
+    """Refuse to resume a store whose head is not this teacher's, to the bit.
+
+    The provenance hash alone cannot tell for every teacher source, and a mismatch would mix two teachers'
+    chunks under one head.
+    """
     fitted = bool((store.meta.get("head") or {}).get("fitted"))  # fsd store fit-head, after extraction
     if fitted and not teacher.has_head:
         return
@@ -159,12 +187,29 @@ def open_or_create_store(
     overwrite: bool,
     compute: dict[str, Any] | None = None,
 ) -> tuple[FeatureStore, bool]:
-    """(store, resumed): the existing store when it was made from the same inputs, a new one otherwise.
+    """Open the existing store when it is made from the same inputs, or create a new one.
 
     Call it while holding the writer lock. A store made from other inputs is refused unless ``overwrite``.
-    ``compute`` (``{"batch_size", "device"}``) is recorded; resuming with other values is allowed but
-    warned about: float32 results depend on the batch and the device in their last bits, so the store would
-    differ slightly from an uninterrupted run.
+    Resuming with other ``compute`` values is allowed but warned about: float32 results depend on the batch
+    and the device in their last bits, so the store would differ slightly from an uninterrupted run.
+
+    Args:
+        teacher: the teacher.
+        dataset: the dataset it runs over.
+        url: the store's local path or fsspec URL.
+        views: views per sample.
+        dtype: the embeddings' storage dtype.
+        chunk_rows: rows per chunk (None: the default, or a resumed store's own).
+        seed: the seed of the view parameters.
+        overwrite: replace a store made from other inputs.
+        compute: ``{"batch_size", "device"}``, recorded in the store.
+
+    Returns:
+        The store, open for writing, and whether it is resumed.
+
+    Raises:
+        StoreError: what is at ``url`` is not a store, or a store made from other inputs or holding another
+            head (without ``overwrite``).
     """
     meta = store_meta(teacher, dataset, views, seed)
     if compute is not None:
@@ -194,7 +239,14 @@ def open_or_create_store(
 
 
 def left_out_rows(store: FeatureStore) -> np.ndarray:
-    """Rows whose sample was left out at extraction (--skip-bad-samples): NaN view parameters."""
+    """Find the rows whose sample is left out at extraction (``--skip-bad-samples``): NaN view parameters.
+
+    Args:
+        store: the store.
+
+    Returns:
+        The row indices, ascending.
+    """
     rows = [
         np.flatnonzero(np.isnan(store.read_rows(*store.chunk_bounds(c))[2]).all(axis=(1, 2))) + store.chunk_bounds(c)[0]
         for c in range(store.num_chunks)
@@ -203,7 +255,14 @@ def left_out_rows(store: FeatureStore) -> np.ndarray:
 
 
 def finish(store: FeatureStore) -> None:
-    """Record the samples left out (``dataset.left_out``) and set ``complete``, unless already complete."""
+    """Record the samples left out (``dataset.left_out``) and set ``complete``, unless already complete.
+
+    Args:
+        store: the store, every chunk written.
+
+    Raises:
+        StoreError: the flag cannot be written (disk full); every chunk stays written.
+    """
     if store.complete:
         return
     rows = left_out_rows(store)
@@ -219,7 +278,17 @@ def finish(store: FeatureStore) -> None:
 
 
 def summarise(store: FeatureStore, *, computed: int, seconds: float, resumed: bool) -> ExtractSummary:
-    """The :class:`ExtractSummary` of a finished run over ``store``."""
+    """Summarise a finished run over ``store``.
+
+    Args:
+        store: the finished store.
+        computed: the chunks this run computed.
+        seconds: the run's wall time.
+        resumed: whether the run continued an existing store.
+
+    Returns:
+        The run's :class:`ExtractSummary`.
+    """
     raw, stored = store.nbytes_embeddings()
     return ExtractSummary(
         url=store.url,
