@@ -1,6 +1,8 @@
-"""Dask clusters for distributed extraction: how many workers, which GPU each is pinned to, and the cluster's
-lifecycle (a LocalCluster started and shut down here, or a client of an existing scheduler that is never
-shut down). See :mod:`featstore.dask_extract` for what runs on them.
+"""Dask clusters for distributed extraction: how many workers, their GPUs, and the cluster's lifecycle.
+
+Each worker of a LocalCluster on CUDA is pinned to one GPU. A LocalCluster is started and shut down here; a
+client of an existing scheduler never shuts that scheduler down. See :mod:`featstore.dask_extract` for what
+runs on them.
 """
 
 from __future__ import annotations
@@ -28,7 +30,11 @@ def _usable_cpus() -> int:
 
 
 def visible_gpus() -> list[str]:
-    """The GPU ids a worker can be pinned to: CUDA_VISIBLE_DEVICES' entries if set, else 0..count-1."""
+    """List the GPU ids a worker can be pinned to.
+
+    Returns:
+        CUDA_VISIBLE_DEVICES' entries if set, else ``"0"`` .. ``"count-1"``; empty without CUDA.
+    """
     count = torch.cuda.device_count() if torch.cuda.is_available() else 0
     listed = [g.strip() for g in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if g.strip()]
     return listed[:count] if listed else [str(i) for i in range(count)]
@@ -37,9 +43,22 @@ def visible_gpus() -> list[str]:
 def plan_workers(
     workers: int | None, scheduler: str | None, device: torch.device
 ) -> tuple[int | None, tuple[str, ...] | None]:
-    """(LocalCluster size or None for an external scheduler, GPU ids to pin LocalCluster workers to).
+    """Decide the LocalCluster's size and the GPUs its workers are pinned to.
 
     Every argument check happens here, before anything is loaded or created.
+
+    Args:
+        workers: the processes asked for (None: one per visible GPU on CUDA, else one per usable CPU).
+        scheduler: the address of an existing scheduler, or None.
+        device: where the teachers run.
+
+    Returns:
+        The LocalCluster size (None with an external scheduler) and the GPU ids to pin its workers to
+        (None unless ``device`` is ``cuda`` without an index).
+
+    Raises:
+        InvalidInput: both ``workers`` and ``scheduler``, a non-positive ``workers``, an empty address, or
+            CUDA asked for with no CUDA device visible.
     """
     if workers is not None and scheduler is not None:
         raise InvalidInput(
@@ -63,7 +82,18 @@ def plan_workers(
 
 @contextlib.contextmanager
 def connect(scheduler: str, timeout_s: float) -> Iterator[Any]:
-    """A client of an existing cluster; closes the client only, never the cluster."""
+    """Connect a client to an existing cluster; on exit close the client only, never the cluster.
+
+    Args:
+        scheduler: the scheduler's address, e.g. ``tcp://host:8786``.
+        timeout_s: seconds to wait for it.
+
+    Yields:
+        The client.
+
+    Raises:
+        InvalidInput: the scheduler cannot be reached in time, or the address is malformed.
+    """
     from distributed import Client
 
     try:
@@ -80,7 +110,8 @@ def _workers_ignore_ctrl_c() -> Iterator[None]:
     """Start worker processes with SIGINT ignored (an ignored signal stays ignored in a child), then restore.
 
     Why: Ctrl-C goes to the whole process group, and every worker would print its own KeyboardInterrupt
-    traceback. Only the driver handles it, and says how to resume."""
+    traceback. Only the driver handles it, and says how to resume.
+    """
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -93,7 +124,14 @@ def _workers_ignore_ctrl_c() -> Iterator[None]:
 
 @contextlib.contextmanager
 def local_cluster(n_workers: int) -> Iterator[Any]:
-    """A LocalCluster of ``n_workers`` single-threaded processes and its client, both shut down on exit."""
+    """Start a LocalCluster of ``n_workers`` single-threaded processes; it and its client shut down on exit.
+
+    Args:
+        n_workers: the worker processes.
+
+    Yields:
+        The cluster's client.
+    """
     from distributed import Client, LocalCluster
 
     with (

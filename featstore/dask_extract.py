@@ -7,7 +7,7 @@ teacher and the dataset through a per-process cache (so each worker loads them o
 it runs), opens the store and calls :func:`featstore.chunk_engine.extract_chunks` for its chunks, which writes
 them straight to the store and flags each one done. Nothing about a chunk depends on where or when it
 was computed, so the store is bit-identical to a single-process run; a retried task or a task that dask
-re-runs after losing a worker just rewrites the same bytes. At the end the driver checks that no chunk is
+re-runs after losing a worker rewrites the same bytes. At the end the driver checks that no chunk is
 missing and marks the store complete.
 
 Clusters (:mod:`featstore.dask_cluster`):
@@ -102,7 +102,11 @@ LOADS: Counter = Counter()  # loads done by this process, by kind ("teacher", "d
 
 
 def load_counts() -> dict[str, int]:
-    """How many times this process loaded a teacher / a dataset (``client.run(load_counts)`` per worker)."""
+    """Count the teachers and datasets this process loads (``client.run(load_counts)`` asks every worker).
+
+    Returns:
+        ``{"teacher": n, "dataset": m}`` (kinds never loaded are absent).
+    """
     return dict(LOADS)
 
 
@@ -130,8 +134,11 @@ def _prepare_process(gpus: tuple[str, ...] | None) -> None:
 
 
 def _cached_binding(job: _Job) -> TeacherBinding:
-    """This worker's teacher bound to the job's dataset: the teacher loaded once per job and process, the
-    dataset once per dataset, and both checked against the provenance the driver put in the store."""
+    """Return this worker's teacher bound to the job's dataset.
+
+    The teacher is loaded once per job and process, the dataset once per dataset, and both are checked
+    against the provenance the driver put in the store.
+    """
     global _BOUND
     key = (job.binder_token, job.teacher_sha256, job.dataset_fingerprint, job.device)
     if _BOUND is None or _BOUND[0] != key:
@@ -149,8 +156,11 @@ def _cached_binding(job: _Job) -> TeacherBinding:
 
 
 def _cached_dataset(job: _Job, image_size: int | None) -> Dataset:
-    """The job's dataset, decoded in this worker (the dask workers are the parallelism and, being daemons,
-    could not start DataLoader processes); kept across jobs over the same data."""
+    """Return the job's dataset, decoded in this worker and kept across jobs over the same data.
+
+    Decoded in the worker itself: the dask workers are the parallelism and, being daemons, cannot start
+    DataLoader processes.
+    """
     global _DATASET
     request = job.request
     key = (request.spec, request.split, image_size, request.skip_bad_samples, job.dataset_fingerprint)
@@ -237,14 +247,42 @@ def extract_teacher_distributed(
     skip_bad_samples: bool = False,
     bound: TeacherBinding | None = None,
 ) -> ExtractSummary:
-    """Create (or resume) the store at ``url`` like :func:`featstore.extract.extract_teacher`, with the chunks
-    computed by dask workers: a LocalCluster of ``workers`` processes, or the cluster at ``scheduler``.
+    """Create (or resume) the store at ``url`` like :func:`featstore.extract.extract_teacher`, on dask workers.
 
-    ``teacher_loader`` is a :class:`~featstore.teacher.TeacherBinder` or a loader of a
-    :class:`~featstore.teacher.TeacherSource`; ``bound`` is the driver's binding when the caller already
-    made one. The result is bit-identical to the single-process run. Raises :class:`InvalidInput` for bad
-    options (``workers <= 0``, both ``workers`` and ``scheduler``, an unreachable scheduler) before anything
-    is created.
+    The chunks are computed by a LocalCluster of ``workers`` processes, or the cluster at ``scheduler``. The
+    result is bit-identical to the single-process run.
+
+    Args:
+        teacher_loader: a :class:`~featstore.teacher.TeacherBinder` or a loader of a
+            :class:`~featstore.teacher.TeacherSource`; it is pickled to the workers.
+        dataset_spec: the dataset spec, which every worker loads itself.
+        split: the split to extract.
+        url: the store's local path or fsspec URL (the workers must reach it).
+        views: views per sample; view 0 is the identity view.
+        dtype: the embeddings' storage dtype.
+        chunk_rows: rows per chunk (None: the default, or a resumed store's own).
+        batch_size: the teacher's batch size.
+        seed: the seed every view's parameters are drawn from.
+        device: where the teachers run; CUDA pins each worker of a LocalCluster to one GPU.
+        overwrite: replace a store made from other inputs.
+        progress: show a progress bar.
+        workers: processes of a LocalCluster started for the run (None: from the device and CPU count).
+        scheduler: the address of a running dask scheduler, used instead of a LocalCluster.
+        chunks_per_task: store chunks one dask task computes.
+        connect_timeout: seconds to wait for ``scheduler``.
+        image_size: the size views of a dataset read from files render at.
+        skip_bad_samples: leave unreadable samples out rather than stop.
+        bound: the driver's binding when the caller has made one already.
+
+    Returns:
+        What the run did (:class:`~featstore.store_lifecycle.ExtractSummary`).
+
+    Raises:
+        InvalidInput: bad options (``workers <= 0``, both ``workers`` and ``scheduler``, an unreachable
+            scheduler), before anything is created; or a teacher that does not fit the dataset.
+        StoreError: a store made from other inputs, a dead worker or a failed write (the chunks written are
+            kept and a re-run resumes), or a worker whose teacher or dataset differs from the driver's.
+        Interrupted: Ctrl-C; the chunks written so far are kept.
     """
     started = time.perf_counter()
     device = torch.device(device)
@@ -289,9 +327,11 @@ class _Plan:
 
 
 def _run_job(job: _Job, teacher: TeacherBinding, plan: _Plan, layout: dict[str, Any]) -> tuple[FeatureStore, bool, int]:
-    """(store, resumed, chunks computed): create or resume the store under the writer lock, run the missing
-    chunks on the cluster, check none is left and finish the store. The lock, the store and the cluster share
-    one ExitStack, so their order is kept in one place."""
+    """Create or resume the store under the writer lock, run the missing chunks on the cluster, finish it.
+
+    Returns the store, whether it is resumed, and the chunks computed. The lock, the store and the cluster
+    share one ExitStack, so their order is kept in one place.
+    """
     url = plan.url
     with contextlib.ExitStack() as stack:
         # An external scheduler is reached before the store is touched, so an unreachable one changes nothing.
