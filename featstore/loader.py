@@ -9,7 +9,7 @@ and the batches come back in that order, prefetched (``prefetch_factor`` batches
 in pinned memory. Rendering is deterministic, so which worker renders a sample never changes a pixel.
 
 In-memory datasets skip the workers: their views are slices of a tensor, rendered in-process in one
-batched call — exactly as before lazy datasets existed, so their stores stay bit-identical.
+batched call per view index (:meth:`Dataset.render`), which a worker process could only slow down.
 
 A sample that cannot be read is an error naming it (:class:`featstore.datasets.lazy.BadSample`), raised
 in the main process as one line; with ``LoadOptions(skip_bad_samples=True)`` it is left out of its batch
@@ -38,7 +38,15 @@ Request = tuple[int, int, tuple[int, ...], np.ndarray | None]  # (row, seed, vie
 
 @dataclass
 class Rendered:
-    """One batch of rendered samples, in request order (bad samples left out when skipped)."""
+    """One batch of rendered samples, in request order (bad samples left out when skipped).
+
+    Attributes:
+        rows: (n,) int64 rows of the samples rendered.
+        x: (n, V, C, H, W) float32 views.
+        params: (n, V, P) float32 view parameters.
+        digests: per sample, the sha256 of the bytes it is read from (None for in-memory data).
+        bad: ``(row, message)`` of each sample left out.
+    """
 
     rows: np.ndarray  # (n,) int64
     x: torch.Tensor  # (n, V, C, H, W) float32
@@ -48,8 +56,11 @@ class Rendered:
 
 
 def default_workers() -> int:
-    """Loader worker processes when ``--loader-workers`` is not given: one per usable CPU but one (the
-    main process feeds the model), at most 8; at least 1."""
+    """Choose the loader worker processes when ``--loader-workers`` is not given.
+
+    Returns:
+        One per usable CPU but one (the main process feeds the model), at most 8; at least 1.
+    """
     try:
         cpus = len(os.sched_getaffinity(0))
     except AttributeError:  # pragma: no cover - not Linux
@@ -58,7 +69,14 @@ def default_workers() -> int:
 
 
 def workers_for(dataset: Dataset) -> int:
-    """How many worker processes ``dataset`` is read with (0 for in-memory sets: no workers)."""
+    """Say how many worker processes ``dataset`` is read with.
+
+    Args:
+        dataset: the dataset; its ``options.workers`` is None for the default.
+
+    Returns:
+        The worker count; 0 for in-memory sets, which use no workers.
+    """
     if not dataset.lazy:
         return 0
     workers = dataset.options.workers
@@ -114,7 +132,20 @@ def _init_worker(_: int) -> None:
 def render_batches(
     dataset: Dataset, requests: Iterable[list[Request]], device: torch.device | None = None
 ) -> Iterator[Rendered]:
-    """Render each list of requests, in order (see the module docstring)."""
+    """Render each list of requests, in order (see the module docstring).
+
+    Args:
+        dataset: the dataset to render.
+        requests: one list per batch of ``(row, seed, view ids, (V, P) parameters or None)``; parameters
+            None are drawn from (seed, row, view).
+        device: the device the batches go to; CUDA puts them in pinned memory.
+
+    Yields:
+        One :class:`Rendered` per list, in order.
+
+    Raises:
+        BadSample: a sample cannot be read and the dataset does not skip bad samples.
+    """
     skip = dataset.options.skip_bad_samples
     workers = workers_for(dataset)
     if not dataset.lazy:
@@ -152,8 +183,14 @@ class _Once:
 
 
 class DigestCheck:
-    """Compares the bytes a training epoch reads with the content digests extraction stored, chunk by
-    chunk: a file changed since extraction would pair the stored embedding with other pixels."""
+    """Compare the bytes a training epoch reads with the content digests extraction stored, chunk by chunk.
+
+    A file changed since extraction would pair the stored embedding with other pixels.
+
+    Args:
+        store: the store the stream reads (anything without ``content_digests`` checks nothing).
+        dataset: the dataset rendered; in-memory datasets are not checked.
+    """
 
     def __init__(self, store: object, dataset: Dataset) -> None:
         digests = getattr(store, "content_digests", lambda: None)() if dataset.lazy else None
@@ -161,6 +198,11 @@ class DigestCheck:
         self.seen: dict[int, dict[int, bytes]] = {}
 
     def add(self, rows: np.ndarray, digests: list[bytes | None]) -> None:
+        """Record the digests of rendered ``rows``; each chunk is compared once all its rows are seen.
+
+        Raises:
+            StoreError: a complete chunk's digest differs from the stored one.
+        """
         if self.expected is None:
             return
         chunk_rows = self.store.chunk_rows
@@ -187,9 +229,23 @@ class DigestCheck:
 def stream_views(
     dataset: Dataset, stream: Iterable, *, limit: int | None = None, device: torch.device | None = None
 ) -> Iterator[tuple[object, torch.Tensor]]:
-    """(batch, student input (B, C, H, W)) for each of the first ``limit`` batches of a store stream: the
-    batch's stored views rendered, in the stream's order. Rows a store marks as left out at extraction
-    (NaN parameters) are dropped from their batch; a file whose bytes changed since extraction is an error."""
+    """Render the stored views of each of the first ``limit`` batches of a store stream, in its order.
+
+    Rows a store marks as left out at extraction (NaN parameters) are dropped from their batch.
+
+    Args:
+        dataset: the dataset the store is extracted from.
+        stream: a :class:`~featstore.stream.StoreStream` (or any iterable of its batches).
+        limit: the batches to render (None: all).
+        device: the device the images go to.
+
+    Yields:
+        ``(batch, student input (B, C, H, W))``, the batch reduced to the rows rendered.
+
+    Raises:
+        StoreError: a file's bytes changed since extraction.
+        BadSample: a sample cannot be read and the dataset does not skip bad samples.
+    """
     pending: deque = deque()
     check = DigestCheck(getattr(stream, "store", None), dataset)
 
@@ -236,8 +292,19 @@ def chunk_batches(
     batch_size: int,
     device: torch.device | None = None,
 ) -> Iterator[tuple[int, int, Rendered]]:
-    """(chunk, first row of the batch, rendered batch) for every ``batch_size`` slice of each (chunk,
-    start, stop): every view of every row, parameters drawn from (seed, row, view)."""
+    """Render every view of every row of each chunk, ``batch_size`` rows at a time.
+
+    Args:
+        dataset: the dataset.
+        bounds: ``(chunk, start, stop)`` of each chunk, in order.
+        num_views: V, views per row.
+        seed: the seed the parameters are drawn from, with (row, view).
+        batch_size: rows per batch; a chunk's last batch may be shorter.
+        device: the device the images go to.
+
+    Yields:
+        ``(chunk, first row of the batch, rendered batch)``.
+    """
     pending: deque = deque()
     views = tuple(range(num_views))
 
@@ -255,7 +322,17 @@ def chunk_batches(
 def identity_batches(
     dataset: Dataset, rows: np.ndarray, batch_size: int, device: torch.device | None = None
 ) -> Iterator[Rendered]:
-    """View 0 of ``rows``, in order, ``batch_size`` at a time (evaluation, accuracy)."""
+    """Render view 0 of ``rows``, in order, ``batch_size`` at a time (evaluation, accuracy).
+
+    Args:
+        dataset: the dataset.
+        rows: the rows to render.
+        batch_size: rows per batch.
+        device: the device the images go to.
+
+    Returns:
+        An iterator of :class:`Rendered` batches.
+    """
     rows = np.asarray(rows, dtype=np.int64)
     batches = ([(int(r), 0, (0,), None) for r in rows[i : i + batch_size]] for i in range(0, len(rows), batch_size))
     return render_batches(dataset, batches, device)
@@ -264,8 +341,18 @@ def identity_batches(
 def rows_batches(
     dataset: Dataset, rows: np.ndarray, params: np.ndarray, batch_size: int, device: torch.device | None = None
 ) -> Iterator[Rendered]:
-    """One given view (parameters (n, P)) per row, in order, ``batch_size`` at a time (verify, training
-    the teacher)."""
+    """Render one given view per row, in order, ``batch_size`` at a time (verify, training the teacher).
+
+    Args:
+        dataset: the dataset.
+        rows: the rows to render.
+        params: (n, P) view parameters, one row per row of ``rows``.
+        batch_size: rows per batch.
+        device: the device the images go to.
+
+    Returns:
+        An iterator of :class:`Rendered` batches.
+    """
     rows = np.asarray(rows, dtype=np.int64)
     batches = (
         [(int(r), 0, (0,), params[j][None]) for j, r in zip(range(i, i + batch_size), rows[i : i + batch_size])]
@@ -277,8 +364,21 @@ def rows_batches(
 def drawn_batches(
     dataset: Dataset, rows: np.ndarray, batch_size: int, *, seed: int, view: int, device: torch.device | None = None
 ) -> Iterator[Rendered]:
-    """View ``view`` of each row drawn from (seed, row, view) where the image is decoded, in order,
-    ``batch_size`` at a time (online training of a teacher: fresh views every epoch)."""
+    """Render view ``view`` of each row, drawn from (seed, row, view) where the image is decoded.
+
+    In order, ``batch_size`` at a time (online training of a teacher: fresh views every epoch).
+
+    Args:
+        dataset: the dataset.
+        rows: the rows to render.
+        batch_size: rows per batch.
+        seed: the seed the parameters are drawn from.
+        view: the view index the parameters are drawn for.
+        device: the device the images go to.
+
+    Returns:
+        An iterator of :class:`Rendered` batches.
+    """
     rows = np.asarray(rows, dtype=np.int64)
     batches = (
         [(int(r), seed, (view,), None) for r in rows[i : i + batch_size]] for i in range(0, len(rows), batch_size)
