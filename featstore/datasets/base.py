@@ -39,8 +39,12 @@ class SplitNotFound(InputNotFound):
 
 @dataclass(frozen=True)
 class LoadOptions:
-    """How a dataset is read, not what it is (never part of a fingerprint): DataLoader worker processes
-    (``None``: a default from the CPU count) and whether unreadable samples are left out."""
+    """How a dataset is read, not what it is (never part of a fingerprint).
+
+    Attributes:
+        workers: DataLoader worker processes (None: a default from the CPU count).
+        skip_bad_samples: leave unreadable samples out (with a warning) rather than stop.
+    """
 
     workers: int | None = None
     skip_bad_samples: bool = False
@@ -48,7 +52,13 @@ class LoadOptions:
 
 @dataclass
 class SampleViews:
-    """The rendered views of one sample, as a loader worker returns them."""
+    """The rendered views of one sample, as a loader worker returns them.
+
+    Attributes:
+        x: (V, C, H, W) float32, normalised model input.
+        params: (V, P) float32 view parameters (drawn by the worker when the request carries none).
+        digest: sha256 of the bytes read for this sample (None: in-memory data).
+    """
 
     x: torch.Tensor  # (V, C, H, W) float32, normalised model input
     params: np.ndarray  # (V, P) float32 view parameters (drawn here when the request carried none)
@@ -58,13 +68,22 @@ class SampleViews:
 class Dataset(ABC):
     """What every registered dataset offers (see the module docstring).
 
-    Subclasses set ``spec``, ``split``, ``labels`` (int64, N), ``num_classes``, ``view_policy`` and
-    ``options``; ``lazy`` says whether samples are decoded on demand (then the loader uses workers).
+    Subclasses set the attributes below; ``lazy`` says whether samples are decoded on demand (then the
+    loader uses workers).
+
+    Attributes:
+        spec: the spec the dataset is loaded from.
+        split: ``train`` or ``test``.
+        labels: (N,) int64 labels, one per sample.
+        num_classes: C.
+        view_policy: how views of a sample are drawn and rendered.
+        options: how the dataset is read.
+        normalisation: the per-channel (mean, std) that turns [0, 1] pixels into the rendered input, so a
+            model that wants other input scaling can recover the pixels; None when not declared.
     """
 
     lazy: ClassVar[bool] = False
-    # (mean, std) per channel that turned [0, 1] pixels into the rendered input: lets a model that wants other
-    # input scaling (an ONNX face model's (x - 127.5) / 127.5) recover the pixels. None: not declared.
+    # An ONNX face model, for one, wants (x - 127.5) / 127.5 and converts from this.
     normalisation: tuple[tuple[float, ...], tuple[float, ...]] | None = None
     spec: str
     split: str
@@ -79,42 +98,77 @@ class Dataset(ABC):
     @property
     @abstractmethod
     def image_shape(self) -> tuple[int, int, int]:
-        """(C, H, W) of the model input the views are rendered to."""
+        """The (C, H, W) of the model input the views are rendered to."""
 
     @abstractmethod
     def fingerprint(self) -> str:
-        """A hash of what pairs store rows with samples (order, labels, content or index)."""
+        """Hash what pairs store rows with samples (order, labels, content or index).
+
+        Returns:
+            The hex digest a store records and training checks.
+        """
 
     @abstractmethod
     def source_sizes(self, rows: np.ndarray) -> np.ndarray:
-        """(n, 2) int64 (H, W) of the original images of ``rows`` (what view boxes are drawn on)."""
+        """Return the (n, 2) int64 (H, W) of the original images of ``rows`` (what view boxes are drawn on)."""
 
     @abstractmethod
     def load_views(
         self, row: int, params: np.ndarray | None, seed: int = 0, view_ids: tuple[int, ...] = (0,)
     ) -> SampleViews:
-        """Render sample ``row``: with the given (V, P) parameters, or drawing those of ``view_ids`` from
-        (seed, row, view) when ``params`` is None."""
+        """Render the views of sample ``row``.
+
+        Args:
+            row: the sample.
+            params: (V, P) view parameters, or None to draw those of ``view_ids`` from (seed, row, view).
+            seed: the seed parameters are drawn from.
+            view_ids: the views drawn when ``params`` is None.
+
+        Returns:
+            The rendered views, their parameters and the sample's digest.
+
+        Raises:
+            BadSample: the sample cannot be read or decoded (datasets read from files).
+        """
 
     def render(self, rows: np.ndarray, params: np.ndarray) -> torch.Tensor:
-        """(n, C, H, W) float32: one view per row, from (n, P) parameters (the in-process path)."""
+        """Render one view per row from (n, P) parameters (the in-process path).
+
+        Args:
+            rows: the samples.
+            params: (n, P) view parameters, one row per sample.
+
+        Returns:
+            (n, C, H, W) float32 views.
+        """
         rows = np.asarray(rows, dtype=np.int64)
         if not len(rows):
             return torch.zeros((0, *self.image_shape))
         return torch.stack([self.load_views(int(r), np.asarray(p)[None]).x[0] for r, p in zip(rows, params)])
 
     def get_images(self, indices: np.ndarray | list[int]) -> torch.Tensor:
-        """View 0 (the deterministic view) of the given samples, float32 (n, C, H, W)."""
+        """Render view 0 (the deterministic view) of the given samples.
+
+        Args:
+            indices: the samples.
+
+        Returns:
+            (n, C, H, W) float32 views.
+        """
         rows = np.asarray(indices, dtype=np.int64)
         sizes = self.source_sizes(rows)
         return self.render(rows, np.stack([identity_params(self.view_policy, tuple(s)) for s in sizes]))
 
     def content_digest(self, rows: np.ndarray) -> bytes | None:
-        """sha256 over the per-sample digests of ``rows`` (None for in-memory data, whose fingerprint
-        already covers every pixel)."""
+        """Hash the per-sample digests of ``rows`` (sha256).
+
+        Returns:
+            The digest; None for in-memory data, whose fingerprint covers every pixel.
+        """
         return None
 
     def describe(self) -> dict:
+        """Return the dataset's spec, split, sizes, image shape and fingerprint as a plain dict."""
         return {
             "spec": self.spec,
             "split": self.split,
@@ -129,7 +183,15 @@ class Dataset(ABC):
 class ImageDataset(Dataset):
     """An in-memory labelled image split (``digits``, ``cifar100``).
 
-    ``images`` are float32 (N, C, H, W) in the model's input scale; ``labels`` int64 (N,).
+    Attributes:
+        spec: the spec the dataset is loaded from.
+        split: ``train`` or ``test``.
+        images: float32 (N, C, H, W) in the model's input scale.
+        labels: int64 (N,).
+        num_classes: C.
+        view_policy: how views of a sample are drawn and rendered.
+        options: how the dataset is read.
+        normalisation: the per-channel (mean, std) of the input scale, or None.
     """
 
     spec: str
@@ -144,28 +206,32 @@ class ImageDataset(Dataset):
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
+        """The (C, H, W) of the stored images, which views keep."""
         return tuple(int(s) for s in self.images.shape[1:])  # type: ignore[return-value]
 
     def get_images(self, indices: np.ndarray | list[int]) -> torch.Tensor:
-        """Source images of the given sample indices, as a float32 tensor (n, C, H, W)."""
+        """Return the source images of the given samples, as a float32 tensor (n, C, H, W)."""
         return torch.from_numpy(self.images[np.asarray(indices, dtype=np.int64)])
 
     def render(self, rows: np.ndarray, params: np.ndarray) -> torch.Tensor:
+        """Render one view per row from (n, P) parameters, in one batched call."""
         return render_views(self.get_images(rows), params, self.view_policy)
 
     def source_sizes(self, rows: np.ndarray) -> np.ndarray:
+        """Return the (n, 2) (H, W) of ``rows``: every image has the stored size."""
         return np.tile(np.asarray(self.images.shape[2:], dtype=np.int64), (len(rows), 1))
 
     def load_views(
         self, row: int, params: np.ndarray | None, seed: int = 0, view_ids: tuple[int, ...] = (0,)
     ) -> SampleViews:
+        """Render the views of sample ``row`` (see :meth:`Dataset.load_views`)."""
         if params is None:
             params = np.stack([sample_view_params(self.view_policy, seed, row, v) for v in view_ids])
         image = self.get_images([row]).expand(len(params), -1, -1, -1)
         return SampleViews(render_views(image, params, self.view_policy), np.asarray(params, np.float32), None)
 
     def fingerprint(self) -> str:
-        """sha256 over the split's pixels and labels: changes if any sample, label or order changes."""
+        """Hash the split's pixels and labels (sha256): it changes if any sample, label or order changes."""
         if self._fingerprint is None:
             digest = hashlib.sha256()
             digest.update(f"{self.spec}|{self.split}|{self.images.shape}|{self.images.dtype}".encode())
@@ -187,6 +253,7 @@ class DirImageDataset(ImageDataset):
     class_names: tuple[str, ...] | None = None
 
     def fingerprint(self) -> str:
+        """Hash the pixels and labels as :class:`ImageDataset` does, with ``fingerprint_name`` for the spec."""
         if self._fingerprint is None:
             # The base class's hash, computed as if the spec were the canonical, path-free name.
             canonical = ImageDataset(
@@ -202,7 +269,20 @@ class DirImageDataset(ImageDataset):
 
 
 def directory_of(argument: str, spec: str, kind: str) -> Path:
-    """The directory a ``kind:DIR`` spec names, checked to exist."""
+    """Return the directory a ``kind:DIR`` spec names, checked to exist.
+
+    Args:
+        argument: the part after ``kind:``.
+        spec: the whole spec, for the messages.
+        kind: the format's name.
+
+    Returns:
+        The directory (``~`` expanded).
+
+    Raises:
+        InvalidInput: no directory given, or a path that is not a directory.
+        InputNotFound: the path does not exist.
+    """
     if not argument:
         raise InvalidInput(f"dataset spec {spec!r}: give a directory, as in '{kind}:DIR'")
     path = Path(argument).expanduser()
@@ -217,7 +297,7 @@ ImageSize = int | tuple[int, int]  # S (a square) or (H, W)
 
 
 def as_hw(image_size: ImageSize | None) -> tuple[int, int] | None:
-    """``image_size`` as (H, W): an int is a square; None stays None."""
+    """Return ``image_size`` as (H, W): an int is a square; None stays None."""
     if image_size is None:
         return None
     if isinstance(image_size, int):
@@ -227,7 +307,11 @@ def as_hw(image_size: ImageSize | None) -> tuple[int, int] | None:
 
 
 def check_image_size(spec: str, image_size: ImageSize | None, native: tuple[int, ...]) -> None:
-    """In-memory sets render at their stored size only: another ``--image-size`` is refused."""
+    """Refuse an ``--image-size`` other than an in-memory set's stored size, the only one it renders at.
+
+    Raises:
+        InvalidInput: ``image_size`` is given and differs from ``native`` (H, W).
+    """
     wanted = as_hw(image_size)
     if wanted is not None and wanted != tuple(native):
         raise InvalidInput(
@@ -243,9 +327,24 @@ def load_dataset(
     image_size: ImageSize | None = None,
     options: LoadOptions | None = None,
 ) -> Dataset:
-    """Build the dataset named by ``spec`` (``digits``, ``cifar100:DIR``, ``folder:DIR``, ``mxrec:DIR``…)
-    for ``split``; ``image_size`` (S, or (H, W)) overrides the size views are rendered to (``--image-size``,
-    or a teacher's input size)."""
+    """Build the dataset named by ``spec`` for ``split``.
+
+    Args:
+        spec: ``digits``, ``cifar100:DIR``, ``folder:DIR``, ``mxrec:DIR``, ... (``DATASETS`` lists the names).
+        split: ``train`` or ``test``.
+        image_size: S or (H, W), the size views are rendered to (``--image-size``, or a teacher's input
+            size); None for the dataset's own. Only datasets read from files take another size.
+        options: how the dataset is read (default: :class:`LoadOptions`).
+
+    Returns:
+        The dataset.
+
+    Raises:
+        InvalidInput: an unknown split, an image size out of range or not one the dataset renders, or a
+            malformed spec.
+        UnknownName: no dataset of that name is registered.
+        InputNotFound: the files the spec names do not exist (:class:`SplitNotFound` for a missing split).
+    """
     if split not in SPLITS:
         raise InvalidInput(f"unknown split {split!r}; valid: {', '.join(SPLITS)}")
     hw = as_hw(image_size)
@@ -275,7 +374,7 @@ def load_eval_dataset(
     image_size: ImageSize | None = None,
     options: LoadOptions | None = None,
 ) -> Dataset | None:
-    """The split a training run evaluates on, or None.
+    """Load the split a training run evaluates on, or None.
 
     Args:
         spec: the dataset spec, as for :func:`load_dataset`.
@@ -304,6 +403,6 @@ def load_eval_dataset(
 
 
 def renders_any_size(spec: str) -> bool:
-    """Whether the dataset ``spec`` names renders its views at any ``image_size`` (read from files)."""
+    """Say whether the dataset ``spec`` names renders its views at any ``image_size`` (read from files)."""
     name = spec.partition(":")[0]
     return name in DATASETS and "image_size" in inspect.signature(DATASETS.get(name)).parameters
