@@ -60,17 +60,37 @@ DEFAULT_SCALE = (0.35, 1.0)
 
 @dataclass(frozen=True)
 class FolderSpec:
-    """What ``DIR?size=…&resize=…&scale=…`` says (see the module docstring)."""
+    """What ``DIR?size=…&resize=…&scale=…`` says (see the module docstring).
+
+    Attributes:
+        directory: DIR, as given.
+        size: the rendered (H, W).
+        resize: view 0's Resize before its CenterCrop; None for a non-square size.
+        crop: view 0's central square, as a fraction of the short side; None: the whole image.
+        scale: the area range of the other views' RandomResizedCrop boxes.
+    """
 
     directory: str
-    size: tuple[int, int]  # (H, W)
-    resize: int | None  # None for a non-square size
-    crop: float | None  # view 0's central square, as a fraction of the short side; None: the whole image
+    size: tuple[int, int]
+    resize: int | None
+    crop: float | None
     scale: tuple[float, float]
 
 
 def parse_folder_spec(argument: str, spec: str) -> FolderSpec:
-    """``DIR[?size=S|H,W][&resize=R][&scale=LO,HI]`` → its :class:`FolderSpec`, strictly."""
+    """Parse ``DIR[?size=S|H,W][&resize=R][&scale=LO,HI]`` into its :class:`FolderSpec`, strictly.
+
+    Args:
+        argument: the part of the spec after ``folder:``.
+        spec: the whole spec, for the messages.
+
+    Returns:
+        The parsed spec, with the defaults filled in.
+
+    Raises:
+        InvalidInput: an unknown, repeated or malformed option, a value out of range, ``resize`` below
+            ``size`` or given with a non-square size.
+    """
     directory, query = SpecQuery.split(argument, spec, FOLDER_OPTIONS, what="dataset spec")
     size = query.sides("size", (FOLDER_DEFAULT_SIZE, FOLDER_DEFAULT_SIZE), low=1, high=MAX_IMAGE_SIZE)
     low, high = query.floats("scale", DEFAULT_SCALE, count=2, low=0.0, high=1.0, ascending=True)
@@ -93,7 +113,18 @@ def parse_folder_spec(argument: str, spec: str) -> FolderSpec:
 
 
 def parse_folder_argument(argument: str, spec: str) -> tuple[str, tuple[int, int], int | None]:
-    """``DIR[?size=S|H,W][&resize=R][&scale=LO,HI]`` → (DIR, (H, W), resize; None for a non-square size)."""
+    """Parse ``DIR[?size=S|H,W][&resize=R][&scale=LO,HI]`` as :func:`parse_folder_spec` does.
+
+    Args:
+        argument: the part of the spec after ``folder:``.
+        spec: the whole spec, for the messages.
+
+    Returns:
+        DIR, the rendered (H, W) and ``resize`` (None for a non-square size).
+
+    Raises:
+        InvalidInput: as :func:`parse_folder_spec`.
+    """
     parsed = parse_folder_spec(argument, spec)
     return parsed.directory, parsed.size, parsed.resize
 
@@ -103,7 +134,17 @@ def _is_hidden(name: str) -> bool:
 
 
 def class_folders(split_dir: Path) -> list[str]:
-    """The sorted non-hidden sub-folders of ``split_dir`` (its classes)."""
+    """List the sorted non-hidden sub-folders of ``split_dir`` (its classes).
+
+    Args:
+        split_dir: ``DIR/<split>``.
+
+    Returns:
+        The folder names, in code-point order.
+
+    Raises:
+        InvalidInput: the folder cannot be listed.
+    """
     try:
         return sorted(e.name for e in os.scandir(split_dir) if e.is_dir() and not _is_hidden(e.name))
     except OSError as err:
@@ -111,8 +152,18 @@ def class_folders(split_dir: Path) -> list[str]:
 
 
 def image_files(class_dir: Path, skip_unlisted: bool = False) -> list[tuple[str, int]]:
-    """(path relative to ``class_dir``, byte size) of every image below it, sorted by that path; sub-folders
-    that cannot be listed are an error, or with ``skip_unlisted`` left out with a warning."""
+    """List every image below ``class_dir``, sorted by its path relative to it.
+
+    Args:
+        class_dir: a class folder.
+        skip_unlisted: leave sub-folders that cannot be listed out, with a warning, rather than refuse.
+
+    Returns:
+        ``(path relative to class_dir, byte size)`` of each image.
+
+    Raises:
+        InvalidInput: a folder cannot be listed (below ``class_dir`` only without ``skip_unlisted``).
+    """
     listing = list_files(class_dir, IMAGE_SUFFIXES, skip_unlisted=skip_unlisted, what="folder")
     if listing.unlisted:
         where, reason = listing.unlisted[0]
@@ -126,7 +177,12 @@ def image_files(class_dir: Path, skip_unlisted: bool = False) -> list[tuple[str,
 
 
 class FolderDataset(LazyImageDataset):
-    """One split of an ImageFolder tree; ``keys`` are ``<class>/<relative path>``."""
+    """One split of an ImageFolder tree; ``keys`` are ``<class>/<relative path>``.
+
+    Args:
+        root: ``DIR/<split>``.
+        **kwargs: the fields of :class:`~featstore.datasets.lazy.LazyImageDataset`.
+    """
 
     name = "folder"
 
@@ -135,12 +191,19 @@ class FolderDataset(LazyImageDataset):
         self.root = root  # DIR/<split>
 
     def path(self, row: int) -> Path:
+        """Return the image file of sample ``row``."""
         return self.root / self.keys[row]
 
     def where(self, row: int) -> str:
+        """Return the image file of sample ``row``, for messages."""
         return str(self.path(row))
 
     def read_bytes(self, row: int) -> bytes:
+        """Read the image file of sample ``row``.
+
+        Raises:
+            BadSample: the file cannot be read, is not a regular file, or is too large.
+        """
         try:
             return read_file(self.path(row))
         except UnreadableFile as err:
@@ -150,7 +213,22 @@ class FolderDataset(LazyImageDataset):
 def folder_index(
     root: Path, split: str, skip_unlisted: bool = False
 ) -> tuple[list[str], list[int], list[int], list[str], Path]:
-    """(keys, byte sizes, labels, class names, split dir) of ``root``'s ``split`` (see the module docstring)."""
+    """Index ``root``'s ``split`` (see the module docstring for the layout and its rules).
+
+    Args:
+        root: DIR, holding ``train/`` and possibly ``test/``.
+        split: ``train`` or ``test``.
+        skip_unlisted: leave sub-folders of a class that cannot be listed out, with a warning.
+
+    Returns:
+        The keys, byte sizes and labels of the split's images, the class names (those of ``train/``) and
+        the split's folder.
+
+    Raises:
+        InputNotFound: ``train/`` is missing (:class:`SplitNotFound` when only the split's folder is).
+        InvalidInput: no classes, a class of the split that ``train/`` lacks, an empty class folder, or a
+            folder that cannot be listed.
+    """
     train_dir, split_dir = root / "train", root / split
     for needed in dict.fromkeys((train_dir, split_dir)):
         if not needed.is_dir():
@@ -192,8 +270,10 @@ def _folder(
     image_size: tuple[int, int] | None = None,
     options: LoadOptions | None = None,
 ) -> FolderDataset:
-    """``folder:DIR[?size=S|H,W&resize=R&scale=LO,HI]``: DIR/<split>/<class>/<image> (see the module
-    docstring)."""
+    """Build ``folder:DIR[?size=S|H,W&resize=R&scale=LO,HI]``: DIR/<split>/<class>/<image>.
+
+    See the module docstring for the layout and the options.
+    """
     parsed = parse_folder_spec(argument, spec)
     root = directory_of(parsed.directory, spec, "folder")
     skip = options is not None and options.skip_bad_samples
