@@ -60,14 +60,24 @@ _IDX_LINE = re.compile(r"([0-9]{1,19})\t([0-9]{1,19})")
 
 
 def _whole(value: float, where: str, what: str, high: int = MAX_CLASSES) -> int:
-    """A float32 header value that must be an integer in [0, high): anything else is invalid input."""
+    """Return a float32 header value that must be an integer in [0, high); anything else is invalid input."""
     if not (np.isfinite(value) and float(value).is_integer() and 0 <= value < high):
         raise InvalidInput(f"mxrec: {where} has {what} {value!r}, not an integer in 0…{high - 1}")
     return int(value)
 
 
 class RecordFile:
-    """Random access to the records of one ``.rec`` through the offsets of its ``.idx``."""
+    """Random access to the records of one ``.rec`` through the offsets of its ``.idx``.
+
+    The open file handle is per process (a pickled copy in a loader worker opens its own).
+
+    Args:
+        rec: the ``.rec`` file.
+        offsets: ``{key: byte offset}`` from its ``.idx`` (:func:`read_idx`).
+
+    Raises:
+        InvalidInput: an offset points past the end of the file.
+    """
 
     def __init__(self, rec: Path, offsets: dict[int, int]) -> None:
         self.rec, self.offsets = rec, offsets
@@ -89,7 +99,17 @@ class RecordFile:
         return {**self.__dict__, "_handle": None, "_pid": -1}
 
     def read(self, key: int) -> bytes:
-        """The payload of record ``key``; :class:`BadSample` when the record is cut short or malformed."""
+        """Read the payload of record ``key``, joining the parts of a multi-part record.
+
+        Args:
+            key: the record's key in the ``.idx``.
+
+        Returns:
+            The payload (IRHeader, labels, image bytes).
+
+        Raises:
+            BadSample: the key is not listed, or the record is cut short, too large or malformed.
+        """
         if key not in self.offsets:
             raise BadSample(f"mxrec: {self.rec} has no record {key} in its .idx")
         f = self._file()
@@ -118,7 +138,18 @@ class RecordFile:
 
 
 def unpack_header(payload: bytes, where: str) -> tuple[int, np.ndarray, bytes]:
-    """(flag, labels float32 (max(flag, 1),), image bytes) of one record payload."""
+    """Split one record payload into its IRHeader's flag and labels and the image bytes.
+
+    Args:
+        payload: a record's payload.
+        where: the record, for the messages.
+
+    Returns:
+        The flag, the labels float32 (max(flag, 1),) and the image bytes.
+
+    Raises:
+        BadSample: the payload is too short for its header or its labels.
+    """
     if len(payload) < IR_SIZE:
         raise BadSample(f"mxrec: {where} is too short for an IRHeader ({len(payload)} bytes)")
     flag, label, _, _ = struct.unpack(IR_FORMAT, payload[:IR_SIZE])
@@ -131,8 +162,18 @@ def unpack_header(payload: bytes, where: str) -> tuple[int, np.ndarray, bytes]:
 
 
 def read_idx(path: Path) -> dict[int, int]:
-    """``key<TAB>offset`` lines → {key: offset}; a malformed, out-of-range, repeated or cut-off line is an
-    error naming it."""
+    """Read an ``.idx`` file of ``key<TAB>offset`` lines.
+
+    Args:
+        path: the ``.idx`` file.
+
+    Returns:
+        ``{key: byte offset}``.
+
+    Raises:
+        InvalidInput: the file cannot be read, is not ASCII, lists nothing, or has a malformed,
+            out-of-range, repeated or cut-off line (the message names it).
+    """
     offsets: dict[int, int] = {}
     try:
         text = path.read_text(encoding="ascii")
@@ -158,7 +199,13 @@ def read_idx(path: Path) -> dict[int, int]:
 
 
 class MXRecDataset(LazyImageDataset):
-    """One ``.rec``/``.idx`` pair; ``keys`` are the image records' keys (as text, for the fingerprint)."""
+    """One ``.rec``/``.idx`` pair; ``keys`` are the image records' keys (as text, for the fingerprint).
+
+    Args:
+        records: the ``.rec`` file.
+        record_keys: the image records' keys, one per row.
+        **kwargs: the fields of :class:`~featstore.datasets.lazy.LazyImageDataset`.
+    """
 
     name = "mxrec"
 
@@ -167,10 +214,15 @@ class MXRecDataset(LazyImageDataset):
         self.records, self.record_keys = records, record_keys
 
     def where(self, row: int) -> str:
+        """Name sample ``row``'s record and file, for messages."""
         return f"record {int(self.record_keys[row])} of {self.records.rec}"
 
     def read_bytes(self, row: int) -> bytes:
-        """The record's payload (IRHeader + image); its header label must be the index's label."""
+        """Read sample ``row``'s record payload (IRHeader + image).
+
+        Raises:
+            BadSample: the record is unreadable, or its header label is not the index's label.
+        """
         payload = self.records.read(int(self.record_keys[row]))
         _, labels, _ = unpack_header(payload, self.where(row))
         if not labels[0] == self.labels[row]:  # NaN included
@@ -181,6 +233,7 @@ class MXRecDataset(LazyImageDataset):
         return payload
 
     def decode(self, row: int, data: bytes):
+        """Decode the image after the payload's IRHeader."""
         return super().decode(row, unpack_header(data, self.where(row))[2])
 
     def _size_of(self, row: int, data: bytes) -> tuple[int, int]:
@@ -188,8 +241,11 @@ class MXRecDataset(LazyImageDataset):
 
 
 def _record_index(records: RecordFile) -> tuple[np.ndarray, np.ndarray, int]:
-    """(image record keys, labels, number of classes), from the header record's identity ranges when
-    there is one, else from every record's header."""
+    """Index the image records: their keys, labels and the number of classes.
+
+    The labels come from the header record's identity ranges when there is one, else from every record's
+    header.
+    """
     where0 = f"record 0 of {records.rec}"
     flag, head, _ = unpack_header(records.read(0), where0) if 0 in records.offsets else (0, np.zeros(1), b"")
     if flag >= 2 and 0 in records.offsets:
@@ -224,7 +280,7 @@ def _record_index(records: RecordFile) -> tuple[np.ndarray, np.ndarray, int]:
 
 
 def _record_sizes(records: RecordFile, keys: np.ndarray) -> np.ndarray:
-    """Bytes each record takes, from the offsets (the next record's offset, or the file's end)."""
+    """Return the bytes each record takes, from the offsets (the next record's offset, or the file's end)."""
     ordered = np.array(sorted(records.offsets.values()) + [records.file_size], dtype=np.int64)
     if ordered[-2] + 8 > records.file_size:
         raise InvalidInput(f"mxrec: {records.rec} is truncated: its .idx points past its end")
@@ -234,7 +290,7 @@ def _record_sizes(records: RecordFile, keys: np.ndarray) -> np.ndarray:
 
 @DATASETS.register("mxrec")
 def _mxrec(spec: str, argument: str, split: str, image_size: tuple[int, int] | None = None) -> MXRecDataset:
-    """``mxrec:DIR[?size=S]``: DIR/<split>.rec + DIR/<split>.idx (see the module docstring)."""
+    """Build ``mxrec:DIR[?size=S]``: DIR/<split>.rec + DIR/<split>.idx (see the module docstring)."""
     directory, query = SpecQuery.split(argument, spec, MXREC_OPTIONS, what="dataset spec")
     size = query.int("size", 112, low=1, high=MAX_IMAGE_SIZE)  # checked even when --image-size overrides it
     rendered = image_size or (size, size)
@@ -267,7 +323,16 @@ def _mxrec(spec: str, argument: str, split: str, image_size: tuple[int, int] | N
 
 
 def pack_record(payload: bytes) -> bytes:
-    """One payload as RecordIO bytes, split where it holds the magic word at an aligned offset (dmlc-core)."""
+    """Pack one payload as RecordIO bytes, split where it holds the magic word at an aligned offset.
+
+    This is dmlc-core's layout, which :meth:`RecordFile.read` joins back.
+
+    Args:
+        payload: the record's payload.
+
+    Returns:
+        The record's bytes, padded to a multiple of 4.
+    """
     magic = struct.pack("<I", MAGIC)
     out, start = [], 0
     for i in range(0, len(payload) - len(payload) % 4, 4):
@@ -280,7 +345,17 @@ def pack_record(payload: bytes) -> bytes:
 
 
 def pack_header(flag: int, label: float | list[float], payload: bytes = b"", key: int = 0) -> bytes:
-    """IRHeader (+ ``flag`` float32 labels) + payload, as ``mxnet.recordio.pack`` lays it out."""
+    """Lay out an IRHeader (+ ``flag`` float32 labels) and a payload, as ``mxnet.recordio.pack`` does.
+
+    Args:
+        flag: the header's flag for a single label (a list of labels sets it to their count).
+        label: one label, or a list of float32 labels that follow the header.
+        payload: the encoded image (empty for header and identity records).
+        key: the header's id.
+
+    Returns:
+        The record payload.
+    """
     if isinstance(label, (list, tuple, np.ndarray)):
         values = np.asarray(label, dtype="<f4")
         return struct.pack(IR_FORMAT, len(values), 0.0, key, 0) + values.tobytes() + payload
@@ -288,10 +363,22 @@ def pack_header(flag: int, label: float | list[float], payload: bytes = b"", key
 
 
 def write_mxrec(directory: Path, samples: Iterable[tuple[bytes, int]], split: str = "train") -> int:
-    """Write ``<split>.rec`` + ``<split>.idx`` in insightface's layout from (encoded image, label) pairs
-    sorted by label (classes 0…C−1 each non-empty): header record 0, image records 1…n, then one identity
-    record per class with its image range. Returns the number of images. Both files are written
-    atomically."""
+    """Write ``<split>.rec`` + ``<split>.idx`` in insightface's layout.
+
+    Header record 0, image records 1…n, then one identity record per class with its image range. Each file
+    is written atomically.
+
+    Args:
+        directory: where the files go (created if missing).
+        samples: ``(encoded image, label)`` pairs sorted by label, classes 0…C−1 each non-empty.
+        split: the files' stem.
+
+    Returns:
+        The number of images.
+
+    Raises:
+        InvalidInput: the samples are not sorted by label or a class is missing.
+    """
     samples = list(samples)
     labels = [int(label) for _, label in samples]
     if labels != sorted(labels) or (labels and sorted(set(labels)) != list(range(labels[-1] + 1))):
