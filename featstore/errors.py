@@ -80,7 +80,7 @@ class OutputLocked(FsdError, FileExistsError):
 
 
 class Interrupted(FsdError, KeyboardInterrupt):
-    """The user pressed Ctrl-C; the message says what was kept and how to continue. Exit code 130 (SIGINT).
+    """The user pressed Ctrl-C; the message says what is kept and how to continue. Exit code 130 (SIGINT).
 
     A KeyboardInterrupt too, so Python callers that stop on Ctrl-C keep doing so.
     """
@@ -89,7 +89,7 @@ class Interrupted(FsdError, KeyboardInterrupt):
 
 
 class WriteFailed(FsdError, OSError):
-    """Writing an output failed for a reason of the machine's (disk full, read-only); says what was kept."""
+    """Writing an output fails for a reason of the machine's (disk full, read-only); the message says what is kept."""
 
 
 class CheckpointError(FsdError, ValueError):

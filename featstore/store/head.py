@@ -108,7 +108,16 @@ def finish_pending(root: Path) -> bool:
     Every step can be repeated after a kill at any point of the one before. Without a journal, a head set
     aside with none in its place is an install that was never committed (a store whose head was replaced
     without a journal, killed between the two renames): the old head, which its attributes still describe,
-    goes back. The caller holds the store's writer lock. Returns whether there was anything to do.
+    goes back. The caller holds the store's writer lock.
+
+    Args:
+        root: the store's absolute local path.
+
+    Returns:
+        Whether there is anything to finish or undo.
+
+    Raises:
+        StoreError: the journal is not JSON (the store is damaged).
     """
     try:
         entry = json.loads((root / JOURNAL).read_text())
