@@ -53,7 +53,7 @@ def _identity(path: Path | os.DirEntry) -> tuple[int, int]:
 
 
 def list_files(root: Path, suffixes: Collection[str], *, skip_unlisted: bool = False, what: str = "folder") -> Listing:
-    """Every non-hidden file below ``root`` whose suffix (lower-cased) is in ``suffixes``.
+    """List every non-hidden file below ``root`` whose suffix (lower-cased) is in ``suffixes``.
 
     Args:
         root: the folder to list (it must be listable: a root that is not is always an error).
@@ -65,6 +65,10 @@ def list_files(root: Path, suffixes: Collection[str], *, skip_unlisted: bool = F
 
     Returns:
         The files, sorted by relative path, and the sub-folders left out.
+
+    Raises:
+        InvalidInput: ``root`` cannot be listed, or (without ``skip_unlisted``) a sub-folder cannot be listed
+            or a file cannot be reached.
     """
     listing = Listing()
     seen = {_identity(root)}
@@ -109,9 +113,18 @@ def list_files(root: Path, suffixes: Collection[str], *, skip_unlisted: bool = F
 
 
 def read_file(path: Path, limit: int = MAX_SAMPLE_BYTES) -> bytes:
-    """The bytes of the regular file ``path``, at most ``limit`` of them.
+    """Read the bytes of the regular file ``path``, at most ``limit`` of them.
 
-    Raises :class:`UnreadableFile` otherwise (see the module docstring).
+    Args:
+        path: the file.
+        limit: the largest size accepted, in bytes.
+
+    Returns:
+        The file's bytes.
+
+    Raises:
+        UnreadableFile: the file cannot be opened, is not a regular file, or is over ``limit`` (see the module
+            docstring).
     """
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)

@@ -60,7 +60,17 @@ def _open(data: bytes) -> Any:
 
 
 def to_rgb(image: Any) -> Any:
-    """An open Pillow image as 8-bit RGB, 16/32-bit integer modes scaled (see the module docstring)."""
+    """Convert an open Pillow image to 8-bit RGB, 16/32-bit integer modes scaled (see the module docstring).
+
+    Args:
+        image: an open ``PIL.Image.Image``.
+
+    Returns:
+        The image in mode ``RGB``.
+
+    Raises:
+        UnreadableImage: 32-bit integer pixels outside the 16-bit range.
+    """
     from PIL import Image
 
     if image.mode in _WIDE_INTEGER_MODES:
@@ -76,7 +86,7 @@ def to_rgb(image: Any) -> Any:
 
 
 def decode_rgb(data: bytes) -> Any:
-    """Encoded bytes → a decoded 8-bit RGB Pillow image (the first frame of an animation).
+    """Decode encoded bytes into an 8-bit RGB Pillow image (the first frame of an animation).
 
     Args:
         data: the encoded file (PNG, JPEG, BMP, GIF, WebP, … whatever Pillow identifies).
@@ -97,9 +107,16 @@ def decode_rgb(data: bytes) -> Any:
 
 
 def image_size(data: bytes) -> tuple[int, int]:
-    """(height, width) from the image's header, no pixel decoded.
+    """Read an image's size from its header, no pixel decoded.
 
-    Raises :class:`UnreadableImage` as :func:`decode_rgb` does.
+    Args:
+        data: the encoded file.
+
+    Returns:
+        ``(height, width)``.
+
+    Raises:
+        UnreadableImage: as :func:`decode_rgb` does.
     """
     with _open(data) as image:
         return image.height, image.width
