@@ -73,7 +73,8 @@ class FsdGroup(click.Group):
 
     def shell_complete(self, ctx: click.Context, incomplete: str) -> list[CompletionItem]:
         """Command names from the table (completing ``fsd <TAB>`` must not import every command), then the
-        group's own options."""
+        group's own options.
+        """
         names = [CompletionItem(n, help=COMMAND_SUMMARIES[n]) for n in COMMAND_MODULES if n.startswith(incomplete)]
         return names + click.Command.shell_complete(self, ctx, incomplete)
 
@@ -117,7 +118,8 @@ LEAF = "fsd.command"
 def record_leaf(command: click.Command) -> click.Command:
     """Make ``command`` (and its subcommands) record itself in ``ctx.meta`` when invoked, so an error's advice
     can be checked against the options of the command that actually ran (``featstore.errors.suggest``).
-    Idempotent: the group looks commands up on every invocation, and one wrapper is enough."""
+    Idempotent: the group looks commands up on every invocation, and one wrapper is enough.
+    """
     if getattr(command, "_fsd_records_leaf", False):
         return command
     command._fsd_records_leaf = True  # type: ignore[attr-defined]
@@ -143,7 +145,8 @@ def format_warning(message, category, filename, lineno, line=None) -> str:
     Why: the default prints the warning's source file, line number and source line — noise to a user (a
     skipped sample, a stale lock, zarr's leftover ``.partial`` file), and two lines where one says it. The
     format hook, not ``showwarning``, so that a caller recording warnings (``catch_warnings(record=True)``)
-    still receives them."""
+    still receives them.
+    """
     return "Warning: " + " ".join(str(message).split()) + "\n"
 
 
@@ -158,7 +161,7 @@ def format_warning(message, category, filename, lineno, line=None) -> str:
     help=f"CPU threads for torch and FAISS (default: at most {DEFAULT_THREADS}, never more than torch's own default).",
 )
 def cli(threads: int | None) -> None:
-    """fsd — embedding knowledge distillation with a precomputed teacher feature store.
+    """Fsd — embedding knowledge distillation with a precomputed teacher feature store.
 
     \b
     Typical run:
@@ -175,7 +178,8 @@ def set_threads(threads: int | None) -> None:
 
     Why a cap: torch starts one thread per core, and on a loaded machine those threads compete with every other
     process — measured 4-16× slower than one thread on a shared 2-core box with the small models fsd trains on
-    CPU. Libraries only count when the command imported them (``fsd compare`` never loads torch)."""
+    CPU. Libraries only count when the command imported them (``fsd compare`` never loads torch).
+    """
     torch = sys.modules.get("torch")
     if torch is not None:
         torch.set_num_threads(threads or min(torch.get_num_threads(), DEFAULT_THREADS))

@@ -1,6 +1,7 @@
 """Options shared by several commands, as decorators, so every command spells them the same way; and
 ``config_option``, which takes an option's default from the library's config dataclass so that each default
-is written once, in the config, and the CLI cannot drift from the Python API."""
+is written once, in the config, and the CLI cannot drift from the Python API.
+"""
 
 from __future__ import annotations
 
@@ -110,7 +111,8 @@ eval_split_option = click.option(
 
 def compose(*decorators):
     """One decorator applying ``decorators`` in the order they are listed (the first is the outermost, so
-    ``--help`` lists the options in that order)."""
+    ``--help`` lists the options in that order).
+    """
 
     def apply(command):
         for decorator in reversed(decorators):
@@ -122,13 +124,15 @@ def compose(*decorators):
 
 def data_options(split: str = "train"):
     """What both trainers read: the dataset, its split, the split scored after every epoch, and how images
-    are rendered and decoded."""
+    are rendered and decoded.
+    """
     return compose(dataset_option(), split_option(split), eval_split_option, image_size_option, loader_workers_option)
 
 
 def optim_options():
     """Every field of :class:`~distill.training.common.OptimConfig`, for both trainers (the command splits them
-    out with ``split_fields(options, OptimConfig)``)."""
+    out with ``split_fields(options, OptimConfig)``).
+    """
     return compose(
         config_option(OptimConfig, "lr", help="Peak learning rate, annealed per step by a cosine schedule to 0."),
         config_option(OptimConfig, "optimizer", type=click.Choice(OPTIMIZERS), help="SGD (with --momentum) or AdamW."),

@@ -31,7 +31,8 @@ FACE_SIZE = 112
 @dataclass
 class FaceModel:
     """A model bound to face images (:func:`distill.models.binding.bind_images`) and how to feed it uint8
-    images."""
+    images.
+    """
 
     binding: ModelBinding
     name: str
@@ -53,7 +54,8 @@ class FaceModel:
         self, images: np.ndarray, device: torch.device, batch_size: int = 128, desc: str | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
         """(embeddings, embeddings of the horizontally flipped images), float32 (N, D) each; with ``desc``, a
-        progress bar over the batches (featstore.progress)."""
+        progress bar over the batches (featstore.progress).
+        """
         self.binding.to(device)
         plain, flipped = [], []
         for start in progress(range(0, len(images), batch_size), desc=desc, unit="batch", leave=False):
@@ -65,7 +67,8 @@ class FaceModel:
 
 def load_face_model(spec: str | Path, *, trust_code: bool = False, image_size: int | None = None) -> FaceModel:
     """Any model spec or fsd checkpoint bound to face images: ``image_size``, else its input size, else 112;
-    the normalisation it records (a checkpoint, an fsd-exported ONNX file), else the face convention."""
+    the normalisation it records (a checkpoint, an fsd-exported ONNX file), else the face convention.
+    """
     from distill.models.binding import bind_images
     from distill.models.teachers import is_checkpoint_spec
 
@@ -83,7 +86,8 @@ def bin_reports(
     model: FaceModel, paths: list[Path], device: torch.device, batch_size: int = 128
 ) -> dict[str, dict[str, Any]]:
     """``{name: report}`` for each ``.bin`` (see :mod:`distill.evaluation.protocols.bin`). Every file is read
-    and checked before the model runs on any of them."""
+    and checked before the model runs on any of them.
+    """
     sets = [bin_protocol.read_bin(p) for p in paths]
     names = [s.name for s in sets]
     if len(set(names)) != len(names):
@@ -101,7 +105,8 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
 def _folder_images(root: Path) -> list[str]:
     """The images below ``root`` (featstore's bounded lister: each directory once, hidden entries skipped),
-    as relative names that HDF5 can store (UTF-8)."""
+    as relative names that HDF5 can store (UTF-8).
+    """
     from featstore.datasets.files import list_files
 
     names = [name for name, _ in list_files(root, IMAGE_SUFFIXES, what="embed").files]
@@ -160,7 +165,8 @@ def embed_folder(
 ) -> int:
     """Embed every image of ``images`` (or, with ``landmarks``, every face the file lists, aligned) into an
     HDF5 file with ``embeddings``, ``embeddings_flip`` and ``names`` — what ``fsd eval --ijb-meta`` reads.
-    Written atomically, batch by batch (memory does not grow with the number of images); returns the count."""
+    Written atomically, batch by batch (memory does not grow with the number of images); returns the count.
+    """
     import json
 
     import h5py

@@ -114,7 +114,8 @@ def one_pass_verification(
 def _fold_all(backend: Any, counts: TileCounts, grid: list[tuple[int, int, int, int]]) -> Any:
     """Score and fold every tile of ``grid``; returns the last tile's scores. On a pipelined backend (numpy:
     the compiled fold releases the GIL) tile t is folded on a second thread while tile t + 1's GEMM runs, so
-    no core waits for the other step; two tiles of scores are alive at most."""
+    no core waits for the other step; two tiles of scores are alive at most.
+    """
     if not getattr(backend, "pipelined", False):
         last = None
         for tile in grid:
@@ -148,7 +149,8 @@ def _within(imp: np.ndarray, gen: np.ndarray) -> int:
 
 class _Resolver:
     """Full-resolution (impostor, genuine) counts of any first-level bucket: from its window, from the tail,
-    or from extra window-only passes for the buckets neither holds (:meth:`prepare`)."""
+    or from extra window-only passes for the buckets neither holds (:meth:`prepare`).
+    """
 
     def __init__(self, backend, tiles, n, block, counts: TileCounts, gen, hist: Histograms, sub_dtype, max_windows):
         self.backend, self.tiles, self.n, self.block = backend, tiles, n, block
@@ -268,7 +270,8 @@ def _plan(
 
 def _sampled_impostors(x: np.ndarray, y: np.ndarray, bins: int, lo: int, n_imp: int) -> tuple[np.ndarray, float]:
     """First-level histogram of the impostor pairs among a random ``SAMPLE_SIDE``² sample of pairs, and the
-    sampled fraction of all impostor pairs."""
+    sampled fraction of all impostor pairs.
+    """
     from distill.evaluation.pair_tiles import keys_inplace
 
     n = y.size
@@ -284,7 +287,8 @@ def _sampled_impostors(x: np.ndarray, y: np.ndarray, bins: int, lo: int, n_imp: 
 
 def _approximate_genuine(x: np.ndarray, y: np.ndarray, bins: int, lo: int, chunk_bytes: int = 1 << 26) -> np.ndarray:
     """First-level histogram of every genuine pair's score computed class by class (the same scores as the
-    tiles' up to the last bits): classes of equal size go through one batched product."""
+    tiles' up to the last bits): classes of equal size go through one batched product.
+    """
     from distill.evaluation.pair_tiles import keys_inplace
 
     order = np.argsort(y, kind="stable")

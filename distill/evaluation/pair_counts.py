@@ -37,7 +37,8 @@ class Histograms:
 
 def tar_plan(hist: Histograms, checked: list) -> dict[str, Any]:
     """Per FAR key: None (far · N_imp < 1), "all" (threshold -inf) or (bucket of the threshold, its rank
-    from the top within that bucket). The threshold is the (k+1)-th largest impostor, k = floor(far · N_imp)."""
+    from the top within that bucket). The threshold is the (k+1)-th largest impostor, k = floor(far · N_imp).
+    """
     plan: dict[str, Any] = {}
     for key, far in checked:
         k = math.floor(far * hist.n_imp)  # exact: Fraction * int
@@ -65,7 +66,8 @@ def tar(hist: Histograms, plan: Any, refined: np.ndarray, slot_of: dict[int, int
 
 def eer(hist: Histograms, ref: np.ndarray, bucket: int, prev: int | None) -> float:
     """EER from the thresholds around the FAR - FRR sign change, in ascending order: the previous bucket's
-    top (or -inf) and every key in ``bucket``; the same float operations as :mod:`distill.evaluation.metrics`."""
+    top (or -inf) and every key in ``bucket``; the same float operations as :mod:`distill.evaluation.metrics`.
+    """
     imp_above, gen_at_or_below = refined_counts(ref, bucket, hist)
     head_imp, head_gen = (hist.n_imp, 0) if prev is None else (hist.imp_gt[prev], hist.gen_le[prev])
     far = np.concatenate(([head_imp], imp_above)) / hist.n_imp
@@ -85,7 +87,8 @@ def refined_counts(ref: np.ndarray, b: int, hist: Histograms) -> tuple[np.ndarra
 
 def roc(refine: list[int], refined: np.ndarray, hist: Histograms, max_points: int) -> tuple[np.ndarray, np.ndarray]:
     """Exact ROC points at every bucket's top threshold and every key of the refined buckets, down-sampled
-    as :func:`distill.evaluation.metrics.roc_curve` does (both ends and the FAR = 0 point of highest TAR kept)."""
+    as :func:`distill.evaluation.metrics.roc_curve` does (both ends and the FAR = 0 point of highest TAR kept).
+    """
     lo, ne = hist.lo, hist.nonempty
     order_keys = [(ne.astype(np.int64) << lo) | ((1 << lo) - 1)]
     imp_above = [hist.imp_gt[ne]]

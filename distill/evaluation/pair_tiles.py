@@ -184,7 +184,8 @@ class TorchBackend:
 def tiled_pair_scores(embeddings: Any, labels: Any, block: int = 2048) -> tuple[np.ndarray, np.ndarray]:
     """(genuine, impostor) float32 scores of all pairs i < j, computed by exactly the numpy tiles that
     :func:`streaming_verification` uses with the same ``block`` — the reference its exactness is stated
-    against. Materialises every score: for tests and small sets only."""
+    against. Materialises every score: for tests and small sets only.
+    """
     block = positive_int(block, "block")
     x, y = normalised_known(embeddings, labels)
     backend = NumpyBackend(x, y)

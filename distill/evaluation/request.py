@@ -41,7 +41,8 @@ def parse_fars(text: str) -> tuple[float, ...]:
 @dataclass
 class EvalRequest:
     """What to evaluate and what to write. Exactly one source: ``model`` (with ``dataset``/``split``),
-    ``store`` or ``embeddings``; optionally a cross-model gallery. The field names are ``fsd eval``'s options."""
+    ``store`` or ``embeddings``; optionally a cross-model gallery. The field names are ``fsd eval``'s options.
+    """
 
     # sources: where the embeddings come from (distill.evaluation.sources)
     model: Path | str | None = None  # a checkpoint or any model spec (onnx:, timm:, …), run over dataset/split
@@ -91,7 +92,8 @@ def _path(value: Path | str | None) -> Path | None:
 
 def _check(req: EvalRequest) -> tuple[tuple[float, ...], Path | None]:
     """Every check that needs no file read, in the order ``fsd eval`` has always made them; returns the FARs
-    and the CMC plot path."""
+    and the CMC plot path.
+    """
     if len([s for s in (req.model, req.store, req.embeddings) if s is not None]) != 1:
         raise InvalidInput("give exactly one of --model, --store, --embeddings")
     if req.model is not None and not req.dataset and not req.bins:
@@ -170,7 +172,8 @@ def run_eval(request: EvalRequest, echo: Callable[[str], None] | None = None) ->
 
 def _gather(req: EvalRequest) -> tuple[EmbeddingSet, EmbeddingSet | None, Any]:
     """The queries, the optional gallery and the resolved pairs of a per-sample request (a bad pairs file
-    fails before any embedding is computed)."""
+    fails before any embedding is computed).
+    """
     from distill.evaluation.protocols.pairs import read_pairs, resolve_pairs
 
     parsed_pairs = read_pairs(req.pairs, req.pairs_format) if req.pairs is not None else None

@@ -57,8 +57,9 @@ class EmbeddingSet:
 
 
 def mixed_prediction_logits(ckpt, embeddings: np.ndarray, logits: np.ndarray, weight: float) -> np.ndarray:
-    """log p' with p' = (1−w)·softmax(student head) + w·softmax(teacher head on P z) — the paper's mixed
-    prediction, from the teacher head and projection a student checkpoint carries."""
+    """Log p' with p' = (1−w)·softmax(student head) + w·softmax(teacher head on P z) — the paper's mixed
+    prediction, from the teacher head and projection a student checkpoint carries.
+    """
     import torch
 
     from distill.models.heads import frozen_head
@@ -93,7 +94,8 @@ def embeddings_from_checkpoint(
     spec (``onnx:``, ``timm:``, ``torchscript:``, ``module:function``), bound to the dataset by
     :func:`distill.models.binding.bind_model` (datasets read from files render at ``image_size``, by
     default the model's input size). ``th_mix`` = w mixes a student's prediction with its teacher head's
-    (see :func:`mixed_prediction_logits`). Logits only when the model has a head over the dataset's classes."""
+    (see :func:`mixed_prediction_logits`). Logits only when the model has a head over the dataset's classes.
+    """
     from distill.models.binding import bind_model
     from distill.models.inference import select_device
     from distill.models.teachers import is_checkpoint_spec
@@ -136,7 +138,8 @@ def embeddings_from_checkpoint(
 def embeddings_from_store(url: str, view: int = 0) -> EmbeddingSet:
     """The stored teacher embeddings of one view (identity by default), read chunk by chunk; logits from
     the stored head, so the teacher's top-1 is reported too. Rows left out at extraction
-    (``--skip-bad-samples``) hold zeros, not embeddings, and are not part of the set."""
+    (``--skip-bad-samples``) hold zeros, not embeddings, and are not part of the set.
+    """
     from featstore.store import left_out, open_store
 
     store = open_store(url)

@@ -35,7 +35,8 @@ NO_TAIL = _ALL
 class TileCounts:
     """Counts of one or more passes. ``slot[b]`` is the window of first-level bucket ``b`` (-1: none); a key
     goes to its window if it has one, else to the tail if it is ``>= cut``. With ``count_all`` off only
-    windows and tail are fed (a refinement pass: histogram and genuine keys are already known)."""
+    windows and tail are fed (a refinement pass: histogram and genuine keys are already known).
+    """
 
     lo: int
     hist4: np.ndarray
@@ -82,7 +83,8 @@ class TileCounts:
     @property
     def window_range(self) -> tuple[int, int]:
         """(lowest bucket with a window, highest - lowest) as uint32; without windows a lowest bucket that no
-        bucket reaches (2^32 - 1, span 0), so the kernel's one unsigned test ``top - lowest <= span`` fails."""
+        bucket reaches (2^32 - 1, span 0), so the kernel's one unsigned test ``top - lowest <= span`` fails.
+        """
         has = np.flatnonzero(self.slot >= 0)
         if not has.size:
             return np.uint32(_ALL), np.uint32(0)
@@ -121,12 +123,14 @@ def _kernel() -> Any:
 
 def _make_fold_loop(diagonal: bool) -> Any:
     """The per-tile loop for diagonal tiles (pairs b > a only) or off-diagonal ones (every pair): ``diagonal`` is
-    a compile-time constant of each copy, so the off-diagonal loops start at 0 and vectorise."""
+    a compile-time constant of each copy, so the off-diagonal loops start at 0 and vectorise.
+    """
 
     def _fold_loop(bits, yi, yj, lo, count_all, hist4, gen, slot, wmin, wspan, windows, cut, tail, state, keys, where):
         """Per row of the tile: keys (one vectorisable loop; -0.0 gets +0.0's key), the histogram (four copies,
         so that runs of equal buckets do not serialise on one counter), genuine keys, then window / tail.
-        ``state`` = [genuine filled, tail filled, tail seen]. Compiled by numba; also runs as plain Python."""
+        ``state`` = [genuine filled, tail filled, tail seen]. Compiled by numba; also runs as plain Python.
+        """
         low_mask = (1 << lo) - 1
         gn, tn, ts = state[0], state[1], state[2]
         gcap, tcap = gen.shape[0], tail.shape[0]
@@ -227,7 +231,8 @@ def _fold_arrays(counts: TileCounts, bits: np.ndarray, yi: np.ndarray, yj: np.nd
 
 def _append(counts: TileCounts, which: str, keys: np.ndarray) -> None:
     """Genuine or tail keys into their buffer; the ``*_filled`` / ``tail_seen`` counts go on past a full buffer,
-    so an overflow is seen (as in the compiled loop)."""
+    so an overflow is seen (as in the compiled loop).
+    """
     if which == "gen":
         take = max(0, min(keys.size, counts.gen.size - counts.gen_filled))
         counts.gen[counts.gen_filled : counts.gen_filled + take] = keys[:take]
@@ -265,7 +270,8 @@ def _window_and_tail(counts: TileCounts, keys: Any, top: Any, xp: Any) -> None:
 
 def fold_torch(counts: TileCounts, scores: Any, yi: Any, yj: Any, diag: bool) -> None:
     """Fold a float32 torch tile (any device): the numpy steps as torch operations; the histogram and the
-    windows stay on the device (``scratch``) until :func:`finish_torch`."""
+    windows stay on the device (``scratch``) until :func:`finish_torch`.
+    """
     import torch
 
     if scores.numel() == 0:

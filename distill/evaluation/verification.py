@@ -65,7 +65,8 @@ DEFAULT_GENUINE_CAP = 1 << 24
 
 class _Counts:
     """Counts of indices in [0, length), fed in pieces: pieces are buffered up to ``flush_at`` elements and
-    counted together, so a large ``length`` costs one allocation per flush rather than one per tile."""
+    counted together, so a large ``length`` costs one allocation per flush rather than one per tile.
+    """
 
     def __init__(self, backend: Any, length: int, flush_at: int = 1 << 20) -> None:
         self.backend, self.length, self.flush_at = backend, length, flush_at
@@ -239,7 +240,8 @@ def _first_pass(
 
 def _auc_groups(hist: Histograms, genuine_cap: int, collected: bool) -> list[np.ndarray]:
     """Buckets holding both genuine and impostor pairs, in groups of at most ``genuine_cap`` genuine pairs
-    (one group when pass 1 already collected every genuine key; a bucket is never split)."""
+    (one group when pass 1 already collected every genuine key; a bucket is never split).
+    """
     mixed = np.flatnonzero((hist.hg > 0) & (hist.hi > 0))
     if not mixed.size:
         return []
@@ -266,7 +268,8 @@ def _later_passes(
 ) -> tuple[np.ndarray, int]:
     """Pass 2 refines ``refine`` into full-key counts; every pass counts the impostors of one group against
     that group's sorted genuine keys and collects the next group's genuine keys. Returns the refined counts
-    ``[slot, is_genuine, low bits]`` and the exact within-bucket part of the AUC sum."""
+    ``[slot, is_genuine, low bits]`` and the exact within-bucket part of the AUC sum.
+    """
     lo, bins = hist.lo, hist.hg.size
     sub = 1 << lo
     slot_table = np.full(bins, -1, dtype=np.int64)

@@ -15,7 +15,8 @@ from distill.models.heads import create_head
 
 class BackboneStudent(EmbeddingNet):
     """``backbone(x)`` (B, width) → a face-model style embedding layer (linear + BN) to ``embedding_dim`` — the
-    size TH-KD needs to reach the teacher's head — → a classifier head."""
+    size TH-KD needs to reach the teacher's head — → a classifier head.
+    """
 
     def __init__(
         self,

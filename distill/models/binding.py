@@ -63,7 +63,8 @@ Normalisation = tuple[tuple[float, ...], tuple[float, ...]]
 @dataclass(frozen=True)
 class ModelInput:
     """What the model is fed: the rendered tensor's shape and normalisation, and how the model itself
-    takes it (layout, channel order, its own pixel scaling when it converts the dataset's)."""
+    takes it (layout, channel order, its own pixel scaling when it converts the dataset's).
+    """
 
     shape: tuple[int, ...]  # (C, H, W) of the rendered views
     normalisation: Normalisation | None  # the dataset's (mean, std) on [0, 1] pixels; None: undeclared
@@ -143,7 +144,8 @@ class ModelBinding(TeacherBinding):
         self, device: torch.device, batch_size: int = 512, desc: str | None = None
     ) -> tuple[np.ndarray, np.ndarray | None]:
         """(embeddings (N, D), logits (N, C) or None) of the identity view of every sample, read through the
-        dataset's loader (its worker processes); with ``desc``, a progress bar on a terminal."""
+        dataset's loader (its worker processes); with ``desc``, a progress bar on a terminal.
+        """
         self.to(device)
         dataset = self.dataset
         embeddings, logits = [], []
@@ -251,7 +253,8 @@ def bind_images(
     """Bind a model to images that come from no dataset (verification ``.bin`` files, face folders): RGB at
     ``image_size``, else the model's fixed input size, else ``default_size``; scaled with the normalisation
     the model was trained on when it records one (an fsd checkpoint, an ONNX file ``fsd export`` wrote),
-    else ``default_normalisation``. One blank batch is embedded to check the model takes that input."""
+    else ``default_normalisation``. One blank batch is embedded to check the model takes that input.
+    """
     model_spec = ModelSpec(str(spec), trust_code=trust_code, students=True)
     source, checkpoint = model_spec._load()
     recorded = (checkpoint.dataset.get("normalisation") if checkpoint is not None else None) or getattr(

@@ -42,7 +42,8 @@ class Checkpoint:
 
     def build_model(self, *, trust_code: bool = False) -> nn.Module:
         """The network with its weights; an architecture written in Python code (``module:function``) is
-        rebuilt only with ``trust_code``, and warns when that code changed since training."""
+        rebuilt only with ``trust_code``, and warns when that code changed since training.
+        """
         sizes = [(k, v) for k, v in [*self.model_config.items(), ("embedding_dim", self.embedding_dim)] if k in SIZES]
         bad = {k: v for k, v in sizes if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v <= 0)}
         if bad:  # torch would fail deep inside a layer ("negative dimension"), or build a model of nothing
@@ -122,7 +123,8 @@ def load_teacher_source(path: str | Path):
 
 def source_from_checkpoint(ckpt: Checkpoint, path: str | Path, *, trust_code: bool = False):
     """A loaded checkpoint (teacher or student) as a :class:`featstore.teacher.TeacherSource`: its network,
-    the file's sha256, its training input shape and its head."""
+    the file's sha256, its training input shape and its head.
+    """
     from featstore.teacher import TeacherSource
 
     model = ckpt.build_model(trust_code=trust_code)

@@ -60,7 +60,8 @@ def import_factory(spec: str, role: str) -> tuple[Callable[..., Any], ModuleType
     """The function a ``module:function`` spec names, and its module (the current directory importable).
 
     Importing runs the module's code: whatever it raises (a syntax error, a failing top-level statement, a
-    ``sys.exit``) is one line naming the spec, the exception and the line of the user's file it came from."""
+    ``sys.exit``) is one line naming the spec, the exception and the line of the user's file it came from.
+    """
     module_name, _, function_name = spec.partition(":")
     if "" not in sys.path and os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
@@ -92,7 +93,8 @@ def foreign_failure(exc: BaseException) -> str:
     """``Type: message (at file.py:LINE)`` for an exception raised by the user's code: the message's first
     line, and the deepest frame outside torch and fsd (where the user's code went wrong), else the deepest.
 
-    A ``SystemExit`` reads as ``sys.exit(CODE)``: a factory that exits must not end fsd silently."""
+    A ``SystemExit`` reads as ``sys.exit(CODE)``: a factory that exits must not end fsd silently.
+    """
     if isinstance(exc, SystemExit):
         what = f"it called sys.exit({exc.code!r})"
     elif isinstance(exc, SyntaxError):
@@ -126,7 +128,8 @@ _LIBRARY_ROOTS = (
 
 def source_digest(spec: str, module: ModuleType) -> Any:
     """A sha256 fed the spec and the module's source file (what identifies code across runs); callers may
-    feed it more (a teacher's weights)."""
+    feed it more (a teacher's weights).
+    """
     digest = hashlib.sha256(spec.encode())
     source_file = inspect.getsourcefile(module)
     if source_file:
@@ -166,7 +169,8 @@ depends on the batch; train mode catches code that fails only while training (Ba
 @torch.no_grad()
 def _probe(fn: Callable[[torch.Tensor], torch.Tensor], model: nn.Module, x: torch.Tensor, train: bool) -> Any:
     """``fn(x)`` with ``model`` in train or eval mode, leaving the model as it was: its mode, its buffers
-    (train-mode BatchNorm updates running statistics) and the global RNG (dropout draws from it)."""
+    (train-mode BatchNorm updates running statistics) and the global RNG (dropout draws from it).
+    """
     was_training = model.training
     buffers = {name: b.detach().clone() for name, b in model.named_buffers()}
     with torch.random.fork_rng(devices=[]):
@@ -254,7 +258,8 @@ def _shaped(
     spec: str, what: str, fn: Callable[[torch.Tensor], torch.Tensor], model: nn.Module, x: torch.Tensor
 ) -> torch.Tensor:
     """Probe forwards that must each give a (batch, width) tensor of one width: every batch size of
-    :data:`PROBE_BATCHES` (rows of ``x``), in eval and in train mode. Returns the eval-mode output on all of ``x``."""
+    :data:`PROBE_BATCHES` (rows of ``x``), in eval and in train mode. Returns the eval-mode output on all of ``x``.
+    """
     first: torch.Tensor | None = None
     whole: torch.Tensor | None = None
     for train in (False, True):

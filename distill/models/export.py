@@ -105,7 +105,8 @@ def _write_torchscript(model: nn.Module, path: Path, example: torch.Tensor, with
 
 def _run_exported(path: Path, fmt: str, x: torch.Tensor, with_head: bool) -> tuple[np.ndarray, np.ndarray | None]:
     """The exported file's outputs on ``x``: the embedding as fsd's own ``onnx:``/``torchscript:`` model
-    specs run it (what a store, an eval or a verify of the file computes), the logits straight from the file."""
+    specs run it (what a store, an eval or a verify of the file computes), the logits straight from the file.
+    """
     from distill.models.teachers import load_teacher
     from featstore.teacher import check_embeddings
 
@@ -135,7 +136,8 @@ def export_model(
     overwrite: bool = False,
 ) -> ExportResult:
     """Export ``model`` (``forward_features``/``forward_head``) to ``path`` and measure parity on ``sample``
-    (a dataset batch): max |Δ| between torch's outputs and the exported file's (onnxruntime for ONNX)."""
+    (a dataset batch): max |Δ| between torch's outputs and the exported file's (onnxruntime for ONNX).
+    """
     path = Path(path)
     if path.exists() and not overwrite:
         raise OutputExists(f"{path} already exists (use --overwrite to replace it)")
@@ -155,7 +157,8 @@ def _export_file(
     show_progress: bool = False,
 ) -> ExportResult:
     """Write the exported file at ``path`` (a temporary name: the callers rename it) and measure its parity;
-    with ``show_progress``, a two-step bar (writing, then the parity run)."""
+    with ``show_progress``, a two-step bar (writing, then the parity run).
+    """
     if fmt not in FORMATS:
         raise InvalidInput(f"unknown export format {fmt!r}; valid: {', '.join(FORMATS)}")
     if with_head and not hasattr(model, "head"):
@@ -189,7 +192,8 @@ def check_export_outputs(out: Path, overwrite: bool) -> None:
 
     A parity record that names a model sha256 while the model file is absent is what a run killed between its
     two renames leaves (the record is renamed first): it is replaced, so re-running the same command completes
-    the export. Any other existing parity file is kept unless ``overwrite``."""
+    the export. Any other existing parity file is kept unless ``overwrite``.
+    """
     record = parity_path(out)
     if out.exists() and not overwrite:
         raise OutputExists(f"{out} already exists (use --overwrite to replace it and {record.name})")
@@ -199,7 +203,8 @@ def check_export_outputs(out: Path, overwrite: bool) -> None:
 
 def _unfinished_record(record: Path) -> bool:
     """Whether ``record`` is an fsd parity record naming a model sha256 (its model file absent: checked by the
-    caller), i.e. the leftover of an export interrupted between its two renames."""
+    caller), i.e. the leftover of an export interrupted between its two renames.
+    """
     try:
         content = json.loads(record.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, ValueError):
@@ -225,7 +230,8 @@ def export_checkpoint(
     The two files are one output (docs/reliability.md): both are written under temporary names, then the
     record (which names the model's sha256) is renamed, then the model. A failure while writing leaves both
     as they were; a kill between the renames leaves a record without its model, which the same command
-    replaces."""
+    replaces.
+    """
     from distill.models.checkpoint import load_checkpoint
 
     out = Path(out)

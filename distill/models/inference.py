@@ -35,7 +35,8 @@ def embed_dataset(
     model: nn.Module, dataset: Dataset, device: torch.device, batch_size: int = 512, desc: str | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
     """(embeddings float32 (N, D), logits float32 (N, C)) of the identity view of every sample; with ``desc``,
-    a progress bar on a terminal (evaluation of a large split must not look hung)."""
+    a progress bar on a terminal (evaluation of a large split must not look hung).
+    """
     model.eval().to(device)
     embeddings, logits = [], []
     batches = identity_batches(dataset, np.arange(len(dataset)), batch_size, device)

@@ -25,7 +25,8 @@ TeacherSource``; filled by :mod:`distill.models.teachers` and its sibling module
 def create_model(name: str, *, trust_code: bool = False, **config: Any) -> nn.Module:
     """Build a registered model, a ``timm:NAME`` / ``torchvision:NAME`` backbone, or a ``module:function``
     student (Python code: only with ``trust_code``); options left as None are dropped so the constructor's
-    defaults survive."""
+    defaults survive.
+    """
     from distill.models import code_models
 
     options = {k: v for k, v in config.items() if v is not None}
@@ -41,7 +42,8 @@ def create_model(name: str, *, trust_code: bool = False, **config: Any) -> nn.Mo
 
 def accepts(name: str, option: str) -> bool:
     """Whether the registered constructor ``name`` takes ``option`` (e.g. ``input_size``, which face backbones
-    need to size their embedding layer and the others do not take)."""
+    need to size their embedding layer and the others do not take).
+    """
     import inspect
 
     from distill.models import code_models

@@ -63,6 +63,7 @@ class TeacherSide:
     model: nn.Module | None = None  # online baseline only
 
     def embed(self, stored: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """The teacher embedding of a batch: ``stored`` from a store, or the online teacher run on ``x``."""
         if self.model is None:
             return stored
         with torch.no_grad():
@@ -92,10 +93,27 @@ def teacher_side(
     chunk_rows: int | None = None,
     needs_head: bool = True,
 ) -> TeacherSide:
-    """The store's side, or the online baseline's. The baseline's views are laid out in a store's chunk
-    geometry — ``chunk_rows``, by default that of the store ``extract-teacher`` writes with its defaults — so
-    it streams exactly the batches a store run of that geometry streams. A head-less teacher is refused when
-    ``needs_head`` (the recipe uses its logits) and gives ``head=None`` otherwise."""
+    """Open the run's teacher side: the store's, or the online baseline's.
+
+    The baseline's views are laid out in a store's chunk geometry, so it streams exactly the batches a store run
+    of that geometry streams.
+
+    Args:
+        config: The run's config (``store`` or ``online_teacher``).
+        dataset: The training split; a store must have been extracted from it.
+        device: Where the online teacher runs.
+        chunk_rows: The baseline's chunk geometry (None: that of the store ``extract-teacher`` writes with its
+            defaults).
+        needs_head: Whether the recipe uses the teacher's logits: a head-less teacher is then refused, otherwise
+            it gives ``head=None``.
+
+    Returns:
+        The teacher side: source, head, embedding size, provenance and (online) model.
+
+    Raises:
+        InvalidInput: Neither or both of store and online teacher, a store of another split or view policy, or
+            a missing head the recipe needs.
+    """
     if (config.store is None) == (config.online_teacher is None):
         raise InvalidInput("give exactly one of --store and --online-teacher")
     if config.store is not None:
