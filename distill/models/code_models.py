@@ -90,8 +90,10 @@ def call_factory(factory: Callable[..., Any], spec: str, role: str, **arguments:
 
 
 def foreign_failure(exc: BaseException) -> str:
-    """``Type: message (at file.py:LINE)`` for an exception raised by the user's code: the message's first
-    line, and the deepest frame outside torch and fsd (where the user's code went wrong), else the deepest.
+    """Describe an exception raised by the user's code as ``Type: message (at file.py:LINE)``.
+
+    The message is its first line; the frame is the deepest outside torch and fsd (where the user's code went
+    wrong), else the deepest.
 
     A ``SystemExit`` reads as ``sys.exit(CODE)``: a factory that exits must not end fsd silently.
     """
@@ -127,8 +129,9 @@ _LIBRARY_ROOTS = (
 
 
 def source_digest(spec: str, module: ModuleType) -> Any:
-    """A sha256 fed the spec and the module's source file (what identifies code across runs); callers may
-    feed it more (a teacher's weights).
+    """A sha256 fed the spec and the module's source file: what identifies code across runs.
+
+    Callers may feed it more (a teacher's weights).
     """
     digest = hashlib.sha256(spec.encode())
     source_file = inspect.getsourcefile(module)
@@ -138,6 +141,7 @@ def source_digest(spec: str, module: ModuleType) -> Any:
 
 
 def source_sha256(spec: str, module: ModuleType) -> str:
+    """The hex digest of :func:`source_digest` of ``spec`` and ``module``."""
     return source_digest(spec, module).hexdigest()
 
 
@@ -151,12 +155,15 @@ class CodeStudent(EmbeddingNet):
 
     @property
     def head(self) -> nn.Module:  # type: ignore[override]
+        """The user model's classifier head."""
         return self.net.head
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """The user model's embedding of ``x``."""
         return self.net.forward_features(x)
 
     def forward_head(self, z: torch.Tensor) -> torch.Tensor:
+        """The logits of embeddings ``z``: the user model's ``forward_head`` when it has one, else its head."""
         own = getattr(self.net, "forward_head", None)
         return own(z) if callable(own) else self.net.head(z)
 
@@ -168,8 +175,10 @@ depends on the batch; train mode catches code that fails only while training (Ba
 
 @torch.no_grad()
 def _probe(fn: Callable[[torch.Tensor], torch.Tensor], model: nn.Module, x: torch.Tensor, train: bool) -> Any:
-    """``fn(x)`` with ``model`` in train or eval mode, leaving the model as it was: its mode, its buffers
-    (train-mode BatchNorm updates running statistics) and the global RNG (dropout draws from it).
+    """Run ``fn(x)`` with ``model`` in train or eval mode, leaving the model as it was.
+
+    What is restored is its mode, its buffers (train-mode BatchNorm updates running statistics) and the global
+    RNG (dropout draws from it).
     """
     was_training = model.training
     buffers = {name: b.detach().clone() for name, b in model.named_buffers()}
@@ -257,8 +266,12 @@ def _accepted(factory: Callable[..., Any], given: dict[str, Any]) -> dict[str, A
 def _shaped(
     spec: str, what: str, fn: Callable[[torch.Tensor], torch.Tensor], model: nn.Module, x: torch.Tensor
 ) -> torch.Tensor:
-    """Probe forwards that must each give a (batch, width) tensor of one width: every batch size of
-    :data:`PROBE_BATCHES` (rows of ``x``), in eval and in train mode. Returns the eval-mode output on all of ``x``.
+    """Probe forwards that must each give a (batch, width) tensor of one width.
+
+    Every batch size of :data:`PROBE_BATCHES` (rows of ``x``) runs in eval and in train mode.
+
+    Returns:
+        The eval-mode output on all of ``x``.
     """
     first: torch.Tensor | None = None
     whole: torch.Tensor | None = None
