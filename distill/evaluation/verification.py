@@ -64,8 +64,10 @@ DEFAULT_GENUINE_CAP = 1 << 24
 
 
 class _Counts:
-    """Counts of indices in [0, length), fed in pieces: pieces are buffered up to ``flush_at`` elements and
-    counted together, so a large ``length`` costs one allocation per flush rather than one per tile.
+    """Counts of indices in [0, length), fed in pieces.
+
+    Pieces are buffered up to ``flush_at`` elements and counted together, so a large ``length`` costs one
+    allocation per flush rather than one per tile.
     """
 
     def __init__(self, backend: Any, length: int, flush_at: int = 1 << 20) -> None:
@@ -239,8 +241,9 @@ def _first_pass(
 
 
 def _auc_groups(hist: Histograms, genuine_cap: int, collected: bool) -> list[np.ndarray]:
-    """Buckets holding both genuine and impostor pairs, in groups of at most ``genuine_cap`` genuine pairs
-    (one group when pass 1 already collected every genuine key; a bucket is never split).
+    """Group the buckets holding both genuine and impostor pairs, at most ``genuine_cap`` genuine pairs a group.
+
+    There is one group when pass 1 already collected every genuine key; a bucket is never split.
     """
     mixed = np.flatnonzero((hist.hg > 0) & (hist.hi > 0))
     if not mixed.size:
@@ -266,9 +269,13 @@ def _later_passes(
     groups: list[np.ndarray],
     gen_keys: np.ndarray | None,
 ) -> tuple[np.ndarray, int]:
-    """Pass 2 refines ``refine`` into full-key counts; every pass counts the impostors of one group against
-    that group's sorted genuine keys and collects the next group's genuine keys. Returns the refined counts
-    ``[slot, is_genuine, low bits]`` and the exact within-bucket part of the AUC sum.
+    """Run the passes after the first: refine buckets and count each AUC group's impostors.
+
+    Pass 2 refines ``refine`` into full-key counts; every pass counts the impostors of one group against that
+    group's sorted genuine keys and collects the next group's genuine keys.
+
+    Returns:
+        (the refined counts ``[slot, is_genuine, low bits]``, the exact within-bucket part of the AUC sum).
     """
     lo, bins = hist.lo, hist.hg.size
     sub = 1 << lo
