@@ -15,11 +15,11 @@ scores are recomputed tile by tile in a few passes and only counts are kept:
 * **ROC AUC** is the Mann-Whitney sum over impostors i of 2·#{genuine > i} + #{genuine == i}, in Python
   integers. Pairs in different buckets come from the histograms; for buckets holding both kinds, the
   genuine keys of a group of such buckets are collected (at most ``genuine_cap`` at once) and the next
-  pass binary-searches every impostor of those buckets among them. When all genuine pairs fit in
-  ``genuine_cap`` (the usual case: G ≈ N²/(2·classes)) they are collected in pass 1 and the whole job takes
-  2 passes; otherwise 2 + (number of groups ≈ genuine pairs in mixed buckets / genuine_cap) passes.
+  pass binary-searches every impostor of those buckets among them: 2 + (number of groups ≈ genuine pairs
+  in mixed buckets / genuine_cap) passes in all.
 
-When every genuine key fits in ``genuine_cap`` (the usual case) none of these passes run: the one-pass
+When every genuine key fits in ``genuine_cap`` (the usual case: G ≈ N²/(2·classes)) none of these passes
+run: the one-pass
 strategy of :mod:`distill.evaluation.one_pass` touches each score once after its GEMM (planned windows, an
 exact tail, a window-only pass only where the plan missed) and feeds the same count-to-metric steps
 (:mod:`distill.evaluation.pair_counts`). The passes below are the strategy for more genuine pairs than that.
