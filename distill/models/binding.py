@@ -86,7 +86,15 @@ class ModelInput:
 
 @dataclass
 class ModelBinding(TeacherBinding):
-    """A model bound to one dataset (see the module docstring); satisfies featstore's binding contract."""
+    """A model bound to one dataset (see the module docstring); satisfies featstore's binding contract.
+
+    Attributes:
+        source: The network and its provenance.
+        dataset: The dataset it is bound to (rendered at the size the binding chose).
+        probe: The identity-view embeddings of the first samples (the binding's check).
+        spec: The model spec as given.
+        checkpoint: The fsd checkpoint of a checkpoint spec (eval's ``--th-mix`` reads it), else None.
+    """
 
     spec: str = ""
     checkpoint: Any = None  # the fsd Checkpoint of a checkpoint spec (eval's --th-mix reads it)
@@ -177,8 +185,12 @@ class ModelBinding(TeacherBinding):
 class ModelSpec:
     """A picklable :class:`featstore.teacher.TeacherBinder` for a model spec.
 
-    ``drop_head`` leaves the model's classifier out; ``students`` also accepts fsd *student* checkpoints
-    (evaluation runs them; extraction and verification want a teacher).
+    Attributes:
+        spec: A model spec or an fsd checkpoint path.
+        trust_code: Whether ``module:function`` specs may run their Python code.
+        drop_head: Whether to leave the model's classifier out.
+        students: Whether fsd *student* checkpoints are accepted too (evaluation runs them; extraction and
+            verification want a teacher).
     """
 
     spec: str

@@ -203,7 +203,26 @@ def build_code_student(
     head_scale: float | None = None,
     head_margin: float | None = None,
 ) -> EmbeddingNet:
-    """The student a ``module:function`` spec builds (see the module docstring); trust is checked by the caller."""
+    """Build the student a ``module:function`` spec names (see the module docstring), probed once.
+
+    Trust is checked by the caller.
+
+    Args:
+        spec: ``module:function``.
+        num_classes: The data's number of classes.
+        in_channels: The images' channels.
+        embedding_dim: The embedding's size (None: the model's own width).
+        input_size: The images' side (the probe's; None: 32).
+        head: A backbone's head type (an fsd-shaped model keeps its own head).
+        head_scale: A margin head's scale s (None: the head's default).
+        head_margin: A margin head's margin m (None: the head's default).
+
+    Returns:
+        The student, with the sha256 of its code in ``code_sha256``.
+
+    Raises:
+        InvalidInput: The code fails, or the model it returns has the wrong type or shape.
+    """
     factory, module = import_factory(spec, "student")
     given = {
         "num_classes": num_classes,

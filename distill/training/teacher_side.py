@@ -27,7 +27,15 @@ if TYPE_CHECKING:
 
 
 def check_store_matches(store: FeatureStore, dataset: Dataset) -> None:
-    """Training pairs store row i with dataset sample i: refuse unless the store was made from this split."""
+    """Refuse a store that was not made from this split: training pairs store row i with dataset sample i.
+
+    Args:
+        store: The opened store.
+        dataset: The training split.
+
+    Raises:
+        StoreError: The store's dataset fingerprint, view policy or labels differ from the split's.
+    """
     # the student re-renders each stored view from its parameters with the dataset's view policy: it must be
     # the policy the teacher's views were rendered with, or embeddings are paired with other pixels
     recorded = (store.meta.get("views") or {}).get("policy")
@@ -111,8 +119,9 @@ def teacher_side(
         The teacher side: source, head, embedding size, provenance and (online) model.
 
     Raises:
-        InvalidInput: Neither or both of store and online teacher, a store of another split or view policy, or
-            a missing head the recipe needs.
+        InvalidInput: Neither or both of store and online teacher, a head over other classes, or a missing head
+            the recipe needs.
+        StoreError: A store made from another split, view policy or labels.
     """
     if (config.store is None) == (config.online_teacher is None):
         raise InvalidInput("give exactly one of --store and --online-teacher")
