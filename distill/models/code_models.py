@@ -146,7 +146,13 @@ def source_sha256(spec: str, module: ModuleType) -> str:
 
 
 class CodeStudent(EmbeddingNet):
-    """An fsd-shaped model from user code: its ``forward_features``, and its ``head`` (or ``forward_head``)."""
+    """An fsd-shaped model from user code: its ``forward_features``, and its ``head`` (or ``forward_head``).
+
+    Args:
+        net: The user's model.
+        embedding_dim: The width of its ``forward_features``.
+        num_classes: Its head's number of classes.
+    """
 
     def __init__(self, net: nn.Module, embedding_dim: int, num_classes: int) -> None:
         super().__init__()

@@ -81,6 +81,12 @@ class DistillStep(nn.Module):
     pattern): a recipe without TH-KD never applies the teacher head to the student, one without SP never
     keeps the feature map, so a new loss that needs a new tensor adds a line here and nothing runs for
     recipes that do not use it.
+
+    Args:
+        student: The student network.
+        projection: P, from the student's embedding space to the teacher's (identity when they match).
+        criterion: The recipe's weighted losses; its ``needs`` decide what ``forward`` computes.
+        teacher_head: The frozen teacher classifier g_t.
     """
 
     def __init__(
