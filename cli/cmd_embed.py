@@ -36,8 +36,10 @@ PATH = click.Path(path_type=Path)
 @overwrite_option
 @quiet_option
 def command(model, trust_code, images, landmarks, out, batch_size, image_size, device, overwrite, quiet) -> None:
-    """Embed every image of --images (or every face --landmarks lists, aligned) with --model and write
-    embeddings, embeddings_flip and names to an HDF5 file — what `fsd eval --ijb-meta` reads.
+    """Embed face images with --model into an HDF5 file, as `fsd eval --ijb-meta` reads it.
+
+    Every image of --images (or every face --landmarks lists, aligned) is embedded, plain and flipped; the
+    file holds embeddings, embeddings_flip and names.
 
     Example: fsd embed --model student.pt --images IJBC/loose_crop --landmarks
     IJBC/meta/ijbc_name_5pts_score.txt --out ijbc.h5

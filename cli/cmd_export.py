@@ -23,9 +23,10 @@ PATH = click.Path(dir_okay=False, path_type=Path)
 @overwrite_option
 @quiet_option
 def command(checkpoint, onnx_out, ts_out, with_head, sample, trust_code, overwrite, quiet) -> None:
-    """Export CHECKPOINT's embedding network (optionally with its head); the embeddings of a sample are
-    compared between torch and the exported file and max |Δ| is printed and recorded beside it
-    (OUT.parity.json). `--model onnx:OUT` / `torchscript:OUT` then evaluates it.
+    """Export CHECKPOINT's embedding network (optionally with its head) to ONNX or TorchScript.
+
+    The embeddings of a sample are compared between torch and the exported file; max |Δ| is printed and
+    recorded beside it (OUT.parity.json). `--model onnx:OUT` / `torchscript:OUT` then evaluates it.
 
     Example: fsd export student.pt --onnx student.onnx
     """

@@ -25,9 +25,10 @@ F = FitHeadConfig
 @overwrite_option
 @quiet_option
 def command(store: str, device: str, quiet: bool, **options) -> None:
-    """Train the teacher's classifier on STORE's embeddings (the backbone never runs) and write it as the
-    store's head/, atomically, with its provenance and train accuracy. A store that has a head is refused
-    unless --overwrite.
+    """Fit a teacher classifier on STORE's embeddings and install it as the store's head.
+
+    The backbone never runs. The head is written as the store's head/, atomically, with its provenance and
+    train accuracy; a store that has a head is refused unless --overwrite.
 
     Example: fsd store fit-head store.zarr --head arcface --epochs 20
     """

@@ -173,8 +173,9 @@ def verify(
 @click.option("--overwrite", is_flag=True, help="Replace an existing --out.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def export(store: str, out: Path, view: str, overwrite: bool, quiet: bool) -> None:
-    """Copy STORE's embeddings (dequantised to float32), labels, views and head into one HDF5 file,
-    written atomically.
+    """Copy STORE's embeddings, labels, views and head into one HDF5 file.
+
+    The embeddings are dequantised to float32; the file is written atomically.
 
     Example: fsd store export store.zarr --out store.h5 --view 0
     """

@@ -31,7 +31,7 @@ COMMAND_MODULES: dict[str, str] = {
 }
 """Command name → the module whose ``command`` implements it, in the order ``fsd --help`` lists them.
 
-Why lazy: the command modules import torch, zarr and faiss (about 2 s); ``fsd --help``, ``fsd --version`` and
+Why lazy: the command modules import torch, zarr and faiss, which takes seconds; ``fsd --help``, ``fsd --version`` and
 ``fsd COMMAND --help`` import at most one of them.
 """
 
@@ -61,9 +61,11 @@ class FsdGroup(click.Group):
     """The ``fsd`` group: commands imported on first use, and FsdError turned into the one-line error contract."""
 
     def list_commands(self, ctx: click.Context) -> list[str]:
+        """The command names, from the table (no command module is imported)."""
         return list(COMMAND_MODULES)
 
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        """Import the command ``cmd_name`` on first use, with its float checks, leaf record and summary."""
         module = COMMAND_MODULES.get(cmd_name)
         if module is None:
             return None
@@ -72,16 +74,25 @@ class FsdGroup(click.Group):
         return command
 
     def shell_complete(self, ctx: click.Context, incomplete: str) -> list[CompletionItem]:
-        """Command names from the table (completing ``fsd <TAB>`` must not import every command), then the
-        group's own options."""
+        """Complete command names from the table, then the group's own options.
+
+        Completing ``fsd <TAB>`` must not import every command.
+        """
         names = [CompletionItem(n, help=COMMAND_SUMMARIES[n]) for n in COMMAND_MODULES if n.startswith(incomplete)]
         return names + click.Command.shell_complete(self, ctx, incomplete)
 
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        """List the commands in ``fsd --help`` with their summaries, importing none of them."""
         with formatter.section("Commands"):
             formatter.write_dl([(name, COMMAND_SUMMARIES[name]) for name in COMMAND_MODULES])
 
     def invoke(self, ctx: click.Context):
+        """Run the command, turning what the user can fix into one ``Error: …`` line.
+
+        An :class:`FsdError` exits with its code (2) and, when the failing command has the option it names, its
+        advice; Ctrl-C exits 130; an environment ``OSError`` (a full disk, no permission) exits 2. Warnings print
+        as one line each while the command runs.
+        """
         previous_format = warnings.formatwarning
         warnings.formatwarning = format_warning  # restored below: an in-process caller keeps its own
         try:
@@ -115,9 +126,12 @@ LEAF = "fsd.command"
 
 
 def record_leaf(command: click.Command) -> click.Command:
-    """Make ``command`` (and its subcommands) record itself in ``ctx.meta`` when invoked, so an error's advice
-    can be checked against the options of the command that actually ran (``featstore.errors.suggest``).
-    Idempotent: the group looks commands up on every invocation, and one wrapper is enough."""
+    """Make ``command`` (and its subcommands) record itself in ``ctx.meta`` when invoked.
+
+    An error's advice is then checked against the options of the command that actually ran
+    (``featstore.errors.suggest``). Idempotent: the group looks commands up on every invocation, and one
+    wrapper is enough.
+    """
     if getattr(command, "_fsd_records_leaf", False):
         return command
     command._fsd_records_leaf = True  # type: ignore[attr-defined]
@@ -143,7 +157,8 @@ def format_warning(message, category, filename, lineno, line=None) -> str:
     Why: the default prints the warning's source file, line number and source line — noise to a user (a
     skipped sample, a stale lock, zarr's leftover ``.partial`` file), and two lines where one says it. The
     format hook, not ``showwarning``, so that a caller recording warnings (``catch_warnings(record=True)``)
-    still receives them."""
+    still receives them.
+    """
     return "Warning: " + " ".join(str(message).split()) + "\n"
 
 
@@ -158,7 +173,7 @@ def format_warning(message, category, filename, lineno, line=None) -> str:
     help=f"CPU threads for torch and FAISS (default: at most {DEFAULT_THREADS}, never more than torch's own default).",
 )
 def cli(threads: int | None) -> None:
-    """fsd — embedding knowledge distillation with a precomputed teacher feature store.
+    """Fsd — embedding knowledge distillation with a precomputed teacher feature store.
 
     \b
     Typical run:
@@ -175,7 +190,8 @@ def set_threads(threads: int | None) -> None:
 
     Why a cap: torch starts one thread per core, and on a loaded machine those threads compete with every other
     process — measured 4-16× slower than one thread on a shared 2-core box with the small models fsd trains on
-    CPU. Libraries only count when the command imported them (``fsd compare`` never loads torch)."""
+    CPU. Libraries only count when the command imported them (``fsd compare`` never loads torch).
+    """
     torch = sys.modules.get("torch")
     if torch is not None:
         torch.set_num_threads(threads or min(torch.get_num_threads(), DEFAULT_THREADS))

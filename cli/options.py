@@ -1,6 +1,8 @@
-"""Options shared by several commands, as decorators, so every command spells them the same way; and
-``config_option``, which takes an option's default from the library's config dataclass so that each default
-is written once, in the config, and the CLI cannot drift from the Python API."""
+"""Options shared by several commands, as decorators, so every command spells them the same way.
+
+``config_option`` takes an option's default from the library's config dataclass, so each default is written
+once, in the config, and the CLI cannot drift from the Python API.
+"""
 
 from __future__ import annotations
 
@@ -22,6 +24,7 @@ TEACHER_SPEC_HELP = (
 
 
 def dataset_option(required: bool = True):
+    """``--dataset SPEC``, required unless ``required`` is False."""
     return click.option(
         "--dataset",
         "dataset",
@@ -32,6 +35,7 @@ def dataset_option(required: bool = True):
 
 
 def split_option(default: str):
+    """``--split``, one of the dataset splits, defaulting to ``default``."""
     return click.option("--split", type=click.Choice(SPLITS), default=default, show_default=True, help="Dataset split.")
 
 
@@ -109,8 +113,10 @@ eval_split_option = click.option(
 
 
 def compose(*decorators):
-    """One decorator applying ``decorators`` in the order they are listed (the first is the outermost, so
-    ``--help`` lists the options in that order)."""
+    """Combine ``decorators`` into one that applies them in the order they are listed.
+
+    The first is the outermost, so ``--help`` lists the options in that order.
+    """
 
     def apply(command):
         for decorator in reversed(decorators):
@@ -121,14 +127,19 @@ def compose(*decorators):
 
 
 def data_options(split: str = "train"):
-    """What both trainers read: the dataset, its split, the split scored after every epoch, and how images
-    are rendered and decoded."""
+    """The data options of both trainers: dataset, split, evaluation split, image size and loader workers.
+
+    Args:
+        split: The default of ``--split``.
+    """
     return compose(dataset_option(), split_option(split), eval_split_option, image_size_option, loader_workers_option)
 
 
 def optim_options():
-    """Every field of :class:`~distill.training.common.OptimConfig`, for both trainers (the command splits them
-    out with ``split_fields(options, OptimConfig)``)."""
+    """An option for every field of :class:`~distill.training.common.OptimConfig`, for both trainers.
+
+    The command splits them out with ``split_fields(options, OptimConfig)``.
+    """
     return compose(
         config_option(OptimConfig, "lr", help="Peak learning rate, annealed per step by a cosine schedule to 0."),
         config_option(OptimConfig, "optimizer", type=click.Choice(OPTIMIZERS), help="SGD (with --momentum) or AdamW."),

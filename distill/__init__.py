@@ -1,5 +1,6 @@
-"""distill: models and heads, losses, the teacher and student trainers, and FAISS evaluation — everything
-after the store.
+"""distill: everything after the store — models, losses, trainers and FAISS evaluation.
+
+It holds the models and heads, the losses, the teacher and student trainers, and the evaluation.
 
 The public API (each name imported on first use)::
 

@@ -1,5 +1,7 @@
-"""Evaluation: FAISS search, retrieval/verification/identification metrics, protocols (pairs, LFW, IJB),
-reports, tables and plots. Never imports training.
+"""Evaluation: FAISS search, metrics, protocols, reports, tables and plots.
+
+The metrics cover retrieval, verification and identification; the protocols are pairs, LFW and IJB. This
+room never imports training.
 
 What a script needs is importable from here (loaded on first use, so ``import distill.evaluation`` stays cheap
 and FAISS is imported only when a search runs)::

@@ -1,5 +1,7 @@
-"""Running a model over face images that are not a dataset: verification ``.bin`` files and image folders
-(for IJB), with the flip test and optional 5-point alignment.
+"""Running a model over face images that are not a dataset: verification ``.bin`` files and image folders.
+
+The folders serve IJB; every image is embedded plain and flipped (the flip test), optionally after 5-point
+alignment.
 
 A model is any spec :func:`distill.models.teachers.load_teacher` takes, or an fsd checkpoint. Images come
 as uint8 RGB and are scaled the way the model was trained: a checkpoint records its dataset's
@@ -30,21 +32,28 @@ FACE_SIZE = 112
 
 @dataclass
 class FaceModel:
-    """A model bound to face images (:func:`distill.models.binding.bind_images`) and how to feed it uint8
-    images."""
+    """A model bound to face images (:func:`distill.models.binding.bind_images`) and how to feed it uint8 images.
+
+    Attributes:
+        binding: The model bound to RGB images of one size and scaling.
+        name: The model as reports name it.
+    """
 
     binding: ModelBinding
     name: str
 
     @property
     def size(self) -> int:
+        """The side of the square images the model is fed."""
         return int(self.binding.dataset.image_shape[-1])
 
     @property
     def normalisation(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        """(mean, std) per channel on [0, 1] pixels, applied before the model."""
         return self.binding.dataset.normalisation
 
     def prepare(self, images: np.ndarray) -> torch.Tensor:
+        """Scale uint8 images (N, 3, H, W) to the model's normalised float32 input."""
         mean, std = (np.asarray(v, np.float32)[None, :, None, None] for v in self.normalisation)
         return torch.from_numpy((images.astype(np.float32) / 255.0 - mean) / std)
 
@@ -52,8 +61,17 @@ class FaceModel:
     def embed(
         self, images: np.ndarray, device: torch.device, batch_size: int = 128, desc: str | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
-        """(embeddings, embeddings of the horizontally flipped images), float32 (N, D) each; with ``desc``, a
-        progress bar over the batches (featstore.progress)."""
+        """Embed ``images`` and their horizontal flips.
+
+        Args:
+            images: uint8 RGB (N, 3, S, S), S = :attr:`size`.
+            device: Where the model runs.
+            batch_size: Images per forward pass.
+            desc: With it, a progress bar over the batches (featstore.progress).
+
+        Returns:
+            (embeddings, embeddings of the flipped images), float32 (N, D) each.
+        """
         self.binding.to(device)
         plain, flipped = [], []
         for start in progress(range(0, len(images), batch_size), desc=desc, unit="batch", leave=False):
@@ -64,8 +82,22 @@ class FaceModel:
 
 
 def load_face_model(spec: str | Path, *, trust_code: bool = False, image_size: int | None = None) -> FaceModel:
-    """Any model spec or fsd checkpoint bound to face images: ``image_size``, else its input size, else 112;
-    the normalisation it records (a checkpoint, an fsd-exported ONNX file), else the face convention."""
+    """Bind any model spec or fsd checkpoint to face images.
+
+    The size is ``image_size``, else the model's input size, else 112; the scaling is the normalisation the
+    model records (a checkpoint, an fsd-exported ONNX file), else the face convention.
+
+    Args:
+        spec: A model spec or an fsd checkpoint (teacher or student).
+        trust_code: Whether a ``module:function`` model may run its Python code.
+        image_size: The images' side (None: see above).
+
+    Returns:
+        The bound model.
+
+    Raises:
+        InvalidInput: A model that does not take 3-channel images of that size.
+    """
     from distill.models.binding import bind_images
     from distill.models.teachers import is_checkpoint_spec
 
@@ -82,8 +114,22 @@ def load_face_model(spec: str | Path, *, trust_code: bool = False, image_size: i
 def bin_reports(
     model: FaceModel, paths: list[Path], device: torch.device, batch_size: int = 128
 ) -> dict[str, dict[str, Any]]:
-    """``{name: report}`` for each ``.bin`` (see :mod:`distill.evaluation.protocols.bin`). Every file is read
-    and checked before the model runs on any of them."""
+    """Report the verification accuracy of ``model`` on each ``.bin`` file.
+
+    Every file is read and checked before the model runs on any of them.
+
+    Args:
+        model: The bound face model.
+        paths: insightface verification ``.bin`` files (see :mod:`distill.evaluation.protocols.bin`).
+        device: Where the model runs.
+        batch_size: Images per forward pass.
+
+    Returns:
+        ``{name: report}``, one per file.
+
+    Raises:
+        InvalidInput: An unreadable file, or two files of one name.
+    """
     sets = [bin_protocol.read_bin(p) for p in paths]
     names = [s.name for s in sets]
     if len(set(names)) != len(names):
@@ -100,8 +146,10 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
 
 def _folder_images(root: Path) -> list[str]:
-    """The images below ``root`` (featstore's bounded lister: each directory once, hidden entries skipped),
-    as relative names that HDF5 can store (UTF-8)."""
+    """List the images below ``root`` as relative names that HDF5 can store (UTF-8).
+
+    featstore's bounded lister reads each directory once and skips hidden entries.
+    """
     from featstore.datasets.files import list_files
 
     names = [name for name, _ in list_files(root, IMAGE_SUFFIXES, what="embed").files]
@@ -158,9 +206,31 @@ def embed_folder(
     overwrite: bool = False,
     show_progress: bool = True,
 ) -> int:
-    """Embed every image of ``images`` (or, with ``landmarks``, every face the file lists, aligned) into an
-    HDF5 file with ``embeddings``, ``embeddings_flip`` and ``names`` — what ``fsd eval --ijb-meta`` reads.
-    Written atomically, batch by batch (memory does not grow with the number of images); returns the count."""
+    """Embed a folder of face images into an HDF5 file, as ``fsd eval --ijb-meta`` reads it.
+
+    Every image of ``images`` (or, with ``landmarks``, every face the file lists, aligned) is embedded plain
+    and flipped; the file holds ``embeddings``, ``embeddings_flip`` and ``names``. It is written atomically,
+    batch by batch, so memory does not grow with the number of images.
+
+    Args:
+        model: The bound face model.
+        images: The image folder.
+        out: The HDF5 file to write.
+        landmarks: A 5-point landmarks file naming the faces to align and embed.
+        device: Where the model runs.
+        batch_size: Images per forward pass.
+        overwrite: Whether an existing ``out`` may be replaced.
+        show_progress: Whether to show a progress bar.
+
+    Returns:
+        The number of faces embedded.
+
+    Raises:
+        InputNotFound: ``images`` is not a folder.
+        OutputExists: ``out`` exists and ``overwrite`` is not set.
+        InvalidInput: No images, a name HDF5 cannot store, faces of the landmarks file missing from the folder,
+            or an unreadable image or landmarks file.
+    """
     import json
 
     import h5py

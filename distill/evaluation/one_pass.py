@@ -57,16 +57,24 @@ def one_pass_verification(
     tail_cap: int = DEFAULT_TAIL_CAP,
     window_budget: int = DEFAULT_WINDOW_BUDGET,
 ) -> tuple[dict[str, Any], tuple[np.ndarray, np.ndarray]]:
-    """The report and ROC points of :func:`streaming_verification` (same contract), with every genuine key held.
+    """Compute the report and ROC points of :func:`streaming_verification` (same contract), every genuine key held.
 
     Args:
-        backend: a scoring backend of :mod:`distill.evaluation.pair_tiles` (``scores``, ``fold_scores``, ``finish``, ``same``).
-        tiles: the tile order (called once per pass).
-        n, n_gen, n_imp: samples, genuine and impostor pairs.
+        backend: A scoring backend of :mod:`distill.evaluation.pair_tiles` (``scores``, ``fold_scores``,
+            ``finish``, ``same``).
+        tiles: The tile order (called once per pass).
+        n: Samples.
+        n_gen: Genuine pairs.
+        n_imp: Impostor pairs.
         checked: ``[(report key, far)]``.
-        block, bins, roc_points: as for :func:`streaming_verification`.
-        tail_cap: most exact tail keys held.
-        window_budget: most bytes of window counts held at once.
+        block: The tile side, as for :func:`streaming_verification`.
+        bins: First-level buckets, as for :func:`streaming_verification`.
+        roc_points: Most ROC points returned, as for :func:`streaming_verification`.
+        tail_cap: Most exact tail keys held.
+        window_budget: Most bytes of window counts held at once.
+
+    Returns:
+        (the verification report, (FAR, TAR) ROC points).
     """
     lo = 32 - (bins.bit_length() - 1)
     sub_dtype = np.int32 if n * (n - 1) // 2 < (1 << 31) else np.int64
@@ -112,9 +120,11 @@ def one_pass_verification(
 
 
 def _fold_all(backend: Any, counts: TileCounts, grid: list[tuple[int, int, int, int]]) -> Any:
-    """Score and fold every tile of ``grid``; returns the last tile's scores. On a pipelined backend (numpy:
-    the compiled fold releases the GIL) tile t is folded on a second thread while tile t + 1's GEMM runs, so
-    no core waits for the other step; two tiles of scores are alive at most."""
+    """Score and fold every tile of ``grid``; returns the last tile's scores.
+
+    On a pipelined backend (numpy: the compiled fold releases the GIL) tile t is folded on a second thread while
+    tile t + 1's GEMM runs, so no core waits for the other step; two tiles of scores are alive at most.
+    """
     if not getattr(backend, "pipelined", False):
         last = None
         for tile in grid:
@@ -147,8 +157,11 @@ def _within(imp: np.ndarray, gen: np.ndarray) -> int:
 
 
 class _Resolver:
-    """Full-resolution (impostor, genuine) counts of any first-level bucket: from its window, from the tail,
-    or from extra window-only passes for the buckets neither holds (:meth:`prepare`)."""
+    """Full-resolution (impostor, genuine) counts of any first-level bucket.
+
+    They come from its window, from the tail, or from extra window-only passes for the buckets neither holds
+    (:meth:`prepare`).
+    """
 
     def __init__(self, backend, tiles, n, block, counts: TileCounts, gen, hist: Histograms, sub_dtype, max_windows):
         self.backend, self.tiles, self.n, self.block = backend, tiles, n, block
@@ -267,8 +280,11 @@ def _plan(
 
 
 def _sampled_impostors(x: np.ndarray, y: np.ndarray, bins: int, lo: int, n_imp: int) -> tuple[np.ndarray, float]:
-    """First-level histogram of the impostor pairs among a random ``SAMPLE_SIDE``² sample of pairs, and the
-    sampled fraction of all impostor pairs."""
+    """Estimate the impostor histogram from a random ``SAMPLE_SIDE``² sample of pairs.
+
+    Returns:
+        (first-level histogram of the sampled impostor pairs, the sampled fraction of all impostor pairs).
+    """
     from distill.evaluation.pair_tiles import keys_inplace
 
     n = y.size
@@ -283,8 +299,10 @@ def _sampled_impostors(x: np.ndarray, y: np.ndarray, bins: int, lo: int, n_imp: 
 
 
 def _approximate_genuine(x: np.ndarray, y: np.ndarray, bins: int, lo: int, chunk_bytes: int = 1 << 26) -> np.ndarray:
-    """First-level histogram of every genuine pair's score computed class by class (the same scores as the
-    tiles' up to the last bits): classes of equal size go through one batched product."""
+    """Histogram every genuine pair's score at the first level, computed class by class.
+
+    The scores are the tiles' up to the last bits; classes of equal size go through one batched product.
+    """
     from distill.evaluation.pair_tiles import keys_inplace
 
     order = np.argsort(y, kind="stable")

@@ -17,6 +17,7 @@ __all__ = ["Histograms", "eer", "inconsistent", "refined_counts", "roc", "tar", 
 
 
 def inconsistent(what: str) -> RuntimeError:
+    """The error for scores that differ between passes (a non-deterministic backend): no exact result exists."""
     return RuntimeError(
         f"pair scores differed between passes ({what}): the scoring backend is not "
         "deterministic, so no exact result can be given; rerun with use_gpu=False"
@@ -36,8 +37,18 @@ class Histograms:
 
 
 def tar_plan(hist: Histograms, checked: list) -> dict[str, Any]:
-    """Per FAR key: None (far · N_imp < 1), "all" (threshold -inf) or (bucket of the threshold, its rank
-    from the top within that bucket). The threshold is the (k+1)-th largest impostor, k = floor(far · N_imp)."""
+    """Locate the TAR@FAR threshold of each FAR in the first-level histogram.
+
+    The threshold is the (k+1)-th largest impostor key, k = floor(far · N_imp).
+
+    Args:
+        hist: The pass-1 histograms.
+        checked: (report key, FAR as an exact Fraction) pairs.
+
+    Returns:
+        Per report key: None (far · N_imp < 1), ``"all"`` (threshold -inf) or (bucket of the threshold, its
+        rank from the top within that bucket).
+    """
     plan: dict[str, Any] = {}
     for key, far in checked:
         k = math.floor(far * hist.n_imp)  # exact: Fraction * int
@@ -52,6 +63,18 @@ def tar_plan(hist: Histograms, checked: list) -> dict[str, Any]:
 
 
 def tar(hist: Histograms, plan: Any, refined: np.ndarray, slot_of: dict[int, int]) -> float | None:
+    """The TAR at one FAR's threshold, from its :func:`tar_plan` entry and the refined bucket's counts.
+
+    Args:
+        hist: The pass-1 histograms.
+        plan: The FAR's entry of :func:`tar_plan`.
+        refined: Full-resolution (impostor, genuine) counts of the refined buckets, one slot per bucket.
+        slot_of: Bucket → its slot in ``refined``.
+
+    Returns:
+        The fraction of genuine pairs scored strictly above the threshold, or None when the FAR is below one
+        impostor.
+    """
     if plan is None:
         return None
     if plan == "all":
@@ -64,8 +87,11 @@ def tar(hist: Histograms, plan: Any, refined: np.ndarray, slot_of: dict[int, int
 
 
 def eer(hist: Histograms, ref: np.ndarray, bucket: int, prev: int | None) -> float:
-    """EER from the thresholds around the FAR - FRR sign change, in ascending order: the previous bucket's
-    top (or -inf) and every key in ``bucket``; the same float operations as :mod:`distill.evaluation.metrics`."""
+    """Compute the EER from the thresholds around the FAR - FRR sign change.
+
+    The thresholds, ascending, are the top of the bucket before (``prev``; None: -inf) and every key in
+    ``bucket``; the float operations are those of :mod:`distill.evaluation.metrics`.
+    """
     imp_above, gen_at_or_below = refined_counts(ref, bucket, hist)
     head_imp, head_gen = (hist.n_imp, 0) if prev is None else (hist.imp_gt[prev], hist.gen_le[prev])
     far = np.concatenate(([head_imp], imp_above)) / hist.n_imp
@@ -84,8 +110,14 @@ def refined_counts(ref: np.ndarray, b: int, hist: Histograms) -> tuple[np.ndarra
 
 
 def roc(refine: list[int], refined: np.ndarray, hist: Histograms, max_points: int) -> tuple[np.ndarray, np.ndarray]:
-    """Exact ROC points at every bucket's top threshold and every key of the refined buckets, down-sampled
-    as :func:`distill.evaluation.metrics.roc_curve` does (both ends and the FAR = 0 point of highest TAR kept)."""
+    """Compute exact ROC points at every bucket's top threshold and every key of the refined buckets.
+
+    They are down-sampled to ``max_points`` as :func:`distill.evaluation.metrics.roc_curve` does (both ends and
+    the FAR = 0 point of highest TAR kept).
+
+    Returns:
+        (FAR, TAR) float64 arrays, by descending threshold.
+    """
     lo, ne = hist.lo, hist.nonempty
     order_keys = [(ne.astype(np.int64) << lo) | ((1 << lo) - 1)]
     imp_above = [hist.imp_gt[ne]]

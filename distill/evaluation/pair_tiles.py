@@ -24,8 +24,10 @@ _ALL = 0xFFFFFFFF
 
 
 def float32_keys(scores: Any) -> np.ndarray:
-    """Order-preserving uint32 keys of float32 scores (no NaN): ``a < b`` iff ``key(a) < key(b)`` and
-    ``a == b`` iff ``key(a) == key(b)``; ``-0.0`` and ``+0.0`` get the same key.
+    """Map float32 scores (no NaN) to order-preserving uint32 keys.
+
+    ``a < b`` iff ``key(a) < key(b)`` and ``a == b`` iff ``key(a) == key(b)``; ``-0.0`` and ``+0.0`` get the
+    same key.
 
     key = bits XOR (0xFFFFFFFF if negative else 0x80000000): negative floats reverse their order and end up
     below the positive ones. Adding +0.0 first turns -0.0 into +0.0 (IEEE round-to-nearest).
@@ -62,6 +64,7 @@ class NumpyBackend:
         self.x_numpy, self.y_numpy = x, y
 
     def scores(self, i0: int, i1: int, j0: int, j1: int) -> np.ndarray:
+        """The float32 cosine scores of the tile: ``x[i0:i1] @ x[j0:j1].T``."""
         return self.x[i0:i1] @ self.x[j0:j1].T
 
     def fold_scores(self, counts: TileCounts, s: np.ndarray, i0: int, i1: int, j0: int, j1: int) -> None:
@@ -69,6 +72,7 @@ class NumpyBackend:
         fold_numpy(counts, s, self.y[i0:i1], self.y[j0:j1], i0 == j0)
 
     def finish(self, counts: TileCounts) -> None:
+        """Nothing to complete: the numpy fold counts as it goes."""
         pass
 
     def same(self, a: np.ndarray, b: np.ndarray | None) -> bool:
@@ -85,30 +89,39 @@ class NumpyBackend:
         return keys.reshape(-1), same.reshape(-1)
 
     def bincount(self, a: np.ndarray, length: int) -> np.ndarray:
+        """Counts of each value of ``a`` below ``length``, as int64 numpy."""
         return np.bincount(a, minlength=length).astype(np.int64, copy=False)
 
     def table(self, a: np.ndarray) -> np.ndarray:
+        """A lookup table (bool or int64) where the backend indexes."""
         return a
 
     def keys_table(self, keys: np.ndarray) -> np.ndarray:
+        """Sorted keys where the backend searches them."""
         return keys
 
     def searchsorted(self, seq: np.ndarray, v: np.ndarray, side: str) -> np.ndarray:
+        """``numpy.searchsorted`` on the backend's arrays."""
         return np.searchsorted(seq, v, side=side)
 
     def concat(self, parts: list[np.ndarray]) -> np.ndarray:
+        """Concatenate the backend's arrays."""
         return np.concatenate(parts)
 
     def to_keys(self, a: np.ndarray) -> np.ndarray:
+        """The keys of ``a`` as uint32 numpy."""
         return np.asarray(a, dtype=np.uint32)
 
     def size(self, a: np.ndarray) -> int:
+        """The length of a one-dimensional array."""
         return int(a.shape[0])
 
     def total(self, a: np.ndarray) -> int:
+        """The sum of ``a`` as a Python int."""
         return int(a.sum())
 
     def close(self) -> None:
+        """Nothing to release: numpy changes no global setting."""
         pass
 
 
@@ -132,6 +145,7 @@ class TorchBackend:
         fold_torch(counts, s, self.y[i0:i1], self.y[j0:j1], i0 == j0)
 
     def finish(self, counts: TileCounts) -> None:
+        """Complete the counts folded on the device."""
         finish_torch(counts)
 
     def same(self, a: Any, b: Any) -> bool:
@@ -140,12 +154,15 @@ class TorchBackend:
         return b is not None and a.shape == b.shape and bool(torch.equal(a.view(torch.int32), b.view(torch.int32)))
 
     def close(self) -> None:
+        """Restore what the backend changed (torch: the TF32 setting)."""
         self.torch.backends.cuda.matmul.allow_tf32 = self._tf32
 
     def scores(self, i0: int, i1: int, j0: int, j1: int) -> Any:
+        """The float32 cosine scores of the tile: ``x[i0:i1] @ x[j0:j1].T``."""
         return self.x[i0:i1] @ self.x[j0:j1].T
 
     def tile(self, i0: int, i1: int, j0: int, j1: int) -> tuple[Any, Any]:
+        """(keys, same-label) of the tile's pairs i < j, flattened."""
         torch = self.torch
         bits = (self.scores(i0, i1, j0, j1) + 0.0).view(torch.int32).to(torch.int64) & _ALL
         keys = torch.where(bits >= _SIGN, _ALL - bits, bits | _SIGN)
@@ -156,35 +173,53 @@ class TorchBackend:
         return keys.reshape(-1), same.reshape(-1)
 
     def bincount(self, a: Any, length: int) -> np.ndarray:
+        """Counts of each value of ``a`` below ``length``, as int64 numpy."""
         return self.torch.bincount(a, minlength=length).cpu().numpy().astype(np.int64, copy=False)
 
     def table(self, a: np.ndarray) -> Any:
+        """A lookup table (bool or int64) where the backend indexes."""
         a = np.asarray(a)
         return self.torch.from_numpy(a if a.dtype == bool else a.astype(np.int64)).to(self.device)
 
     def keys_table(self, keys: np.ndarray) -> Any:
+        """Sorted keys where the backend searches them."""
         return self.torch.from_numpy(keys.astype(np.int64)).to(self.device)
 
     def searchsorted(self, seq: Any, v: Any, side: str) -> Any:
+        """``numpy.searchsorted`` on the backend's arrays."""
         return self.torch.searchsorted(seq, v, right=side == "right")
 
     def concat(self, parts: list[Any]) -> Any:
+        """Concatenate the backend's arrays."""
         return self.torch.cat(parts)
 
     def to_keys(self, a: Any) -> np.ndarray:
+        """The keys of ``a`` as uint32 numpy."""
         return a.cpu().numpy().astype(np.uint32)
 
     def size(self, a: Any) -> int:
+        """The length of a one-dimensional array."""
         return int(a.shape[0])
 
     def total(self, a: Any) -> int:
+        """The sum of ``a`` as a Python int."""
         return int(a.sum().item())
 
 
 def tiled_pair_scores(embeddings: Any, labels: Any, block: int = 2048) -> tuple[np.ndarray, np.ndarray]:
-    """(genuine, impostor) float32 scores of all pairs i < j, computed by exactly the numpy tiles that
-    :func:`streaming_verification` uses with the same ``block`` — the reference its exactness is stated
-    against. Materialises every score: for tests and small sets only."""
+    """Materialise the (genuine, impostor) float32 scores of all pairs i < j; for tests and small sets only.
+
+    They are computed by exactly the numpy tiles that :func:`streaming_verification` uses with the same
+    ``block``: the reference its exactness is stated against.
+
+    Args:
+        embeddings: (N, D) embeddings (L2-normalised here).
+        labels: (N,) labels; unknown (-1) rows are left out.
+        block: The tile side.
+
+    Returns:
+        (genuine scores, impostor scores), float32, in tile order.
+    """
     block = positive_int(block, "block")
     x, y = normalised_known(embeddings, labels)
     backend = NumpyBackend(x, y)
@@ -202,6 +237,10 @@ def tiled_pair_scores(embeddings: Any, labels: Any, block: int = 2048) -> tuple[
 
 
 def make_backend(x: np.ndarray, y: np.ndarray, use_gpu: bool | None, torch_device: str | None) -> Any:
+    """Pick the scoring backend: torch on ``torch_device`` if given, else CUDA when present, else numpy.
+
+    ``use_gpu=False`` always gives numpy; ``use_gpu=True`` without CUDA warns and scores on the CPU.
+    """
     if torch_device is not None:  # testing hook: the torch code path on any device (e.g. "cpu")
         return TorchBackend(x, y, torch_device)
     if use_gpu is False:

@@ -28,7 +28,17 @@ __all__ = ["EvalRequest", "EvalResult", "parse_fars", "run_eval"]
 
 
 def parse_fars(text: str) -> tuple[float, ...]:
-    """``"1e-3,1e-2"`` → ``(0.001, 0.01)``: the false-accept rates of ``--far``, each in (0, 1]."""
+    """Parse ``--far``: ``"1e-3,1e-2"`` → ``(0.001, 0.01)``.
+
+    Args:
+        text: Comma-separated false-accept rates.
+
+    Returns:
+        The rates, in the order given.
+
+    Raises:
+        InvalidInput: A value that is not a number or lies outside (0, 1], or no value at all.
+    """
     try:
         fars = tuple(float(part) for part in text.split(",") if part.strip())
     except ValueError:
@@ -40,35 +50,62 @@ def parse_fars(text: str) -> tuple[float, ...]:
 
 @dataclass
 class EvalRequest:
-    """What to evaluate and what to write. Exactly one source: ``model`` (with ``dataset``/``split``),
-    ``store`` or ``embeddings``; optionally a cross-model gallery. The field names are ``fsd eval``'s options."""
+    """What to evaluate and what to write; the field names are ``fsd eval``'s options.
+
+    Exactly one source: ``model`` (with ``dataset``/``split``), ``store`` or ``embeddings``; optionally a
+    cross-model gallery.
+
+    Attributes:
+        model: A checkpoint or any model spec (``onnx:``, ``timm:``, …), run over ``dataset``/``split``.
+        trust_code: Whether a ``module:function`` model may run its Python code.
+        bins: insightface verification ``.bin`` files, run through ``model`` (flip test).
+        dataset: The dataset spec ``model`` runs over.
+        split: The split of ``dataset``.
+        store: A store whose identity-view teacher embeddings are evaluated.
+        embeddings: An HDF5 file: ``embeddings``, ``labels`` (and ``names``, ``embeddings_flip``).
+        gallery_store: Cross-model retrieval: the queries are searched against this store's embeddings …
+        gallery_model: … or against this checkpoint's embeddings of ``dataset``/``split``.
+        th_mix: Student checkpoints: the weight of the paper's mixed prediction p' for top-1.
+        pairs: A pairs file (default protocol: all pairs).
+        pairs_format: The pairs file's format (``"auto"`` detects it).
+        ijb_meta: The IJB meta folder: its template protocols instead of pairs.
+        index: Neighbour search for retrieval: ``"exact"``, or an approximate FAISS index (``"ivf"``,
+            ``"hnsw"``).
+        fars: The false-accept rates verification reports (a comma-separated string is read as ``--far`` is).
+        out: The report JSON to write.
+        plot: The ROC PNG to write; the CMC PNG goes beside it as ``<stem>_cmc.png``.
+        overwrite: Whether existing outputs may be replaced.
+        device: ``"auto"``, ``"cpu"`` or ``"cuda"``; ``"cpu"`` keeps FAISS and pair scoring on the CPU too.
+        image_size: Datasets read from files render at this size (None: the model's).
+        loader_workers: DataLoader processes decoding images (None: from the CPU count).
+    """
 
     # sources: where the embeddings come from (distill.evaluation.sources)
-    model: Path | str | None = None  # a checkpoint or any model spec (onnx:, timm:, …), run over dataset/split
-    trust_code: bool = False  # a module:function model runs Python code only when asked to
-    bins: tuple[Path | str, ...] = ()  # insightface verification .bin files, run through model (flip test)
+    model: Path | str | None = None
+    trust_code: bool = False
+    bins: tuple[Path | str, ...] = ()
     dataset: str | None = None
     split: str = "test"
-    store: str | None = None  # a store's identity-view teacher embeddings
-    embeddings: Path | str | None = None  # an HDF5 file: embeddings, labels (, names, embeddings_flip)
-    gallery_store: str | None = None  # cross-model retrieval: the queries against this store ...
-    gallery_model: Path | str | None = None  # ... or against this checkpoint's embeddings of dataset/split
-    th_mix: float | None = None  # student checkpoints: the paper's mixed prediction p' for top-1
-    # protocols: all pairs (default), a pairs file, or the IJB template protocols
+    store: str | None = None
+    embeddings: Path | str | None = None
+    gallery_store: str | None = None
+    gallery_model: Path | str | None = None
+    th_mix: float | None = None
+    # protocols
     pairs: Path | str | None = None
     pairs_format: str = "auto"
     ijb_meta: Path | str | None = None
-    # neighbour search for retrieval: exact, or an approximate FAISS index ("ivf", "hnsw")
+    # neighbour search for retrieval
     index: str = "exact"
-    # verification: the false-accept rates reported (a comma-separated string is read as --far is)
+    # verification
     fars: tuple[float, ...] | str = FARS
-    # outputs: the report JSON and the ROC PNG (the CMC PNG goes beside it as <stem>_cmc.png)
+    # outputs
     out: Path | str | None = None
     plot: Path | str | None = None
     overwrite: bool = False
-    device: str = "auto"  # "cpu" keeps FAISS and pair scoring on the CPU too
-    image_size: int | None = None  # datasets read from files: render at this size (default: the model's)
-    loader_workers: int | None = None  # DataLoader processes decoding images (None: from the CPU count)
+    device: str = "auto"
+    image_size: int | None = None
+    loader_workers: int | None = None
 
     def source_label(self) -> str:
         """The file name of the source, as plot titles show it."""
@@ -77,7 +114,14 @@ class EvalRequest:
 
 @dataclass
 class EvalResult:
-    """A finished evaluation: the report, its curves and the files written."""
+    """A finished evaluation: the report, its curves and the files written.
+
+    Attributes:
+        report: The JSON report (classification, retrieval, verification, …).
+        curves: The ROC (and IJB CMC) curves the plots draw.
+        queries: The query embeddings evaluated (None for ``.bin`` files only).
+        written: The files written, in order.
+    """
 
     report: dict[str, Any]
     curves: dict[str, Any]
@@ -90,8 +134,11 @@ def _path(value: Path | str | None) -> Path | None:
 
 
 def _check(req: EvalRequest) -> tuple[tuple[float, ...], Path | None]:
-    """Every check that needs no file read, in the order ``fsd eval`` has always made them; returns the FARs
-    and the CMC plot path."""
+    """Make every check that needs no file read, in the order ``fsd eval`` makes them.
+
+    Returns:
+        (the FARs, the CMC plot path or None).
+    """
     if len([s for s in (req.model, req.store, req.embeddings) if s is not None]) != 1:
         raise InvalidInput("give exactly one of --model, --store, --embeddings")
     if req.model is not None and not req.dataset and not req.bins:
@@ -131,9 +178,18 @@ def _check_ijb_usage(req: EvalRequest) -> None:
 def run_eval(request: EvalRequest, echo: Callable[[str], None] | None = None) -> EvalResult:
     """Check ``request``, gather its embeddings, build the report and write the outputs asked for.
 
-    ``echo`` receives what ``fsd eval`` prints (the report table, then one line per file written, each as
-    soon as it is written); ``None`` prints nothing. Bad input raises an :class:`~featstore.errors.FsdError`
-    before anything is written.
+    Bad input is refused before anything is written.
+
+    Args:
+        request: What to evaluate and what to write.
+        echo: Receives what ``fsd eval`` prints (the report table, then one line per file written, each as soon
+            as it is written); None prints nothing.
+
+    Returns:
+        The report, its curves, the queries and the files written.
+
+    Raises:
+        FsdError: Bad input (an :class:`~featstore.errors.InvalidInput`, ``OutputExists``, ``InputNotFound``…).
     """
     say = echo if echo is not None else (lambda line: None)
     fars, cmc_plot = _check(request)
@@ -169,8 +225,10 @@ def run_eval(request: EvalRequest, echo: Callable[[str], None] | None = None) ->
 
 
 def _gather(req: EvalRequest) -> tuple[EmbeddingSet, EmbeddingSet | None, Any]:
-    """The queries, the optional gallery and the resolved pairs of a per-sample request (a bad pairs file
-    fails before any embedding is computed)."""
+    """Gather the queries, the optional gallery and the resolved pairs of a per-sample request.
+
+    A bad pairs file fails before any embedding is computed.
+    """
     from distill.evaluation.protocols.pairs import read_pairs, resolve_pairs
 
     parsed_pairs = read_pairs(req.pairs, req.pairs_format) if req.pairs is not None else None

@@ -1,5 +1,7 @@
-"""Where evaluated embeddings come from: a checkpoint run over a dataset split, a feature store's stored
-teacher embeddings, or an HDF5 file — each gathered into one :class:`EmbeddingSet`.
+"""Where evaluated embeddings come from, each source gathered into one :class:`EmbeddingSet`.
+
+The sources are a checkpoint run over a dataset split, a feature store's stored teacher embeddings, or an
+HDF5 file.
 
 One responsibility: read and validate the embeddings (and labels, logits, names, flipped embeddings) a report is
 computed from; nothing here computes a metric.
@@ -27,14 +29,28 @@ __all__ = [
 
 @dataclass
 class EmbeddingSet:
-    """What is evaluated: L2-normalisation happens in the metrics, so raw embeddings are kept here."""
+    """What is evaluated, validated on construction.
 
-    embeddings: np.ndarray  # (N, D) float32
-    labels: np.ndarray  # (N,) int64, -1 = unknown
-    logits: np.ndarray | None = None  # (N, C) when a classifier head is available
+    L2-normalisation happens in the metrics, so raw embeddings are kept here.
+
+    Attributes:
+        embeddings: (N, D) float32.
+        labels: (N,) int64; -1 is unknown.
+        logits: (N, C), when a classifier head over the labels' classes is available.
+        source: Where the embeddings come from, as the report records it.
+        names: (N,) sample names (e.g. LFW image names), for name-based pairs files.
+        flip: (N, D) embeddings of the horizontally flipped images (IJB flip-sum).
+
+    Raises:
+        InvalidInput: Shapes that do not match, fewer than 2 embeddings, or non-finite values.
+    """
+
+    embeddings: np.ndarray
+    labels: np.ndarray
+    logits: np.ndarray | None = None
     source: dict[str, Any] = field(default_factory=dict)
-    names: list[str] | None = None  # (N,) sample names (e.g. LFW image names) for name-based pairs files
-    flip: np.ndarray | None = None  # (N, D) embeddings of the horizontally flipped images (IJB flip-sum)
+    names: list[str] | None = None
+    flip: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         if self.embeddings.ndim != 2 or self.labels.ndim != 1 or len(self.embeddings) != len(self.labels):
@@ -57,8 +73,22 @@ class EmbeddingSet:
 
 
 def mixed_prediction_logits(ckpt, embeddings: np.ndarray, logits: np.ndarray, weight: float) -> np.ndarray:
-    """log p' with p' = (1−w)·softmax(student head) + w·softmax(teacher head on P z) — the paper's mixed
-    prediction, from the teacher head and projection a student checkpoint carries."""
+    """Compute the paper's mixed prediction log p', p' = (1−w)·softmax(student head) + w·softmax(g_t(P z)).
+
+    The teacher head g_t and projection P are those a student checkpoint carries.
+
+    Args:
+        ckpt: The fsd student checkpoint.
+        embeddings: The student's embeddings z (N, D).
+        logits: The student head's logits (N, C).
+        weight: w, in [0, 1].
+
+    Returns:
+        log p' (N, C).
+
+    Raises:
+        InvalidInput: ``weight`` outside [0, 1], or a checkpoint that carries no teacher head.
+    """
     import torch
 
     from distill.models.heads import frozen_head
@@ -89,11 +119,28 @@ def embeddings_from_checkpoint(
     loader_workers: int | None = None,
     trust_code: bool = False,
 ) -> EmbeddingSet:
-    """Run a model over a dataset split (identity views): an fsd teacher or student checkpoint, or any model
-    spec (``onnx:``, ``timm:``, ``torchscript:``, ``module:function``), bound to the dataset by
-    :func:`distill.models.binding.bind_model` (datasets read from files render at ``image_size``, by
-    default the model's input size). ``th_mix`` = w mixes a student's prediction with its teacher head's
-    (see :func:`mixed_prediction_logits`). Logits only when the model has a head over the dataset's classes."""
+    """Run a model over the identity views of a dataset split.
+
+    The model is an fsd teacher or student checkpoint, or any model spec (``onnx:``, ``timm:``,
+    ``torchscript:``, ``module:function``), bound to the dataset by :func:`distill.models.binding.bind_model`.
+
+    Args:
+        path: The checkpoint or model spec.
+        dataset_spec: The dataset spec.
+        split: Its split.
+        device: ``"auto"``, ``"cpu"`` or ``"cuda"``.
+        th_mix: w, which mixes a student's prediction with its teacher head's (see
+            :func:`mixed_prediction_logits`).
+        image_size: Datasets read from files render at this size (None: the model's input size).
+        loader_workers: DataLoader processes decoding images (None: from the CPU count).
+        trust_code: Whether a ``module:function`` model may run its Python code.
+
+    Returns:
+        The embeddings and labels; logits only when the model has a head over the dataset's classes.
+
+    Raises:
+        InvalidInput: ``th_mix`` without a student checkpoint, or a model that does not fit the data.
+    """
     from distill.models.binding import bind_model
     from distill.models.inference import select_device
     from distill.models.teachers import is_checkpoint_spec
@@ -134,9 +181,21 @@ def embeddings_from_checkpoint(
 
 
 def embeddings_from_store(url: str, view: int = 0) -> EmbeddingSet:
-    """The stored teacher embeddings of one view (identity by default), read chunk by chunk; logits from
-    the stored head, so the teacher's top-1 is reported too. Rows left out at extraction
-    (``--skip-bad-samples``) hold zeros, not embeddings, and are not part of the set."""
+    """Read the stored teacher embeddings of one view, chunk by chunk.
+
+    Logits come from the stored head, so the teacher's top-1 is reported too. Rows left out at extraction
+    (``--skip-bad-samples``) hold zeros, not embeddings, and are not part of the set.
+
+    Args:
+        url: The store.
+        view: The stored view (0: the identity view).
+
+    Returns:
+        The embeddings and labels; logits when the store has a head.
+
+    Raises:
+        InvalidInput: ``view`` outside the store's views.
+    """
     from featstore.store import left_out, open_store
 
     store = open_store(url)
@@ -178,12 +237,23 @@ def embeddings_from_store(url: str, view: int = 0) -> EmbeddingSet:
 
 
 def embeddings_from_h5(path: str | Path, *, labels_required: bool = True, with_flip: bool = False) -> EmbeddingSet:
-    """HDF5 with datasets ``embeddings`` (N, D) and ``labels`` (N,), optionally ``names`` (N,) strings (for
-    name-based pairs files and IJB meta files); anything else is a clear error.
+    """Read embeddings from HDF5: ``embeddings`` (N, D), ``labels`` (N,) and optionally ``names`` (N,).
 
-    ``labels_required=False`` (IJB: identities come from the meta files) accepts a file without ``labels``
-    (all samples then have the unknown label -1); ``with_flip=True`` also reads the optional
-    ``embeddings_flip`` (N, D) (embeddings of the flipped images) into :attr:`EmbeddingSet.flip`.
+    The names serve name-based pairs files and IJB meta files; anything else in the file is a clear error.
+
+    Args:
+        path: The HDF5 file.
+        labels_required: False (IJB: identities come from the meta files) accepts a file without ``labels``
+            (all samples then have the unknown label -1).
+        with_flip: Also read the optional ``embeddings_flip`` (N, D) (embeddings of the flipped images) into
+            :attr:`EmbeddingSet.flip`.
+
+    Returns:
+        The embeddings, labels and names.
+
+    Raises:
+        InputNotFound: ``path`` does not exist.
+        InvalidInput: Not HDF5, or datasets missing or malformed.
     """
     import h5py
 

@@ -33,9 +33,26 @@ NO_TAIL = _ALL
 
 @dataclass
 class TileCounts:
-    """Counts of one or more passes. ``slot[b]`` is the window of first-level bucket ``b`` (-1: none); a key
-    goes to its window if it has one, else to the tail if it is ``>= cut``. With ``count_all`` off only
-    windows and tail are fed (a refinement pass: histogram and genuine keys are already known)."""
+    """Counts of one or more passes over the score tiles.
+
+    ``slot[b]`` is the window of first-level bucket ``b`` (-1: none); a key goes to its window if it has one,
+    else to the tail if it is ``>= cut``. With ``count_all`` off only windows and tail are fed (a refinement
+    pass: histogram and genuine keys are already known).
+
+    Attributes:
+        lo: Bits of a key below its first-level bucket (32 - log2 bins).
+        hist4: Four copies of the first-level histogram (summed by :attr:`hist`).
+        gen: The buffer of genuine keys.
+        slot: Bucket → its window (-1: none).
+        windows: Full-resolution counts of the windowed buckets.
+        tail: The buffer of keys ``>= cut`` outside the windows.
+        cut: The smallest key the tail keeps (:data:`NO_TAIL`: none).
+        count_all: Whether the histogram and the genuine keys are fed too.
+        gen_filled: Genuine keys seen (may exceed the buffer: an overflow).
+        tail_filled: Tail keys stored.
+        tail_seen: Tail keys seen (may exceed the buffer: an overflow).
+        scratch: Device-side state of the torch fold until :func:`finish_torch`.
+    """
 
     lo: int
     hist4: np.ndarray
@@ -61,6 +78,7 @@ class TileCounts:
         cut: int,
         count_all: bool = True,
     ) -> TileCounts:
+        """Zeroed counts for ``bins`` first-level buckets, with the given windows, buffers and tail cut."""
         lo = 32 - (bins.bit_length() - 1)
         n_windows = int(slots.max()) + 1 if slots.size and slots.max() >= 0 else 0
         return cls(
@@ -81,8 +99,11 @@ class TileCounts:
 
     @property
     def window_range(self) -> tuple[int, int]:
-        """(lowest bucket with a window, highest - lowest) as uint32; without windows a lowest bucket that no
-        bucket reaches (2^32 - 1, span 0), so the kernel's one unsigned test ``top - lowest <= span`` fails."""
+        """(lowest bucket with a window, highest - lowest) as uint32, for the kernel's one unsigned test.
+
+        Without windows it is a lowest bucket that no bucket reaches (2^32 - 1, span 0), so the test
+        ``top - lowest <= span`` fails.
+        """
         has = np.flatnonzero(self.slot >= 0)
         if not has.size:
             return np.uint32(_ALL), np.uint32(0)
@@ -90,16 +111,20 @@ class TileCounts:
 
     @property
     def tail_overflowed(self) -> bool:
+        """Whether more tail keys were seen than the tail buffer holds."""
         return self.tail_seen > self.tail_filled
 
     def genuine_keys(self) -> np.ndarray:
+        """The genuine keys stored (all of them unless the buffer overflowed)."""
         return self.gen[: min(self.gen_filled, self.gen.size)]
 
     def tail_keys(self) -> np.ndarray:
+        """The tail keys stored."""
         return self.tail[: self.tail_filled]
 
 
 def have_numba() -> bool:
+    """Whether the compiled fold is available (numba installed)."""
     return _kernel() is not None
 
 
@@ -120,13 +145,18 @@ def _kernel() -> Any:
 
 
 def _make_fold_loop(diagonal: bool) -> Any:
-    """The per-tile loop for diagonal tiles (pairs b > a only) or off-diagonal ones (every pair): ``diagonal`` is
-    a compile-time constant of each copy, so the off-diagonal loops start at 0 and vectorise."""
+    """Build the per-tile loop for diagonal tiles (pairs b > a only) or off-diagonal ones (every pair).
+
+    ``diagonal`` is a compile-time constant of each copy, so the off-diagonal loops start at 0 and vectorise.
+    """
 
     def _fold_loop(bits, yi, yj, lo, count_all, hist4, gen, slot, wmin, wspan, windows, cut, tail, state, keys, where):
-        """Per row of the tile: keys (one vectorisable loop; -0.0 gets +0.0's key), the histogram (four copies,
-        so that runs of equal buckets do not serialise on one counter), genuine keys, then window / tail.
-        ``state`` = [genuine filled, tail filled, tail seen]. Compiled by numba; also runs as plain Python."""
+        """Fold one tile, row by row: keys, histogram, genuine keys, then window / tail.
+
+        The keys are one vectorisable loop (-0.0 gets +0.0's key); the histogram has four copies, so that runs
+        of equal buckets do not serialise on one counter. ``state`` = [genuine filled, tail filled, tail seen].
+        Compiled by numba; also runs as plain Python.
+        """
         low_mask = (1 << lo) - 1
         gn, tn, ts = state[0], state[1], state[2]
         gcap, tcap = gen.shape[0], tail.shape[0]
@@ -226,8 +256,11 @@ def _fold_arrays(counts: TileCounts, bits: np.ndarray, yi: np.ndarray, yj: np.nd
 
 
 def _append(counts: TileCounts, which: str, keys: np.ndarray) -> None:
-    """Genuine or tail keys into their buffer; the ``*_filled`` / ``tail_seen`` counts go on past a full buffer,
-    so an overflow is seen (as in the compiled loop)."""
+    """Append genuine or tail keys to their buffer.
+
+    ``gen_filled`` and ``tail_seen`` go on counting past a full buffer, so an overflow is seen (as in the
+    compiled loop).
+    """
     if which == "gen":
         take = max(0, min(keys.size, counts.gen.size - counts.gen_filled))
         counts.gen[counts.gen_filled : counts.gen_filled + take] = keys[:take]
@@ -264,8 +297,10 @@ def _window_and_tail(counts: TileCounts, keys: Any, top: Any, xp: Any) -> None:
 
 
 def fold_torch(counts: TileCounts, scores: Any, yi: Any, yj: Any, diag: bool) -> None:
-    """Fold a float32 torch tile (any device): the numpy steps as torch operations; the histogram and the
-    windows stay on the device (``scratch``) until :func:`finish_torch`."""
+    """Fold a float32 torch tile (any device): the numpy steps as torch operations.
+
+    The histogram and the windows stay on the device (``scratch``) until :func:`finish_torch`.
+    """
     import torch
 
     if scores.numel() == 0:

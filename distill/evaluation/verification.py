@@ -15,11 +15,11 @@ scores are recomputed tile by tile in a few passes and only counts are kept:
 * **ROC AUC** is the Mann-Whitney sum over impostors i of 2·#{genuine > i} + #{genuine == i}, in Python
   integers. Pairs in different buckets come from the histograms; for buckets holding both kinds, the
   genuine keys of a group of such buckets are collected (at most ``genuine_cap`` at once) and the next
-  pass binary-searches every impostor of those buckets among them. When all genuine pairs fit in
-  ``genuine_cap`` (the usual case: G ≈ N²/(2·classes)) they are collected in pass 1 and the whole job takes
-  2 passes; otherwise 2 + (number of groups ≈ genuine pairs in mixed buckets / genuine_cap) passes.
+  pass binary-searches every impostor of those buckets among them: 2 + (number of groups ≈ genuine pairs
+  in mixed buckets / genuine_cap) passes in all.
 
-When every genuine key fits in ``genuine_cap`` (the usual case) none of these passes run: the one-pass
+When every genuine key fits in ``genuine_cap`` (the usual case: G ≈ N²/(2·classes)) none of these passes
+run: the one-pass
 strategy of :mod:`distill.evaluation.one_pass` touches each score once after its GEMM (planned windows, an
 exact tail, a window-only pass only where the plan missed) and feeds the same count-to-metric steps
 (:mod:`distill.evaluation.pair_counts`). The passes below are the strategy for more genuine pairs than that.
@@ -64,8 +64,11 @@ DEFAULT_GENUINE_CAP = 1 << 24
 
 
 class _Counts:
-    """Counts of indices in [0, length), fed in pieces: pieces are buffered up to ``flush_at`` elements and
-    counted together, so a large ``length`` costs one allocation per flush rather than one per tile."""
+    """Counts of indices in [0, length), fed in pieces.
+
+    Pieces are buffered up to ``flush_at`` elements and counted together, so a large ``length`` costs one
+    allocation per flush rather than one per tile.
+    """
 
     def __init__(self, backend: Any, length: int, flush_at: int = 1 << 20) -> None:
         self.backend, self.length, self.flush_at = backend, length, flush_at
@@ -238,8 +241,10 @@ def _first_pass(
 
 
 def _auc_groups(hist: Histograms, genuine_cap: int, collected: bool) -> list[np.ndarray]:
-    """Buckets holding both genuine and impostor pairs, in groups of at most ``genuine_cap`` genuine pairs
-    (one group when pass 1 already collected every genuine key; a bucket is never split)."""
+    """Group the buckets holding both genuine and impostor pairs, at most ``genuine_cap`` genuine pairs a group.
+
+    There is one group when pass 1 already collected every genuine key; a bucket is never split.
+    """
     mixed = np.flatnonzero((hist.hg > 0) & (hist.hi > 0))
     if not mixed.size:
         return []
@@ -264,9 +269,14 @@ def _later_passes(
     groups: list[np.ndarray],
     gen_keys: np.ndarray | None,
 ) -> tuple[np.ndarray, int]:
-    """Pass 2 refines ``refine`` into full-key counts; every pass counts the impostors of one group against
-    that group's sorted genuine keys and collects the next group's genuine keys. Returns the refined counts
-    ``[slot, is_genuine, low bits]`` and the exact within-bucket part of the AUC sum."""
+    """Run the passes after the first: refine buckets and count each AUC group's impostors.
+
+    Pass 2 refines ``refine`` into full-key counts; every pass counts the impostors of one group against that
+    group's sorted genuine keys and collects the next group's genuine keys.
+
+    Returns:
+        (the refined counts ``[slot, is_genuine, low bits]``, the exact within-bucket part of the AUC sum).
+    """
     lo, bins = hist.lo, hist.hg.size
     sub = 1 << lo
     slot_table = np.full(bins, -1, dtype=np.int64)

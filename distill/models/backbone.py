@@ -14,8 +14,20 @@ from distill.models.heads import create_head
 
 
 class BackboneStudent(EmbeddingNet):
-    """``backbone(x)`` (B, width) → a face-model style embedding layer (linear + BN) to ``embedding_dim`` — the
-    size TH-KD needs to reach the teacher's head — → a classifier head."""
+    """A backbone of pooled features, a face-model style embedding layer (linear + BN) and a classifier head.
+
+    The embedding layer maps ``backbone(x)`` (B, width) to ``embedding_dim``, the size TH-KD needs to reach the
+    teacher's head.
+
+    Args:
+        backbone: The library or code backbone, returning pooled features (B, width).
+        width: The backbone's feature width.
+        num_classes: The head's number of classes.
+        embedding_dim: The embedding's size (None: ``width``).
+        head: The head type (``"linear"``, ``"arcface"``…).
+        head_scale: A margin head's scale s (None: the head's default).
+        head_margin: A margin head's margin m (None: the head's default).
+    """
 
     def __init__(
         self,
@@ -35,4 +47,5 @@ class BackboneStudent(EmbeddingNet):
         self.embedding_dim, self.num_classes = dim, num_classes
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """The embedding (B, embedding_dim) of images ``x``."""
         return self.embed(self.backbone(x))

@@ -62,8 +62,10 @@ Normalisation = tuple[tuple[float, ...], tuple[float, ...]]
 
 @dataclass(frozen=True)
 class ModelInput:
-    """What the model is fed: the rendered tensor's shape and normalisation, and how the model itself
-    takes it (layout, channel order, its own pixel scaling when it converts the dataset's)."""
+    """What the model is fed: the rendered tensor's shape and normalisation, and how the model itself takes it.
+
+    How it takes it is its layout, channel order and its own pixel scaling when it converts the dataset's.
+    """
 
     shape: tuple[int, ...]  # (C, H, W) of the rendered views
     normalisation: Normalisation | None  # the dataset's (mean, std) on [0, 1] pixels; None: undeclared
@@ -72,6 +74,7 @@ class ModelInput:
     pixel_scaling: tuple[tuple[float, ...], tuple[float, ...]] | None = None  # the model's 0..255 mean/std
 
     def to_dict(self) -> dict[str, Any]:
+        """The JSON form recorded in a store's, a checkpoint's or a report's provenance."""
         return {
             "shape": list(self.shape),
             "normalisation": None if self.normalisation is None else [list(v) for v in self.normalisation],
@@ -83,7 +86,15 @@ class ModelInput:
 
 @dataclass
 class ModelBinding(TeacherBinding):
-    """A model bound to one dataset (see the module docstring); satisfies featstore's binding contract."""
+    """A model bound to one dataset (see the module docstring); satisfies featstore's binding contract.
+
+    Attributes:
+        source: The network and its provenance.
+        dataset: The dataset it is bound to (rendered at the size the binding chose).
+        probe: The identity-view embeddings of the first samples (the binding's check).
+        spec: The model spec as given.
+        checkpoint: The fsd checkpoint of a checkpoint spec (eval's ``--th-mix`` reads it), else None.
+    """
 
     spec: str = ""
     checkpoint: Any = None  # the fsd Checkpoint of a checkpoint spec (eval's --th-mix reads it)
@@ -91,10 +102,12 @@ class ModelBinding(TeacherBinding):
 
     @classmethod
     def of(cls, binding: TeacherBinding, spec: str, checkpoint: Any = None) -> ModelBinding:
+        """The model binding of featstore's ``binding``, named by ``spec`` (``checkpoint``: its fsd checkpoint)."""
         return cls(binding.source, binding.dataset, binding.probe, spec=spec, checkpoint=checkpoint)
 
     @property
     def input(self) -> ModelInput:
+        """What the model is fed and how it takes it."""
         model = self.source.model
         mean, std = getattr(model, "pixel_mean", None), getattr(model, "pixel_std", None)
         return ModelInput(
@@ -142,8 +155,16 @@ class ModelBinding(TeacherBinding):
     def embed_dataset(
         self, device: torch.device, batch_size: int = 512, desc: str | None = None
     ) -> tuple[np.ndarray, np.ndarray | None]:
-        """(embeddings (N, D), logits (N, C) or None) of the identity view of every sample, read through the
-        dataset's loader (its worker processes); with ``desc``, a progress bar on a terminal."""
+        """Embed the identity view of every sample, read through the dataset's loader (its worker processes).
+
+        Args:
+            device: Where the model runs.
+            batch_size: Samples per forward pass.
+            desc: With it, a progress bar on a terminal.
+
+        Returns:
+            (embeddings float32 (N, D), logits float32 (N, C) or None for a head-less model).
+        """
         self.to(device)
         dataset = self.dataset
         embeddings, logits = [], []
@@ -164,8 +185,12 @@ class ModelBinding(TeacherBinding):
 class ModelSpec:
     """A picklable :class:`featstore.teacher.TeacherBinder` for a model spec.
 
-    ``drop_head`` leaves the model's classifier out; ``students`` also accepts fsd *student* checkpoints
-    (evaluation runs them; extraction and verification want a teacher).
+    Attributes:
+        spec: A model spec or an fsd checkpoint path.
+        trust_code: Whether ``module:function`` specs may run their Python code.
+        drop_head: Whether to leave the model's classifier out.
+        students: Whether fsd *student* checkpoints are accepted too (evaluation runs them; extraction and
+            verification want a teacher).
     """
 
     spec: str
@@ -209,17 +234,23 @@ def bind_model(
     """Bind the model ``spec`` names to the ``dataset`` spec's ``split``.
 
     Args:
-        spec: a model spec (see :func:`distill.models.teachers.load_teacher`) or an fsd checkpoint path.
-        dataset, split: the data it runs on.
+        spec: A model spec (see :func:`distill.models.teachers.load_teacher`) or an fsd checkpoint path.
+        dataset: The dataset spec it runs on.
+        split: The split of that dataset.
         image_size: ``--image-size``: the size a dataset read from files renders at (default: the model's
             fixed input size, else ``fallback_image_size``, else the dataset's own).
-        loader_workers, skip_bad_samples: how the dataset is read.
-        trust_code: allow ``module:function`` specs (they run Python code).
-        drop_head: leave the model's classifier out.
-        students: also accept fsd student checkpoints.
+        loader_workers: DataLoader processes reading the dataset (None: from the CPU count).
+        skip_bad_samples: Whether unreadable images are left out rather than refused.
+        fallback_image_size: The render size when neither ``image_size`` nor the model fixes one.
+        trust_code: Whether ``module:function`` specs may run their Python code.
+        drop_head: Whether to leave the model's classifier out.
+        students: Whether fsd student checkpoints are accepted too.
 
     Returns:
-        The :class:`ModelBinding`; a misfit (input shape, width, failing forward) raises ``InvalidInput``.
+        The model bound to the dataset, probed with one batch.
+
+    Raises:
+        InvalidInput: A misfit between model and data (input shape, width, failing forward).
     """
     request = DatasetRequest(
         dataset,
@@ -248,10 +279,26 @@ def bind_images(
     default_normalisation: Normalisation,
     trust_code: bool = False,
 ) -> ModelBinding:
-    """Bind a model to images that come from no dataset (verification ``.bin`` files, face folders): RGB at
-    ``image_size``, else the model's fixed input size, else ``default_size``; scaled with the normalisation
-    the model was trained on when it records one (an fsd checkpoint, an ONNX file ``fsd export`` wrote),
-    else ``default_normalisation``. One blank batch is embedded to check the model takes that input."""
+    """Bind a model to images that come from no dataset (verification ``.bin`` files, face folders).
+
+    The images are RGB at ``image_size``, else the model's fixed input size, else ``default_size``; scaled with
+    the normalisation the model was trained on when it records one (an fsd checkpoint, an ONNX file
+    ``fsd export`` wrote), else ``default_normalisation``. One blank batch is embedded to check the model takes
+    that input.
+
+    Args:
+        spec: A model spec or an fsd checkpoint (teacher or student).
+        image_size: The images' side (None: see above).
+        default_size: The side when neither ``image_size`` nor the model fixes one.
+        default_normalisation: (mean, std) on [0, 1] pixels when the model records none.
+        trust_code: Whether ``module:function`` specs may run their Python code.
+
+    Returns:
+        The model bound to images of that size and scaling.
+
+    Raises:
+        InvalidInput: A model that does not take 3-channel images of that size.
+    """
     model_spec = ModelSpec(str(spec), trust_code=trust_code, students=True)
     source, checkpoint = model_spec._load()
     recorded = (checkpoint.dataset.get("normalisation") if checkpoint is not None else None) or getattr(

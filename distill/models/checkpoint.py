@@ -26,7 +26,21 @@ KINDS = ("teacher", "student")
 
 @dataclass
 class Checkpoint:
-    """What fsd needs to rebuild and trust a trained network."""
+    """What fsd needs to rebuild and trust a trained network.
+
+    Attributes:
+        kind: ``"teacher"`` or ``"student"``.
+        arch: The model's name as :func:`~distill.models.registry.create_model` takes it.
+        model_config: Keyword arguments of the model's constructor.
+        state_dict: The weights.
+        head_type: The classifier head's type (``"linear"``, ``"arcface"``…).
+        embedding_dim: The embedding's size.
+        num_classes: The head's number of classes.
+        dataset: The training data: ``spec``, ``split``, ``fingerprint``, ``image_shape`` (and ``normalisation``).
+        extra: The training log, recipe, store provenance and other records.
+        format: The checkpoint format version.
+        fsd_version: The fsd version that wrote it.
+    """
 
     kind: str  # "teacher" | "student"
     arch: str
@@ -41,8 +55,20 @@ class Checkpoint:
     fsd_version: str = field(default_factory=fsd_version)
 
     def build_model(self, *, trust_code: bool = False) -> nn.Module:
-        """The network with its weights; an architecture written in Python code (``module:function``) is
-        rebuilt only with ``trust_code``, and warns when that code changed since training."""
+        """Rebuild the network with its weights, in eval mode.
+
+        An architecture written in Python code (``module:function``) is rebuilt only with ``trust_code``, and
+        warns when that code changed since training.
+
+        Args:
+            trust_code: Whether a ``module:function`` architecture may run its Python code.
+
+        Returns:
+            The network.
+
+        Raises:
+            CheckpointError: Sizes, config or weights that do not fit the architecture.
+        """
         sizes = [(k, v) for k, v in [*self.model_config.items(), ("embedding_dim", self.embedding_dim)] if k in SIZES]
         bad = {k: v for k, v in sizes if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v <= 0)}
         if bad:  # torch would fail deep inside a layer ("negative dimension"), or build a model of nothing
@@ -71,7 +97,19 @@ SIZES = ("embedding_dim", "num_classes", "in_channels")
 
 
 def save_checkpoint(ckpt: Checkpoint, path: str | Path, *, overwrite: bool = False) -> Path:
-    """Write atomically: the file at ``path`` is either the old one or this complete one."""
+    """Write ``ckpt`` atomically: the file at ``path`` is either the old one or this complete one.
+
+    Args:
+        ckpt: The checkpoint.
+        path: Where to write it.
+        overwrite: Whether an existing file may be replaced.
+
+    Returns:
+        ``path``.
+
+    Raises:
+        OutputExists: ``path`` exists and ``overwrite`` is not set.
+    """
     path = Path(path)
     if path.exists() and not overwrite:
         raise OutputExists(f"{path} already exists (use --overwrite to replace it)")
@@ -82,7 +120,19 @@ def save_checkpoint(ckpt: Checkpoint, path: str | Path, *, overwrite: bool = Fal
 
 
 def load_checkpoint(path: str | Path, *, kind: str | None = None) -> Checkpoint:
-    """Load with ``weights_only=True``; every failure becomes a :class:`CheckpointError` a user can read."""
+    """Load an fsd checkpoint with ``weights_only=True``, so a malicious file cannot run code.
+
+    Args:
+        path: The checkpoint file.
+        kind: With it, the kind (``"teacher"`` or ``"student"``) the file must be.
+
+    Returns:
+        The validated checkpoint.
+
+    Raises:
+        InputNotFound: ``path`` is not a file.
+        CheckpointError: Anything else that is wrong with the file, in a line a user can read.
+    """
     path = Path(path)
     if not path.is_file():
         raise InputNotFound(f"checkpoint {path} does not exist")
@@ -121,8 +171,10 @@ def load_teacher_source(path: str | Path):
 
 
 def source_from_checkpoint(ckpt: Checkpoint, path: str | Path, *, trust_code: bool = False):
-    """A loaded checkpoint (teacher or student) as a :class:`featstore.teacher.TeacherSource`: its network,
-    the file's sha256, its training input shape and its head."""
+    """Present a loaded checkpoint (teacher or student) as a :class:`featstore.teacher.TeacherSource`.
+
+    The source carries its network, the file's sha256, its training input shape and its head.
+    """
     from featstore.teacher import TeacherSource
 
     model = ckpt.build_model(trust_code=trust_code)

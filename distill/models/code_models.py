@@ -60,7 +60,8 @@ def import_factory(spec: str, role: str) -> tuple[Callable[..., Any], ModuleType
     """The function a ``module:function`` spec names, and its module (the current directory importable).
 
     Importing runs the module's code: whatever it raises (a syntax error, a failing top-level statement, a
-    ``sys.exit``) is one line naming the spec, the exception and the line of the user's file it came from."""
+    ``sys.exit``) is one line naming the spec, the exception and the line of the user's file it came from.
+    """
     module_name, _, function_name = spec.partition(":")
     if "" not in sys.path and os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
@@ -89,10 +90,13 @@ def call_factory(factory: Callable[..., Any], spec: str, role: str, **arguments:
 
 
 def foreign_failure(exc: BaseException) -> str:
-    """``Type: message (at file.py:LINE)`` for an exception raised by the user's code: the message's first
-    line, and the deepest frame outside torch and fsd (where the user's code went wrong), else the deepest.
+    """Describe an exception raised by the user's code as ``Type: message (at file.py:LINE)``.
 
-    A ``SystemExit`` reads as ``sys.exit(CODE)``: a factory that exits must not end fsd silently."""
+    The message is its first line; the frame is the deepest outside torch and fsd (where the user's code went
+    wrong), else the deepest.
+
+    A ``SystemExit`` reads as ``sys.exit(CODE)``: a factory that exits must not end fsd silently.
+    """
     if isinstance(exc, SystemExit):
         what = f"it called sys.exit({exc.code!r})"
     elif isinstance(exc, SyntaxError):
@@ -125,8 +129,10 @@ _LIBRARY_ROOTS = (
 
 
 def source_digest(spec: str, module: ModuleType) -> Any:
-    """A sha256 fed the spec and the module's source file (what identifies code across runs); callers may
-    feed it more (a teacher's weights)."""
+    """A sha256 fed the spec and the module's source file: what identifies code across runs.
+
+    Callers may feed it more (a teacher's weights).
+    """
     digest = hashlib.sha256(spec.encode())
     source_file = inspect.getsourcefile(module)
     if source_file:
@@ -135,11 +141,18 @@ def source_digest(spec: str, module: ModuleType) -> Any:
 
 
 def source_sha256(spec: str, module: ModuleType) -> str:
+    """The hex digest of :func:`source_digest` of ``spec`` and ``module``."""
     return source_digest(spec, module).hexdigest()
 
 
 class CodeStudent(EmbeddingNet):
-    """An fsd-shaped model from user code: its ``forward_features``, and its ``head`` (or ``forward_head``)."""
+    """An fsd-shaped model from user code: its ``forward_features``, and its ``head`` (or ``forward_head``).
+
+    Args:
+        net: The user's model.
+        embedding_dim: The width of its ``forward_features``.
+        num_classes: Its head's number of classes.
+    """
 
     def __init__(self, net: nn.Module, embedding_dim: int, num_classes: int) -> None:
         super().__init__()
@@ -148,12 +161,15 @@ class CodeStudent(EmbeddingNet):
 
     @property
     def head(self) -> nn.Module:  # type: ignore[override]
+        """The user model's classifier head."""
         return self.net.head
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """The user model's embedding of ``x``."""
         return self.net.forward_features(x)
 
     def forward_head(self, z: torch.Tensor) -> torch.Tensor:
+        """The logits of embeddings ``z``: the user model's ``forward_head`` when it has one, else its head."""
         own = getattr(self.net, "forward_head", None)
         return own(z) if callable(own) else self.net.head(z)
 
@@ -165,8 +181,11 @@ depends on the batch; train mode catches code that fails only while training (Ba
 
 @torch.no_grad()
 def _probe(fn: Callable[[torch.Tensor], torch.Tensor], model: nn.Module, x: torch.Tensor, train: bool) -> Any:
-    """``fn(x)`` with ``model`` in train or eval mode, leaving the model as it was: its mode, its buffers
-    (train-mode BatchNorm updates running statistics) and the global RNG (dropout draws from it)."""
+    """Run ``fn(x)`` with ``model`` in train or eval mode, leaving the model as it was.
+
+    What is restored is its mode, its buffers (train-mode BatchNorm updates running statistics) and the global
+    RNG (dropout draws from it).
+    """
     was_training = model.training
     buffers = {name: b.detach().clone() for name, b in model.named_buffers()}
     with torch.random.fork_rng(devices=[]):
@@ -190,7 +209,26 @@ def build_code_student(
     head_scale: float | None = None,
     head_margin: float | None = None,
 ) -> EmbeddingNet:
-    """The student a ``module:function`` spec builds (see the module docstring); trust is checked by the caller."""
+    """Build the student a ``module:function`` spec names (see the module docstring), probed once.
+
+    Trust is checked by the caller.
+
+    Args:
+        spec: ``module:function``.
+        num_classes: The data's number of classes.
+        in_channels: The images' channels.
+        embedding_dim: The embedding's size (None: the model's own width).
+        input_size: The images' side (the probe's; None: 32).
+        head: A backbone's head type (an fsd-shaped model keeps its own head).
+        head_scale: A margin head's scale s (None: the head's default).
+        head_margin: A margin head's margin m (None: the head's default).
+
+    Returns:
+        The student, with the sha256 of its code in ``code_sha256``.
+
+    Raises:
+        InvalidInput: The code fails, or the model it returns has the wrong type or shape.
+    """
     factory, module = import_factory(spec, "student")
     given = {
         "num_classes": num_classes,
@@ -253,8 +291,13 @@ def _accepted(factory: Callable[..., Any], given: dict[str, Any]) -> dict[str, A
 def _shaped(
     spec: str, what: str, fn: Callable[[torch.Tensor], torch.Tensor], model: nn.Module, x: torch.Tensor
 ) -> torch.Tensor:
-    """Probe forwards that must each give a (batch, width) tensor of one width: every batch size of
-    :data:`PROBE_BATCHES` (rows of ``x``), in eval and in train mode. Returns the eval-mode output on all of ``x``."""
+    """Probe forwards that must each give a (batch, width) tensor of one width.
+
+    Every batch size of :data:`PROBE_BATCHES` (rows of ``x``) runs in eval and in train mode.
+
+    Returns:
+        The eval-mode output on all of ``x``.
+    """
     first: torch.Tensor | None = None
     whole: torch.Tensor | None = None
     for train in (False, True):

@@ -1,5 +1,6 @@
-"""Deployment: an fsd network's embedding function (optionally with its head) as ONNX or TorchScript, with a
-parity check of the exported file against torch.
+"""Deployment: an fsd network's embedding function as ONNX or TorchScript, checked against torch.
+
+The export optionally includes the head; a parity check compares the exported file's outputs with torch's.
 
 What is exported is what the store and the evaluation use: ``forward_features`` (input: the dataset's
 normalised tensor, batch dimension dynamic), output ``embedding`` (N, D); with the head, a second output
@@ -55,6 +56,17 @@ class _Scripted(nn.Module):
 
 @dataclass
 class ExportResult:
+    """What an export wrote and how closely it matches torch.
+
+    Attributes:
+        path: The exported file.
+        format: ``"onnx"`` or ``"torchscript"``.
+        with_head: Whether the head was exported (a ``logits`` output).
+        max_abs_diff: Max |Δ| of the embeddings, torch vs the exported file, on the parity sample.
+        max_abs_diff_logits: The same for the logits (None without the head).
+        sample: The number of samples of the parity check.
+    """
+
     path: Path
     format: str
     with_head: bool
@@ -63,6 +75,7 @@ class ExportResult:
     sample: int
 
     def line(self) -> str:
+        """The one line ``fsd export`` prints."""
         logits = "" if self.max_abs_diff_logits is None else f", logits {self.max_abs_diff_logits:.3g}"
         return (
             f"exported {self.path} ({self.format}{', with head' if self.with_head else ''}); parity on "
@@ -104,8 +117,11 @@ def _write_torchscript(model: nn.Module, path: Path, example: torch.Tensor, with
 
 
 def _run_exported(path: Path, fmt: str, x: torch.Tensor, with_head: bool) -> tuple[np.ndarray, np.ndarray | None]:
-    """The exported file's outputs on ``x``: the embedding as fsd's own ``onnx:``/``torchscript:`` model
-    specs run it (what a store, an eval or a verify of the file computes), the logits straight from the file."""
+    """Run the exported file on ``x``: the embedding through fsd's own model specs, the logits straight.
+
+    The embedding is computed as the ``onnx:``/``torchscript:`` specs run it (what a store, an eval or a verify
+    of the file computes).
+    """
     from distill.models.teachers import load_teacher
     from featstore.teacher import check_embeddings
 
@@ -134,8 +150,26 @@ def export_model(
     metadata: dict | None = None,
     overwrite: bool = False,
 ) -> ExportResult:
-    """Export ``model`` (``forward_features``/``forward_head``) to ``path`` and measure parity on ``sample``
-    (a dataset batch): max |Δ| between torch's outputs and the exported file's (onnxruntime for ONNX)."""
+    """Export ``model`` to ``path``, atomically, and measure its parity with torch on ``sample``.
+
+    Parity is max |Δ| between torch's outputs and the exported file's (onnxruntime for ONNX).
+
+    Args:
+        model: An fsd network (``forward_features``/``forward_head``).
+        path: The file to write.
+        sample: A dataset batch, normalised as the model is fed.
+        fmt: ``"onnx"`` or ``"torchscript"``.
+        with_head: Whether to export the head as a second output ``logits``.
+        metadata: ONNX metadata entries to record (JSON-encoded unless strings).
+        overwrite: Whether an existing ``path`` may be replaced.
+
+    Returns:
+        The file written and its parity figures.
+
+    Raises:
+        OutputExists: ``path`` exists and ``overwrite`` is not set.
+        InvalidInput: An unknown format, or ``with_head`` for a model without a head.
+    """
     path = Path(path)
     if path.exists() and not overwrite:
         raise OutputExists(f"{path} already exists (use --overwrite to replace it)")
@@ -154,8 +188,10 @@ def _export_file(
     metadata: dict,
     show_progress: bool = False,
 ) -> ExportResult:
-    """Write the exported file at ``path`` (a temporary name: the callers rename it) and measure its parity;
-    with ``show_progress``, a two-step bar (writing, then the parity run)."""
+    """Write the exported file at ``path`` (a temporary name: the callers rename it) and measure its parity.
+
+    With ``show_progress``, a two-step bar (writing, then the parity run).
+    """
     if fmt not in FORMATS:
         raise InvalidInput(f"unknown export format {fmt!r}; valid: {', '.join(FORMATS)}")
     if with_head and not hasattr(model, "head"):
@@ -189,7 +225,8 @@ def check_export_outputs(out: Path, overwrite: bool) -> None:
 
     A parity record that names a model sha256 while the model file is absent is what a run killed between its
     two renames leaves (the record is renamed first): it is replaced, so re-running the same command completes
-    the export. Any other existing parity file is kept unless ``overwrite``."""
+    the export. Any other existing parity file is kept unless ``overwrite``.
+    """
     record = parity_path(out)
     if out.exists() and not overwrite:
         raise OutputExists(f"{out} already exists (use --overwrite to replace it and {record.name})")
@@ -198,8 +235,10 @@ def check_export_outputs(out: Path, overwrite: bool) -> None:
 
 
 def _unfinished_record(record: Path) -> bool:
-    """Whether ``record`` is an fsd parity record naming a model sha256 (its model file absent: checked by the
-    caller), i.e. the leftover of an export interrupted between its two renames."""
+    """Whether ``record`` is the leftover of an export interrupted between its two renames.
+
+    That is an fsd parity record naming a model sha256 (its model file absent: checked by the caller).
+    """
     try:
         content = json.loads(record.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, ValueError):
@@ -218,14 +257,35 @@ def export_checkpoint(
     trust_code: bool = False,
     show_progress: bool = False,
 ) -> ExportResult:
-    """Export an fsd checkpoint and record the parity check in ``OUT.parity.json``. The parity sample is
-    ``sample`` seeded standard-normal inputs of the checkpoint's image shape: the dataset's normalised scale,
-    without needing the dataset at hand.
+    """Export an fsd checkpoint and record the parity check in ``OUT.parity.json``.
+
+    The parity sample is ``sample`` seeded standard-normal inputs of the checkpoint's image shape: the
+    dataset's normalised scale, without needing the dataset at hand.
 
     The two files are one output (docs/reliability.md): both are written under temporary names, then the
     record (which names the model's sha256) is renamed, then the model. A failure while writing leaves both
     as they were; a kill between the renames leaves a record without its model, which the same command
-    replaces."""
+    replaces.
+
+    Args:
+        checkpoint: The fsd checkpoint (teacher or student).
+        out: The exported file; its parity record is ``OUT.parity.json``.
+        fmt: ``"onnx"`` or ``"torchscript"``.
+        with_head: Whether to export the head as a second output ``logits``.
+        sample: The number of parity samples.
+        overwrite: Whether an existing export may be replaced.
+        trust_code: Whether a ``module:function`` architecture may run its Python code.
+        show_progress: Whether to show a two-step progress bar.
+
+    Returns:
+        The file written and its parity figures.
+
+    Raises:
+        OutputExists: The export or its parity record exists and ``overwrite`` is not set.
+        InvalidInput: An unknown format, or ``with_head`` for a model without a head.
+        CheckpointError: An unreadable checkpoint.
+        WriteFailed: The export could not be written (a full disk, a read-only folder).
+    """
     from distill.models.checkpoint import load_checkpoint
 
     out = Path(out)

@@ -1,5 +1,6 @@
-"""``timm:NAME[?OPTION=VALUE…]`` and ``torchvision:NAME[?…]`` students: a library backbone with fsd's
-embedding/head split.
+"""``timm:NAME[?OPTION=VALUE…]`` and ``torchvision:NAME[?…]`` students: library backbones, fsd's split.
+
+Each is a library backbone with fsd's embedding/head split.
 
 The backbone's pooled pre-logits feature (the libraries' own contract, :mod:`distill.models.hub`) goes through
 :class:`distill.models.backbone.BackboneStudent`'s embedding layer and a fresh classifier head. Options of the

@@ -20,7 +20,17 @@ DEVICES = ("auto", "cpu", "cuda")
 
 
 def select_device(name: str = "auto") -> torch.device:
-    """``auto`` → CUDA when present, else CPU; asking for ``cuda`` without one is a user error."""
+    """Pick the torch device for a ``--device`` value, one rule for every command.
+
+    Args:
+        name: ``"auto"`` (CUDA when present, else CPU), ``"cpu"`` or ``"cuda"``.
+
+    Returns:
+        The device.
+
+    Raises:
+        InvalidInput: An unknown name, or ``"cuda"`` without a CUDA device.
+    """
     if name not in DEVICES:
         raise InvalidInput(f"unknown device {name!r}; valid: {', '.join(DEVICES)}")
     if name == "cuda" and not torch.cuda.is_available():
@@ -34,8 +44,18 @@ def select_device(name: str = "auto") -> torch.device:
 def embed_dataset(
     model: nn.Module, dataset: Dataset, device: torch.device, batch_size: int = 512, desc: str | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(embeddings float32 (N, D), logits float32 (N, C)) of the identity view of every sample; with ``desc``,
-    a progress bar on a terminal (evaluation of a large split must not look hung)."""
+    """Embed the identity view of every sample of ``dataset`` with ``model``.
+
+    Args:
+        model: An fsd network (``forward_features`` and ``forward_head``).
+        dataset: The samples, in order.
+        device: Where the model runs.
+        batch_size: Samples per forward pass.
+        desc: With it, a progress bar on a terminal (evaluation of a large split must not look hung).
+
+    Returns:
+        (embeddings float32 (N, D), logits float32 (N, C)).
+    """
     model.eval().to(device)
     embeddings, logits = [], []
     batches = identity_batches(dataset, np.arange(len(dataset)), batch_size, device)

@@ -15,17 +15,32 @@ from torch import nn
 from featstore.registry import Registry
 
 MODELS: Registry = Registry("model")
+"""Registered name → model constructor, filled by the architecture modules of this package."""
 TEACHER_SOURCES: Registry = Registry("teacher source")
-STUDENT_SOURCES: Registry = Registry("architecture scheme")
-"""Scheme of ``--arch timm:NAME`` / ``torchvision:NAME`` → builder ``(name, **config) -> nn.Module``."""
 """Scheme (the part before ``:`` in ``onnx:PATH``, ``timm:NAME``…) → loader ``(argument, options) ->
 TeacherSource``; filled by :mod:`distill.models.teachers` and its sibling modules."""
+STUDENT_SOURCES: Registry = Registry("architecture scheme")
+"""Scheme of ``--arch timm:NAME`` / ``torchvision:NAME`` → builder ``(name, **config) -> nn.Module``."""
 
 
 def create_model(name: str, *, trust_code: bool = False, **config: Any) -> nn.Module:
-    """Build a registered model, a ``timm:NAME`` / ``torchvision:NAME`` backbone, or a ``module:function``
-    student (Python code: only with ``trust_code``); options left as None are dropped so the constructor's
-    defaults survive."""
+    """Build a registered model, a ``timm:NAME`` / ``torchvision:NAME`` backbone, or a ``module:function`` student.
+
+    Options left as None are dropped, so the constructor's defaults survive.
+
+    Args:
+        name: A registered name (``MODELS.names()``), ``timm:NAME[?…]``, ``torchvision:NAME[?…]`` or
+            ``module:function``.
+        trust_code: Whether a ``module:function`` student may run its Python code.
+        **config: The constructor's options (sizes, head type…).
+
+    Returns:
+        The model, exposing ``forward_features`` and ``forward_head``.
+
+    Raises:
+        UnknownName: A name that is not registered.
+        InvalidInput: ``module:function`` without ``trust_code``.
+    """
     from distill.models import code_models
 
     options = {k: v for k, v in config.items() if v is not None}
@@ -40,8 +55,10 @@ def create_model(name: str, *, trust_code: bool = False, **config: Any) -> nn.Mo
 
 
 def accepts(name: str, option: str) -> bool:
-    """Whether the registered constructor ``name`` takes ``option`` (e.g. ``input_size``, which face backbones
-    need to size their embedding layer and the others do not take)."""
+    """Whether the constructor of model ``name`` takes ``option``.
+
+    E.g. ``input_size``, which face backbones need to size their embedding layer and the others do not take.
+    """
     import inspect
 
     from distill.models import code_models
@@ -54,4 +71,5 @@ def accepts(name: str, option: str) -> bool:
 
 
 def count_parameters(model: nn.Module) -> int:
+    """The number of parameters of ``model``, trainable or not."""
     return sum(p.numel() for p in model.parameters())

@@ -32,6 +32,22 @@ from featstore.store import FeatureStore, fsd_version, instance_of, left_out, lo
 
 @dataclass
 class FitHeadConfig:
+    """What ``fsd store fit-head`` is asked to do.
+
+    Attributes:
+        store: The store URL whose embeddings the head is fitted on and into which it is installed.
+        head: The head type (``"arcface"``, ``"cosface"``, ``"linear"``).
+        epochs: Passes over every stored view of every labelled row.
+        batch_size: Embeddings per step.
+        lr: The peak learning rate.
+        head_scale: A margin head's scale s (None: the head's default).
+        head_margin: A margin head's margin m (None: the head's default).
+        seed: Seeds the head's initialisation and the batch order.
+        overwrite: Whether an installed head may be replaced.
+        device: Where the head is fitted.
+        progress: Whether to show a progress bar.
+    """
+
     store: str
     head: str = "arcface"
     epochs: int = 20
@@ -47,6 +63,17 @@ class FitHeadConfig:
 
 @dataclass
 class FitHeadResult:
+    """What :func:`fit_head` installed and measured.
+
+    Attributes:
+        url: The store.
+        head: The head type installed.
+        num_classes: Its number of classes.
+        train_accuracy: Margin-free top-1 on view 0 of the labelled rows.
+        samples: The labelled rows trained on.
+        seconds: Wall-clock time of the fit.
+    """
+
     url: str
     head: str
     num_classes: int
@@ -55,6 +82,7 @@ class FitHeadResult:
     seconds: float
 
     def line(self) -> str:
+        """The one line ``fsd store fit-head`` prints."""
         return (
             f"fitted a {self.head} head ({self.num_classes} classes) on {self.samples} stored embeddings of "
             f"{self.url}: train top-1 {100 * self.train_accuracy:.2f}%, {self.seconds:.1f} s"
@@ -62,8 +90,10 @@ class FitHeadResult:
 
 
 def _read_all(store: FeatureStore) -> tuple[np.ndarray, np.ndarray]:
-    """(embeddings (N, V, D) float32, labels (N,)) of a complete store, chunk by chunk; the label of a row
-    left out at extraction is -1, so it is not trained on."""
+    """Read (embeddings (N, V, D) float32, labels (N,)) of a complete store, chunk by chunk.
+
+    The label of a row left out at extraction is -1, so it is not trained on.
+    """
     n, v, d = store.shape.num_samples, store.shape.num_views, store.shape.dim
     embeddings = np.empty((n, v, d), dtype=np.float32)
     labels = np.empty(n, dtype=np.int64)
@@ -111,10 +141,17 @@ def fit_head(config: FitHeadConfig) -> FitHeadResult:
     """Fit ``config.head`` on the store's embeddings and install it (see the module docstring).
 
     Args:
-        config: the store, the head and how to fit it.
+        config: The store, the head and how to fit it.
 
     Returns:
         What was fitted, its train accuracy and how long it took.
+
+    Raises:
+        OutputExists: The store has a head and ``config.overwrite`` is not set.
+        InvalidInput: A non-positive size or learning rate, a scale or margin the head refuses, or no labelled
+            rows.
+        StoreError: Labels beyond the class count, non-finite embeddings or loss, or a store re-extracted
+            while the head was fitted.
     """
     import time
 

@@ -24,7 +24,18 @@ if TYPE_CHECKING:
 def run_identity(
     config: StudentConfig, teacher: TeacherSide, dataset: ImageDataset, weights: dict[str, float], world_size: int
 ) -> dict[str, Any]:
-    """What must match for --resume to continue a run rather than mix two different ones."""
+    """What must match for --resume to continue a run rather than mix two different ones.
+
+    Args:
+        config: The run's config.
+        teacher: The teacher side (its provenance names the teacher and the stored views).
+        dataset: The training split (its fingerprint).
+        weights: The effective loss weights.
+        world_size: The number of DDP processes (a batch's rows depend on it).
+
+    Returns:
+        A JSON-like dict that equals the recorded one exactly when the run may continue.
+    """
     return {
         "teacher": teacher.provenance["teacher"].get("checkpoint_sha256"),
         # the stored (or generated) views: count, dtype and seed (a store's URL may move, its content not)
@@ -53,6 +64,17 @@ def run_identity(
 def save_resume_state(
     path: Path, step: nn.Module, optimizer, scheduler, epoch: int, log: list, identity: dict[str, Any]
 ) -> None:
+    """Write the resume state of ``epoch`` complete epochs to ``path``, atomically.
+
+    Args:
+        path: The resume file (``OUT.resume.pt``).
+        step: The trainable module; its criterion supplies each loss's resumable state.
+        optimizer: The optimiser.
+        scheduler: The learning-rate schedule.
+        epoch: Epochs complete.
+        log: The epoch log so far.
+        identity: The run's :func:`run_identity`.
+    """
     state = {
         "epoch": epoch,
         "step": step.state_dict(),
@@ -66,6 +88,18 @@ def save_resume_state(
 
 
 def load_resume_state(path: Path, identity: dict[str, Any]) -> dict[str, Any]:
+    """Read the resume state at ``path`` if it belongs to the run of ``identity``.
+
+    Args:
+        path: The resume file.
+        identity: The continuing run's :func:`run_identity`.
+
+    Returns:
+        The state dict :func:`save_resume_state` wrote.
+
+    Raises:
+        CheckpointError: The file is unreadable or belongs to a different run.
+    """
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any unreadable state file is a user-facing error

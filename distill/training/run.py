@@ -58,8 +58,13 @@ def init_head_from(student_head: nn.Module, teacher_head: nn.Module) -> None:
 
 
 def head_cosine(student_head: nn.Module, teacher_head: nn.Module) -> float | None:
-    """Mean over classes of cos(student row c, teacher row c) — how far the two classifiers agree (logged
-    per epoch as in the official TH-KD code). None when the sizes differ."""
+    """Measure how far the two classifiers agree: the mean over classes of cos(student row c, teacher row c).
+
+    Logged per epoch, as in the official TH-KD code.
+
+    Returns:
+        The mean cosine, or None when the two heads' sizes differ.
+    """
     if student_head.weight.shape != teacher_head.weight.shape:
         return None
     with torch.no_grad():
@@ -67,14 +72,21 @@ def head_cosine(student_head: nn.Module, teacher_head: nn.Module) -> float | Non
 
 
 class DistillStep(nn.Module):
-    """Everything trainable in one module — student, projection P, loss parameters (e.g. CRD's
-    projections) — so that one DistributedDataParallel wrapper synchronises all of it. ``forward`` is one
+    """Everything trainable in one module, so that one DistributedDataParallel wrapper synchronises all of it.
+
+    That is the student, the projection P and the loss parameters (e.g. CRD's projections). ``forward`` is one
     training step's loss; the frozen teacher head only ever sees stored or projected embeddings.
 
     The step computes only the inputs the recipe's losses declare in ``needs`` (PML's ``requires_knn``
     pattern): a recipe without TH-KD never applies the teacher head to the student, one without SP never
     keeps the feature map, so a new loss that needs a new tensor adds a line here and nothing runs for
     recipes that do not use it.
+
+    Args:
+        student: The student network.
+        projection: P, from the student's embedding space to the teacher's (identity when they match).
+        criterion: The recipe's weighted losses; its ``needs`` decide what ``forward`` computes.
+        teacher_head: The frozen teacher classifier g_t.
     """
 
     def __init__(
@@ -88,6 +100,17 @@ class DistillStep(nn.Module):
     def forward(
         self, x: torch.Tensor, labels: torch.Tensor, teacher_embedding: torch.Tensor, indices: torch.Tensor
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Compute one step's loss from the inputs the recipe's losses need.
+
+        Args:
+            x: The rendered student input images of the batch.
+            labels: The batch's class labels.
+            teacher_embedding: The stored (or online) teacher embeddings of the batch.
+            indices: The batch's sample ids (contrastive memories index by them).
+
+        Returns:
+            (the weighted total loss, each loss term by name).
+        """
         needs = self.needs
         if "student_feature_map" in needs:
             z_s, feature_map = embedding_and_feature_map(self.student, x)
@@ -126,10 +149,12 @@ class StepStats:
 
 
 def log_path_for(out: Path) -> Path:
+    """The JSON epoch log written beside checkpoint ``out``."""
     return out.with_name(out.stem + ".log.json")
 
 
 def resume_path_for(out: Path) -> Path:
+    """The resume state written beside checkpoint ``out`` after every epoch."""
     return out.with_name(out.stem + ".resume.pt")
 
 
@@ -152,6 +177,7 @@ def check_outputs(config: StudentConfig) -> None:
 
 
 def check_options(config: StudentConfig) -> None:
+    """Refuse option values no run can use (sizes, optimiser fields, ``th_alpha`` outside [0, 1])."""
     check_positive(epochs=config.epochs, batch_size=config.batch_size, temperature=config.temperature)
     config.optim.validate()
     if config.embedding_dim is not None:
@@ -161,8 +187,16 @@ def check_options(config: StudentConfig) -> None:
 
 
 class StudentRun:
-    """A student run's whole state. ``StudentRun.build(config)`` validates and builds; ``train_step``,
-    ``run_epoch`` and ``save`` are the loop's pieces; ``fit`` is the loop ``train_student`` runs."""
+    """A student run's whole state, built once from a config and driven step → epoch → save.
+
+    ``StudentRun.build(config)`` validates and builds; ``train_step``, ``run_epoch`` and ``save`` are the loop's
+    pieces; ``fit`` is the loop ``train_student`` runs.
+
+    Args:
+        config: What the run is asked to do.
+        criterion: The recipe's weighted losses.
+        dataset: The training split whose samples the store's rows are.
+    """
 
     def __init__(self, config: StudentConfig, criterion: Criterion, dataset: Dataset) -> None:
         """Use :meth:`build`; this only stores what :meth:`build` made, in the order it made it."""
@@ -176,8 +210,18 @@ class StudentRun:
     def build(cls, config: StudentConfig, *, chunk_rows: int | None = None) -> StudentRun:
         """Validate the config, then build dataset, teacher side, student, projection, stream, loss, optimiser.
 
-        ``chunk_rows`` (online baseline only) lays the generated views out in a store's chunk geometry, so the
-        baseline reads exactly the batches a store run of that geometry reads.
+        Args:
+            config: What the run is asked to do.
+            chunk_rows: Online baseline only: lays the generated views out in a store's chunk geometry, so the
+                baseline reads exactly the batches a store run of that geometry reads.
+
+        Returns:
+            The run, restored from its resume state when ``config.resume``.
+
+        Raises:
+            InputNotFound: ``config.resume`` is set and there is no resume state.
+            OutputExists: An output exists and ``config.overwrite`` is not set.
+            InvalidInput: An option, the store or the dataset does not fit the run.
         """
         check_outputs(config)
         check_options(config)
@@ -296,8 +340,19 @@ class StudentRun:
     def train_step(
         self, batch: StreamBatch, clock: Callable[[], float] | None = None, x: torch.Tensor | None = None
     ) -> StepStats:
-        """One optimisation step on one stream batch. With ``clock``, each phase is timed (benchmarks).
-        ``x`` is the batch's rendered student input when a loader already made it (else rendered here)."""
+        """Run one optimisation step on one stream batch.
+
+        Args:
+            batch: The stream batch: stored embeddings, labels, sample ids and view parameters.
+            clock: With it, each phase is timed (benchmarks).
+            x: The batch's rendered student input when a loader already made it (else rendered here).
+
+        Returns:
+            The step's loss terms, batch size and phase timings.
+
+        Raises:
+            TrainingDiverged: The loss became non-finite.
+        """
         tick = clock or (lambda: 0.0)
         t0 = tick()
         device = self.device
@@ -348,7 +403,18 @@ class StudentRun:
         )
 
     def run_epoch(self, epoch: int, on_step: Callable[[StepStats], None] | None = None) -> dict[str, Any]:
-        """Train one epoch, evaluate, and return its log entry (also appended to ``self.log``)."""
+        """Train one epoch, evaluate, and return its log entry (also appended to ``self.log``).
+
+        Args:
+            epoch: The epoch's index, from 0 (it seeds the stream's order).
+            on_step: Called with each step's figures (the progress bar).
+
+        Returns:
+            The epoch's log entry: learning rate, mean loss terms, seconds, head cosine and test accuracy.
+
+        Raises:
+            TrainingDiverged: The weights became non-finite; the last good state stays in the resume file.
+        """
         epoch_start = time.perf_counter()
         self.stream.set_epoch(epoch)
         self.step.train()
@@ -386,6 +452,7 @@ class StudentRun:
         )
 
     def save_resume_state(self, epochs_done: int) -> None:
+        """Write the resume state after ``epochs_done`` complete epochs (rank 0; every rank waits for it)."""
         if self.dist.is_main:
             state_path = resume_path_for(self.out)
             save_resume_state(
@@ -436,6 +503,7 @@ class StudentRun:
 
     @property
     def test_accuracy(self) -> float | None:
+        """Top-1 of the last epoch on the evaluation split (None before an epoch or without one)."""
         return self.log[-1].get("test_accuracy") if self.log else None
 
     def save(self) -> Path:
@@ -453,7 +521,11 @@ class StudentRun:
         return log_path
 
     def fit(self) -> StudentResult:
-        """The whole loop: every remaining epoch (resume state after each), then the outputs."""
+        """Run the whole loop: every remaining epoch (resume state after each), then the outputs.
+
+        Returns:
+            The checkpoint and log written, the final test accuracy and the run's figures.
+        """
         config, dist = self.config, self.dist
         show = config.progress and dist.is_main
         if show:
@@ -500,6 +572,7 @@ class StudentRun:
         )
 
     def close(self) -> None:
+        """Leave the process group, if the run joined one."""
         self.dist.close()
 
 

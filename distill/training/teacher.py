@@ -36,6 +36,31 @@ from featstore.progress import progress
 
 @dataclass
 class TeacherConfig:
+    """Everything a teacher run is asked to do; the fields mirror ``fsd train-teacher``'s options.
+
+    Attributes:
+        dataset: The dataset spec trained on.
+        out: The teacher checkpoint to write.
+        arch: The teacher model's registered name.
+        split: The dataset split trained on.
+        eval_split: The split top-1 is measured on at the end (None: no evaluation).
+        embedding_dim: The embedding's size (None: the architecture's default).
+        head: The classifier head: ``"linear"`` or a margin head (``"arcface"``, ``"cosface"``).
+        head_scale: A margin head's scale s (None: the head's default).
+        head_margin: A margin head's margin m (None: the head's default).
+        head_from: SH-KD: a student checkpoint whose head is copied in and frozen.
+        init_from: A teacher checkpoint of the same architecture to start the backbone (not the head) from.
+        epochs: Passes over the split.
+        batch_size: Samples per step.
+        optim: The optimiser and its schedule.
+        seed: Seeds the initialisation, the batch order and the views.
+        device: ``"auto"``, ``"cpu"``, ``"cuda"``, ... .
+        overwrite: Whether an existing ``out`` may be replaced.
+        progress: Whether to show a progress bar.
+        image_size: Render views at this size (datasets read from files; None: the dataset's own).
+        loader_workers: DataLoader processes (None: from the CPU count).
+    """
+
     dataset: str
     out: Path
     arch: str = "convnet_teacher"
@@ -60,6 +85,16 @@ class TeacherConfig:
 
 @dataclass
 class TeacherResult:
+    """What :func:`train_teacher` wrote and measured.
+
+    Attributes:
+        path: The checkpoint written.
+        train_accuracy: Top-1 on the training split, after training.
+        test_accuracy: Top-1 on the evaluation split (None without one).
+        parameters: The model's parameter count.
+        seconds: Wall-clock time of the whole run.
+    """
+
     path: Path
     train_accuracy: float
     test_accuracy: float | None
@@ -115,8 +150,14 @@ def init_backbone(model: torch.nn.Module, arch: str, path: Path) -> dict:
 
 
 def check_head_from_options(config: TeacherConfig) -> None:
-    """SH-KD takes the student's head as it is (type, scale, margin, embedding size): options that would
-    describe another head are refused rather than silently dropped."""
+    """Refuse head options that SH-KD would ignore.
+
+    SH-KD takes the student's head as it is (type, scale, margin, embedding size): options that would describe
+    another head are refused rather than silently dropped.
+
+    Raises:
+        InvalidInput: ``head_from`` is set together with a head or embedding option.
+    """
     ignored = [
         flag
         for flag, value, default in (
@@ -135,8 +176,14 @@ def check_head_from_options(config: TeacherConfig) -> None:
 
 
 def build_teacher_model(config: TeacherConfig, train, device) -> tuple[torch.nn.Module, dict, dict]:
-    """(model, model_config as recorded, provenance). With ``head_from`` (SH-KD) the teacher takes the student's
-    head type and embedding size, and the student's classifier is installed frozen."""
+    """Build the teacher model for ``train`` on ``device``.
+
+    With ``head_from`` (SH-KD) the teacher takes the student's head type and embedding size, and the student's
+    classifier is installed frozen.
+
+    Returns:
+        (model, model_config as recorded in the checkpoint, provenance of ``head_from``/``init_from``).
+    """
     if config.head_from is not None:
         check_head_from_options(config)
     shared = load_checkpoint(config.head_from, kind="student") if config.head_from is not None else None
@@ -168,9 +215,13 @@ def build_teacher_model(config: TeacherConfig, train, device) -> tuple[torch.nn.
 def train_epochs(
     model, train, config: TeacherConfig, optimisation: Optimisation, generator, usable: int, device
 ) -> list:
-    """The CE loop: fresh random views every epoch, batches in a seeded random order; returns the epoch log
-    (mean loss and the learning rate after the epoch's last step). The progress bar moves per step, not per
-    epoch: one epoch of a large face set takes hours."""
+    """Run the CE loop: fresh random views every epoch, batches in a seeded random order.
+
+    The progress bar moves per step, not per epoch: one epoch of a large face set takes hours.
+
+    Returns:
+        The epoch log: per epoch, the mean loss and the learning rate after the epoch's last step.
+    """
     steps_per_epoch = -(-usable // config.batch_size)
     bar = progress(total=config.epochs * steps_per_epoch, desc="train-teacher", unit="step", enabled=config.progress)
     with bar:
@@ -211,7 +262,21 @@ def _train_epoch(
 
 @output_locked()  # one writer per --out
 def train_teacher(config: TeacherConfig) -> TeacherResult:
-    """Train and save; refuses an existing output before doing any work."""
+    """Train a teacher with cross-entropy and save its checkpoint; one writer per ``config.out``.
+
+    An existing output is refused before any work is done.
+
+    Args:
+        config: What the run is asked to do.
+
+    Returns:
+        The checkpoint written, its train and test accuracy, parameter count and wall-clock time.
+
+    Raises:
+        OutputExists: ``config.out`` exists and ``config.overwrite`` is not set.
+        InvalidInput: An option or the dataset cannot be trained on (bad sizes, a head that does not fit).
+        TrainingDiverged: The loss became non-finite; nothing is written.
+    """
     out = Path(config.out)
     if out.exists() and not config.overwrite:
         raise OutputExists(f"{out} already exists (use --overwrite to replace it)")

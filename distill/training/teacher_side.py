@@ -27,7 +27,15 @@ if TYPE_CHECKING:
 
 
 def check_store_matches(store: FeatureStore, dataset: Dataset) -> None:
-    """Training pairs store row i with dataset sample i: refuse unless the store was made from this split."""
+    """Refuse a store that was not made from this split: training pairs store row i with dataset sample i.
+
+    Args:
+        store: The opened store.
+        dataset: The training split.
+
+    Raises:
+        StoreError: The store's dataset fingerprint, view policy or labels differ from the split's.
+    """
     # the student re-renders each stored view from its parameters with the dataset's view policy: it must be
     # the policy the teacher's views were rendered with, or embeddings are paired with other pixels
     recorded = (store.meta.get("views") or {}).get("policy")
@@ -63,6 +71,7 @@ class TeacherSide:
     model: nn.Module | None = None  # online baseline only
 
     def embed(self, stored: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """The teacher embedding of a batch: ``stored`` from a store, or the online teacher run on ``x``."""
         if self.model is None:
             return stored
         with torch.no_grad():
@@ -92,10 +101,28 @@ def teacher_side(
     chunk_rows: int | None = None,
     needs_head: bool = True,
 ) -> TeacherSide:
-    """The store's side, or the online baseline's. The baseline's views are laid out in a store's chunk
-    geometry — ``chunk_rows``, by default that of the store ``extract-teacher`` writes with its defaults — so
-    it streams exactly the batches a store run of that geometry streams. A head-less teacher is refused when
-    ``needs_head`` (the recipe uses its logits) and gives ``head=None`` otherwise."""
+    """Open the run's teacher side: the store's, or the online baseline's.
+
+    The baseline's views are laid out in a store's chunk geometry, so it streams exactly the batches a store run
+    of that geometry streams.
+
+    Args:
+        config: The run's config (``store`` or ``online_teacher``).
+        dataset: The training split; a store must have been extracted from it.
+        device: Where the online teacher runs.
+        chunk_rows: The baseline's chunk geometry (None: that of the store ``extract-teacher`` writes with its
+            defaults).
+        needs_head: Whether the recipe uses the teacher's logits: a head-less teacher is then refused, otherwise
+            it gives ``head=None``.
+
+    Returns:
+        The teacher side: source, head, embedding size, provenance and (online) model.
+
+    Raises:
+        InvalidInput: Neither or both of store and online teacher, a head over other classes, or a missing head
+            the recipe needs.
+        StoreError: A store made from another split, view policy or labels.
+    """
     if (config.store is None) == (config.online_teacher is None):
         raise InvalidInput("give exactly one of --store and --online-teacher")
     if config.store is not None:
