@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from distill.evaluation.pair_counts import Histograms, eer, inconsistent, roc, tar, tar_plan
+from distill.evaluation.score_keys import keys_inplace
 from distill.evaluation.tile_counts import NO_TAIL, TileCounts
 
 __all__ = ["DEFAULT_TAIL_CAP", "DEFAULT_WINDOW_BUDGET", "one_pass_verification"]
@@ -285,8 +286,6 @@ def _sampled_impostors(x: np.ndarray, y: np.ndarray, bins: int, lo: int, n_imp: 
     Returns:
         (first-level histogram of the sampled impostor pairs, the sampled fraction of all impostor pairs).
     """
-    from distill.evaluation.pair_tiles import keys_inplace
-
     n = y.size
     rng = np.random.default_rng(0)
     m = min(n, SAMPLE_SIDE)
@@ -303,8 +302,6 @@ def _approximate_genuine(x: np.ndarray, y: np.ndarray, bins: int, lo: int, chunk
 
     The scores are the tiles' up to the last bits; classes of equal size go through one batched product.
     """
-    from distill.evaluation.pair_tiles import keys_inplace
-
     order = np.argsort(y, kind="stable")
     _, starts, sizes = np.unique(y[order], return_index=True, return_counts=True)
     hist = np.zeros(bins, dtype=np.float64)

@@ -14,35 +14,11 @@ from typing import Any
 
 import numpy as np
 
+from distill.evaluation.score_keys import ALL_BITS, SIGN_BIT, float32_keys, keys_inplace
 from distill.evaluation.tile_counts import TileCounts, finish_torch, fold_numpy, fold_torch
 from distill.evaluation.validate import normalised_known, positive_int
 
 __all__ = ["NumpyBackend", "TorchBackend", "float32_keys", "keys_inplace", "make_backend", "tiled_pair_scores", "tiles"]
-
-_SIGN = 0x80000000
-_ALL = 0xFFFFFFFF
-
-
-def float32_keys(scores: Any) -> np.ndarray:
-    """Map float32 scores (no NaN) to order-preserving uint32 keys.
-
-    ``a < b`` iff ``key(a) < key(b)`` and ``a == b`` iff ``key(a) == key(b)``; ``-0.0`` and ``+0.0`` get the
-    same key.
-
-    key = bits XOR (0xFFFFFFFF if negative else 0x80000000): negative floats reverse their order and end up
-    below the positive ones. Adding +0.0 first turns -0.0 into +0.0 (IEEE round-to-nearest).
-    """
-    return keys_inplace(np.array(scores, dtype=np.float32))
-
-
-def keys_inplace(s: np.ndarray) -> np.ndarray:
-    """:func:`float32_keys` of a float32 array the caller owns (it is modified): two passes, one temporary."""
-    s += np.float32(0.0)
-    bits = s.view(np.int32)
-    mask = bits >> 31  # -1 for negative numbers, 0 otherwise
-    mask |= np.int32(-(1 << 31))
-    mask ^= bits
-    return mask.view(np.uint32)
 
 
 def tiles(n: int, block: int) -> Iterator[tuple[int, int, int, int]]:
@@ -164,8 +140,8 @@ class TorchBackend:
     def tile(self, i0: int, i1: int, j0: int, j1: int) -> tuple[Any, Any]:
         """(keys, same-label) of the tile's pairs i < j, flattened."""
         torch = self.torch
-        bits = (self.scores(i0, i1, j0, j1) + 0.0).view(torch.int32).to(torch.int64) & _ALL
-        keys = torch.where(bits >= _SIGN, _ALL - bits, bits | _SIGN)
+        bits = (self.scores(i0, i1, j0, j1) + 0.0).view(torch.int32).to(torch.int64) & ALL_BITS
+        keys = torch.where(bits >= SIGN_BIT, ALL_BITS - bits, bits | SIGN_BIT)
         same = self.y[i0:i1, None] == self.y[None, j0:j1]
         if i0 == j0:
             upper = torch.triu(torch.ones(keys.shape, dtype=torch.bool, device=self.device), 1)

@@ -21,6 +21,8 @@ from typing import Any
 
 import numpy as np
 
+from distill.evaluation.score_keys import keys_inplace
+
 __all__ = ["NO_TAIL", "TileCounts", "finish_torch", "fold_numpy", "fold_torch", "have_numba"]
 
 _SIGN = 0x80000000
@@ -239,8 +241,6 @@ def fold_numpy(counts: TileCounts, scores: np.ndarray, yi: np.ndarray, yj: np.nd
 
 def _fold_arrays(counts: TileCounts, bits: np.ndarray, yi: np.ndarray, yj: np.ndarray, diag: bool) -> None:
     """The fold as numpy array operations (no numba): same results, several passes over the tile."""
-    from distill.evaluation.pair_tiles import keys_inplace
-
     keys = keys_inplace(bits.view(np.float32).copy())
     same = yi[:, None] == yj[None, :]
     if diag:

@@ -117,8 +117,8 @@ CODE_CASES = {
     "student width follows the mode": (student("{nets}:mode_width"), "16 on a batch of 2 in train mode"),
     "teacher import fails": (teacher("{import}:teacher"), "ZeroDivisionError"),
     "teacher factory exits": (teacher("{nets}:exits"), "sys.exit(3)"),
-    "teacher 1-d": (teacher("{nets}:t_oned"), "to (1,), not a (batch, width)"),
-    "teacher N+1 rows": (teacher("{nets}:t_extra_row"), "to (2, 8), not a (batch, width)"),
+    "teacher 1-d": (teacher("{nets}:t_oned"), "batch to (8,), not a (batch, width)"),
+    "teacher N+1 rows": (teacher("{nets}:t_extra_row"), "(8, 1, 8, 8) batch to (9, 8), not a (batch, width)"),
     "teacher numpy": (teacher("{nets}:t_numpy"), "to ndarray"),
     "teacher list": (teacher("{nets}:t_list"), "to list"),
 }
