@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from distill.evaluation.pair_counts import Histograms, eer, inconsistent, roc, tar, tar_plan
+from distill.evaluation.pair_counts import Histograms, exact_report, inconsistent, tar_plan
 from distill.evaluation.score_keys import keys_inplace
 from distill.evaluation.tile_counts import NO_TAIL, TileCounts
 
@@ -107,17 +107,7 @@ def one_pass_verification(
 
     refined = np.stack([full.split(b) for b in refine])
     within = sum(_within(*full.split(int(b))) for b in mixed)
-    slot_of = {b: s for s, b in enumerate(refine)}
-    imp_lt = n_imp - hist.imp_ge
-    cross = sum(int(hist.hg[b]) * int(imp_lt[b]) for b in np.flatnonzero(hist.hg))
-    report = {
-        "num_genuine": n_gen,
-        "num_impostor": n_imp,
-        "tar_at_far": {key: tar(hist, plan, refined, slot_of) for key, plan in plans.items()},
-        "roc_auc": (2 * cross + within) / (2 * n_gen * n_imp),  # exact integers, one rounding: as metrics
-        "eer": eer(hist, refined[slot_of[eer_bucket]], eer_bucket, eer_prev),
-    }
-    return report, roc(refine, refined, hist, roc_points)
+    return exact_report(hist, n_gen, n_imp, plans, refine, refined, within, eer_bucket, eer_prev, roc_points)
 
 
 def _fold_all(backend: Any, counts: TileCounts, grid: list[tuple[int, int, int, int]]) -> Any:

@@ -141,3 +141,45 @@ def roc(refine: list[int], refined: np.ndarray, hist: Histograms, max_points: in
         idx = np.union1d(idx, [zero_far_top])
         far, tar = far[idx], tar[idx]
     return far.astype(np.float64), tar.astype(np.float64)
+
+
+def exact_report(
+    hist: Histograms,
+    n_gen: int,
+    n_imp: int,
+    plans: dict[str, Any],
+    refine: list[int],
+    refined: np.ndarray,
+    within: int,
+    eer_bucket: int,
+    eer_prev: int | None,
+    roc_points: int,
+) -> tuple[dict[str, Any], tuple[np.ndarray, np.ndarray]]:
+    """The verification report and ROC from the counts every pass strategy ends with.
+
+    Args:
+        hist: the first-level histograms of all pairs.
+        n_gen: genuine pairs.
+        n_imp: impostor pairs.
+        plans: each FAR's threshold plan (:func:`tar_plan`).
+        refine: the first-level buckets resolved at full resolution, in the order of ``refined``.
+        refined: the full-resolution counts of those buckets.
+        within: the AUC's tie-corrected count of genuine–impostor pairs that share a first-level bucket.
+        eer_bucket: the bucket holding the EER crossing; ``eer_prev`` the non-empty bucket below it.
+        eer_prev: see ``eer_bucket``.
+        roc_points: the most points the ROC keeps.
+
+    Returns:
+        (report with ``num_genuine``, ``num_impostor``, ``tar_at_far``, ``roc_auc``, ``eer``; (fpr, tpr)).
+    """
+    slot_of = {b: s for s, b in enumerate(refine)}
+    imp_lt = n_imp - hist.imp_ge
+    cross = sum(int(hist.hg[b]) * int(imp_lt[b]) for b in np.flatnonzero(hist.hg))
+    report = {
+        "num_genuine": n_gen,
+        "num_impostor": n_imp,
+        "tar_at_far": {key: tar(hist, plan, refined, slot_of) for key, plan in plans.items()},
+        "roc_auc": (2 * cross + within) / (2 * n_gen * n_imp),  # exact integers, one rounding: as metrics
+        "eer": eer(hist, refined[slot_of[eer_bucket]], eer_bucket, eer_prev),
+    }
+    return report, roc(refine, refined, hist, roc_points)

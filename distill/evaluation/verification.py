@@ -51,7 +51,7 @@ import numpy as np
 
 from distill.evaluation.metrics import FARS, far_key
 from distill.evaluation.one_pass import DEFAULT_TAIL_CAP, DEFAULT_WINDOW_BUDGET, one_pass_verification
-from distill.evaluation.pair_counts import Histograms, eer, inconsistent, roc, tar, tar_plan
+from distill.evaluation.pair_counts import Histograms, exact_report, inconsistent, tar_plan
 from distill.evaluation.pair_tiles import float32_keys, make_backend, tiled_pair_scores, tiles
 from distill.evaluation.validate import check_far, normalised_known, positive_int
 from featstore.errors import InvalidInput
@@ -203,18 +203,7 @@ def _run(
 
     groups = _auc_groups(hist, genuine_cap, collected=gen_keys is not None)
     refined, within = _later_passes(backend, n, block, hist, refine, groups, gen_keys)
-    slot_of = {b: s for s, b in enumerate(refine)}
-
-    imp_lt = n_imp - hist.imp_ge
-    cross = sum(int(hist.hg[b]) * int(imp_lt[b]) for b in np.flatnonzero(hist.hg))
-    report = {
-        "num_genuine": n_gen,
-        "num_impostor": n_imp,
-        "tar_at_far": {key: tar(hist, plan, refined, slot_of) for key, plan in plans.items()},
-        "roc_auc": (2 * cross + within) / (2 * n_gen * n_imp),  # exact integers, one rounding: as metrics
-        "eer": eer(hist, refined[slot_of[eer_bucket]], eer_bucket, eer_prev),
-    }
-    return report, roc(refine, refined, hist, roc_points)
+    return exact_report(hist, n_gen, n_imp, plans, refine, refined, within, eer_bucket, eer_prev, roc_points)
 
 
 def _first_pass(
