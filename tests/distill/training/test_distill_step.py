@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-import distill.training.run as run_module
+import distill.training.step as step_module
 from distill.losses import build_criterion
 from distill.models import create_model, embedding_and_feature_map
 from distill.training.run import DistillStep
@@ -42,7 +42,7 @@ def _run(step: DistillStep, monkeypatch) -> dict[str, int]:
         calls["feature_map"] += 1
         return embedding_and_feature_map(model, x)
 
-    monkeypatch.setattr(run_module, "embedding_and_feature_map", counted)
+    monkeypatch.setattr(step_module, "embedding_and_feature_map", counted)
     x, y = torch.randn(8, 1, 8, 8), torch.arange(8) % CLASSES
     total, terms = step(x, y, torch.randn(8, DIM), torch.arange(8))
     assert torch.isfinite(total) and set(terms) == set(step.criterion.weights)

@@ -18,7 +18,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import distill.training.run as run_module
+import distill.training.step as step_module
 from distill.losses import DistillInputs
 from distill.models import create_model
 from distill.models.checkpoint import file_sha256, load_checkpoint, load_teacher_source, save_checkpoint
@@ -314,7 +314,7 @@ def test_thkd_from_arcface_store_uses_scaled_cosine_teacher_logits(arcface, tmp_
             super().__post_init__()
             seen.append((self.teacher_embedding.detach().clone(), self.teacher_logits.detach().clone()))
 
-    monkeypatch.setattr(run_module, "DistillInputs", Recording)
+    monkeypatch.setattr(step_module, "DistillInputs", Recording)
     out = tmp_path / "arc_student.pt"
     result = train_student(student_config(store_url, out, recipe="th-kd"))
     assert seen and all(np.isfinite(v) for v in result.log[0]["loss"].values())
