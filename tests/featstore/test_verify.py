@@ -206,7 +206,7 @@ def test_live_check_refuses_other_dataset(stores, teacher, digits_train, make_su
 
 
 def test_live_sample_must_be_positive(stores, teacher, small_digits) -> None:
-    with pytest.raises(InvalidInput):
+    with pytest.raises(InvalidInput, match="sample must be positive, got 0"):
         verify_live(str(stores["float32"]), teacher, small_digits, 0, seed=0)
 
 
