@@ -161,4 +161,6 @@ def normalised_known(embeddings: Any, labels: Any) -> tuple[np.ndarray, np.ndarr
         raise InvalidInput(f"labels must be integers, got dtype {y.dtype}")
     y = y.astype(np.int64, copy=False)
     keep = y != UNKNOWN_LABEL
+    if keep.all():  # the usual case: no copy of the rows before normalising them
+        return l2_normalize(x), y.copy()  # a copy, as y[keep] is: the caller's labels stay theirs
     return l2_normalize(x[keep]), np.ascontiguousarray(y[keep])
