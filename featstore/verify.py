@@ -268,14 +268,31 @@ def _renderable(params: np.ndarray, policy: ViewPolicy) -> np.ndarray:
     return finite & integral & inside & np.isin(flip, (0.0, 1.0))
 
 
-def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    a64, b64 = a.astype(np.float64), b.astype(np.float64)
-    na, nb = np.linalg.norm(a64, axis=1), np.linalg.norm(b64, axis=1)
-    dot = (a64 * b64).sum(axis=1)
-    both_zero = (na == 0) & (nb == 0)
+@dataclass(frozen=True)
+class RowComparison:
+    """How live rows compare with the stored rows: per-row cosine and norm ratio, and the largest |Δ|."""
+
+    cosines: np.ndarray  # (n,) cosine of each live row to its stored row
+    norm_ratios: np.ndarray  # (n,) ‖stored‖ / ‖live‖ (1 where both norms are equal, zero included)
+    max_abs_error: float  # max |live - stored| over every value; NaN when there are no rows
+
+
+def compare_rows(live: np.ndarray, stored: np.ndarray) -> RowComparison:
+    """Compare (n, D) live rows with the (n, D) stored rows they should reproduce, in float64.
+
+    A row pair that is zero on both sides has cosine 1; a zero row against a non-zero one has cosine -1 (a
+    NaN cosine counts as the worst). The norm ratio is 1 where both norms are equal (two zero rows too) and
+    ‖stored‖/‖live‖ otherwise (inf when only the live row is zero).
+    """
+    live64, stored64 = live.astype(np.float64), stored.astype(np.float64)
+    live_norm, stored_norm = np.linalg.norm(live64, axis=1), np.linalg.norm(stored64, axis=1)
+    dot = (live64 * stored64).sum(axis=1)
+    both_zero = (live_norm == 0) & (stored_norm == 0)
     with np.errstate(invalid="ignore", divide="ignore"):
-        cos = np.where(both_zero, 1.0, dot / (na * nb))
-    return np.nan_to_num(cos, nan=-1.0)
+        cosines = np.nan_to_num(np.where(both_zero, 1.0, dot / (live_norm * stored_norm)), nan=-1.0)
+        norm_ratios = np.where(live_norm == stored_norm, 1.0, stored_norm / live_norm)
+    max_abs_error = float(np.abs(live - stored).max()) if len(live) else float("nan")
+    return RowComparison(cosines=cosines, norm_ratios=norm_ratios, max_abs_error=max_abs_error)
 
 
 def _pick_rows(store: FeatureStore, sample: int, seed: int) -> np.ndarray:
@@ -363,8 +380,106 @@ def _content_problems(store: FeatureStore, dataset: Dataset, chunks: np.ndarray)
     return problems
 
 
+def _resolve_teacher(
+    teacher: TeacherBinding | TeacherSource, dataset: Dataset | None
+) -> tuple[TeacherBinding | None, TeacherSource, Dataset]:
+    """(binding or None, source, dataset): a binding brings its own dataset, a bare source needs one passed."""
+    bound = teacher if isinstance(teacher, TeacherBinding) else None
+    source, dataset = (bound.source, bound.dataset) if bound is not None else (teacher, dataset)
+    if dataset is None:
+        raise InvalidInput("verify_live needs the dataset a TeacherSource is run over")
+    return bound, source, dataset
+
+
+@dataclass
+class _StoredRows:
+    """The picked rows as the store holds them: which (sample, view) pairs, their rows and view parameters."""
+
+    rows: np.ndarray  # (n, 2) (sample, view)
+    embeddings: np.ndarray  # (n, D) decoded stored rows
+    params: np.ndarray  # (n, P) stored view parameters
+    chunks: np.ndarray  # the chunks the rows were read from
+
+    def subset(self, keep: np.ndarray) -> _StoredRows:
+        return _StoredRows(self.rows[keep], self.embeddings[keep], self.params[keep], self.chunks)
+
+
+def _read_picked(store: FeatureStore, picks: np.ndarray, problems: list[str]) -> _StoredRows | None:
+    """The stored rows and view parameters of ``picks``, reading each touched chunk once. A chunk that fails
+    to decode is reported in ``problems`` and its rows skipped; None when no chunk could be read."""
+    stored_rows, stored_params, kept = [], [], []
+    chunk_of = picks[:, 0] // store.chunk_rows
+    for chunk in np.unique(chunk_of):
+        members = np.flatnonzero(chunk_of == chunk)
+        start, _ = store.chunk_bounds(int(chunk))
+        try:
+            embeddings, _, views = store.read_chunk(int(chunk))
+        except Exception as exc:  # noqa: BLE001 - reported, like verify_store does
+            problems.append(f"chunk {int(chunk)} unreadable ({type(exc).__name__}); {len(members)} picked rows skipped")
+            continue
+        local, view = picks[members, 0] - start, picks[members, 1]
+        stored_rows.append(embeddings[local, view])
+        stored_params.append(views[local, view])
+        kept.append(members)
+    if not kept:
+        return None
+    kept_idx = np.concatenate(kept)
+    return _StoredRows(
+        rows=picks[kept_idx],
+        embeddings=np.concatenate(stored_rows),
+        params=np.concatenate(stored_params),
+        chunks=np.unique(chunk_of[kept_idx]),
+    )
+
+
+def _view_mismatches(
+    rows: np.ndarray, params: np.ndarray, policy: ViewPolicy, view_seed: int, dataset: Dataset
+) -> list[tuple[int, int]]:
+    """(sample, view) of every row whose stored view parameters differ from the ones the seed draws."""
+    sizes = dataset.source_sizes(rows[:, 0]) if policy.original else [None] * len(rows)
+    expected = np.stack(
+        [sample_view_params(policy, int(view_seed), int(s), int(v), size) for (s, v), size in zip(rows, sizes)]
+    ).reshape(-1, len(PARAM_NAMES))
+    mismatch = ~(params == expected).all(axis=1)
+    return [(int(s), int(v)) for s, v in rows[mismatch]]
+
+
+def _check_view_params(
+    check: LiveCheck, store: FeatureStore, stored: _StoredRows, policy: ViewPolicy, dataset: Dataset
+) -> _StoredRows:
+    """Record in ``check`` the rows whose stored view parameters the store's seed does not draw, and the rows
+    whose parameters describe no crop; returns the rows that can be rendered."""
+    view_seed = store.meta.get("views", {}).get("seed", 0)  # None: imported from a file without one
+    if view_seed is not None:  # without a seed the stored parameters can only be replayed, not re-drawn
+        check.view_mismatches = _view_mismatches(stored.rows, stored.params, policy, int(view_seed), dataset)
+    renderable = _renderable(stored.params, policy)
+    if not renderable.all():
+        check.problems.append(
+            f"{int((~renderable).sum())} picked rows have view parameters that describe no valid "
+            "crop; they were not compared"
+        )
+    return stored.subset(renderable)
+
+
+def _embed_views(
+    bound: TeacherBinding,
+    dataset: Dataset,
+    rows: np.ndarray,
+    params: np.ndarray,
+    *,
+    dim: int,
+    batch_size: int,
+    device: torch.device,
+) -> np.ndarray:
+    """(n, dim) float32 teacher embeddings, on ``device``, of the views rendered from the stored ``params``."""
+    live = np.empty((len(rows), dim), dtype=np.float32)
+    for start, rendered in zip(range(0, len(rows), batch_size), rows_batches(dataset, rows[:, 0], params, batch_size)):
+        x = rendered.x[:, 0].to(device)
+        live[start : start + len(x)] = bound.embed(x).float().cpu().numpy()
+    return live
+
+
 @torch.no_grad()
-# ~100 lines: each input check must run before any row is recomputed; the steps are listed in order below.
 def verify_live(
     store: FeatureStore | str,
     teacher: TeacherBinding | TeacherSource,
@@ -385,7 +500,8 @@ def verify_live(
     (cosine, |Δ|, norm ratio). The result passes when every provenance check holds, no parameters differ,
     every cosine reaches ``LIVE_COSINE_THRESHOLDS[store dtype]`` and every norm ratio is within
     ``LIVE_NORM_TOLERANCE[store dtype]`` of 1. A store imported without a view seed skips the re-drawing of
-    the parameters (they are only replayed).
+    the parameters (they are only replayed). Every input and provenance check runs before any row is
+    recomputed.
     """
     if sample <= 0:
         raise InvalidInput(f"sample must be positive, got {sample}")
@@ -397,76 +513,30 @@ def verify_live(
         requested=int(sample),
         norm_tolerance=LIVE_NORM_TOLERANCE[store.dtype],
     )
-    bound = teacher if isinstance(teacher, TeacherBinding) else None
-    source, dataset = (bound.source, bound.dataset) if bound is not None else (teacher, dataset)
-    if dataset is None:
-        raise InvalidInput("verify_live needs the dataset a TeacherSource is run over")
+    bound, source, dataset = _resolve_teacher(teacher, dataset)
     policy = _store_policy(store, dataset)
     problems, comparable = _identity_problems(store, source, dataset, policy)
     check.problems += problems
     if not comparable:
         return check
-    view_seed = store.meta.get("views", {}).get("seed", 0)  # None: imported from a file without one
     picks = _pick_rows(store, sample, seed)
     check.requested = len(picks)
     if not len(picks):
         check.problems.append("no chunk is flagged done: nothing to compare")
         return check
-
-    # Stored rows, reading each touched chunk once (a chunk that fails to decode is reported and skipped).
-    stored_rows, stored_params, kept = [], [], []
-    chunk_of = picks[:, 0] // store.chunk_rows
-    for chunk in np.unique(chunk_of):
-        members = np.flatnonzero(chunk_of == chunk)
-        start, _ = store.chunk_bounds(int(chunk))
-        try:
-            embeddings, _, views = store.read_chunk(int(chunk))
-        except Exception as exc:  # noqa: BLE001 - reported, like verify_store does
-            check.problems.append(
-                f"chunk {int(chunk)} unreadable ({type(exc).__name__}); {len(members)} picked rows skipped"
-            )
-            continue
-        local, view = picks[members, 0] - start, picks[members, 1]
-        stored_rows.append(embeddings[local, view])
-        stored_params.append(views[local, view])
-        kept.append(members)
-    if not kept:
+    stored = _read_picked(store, picks, check.problems)
+    if stored is None:
         return check
-    kept_idx = np.concatenate(kept)
-    rows = picks[kept_idx]
-    stored = np.concatenate(stored_rows)
-    params = np.concatenate(stored_params)
-
-    left_out = np.isnan(params).all(axis=1)  # samples left out at extraction (--skip-bad-samples)
-    rows, stored, params = rows[~left_out], stored[~left_out], params[~left_out]
-    if view_seed is not None:  # without a seed the stored parameters can only be replayed, not re-drawn
-        sizes = dataset.source_sizes(rows[:, 0]) if policy.original else [None] * len(rows)
-        expected = np.stack(
-            [sample_view_params(policy, int(view_seed), int(s), int(v), size) for (s, v), size in zip(rows, sizes)]
-        ).reshape(-1, len(PARAM_NAMES))
-        mismatch = ~(params == expected).all(axis=1)
-        check.view_mismatches = [(int(s), int(v)) for s, v in rows[mismatch]]
-    renderable = _renderable(params, policy)
-    if not renderable.all():
-        check.problems.append(
-            f"{int((~renderable).sum())} picked rows have view parameters that describe no valid "
-            "crop; they were not compared"
-        )
-    rows, stored, params = rows[renderable], stored[renderable], params[renderable]
-
+    stored = stored.subset(~np.isnan(stored.params).all(axis=1))  # left out at extraction (--skip-bad-samples)
+    stored = _check_view_params(check, store, stored, policy, dataset)
     device = torch.device(device)
     bound = (bound or bind_source(source, dataset)).to(device)
-    live = np.empty_like(stored, dtype=np.float32)
-    for start, rendered in zip(range(0, len(rows), batch_size), rows_batches(dataset, rows[:, 0], params, batch_size)):
-        x = rendered.x[:, 0].to(device)
-        live[start : start + len(x)] = bound.embed(x).float().cpu().numpy()
-    check.problems += _content_problems(store, dataset, np.unique(chunk_of[kept_idx]))
-
-    check.rows = rows
-    check.cosines = _cosines(live, stored)
-    live_norm = np.linalg.norm(live.astype(np.float64), axis=1)
-    stored_norm = np.linalg.norm(stored.astype(np.float64), axis=1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        check.norm_ratios = np.where(live_norm == stored_norm, 1.0, stored_norm / live_norm)
-    check.max_abs_error = float(np.abs(live - stored).max()) if len(rows) else float("nan")
+    live = _embed_views(
+        bound, dataset, stored.rows, stored.params, dim=stored.embeddings.shape[1], batch_size=batch_size, device=device
+    )
+    check.problems += _content_problems(store, dataset, stored.chunks)
+    comparison = compare_rows(live, stored.embeddings)
+    check.rows = stored.rows
+    check.cosines, check.norm_ratios = comparison.cosines, comparison.norm_ratios
+    check.max_abs_error = comparison.max_abs_error
     return check

@@ -109,16 +109,41 @@ def check_ks(ks: Sequence[int]) -> tuple[int, ...]:
     return tuple(sorted(set(out)))
 
 
+_NORMALIZE_BLOCK_BYTES = 1 << 20
+"""Size of the float64 working block of :func:`l2_normalize`: small enough to stay in a core's cache."""
+
+
 def l2_normalize(x: np.ndarray) -> np.ndarray:
     """float32, C-contiguous copy of ``x`` (n, dim) with rows of unit L2 norm; all-zero rows stay zero.
 
     The norm is taken in float64 so large or tiny float32 values neither overflow nor underflow; zero rows are
-    divided by 1 instead of 0, so they give score 0 against everything rather than NaN.
+    divided by 1 instead of 0, so they give score 0 against everything rather than NaN. The rows go through a
+    float64 block of a few hundred kilobytes at a time rather than one float64 copy of the whole matrix, so
+    the widening, the squares, the division and the rounding back to float32 run in cache; each row's result
+    is the same as ``x / np.linalg.norm(x.astype(np.float64), axis=1, keepdims=True)`` rounded to float32,
+    bit for bit (the same float64 operations, in the same order, on the same row).
     """
     a = as_matrix(x, "embeddings")
-    norms = np.linalg.norm(a.astype(np.float64, copy=False), axis=1, keepdims=True)
-    out = a / np.where(norms > 0, norms, 1.0)
-    return np.ascontiguousarray(out, dtype=np.float32)
+    if np.result_type(a.dtype, np.float64) != np.float64:  # long double: divided at its own precision
+        norms = np.linalg.norm(a.astype(np.float64), axis=1, keepdims=True)
+        return np.ascontiguousarray(a / np.where(norms > 0, norms, 1.0), dtype=np.float32)
+    n, dim = a.shape
+    out = np.empty((n, dim), dtype=np.float32)
+    rows = max(1, _NORMALIZE_BLOCK_BYTES // (8 * dim))
+    wide = np.empty((min(rows, n), dim), dtype=np.float64)
+    squares = np.empty_like(wide)
+    norms = np.empty((len(wide), 1), dtype=np.float64)
+    for start in range(0, n, rows):
+        stop = min(start + rows, n)
+        w, sq, norm = wide[: stop - start], squares[: stop - start], norms[: stop - start]
+        np.copyto(w, a[start:stop], casting="unsafe")  # exact: every accepted dtype widens to float64
+        np.multiply(w, w, out=sq)
+        np.add.reduce(sq, axis=1, keepdims=True, out=norm)  # the pairwise row sum np.linalg.norm does
+        np.sqrt(norm, out=norm)
+        norm[norm == 0] = 1.0
+        np.divide(w, norm, out=w)
+        out[start:stop] = w
+    return out
 
 
 def normalised_known(embeddings: Any, labels: Any) -> tuple[np.ndarray, np.ndarray]:
@@ -136,4 +161,6 @@ def normalised_known(embeddings: Any, labels: Any) -> tuple[np.ndarray, np.ndarr
         raise InvalidInput(f"labels must be integers, got dtype {y.dtype}")
     y = y.astype(np.int64, copy=False)
     keep = y != UNKNOWN_LABEL
+    if keep.all():  # the usual case: no copy of the rows before normalising them
+        return l2_normalize(x), y.copy()  # a copy, as y[keep] is: the caller's labels stay theirs
     return l2_normalize(x[keep]), np.ascontiguousarray(y[keep])

@@ -109,7 +109,7 @@ def test_unknown_spec_lists_valid_names() -> None:
 def test_bad_split_and_argument() -> None:
     with pytest.raises(InvalidInput, match="validation"):
         load_dataset("digits", "validation")
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="unknown split ''"):
         load_dataset("digits", "")
-    with pytest.raises(InvalidInput):
+    with pytest.raises(InvalidInput, match="takes no argument"):
         load_dataset("digits:extra", "train")

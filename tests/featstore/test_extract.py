@@ -167,7 +167,7 @@ def test_resume_after_crash_is_bit_identical(tmp_path, monkeypatch, teacher, sma
         return original(self, chunk, embeddings, views)
 
     monkeypatch.setattr(FeatureStore, "write_chunk", crashing)
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(KeyboardInterrupt, match="re-run the same command to resume"):
         run(teacher, small_digits, tmp_path / "crashed", dtype=dtype)
     monkeypatch.setattr(FeatureStore, "write_chunk", original)
 
@@ -251,9 +251,9 @@ def test_foreign_store_refused_then_overwritten(tmp_path, teacher, make_teacher,
 def test_overwrite_refuses_a_non_store_directory(tmp_path, teacher, small_digits) -> None:
     (tmp_path / "dir").mkdir()
     (tmp_path / "dir" / "precious.txt").write_text("keep me")
-    with pytest.raises(StoreError):
+    with pytest.raises(StoreError, match="is not a Zarr feature store"):
         run(teacher, small_digits, tmp_path / "dir", overwrite=True)
-    with pytest.raises(StoreError):
+    with pytest.raises(StoreError, match="is not a Zarr feature store"):
         run(teacher, small_digits, tmp_path / "dir")
     assert (tmp_path / "dir" / "precious.txt").read_text() == "keep me"
 
@@ -277,15 +277,15 @@ def test_memory_url_overwrite(teacher, make_teacher, small_digits) -> None:
 
 
 def test_invalid_arguments(tmp_path, teacher, make_teacher, small_digits) -> None:
-    for kw in (
-        {"views": 0},
-        {"views": -1},
-        {"chunk_rows": 0},
-        {"chunk_rows": -4},
-        {"batch_size": 0},
-        {"dtype": "float64"},
+    for kw, refusal in (
+        ({"views": 0}, "views must be positive, got 0"),
+        ({"views": -1}, "views must be positive, got -1"),
+        ({"chunk_rows": 0}, "chunk-rows must be positive, got 0"),
+        ({"chunk_rows": -4}, "chunk-rows must be positive, got -4"),
+        ({"batch_size": 0}, "batch-size must be positive, got 0"),
+        ({"dtype": "float64"}, "unknown store dtype 'float64'"),
     ):
-        with pytest.raises(InvalidInput):
+        with pytest.raises(InvalidInput, match=refusal):
             run(teacher, small_digits, tmp_path / "bad", **kw)
     wrong = make_teacher()
     wrong.input_shape = [3, 32, 32]

@@ -211,7 +211,7 @@ def test_folder_ignores_other_files_and_finds_nested(tmp_path) -> None:
 
 
 def test_folder_errors(tmp_path, folder_dir) -> None:
-    with pytest.raises(InputNotFound):
+    with pytest.raises(InputNotFound, match="dataset directory not found"):
         load_dataset(f"folder:{tmp_path / 'nope'}")
     with pytest.raises(InvalidInput, match="unknown option"):
         load_dataset(f"folder:{folder_dir}?colour=1")

@@ -138,15 +138,15 @@ def test_label_out_of_range_truncated_gzip_and_missing(tmp_path) -> None:
         load_dataset(f"idx:{root}", "train")
     with pytest.raises(InputNotFound, match="not found"):
         load_dataset(f"idx:{tmp_path / 'nowhere'}", "train")
-    for spec in (
-        "idx:?limit=0",
-        "idx:?size=3",
-        "idx:?flip=2",
-        "idx:?limit=x",
-        "idx:?limit=1&limit=2",
-        "idx:?per_class=0",
+    for spec, refusal in (
+        ("idx:?limit=0", r"limit=0 is out of range \[1, "),
+        ("idx:?size=3", "unknown option 'size'"),
+        ("idx:?flip=2", r"flip=2 is out of range \[0.0, 1.0\]"),
+        ("idx:?limit=x", "limit must be an integer, got 'x'"),
+        ("idx:?limit=1&limit=2", "option 'limit' given twice"),
+        ("idx:?per_class=0", r"per_class=0 is out of range \[1, "),
     ):
-        with pytest.raises(InvalidInput):
+        with pytest.raises(InvalidInput, match=refusal):
             load_dataset(spec.replace("idx:", f"idx:{root}"), "test")
 
 

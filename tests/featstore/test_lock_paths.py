@@ -19,7 +19,7 @@ def test_a_symlinked_or_relative_path_meets_the_same_lock(tmp_path: Path, monkey
     monkeypatch.chdir(tmp_path / "real")
     with writer_lock(real):
         for other in (link, Path("s.zarr")):
-            with pytest.raises(StoreLocked):
+            with pytest.raises(StoreLocked, match="is being written by pid"):
                 with writer_lock(other):
                     pass
     assert not (tmp_path / "real" / "s.zarr.lock").exists()  # released

@@ -174,33 +174,33 @@ def test_done_flags_and_completion(tmp_path: Path) -> None:
 def test_write_chunk_rejects_wrong_shape(tmp_path: Path) -> None:
     d = data()
     store = new_store(tmp_path / "s", d)
-    with pytest.raises(StoreError):
+    with pytest.raises(StoreError, match=r"chunk 4: embeddings \(5, 3, 8\), expected \(3, 3, 8\)"):
         store.write_chunk(4, d["embeddings"][:5], d["views"][:5])  # last chunk has 3 rows
     assert not store.done_chunks()[4]
 
 
 def test_missing_path_is_input_not_found(tmp_path: Path) -> None:
-    with pytest.raises(InputNotFound):
+    with pytest.raises(InputNotFound, match="does not exist"):
         open_store(tmp_path / "nope")
-    with pytest.raises(FileNotFoundError):  # the builtin it inherits
+    with pytest.raises(FileNotFoundError, match="does not exist"):  # the builtin it inherits
         open_store(f"file://{tmp_path}/nope")
-    with pytest.raises(InputNotFound):
+    with pytest.raises(InputNotFound, match="does not exist"):
         remove_store(str(tmp_path / "nope"))
 
 
 def test_plain_directory_is_not_a_store(tmp_path: Path) -> None:
     (tmp_path / "dir").mkdir()
     (tmp_path / "dir" / "precious.txt").write_text("keep me")
-    with pytest.raises(StoreError):
+    with pytest.raises(StoreError, match="is not a Zarr feature store"):
         open_store(tmp_path / "dir")
-    with pytest.raises(StoreError):
+    with pytest.raises(StoreError, match="is not a Zarr feature store"):
         open_store(tmp_path / "dir", require_complete=False)
-    with pytest.raises(StoreError):
+    with pytest.raises(StoreError, match="is not a Zarr feature store"):
         remove_store(str(tmp_path / "dir"))
     assert (tmp_path / "dir" / "precious.txt").read_text() == "keep me"
     # A plain file is not a store either.
     (tmp_path / "file.zarr").write_text("x")
-    with pytest.raises(StoreError):
+    with pytest.raises(StoreError, match="is not a Zarr feature store"):
         open_store(tmp_path / "file.zarr")
 
 
@@ -209,7 +209,7 @@ def test_zarr_group_without_fsd_attrs(tmp_path: Path) -> None:
     group.create_array("embeddings", shape=(2, 1, 3), dtype="float32")
     with pytest.raises(StoreError, match="fsd"):
         open_store(tmp_path / "g", require_complete=False)
-    with pytest.raises(StoreError):
+    with pytest.raises(StoreError, match="not an fsd feature store"):
         remove_store(str(tmp_path / "g"))
     assert (tmp_path / "g").exists()
 
@@ -230,11 +230,11 @@ def test_other_format_version_refused(tmp_path: Path) -> None:
 def test_create_on_existing_path_is_output_exists(tmp_path: Path) -> None:
     d = data()
     new_store(tmp_path / "s", d)
-    with pytest.raises(OutputExists):
+    with pytest.raises(OutputExists, match="already exists"):
         new_store(tmp_path / "s", d)
     (tmp_path / "dir").mkdir()
     (tmp_path / "dir" / "precious.txt").write_text("keep me")
-    with pytest.raises(FileExistsError):
+    with pytest.raises(FileExistsError, match="already exists"):
         new_store(tmp_path / "dir", d)
     assert (tmp_path / "dir" / "precious.txt").read_text() == "keep me"
 
@@ -243,9 +243,9 @@ def test_create_rejects_unknown_dtype_and_empty_dims(tmp_path: Path) -> None:
     from featstore.errors import InvalidInput
 
     d = data()
-    with pytest.raises(InvalidInput):
+    with pytest.raises(InvalidInput, match="unknown store dtype 'float64'"):
         new_store(tmp_path / "a", d, dtype="float64")
-    with pytest.raises(StoreError):
+    with pytest.raises(StoreError, match="store dimensions must be positive"):
         new_store(tmp_path / "b", d, chunk_rows=0)
     assert not (tmp_path / "a").exists()
 
@@ -291,10 +291,10 @@ def test_memory_url_round_trip() -> None:
     np.testing.assert_array_equal(labels, d["labels"])
     np.testing.assert_array_equal(views, d["views"])
     np.testing.assert_array_equal(opened.head_bias(), d["bias"])
-    with pytest.raises(OutputExists):
+    with pytest.raises(OutputExists, match="already exists"):
         new_store(url, d)
     remove_store(url)
-    with pytest.raises(StoreError):
+    with pytest.raises(StoreError, match="is not a Zarr feature store"):
         open_store(url)
 
 
@@ -310,7 +310,7 @@ def test_memory_url_removed_store_no_longer_exists() -> None:
 
 
 def test_memory_url_missing_is_store_error() -> None:
-    with pytest.raises(StoreError):
+    with pytest.raises(StoreError, match="is not a Zarr feature store"):
         open_store(f"memory://fsd-test-missing-{uuid.uuid4().hex}")
 
 
@@ -379,7 +379,7 @@ def test_failed_creation_leaves_nothing_behind(tmp_path: Path) -> None:
     renamed into place, so a crash mid-creation never leaves a directory that resume and --overwrite refuse."""
     d = data()
     bad_meta = {**META, "teacher": {**META["teacher"], "arch": object()}}  # not JSON: fails after the arrays
-    with pytest.raises(TypeError):
+    with pytest.raises(TypeError, match="not JSON serializable"):
         create_store(
             str(tmp_path / "s.zarr"),
             shape=StoreShape(N, V, D, P, C),

@@ -201,17 +201,17 @@ def test_prefetch_gives_identical_batches(store3) -> None:
 
 
 @pytest.mark.parametrize(
-    "kwargs",
+    ("kwargs", "refusal"),
     [
-        {"batch_size": 0},
-        {"batch_size": -2},
-        {"view_sampling": "sequential"},
-        {"rank": 2, "world_size": 2},
-        {"rank": -1, "world_size": 2},
-        {"rank": 0, "world_size": 0},
+        ({"batch_size": 0}, "batch-size must be positive, got 0"),
+        ({"batch_size": -2}, "batch-size must be positive, got -2"),
+        ({"view_sampling": "sequential"}, "unknown view sampling 'sequential'"),
+        ({"rank": 2, "world_size": 2}, "rank 2 outside world size 2"),
+        ({"rank": -1, "world_size": 2}, "rank -1 outside world size 2"),
+        ({"rank": 0, "world_size": 0}, "rank 0 outside world size 0"),
     ],
 )
-def test_invalid_arguments(store3, kwargs) -> None:
+def test_invalid_arguments(store3, kwargs, refusal) -> None:
     kwargs = {"batch_size": 8, **kwargs}
-    with pytest.raises(InvalidInput):
+    with pytest.raises(InvalidInput, match=refusal):
         StoreStream(store3, **kwargs)

@@ -20,7 +20,7 @@ from featstore.datasets import load_dataset
 from featstore.errors import InvalidInput
 from featstore.extract import extract_teacher
 from featstore.store import open_store
-from featstore.verify import LIVE_COSINE_THRESHOLDS, verify_live, verify_store
+from featstore.verify import LIVE_COSINE_THRESHOLDS, compare_rows, verify_live, verify_store
 
 DTYPES = ("float16", "float32", "int8", "bfloat16")
 V = 2
@@ -206,8 +206,20 @@ def test_live_check_refuses_other_dataset(stores, teacher, digits_train, make_su
 
 
 def test_live_sample_must_be_positive(stores, teacher, small_digits) -> None:
-    with pytest.raises(InvalidInput):
+    with pytest.raises(InvalidInput, match="sample must be positive, got 0"):
         verify_live(str(stores["float32"]), teacher, small_digits, 0, seed=0)
+
+
+def test_compare_rows_on_hand_computed_rows() -> None:
+    live = np.array([[3.0, 4.0], [1.0, 0.0], [0.0, 0.0], [0.0, 0.0], [2.0, 0.0]], dtype=np.float32)
+    stored = np.array([[6.0, 8.0], [0.0, 1.0], [0.0, 0.0], [1.0, 0.0], [-1.0, 0.5]], dtype=np.float32)
+    got = compare_rows(live, stored)
+    # same direction, twice the norm; orthogonal; both zero; zero live row; 2·(-1)/(2·√1.25)
+    np.testing.assert_allclose(got.cosines, [1.0, 0.0, 1.0, -1.0, -1 / np.sqrt(1.25)], rtol=1e-15)
+    np.testing.assert_allclose(got.norm_ratios, [2.0, 1.0, 1.0, np.inf, np.sqrt(1.25) / 2], rtol=1e-15)
+    assert got.max_abs_error == 4.0  # |4 - 8|
+    empty = compare_rows(np.empty((0, 2), np.float32), np.empty((0, 2), np.float32))
+    assert empty.cosines.shape == (0,) and np.isnan(empty.max_abs_error)
 
 
 # -- the CLI with a real checkpoint ---------------------------------------------------------------------

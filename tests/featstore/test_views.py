@@ -178,9 +178,9 @@ def test_unknown_kind_is_invalid_input() -> None:
 
 def test_render_shape_mismatch_is_invalid_input() -> None:
     x = images(4, 1, 8, 8)
-    with pytest.raises(InvalidInput):
+    with pytest.raises(InvalidInput, match=r"images \(4, 1, 8, 8\) and params \(3, 5\) disagree"):
         render_views(x, np.zeros((3, len(PARAM_NAMES)), dtype=np.float32), SHIFT)
-    with pytest.raises(InvalidInput):
+    with pytest.raises(InvalidInput, match=r"images \(1, 8, 8\) and params \(1, 5\) disagree"):
         render_views(x[0], np.zeros((1, len(PARAM_NAMES)), dtype=np.float32), SHIFT)
 
 

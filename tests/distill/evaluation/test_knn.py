@@ -40,6 +40,21 @@ def test_l2_normalize_unit_rows_zero_rows_stay_zero() -> None:
     assert l2_normalize(np.ones((2, 3), dtype=np.int64)).dtype == np.float32
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float16, np.float64, np.int64])
+@pytest.mark.parametrize("order", ["C", "F"])
+def test_l2_normalize_is_the_whole_matrix_float64_division_bit_for_bit(dtype: type, order: str) -> None:
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((1001, 300)) * (100 if dtype is np.int64 else 1)  # several blocks and a partial one
+    x[::7] *= 1e4 if dtype is np.float16 else 1e30 if dtype is not np.int64 else 1
+    x[5] = 0
+    x = np.asarray(x.astype(dtype), order=order)
+    norms = np.linalg.norm(x.astype(np.float64), axis=1, keepdims=True)
+    want = (x / np.where(norms > 0, norms, 1.0)).astype(np.float32)
+    got = l2_normalize(x)
+    assert got.flags.c_contiguous and got.dtype == np.float32
+    assert got.tobytes() == want.tobytes()
+
+
 @pytest.mark.parametrize(
     "bad, match",
     [
