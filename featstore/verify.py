@@ -80,14 +80,17 @@ class LiveCheck:
 
     @property
     def checked(self) -> int:
+        """Rows recomputed."""
         return len(self.cosines)
 
     @property
     def min_cosine(self) -> float:
+        """The lowest cosine between a live and a stored row (NaN when none was checked)."""
         return float(self.cosines.min()) if self.checked else float("nan")
 
     @property
     def mean_cosine(self) -> float:
+        """The mean cosine between live and stored rows (NaN when none was checked)."""
         return float(self.cosines.mean()) if self.checked else float("nan")
 
     @property
@@ -99,6 +102,7 @@ class LiveCheck:
 
     @property
     def ok(self) -> bool:
+        """Whether rows were checked, every one matched within tolerance and nothing else was wrong."""
         return (
             self.checked > 0
             and not self.problems
@@ -108,6 +112,7 @@ class LiveCheck:
         )
 
     def all_problems(self) -> list[str]:
+        """Every problem found, the view mismatches and unrenderable rows summarised in one line each."""
         out = list(self.problems)
         if self.view_mismatches:
             listed = _listed([f"(sample {s}, view {v})" for s, v in self.view_mismatches])
@@ -131,6 +136,7 @@ class LiveCheck:
         return out
 
     def line(self) -> str:
+        """One line: the verdict and the figures."""
         verdict = "OK" if self.ok else "FAILED"
         return (
             f"live check: {self.checked} rows, cosine min {self.min_cosine:.8f} mean {self.mean_cosine:.8f}, "
@@ -138,9 +144,11 @@ class LiveCheck:
         )
 
     def lines(self) -> list[str]:
+        """The verdict line, then one line per problem."""
         return [self.line()] + [f"  live problem: {p}" for p in self.all_problems()]
 
     def to_dict(self) -> dict[str, Any]:
+        """The check as JSON-ready values (``fsd store verify --json``)."""
         return {
             "dtype": self.dtype,
             "threshold": self.threshold,
@@ -163,6 +171,8 @@ def _listed(items: list[str]) -> str:
 
 @dataclass
 class VerifyReport:
+    """What ``fsd store verify`` found: chunks read, bad chunks, store problems, notes and the live check."""
+
     url: str
     chunks_checked: int = 0
     bad_chunks: dict[int, str] = field(default_factory=dict)
@@ -172,9 +182,11 @@ class VerifyReport:
 
     @property
     def ok(self) -> bool:
+        """Whether no chunk was bad, nothing was wrong with the store and the live check (if run) passed."""
         return not self.bad_chunks and not self.problems and (self.live is None or self.live.ok)
 
     def lines(self) -> list[str]:
+        """The report as the lines ``fsd store verify`` prints."""
         out = [f"store {self.url}: {self.chunks_checked} chunks checked, {len(self.bad_chunks)} bad"]
         out += [f"  note: {n}" for n in self.notes]
         out += [f"  problem: {p}" for p in self.problems]
@@ -209,8 +221,11 @@ def _check_chunk(store: FeatureStore, chunk: int, done: bool) -> str | None:
 
 
 def verify_store(url: str) -> VerifyReport:
-    """Every check of the open gate (layout, head, labels digest), reported rather than raised, then every
-    chunk read through the same checked path the trainers use."""
+    """Check a store without the teacher: every check of opening it, then every chunk read.
+
+    The opening checks (layout, head, labels digest) are reported rather than raised, and every chunk is read
+    through the same checked path the trainers use.
+    """
     report = VerifyReport(url=url)
     try:
         store = open_store(url, require_complete=False, check=False)
@@ -248,8 +263,11 @@ def _store_policy(store: FeatureStore, dataset: Dataset) -> ViewPolicy:
 
 
 def _renderable(params: np.ndarray, policy: ViewPolicy) -> np.ndarray:
-    """Which rows of (n, P) parameters describe a box render_views can cut (finite, integral, inside the
-    padded image, flip 0/1) — a tampered row must be reported, not crash the renderer."""
+    """Which rows of (n, P) view parameters describe a box ``render_views`` can cut.
+
+    A row must be finite, integral where it counts, inside the padded image and flip 0/1: a tampered row is
+    reported, not allowed to crash the renderer.
+    """
     if policy.original:
         return renderable_original(params)
     h, w = policy.source_size
@@ -356,8 +374,10 @@ def _identity_problems(
 
 
 def _content_problems(store: FeatureStore, dataset: Dataset, chunks: np.ndarray) -> list[str]:
-    """For each checked chunk of a lazy dataset: do its files still hold the bytes extraction read? (The
-    digest covers every row of the chunk, not just the picked ones: reading bytes is cheap, decoding is not.)"""
+    """For each checked chunk of a lazy dataset, whether its files still hold the bytes extraction read.
+
+    The digest covers every row of the chunk, not just the picked ones: reading bytes is cheap, decoding is not.
+    """
     digests = store.content_digests()
     if digests is None or not dataset.lazy:
         return []
@@ -405,8 +425,11 @@ class _StoredRows:
 
 
 def _read_picked(store: FeatureStore, picks: np.ndarray, problems: list[str]) -> _StoredRows | None:
-    """The stored rows and view parameters of ``picks``, reading each touched chunk once. A chunk that fails
-    to decode is reported in ``problems`` and its rows skipped; None when no chunk could be read."""
+    """The stored rows and view parameters of ``picks``, reading each touched chunk once.
+
+    A chunk that fails to decode is reported in ``problems`` and its rows skipped; None when no chunk could be
+    read.
+    """
     stored_rows, stored_params, kept = [], [], []
     chunk_of = picks[:, 0] // store.chunk_rows
     for chunk in np.unique(chunk_of):
@@ -447,8 +470,11 @@ def _view_mismatches(
 def _check_view_params(
     check: LiveCheck, store: FeatureStore, stored: _StoredRows, policy: ViewPolicy, dataset: Dataset
 ) -> _StoredRows:
-    """Record in ``check`` the rows whose stored view parameters the store's seed does not draw, and the rows
-    whose parameters describe no crop; returns the rows that can be rendered."""
+    """The rows that can be rendered; the others are recorded in ``check``.
+
+    Recorded: rows whose stored view parameters the store's seed does not draw, and rows whose parameters
+    describe no crop.
+    """
     view_seed = store.meta.get("views", {}).get("seed", 0)  # None: imported from a file without one
     if view_seed is not None:  # without a seed the stored parameters can only be replayed, not re-drawn
         check.view_mismatches = _view_mismatches(stored.rows, stored.params, policy, int(view_seed), dataset)
