@@ -27,8 +27,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from distill.models import teacher_spec as opts
 from featstore.errors import FsdError, InputNotFound, InvalidInput
+from featstore.spec_query import SpecQuery
 
 CLASSIFIER_ATTRIBUTES = ("fc", "classifier", "heads", "head")
 """Where torchvision's classification models keep their classifier (ResNet/RegNet/Inception: ``fc``; VGG,
@@ -343,9 +343,10 @@ class HubEmbedder(nn.Module):
             patch_embed = getattr(self.model, "patch_embed", None)
             if getattr(patch_embed, "dynamic_img_size", False):
                 return None
-            asked = opts.split_options(self.spec)[1].get("img_size")  # what the model was built for, if given
+            # what the model was built for, if the spec's query gives it
+            asked = SpecQuery.split(self.spec, self.spec, (), rest=True)[1].rest().get("img_size")
             img_size = (
-                opts.library_value(asked)
+                asked
                 if asked
                 else getattr(patch_embed, "img_size", None) or self.model.pretrained_cfg.get("input_size")[-2:]
             )

@@ -12,22 +12,21 @@ probed once at the data's image size, so a model that cannot take it is an ``Err
 from __future__ import annotations
 
 from distill.models import hub
-from distill.models import teacher_spec as opts
 from distill.models.backbone import BackboneStudent
 from distill.models.registry import STUDENT_SOURCES
 from featstore.errors import InvalidInput
+from featstore.spec_query import SpecQuery
 
 OPTIONS = ("pretrained",)
 """The option fsd reads itself; every other one is the library's."""
 
 
 def _options(argument: str, library: str) -> tuple[str, str, bool, dict]:
-    name, options = opts.split_options(argument)
+    name, options = SpecQuery.split(argument, f"{library}:{argument}", OPTIONS, what="student", rest=True)
     spec = f"student {library}:{argument}"
     if not name:
         raise InvalidInput(f"{spec}: name the architecture, as in '{library}:resnet18'")
-    pretrained = opts.flag(spec, "pretrained", options.get("pretrained", "0"))
-    return name, spec, pretrained, opts.library_kwargs(options, OPTIONS)
+    return name, spec, bool(options.bool("pretrained", False)), options.rest()
 
 
 def _timm_backbone(argument: str, in_channels: int) -> tuple[hub.HubEmbedder, int | None]:

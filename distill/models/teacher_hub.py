@@ -24,14 +24,17 @@ import torch
 from torch import nn
 
 from distill.models import hub
-from distill.models import teacher_spec as opts
 from distill.models.registry import TEACHER_SOURCES
 from distill.models.teacher_source import source_from_parts
 from featstore.atomic import file_sha256
 from featstore.errors import CheckpointError, InputNotFound, InvalidInput
+from featstore.spec_query import SpecQuery
 
 OPTIONS = ("weights", "num_classes", "pretrained", "head")
 """The options fsd reads; every other ``?key=value`` goes to the library's model factory (``img_size=64``)."""
+
+MAX_CLASSES = 10**7
+"""The largest ``num_classes`` a classifier is sized to (more than any face dataset's identities)."""
 
 WIDTH_PROBE_SIDE = 64
 """Side of the one image that measures a head-less torchvision model's width (small: any side gives it)."""
@@ -58,18 +61,17 @@ def load_state(path: Path, spec: str) -> dict[str, torch.Tensor]:
     return state
 
 
-def _parse(argument: str, spec: str) -> tuple[str, dict[str, Any], dict[str, str]]:
-    name, options = opts.split_options(argument)
+def _parse(argument: str, spec: str) -> tuple[str, dict[str, Any], SpecQuery]:
+    name, options = SpecQuery.split(argument, spec, OPTIONS, what="teacher", rest=True)
     if not name:
         raise InvalidInput(f"teacher {spec!r}: name the architecture, as in 'timm:resnet50'")
+    weights = options.text("weights", None)
     parsed: dict[str, Any] = {
-        "weights": Path(options["weights"]) if "weights" in options else None,
-        "num_classes": opts.positive_int(spec, "num_classes", options["num_classes"])
-        if "num_classes" in options
-        else None,
-        "pretrained": opts.flag(spec, "pretrained", options.get("pretrained", "0")),
-        "head": opts.flag(spec, "head", options.get("head", "1")),
-        "kwargs": opts.library_kwargs(options, OPTIONS),
+        "weights": Path(weights) if weights is not None else None,
+        "num_classes": options.int("num_classes", None, low=1, high=MAX_CLASSES),
+        "pretrained": options.bool("pretrained", False),
+        "head": options.bool("head", True),
+        "kwargs": options.rest(),
     }
     if parsed["weights"] is not None and parsed["pretrained"]:
         raise InvalidInput(f"teacher {spec!r}: give weights=PATH or pretrained=1, not both")
@@ -83,8 +85,8 @@ def _classes_in(state: dict[str, torch.Tensor], key: str | tuple[str, ...] | Non
     return int(weight.shape[0]) if isinstance(weight, torch.Tensor) and weight.ndim >= 2 else None
 
 
-def _identity(spec_name: str, parsed: dict[str, Any], options: dict[str, str], model: nn.Module) -> str:
-    digest = hashlib.sha256(f"{spec_name}|{opts.canonical(options)}".encode())
+def _identity(spec_name: str, parsed: dict[str, Any], options: SpecQuery, model: nn.Module) -> str:
+    digest = hashlib.sha256(f"{spec_name}|{options.canonical()}".encode())
     if parsed["weights"] is not None:
         digest.update(file_sha256(parsed["weights"]).encode())
     else:  # random or library weights: the weights themselves are the identity

@@ -50,12 +50,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from distill.models import teacher_spec as opts
 from distill.models.onnx_outputs import choose_embedding, resolve_output
 from distill.models.registry import TEACHER_SOURCES
 from featstore.atomic import file_sha256
 from featstore.datasets import MAX_IMAGE_SIZE
 from featstore.errors import CheckpointError, InputNotFound, InvalidInput
+from featstore.spec_query import SpecQuery
+from featstore.teacher import TeacherSource
 
 OPTIONS = ("size", "mean", "std", "layout", "channels", "output")
 MAX_SIDE = MAX_IMAGE_SIZE  # the largest side fsd renders, so fed to a model (a declared 100000 is refused)
@@ -95,14 +96,15 @@ def _dim(value: Any) -> int | None:
     return int(value) if isinstance(value, int) and value > 0 else None
 
 
-def _layout(spec: str, shape: list[Any], given: str | None) -> str:
-    """NCHW or NHWC from where the channel axis sits; ``given`` (option or metadata) is checked against it."""
+def _layout(spec: str, shape: list[Any], setting: SpecQuery) -> str:
+    """NCHW or NHWC from where the channel axis sits; a layout the option or metadata gives is checked against
+    it."""
     first, last = _dim(shape[1]), _dim(shape[3])
     nchw, nhwc = first in (1, 3), last in (1, 3)
     inferred = "nchw" if nchw and not nhwc else "nhwc" if nhwc and not nchw else None
-    if given is None:
+    layout = setting.choice("layout", None, ("nchw", "nhwc"))
+    if layout is None:
         return inferred or "nchw"
-    layout = opts.choice(spec, "layout", given, ("nchw", "nhwc"))
     if inferred is not None and layout != inferred:
         raise InvalidInput(
             f"teacher {spec!r}: layout={layout} contradicts the model's input {_shape(shape)}, which is "
@@ -118,7 +120,7 @@ def _shape(shape: list[Any]) -> str:
 class OnnxEmbedder(nn.Module):
     """An ONNX embedding network with ``forward_features``; see the module docstring for its input rules."""
 
-    def __init__(self, path: Path, spec: str, options: dict[str, str]) -> None:
+    def __init__(self, path: Path, spec: str, options: SpecQuery) -> None:
         super().__init__()
         self.spec = spec
         self.session = _session(path)
@@ -137,25 +139,29 @@ class OnnxEmbedder(nn.Module):
                 f"teacher {spec!r}: the model's input is {inputs[0].type}; fsd feeds float, float16 or double"
             )
         meta = dict(self.session.get_modelmeta().custom_metadata_map or {})
-        setting = {**{k: v for k, v in meta.items() if k in OPTIONS}, **options}
-        self.layout = _layout(spec, shape, setting.get("layout"))
+        recorded = SpecQuery({k: v for k, v in meta.items() if k in OPTIONS}, spec, OPTIONS, "the metadata of teacher")
+        # each setting from the spec's options when they give it, else from the model's metadata
+        setting = {key: options if key in options else recorded for key in OPTIONS}
+        self.layout = _layout(spec, shape, setting["layout"])
         channels, height, width = shape[1:] if self.layout == "nchw" else (shape[3], shape[1], shape[2])
         self.batch = _dim(shape[0])  # None: any batch size
         self.channels = _dim(channels)  # None: the dataset's
         self.height, self.width = _dim(height), _dim(width)
-        if "size" in setting:
-            self._set_size(opts.size_pair(spec, "size", setting["size"], at_most=MAX_SIDE), shape)
+        size = setting["size"].sides("size", None, low=1, high=MAX_SIDE)
+        if size is not None:
+            self._set_size(size, shape)
         self._check_bounds(shape)
-        self.bgr = opts.choice(spec, "channels", setting.get("channels", "rgb"), ("rgb", "bgr")) == "bgr"
+        self.bgr = setting["channels"].choice("channels", "rgb", ("rgb", "bgr")) == "bgr"
         if self.bgr and self.channels not in (None, 3):
             raise InvalidInput(f"teacher {spec!r}: channels=bgr needs a 3-channel input, the model takes {channels}")
-        self.pixel_mean = opts.floats(spec, "mean", setting["mean"]) if "mean" in setting else None
-        self.pixel_std = opts.floats(spec, "std", setting["std"], positive=True) if "std" in setting else None
+        self.pixel_mean = setting["mean"].floats("mean", None, count=(1, 3))
+        self.pixel_std = setting["std"].floats("std", None, count=(1, 3), positive=True)
         if (self.pixel_mean is None) != (self.pixel_std is None):
             raise InvalidInput(f"teacher {spec!r}: give both mean and std (0..255 pixel units), or neither")
         outputs = self.session.get_outputs()
-        if "output" in setting:
-            self.output = resolve_output(spec, outputs, setting["output"])
+        output = setting["output"].text("output", None)
+        if output is not None:
+            self.output = resolve_output(spec, outputs, output)
         else:
             self.output = 0 if len(outputs) == 1 else choose_embedding(spec, path, outputs)
         self.output_name = outputs[self.output].name
@@ -368,16 +374,13 @@ def _recorded_normalisation(spec: str, text: str | None) -> tuple[tuple[float, .
 
 @TEACHER_SOURCES.register("onnx")
 def onnx_teacher(argument: str, spec: str):
-    """``onnx:PATH[?options]`` → a head-less :class:`featstore.extract.TeacherSource`."""
-    from featstore.extract import TeacherSource
-
-    path_text, options = opts.split_options(argument)
-    opts.check_known(spec, options, OPTIONS)
+    """``onnx:PATH[?options]`` → a head-less :class:`featstore.teacher.TeacherSource`."""
+    path_text, options = SpecQuery.split(argument, spec, OPTIONS, what="teacher")
     path = Path(path_text)
     if not path.is_file():
         raise InputNotFound(f"ONNX teacher {path} does not exist")
     model = OnnxEmbedder(path, spec, options)
-    digest = hashlib.sha256(f"{file_sha256(path)}|{opts.canonical(options)}".encode()).hexdigest()
+    digest = hashlib.sha256(f"{file_sha256(path)}|{options.canonical()}".encode()).hexdigest()
     return TeacherSource(
         model=model.eval(),
         arch=f"onnx:{path.name}",

@@ -21,9 +21,9 @@ from click.testing import CliRunner, Result
 
 from cli.main import cli
 from distill.models import hub
-from distill.models import teacher_spec as opts
 from distill.models.hub import import_library
 from featstore.errors import InvalidInput
+from featstore.spec_query import SpecQuery
 
 SIDE = 32
 
@@ -172,8 +172,8 @@ def _random_weights(row: Row, path: Path) -> str:
     """The row's network with random weights saved to ``path``, as the teacher spec that loads them: a
     teacher is rebuilt by every command (extract, verify), so its weights must be a file, as a user's are."""
     library, _, argument = row.spec.partition(":")
-    name, options = opts.split_options(argument)
-    kwargs = opts.library_kwargs(options, ())
+    name, options = SpecQuery.split(argument, row.spec, (), rest=True)
+    kwargs = options.rest()
     if row.head:
         kwargs["num_classes"] = 2  # the data's classes, as a fine-tuned checkpoint has them
     torch.manual_seed(0)

@@ -254,22 +254,22 @@ def write_failing_model(path: Path) -> Path:
 REFUSED = {
     # bounds, checked before any array of the size exists
     "declared-100000x100000": (Form(size=(100000, 100000)), "", "bound of 2048"),
-    "size-999999": (Form(size=("height", "width")), "?size=999999", "bound of 2048"),
+    "size-999999": (Form(size=("height", "width")), "?size=999999", "size=999999 is out of range [1, 2048]"),
     "fixed-batch-100000": (Form(batch=100000), "", "bound of 268435456"),
     # one Error: line, never a traceback
     "output-not-an-output": (Form(logits_first=True), "?output=abc", "not one of the model's outputs: logits"),
     "output-index-out-of-range": (Form(logits_first=True), "?output=2", "not one of the model's outputs"),
-    "size-not-a-number": (Form(size=("height", "width")), "?size=abc", "must be a positive integer"),
-    "size-three-numbers": (Form(size=("height", "width")), "?size=4,5,6", "must be s or h,w"),
+    "size-not-a-number": (Form(size=("height", "width")), "?size=abc", "size must be an integer s or h,w, got 'abc'"),
+    "size-three-numbers": (Form(size=("height", "width")), "?size=4,5,6", "size must be an integer s or h,w"),
     "size-disagrees-with-fixed": (Form(), "?size=48", "fixed at 32"),
     "metadata-not-json": (Form(meta={"fsd.normalisation": "{not json"}), "", "is not json"),
-    "metadata-bad-layout": (Form(meta={"layout": "chw"}), "", "layout must be nchw or nhwc"),
+    "metadata-bad-layout": (Form(meta={"layout": "chw"}), "", "layout must be one of nchw, nhwc, got 'chw'"),
     "nhwc-bgr-on-nchw": (Form(), "?layout=nhwc&channels=bgr", "contradicts the model's input"),
     "two-embeddings": (Form(extra="aux"), "", "none is clearly the embedding"),
     "logits-beside-feature-map": (Form(extra="feature_map"), "", "none is clearly the embedding"),
     "uint8-input": (Form(input_type=TensorProto.UINT8), "", "fsd feeds float"),
     # noise: no warning before the line
-    "std-zero": (Form(), "?mean=127.5&std=0", "must be positive"),
+    "std-zero": (Form(), "?mean=127.5&std=0", "std=0 must be positive"),
     "mean-without-std": (Form(), "?mean=127.5", "give both mean and std"),
 }
 

@@ -50,6 +50,8 @@ def test_typed_getters_convert_and_bound() -> None:
         ("flip=1.5", lambda q: q.float("flip", 0.0, low=0, high=1), "out of range"),
         ("scale=0.5", lambda q: q.floats("scale", None, count=2), "2 comma-separated numbers"),
         ("scale=1,0.5", lambda q: q.floats("scale", None, count=2, ascending=True), "must not decrease"),
+        ("scale=1,2", lambda q: q.floats("scale", None, count=(1, 3)), "takes 1 or 3 comma-separated numbers"),
+        ("scale=1,0", lambda q: q.floats("scale", None, count=2, positive=True), "scale=1,0 must be positive"),
         ("bgr=maybe", lambda q: q.bool("bgr", False), "bgr must be one of 1, true"),
         ("layout=nchwc", lambda q: q.choice("layout", None, ("nchw", "nhwc")), "layout must be one of nchw, nhwc"),
         ("name=", lambda q: q.text("name", None), "name is empty"),
@@ -62,3 +64,15 @@ def test_every_mistake_is_one_line_naming_the_spec(query, read, match) -> None:
             read(parsed)
     message = str(caught.value)
     assert "\n" not in message and message.startswith(f"dataset spec 'x:DIR?{query}'")
+
+
+def test_a_library_spec_keeps_the_keys_fsd_does_not_read_as_python_values() -> None:
+    """``rest=True`` (timm:, torchvision:): the other keys go to the library's factory, typed; the canonical
+    text of the options does not depend on their order."""
+    text = "img_size=64,96&drop=0.1&flag=false&act=none&pool=avg&size=8"
+    query = SpecQuery.parse(text, "timm:x?" + text, KEYS, what="teacher", rest=True)
+    assert query.rest() == {"img_size": (64, 96), "drop": 0.1, "flag": False, "act": None, "pool": "avg"}
+    assert query.int("size", None) == 8
+    assert query.canonical() == "act=none&drop=0.1&flag=false&img_size=64,96&pool=avg&size=8"
+    with pytest.raises(InvalidInput, match="options: size, flip, scale, bgr, layout, name, or the library's own"):
+        SpecQuery.parse("", "timm:x?", KEYS, what="teacher", rest=True)

@@ -181,11 +181,15 @@ def test_a_conv_or_two_averaged_classifiers_become_one_linear_head(spec, timm):
 
 
 def test_library_options_are_parsed_to_the_types_the_factories_take():
-    from distill.models.teacher_spec import library_kwargs
+    from featstore.spec_query import SpecQuery
 
-    options = {"img_size": "64", "drop_path_rate": "0.1", "class_token": "false", "global_pool": "avg",
-               "img_size2": "64,96", "act": "none", "weights": "w.pt"}  # fmt: skip
-    assert library_kwargs(options, ("weights",)) == {
+    query = ("img_size=64&drop_path_rate=0.1&class_token=false&global_pool=avg&img_size2=64,96&act=none"
+             "&weights=w.pt&rate=1e-3&odd=nan")  # fmt: skip
+    options = SpecQuery.parse(query, f"timm:x?{query}", ("weights",), what="teacher", rest=True)
+    assert options.rest() == {
         "img_size": 64, "drop_path_rate": 0.1, "class_token": False, "global_pool": "avg", "img_size2": (64, 96),
-        "act": None,
+        "act": None, "rate": 0.001, "odd": "nan",
     }  # fmt: skip
+    assert options.text("weights", None) == "w.pt" and options.canonical().startswith("act=none&class_token=")
+    with pytest.raises(InvalidInput, match=r"teacher 'timm:x\?.*': option 'img_size' given twice"):
+        SpecQuery.parse("img_size=1&img_size=2", f"timm:x?{query}", ("weights",), what="teacher", rest=True)
