@@ -1,4 +1,4 @@
-"""A :class:`featstore.extract.TeacherSource` from an embedding network and its classifier.
+"""A :class:`featstore.teacher.TeacherSource` from an embedding network and its classifier.
 
 Every teacher loader (library backbones, TorchScript, Python code) ends here, so it lives apart from the
 loaders and from :mod:`distill.models.teachers`, the factory that imports them all.
@@ -12,13 +12,12 @@ import torch
 from torch import nn
 
 from featstore.errors import InvalidInput
+from featstore.teacher import TeacherSource
 
 
 def source_from_parts(embedder: nn.Module, head: Any, arch: str, sha: str, embedding_dim: int | None = None):
-    """A :class:`featstore.extract.TeacherSource` from an embedding network (``forward_features``) and its
+    """A :class:`featstore.teacher.TeacherSource` from an embedding network (``forward_features``) and its
     classifier (None: head-less). A head-less source of unknown width learns it from extraction's probe."""
-    from featstore.extract import TeacherSource
-
     if head is None:
         return TeacherSource(
             model=embedder.eval(),
