@@ -16,11 +16,13 @@ teachers.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import inspect
 import sys
 import types
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -92,12 +94,45 @@ def _download_failed(spec: str, exc: BaseException) -> InputNotFound:
     )
 
 
+HUB_PROBE_TIMEOUT_S = 3.0
+"""How long the Hugging Face Hub has to answer before ``pretrained=1`` takes it as unreachable."""
+
+
+@contextlib.contextmanager
+def _offline_when_unreachable() -> Iterator[None]:
+    """huggingface_hub's offline mode for the duration, when its endpoint does not answer one request within
+    :data:`HUB_PROBE_TIMEOUT_S`: weights in the local cache still load, missing ones fail at once instead of
+    after the hub's retries (about a minute of back-off). A reachable hub, or offline mode already set, changes
+    nothing."""
+    try:
+        from huggingface_hub import constants
+        from huggingface_hub.utils import get_session
+    except ImportError:  # timm without the hub: its URLs go through torch.hub, which fails at once
+        yield
+        return
+    if constants.HF_HUB_OFFLINE:
+        yield
+        return
+    try:
+        get_session().head(constants.ENDPOINT, timeout=HUB_PROBE_TIMEOUT_S)
+        reachable = True
+    except Exception:  # noqa: BLE001 - any failure to get an answer (name resolution, refused, timeout)
+        reachable = False
+    constants.HF_HUB_OFFLINE = not reachable
+    try:
+        yield
+    finally:
+        constants.HF_HUB_OFFLINE = False
+
+
 def create_timm(name: str, spec: str, *, pretrained: bool = False, **kwargs: Any) -> nn.Module:
     """``timm.create_model(name, pretrained, **kwargs)``; its refusals (unknown model or option, no network)
-    become one line naming the spec."""
+    become one line naming the spec. With ``pretrained``, an unreachable hub is found out within seconds
+    (:func:`_offline_when_unreachable`)."""
     timm = import_library("timm")
     try:
-        return timm.create_model(name, pretrained=pretrained, **kwargs)
+        with _offline_when_unreachable() if pretrained else contextlib.nullcontext():
+            return timm.create_model(name, pretrained=pretrained, **kwargs)
     except TypeError as exc:  # an option the model's constructor does not take
         raise InvalidInput(f"{spec}: timm's {name} does not take these options ({_first_line(exc)})") from None
     except RuntimeError as exc:

@@ -219,17 +219,12 @@ def test_onnx_form_extracts_verifies_and_evaluates(h, tmp_path, images, referenc
     h.run_ok("store", "verify", store, "--teacher", spec, *common)
 
     report = tmp_path / "report.json"
-    sized = ["--image-size", str(SIDE)] if other_size else []
+    # no --image-size: a model of fixed H/W renders a file dataset at its (H, W) in eval as in extract-teacher
     result = h.invoke("eval", "--faiss", "--model", spec, "--dataset", dataset, "--split", "test", "--out", report,
-                      *sized, *common)  # fmt: skip
-    if other_size and result.exit_code == 2:
-        # eval --model renders a file dataset at its own size, not at the model's, until it binds its model
-        # as extract-teacher does; until then this refusal, one clean line, is the only other outcome allowed
-        assert h.error_lines(result) == [f"Error: {spec} expects images [3, 32, 32], {dataset} gives [3, 24, 24]"]
-        assert not report.exists()
-        pytest.xfail("eval --model does not render a file dataset at the model's fixed size yet")
+                      *common)  # fmt: skip
     assert result.exit_code == 0, h.describe(result)
-    assert json.loads(report.read_text())["source"]["arch"] == f"onnx:{model.name}"
+    source = json.loads(report.read_text())["source"]
+    assert source["arch"] == f"onnx:{model.name}" and source["input_shape"][1:] == [SIDE, SIDE]
     faces = tmp_path / "faces.json"
     h.run_ok("eval", "--faiss", "--model", spec, "--bin", verification_bin, "--out", faces)
     assert 0.0 <= json.loads(faces.read_text())["bin"]["pairs"]["accuracy"] <= 1.0
@@ -297,7 +292,7 @@ def test_onnx_model_that_fails_when_run_is_one_error_line_and_onnxruntime_stays_
     ):
         result = h.invoke(*args, "--loader-workers", "0")
         line = h.assert_refused(result, before, tmp_path, match="fails on")
-        assert "cannot be reshaped" in line and result.stderr.startswith("Error: ")
+        assert "cannot be reshaped" in line and line.count("fails on") == 1 and result.stderr.startswith("Error: ")
     assert "onnxruntime" not in capfd.readouterr().err  # its coloured log line never precedes the Error: line
 
 

@@ -145,6 +145,38 @@ def test_pretrained_weights_without_a_network_is_one_line(monkeypatch, timm, tv_
         load_teacher("timm:resnet18?pretrained=1")
 
 
+def test_an_unreachable_hub_makes_pretrained_weights_fail_at_once_in_offline_mode(monkeypatch, timm):
+    """One short request finds the hub unreachable: the download runs in huggingface_hub's offline mode (the
+    local cache still serves, nothing retries for a minute) and the mode is restored afterwards."""
+    import huggingface_hub.utils
+    import timm.models._hub as timm_hub
+    from huggingface_hub import constants
+
+    from distill.models import hub
+
+    asked, offline = [], []
+
+    class Unreachable:
+        def head(self, url, timeout):
+            asked.append((url, timeout))
+            raise OSError("[Errno -2] Name or service not known")
+
+    real_download = timm_hub.hf_hub_download
+
+    def download(*args, **kwargs):
+        offline.append(constants.HF_HUB_OFFLINE)
+        return real_download(*args, **kwargs)
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(huggingface_hub.utils, "get_session", Unreachable)
+    monkeypatch.setattr(timm_hub, "hf_hub_download", download)
+    monkeypatch.setenv("HF_HOME", "/nonexistent-fsd-test")
+    with pytest.raises(InputNotFound, match="could not be fetched.*weights=PATH"):
+        load_teacher("timm:resnet18?pretrained=1")
+    assert asked == [(constants.ENDPOINT, hub.HUB_PROBE_TIMEOUT_S)] and offline and all(offline)
+    assert constants.HF_HUB_OFFLINE is False
+
+
 def test_torchvision_builds_nothing_it_would_download(monkeypatch, tv_models):
     def no_download(*args, **kwargs):
         raise AssertionError("a download was attempted")
