@@ -1,5 +1,6 @@
-"""timm and torchvision on their own feature contracts, shared by the ``timm:``/``torchvision:`` students and
-teachers.
+"""timm and torchvision on their own feature contracts, for the ``timm:``/``torchvision:`` students and teachers.
+
+Both kinds of spec share the code below:
 
 * **Importing** the libraries (:func:`import_library`): only when such a model is asked for, and beside the CPU
   torch wheel, where torchvision's compiled operators do not load (fsd needs only its model definitions).
@@ -70,7 +71,8 @@ def _skip_torchvision_operators(exc: BaseException) -> None:
     ``_C`` extension does not load and ``import torchvision`` fails while registering fake kernels for the
     missing ``torchvision::nms`` ("operator torchvision::nms does not exist"). The model definitions timm and
     ``torchvision.models`` build are plain torch modules and need none of those operators, so the
-    registrations are skipped (a warning says so) rather than refusing the whole library."""
+    registrations are skipped (a warning says so) rather than refusing the whole library.
+    """
     for module in [m for m in sys.modules if m.split(".")[0] in ("torchvision", "timm")]:
         del sys.modules[module]  # the half-imported package, so the next import starts clean
     sys.modules["torchvision._meta_registrations"] = types.ModuleType("torchvision._meta_registrations")
@@ -100,10 +102,12 @@ HUB_PROBE_TIMEOUT_S = 3.0
 
 @contextlib.contextmanager
 def _offline_when_unreachable() -> Iterator[None]:
-    """huggingface_hub's offline mode for the duration, when its endpoint does not answer one request within
-    :data:`HUB_PROBE_TIMEOUT_S`: weights in the local cache still load, missing ones fail at once instead of
-    after the hub's retries (about a minute of back-off). A reachable hub, or offline mode already set, changes
-    nothing."""
+    """Put huggingface_hub in offline mode for the duration when its endpoint does not answer.
+
+    One request has :data:`HUB_PROBE_TIMEOUT_S` to be answered. Offline, weights in the local cache still load
+    and missing ones fail at once instead of after the hub's retries (about a minute of back-off). A reachable
+    hub, or offline mode already set, changes nothing.
+    """
     try:
         from huggingface_hub import constants
         from huggingface_hub.utils import get_session
@@ -126,9 +130,23 @@ def _offline_when_unreachable() -> Iterator[None]:
 
 
 def create_timm(name: str, spec: str, *, pretrained: bool = False, **kwargs: Any) -> nn.Module:
-    """``timm.create_model(name, pretrained, **kwargs)``; its refusals (unknown model or option, no network)
-    become one line naming the spec. With ``pretrained``, an unreachable hub is found out within seconds
-    (:func:`_offline_when_unreachable`)."""
+    """Build ``timm.create_model(name, pretrained, **kwargs)``, its refusals as one line naming the spec.
+
+    With ``pretrained``, an unreachable hub is found out within seconds (:func:`_offline_when_unreachable`).
+
+    Args:
+        name: The timm model name.
+        spec: The whole spec, named in error messages.
+        pretrained: Download (or read from the cache) the model's pretrained weights.
+        **kwargs: Options for the model's constructor, from the spec's query.
+
+    Returns:
+        The timm network, with its classifier.
+
+    Raises:
+        InvalidInput: The library is not importable, or an unknown model or option, or a failed build.
+        InputNotFound: Pretrained weights that cannot be downloaded.
+    """
     timm = import_library("timm")
     try:
         with _offline_when_unreachable() if pretrained else contextlib.nullcontext():
@@ -148,9 +166,24 @@ def create_timm(name: str, spec: str, *, pretrained: bool = False, **kwargs: Any
 
 
 def create_torchvision(name: str, spec: str, *, pretrained: bool = False, **kwargs: Any) -> nn.Module:
-    """``torchvision.models.get_model(name, weights=…, **kwargs)``; a model with a separately weighted backbone
-    (segmentation, detection) gets ``weights_backbone=None`` unless asked otherwise, so nothing is downloaded
-    without ``pretrained``."""
+    """Build ``torchvision.models.get_model(name, weights=…, **kwargs)``, its refusals as one line.
+
+    A model with a separately weighted backbone (segmentation, detection) gets ``weights_backbone=None``
+    unless asked otherwise, so nothing is downloaded without ``pretrained``.
+
+    Args:
+        name: The torchvision model name.
+        spec: The whole spec, named in error messages.
+        pretrained: Download (or read from the cache) the model's default weights.
+        **kwargs: Options for the model's builder, from the spec's query.
+
+    Returns:
+        The torchvision network, with its classifier.
+
+    Raises:
+        InvalidInput: The library is not importable, or an unknown model or option, or a failed build.
+        InputNotFound: Pretrained weights that cannot be downloaded.
+    """
     models = import_library("torchvision.models")
     try:
         builder = models.get_model_builder(name)
@@ -188,12 +221,13 @@ class Split:
 
 
 def split_timm(model: nn.Module, spec: str, *, with_head: bool = True) -> Split:
-    """timm's contract: the embedding is ``forward_head(forward_features(x), pre_logits=True)``.
+    """Split a timm network by its own contract: the embedding is ``forward_head(forward_features(x), pre_logits=True)``.
 
     The head is the model's classifier as one linear map of that embedding: an ``nn.Linear``, a 1×1
     convolution (DLA), or the mean of two linear classifiers (distilled DeiT, EfficientFormer: what their
     ``forward_head`` returns in eval mode); it is kept only when it reproduces the model's own logits on a
-    sample, so a classifier with a layer of its own after the embedding (LeViT's BN + linear) is left out."""
+    sample, so a classifier with a layer of its own after the embedding (LeViT's BN + linear) is left out.
+    """
     width = int(getattr(model, "head_hidden_size", None) or model.num_features)
     embedder = HubEmbedder(model, spec, "timm")
     if not with_head:
@@ -266,9 +300,12 @@ def _reproduces_logits(embedder: HubEmbedder, head: nn.Linear) -> bool:
 
 
 def split_torchvision(model: nn.Module, spec: str) -> Split:
-    """torchvision's own classifier: its final ``nn.Linear`` is the head, replaced by the identity so that the
-    network's output is the embedding. A classifier of another kind is replaced by global pooling; a
-    segmentation model embeds with its pooled backbone."""
+    """Split a torchvision network at its own classifier attribute.
+
+    The classifier's final ``nn.Linear`` is the head, replaced by the identity so that the network's output is
+    the embedding. A classifier of another kind is replaced by global pooling; a segmentation model embeds
+    with its pooled backbone.
+    """
     drop_auxiliary_outputs(model)
     backbone = getattr(model, "backbone", None)
     if backbone is not None and hasattr(model, "classifier"):  # segmentation: backbone → dict of maps
@@ -315,7 +352,8 @@ class HubEmbedder(nn.Module):
     """A library network whose ``forward_features(x)`` (and ``forward``) is its pooled pre-logits embedding.
 
     A forward that fails on the given images is explained before it is re-raised: a network of fixed input
-    size names the option that changes it, one that needs larger images says how large."""
+    size names the option that changes it, one that needs larger images says how large.
+    """
 
     def __init__(self, model: nn.Module, spec: str, library: str) -> None:
         super().__init__()
@@ -324,11 +362,13 @@ class HubEmbedder(nn.Module):
         self._register_load_state_dict_pre_hook(_nest_under_model)
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """The (n, D) embedding of a batch, with no explanation of a failure."""
         if self.library == "timm":
             return self.model.forward_head(self.model.forward_features(x), pre_logits=True)
         return self.model(x)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """The (n, D) embedding of a batch; a failure the image size causes is raised as one line saying why."""
         try:
             return self.embed(x)
         except (RuntimeError, AssertionError, ValueError, IndexError) as exc:
@@ -340,11 +380,14 @@ class HubEmbedder(nn.Module):
             raise explained from None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The embedding, as :meth:`forward_features`."""
         return self.forward_features(x)
 
     def explain(self, size: tuple[int, int], channels: int, device: torch.device) -> InvalidInput | None:
-        """Why the network cannot take images of ``size`` (H, W), as a line naming what to change; None when
-        the size is not the reason."""
+        """Say why the network cannot take images of ``size`` (H, W), naming what to change.
+
+        Returns None when the size is not the reason.
+        """
         fixed = self._fixed_size()
         if fixed is not None and tuple(fixed) != size:
             option = "img_size" if self.library == "timm" else "image_size"
@@ -404,8 +447,10 @@ class HubEmbedder(nn.Module):
 
 
 def _nest_under_model(state: dict[str, Any], prefix: str, *args: Any) -> None:
-    """Read a state saved from the bare library network (keys without ``model.``), as student checkpoints
-    whose backbone was the library network itself hold it."""
+    """Read a state saved from the bare library network (keys without ``model.``).
+
+    Student checkpoints whose backbone was the library network itself hold such a state.
+    """
     for key in [k for k in state if k.startswith(prefix) and not k.startswith(f"{prefix}model.")]:
         state[f"{prefix}model.{key[len(prefix) :]}"] = state.pop(key)
 

@@ -93,8 +93,10 @@ def _ancestors(tensor: str, producers: dict[str, Any]) -> set[str]:
 
 
 def _is_linear(tensor: str, producers: dict[str, Any], constants: set[str]) -> bool:
-    """Whether ``tensor`` is a linear layer's result (a Gemm/MatMul with a constant operand), looking
-    through element-wise activations and reshapes."""
+    """Whether ``tensor`` is a linear layer's result (a Gemm/MatMul with a constant operand).
+
+    Element-wise activations and reshapes in between are looked through.
+    """
     node = producers.get(tensor)
     while node is not None and node.op_type in _TRANSPARENT and node.input:
         node = producers.get(node.input[0])

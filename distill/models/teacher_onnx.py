@@ -84,7 +84,7 @@ def _session(path: Path) -> Any:
 
 
 def _first_line(exc: BaseException) -> str:
-    """onnxruntime's message on one line, without its error-code prefix and C++ source locations."""
+    """The onnxruntime message on one line, without its error-code prefix and C++ source locations."""
     text = " ".join(str(exc).split()) or type(exc).__name__
     text = re.sub(r"^\[ONNXRuntimeError\] : \d+ : \w+ : ", "", text)
     text = re.sub(r"/onnxruntime_src/\S+ .*? was false\. ", "", text)
@@ -97,8 +97,10 @@ def _dim(value: Any) -> int | None:
 
 
 def _layout(spec: str, shape: list[Any], setting: SpecQuery) -> str:
-    """NCHW or NHWC from where the channel axis sits; a layout the option or metadata gives is checked against
-    it."""
+    """NCHW or NHWC, from where the channel axis sits.
+
+    A layout the option or metadata gives is checked against the shape.
+    """
     first, last = _dim(shape[1]), _dim(shape[3])
     nchw, nhwc = first in (1, 3), last in (1, 3)
     inferred = "nchw" if nchw and not nhwc else "nhwc" if nhwc and not nchw else None
@@ -196,6 +198,7 @@ class OnnxEmbedder(nn.Module):
 
     @property
     def needs_pixels(self) -> bool:
+        """Whether the model takes 0..255 pixels scaled by its own mean/std rather than the dataset's tensors."""
         return self.pixel_mean is not None
 
     @property
@@ -209,8 +212,10 @@ class OnnxEmbedder(nn.Module):
         return None if self.size is None or self.channels is None else [self.channels, *self.size]
 
     def adapt_to_dataset(self, dataset: Any) -> None:
-        """Check the dataset's images against the model's fixed sides and fix the affine map from its
-        normalisation to the model's (see the module docstring)."""
+        """Check the dataset's images against the model and fix the map from their normalisation to its own.
+
+        The images must match the model's fixed sides; the affine map is the one the module docstring gives.
+        """
         image_shape = getattr(dataset, "image_shape", None)
         if image_shape is not None:
             self._check_images(dataset, tuple(int(d) for d in image_shape))
@@ -237,8 +242,11 @@ class OnnxEmbedder(nn.Module):
         )
 
     def _warn_square_crop(self, dataset: Any) -> None:
-        """A non-square model fed views whose first is a centre *square* (a square dataset spec rendered at
-        the model's size) sees that square stretched: a text line loses its ends. Say how to keep it whole."""
+        """Warn when a non-square model is fed a centre *square* view, and say how to keep it whole.
+
+        View 0 of a square dataset spec rendered at the model's size is that square stretched: a text line
+        loses its ends.
+        """
         policy = getattr(dataset, "view_policy", None)
         if self.size is None or self.size[0] == self.size[1] or getattr(policy, "crop_fraction", None) is None:
             return
@@ -289,8 +297,10 @@ class OnnxEmbedder(nn.Module):
         return np.ascontiguousarray(array, dtype=self.input_dtype)
 
     def run(self, array: np.ndarray) -> np.ndarray:
-        """The chosen output for a prepared batch of any length, float32 (n, D): a fixed batch size runs in
-        slices of that size, the last one padded and trimmed."""
+        """The chosen output for a prepared batch of any length, float32 (n, D).
+
+        A model of fixed batch size runs in slices of that size, the last one padded and trimmed.
+        """
         n = len(array)
         if self.batch is None or n == self.batch:
             return self._run_once(array)
@@ -324,9 +334,11 @@ class OnnxEmbedder(nn.Module):
         return out.astype(np.float32, copy=False)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """The (n, D) embedding of a dataset batch, on the batch's device."""
         return torch.from_numpy(self.run(self.prepare(x))).to(x.device)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The embedding, as :meth:`forward_features`."""
         return self.forward_features(x)
 
     def embedding_dim(self) -> int:

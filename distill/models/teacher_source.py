@@ -16,8 +16,20 @@ from featstore.teacher import TeacherSource
 
 
 def source_from_parts(embedder: nn.Module, head: Any, arch: str, sha: str, embedding_dim: int | None = None):
-    """A :class:`featstore.teacher.TeacherSource` from an embedding network (``forward_features``) and its
-    classifier (None: head-less). A head-less source of unknown width learns it from extraction's probe."""
+    """A :class:`featstore.teacher.TeacherSource` from an embedding network and its classifier.
+
+    A head-less source of unknown width learns it from extraction's probe.
+
+    Args:
+        embedder: The network whose ``forward_features(x)`` is the embedding.
+        head: The classifier (an ``nn.Linear`` or an fsd head), or None for a head-less source.
+        arch: The teacher's name, recorded in the store.
+        sha: The teacher's identity, recorded in the store.
+        embedding_dim: The embedding's width, when known without a probe.
+
+    Returns:
+        The teacher source.
+    """
     if head is None:
         return TeacherSource(
             model=embedder.eval(),

@@ -1,5 +1,6 @@
-"""Bring your own teacher: the one factory for every way a command can name a network (``--teacher``,
-``--model``, ``--online-teacher``).
+"""Bring your own teacher: the one factory for every way a command can name a network.
+
+The commands' ``--teacher``, ``--model`` and ``--online-teacher`` all go through :func:`load_teacher`.
 
 A spec is ``SCHEME:ARGUMENT`` for a registered scheme (:data:`distill.models.registry.TEACHER_SOURCES`),
 ``module:function`` (Python code), or a path to an fsd checkpoint:
@@ -40,8 +41,11 @@ from featstore.errors import CheckpointError, FsdError, InputNotFound, InvalidIn
 
 
 class _EmbedAdapter(nn.Module):
-    """Gives any (model, embed_fn) pair the ``forward_features`` extraction calls, and checks what the user's
-    function returns on every call: a (batch, width) tensor, or one ``Error:`` line saying what it gave."""
+    """Gives any (model, embed_fn) pair the ``forward_features`` extraction calls.
+
+    What the user's function returns is checked on every call: a (batch, width) tensor, or one ``Error:``
+    line saying what it gave.
+    """
 
     def __init__(self, model: nn.Module, embed_fn, arch: str) -> None:
         super().__init__()
@@ -119,8 +123,10 @@ def _hash_state(digest: Any, module: Any) -> None:
 
 
 def is_checkpoint_spec(spec: str | Path) -> bool:
-    """True when ``spec`` names an fsd checkpoint file rather than a scheme or Python code (the rule
-    :func:`load_teacher` applies)."""
+    """True when ``spec`` names an fsd checkpoint file rather than a scheme or Python code.
+
+    This is the rule :func:`load_teacher` applies.
+    """
     text = str(spec)
     if Path(text).exists():
         return True
@@ -129,7 +135,21 @@ def is_checkpoint_spec(spec: str | Path) -> bool:
 
 
 def load_teacher(spec: str | Path, *, trust_code: bool = False, drop_head: bool = False):
-    """A :class:`featstore.extract.TeacherSource` from any supported teacher spec (see the module doc)."""
+    """A :class:`featstore.teacher.TeacherSource` from any supported teacher spec.
+
+    Args:
+        spec: A teacher spec (the forms the module docstring lists).
+        trust_code: Accept a ``module:function`` spec, which runs arbitrary code.
+        drop_head: Leave the teacher's own classifier out.
+
+    Returns:
+        The teacher source.
+
+    Raises:
+        InvalidInput: A ``module:function`` spec without ``trust_code``, or a teacher that cannot be used.
+        InputNotFound: A file the spec names that does not exist.
+        CheckpointError: A file that is not a loadable checkpoint or TorchScript module.
+    """
     text = str(spec)
     scheme, sep, rest = text.partition(":")
     if sep and scheme in TEACHER_SOURCES and not Path(text).exists():
