@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from distill.evaluation.pair_counts import Histograms, exact_report, inconsistent, tar_plan
+from distill.evaluation.pair_counts import Histograms, exact_report, inconsistent, refine_plan
 from distill.evaluation.score_keys import keys_inplace
 from distill.evaluation.tile_counts import NO_TAIL, TileCounts
 
@@ -94,13 +94,7 @@ def one_pass_verification(
     if hist.n_imp != n_imp or np.any(hist.hi < 0):
         raise AssertionError("the pass counted the wrong number of pairs")
 
-    plans = tar_plan(hist, checked)
-    d = hist.imp_gt[hist.nonempty] / n_imp - hist.gen_le[hist.nonempty] / n_gen  # FAR - FRR at bucket tops
-    first = int(np.flatnonzero(d <= 0)[0])  # exists: at the top bucket FAR = 0 and FRR = 1
-    eer_bucket = int(hist.nonempty[first])
-    eer_prev = int(hist.nonempty[first - 1]) if first > 0 else None
-    top_imp_bucket = int(np.flatnonzero(hist.hi)[-1])
-    refine = sorted({eer_bucket, top_imp_bucket} | {p[0] for p in plans.values() if isinstance(p, tuple)})
+    plans, refine, eer_bucket, eer_prev = refine_plan(hist, n_gen, n_imp, checked)
     mixed = np.flatnonzero((hist.hg > 0) & (hist.hi > 0))
     full = _Resolver(backend, tiles, n, block, counts, gen, hist, sub_dtype, max_windows)
     full.prepare(sorted(set(refine) | set(mixed.tolist())))

@@ -143,6 +143,31 @@ def roc(refine: list[int], refined: np.ndarray, hist: Histograms, max_points: in
     return far.astype(np.float64), tar.astype(np.float64)
 
 
+def refine_plan(
+    hist: Histograms, n_gen: int, n_imp: int, checked: list
+) -> tuple[dict[str, Any], list[int], int, int | None]:
+    """Which first-level buckets a pass strategy must resolve to full keys, and why.
+
+    Args:
+        hist: the first-level histograms of all pairs.
+        n_gen: genuine pairs.
+        n_imp: impostor pairs.
+        checked: the FARs asked for (validated).
+
+    Returns:
+        (each FAR's threshold plan, the buckets to refine — each FAR's threshold, the EER crossing and the
+        highest impostor bucket (the ROC's edge), sorted —, the EER bucket, the non-empty bucket below it or None).
+    """
+    plans = tar_plan(hist, checked)
+    d = hist.imp_gt[hist.nonempty] / n_imp - hist.gen_le[hist.nonempty] / n_gen  # FAR - FRR at bucket tops
+    first = int(np.flatnonzero(d <= 0)[0])  # exists: at the top bucket FAR = 0 and FRR = 1
+    eer_bucket = int(hist.nonempty[first])
+    eer_prev = int(hist.nonempty[first - 1]) if first > 0 else None
+    top_imp_bucket = int(np.flatnonzero(hist.hi)[-1])
+    refine = sorted({eer_bucket, top_imp_bucket} | {p[0] for p in plans.values() if isinstance(p, tuple)})
+    return plans, refine, eer_bucket, eer_prev
+
+
 def exact_report(
     hist: Histograms,
     n_gen: int,

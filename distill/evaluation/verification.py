@@ -51,7 +51,7 @@ import numpy as np
 
 from distill.evaluation.metrics import FARS, far_key
 from distill.evaluation.one_pass import DEFAULT_TAIL_CAP, DEFAULT_WINDOW_BUDGET, one_pass_verification
-from distill.evaluation.pair_counts import Histograms, exact_report, inconsistent, tar_plan
+from distill.evaluation.pair_counts import Histograms, exact_report, inconsistent, refine_plan
 from distill.evaluation.pair_tiles import float32_keys, make_backend, tiled_pair_scores, tiles
 from distill.evaluation.validate import check_far, normalised_known, positive_int
 from featstore.errors import InvalidInput
@@ -192,14 +192,7 @@ def _run(
     if hist.n_gen != n_gen or hist.n_imp != n_imp:
         raise AssertionError("pass 1 counted the wrong number of pairs")  # a bug, not bad input
 
-    # buckets to refine to full keys: each FAR's threshold, the EER crossing, the highest impostor (ROC edge)
-    plans = tar_plan(hist, checked)
-    d = hist.imp_gt[hist.nonempty] / n_imp - hist.gen_le[hist.nonempty] / n_gen  # FAR - FRR at bucket tops
-    first = int(np.flatnonzero(d <= 0)[0])  # exists: at the top bucket FAR = 0 and FRR = 1
-    eer_bucket = int(hist.nonempty[first])
-    eer_prev = int(hist.nonempty[first - 1]) if first > 0 else None
-    top_imp_bucket = int(np.flatnonzero(hist.hi)[-1])
-    refine = sorted({eer_bucket, top_imp_bucket} | {p[0] for p in plans.values() if isinstance(p, tuple)})
+    plans, refine, eer_bucket, eer_prev = refine_plan(hist, n_gen, n_imp, checked)
 
     groups = _auc_groups(hist, genuine_cap, collected=gen_keys is not None)
     refined, within = _later_passes(backend, n, block, hist, refine, groups, gen_keys)
