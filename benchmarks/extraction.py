@@ -98,25 +98,16 @@ def _warm_worker() -> int:
 
 def start_clusters(stack: contextlib.ExitStack) -> tuple[dict[int, str], dict[int, float]]:
     """A LocalCluster of 1 and one of 2 single-threaded worker processes: scheduler addresses, start-up times."""
-    import logging
 
     from distributed import Client, LocalCluster
+
+    from featstore.dask_cluster import LOCAL_CLUSTER_OPTIONS
 
     addresses: dict[int, str] = {}
     startup: dict[int, float] = {}
     for workers in (1, 2):
         t0 = time.perf_counter()
-        cluster = stack.enter_context(
-            LocalCluster(
-                n_workers=workers,
-                threads_per_worker=1,
-                processes=True,
-                host="127.0.0.1",
-                dashboard_address=None,
-                silence_logs=logging.CRITICAL,
-                scheduler_kwargs={"dashboard": False, "dashboard_address": "127.0.0.1:0"},
-            )
-        )
+        cluster = stack.enter_context(LocalCluster(n_workers=workers, **LOCAL_CLUSTER_OPTIONS))
         client = stack.enter_context(Client(cluster, set_as_default=False))
         client.run(_warm_worker)
         startup[workers] = time.perf_counter() - t0

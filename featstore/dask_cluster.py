@@ -22,6 +22,17 @@ from featstore.errors import InvalidInput
 __all__ = ["connect", "local_cluster", "plan_workers", "visible_gpus"]
 
 
+LOCAL_CLUSTER_OPTIONS: dict = {
+    "threads_per_worker": 1,
+    "processes": True,
+    "host": "127.0.0.1",
+    "dashboard_address": None,
+    "silence_logs": logging.CRITICAL,
+    "scheduler_kwargs": {"dashboard": False, "dashboard_address": "127.0.0.1:0"},
+}
+"""How fsd starts a LocalCluster: one thread per worker process, on the loopback, no dashboard, quiet logs."""
+
+
 def _usable_cpus() -> int:
     try:
         return len(os.sched_getaffinity(0))
@@ -136,15 +147,7 @@ def local_cluster(n_workers: int) -> Iterator[Any]:
 
     with (
         _workers_ignore_ctrl_c(),
-        LocalCluster(
-            n_workers=n_workers,
-            threads_per_worker=1,
-            processes=True,
-            host="127.0.0.1",
-            dashboard_address=None,
-            silence_logs=logging.CRITICAL,
-            scheduler_kwargs={"dashboard": False, "dashboard_address": "127.0.0.1:0"},
-        ) as cluster,
+        LocalCluster(n_workers=n_workers, **LOCAL_CLUSTER_OPTIONS) as cluster,
         Client(cluster, set_as_default=False) as client,
     ):
         yield client

@@ -21,6 +21,7 @@ from click.testing import CliRunner
 from cli.main import cli
 from distill.models.checkpoint import load_teacher_source
 from distill.training.teacher import TeacherConfig, train_teacher
+from featstore.dask_cluster import LOCAL_CLUSTER_OPTIONS
 from featstore.dask_extract import extract_teacher_distributed, load_counts, plan_workers
 from featstore.datasets import load_dataset
 from featstore.errors import CheckpointError, InvalidInput, StoreError
@@ -68,15 +69,7 @@ def cluster():
     from distributed import Client, LocalCluster
 
     with (
-        LocalCluster(
-            n_workers=2,
-            threads_per_worker=1,
-            processes=True,
-            host="127.0.0.1",
-            dashboard_address=None,
-            silence_logs=logging.CRITICAL,
-            scheduler_kwargs={"dashboard": False, "dashboard_address": "127.0.0.1:0"},
-        ) as c,
+        LocalCluster(n_workers=2, **LOCAL_CLUSTER_OPTIONS) as c,
         Client(c, set_as_default=False) as client,
     ):
         yield c, client
