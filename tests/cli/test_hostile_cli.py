@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
@@ -143,18 +144,21 @@ def corrupt_chunk(store: Path, chunk: int = 2) -> None:
     path.write_bytes(bytes(data))
 
 
-@pytest.fixture
+@contextlib.contextmanager
 def file_size_limit():
-    """Writes past 5 kB fail with EFBIG (a full disk, as the kernel reports a file-size limit): set, restored."""
+    """Writes past 5 kB fail with EFBIG (a full disk, as the kernel reports a file-size limit).
+
+    The limit holds only inside the block: pytest's own report file (CI sends it to a file larger than 5 kB)
+    must never be written while it is set.
+    """
     previous = resource.getrlimit(resource.RLIMIT_FSIZE)
     handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-
-    def apply() -> None:
-        resource.setrlimit(resource.RLIMIT_FSIZE, (5_000, previous[1]))
-
-    yield apply
-    resource.setrlimit(resource.RLIMIT_FSIZE, previous)
-    signal.signal(signal.SIGXFSZ, handler)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (5_000, previous[1]))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, previous)
+        signal.signal(signal.SIGXFSZ, handler)
 
 
 MACHINE_CASES = {
@@ -187,16 +191,15 @@ MACHINE_CASES = {
 
 
 @pytest.mark.parametrize("template, match, env", MACHINE_CASES.values(), ids=MACHINE_CASES.keys())
-def test_class3_machine_limits_are_one_error_line(h, work, monkeypatch, file_size_limit, template, match, env):
+def test_class3_machine_limits_are_one_error_line(h, work, monkeypatch, template, match, env):
     name = [k for k, v in MACHINE_CASES.items() if v[0] is template][0]
     if name.startswith("checksum"):
         corrupt_chunk(work.store)
     for key, value in (env or {}).items():
         monkeypatch.setenv(key, value)
     before = work.snapshot()
-    if name.startswith("disk full"):
-        file_size_limit()
-    result = h.invoke(*fill(template, work))
+    with file_size_limit() if name.startswith("disk full") else contextlib.nullcontext():
+        result = h.invoke(*fill(template, work))
     line = h.assert_refused(result, before, work.dir, match)
     assert "Task was destroyed" not in result.stderr and "Traceback" not in result.stderr, line
 
