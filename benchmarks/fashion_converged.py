@@ -1,7 +1,7 @@
 """Every recipe on Fashion-MNIST with students trained to convergence: writes the converged table of
 docs/results.md and benchmarks/fashion_converged.json.
 
-    python -m benchmarks.fashion_converged [--teacher CKPT] [--seeds 3] [--epochs 30] [--short-seeds crd=2]
+    python -m benchmarks.fashion_converged [--teacher CKPT] [--seeds 3] [--epochs 40] [--short-seeds crd=2]
     python -m benchmarks.fashion_table --converged …          (the same)
 
 Data: a fixed, stratified training subset — the first ``--per-class`` (1,000) images of every class of the
@@ -9,7 +9,7 @@ Debian package's Fashion-MNIST training split (``idx:?per_class=1000``, 10,000 i
 10,000-image test split. Teacher: ``resnet20`` trained on all 60,000 training images (``--teacher-epochs``,
 15), or reused with ``--teacher CKPT``; its 2-view store of the subset feeds every student.
 
-Students: ``convnet_student``, ``--epochs`` (30) with the trainer's cosine schedule to 0, so the last
+Students: ``convnet_student``, ``--epochs`` (40) with the trainer's cosine schedule to 0, so the last
 epochs change the training loss little; the script records each run's per-epoch training loss (the
 trainer's log), prints the last epoch's relative change and marks a row whose change is 2 % or more, and
 draws the vanilla and KD curves as a PNG beside the table. ``--seeds`` (3) seeds per recipe; a recipe can
@@ -441,7 +441,8 @@ def command_line(args: argparse.Namespace) -> str:
         elif name == "recipes":
             value = ",".join(value)
         elif name == "teacher":
-            value = value.name
+            path = Path(value).resolve()
+            value = path.relative_to(ROOT) if path.is_relative_to(ROOT) else path.name
         parts.append(f"--{name.replace('_', '-')} {value}")
     return " ".join(parts)
 
@@ -461,7 +462,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--short-seeds", type=_seed_counts, default={}, metavar="RECIPE=N,…",
                         help="run these recipes on fewer seeds (budget); the table says so")  # fmt: skip
-    parser.add_argument("--epochs", type=int, default=30, help="student epochs")
+    parser.add_argument("--epochs", type=int, default=40, help="student epochs")
     parser.add_argument("--per-class", type=int, default=1000, help="training images per class (the subset)")
     parser.add_argument("--test-limit", type=int, default=FULL_TEST, help="first N test images evaluated")
     parser.add_argument("--teacher", type=Path, default=None, help="reuse this teacher checkpoint")
