@@ -298,13 +298,21 @@ def triangle_gemm_seconds(x: np.ndarray, block: int) -> float:
 def measure_verification(sizes: list[int], dim: int, classes: int, block: int, repeats: int) -> dict[str, Any]:
     """Per size: per-round (floor, streaming) seconds and the median ratio; the reports of every round agree."""
     from benchmarks.tar_at_far import make_data
+    from distill.evaluation.pair_tiles import NumpyBackend
     from distill.evaluation.search import l2_normalize
     from distill.evaluation.tile_counts import have_numba
     from distill.evaluation.verification import streaming_verification
 
     streaming_verification(*make_data(500, dim, 50, 1), use_gpu=False)  # compile the kernel outside the timing
     out: dict[str, Any] = {
-        "params": {"dim": dim, "classes": classes, "block": block, "repeats": repeats, "numba": have_numba()},
+        "params": {
+            "dim": dim,
+            "classes": classes,
+            "block": block,
+            "repeats": repeats,
+            "numba": have_numba(),
+            "workers": NumpyBackend(np.zeros((1, 1), np.float32), np.zeros(1, np.int64)).workers,
+        },
         "machine": {
             "cpus": os.cpu_count(),
             "loadavg_start": [round(v, 2) for v in os.getloadavg()],
@@ -358,14 +366,19 @@ def verification_markdown(r: dict[str, Any]) -> str:
             "and EER over all N(N−1)/2 pairs, exact) against the bare float32 GEMM of the same upper-triangle "
             f"tiles (block {p['block']}), interleaved in one process, {p['repeats']} rounds, median of the per-round "
             f"ratios. Data: `benchmarks.tar_at_far.make_data` ({p['classes']:,} classes). Compiled fold: "
-            f"{'numba' if p['numba'] else 'absent (numpy steps)'}. {m['cpus']} CPU cores, **shared and loaded** "
-            f"(load average {m['loadavg_start']} at the start, {m['loadavg_end']} at the end), run under `nice`.",
+            f"{'numba' if p['numba'] else 'absent (numpy steps)'}; {p.get('workers', 1)} tile thread(s). {m['cpus']} CPU "
+            f"cores, load average {m['loadavg_start']} at the start, {m['loadavg_end']} at the end (1, 5 and 15 "
+            "minutes; the benchmark's own threads count).",
             "",
             *table,
             "",
             "- The streaming time includes everything the call does: L2 normalisation, the plan (a 2,048² sample "
             "of pairs and one product per class), the pass, the check that the last tile scores the same bits "
             "again, and the exact metrics. Every round's report is identical.",
+            "- The floor is one GEMM per tile with every BLAS thread. The pass runs as many threads as BLAS "
+            "has, each scoring whole tiles with one BLAS thread and folding them into a histogram, genuine keys and tail of its own (the windows exist once, under a lock) "
+            "(`distill/evaluation/one_pass.py`); a fold thread beside a multi-threaded GEMM would slow the "
+            "GEMM by about what the fold costs, since BLAS threads that wait spin.",
             "",
         ]
     )

@@ -21,6 +21,7 @@ rather than trusted (the other passes, when any, are checked against the first p
 from __future__ import annotations
 
 import math
+import queue
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -29,14 +30,15 @@ import numpy as np
 
 from distill.evaluation.pair_counts import Histograms, exact_report, inconsistent, refine_plan
 from distill.evaluation.score_keys import keys_inplace
-from distill.evaluation.tile_counts import NO_TAIL, TileCounts
+from distill.evaluation.tile_counts import NO_TAIL, TileCounts, fold_numpy
 
 __all__ = ["DEFAULT_TAIL_CAP", "DEFAULT_WINDOW_BUDGET", "one_pass_verification"]
 
 DEFAULT_TAIL_CAP = 1 << 22
 """Exact tail keys held (16 MiB of uint32); the cut is planned for a quarter of it."""
 DEFAULT_WINDOW_BUDGET = 1 << 27
-"""Bytes of full-resolution window counts (128 MiB): 512 windows of 2^16 int32 counts at the default bins."""
+"""Bytes of full-resolution window counts (128 MiB): 512 windows of 2^16 int32 counts at the default bins (one set,
+which every tile thread counts into)."""
 SAMPLE_SIDE = 2048
 """Rows and columns of the random sample of pairs the plan estimates impostor quantiles from."""
 SIGMAS = 5.0
@@ -79,13 +81,18 @@ def one_pass_verification(
     """
     lo = 32 - (bins.bit_length() - 1)
     sub_dtype = np.int32 if n * (n - 1) // 2 < (1 << 31) else np.int64
+    workers = backend.workers
     max_windows = max(1, window_budget // ((1 << lo) * np.dtype(sub_dtype).itemsize))
     slots, cut = _plan(backend.x_numpy, backend.y_numpy, n_gen, n_imp, checked, bins, lo, tail_cap, max_windows)
-    counts = TileCounts.empty(bins, n_gen, slots, sub_dtype, tail_cap, cut)
+    shards = TileCounts.sharing_windows(
+        [TileCounts.empty(bins, n_gen, slots, sub_dtype, max(1, tail_cap // workers), cut) for _ in range(workers)]
+    )
     grid = list(tiles(n, block))
-    kept = _fold_all(backend, counts, grid)
-    if grid and not backend.same(backend.scores(*grid[-1]), kept):
-        raise inconsistent("the last tile scored again")
+    with backend.one_thread_each():
+        kept = _fold_all(backend, shards, grid)
+        if grid and not backend.same(backend.scores(*grid[-1]), kept):
+            raise inconsistent("the last tile scored again")
+    counts = TileCounts.merged(shards)
     gen = np.sort(counts.genuine_keys())
     if counts.gen_filled != n_gen:
         raise AssertionError("the pass collected the wrong number of genuine pairs")  # a bug, not bad input
@@ -104,31 +111,44 @@ def one_pass_verification(
     return exact_report(hist, n_gen, n_imp, plans, refine, refined, within, eer_bucket, eer_prev, roc_points)
 
 
-def _fold_all(backend: Any, counts: TileCounts, grid: list[tuple[int, int, int, int]]) -> Any:
-    """Score and fold every tile of ``grid``; returns the last tile's scores.
+def _fold_all(backend: Any, shards: list[TileCounts], grid: list[tuple[int, int, int, int]]) -> Any:
+    """Score and fold every tile of ``grid`` into ``shards``; returns the last tile's scores.
 
-    On a pipelined backend (numpy: the compiled fold releases the GIL) tile t is folded on a second thread while
-    tile t + 1's GEMM runs, so no core waits for the other step; two tiles of scores are alive at most.
+    With one shard the tiles are scored and folded in order on this thread. With more, as many threads each
+    take the next tile, score it and fold it into a shard no other thread holds (the compiled fold releases
+    the GIL), so every core runs GEMM and fold alike; one tile of scores per thread is alive at most. The
+    shards' integer counts are summed afterwards, so the result does not depend on which thread took which
+    tile.
     """
-    if not getattr(backend, "pipelined", False):
+    if len(shards) == 1:
         last = None
         for tile in grid:
             last = backend.scores(*tile)
-            backend.fold_scores(counts, last, *tile)
-        backend.finish(counts)
+            backend.fold_scores(shards[0], last, *tile)
+        backend.finish(shards[0])
         return last
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="fsd-fold") as pool:
-        pending = None
-        last = None
-        for tile in grid:
-            last = backend.scores(*tile)
-            if pending is not None:
-                pending.result()
-            pending = pool.submit(backend.fold_scores, counts, last, *tile)
-        if pending is not None:
-            pending.result()
-    backend.finish(counts)
-    return last
+    free: queue.SimpleQueue = queue.SimpleQueue()
+    for shard in shards:
+        free.put(shard)
+    final = grid[-1] if grid else None
+    kept: list[Any] = []
+
+    def score_and_fold(tile: tuple[int, int, int, int]) -> None:
+        scores = backend.scores(*tile)
+        counts = free.get()  # never waits: a thread holds at most one shard, and there are as many
+        try:
+            backend.fold_scores(counts, scores, *tile)
+        finally:
+            free.put(counts)
+        if tile == final:
+            kept.append(scores)
+
+    with ThreadPoolExecutor(max_workers=len(shards), thread_name_prefix="fsd-tile") as pool:
+        for _ in pool.map(score_and_fold, grid):
+            pass
+    for shard in shards:
+        backend.finish(shard)
+    return kept[0] if kept else None
 
 
 def _within(imp: np.ndarray, gen: np.ndarray) -> int:
@@ -171,8 +191,15 @@ class _Resolver:
             group = missing[start : start + self.max_windows]
             slots = np.full(self.hist.hg.size, -1, dtype=np.int32)
             slots[group] = np.arange(len(group), dtype=np.int32)
-            extra = TileCounts.empty(self.hist.hg.size, 0, slots, self.sub_dtype, 0, NO_TAIL, count_all=False)
-            _fold_all(self.backend, extra, list(self.tiles(self.n, self.block)))
+            shards = TileCounts.sharing_windows(
+                [
+                    TileCounts.empty(self.hist.hg.size, 0, slots, self.sub_dtype, 0, NO_TAIL, count_all=False)
+                    for _ in range(self.backend.workers)
+                ]
+            )
+            with self.backend.one_thread_each():
+                _fold_all(self.backend, shards, list(self.tiles(self.n, self.block)))
+            extra = TileCounts.merged(shards)
             for s, b in enumerate(group):
                 self.extra[b] = extra.windows[s].astype(np.int64)
 
@@ -274,11 +301,15 @@ def _sampled_impostors(x: np.ndarray, y: np.ndarray, bins: int, lo: int, n_imp: 
     rng = np.random.default_rng(0)
     m = min(n, SAMPLE_SIDE)
     rows, cols = rng.choice(n, size=m, replace=False), rng.choice(n, size=m, replace=False)
-    keys = keys_inplace(x[rows] @ x[cols].T)
-    impostor = (y[rows, None] != y[None, cols]) & (rows[:, None] != cols[None, :])
-    hist = np.bincount((keys[impostor] >> np.uint32(lo)).astype(np.int64), minlength=bins)
+    yr, yc = np.ascontiguousarray(y[rows]), np.ascontiguousarray(y[cols])
+    n_same = int(np.count_nonzero(yr[:, None] == yc[None, :]))  # a row drawn as a column too is one of them
+    no_windows = np.full(bins, -1, dtype=np.int32)
+    sample = TileCounts.empty(bins, n_same, no_windows, np.int32, 0, NO_TAIL)
+    fold_numpy(sample, x[rows] @ x[cols].T, yr, yc, diag=False)  # the pass's own fold: all keys, same-label keys
+    same = np.bincount((sample.genuine_keys() >> np.uint32(lo)).astype(np.int64), minlength=bins)
+    hist = sample.hist - same
     # ordered pairs: each impostor pair can be drawn as (r, c) and as (c, r); the ratio stays unbiased
-    return hist.astype(np.float64), max(int(impostor.sum()), 1) / n_imp
+    return hist.astype(np.float64), max(m * m - n_same, 1) / n_imp
 
 
 def _approximate_genuine(x: np.ndarray, y: np.ndarray, bins: int, lo: int, chunk_bytes: int = 1 << 26) -> np.ndarray:

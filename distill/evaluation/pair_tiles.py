@@ -8,6 +8,7 @@ x[j0:j1].T`` — with the genuine/impostor split, and turn float32 scores into u
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 from collections.abc import Iterator
 from typing import Any
@@ -29,22 +30,48 @@ def tiles(n: int, block: int) -> Iterator[tuple[int, int, int, int]]:
             yield i0, i1, j0, min(j0 + block, n)
 
 
+MAX_TILE_WORKERS = 8
+"""Most threads that score and fold tiles at once (each holds a tile and its own counts)."""
+
+
+def _blas_threads() -> int:
+    """The size of numpy's BLAS thread pool (the parallelism the caller allows), at least 1."""
+    from threadpoolctl import threadpool_info
+
+    sizes = [int(lib["num_threads"]) for lib in threadpool_info() if lib.get("user_api") == "blas"]
+    return max(1, max(sizes, default=1))
+
+
 class NumpyBackend:
-    """Tiles scored with numpy (BLAS) on the CPU; keys are uint32."""
+    """Tiles scored with numpy (BLAS) on the CPU; keys are uint32.
+
+    ``workers`` threads each score a whole tile with one BLAS thread and fold it into counts of their own
+    (:meth:`one_thread_each`). On a CPU this beats one multi-threaded GEMM with the fold beside it: BLAS
+    threads that wait spin, so a fold thread beside them slows the GEMM by as much as the fold costs, and the
+    fold itself would run on one core.
+    """
 
     name = "numpy"
-    pipelined = True  # the next tile's GEMM may run while a thread folds this one
 
     def __init__(self, x: np.ndarray, y: np.ndarray) -> None:
         self.x, self.y = x, y
         self.x_numpy, self.y_numpy = x, y
+        self.workers = min(_blas_threads(), MAX_TILE_WORKERS)
+
+    def one_thread_each(self) -> contextlib.AbstractContextManager:
+        """A context in which BLAS runs each call on the calling thread (``workers`` threads call it at once)."""
+        if self.workers == 1:
+            return contextlib.nullcontext()
+        from threadpoolctl import threadpool_limits
+
+        return threadpool_limits(limits=1, user_api="blas")
 
     def scores(self, i0: int, i1: int, j0: int, j1: int) -> np.ndarray:
         """The float32 cosine scores of the tile: ``x[i0:i1] @ x[j0:j1].T``."""
         return self.x[i0:i1] @ self.x[j0:j1].T
 
     def fold_scores(self, counts: TileCounts, s: np.ndarray, i0: int, i1: int, j0: int, j1: int) -> None:
-        """Fold one tile's scores into ``counts`` (the compiled fold releases the GIL: see ``pipelined``)."""
+        """Fold one tile's scores into ``counts`` (the compiled fold releases the GIL: see ``workers``)."""
         fold_numpy(counts, s, self.y[i0:i1], self.y[j0:j1], i0 == j0)
 
     def finish(self, counts: TileCounts) -> None:
@@ -104,6 +131,8 @@ class NumpyBackend:
 class TorchBackend:
     """Tiles scored with torch (CUDA for speed; any device works); keys are int64 holding the uint32 value."""
 
+    workers = 1  # one thread drives the device: its kernels are asynchronous already
+
     def __init__(self, x: np.ndarray, y: np.ndarray, device: str) -> None:
         import torch
 
@@ -115,6 +144,10 @@ class TorchBackend:
         self.x = torch.from_numpy(x).to(self.device)
         self.y = torch.from_numpy(y).to(self.device)
         self.x_numpy, self.y_numpy = x, y
+
+    def one_thread_each(self) -> contextlib.AbstractContextManager:
+        """Nothing to change: the device's own scheduling is left alone."""
+        return contextlib.nullcontext()
 
     def fold_scores(self, counts: TileCounts, s: Any, i0: int, i1: int, j0: int, j1: int) -> None:
         """Fold one tile's scores into ``counts`` on the device."""

@@ -16,6 +16,8 @@ Three implementations of the same fold, chosen by the scoring backend:
 
 from __future__ import annotations
 
+import contextlib
+import threading
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -53,6 +55,7 @@ class TileCounts:
         gen_filled: Genuine keys seen (may exceed the buffer: an overflow).
         tail_filled: Tail keys stored.
         tail_seen: Tail keys seen (may exceed the buffer: an overflow).
+        window_lock: Set when threads share ``windows`` (:meth:`sharing_windows`): counts into them take it.
         scratch: Device-side state of the torch fold until :func:`finish_torch`.
     """
 
@@ -67,6 +70,7 @@ class TileCounts:
     gen_filled: int = 0
     tail_filled: int = 0
     tail_seen: int = 0
+    window_lock: Any = None
     scratch: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -92,6 +96,50 @@ class TileCounts:
             tail=np.empty(tail_cap if cut != NO_TAIL else 0, dtype=np.uint32),
             cut=cut,
             count_all=count_all,
+        )
+
+    @classmethod
+    def sharing_windows(cls, parts: list[TileCounts]) -> list[TileCounts]:
+        """``parts`` (one per thread) made to count into the first part's windows, under one lock.
+
+        Each thread keeps its own histogram, genuine keys and tail; the windows — the largest part of the
+        counts, at most the window budget — exist once however many threads fold.
+        """
+        if len(parts) > 1:
+            lock = threading.Lock()
+            for part in parts:
+                part.windows, part.window_lock = parts[0].windows, lock
+        return parts
+
+    @classmethod
+    def merged(cls, parts: list[TileCounts]) -> TileCounts:
+        """One set of counts holding everything ``parts`` (same buckets, windows and cut) were fed.
+
+        Keys are concatenated in part order (their consumers sort them); a part's overflow stays visible.
+        Windows that the parts share are counted once.
+        """
+        first = parts[0]
+        if len(parts) == 1:
+            return first
+        windows = first.windows.copy()
+        for part in parts[1:]:
+            if part.windows is not first.windows:
+                windows += part.windows
+        gen = np.concatenate([p.genuine_keys() for p in parts])
+        tail = np.concatenate([p.tail_keys() for p in parts])
+        gen_overflow = sum(max(0, p.gen_filled - p.gen.size) for p in parts)
+        return cls(
+            lo=first.lo,
+            hist4=np.sum([p.hist4 for p in parts], axis=0),
+            gen=gen,
+            slot=first.slot,
+            windows=windows,
+            tail=tail,
+            cut=first.cut,
+            count_all=first.count_all,
+            gen_filled=gen.size + gen_overflow,
+            tail_filled=tail.size,
+            tail_seen=sum(p.tail_seen for p in parts),
         )
 
     @property
@@ -134,7 +182,7 @@ _KERNEL: list[Any] = []
 
 
 def _kernel() -> Any:
-    """The compiled folds ``(off-diagonal, diagonal)``, built on first use (None without numba)."""
+    """The compiled ``(off-diagonal fold, diagonal fold, pending count)``, built on first use (None without numba)."""
     if not _KERNEL:
         try:
             import numba
@@ -142,7 +190,7 @@ def _kernel() -> Any:
             _KERNEL.append(None)
         else:
             jit = numba.njit(nogil=True, cache=True)
-            _KERNEL.append((jit(_make_fold_loop(False)), jit(_make_fold_loop(True))))
+            _KERNEL.append((jit(_make_fold_loop(False)), jit(_make_fold_loop(True)), jit(_count_pending)))
     return _KERNEL[0]
 
 
@@ -152,16 +200,20 @@ def _make_fold_loop(diagonal: bool) -> Any:
     ``diagonal`` is a compile-time constant of each copy, so the off-diagonal loops start at 0 and vectorise.
     """
 
-    def _fold_loop(bits, yi, yj, lo, count_all, hist4, gen, slot, wmin, wspan, windows, cut, tail, state, keys, where):
+    def _fold_loop(
+        bits, yi, yj, lo, count_all, hist4, gen, slot, wmin, wspan, windows, cut, tail, state, keys, where, pending
+    ):
         """Fold one tile, row by row: keys, histogram, genuine keys, then window / tail.
 
         The keys are one vectorisable loop (-0.0 gets +0.0's key); the histogram has four copies, so that runs
-        of equal buckets do not serialise on one counter. ``state`` = [genuine filled, tail filled, tail seen].
-        Compiled by numba; also runs as plain Python.
+        of equal buckets do not serialise on one counter. Windowed keys are counted in ``windows``, or, when
+        ``pending`` has room for a whole tile, kept there for the caller to count (windows shared between
+        threads). ``state`` = [genuine filled, tail filled, tail seen, pending filled]. Compiled by numba; also
+        runs as plain Python.
         """
         low_mask = (1 << lo) - 1
-        gn, tn, ts = state[0], state[1], state[2]
-        gcap, tcap = gen.shape[0], tail.shape[0]
+        gn, tn, ts, pn = state[0], state[1], state[2], state[3]
+        gcap, tcap, defer = gen.shape[0], tail.shape[0], pending.shape[0] > 0
         rows, cols = bits.shape
         for a in range(rows):
             start = a + 1 if diagonal else 0
@@ -192,15 +244,27 @@ def _make_fold_loop(diagonal: bool) -> Any:
                 key = keys[where[i]]
                 w = slot[key >> lo]
                 if w >= 0:
-                    windows[w, key & low_mask] += 1
+                    if defer:
+                        pending[pn] = key
+                        pn += 1
+                    else:
+                        windows[w, key & low_mask] += 1
                 elif key >= cut:
                     if tn < tcap:
                         tail[tn] = key
                         tn += 1
                     ts += 1
-        state[0], state[1], state[2] = gn, tn, ts
+        state[0], state[1], state[2], state[3] = gn, tn, ts, pn
 
     return _fold_loop
+
+
+def _count_pending(pending, n, slot, lo, windows):
+    """Count the first ``n`` deferred keys into their windows. Compiled by numba; also runs as plain Python."""
+    low_mask = (1 << lo) - 1
+    for i in range(n):
+        key = pending[i]
+        windows[slot[key >> lo], key & low_mask] += 1
 
 
 def fold_numpy(counts: TileCounts, scores: np.ndarray, yi: np.ndarray, yj: np.ndarray, diag: bool) -> None:
@@ -216,8 +280,15 @@ def fold_numpy(counts: TileCounts, scores: np.ndarray, yi: np.ndarray, yj: np.nd
         counts.scratch["keys"] = np.empty(bits.shape[1], dtype=np.uint32)
         counts.scratch["where"] = np.empty(bits.shape[1] + 1, dtype=np.int64)
         counts.scratch["range"] = counts.window_range
+    shared = counts.window_lock is not None and counts.windows.shape[0] > 0
+    if not shared:
+        pending = _NO_PENDING
+    elif counts.scratch.get("pending", _NO_PENDING).size < bits.size:
+        pending = counts.scratch["pending"] = np.empty(bits.size, dtype=np.uint32)
+    else:
+        pending = counts.scratch["pending"]
     wmin, wspan = counts.scratch["range"]
-    state = np.array([counts.gen_filled, counts.tail_filled, counts.tail_seen], dtype=np.int64)
+    state = np.array([counts.gen_filled, counts.tail_filled, counts.tail_seen, 0], dtype=np.int64)
     kernel[1 if diag else 0](
         bits,
         yi,
@@ -235,8 +306,15 @@ def fold_numpy(counts: TileCounts, scores: np.ndarray, yi: np.ndarray, yj: np.nd
         state,
         counts.scratch["keys"],
         counts.scratch["where"],
+        pending,
     )
-    counts.gen_filled, counts.tail_filled, counts.tail_seen = (int(v) for v in state)
+    counts.gen_filled, counts.tail_filled, counts.tail_seen = (int(v) for v in state[:3])
+    if state[3]:
+        with counts.window_lock:
+            kernel[2](pending, int(state[3]), counts.slot, np.uint32(counts.lo), counts.windows)
+
+
+_NO_PENDING = np.empty(0, dtype=np.uint32)
 
 
 def _fold_arrays(counts: TileCounts, bits: np.ndarray, yi: np.ndarray, yj: np.ndarray, diag: bool) -> None:
@@ -281,7 +359,8 @@ def _window_and_tail(counts: TileCounts, keys: Any, top: Any, xp: Any) -> None:
         m = w >= 0
         if xp is np:
             idx = w[m].astype(np.int64) * sub + (keys[m] & np.uint32(sub - 1))
-            np.add.at(counts.windows.reshape(-1), idx, 1)
+            with counts.window_lock or contextlib.nullcontext():
+                np.add.at(counts.windows.reshape(-1), idx, 1)
         else:
             idx = w[m] * sub + (keys[m] & (sub - 1))
             counts.scratch["windows"].index_add_(0, idx, xp.ones_like(idx))

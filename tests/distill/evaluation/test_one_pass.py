@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from distill.evaluation import one_pass, tile_counts
+from distill.evaluation import one_pass, pair_tiles, tile_counts
 from distill.evaluation import verification as ver
 from distill.evaluation.metrics import FARS, verification_metrics
 from distill.evaluation.testing import pair_scores
@@ -66,6 +66,38 @@ def test_a_missed_window_costs_a_pass_not_exactness(tail_cap: int, budget: int, 
     assert report == verification_metrics(gen, imp, FARS_ALL)
     assert len(passes) >= 2
     assert far[0] == tar[0] == 0.0 and far[-1] == tar[-1] == 1.0
+
+
+@pytest.mark.parametrize("workers", [1, 2, 3])
+@pytest.mark.parametrize(("tail_cap", "budget"), [(1 << 22, 1 << 27), (2000, 1 << 24)])
+def test_any_number_of_tile_threads_gives_the_same_report(workers: int, tail_cap: int, budget: int, monkeypatch):
+    # each thread scores whole tiles with one BLAS thread into its own counts; the summed counts are exact,
+    # in one pass and when windows miss (the second case: extra passes, sharded the same way)
+    monkeypatch.setattr(pair_tiles, "_blas_threads", lambda: workers)
+    x, y = continuous(seed=2)
+    gen, imp = tiled_pair_scores(x, y, 96)
+    run = streaming_verification(x, y, FARS_ALL, block=96, use_gpu=False, _tail_cap=tail_cap, _window_budget=budget)
+    assert pair_tiles.make_backend(x, y, False, None).workers == workers
+    assert run[0] == verification_metrics(gen, imp, FARS_ALL)
+    monkeypatch.setattr(pair_tiles, "_blas_threads", lambda: 1)
+    single = streaming_verification(x, y, FARS_ALL, block=96, use_gpu=False, _tail_cap=tail_cap, _window_budget=budget)
+    assert run[0] == single[0]
+    np.testing.assert_array_equal(run[1][0], single[1][0])
+    np.testing.assert_array_equal(run[1][1], single[1][1])
+
+
+def test_merged_counts_keep_a_part_overflow_visible() -> None:
+    slots = np.full(16, -1, dtype=np.int32)
+    parts = [tile_counts.TileCounts.empty(16, 2, slots, np.int32, 3, 0) for _ in range(2)]
+    parts[0].gen[:2], parts[0].gen_filled = [5, 6], 2
+    parts[1].gen[:2], parts[1].gen_filled = [7, 8], 3  # one genuine key did not fit
+    parts[0].tail[:3], parts[0].tail_filled, parts[0].tail_seen = [1, 2, 3], 3, 4  # one tail key did not fit
+    parts[1].tail[:1], parts[1].tail_filled, parts[1].tail_seen = [9], 1, 1
+    parts[0].hist4[0, 1], parts[1].hist4[2, 1] = 4, 5
+    merged = tile_counts.TileCounts.merged(parts)
+    assert merged.genuine_keys().tolist() == [5, 6, 7, 8] and merged.gen_filled == 5
+    assert merged.tail_keys().tolist() == [1, 2, 3, 9] and merged.tail_overflowed
+    assert merged.hist[1] == 9
 
 
 def test_torch_fold_on_the_cpu_equals_numpy() -> None:
