@@ -30,8 +30,9 @@ on FAR - FRR being strictly decreasing over thresholds in float64, true whenever
 below ~10^14. The ROC curve is a down-sampled subset of the exact curve's points (bucket tops plus the
 refined buckets), always with both ends and the FAR = 0 point of highest TAR.
 
-Memory: O(N·D) for the normalised embeddings, O(block²) for one tile of scores and its keys, O(bins) for
-the histograms, O(2^32 / bins) per refined bucket, and O(min(G, genuine_cap)) genuine keys.
+Memory: O(N·D) for the normalised embeddings, O(block²) for one tile of scores and its keys per tile thread
+(as many as BLAS has threads, at most eight), O(bins) for the histograms, O(2^32 / bins) per refined bucket,
+and O(min(G, genuine_cap)) genuine keys (one buffer per tile thread in the one-pass strategy).
 
 Scores: a tile is ``x[i0:i1] @ x[j0:j1].T`` of L2-normalised float32 rows (:func:`distill.evaluation.search.l2_normalize`),
 with numpy on the CPU or torch on CUDA (TF32 off). Float32 dot products can differ in the last bit
