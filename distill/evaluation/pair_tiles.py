@@ -45,8 +45,8 @@ def _blas_threads() -> int:
 class NumpyBackend:
     """Tiles scored with numpy (BLAS) on the CPU; keys are uint32.
 
-    ``workers`` threads each score a whole tile with one BLAS thread and fold it into counts of their own
-    (:meth:`one_thread_each`). On a CPU this beats one multi-threaded GEMM with the fold beside it: BLAS
+    ``workers`` threads each score a whole tile with one BLAS thread (:meth:`one_thread_each`) and fold it into
+    a histogram, genuine keys and tail of their own (the windows they share). On a CPU this beats one multi-threaded GEMM with the fold beside it: BLAS
     threads that wait spin, so a fold thread beside them slows the GEMM by as much as the fold costs, and the
     fold itself would run on one core.
     """
