@@ -427,6 +427,12 @@ SHOWN = ("seeds", "short_seeds", "epochs", "per_class", "test_limit", "teacher",
          "teacher_arch", "student_arch", "sh_teacher_epochs", "sh_teacher_lr", "triplet_samples_per_class", "recipes")  # fmt: skip
 
 
+def _shown(path: Path) -> str:
+    """A path as the table and the JSON show it: relative to the repository when inside it, else its name."""
+    resolved = Path(path).resolve()
+    return str(resolved.relative_to(ROOT)) if resolved.is_relative_to(ROOT) else resolved.name
+
+
 def command_line(args: argparse.Namespace) -> str:
     """The command that regenerates the table: every option in :data:`SHOWN` that differs from its default."""
     parts = ["python -m benchmarks.fashion_converged"]
@@ -441,8 +447,7 @@ def command_line(args: argparse.Namespace) -> str:
         elif name == "recipes":
             value = ",".join(value)
         elif name == "teacher":
-            path = Path(value).resolve()
-            value = path.relative_to(ROOT) if path.is_relative_to(ROOT) else path.name
+            value = _shown(value)
         parts.append(f"--{name.replace('_', '-')} {value}")
     return " ".join(parts)
 
@@ -544,7 +549,7 @@ def main(argv: list[str] | None = None) -> None:
     write_json(
         args.json,
         {
-            "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "defaults"},
+            "config": {k: (_shown(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "defaults"},
             "teacher": teacher_metrics,
             "sh_teacher_top1": {s: r["top1"] for s, r in sh_teachers.items()},
             "students": {
