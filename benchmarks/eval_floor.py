@@ -298,7 +298,7 @@ def triangle_gemm_seconds(x: np.ndarray, block: int) -> float:
 def measure_verification(sizes: list[int], dim: int, classes: int, block: int, repeats: int) -> dict[str, Any]:
     """Per size: per-round (floor, streaming) seconds and the median ratio; the reports of every round agree."""
     from benchmarks.tar_at_far import make_data
-    from distill.evaluation.pair_tiles import NumpyBackend
+    from distill.evaluation.pair_tiles import tile_workers
     from distill.evaluation.search import l2_normalize
     from distill.evaluation.tile_counts import have_numba
     from distill.evaluation.verification import streaming_verification
@@ -311,7 +311,7 @@ def measure_verification(sizes: list[int], dim: int, classes: int, block: int, r
             "block": block,
             "repeats": repeats,
             "numba": have_numba(),
-            "workers": NumpyBackend(np.zeros((1, 1), np.float32), np.zeros(1, np.int64)).workers,
+            "workers": tile_workers(),
         },
         "machine": {
             "cpus": os.cpu_count(),

@@ -84,15 +84,12 @@ def one_pass_verification(
     workers = backend.workers
     max_windows = max(1, window_budget // ((1 << lo) * np.dtype(sub_dtype).itemsize))
     slots, cut = _plan(backend.x_numpy, backend.y_numpy, n_gen, n_imp, checked, bins, lo, tail_cap, max_windows)
-    shards = TileCounts.sharing_windows(
-        [TileCounts.empty(bins, n_gen, slots, sub_dtype, max(1, tail_cap // workers), cut) for _ in range(workers)]
+    counts = _counted_pass(
+        backend,
+        lambda: TileCounts.empty(bins, n_gen, slots, sub_dtype, max(1, tail_cap // workers), cut),
+        list(tiles(n, block)),
+        rescore_last=True,
     )
-    grid = list(tiles(n, block))
-    with backend.one_thread_each():
-        kept = _fold_all(backend, shards, grid)
-        if grid and not backend.same(backend.scores(*grid[-1]), kept):
-            raise inconsistent("the last tile scored again")
-    counts = TileCounts.merged(shards)
     gen = np.sort(counts.genuine_keys())
     if counts.gen_filled != n_gen:
         raise AssertionError("the pass collected the wrong number of genuine pairs")  # a bug, not bad input
@@ -109,6 +106,22 @@ def one_pass_verification(
     refined = np.stack([full.split(b) for b in refine])
     within = sum(_within(*full.split(int(b))) for b in mixed)
     return exact_report(hist, n_gen, n_imp, plans, refine, refined, within, eer_bucket, eer_prev, roc_points)
+
+
+def _counted_pass(
+    backend: Any, make: Callable[[], TileCounts], grid: list[tuple[int, int, int, int]], rescore_last: bool = False
+) -> TileCounts:
+    """One pass over ``grid``: counts from ``make`` per tile thread (sharing windows), folded, then merged.
+
+    With ``rescore_last`` the last tile is scored again under the same thread setting and must give the same
+    bits (a non-deterministic backend is refused).
+    """
+    shards = TileCounts.sharing_windows([make() for _ in range(backend.workers)])
+    with backend.one_thread_each():
+        kept = _fold_all(backend, shards, grid)
+        if rescore_last and grid and not backend.same(backend.scores(*grid[-1]), kept):
+            raise inconsistent("the last tile scored again")
+    return TileCounts.merged(shards)
 
 
 def _fold_all(backend: Any, shards: list[TileCounts], grid: list[tuple[int, int, int, int]]) -> Any:
@@ -191,15 +204,11 @@ class _Resolver:
             group = missing[start : start + self.max_windows]
             slots = np.full(self.hist.hg.size, -1, dtype=np.int32)
             slots[group] = np.arange(len(group), dtype=np.int32)
-            shards = TileCounts.sharing_windows(
-                [
-                    TileCounts.empty(self.hist.hg.size, 0, slots, self.sub_dtype, 0, NO_TAIL, count_all=False)
-                    for _ in range(self.backend.workers)
-                ]
+            extra = _counted_pass(
+                self.backend,
+                lambda: TileCounts.empty(self.hist.hg.size, 0, slots, self.sub_dtype, 0, NO_TAIL, count_all=False),
+                list(self.tiles(self.n, self.block)),
             )
-            with self.backend.one_thread_each():
-                _fold_all(self.backend, shards, list(self.tiles(self.n, self.block)))
-            extra = TileCounts.merged(shards)
             for s, b in enumerate(group):
                 self.extra[b] = extra.windows[s].astype(np.int64)
 

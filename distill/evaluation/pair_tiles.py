@@ -19,7 +19,16 @@ from distill.evaluation.score_keys import ALL_BITS, SIGN_BIT, float32_keys, keys
 from distill.evaluation.tile_counts import TileCounts, finish_torch, fold_numpy, fold_torch
 from distill.evaluation.validate import normalised_known, positive_int
 
-__all__ = ["NumpyBackend", "TorchBackend", "float32_keys", "keys_inplace", "make_backend", "tiled_pair_scores", "tiles"]
+__all__ = [
+    "NumpyBackend",
+    "TorchBackend",
+    "float32_keys",
+    "keys_inplace",
+    "make_backend",
+    "tile_workers",
+    "tiled_pair_scores",
+    "tiles",
+]
 
 
 def tiles(n: int, block: int) -> Iterator[tuple[int, int, int, int]]:
@@ -42,6 +51,11 @@ def _blas_threads() -> int:
     return max(1, max(sizes, default=1))
 
 
+def tile_workers() -> int:
+    """Threads the numpy backend scores and folds tiles on: one per BLAS thread, at most :data:`MAX_TILE_WORKERS`."""
+    return min(_blas_threads(), MAX_TILE_WORKERS)
+
+
 class NumpyBackend:
     """Tiles scored with numpy (BLAS) on the CPU; keys are uint32.
 
@@ -56,7 +70,7 @@ class NumpyBackend:
     def __init__(self, x: np.ndarray, y: np.ndarray) -> None:
         self.x, self.y = x, y
         self.x_numpy, self.y_numpy = x, y
-        self.workers = min(_blas_threads(), MAX_TILE_WORKERS)
+        self.workers = tile_workers()
 
     def one_thread_each(self) -> contextlib.AbstractContextManager:
         """A context in which BLAS runs each call on the calling thread (``workers`` threads call it at once)."""

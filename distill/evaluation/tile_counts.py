@@ -121,9 +121,10 @@ class TileCounts:
         first = parts[0]
         if len(parts) == 1:
             return first
-        windows = first.windows.copy()
-        for part in parts[1:]:
-            if part.windows is not first.windows:
+        windows = first.windows
+        if any(part.windows is not first.windows for part in parts[1:]):
+            windows = first.windows.copy()
+            for part in parts[1:]:
                 windows += part.windows
         gen = np.concatenate([p.genuine_keys() for p in parts])
         tail = np.concatenate([p.tail_keys() for p in parts])
@@ -267,6 +268,10 @@ def _count_pending(pending, n, slot, lo, windows):
         windows[slot[key >> lo], key & low_mask] += 1
 
 
+_NO_PENDING = np.empty(0, dtype=np.uint32)
+"""The kernel's ``pending`` when windows are not shared: windowed keys are counted where they are found."""
+
+
 def fold_numpy(counts: TileCounts, scores: np.ndarray, yi: np.ndarray, yj: np.ndarray, diag: bool) -> None:
     """Fold a float32 numpy tile ``scores[a, b]`` (pairs i0 + a, j0 + b; on a diagonal tile only b > a)."""
     if scores.size == 0:
@@ -312,9 +317,6 @@ def fold_numpy(counts: TileCounts, scores: np.ndarray, yi: np.ndarray, yj: np.nd
     if state[3]:
         with counts.window_lock:
             kernel[2](pending, int(state[3]), counts.slot, np.uint32(counts.lo), counts.windows)
-
-
-_NO_PENDING = np.empty(0, dtype=np.uint32)
 
 
 def _fold_arrays(counts: TileCounts, bits: np.ndarray, yi: np.ndarray, yj: np.ndarray, diag: bool) -> None:
